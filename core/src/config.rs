@@ -1,0 +1,391 @@
+//! Configuration: defaults, then a YAML file, then `CCM_*` environment variables.
+//!
+//! Every service reads the same [`Config`] and uses its own section. The file is parsed
+//! directly into the typed structure first, so a mistake in it is reported with the file, line
+//! and reason. Environment variables are applied afterwards: `CCM_NATS_URL` sets `nats_url`,
+//! `CCM_INGEST__LISTEN` sets `ingest.listen` (a double underscore descends one level). Values
+//! are read as YAML scalars, so `CCM_INGEST__AUTH_TOKENS='[a, b]'` gives a list. Variables that
+//! name no setting are reported back rather than silently ignored.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use serde_yaml_ng::Value;
+
+use crate::phone::PhoneRule;
+
+/// A value that must never appear in logs, such as a token or a database URL with a password.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret value; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// The whole configuration of a ccm deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// NATS server URL(s), comma separated.
+    pub nats_url: String,
+    /// PostgreSQL URL of the read model.
+    pub database_url: Secret,
+    pub streams: StreamSettings,
+    pub ingest: IngestConfig,
+    pub dialer: DialerConfig,
+    pub retrier: RetrierConfig,
+    pub projector: ProjectorConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            database_url: Secret::new("postgres://ccm@127.0.0.1:5432/ccm"),
+            streams: StreamSettings::default(),
+            ingest: IngestConfig::default(),
+            dialer: DialerConfig::default(),
+            retrier: RetrierConfig::default(),
+            projector: ProjectorConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Retention of the streams; applied on top of the definitions in `nats/` when provisioning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamSettings {
+    /// How long dial messages and events are kept.
+    pub max_age_days: u32,
+    /// How long dead letters are kept.
+    pub dlq_max_age_days: u32,
+    /// Replicas of every stream (3 on a 3-node cluster).
+    pub replicas: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self { max_age_days: 7, dlq_max_age_days: 30, replicas: 1 }
+    }
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    pub listen: SocketAddr,
+    /// Accepted API tokens (`X-Auth-Token` or `Authorization: Bearer`).
+    pub auth_tokens: Vec<Secret>,
+    pub phone_validation: PhoneRule,
+    /// Concurrency cap of a campaign created without one.
+    pub default_max_concurrent_calls: u32,
+    /// Attempts per call of a campaign created without a number.
+    pub default_max_attempts: u32,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            auth_tokens: Vec::new(),
+            phone_validation: PhoneRule::Lenient,
+            default_max_concurrent_calls: 100,
+            default_max_attempts: 3,
+        }
+    }
+}
+
+/// The dialer and its carrier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DialerConfig {
+    /// Trunk capacity of one dialer replica: live calls it carries at most, all campaigns.
+    pub max_calls: u32,
+    /// A call with no outcome after this long gets a synthetic FAILED outcome.
+    pub max_call_duration_secs: u64,
+    pub carrier: CarrierConfig,
+}
+
+impl Default for DialerConfig {
+    fn default() -> Self {
+        Self { max_calls: 1000, max_call_duration_secs: 600, carrier: CarrierConfig::default() }
+    }
+}
+
+/// Which carrier adapter places calls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CarrierConfig {
+    /// The in-process simulator.
+    Sim(SimCarrierConfig),
+}
+
+impl Default for CarrierConfig {
+    fn default() -> Self {
+        Self::Sim(SimCarrierConfig::default())
+    }
+}
+
+/// The in-process simulated carrier: outcome weights and how long a call lasts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimCarrierConfig {
+    pub picked: u32,
+    pub disconnected: u32,
+    pub rnr: u32,
+    pub failed: u32,
+    /// How long after placement the outcome is reported.
+    pub call_ms: u64,
+}
+
+impl Default for SimCarrierConfig {
+    /// Every call answered, quickly: the local stack shows a completed call at once. Tests and
+    /// benchmarks set their own mix.
+    fn default() -> Self {
+        Self { picked: 1, disconnected: 0, rnr: 0, failed: 0, call_ms: 50 }
+    }
+}
+
+/// The retrier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrierConfig {
+    /// The retry policy file.
+    pub policy_file: PathBuf,
+}
+
+impl Default for RetrierConfig {
+    fn default() -> Self {
+        Self { policy_file: PathBuf::from("config/retry.yaml") }
+    }
+}
+
+/// The projector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProjectorConfig {
+    /// Messages applied in one transaction at most.
+    pub batch_size: usize,
+    /// How long a fetch waits to fill a batch.
+    pub batch_wait_ms: u64,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        Self { batch_size: 1000, batch_wait_ms: 20 }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter, overridden by `RUST_LOG`.
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { filter: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The message of the source names the line and column.
+    #[error("invalid config file {path}")]
+    File { path: PathBuf, source: serde_yaml_ng::Error },
+    #[error("invalid value in environment variable {var}")]
+    Env { var: String, source: serde_yaml_ng::Error },
+}
+
+/// A loaded configuration and the environment variables that named no setting.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub unknown_env: Vec<String>,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (when given), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Loaded, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                serde_yaml_ng::from_str::<Config>(&text)
+                    .map_err(|source| ConfigError::File { path: path.to_owned(), source })?
+            }
+            None => Config::default(),
+        };
+        let mut unknown_env = Vec::new();
+        let mut overrides: Vec<(String, Vec<String>, String)> = env
+            .into_iter()
+            .filter_map(|(var, value)| {
+                let path = var.strip_prefix("CCM_")?.to_ascii_lowercase();
+                let keys = path.split("__").map(str::to_owned).collect();
+                Some((var, keys, value))
+            })
+            .collect();
+        if overrides.is_empty() {
+            return Ok(Loaded { config, unknown_env });
+        }
+        overrides.sort();
+        let mut tree = serde_yaml_ng::to_value(&config).map_err(|source| ConfigError::Env {
+            var: "(serialising the configuration)".into(),
+            source,
+        })?;
+        for (var, keys, raw) in &overrides {
+            let value: Value = serde_yaml_ng::from_str(raw)
+                .unwrap_or_else(|_| Value::String(raw.clone()));
+            if !set_path(&mut tree, keys, value) {
+                unknown_env.push(var.clone());
+                continue;
+            }
+            // Re-check after each variable so an error names the variable that caused it.
+            config = serde_yaml_ng::from_value(tree.clone())
+                .map_err(|source| ConfigError::Env { var: var.clone(), source })?;
+        }
+        Ok(Loaded { config, unknown_env })
+    }
+}
+
+/// Sets `keys` in `tree` when that path exists already (every setting has a default, so an
+/// absent path is a variable meant for something else).
+fn set_path(tree: &mut Value, keys: &[String], value: Value) -> bool {
+    let Some((first, rest)) = keys.split_first() else { return false };
+    let Some(slot) = tree.as_mapping_mut().and_then(|m| m.get_mut(first.as_str())) else {
+        return false;
+    };
+    if rest.is_empty() {
+        // Strings stay strings: `CCM_NATS_URL=123` must not become a number.
+        *slot = match (&*slot, value) {
+            (Value::String(_), Value::Number(n)) => Value::String(n.to_string()),
+            (Value::String(_), Value::Bool(b)) => Value::String(b.to_string()),
+            (_, v) => v,
+        };
+        return true;
+    }
+    set_path(slot, rest, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_then_file_then_environment() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(file, "nats_url: nats://file:4222\ningest:\n  default_max_attempts: 5")
+            .expect("write");
+        let loaded = Config::load_from(
+            Some(file.path()),
+            env(&[
+                ("CCM_INGEST__DEFAULT_MAX_ATTEMPTS", "7"),
+                ("CCM_INGEST__AUTH_TOKENS", "[a, b]"),
+                ("CCM_TEST_BACKEND", "local"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(loaded.config.nats_url, "nats://file:4222");
+        assert_eq!(loaded.config.ingest.default_max_attempts, 7);
+        assert_eq!(loaded.config.ingest.auth_tokens, vec![Secret::new("a"), Secret::new("b")]);
+        assert_eq!(loaded.config.projector, ProjectorConfig::default());
+        assert_eq!(loaded.unknown_env, vec!["CCM_TEST_BACKEND".to_owned()]);
+    }
+
+    #[test]
+    fn a_bad_file_names_the_file_and_line() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(file, "nats_url: x\ningest:\n  listen: not-an-address").expect("write");
+        let err = Config::load_from(Some(file.path()), env(&[])).expect_err("invalid");
+        let ConfigError::File { path, source } = &err else { panic!("{err:?}") };
+        assert_eq!(path, file.path());
+        assert_eq!(source.location().map(|l| l.line()), Some(3), "{source}");
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_errors() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(file, "nats_ulr: x").expect("write");
+        let err = Config::load_from(Some(file.path()), env(&[])).expect_err("typo");
+        assert!(err.source_string().contains("nats_ulr"), "{}", err.source_string());
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_the_variable() {
+        let err = Config::load_from(None, env(&[("CCM_DIALER__MAX_CALLS", "many")]))
+            .expect_err("not a number");
+        assert!(matches!(&err, ConfigError::Env { var, .. } if var == "CCM_DIALER__MAX_CALLS"));
+    }
+
+    #[test]
+    fn string_settings_stay_strings() {
+        let loaded =
+            Config::load_from(None, env(&[("CCM_NATS_URL", "1234")])).expect("loads");
+        assert_eq!(loaded.config.nats_url, "1234");
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let config = Config {
+            ingest: IngestConfig { auth_tokens: vec![Secret::new("hunter2")], ..Default::default() },
+            ..Default::default()
+        };
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    impl ConfigError {
+        fn source_string(&self) -> String {
+            std::error::Error::source(self).map(ToString::to_string).unwrap_or_default()
+        }
+    }
+}

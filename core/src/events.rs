@@ -1,0 +1,226 @@
+//! The messages that flow through JetStream.
+//!
+//! There are two payload types. A [`DialRequest`] on `calls.dial.<campaign>` is one call
+//! attempt waiting for a dialer; because the projector reads `CALLS` too, publishing it *is*
+//! the call's `QUEUED` state. A [`CallEvent`] on `calls.event.…` or `calls.outcome.…` is
+//! everything that happens to an attempt afterwards. Both are JSON; unknown fields are
+//! ignored so that a newer producer does not break an older consumer during a rolling upgrade.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    ids::{CallId, CampaignId},
+    phone::PhoneNumber,
+    status::{CallStatus, OutcomeStatus},
+    subjects,
+};
+
+/// One call attempt, queued for a dialer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DialRequest {
+    pub call_id: CallId,
+    pub campaign_id: CampaignId,
+    pub phone_number: PhoneNumber,
+    /// 1 for the first attempt; the retrier publishes n+1.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// When the call (not this attempt) was accepted.
+    pub created_at: DateTime<Utc>,
+    /// When this attempt was queued.
+    pub queued_at: DateTime<Utc>,
+}
+
+impl DialRequest {
+    /// The subject this attempt is published on.
+    pub fn subject(&self) -> String {
+        subjects::dial(self.campaign_id)
+    }
+
+    /// The de-duplication id of this attempt.
+    pub fn msg_id(&self) -> String {
+        subjects::dial_msg_id(self.call_id, self.attempt)
+    }
+}
+
+/// Where an outcome came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeSource {
+    /// Reported by the carrier (callback or in-process simulator).
+    Carrier,
+    /// Synthesised by the dialer when no outcome arrived within the maximum call duration.
+    Timeout,
+    /// Synthesised by the dialer when the carrier refused the attempt (4xx).
+    Rejected,
+}
+
+/// What happened to one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The dialer is placing the attempt. Carries what later stages need to know about the
+    /// call, so they never have to look anything up elsewhere.
+    Dialing { phone_number: PhoneNumber, max_attempts: u32, created_at: DateTime<Utc> },
+    /// The carrier's verdict on the attempt (published on `calls.outcome.…`).
+    Outcome {
+        status: OutcomeStatus,
+        source: OutcomeSource,
+        /// The carrier's own status word (e.g. Twilio's `busy`), kept for reporting.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        raw_status: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_secs: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        external_call_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Another attempt is scheduled.
+    Retrying { next_retry_at: DateTime<Utc>, reason: String },
+    /// Terminal: answered.
+    Completed,
+    /// Terminal: failed for good.
+    Failed { reason: String },
+    /// Terminal: stopped by an operator.
+    Cancelled { reason: String },
+    /// Terminal: technical failures exhausted redelivery; the message is in the DLQ.
+    DeadLettered { reason: String },
+}
+
+impl EventKind {
+    /// A short stable name, used in de-duplication ids and the `call_events.kind` column.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Dialing { .. } => "dialing",
+            Self::Outcome { .. } => "outcome",
+            Self::Retrying { .. } => "retrying",
+            Self::Completed => "completed",
+            Self::Failed { .. } => "failed",
+            Self::Cancelled { .. } => "cancelled",
+            Self::DeadLettered { .. } => "dead_lettered",
+        }
+    }
+
+    /// The call status this event puts the call in.
+    pub fn status(&self) -> CallStatus {
+        match self {
+            Self::Dialing { .. } => CallStatus::Processing,
+            Self::Outcome { status, .. } => status.call_status(),
+            Self::Retrying { .. } => CallStatus::Retrying,
+            Self::Completed => CallStatus::Completed,
+            Self::Failed { .. } => CallStatus::Failed,
+            Self::Cancelled { .. } => CallStatus::Cancelled,
+            Self::DeadLettered { .. } => CallStatus::DeadLettered,
+        }
+    }
+
+    /// Whether the call ends with this event.
+    pub fn is_terminal(&self) -> bool {
+        phase_rank(self.status()) == TERMINAL_RANK && !matches!(self, Self::Outcome { .. })
+    }
+}
+
+/// Something that happened to one attempt of a call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallEvent {
+    pub call_id: CallId,
+    pub campaign_id: CampaignId,
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+impl CallEvent {
+    /// The subject the event belongs on: outcomes and lifecycle events are kept apart so the
+    /// retrier can consume outcomes alone.
+    pub fn subject(&self) -> String {
+        match self.kind {
+            EventKind::Outcome { .. } => subjects::outcome(self.campaign_id, self.call_id),
+            _ => subjects::event(self.campaign_id, self.call_id),
+        }
+    }
+
+    /// The de-duplication id: one event of each kind per attempt.
+    pub fn msg_id(&self) -> String {
+        subjects::event_msg_id(self.call_id, self.attempt, self.kind.name())
+    }
+}
+
+const TERMINAL_RANK: u8 = 5;
+
+/// The order of states within one attempt. The projector lets a state replace the stored one
+/// only when `(attempt, phase_rank)` is greater, which makes applying events idempotent and
+/// insensitive to order.
+pub fn phase_rank(status: CallStatus) -> u8 {
+    match status {
+        CallStatus::Initiated | CallStatus::Queued => 1,
+        CallStatus::Processing => 2,
+        CallStatus::Picked | CallStatus::Disconnected | CallStatus::Rnr => 3,
+        CallStatus::Retrying => 4,
+        CallStatus::Failed
+        | CallStatus::Completed
+        | CallStatus::Cancelled
+        | CallStatus::DeadLettered => TERMINAL_RANK,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: EventKind) -> CallEvent {
+        CallEvent {
+            call_id: CallId::new(),
+            campaign_id: CampaignId::new(3).expect("valid"),
+            attempt: 1,
+            at: Utc::now(),
+            kind,
+        }
+    }
+
+    #[test]
+    fn events_round_trip_as_tagged_json() {
+        let e = event(EventKind::Outcome {
+            status: OutcomeStatus::Rnr,
+            source: OutcomeSource::Carrier,
+            raw_status: Some("no-answer".into()),
+            duration_secs: None,
+            external_call_id: Some("CA1".into()),
+            reason: None,
+        });
+        let json = serde_json::to_value(&e).expect("serialize");
+        assert_eq!(json["type"], "outcome");
+        assert_eq!(json["status"], "RNR");
+        let back: CallEvent = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back, e);
+        assert!(e.subject().starts_with("calls.outcome.3."));
+        assert!(e.msg_id().ends_with("/1/outcome"));
+    }
+
+    #[test]
+    fn outcome_failed_is_not_terminal_but_failed_event_is() {
+        let outcome = EventKind::Outcome {
+            status: OutcomeStatus::Failed,
+            source: OutcomeSource::Carrier,
+            raw_status: None,
+            duration_secs: None,
+            external_call_id: None,
+            reason: None,
+        };
+        assert!(!outcome.is_terminal());
+        assert!(EventKind::Failed { reason: "x".into() }.is_terminal());
+        assert!(EventKind::Completed.is_terminal());
+        assert!(!EventKind::Retrying { next_retry_at: Utc::now(), reason: "RNR".into() }
+            .is_terminal());
+    }
+
+    #[test]
+    fn a_later_attempt_outranks_any_state_of_an_earlier_one() {
+        let retrying = (1, phase_rank(CallStatus::Retrying));
+        let requeued = (2, phase_rank(CallStatus::Queued));
+        assert!(requeued > retrying);
+        assert!(phase_rank(CallStatus::Completed) > phase_rank(CallStatus::Picked));
+    }
+}

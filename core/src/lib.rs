@@ -1,0 +1,33 @@
+//! # ccm-core
+//!
+//! What every ccm service shares, and nothing service-specific:
+//!
+//! - [`ids`], [`phone`], [`status`]: parsed domain values (call and campaign ids, E.164 phone
+//!   numbers, the old system's status names).
+//! - [`events`], [`campaign`]: the payloads that travel through JetStream and the campaign
+//!   document kept in the `campaigns` KV bucket.
+//! - [`subjects`]: the only place subject strings and de-duplication ids are built.
+//! - [`topology`]: the streams, consumers and KV buckets of `nats/`, embedded, and their
+//!   idempotent provisioning.
+//! - [`nats`]: connecting and publishing with `Nats-Msg-Id`.
+//! - [`config`], [`telemetry`]: layered configuration and `tracing` set-up.
+//!
+//! Services never depend on each other; whatever two of them must agree on lives here.
+
+pub mod campaign;
+pub mod config;
+pub mod events;
+pub mod ids;
+pub mod nats;
+pub mod phone;
+pub mod status;
+pub mod subjects;
+pub mod telemetry;
+pub mod topology;
+
+pub use campaign::{Campaign, CampaignState};
+pub use config::Config;
+pub use events::{CallEvent, DialRequest, EventKind, OutcomeSource};
+pub use ids::{CallId, CampaignId};
+pub use phone::{PhoneNumber, PhoneRule};
+pub use status::{CallStatus, OutcomeStatus};

@@ -1,0 +1,79 @@
+//! Subject builders: the only place subject strings are assembled.
+//!
+//! Campaign ids are integers and call ids UUIDs, so every token built here is a valid NATS
+//! subject token without escaping.
+
+use crate::ids::{CallId, CampaignId};
+
+/// Every dial message: what the projector's `CALLS` consumer reads.
+pub const DIAL_ALL: &str = "calls.dial.>";
+/// Every lifecycle event and outcome.
+pub const EVENTS_ALL: &str = "calls.>";
+/// Every lifecycle event (not outcomes).
+pub const LIFECYCLE_ALL: &str = "calls.event.>";
+/// Every carrier outcome: what the retrier reads.
+pub const OUTCOME_ALL: &str = "calls.outcome.>";
+/// Every retry entry.
+pub const RETRY_ALL: &str = "calls.retry.>";
+/// The MAX_DELIVERIES advisories that the `ADVISORIES` stream captures.
+pub const MAX_DELIVERIES_ALL: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>";
+
+/// `calls.dial.<campaign>`: one message per call attempt.
+pub fn dial(campaign: CampaignId) -> String {
+    format!("calls.dial.{campaign}")
+}
+
+/// `calls.event.<campaign>.<call>`: the call's lifecycle events.
+pub fn event(campaign: CampaignId, call: CallId) -> String {
+    format!("calls.event.{campaign}.{call}")
+}
+
+/// `calls.outcome.<campaign>.<call>`: what the carrier reported.
+pub fn outcome(campaign: CampaignId, call: CallId) -> String {
+    format!("calls.outcome.{campaign}.{call}")
+}
+
+/// `calls.retry.<campaign>`: attempts due later.
+pub fn retry(campaign: CampaignId) -> String {
+    format!("calls.retry.{campaign}")
+}
+
+/// `calls.dlq.<stream>`: dead letters taken from a stream.
+pub fn dlq(source_stream: &str) -> String {
+    format!("calls.dlq.{source_stream}")
+}
+
+/// The name of a campaign's dial consumer on `CALLS`.
+pub fn dial_consumer(campaign: CampaignId) -> String {
+    format!("dial_{campaign}")
+}
+
+/// The `Nats-Msg-Id` of a dial message: one per call attempt, so a retried publish (by ingest
+/// or by the retrier after a crash) can never create a second attempt.
+pub fn dial_msg_id(call: CallId, attempt: u32) -> String {
+    format!("{call}/{attempt}")
+}
+
+/// The `Nats-Msg-Id` of an event or outcome of one attempt.
+pub fn event_msg_id(call: CallId, attempt: u32, event: &str) -> String {
+    format!("{call}/{attempt}/{event}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_have_the_documented_shape() {
+        let campaign = CampaignId::new(7).expect("valid");
+        let call: CallId = "0190a0a0-0000-7000-8000-000000000001".parse().expect("uuid");
+        assert_eq!(dial(campaign), "calls.dial.7");
+        assert_eq!(event(campaign, call), format!("calls.event.7.{call}"));
+        assert_eq!(outcome(campaign, call), format!("calls.outcome.7.{call}"));
+        assert_eq!(retry(campaign), "calls.retry.7");
+        assert_eq!(dlq("CALLS"), "calls.dlq.CALLS");
+        assert_eq!(dial_consumer(campaign), "dial_7");
+        assert_eq!(dial_msg_id(call, 2), format!("{call}/2"));
+        assert_eq!(event_msg_id(call, 2, "dialing"), format!("{call}/2/dialing"));
+    }
+}

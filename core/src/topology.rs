@@ -1,0 +1,364 @@
+//! The JetStream topology: streams, consumers and KV buckets, defined once in `nats/`.
+//!
+//! The JSON files in `nats/` are the NATS server's own configuration format, so an operator
+//! can apply them with `nats stream add --config nats/streams/CALLS.json`. They are embedded
+//! here so every service provisions exactly the same definitions. KV buckets are defined as
+//! their backing streams (`KV_<bucket>`), because `create_key_value` of async-nats fails against
+//! nats-server 2.9; the services open them with `get_key_value`.
+//!
+//! Provisioning is idempotent: an absent stream or consumer is created, a compatible
+//! difference is updated in place, and an incompatible one (retention, storage, a consumer's
+//! filter or policies) is reported as drift and left alone: nothing is ever deleted.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use serde::Serialize;
+
+use crate::{config::StreamSettings, ids::CampaignId, subjects};
+
+/// A definition file as embedded: its path below `nats/` and its text.
+#[derive(Debug, Clone, Copy)]
+pub struct Definition {
+    pub path: &'static str,
+    pub json: &'static str,
+}
+
+macro_rules! definitions {
+    ($($path:literal),* $(,)?) => {
+        &[$(Definition { path: $path, json: include_str!(concat!("../../nats/", $path)) }),*]
+    };
+}
+
+/// Every stream definition.
+pub const STREAMS: &[Definition] = definitions![
+    "streams/CALLS.json",
+    "streams/CALL_EVENTS.json",
+    "streams/RETRIES.json",
+    "streams/DLQ.json",
+    "streams/ADVISORIES.json",
+    "streams/KV_campaigns.json",
+    "streams/KV_active_calls.json",
+    "streams/KV_counters.json",
+];
+
+/// Every fixed consumer definition, with its stream (the folder name).
+pub const CONSUMERS: &[Definition] = definitions![
+    "consumers/CALLS/projector_calls.json",
+    "consumers/CALL_EVENTS/projector_events.json",
+    "consumers/CALL_EVENTS/retrier_outcomes.json",
+    "consumers/RETRIES/retrier_retries.json",
+    "consumers/ADVISORIES/retrier_advisories.json",
+    "consumers/KV_campaigns/projector_campaigns.json",
+];
+
+/// The template of a campaign's dial consumer; `{campaign}` stands for the campaign id.
+pub const DIAL_TEMPLATE: Definition = Definition {
+    path: "consumers/CALLS/dial_template.json",
+    json: include_str!("../../nats/consumers/CALLS/dial_template.json"),
+};
+
+/// Stream names, for code that addresses a stream directly.
+pub mod names {
+    pub const CALLS: &str = "CALLS";
+    pub const CALL_EVENTS: &str = "CALL_EVENTS";
+    pub const RETRIES: &str = "RETRIES";
+    pub const DLQ: &str = "DLQ";
+    pub const ADVISORIES: &str = "ADVISORIES";
+    /// KV bucket names (their streams are `KV_<bucket>`).
+    pub const KV_CAMPAIGNS: &str = "campaigns";
+    pub const KV_ACTIVE_CALLS: &str = "active_calls";
+    pub const KV_COUNTERS: &str = "counters";
+}
+
+/// What went wrong with the topology.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("nats/{path} does not parse as a NATS configuration")]
+    Parse { path: &'static str, source: serde_json::Error },
+    #[error("cannot read stream {stream}")]
+    StreamInfo { stream: String, source: async_nats::Error },
+    #[error("cannot create or update stream {stream}")]
+    Stream { stream: String, source: async_nats::Error },
+    #[error("cannot create or update consumer {consumer} on {stream}")]
+    Consumer { stream: String, consumer: String, source: async_nats::Error },
+}
+
+/// One difference that provisioning may not fix on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Drift {
+    pub object: String,
+    pub field: &'static str,
+    pub wanted: String,
+    pub actual: String,
+}
+
+/// What provisioning did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub drift: Vec<Drift>,
+}
+
+/// The parsed topology with the deployment's settings applied.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub streams: Vec<stream::Config>,
+    /// `(stream, consumer)` pairs.
+    pub consumers: Vec<(String, pull::Config)>,
+    dial_template: pull::Config,
+}
+
+impl Topology {
+    /// Parses the embedded definitions and applies `settings` (retention and replicas).
+    pub fn load(settings: &StreamSettings) -> Result<Self, TopologyError> {
+        let day = Duration::from_secs(86_400);
+        let mut streams = Vec::with_capacity(STREAMS.len());
+        for def in STREAMS {
+            let mut config: stream::Config = parse(def)?;
+            config.num_replicas = settings.replicas;
+            match config.name.as_str() {
+                names::CALLS | names::CALL_EVENTS => {
+                    config.max_age = day * settings.max_age_days;
+                }
+                names::DLQ => config.max_age = day * settings.dlq_max_age_days,
+                _ => {}
+            }
+            streams.push(config);
+        }
+        let mut consumers = Vec::with_capacity(CONSUMERS.len());
+        for def in CONSUMERS {
+            let stream = def.path.split('/').nth(1).unwrap_or_default().to_owned();
+            consumers.push((stream, parse(def)?));
+        }
+        Ok(Self { streams, consumers, dial_template: parse(&DIAL_TEMPLATE)? })
+    }
+
+    /// The dial consumer of `campaign`, with its concurrency cap as `max_ack_pending`.
+    pub fn dial_consumer(&self, campaign: CampaignId, max_concurrent_calls: u32) -> pull::Config {
+        let mut config = self.dial_template.clone();
+        config.durable_name = Some(subjects::dial_consumer(campaign));
+        config.filter_subject = subjects::dial(campaign);
+        config.max_ack_pending = i64::from(max_concurrent_calls.max(1));
+        config
+    }
+
+    /// Creates or updates every stream and fixed consumer; reports what it did.
+    pub async fn provision(&self, js: &jetstream::Context) -> Result<Report, TopologyError> {
+        let mut report = Report::default();
+        for wanted in &self.streams {
+            provision_stream(js, wanted, &mut report).await?;
+        }
+        for (stream, wanted) in &self.consumers {
+            provision_consumer(js, stream, wanted, &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    /// Creates or updates the dial consumer of a campaign (its cap may have changed).
+    pub async fn ensure_dial_consumer(
+        &self,
+        js: &jetstream::Context,
+        campaign: CampaignId,
+        max_concurrent_calls: u32,
+    ) -> Result<Report, TopologyError> {
+        let mut report = Report::default();
+        let wanted = self.dial_consumer(campaign, max_concurrent_calls);
+        provision_consumer(js, names::CALLS, &wanted, &mut report).await?;
+        Ok(report)
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(def: &Definition) -> Result<T, TopologyError> {
+    serde_json::from_str(def.json).map_err(|source| TopologyError::Parse { path: def.path, source })
+}
+
+async fn provision_stream(
+    js: &jetstream::Context,
+    wanted: &stream::Config,
+    report: &mut Report,
+) -> Result<(), TopologyError> {
+    let name = wanted.name.clone();
+    let wrap = |source: async_nats::Error| TopologyError::Stream { stream: name.clone(), source };
+    let actual = match js.get_stream(&name).await {
+        Ok(mut stream) => stream
+            .info()
+            .await
+            .map_err(|e| TopologyError::StreamInfo { stream: name.clone(), source: e.into() })?
+            .config
+            .clone(),
+        Err(e) if is_stream_not_found(&e) => {
+            js.create_stream(wanted.clone()).await.map_err(|e| wrap(e.into()))?;
+            report.created.push(format!("stream {name}"));
+            return Ok(());
+        }
+        Err(e) => return Err(TopologyError::StreamInfo { stream: name, source: e.into() }),
+    };
+    let drift = stream_drift(wanted, &actual);
+    if !drift.is_empty() {
+        report.drift.extend(drift);
+        return Ok(());
+    }
+    if stream_differs(wanted, &actual) {
+        js.update_stream(wanted.clone()).await.map_err(|e| wrap(e.into()))?;
+        report.updated.push(format!("stream {name}"));
+    } else {
+        report.unchanged.push(format!("stream {name}"));
+    }
+    Ok(())
+}
+
+/// Differences the server cannot apply to an existing stream.
+fn stream_drift(wanted: &stream::Config, actual: &stream::Config) -> Vec<Drift> {
+    let object = format!("stream {}", wanted.name);
+    let mut drift = Vec::new();
+    let mut check = |field, w: String, a: String| {
+        if w != a {
+            drift.push(Drift { object: object.clone(), field, wanted: w, actual: a });
+        }
+    };
+    check("retention", format!("{:?}", wanted.retention), format!("{:?}", actual.retention));
+    check("storage", format!("{:?}", wanted.storage), format!("{:?}", actual.storage));
+    drift
+}
+
+/// Whether any field we define differs (the server fills in others we leave at default).
+fn stream_differs(wanted: &stream::Config, actual: &stream::Config) -> bool {
+    let mut w = wanted.subjects.clone();
+    let mut a = actual.subjects.clone();
+    w.sort();
+    a.sort();
+    w != a
+        || wanted.max_age != actual.max_age
+        || wanted.max_messages_per_subject != actual.max_messages_per_subject
+        || wanted.duplicate_window != actual.duplicate_window
+        || wanted.allow_direct != actual.allow_direct
+        || wanted.allow_rollup != actual.allow_rollup
+        || wanted.deny_delete != actual.deny_delete
+        || wanted.discard != actual.discard
+        || wanted.num_replicas != actual.num_replicas
+        || wanted.description != actual.description
+}
+
+async fn provision_consumer(
+    js: &jetstream::Context,
+    stream_name: &str,
+    wanted: &pull::Config,
+    report: &mut Report,
+) -> Result<(), TopologyError> {
+    let name = wanted.durable_name.clone().unwrap_or_default();
+    let wrap = |source: async_nats::Error| TopologyError::Consumer {
+        stream: stream_name.to_owned(),
+        consumer: name.clone(),
+        source,
+    };
+    let stream = js.get_stream(stream_name).await.map_err(|e| wrap(e.into()))?;
+    let object = format!("consumer {stream_name}/{name}");
+    match stream.consumer_info(&name).await {
+        Ok(info) => {
+            let actual = &info.config;
+            let drift = consumer_drift(&object, wanted, actual);
+            if !drift.is_empty() {
+                report.drift.extend(drift);
+                return Ok(());
+            }
+            if consumer_differs(wanted, actual) {
+                // On 2.9 a create with the same durable name updates the editable fields.
+                stream.create_consumer(wanted.clone()).await.map_err(|e| wrap(e.into()))?;
+                report.updated.push(object);
+            } else {
+                report.unchanged.push(object);
+            }
+        }
+        Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {
+            stream.create_consumer(wanted.clone()).await.map_err(|e| wrap(e.into()))?;
+            report.created.push(object);
+        }
+        Err(e) => return Err(wrap(e.into())),
+    }
+    Ok(())
+}
+
+fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(err)
+            if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+/// Differences the server cannot apply to an existing consumer.
+fn consumer_drift(
+    object: &str,
+    wanted: &pull::Config,
+    actual: &jetstream::consumer::Config,
+) -> Vec<Drift> {
+    let mut drift = Vec::new();
+    let mut check = |field, w: String, a: String| {
+        if w != a {
+            drift.push(Drift { object: object.to_owned(), field, wanted: w, actual: a });
+        }
+    };
+    check("filter_subject", wanted.filter_subject.clone(), actual.filter_subject.clone());
+    check("deliver_policy", format!("{:?}", wanted.deliver_policy), format!("{:?}", actual.deliver_policy));
+    check("ack_policy", format!("{:?}", wanted.ack_policy), format!("{:?}", actual.ack_policy));
+    drift
+}
+
+fn consumer_differs(wanted: &pull::Config, actual: &jetstream::consumer::Config) -> bool {
+    wanted.max_ack_pending != actual.max_ack_pending
+        || wanted.ack_wait != actual.ack_wait
+        || wanted.max_deliver != actual.max_deliver
+        || wanted.backoff != actual.backoff
+        || wanted.description != actual.description
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_definition_parses_and_round_trips() {
+        for def in STREAMS {
+            let config: stream::Config = parse(def).expect(def.path);
+            let json = serde_json::to_string(&config).expect("serialize");
+            let back: stream::Config = serde_json::from_str(&json).expect("reparse");
+            assert_eq!(back, config, "{}", def.path);
+            assert!(def.path.ends_with(&format!("{}.json", config.name)), "{}", def.path);
+        }
+        for def in CONSUMERS.iter().chain([&DIAL_TEMPLATE]) {
+            let config: pull::Config = parse(def).expect(def.path);
+            let json = serde_json::to_string(&config).expect("serialize");
+            let back: pull::Config = serde_json::from_str(&json).expect("reparse");
+            assert_eq!(back, config, "{}", def.path);
+            assert!(config.durable_name.is_some(), "{} is durable", def.path);
+        }
+    }
+
+    #[test]
+    fn settings_apply_retention_and_replicas() {
+        let settings = StreamSettings { max_age_days: 2, dlq_max_age_days: 9, replicas: 3 };
+        let topology = Topology::load(&settings).expect("loads");
+        let calls = topology.streams.iter().find(|s| s.name == names::CALLS).expect("CALLS");
+        assert_eq!(calls.max_age, Duration::from_secs(2 * 86_400));
+        assert_eq!(calls.retention, stream::RetentionPolicy::Limits);
+        let dlq = topology.streams.iter().find(|s| s.name == names::DLQ).expect("DLQ");
+        assert_eq!(dlq.max_age, Duration::from_secs(9 * 86_400));
+        assert!(topology.streams.iter().all(|s| s.num_replicas == 3));
+        let retries = topology.streams.iter().find(|s| s.name == names::RETRIES).expect("RETRIES");
+        assert_eq!(retries.retention, stream::RetentionPolicy::WorkQueue);
+    }
+
+    #[test]
+    fn dial_consumer_is_the_template_with_the_campaign_filled_in() {
+        let topology = Topology::load(&StreamSettings::default()).expect("loads");
+        let campaign = CampaignId::new(12).expect("valid");
+        let config = topology.dial_consumer(campaign, 20);
+        assert_eq!(config.durable_name.as_deref(), Some("dial_12"));
+        assert_eq!(config.filter_subject, "calls.dial.12");
+        assert_eq!(config.max_ack_pending, 20);
+        assert!(!serde_json::to_string(&config).expect("json").contains("{campaign}"));
+    }
+}
