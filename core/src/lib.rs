@@ -10,7 +10,8 @@
 //! - [`topology`]: the streams, consumers and KV buckets of `nats/`, embedded, and their
 //!   idempotent provisioning.
 //! - [`nats`]: connecting and publishing with `Nats-Msg-Id`.
-//! - [`config`], [`telemetry`]: layered configuration and `tracing` set-up.
+//! - [`config`], [`telemetry`], [`service`]: layered configuration, `tracing` set-up, and
+//!   the command line and shutdown signal every binary shares.
 //!
 //! Services never depend on each other; whatever two of them must agree on lives here.
 
@@ -20,6 +21,7 @@ pub mod events;
 pub mod ids;
 pub mod nats;
 pub mod phone;
+pub mod service;
 pub mod status;
 pub mod subjects;
 pub mod telemetry;

@@ -190,8 +190,14 @@ async fn provision_stream(
             .config
             .clone(),
         Err(e) if is_stream_not_found(&e) => {
-            js.create_stream(wanted.clone()).await.map_err(|e| wrap(e.into()))?;
-            report.created.push(format!("stream {name}"));
+            match js.create_stream(wanted.clone()).await {
+                Ok(_) => report.created.push(format!("stream {name}")),
+                // Another service provisioning at the same moment created it first.
+                Err(_) if js.get_stream(&name).await.is_ok() => {
+                    report.unchanged.push(format!("stream {name}"));
+                }
+                Err(e) => return Err(wrap(e.into())),
+            }
             return Ok(());
         }
         Err(e) => return Err(TopologyError::StreamInfo { stream: name, source: e.into() }),

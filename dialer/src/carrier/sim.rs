@@ -1,0 +1,81 @@
+//! The in-process simulated carrier: draws an outcome from a weighted mix and publishes it
+//! after the configured call length, as a real carrier's callback would arrive.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use ccm_core::{
+    CallEvent, DialRequest, EventKind, OutcomeSource, OutcomeStatus, config::SimCarrierConfig,
+};
+use chrono::Utc;
+use futures::future::BoxFuture;
+use rand::Rng;
+
+use super::{Carrier, CarrierError, Placement};
+
+/// The simulator.
+#[derive(Debug, Clone)]
+pub struct SimCarrier {
+    js: jetstream::Context,
+    config: SimCarrierConfig,
+}
+
+impl SimCarrier {
+    pub fn new(js: jetstream::Context, config: SimCarrierConfig) -> Self {
+        Self { js, config }
+    }
+
+    fn draw(&self) -> OutcomeStatus {
+        let c = &self.config;
+        let weights = [
+            (OutcomeStatus::Picked, c.picked),
+            (OutcomeStatus::Disconnected, c.disconnected),
+            (OutcomeStatus::Rnr, c.rnr),
+            (OutcomeStatus::Failed, c.failed),
+        ];
+        let total: u32 = weights.iter().map(|(_, w)| w).sum();
+        if total == 0 {
+            return OutcomeStatus::Picked;
+        }
+        let mut pick = rand::rng().random_range(0..total);
+        for (status, weight) in weights {
+            if pick < weight {
+                return status;
+            }
+            pick -= weight;
+        }
+        OutcomeStatus::Picked
+    }
+}
+
+impl Carrier for SimCarrier {
+    fn place<'a>(&'a self, call: &'a DialRequest) -> BoxFuture<'a, Result<Placement, CarrierError>> {
+        let status = self.draw();
+        let external_call_id = format!("sim-{}-{}", call.call_id, call.attempt);
+        let outcome = CallEvent {
+            call_id: call.call_id,
+            campaign_id: call.campaign_id,
+            attempt: call.attempt,
+            at: Utc::now(),
+            kind: EventKind::Outcome {
+                status,
+                source: OutcomeSource::Carrier,
+                raw_status: None,
+                duration_secs: Some(if status == OutcomeStatus::Picked { 30 } else { 0 }),
+                external_call_id: Some(external_call_id.clone()),
+                reason: None,
+            },
+        };
+        let js = self.js.clone();
+        let delay = Duration::from_millis(self.config.call_ms);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let mut outcome = outcome;
+            outcome.at = Utc::now();
+            if let Err(e) = ccm_core::nats::publish_event(&js, &outcome).await {
+                tracing::warn!(error = %e, call = %outcome.call_id, "simulated outcome lost");
+            }
+        });
+        Box::pin(async move { Ok(Placement { external_call_id: Some(external_call_id) }) })
+    }
+}

@@ -1,0 +1,44 @@
+//! Token authentication: `X-Auth-Token` (the old API's header) or `Authorization: Bearer`.
+
+use axum::{
+    extract::{Request, State},
+    http::{HeaderMap, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use subtle::ConstantTimeEq;
+
+use crate::AppState;
+
+/// Rejects requests without a configured token. Tokens are compared in constant time so the
+/// comparison leaks nothing about how much of a guess was right.
+pub async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match token(request.headers()) {
+        None => unauthorized("Authentication token not provided"),
+        Some(given) => {
+            let known = state
+                .config
+                .auth_tokens
+                .iter()
+                .fold(0u8, |hit, t| hit | t.expose().as_bytes().ct_eq(given.as_bytes()).unwrap_u8());
+            if known == 1 { next.run(request).await } else { unauthorized("Invalid authentication token") }
+        }
+    }
+}
+
+fn token(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get("x-auth-token").and_then(|v| v.to_str().ok()) {
+        return Some(value.trim());
+    }
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// The old API's 401 body, kept as it was for its clients.
+fn unauthorized(message: &str) -> Response {
+    let body = serde_json::json!({"error": {"code": "unauthorized", "message": message}});
+    (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+}
