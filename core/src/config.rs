@@ -188,11 +188,17 @@ pub struct ProjectorConfig {
     pub batch_size: usize,
     /// How long a fetch waits to fill a batch.
     pub batch_wait_ms: u64,
+    /// How long a message that cannot be decoded waits before it is offered again; after the
+    /// consumer's `max_deliver` the server gives up on it and the retrier dead-letters it.
+    pub poison_delay_ms: u64,
+    /// Where `GET /metrics` is served; none by default, since several processes may share a
+    /// host (set e.g. `CCM_PROJECTOR__METRICS_LISTEN=0.0.0.0:9464`).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ProjectorConfig {
     fn default() -> Self {
-        Self { batch_size: 1000, batch_wait_ms: 20 }
+        Self { batch_size: 1000, batch_wait_ms: 20, poison_delay_ms: 5000, metrics_listen: None }
     }
 }
 
