@@ -21,11 +21,13 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 /// Buckets of every `*_seconds` histogram: from a millisecond to a minute.
-pub const SECONDS_BUCKETS: &[f64] =
-    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 /// Buckets of every `*_size` histogram (batch sizes, message counts).
-pub const SIZE_BUCKETS: &[f64] =
-    &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0];
+pub const SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+];
 
 /// Why metrics could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +35,10 @@ pub enum MetricsError {
     #[error("cannot install the Prometheus recorder")]
     Install(#[source] BuildError),
     #[error("cannot listen for /metrics on {addr}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -60,7 +65,10 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
 
 /// The current metrics in the Prometheus text format, or an empty string before [`install`].
 pub fn render() -> String {
-    HANDLE.get().map(PrometheusHandle::render).unwrap_or_default()
+    HANDLE
+        .get()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default()
 }
 
 /// Installs the recorder and serves `GET /metrics` on `addr` until `shutdown`, in a spawned
@@ -70,9 +78,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, MetricsError> {
     let handle = install()?;
-    let listener =
-        TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
-    let bound = listener.local_addr().map_err(|source| MetricsError::Bind { addr, source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| MetricsError::Bind { addr, source })?;
     tracing::info!(%bound, "serving Prometheus metrics on /metrics");
     tokio::spawn(async move {
         loop {
@@ -124,13 +135,21 @@ async fn answer(mut stream: TcpStream, handle: &PrometheusHandle) -> std::io::Re
     let (method, path) = (request_line.next(), request_line.next());
     let path = path.map(|p| p.split('?').next().unwrap_or(p));
     let (status, content_type, body) = match (method, path) {
-        (Some("GET"), Some("/metrics")) => {
-            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", handle.render())
-        }
-        (Some(_), Some("/metrics")) => {
-            ("405 Method Not Allowed", "text/plain", "only GET is allowed\n".into())
-        }
-        _ => ("404 Not Found", "text/plain", "metrics are served on /metrics\n".into()),
+        (Some("GET"), Some("/metrics")) => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            handle.render(),
+        ),
+        (Some(_), Some("/metrics")) => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET is allowed\n".into(),
+        ),
+        _ => (
+            "404 Not Found",
+            "text/plain",
+            "metrics are served on /metrics\n".into(),
+        ),
     };
     let response = format!(
         "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
@@ -156,14 +175,22 @@ mod tests {
     #[tokio::test]
     async fn serves_recorded_metrics_in_prometheus_text_format() {
         let shutdown = CancellationToken::new();
-        let addr = serve(([127, 0, 0, 1], 0).into(), shutdown.clone()).await.expect("serve");
+        let addr = serve(([127, 0, 0, 1], 0).into(), shutdown.clone())
+            .await
+            .expect("serve");
         counter!("ccm_test_things_total", "source" => "calls").increment(3);
         histogram!("ccm_test_batch_size").record(7.0);
         let body = get(addr, "GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await;
         assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-        assert!(body.contains("ccm_test_things_total{source=\"calls\"} 3"), "{body}");
+        assert!(
+            body.contains("ccm_test_things_total{source=\"calls\"} 3"),
+            "{body}"
+        );
         // `_size` histograms get buckets, not a summary.
-        assert!(body.contains("ccm_test_batch_size_bucket{le=\"10\"} 1"), "{body}");
+        assert!(
+            body.contains("ccm_test_batch_size_bucket{le=\"10\"} 1"),
+            "{body}"
+        );
         let missing = get(addr, "GET /nope HTTP/1.1\r\n\r\n").await;
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
         shutdown.cancel();

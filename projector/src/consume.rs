@@ -18,7 +18,7 @@ use async_nats::jetstream::{
     consumer::{PullConsumer, pull::Stream as MessageStream},
 };
 use ccm_core::{
-    Campaign, CallEvent, DialRequest,
+    CallEvent, Campaign, DialRequest,
     metrics::{counter, gauge, histogram},
 };
 use chrono::Utc;
@@ -211,7 +211,10 @@ async fn isolate(
 /// server gives up on it and emits the advisory the retrier dead-letters it from.
 async fn poison(label: &'static str, message: &Message, settings: Settings) {
     counter!("ccm_projector_poison_total", "source" => label).increment(1);
-    if let Err(e) = message.ack_with(AckKind::Nak(Some(settings.poison_delay))).await {
+    if let Err(e) = message
+        .ack_with(AckKind::Nak(Some(settings.poison_delay)))
+        .await
+    {
         tracing::warn!(error = %e, "nak failed");
     }
 }
@@ -266,19 +269,33 @@ pub fn decode_payload(
 ) -> Result<Option<Item>, String> {
     match source {
         Source::Calls => {
-            let request = serde_json::from_slice::<DialRequest>(payload).map_err(|e| e.to_string())?;
-            Ok(Some(Item::Queued { seq, request, payload: utf8(payload)? }))
+            let request =
+                serde_json::from_slice::<DialRequest>(payload).map_err(|e| e.to_string())?;
+            Ok(Some(Item::Queued {
+                seq,
+                request,
+                payload: utf8(payload)?,
+            }))
         }
         Source::Events => {
             let event = serde_json::from_slice::<CallEvent>(payload).map_err(|e| e.to_string())?;
-            Ok(Some(Item::Event { seq, event, payload: utf8(payload)? }))
+            Ok(Some(Item::Event {
+                seq,
+                event,
+                payload: utf8(payload)?,
+            }))
         }
         Source::Campaigns => {
             if !is_put || payload.is_empty() {
                 return Ok(None);
             }
             serde_json::from_slice::<Campaign>(payload)
-                .map(|campaign| Some(Item::Campaign { revision: seq, campaign }))
+                .map(|campaign| {
+                    Some(Item::Campaign {
+                        revision: seq,
+                        campaign,
+                    })
+                })
                 .map_err(|e| e.to_string())
         }
     }

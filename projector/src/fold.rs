@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use ccm_core::{
-    Campaign, CallEvent, DialRequest, EventKind, OutcomeStatus, events::phase_rank,
+    CallEvent, Campaign, DialRequest, EventKind, OutcomeStatus, events::phase_rank,
     status::CallStatus,
 };
 use chrono::{DateTime, DurationRound, NaiveDate, TimeDelta, Utc};
@@ -20,9 +20,17 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub enum Item {
     /// A dial message from `CALLS`: the attempt is queued.
-    Queued { seq: u64, request: DialRequest, payload: String },
+    Queued {
+        seq: u64,
+        request: DialRequest,
+        payload: String,
+    },
     /// An event or outcome from `CALL_EVENTS`.
-    Event { seq: u64, event: CallEvent, payload: String },
+    Event {
+        seq: u64,
+        event: CallEvent,
+        payload: String,
+    },
     /// A campaign document from the `campaigns` bucket; `revision` is its stream sequence.
     Campaign { revision: u64, campaign: Campaign },
 }
@@ -140,14 +148,22 @@ impl CallRow {
         row.updated_at = event.at;
         let mut reason = None;
         match &event.kind {
-            EventKind::Dialing { phone_number, max_attempts, created_at } => {
+            EventKind::Dialing {
+                phone_number,
+                max_attempts,
+                created_at,
+            } => {
                 row.phone_number = Some(phone_number.as_str().to_owned());
                 row.max_attempts = Some(to_i32(*max_attempts));
                 row.created_at = Some(*created_at);
                 row.last_attempt_at = Some(event.at);
             }
             EventKind::Outcome {
-                raw_status, duration_secs, external_call_id, reason: why, ..
+                raw_status,
+                duration_secs,
+                external_call_id,
+                reason: why,
+                ..
             } => {
                 row.total_call_time = duration_secs.map(to_i32).unwrap_or(0);
                 row.external_call_id.clone_from(external_call_id);
@@ -155,7 +171,10 @@ impl CallRow {
                 row.outcome_key = key(attempt, rank);
                 reason = why.clone();
             }
-            EventKind::Retrying { next_retry_at, reason: why } => {
+            EventKind::Retrying {
+                next_retry_at,
+                reason: why,
+            } => {
                 row.next_retry_at = Some(*next_retry_at);
                 reason = Some(why.clone());
             }
@@ -261,9 +280,11 @@ impl Fold {
                 }
                 (row, request.campaign_id.as_i64(), request.queued_at)
             }
-            Item::Event { event, .. } => {
-                (CallRow::from_event(event), event.campaign_id.as_i64(), event.at)
-            }
+            Item::Event { event, .. } => (
+                CallRow::from_event(event),
+                event.campaign_id.as_i64(),
+                event.at,
+            ),
             Item::Campaign { .. } => return,
         };
         if let Item::Event { event, .. } = item {
@@ -280,7 +301,11 @@ impl Fold {
     fn count_event(&mut self, event: &CallEvent, campaign: i64, at: DateTime<Utc>) {
         match &event.kind {
             EventKind::Dialing { .. } => self.concurrency.entry(second(at)).or_default().0 += 1,
-            EventKind::Outcome { status, duration_secs, .. } => {
+            EventKind::Outcome {
+                status,
+                duration_secs,
+                ..
+            } => {
                 self.concurrency.entry(second(at)).or_default().1 += 1;
                 let counters = self.counters(at, campaign);
                 match status {

@@ -35,7 +35,11 @@ fn to_i64(value: u64) -> i64 {
 
 /// Writes a batch of messages of one stream (`CALLS`, `CALL_EVENTS`, or the campaigns bucket)
 /// in one transaction.
-pub async fn write_batch(pool: &PgPool, stream: &str, items: &[Item]) -> Result<Written, sqlx::Error> {
+pub async fn write_batch(
+    pool: &PgPool,
+    stream: &str,
+    items: &[Item],
+) -> Result<Written, sqlx::Error> {
     if items.is_empty() {
         return Ok(Written::default());
     }
@@ -67,7 +71,10 @@ pub async fn write(
     }
     let new = record_events(stream, &events, conn).await?;
     let mut fold = Fold::default();
-    for item in events.iter().filter(|item| new.contains(&to_i64(item.seq()))) {
+    for item in events
+        .iter()
+        .filter(|item| new.contains(&to_i64(item.seq())))
+    {
         fold.add(item);
     }
     upsert_calls(fold.calls.values(), conn).await?;
@@ -89,13 +96,23 @@ async fn record_events(
         return Ok(HashSet::new());
     }
     let n = items.len();
-    let (mut seqs, mut calls, mut campaigns, mut attempts) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut kinds, mut statuses, mut times, mut payloads) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut seqs, mut calls, mut campaigns, mut attempts) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut kinds, mut statuses, mut times, mut payloads) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for item in items {
         let (row, kind, payload) = match item {
-            Item::Queued { request, payload, .. } => (CallRow::queued(request), "queued", payload),
+            Item::Queued {
+                request, payload, ..
+            } => (CallRow::queued(request), "queued", payload),
             Item::Event { event, payload, .. } => {
                 (CallRow::from_event(event), event.kind.name(), payload)
             }
@@ -287,7 +304,16 @@ async fn add_daily(
             column.push(value);
         }
     }
-    let [initiated, picked, disconnected, rnr, failed, retries, duration, dlq] = &columns;
+    let [
+        initiated,
+        picked,
+        disconnected,
+        rnr,
+        failed,
+        retries,
+        duration,
+        dlq,
+    ] = &columns;
     sqlx::query(
         "INSERT INTO daily_metrics AS m
             (day, campaign_id, total_calls_initiated, total_calls_picked,

@@ -5,7 +5,9 @@ use rand::{SeedableRng, seq::SliceRandom};
 use super::*;
 
 fn at(secs: i64) -> DateTime<Utc> {
-    Utc.timestamp_opt(1_700_000_000 + secs, 0).single().expect("valid time")
+    Utc.timestamp_opt(1_700_000_000 + secs, 0)
+        .single()
+        .expect("valid time")
 }
 
 /// A call's whole life: RNR on attempt 1 (with a FAILED outcome reason), picked on attempt 2.
@@ -28,7 +30,11 @@ fn life(call: CallId) -> Vec<Item> {
         at: at(t),
         kind,
     };
-    let dialing = EventKind::Dialing { phone_number: phone.clone(), max_attempts: 3, created_at: at(0) };
+    let dialing = EventKind::Dialing {
+        phone_number: phone.clone(),
+        max_attempts: 3,
+        created_at: at(0),
+    };
     let outcome = |status, secs, id: &str, reason: Option<&str>| EventKind::Outcome {
         status,
         source: OutcomeSource::Carrier,
@@ -39,21 +45,45 @@ fn life(call: CallId) -> Vec<Item> {
     };
     let events = [
         event(1, 2, dialing.clone()),
-        event(1, 3, outcome(OutcomeStatus::Failed, Some(4), "CA1", Some("busy"))),
-        event(1, 4, EventKind::Retrying { next_retry_at: at(60), reason: "RNR".into() }),
+        event(
+            1,
+            3,
+            outcome(OutcomeStatus::Failed, Some(4), "CA1", Some("busy")),
+        ),
+        event(
+            1,
+            4,
+            EventKind::Retrying {
+                next_retry_at: at(60),
+                reason: "RNR".into(),
+            },
+        ),
         event(2, 61, dialing),
         event(2, 62, outcome(OutcomeStatus::Picked, Some(30), "CA2", None)),
         event(2, 63, EventKind::Completed),
     ];
     let mut items = vec![
-        Item::Queued { seq: 1, request: request(1, 1), payload: String::new() },
-        Item::Queued { seq: 2, request: request(2, 60), payload: String::new() },
+        Item::Queued {
+            seq: 1,
+            request: request(1, 1),
+            payload: String::new(),
+        },
+        Item::Queued {
+            seq: 2,
+            request: request(2, 60),
+            payload: String::new(),
+        },
     ];
-    items.extend(events.into_iter().enumerate().map(|(i, event)| Item::Event {
-        seq: 10 + i as u64,
-        event,
-        payload: String::new(),
-    }));
+    items.extend(
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| Item::Event {
+                seq: 10 + i as u64,
+                event,
+                payload: String::new(),
+            }),
+    );
     items
 }
 
@@ -114,18 +144,23 @@ fn metrics_count_each_event_once_by_kind() {
     for item in life(CallId::new()) {
         fold.add(&item);
     }
-    let counters = fold.daily.values().copied().fold(DailyCounters::default(), |a, b| {
-        DailyCounters {
+    let counters = fold
+        .daily
+        .values()
+        .copied()
+        .fold(DailyCounters::default(), |a, b| DailyCounters {
             initiated: a.initiated + b.initiated,
             picked: a.picked + b.picked,
             failed: a.failed + b.failed,
             retries: a.retries + b.retries,
             duration_seconds: a.duration_seconds + b.duration_seconds,
             ..a
-        }
-    });
+        });
     assert_eq!(counters.initiated, 1, "only attempt 1 is a new call");
-    assert_eq!((counters.picked, counters.failed, counters.retries), (1, 1, 1));
+    assert_eq!(
+        (counters.picked, counters.failed, counters.retries),
+        (1, 1, 1)
+    );
     assert_eq!(counters.duration_seconds, 34);
     let started: i64 = fold.concurrency.values().map(|(s, _)| s).sum();
     let ended: i64 = fold.concurrency.values().map(|(_, e)| e).sum();
