@@ -210,6 +210,8 @@ pub struct ProjectorConfig {
     /// Where `GET /metrics` is served; none by default, since several processes may share a
     /// host (set e.g. `CCM_PROJECTOR__METRICS_LISTEN=0.0.0.0:9464`).
     pub metrics_listen: Option<SocketAddr>,
+    /// Batches of one consumer written concurrently (each its own transaction).
+    pub writers: usize,
 }
 
 impl Default for ProjectorConfig {
@@ -219,6 +221,7 @@ impl Default for ProjectorConfig {
             batch_wait_ms: 20,
             poison_delay_ms: 5000,
             metrics_listen: None,
+            writers: 3,
         }
     }
 }

@@ -24,7 +24,7 @@ use ccm_core::{
 use chrono::Utc;
 use futures::StreamExt;
 use sqlx::PgPool;
-use tokio::time::Instant;
+use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{ProjectorError, fold::Item};
@@ -53,6 +53,8 @@ impl Source {
 pub struct Settings {
     pub batch_size: usize,
     pub batch_wait: Duration,
+    /// Batches of one consumer written concurrently.
+    pub writers: usize,
     pub poison_delay: Duration,
 }
 
@@ -77,12 +79,25 @@ pub async fn run(
         .messages()
         .await
         .map_err(|e| ProjectorError::Consume(e.into()))?;
+    // Batches are written by up to `writers` transactions at once: the merge rules make the
+    // order of writes irrelevant, and overlapping them keeps Postgres busy while the next
+    // batch is collected and decoded.
+    let mut in_flight = JoinSet::new();
     loop {
+        while in_flight.try_join_next().is_some() {}
+        while in_flight.len() >= settings.writers.max(1) {
+            in_flight.join_next().await;
+        }
         let Some(batch) = next_batch(&mut messages, settings, &shutdown).await else {
-            return Ok(());
+            break;
         };
-        apply_batch(source, &pool, batch, settings, &shutdown).await;
+        let (pool, shutdown) = (pool.clone(), shutdown.clone());
+        in_flight
+            .spawn(async move { apply_batch(source, &pool, batch, settings, &shutdown).await });
     }
+    // Let the batches already taken finish (or give up at shutdown) before returning.
+    while in_flight.join_next().await.is_some() {}
+    Ok(())
 }
 
 /// Waits for a first message, then collects until the batch is full or `batch_wait` has

@@ -62,7 +62,7 @@ pub enum ProjectorError {
 /// Connects to PostgreSQL, waiting for it when it is not up yet.
 pub async fn connect_db(url: &str, shutdown: &CancellationToken) -> Result<PgPool, ProjectorError> {
     loop {
-        match PgPoolOptions::new().max_connections(8).connect(url).await {
+        match PgPoolOptions::new().max_connections(16).connect(url).await {
             Ok(pool) => return Ok(pool),
             Err(e) if !shutdown.is_cancelled() => {
                 tracing::warn!(error = %e, "PostgreSQL not reachable yet; retrying");
@@ -90,6 +90,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Proj
     let settings = consume::Settings {
         batch_size: config.projector.batch_size.max(1),
         batch_wait: Duration::from_millis(config.projector.batch_wait_ms),
+        writers: config.projector.writers.max(1),
         poison_delay: Duration::from_millis(config.projector.poison_delay_ms),
     };
     let mut tasks = JoinSet::new();
