@@ -35,6 +35,9 @@ struct Args {
     /// Seconds of the lag measurement.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Batches of one consumer written concurrently.
+    #[arg(long, default_value_t = 3)]
+    writers: usize,
     /// Turn fsync, synchronous_commit and full_page_writes on before measuring.
     #[arg(long)]
     durable: bool,
@@ -83,7 +86,8 @@ async fn main() -> anyhow::Result<()> {
         index,
         published.elapsed()
     );
-    let config = env.config();
+    let mut config = env.config();
+    config.projector.writers = args.writers;
     let began = Instant::now();
     let projector = support::Running::start(config);
     support::wait_for_rows(&pool, 1, Duration::from_secs(60)).await;
