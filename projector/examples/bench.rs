@@ -9,8 +9,8 @@
 //!    follows within the batch write time, printed from the projector's own histogram).
 //!
 //! `cargo run -p ccm-projector --example bench -- --events 100000 --rate 10000 --seconds 10`
-//! Add `--durable` to switch the harness's PostgreSQL (started with fsync, synchronous_commit
-//! and full_page_writes off) to durable settings first.
+//! The harness's PostgreSQL runs with fsync, synchronous_commit and full_page_writes off (set
+//! on its command line, so they cannot be switched on here); the figures are for that.
 
 use std::time::{Duration, Instant};
 
@@ -38,9 +38,6 @@ struct Args {
     /// Batches of one consumer written concurrently.
     #[arg(long, default_value_t = 3)]
     writers: usize,
-    /// Turn fsync, synchronous_commit and full_page_writes on before measuring.
-    #[arg(long)]
-    durable: bool,
 }
 
 #[tokio::main]
@@ -50,16 +47,6 @@ async fn main() -> anyhow::Result<()> {
     env.provision().await.context("provision")?;
     let js = env.jetstream().await.context("jetstream")?;
     let pool = env.pg().await.context("pg")?;
-    if args.durable {
-        for setting in ["fsync", "synchronous_commit", "full_page_writes"] {
-            sqlx::query(&format!("ALTER SYSTEM SET {setting} = on"))
-                .execute(&pool)
-                .await?;
-        }
-        sqlx::query("SELECT pg_reload_conf()")
-            .execute(&pool)
-            .await?;
-    }
     let settings: (String, String) =
         sqlx::query_as("SELECT current_setting('fsync'), current_setting('synchronous_commit')")
             .fetch_one(&pool)
