@@ -141,6 +141,22 @@ async fn the_projection_holds_what_the_events_say() {
     // Six calls dial in the same second (0, 1, 2, 4, 5, 6) and all last at least a second.
     assert_eq!(peak, 6);
 
+    // The projector's own metrics count what it wrote, per source.
+    let rendered = ccm_core::metrics::render();
+    let counter = |source: &str| -> u64 {
+        let prefix = format!("ccm_projector_messages_total{{source=\"{source}\",result=\"new\"}} ");
+        rendered
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{rendered}"))
+    };
+    let dials = messages.iter().filter(|m| m.is_dial()).count() as u64;
+    assert_eq!(counter("CALLS"), dials);
+    assert_eq!(counter("CALL_EVENTS"), messages.len() as u64 - dials);
+    assert!(rendered.contains("ccm_projector_pending_messages{source=\"CALL_EVENTS\"}"));
+    assert!(rendered.contains("ccm_projector_lag_seconds_bucket{source=\"CALL_EVENTS\",le=\"1\"}"));
+
     let failed: (Option<String>, Option<String>) = sqlx::query_as(
         "SELECT error_message, external_call_id FROM calls WHERE status = 'FAILED' LIMIT 1",
     )
@@ -149,4 +165,41 @@ async fn the_projection_holds_what_the_events_say() {
     .expect("failed call");
     assert_eq!(failed.0.as_deref(), Some("permanent"));
     assert!(failed.1.is_some_and(|id| id.starts_with("CA-")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_applying_the_same_messages_at_once_give_the_same_tables() {
+    let env = TestEnv::start().await.expect("test env");
+    env.provision().await.expect("provision");
+    let js = env.jetstream().await.expect("jetstream");
+    let pool = env.pg().await.expect("pg");
+    let messages = support::lives(1500, 9, Utc::now());
+    support::publish_all(&js, &messages).await;
+    let items = support::stored_items(&js).await;
+    ccm_projector::MIGRATOR.run(&pool).await.expect("migrate");
+
+    // Two projector replicas share the consumers, while two more writers apply every message
+    // again, shuffled, in the same database at the same time.
+    let a = Running::start(support::config(&env));
+    let b = Running::start(support::config(&env));
+    let mut writers = Vec::new();
+    for seed in [1, 2] {
+        let mut mine = items.clone();
+        mine.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+        let pool = pool.clone();
+        writers.push(tokio::spawn(async move {
+            support::write_items(&pool, &mine, 250).await
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    support::wait_for_rows(&pool, messages.len(), Duration::from_secs(60)).await;
+    a.stop().await;
+    b.stop().await;
+    assert_eq!(
+        support::dump(&pool).await,
+        support::reference_dump(&env, "reference").await,
+        "concurrent writers changed the outcome"
+    );
 }
