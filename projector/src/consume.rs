@@ -234,13 +234,18 @@ async fn poison(label: &'static str, message: &Message, settings: Settings) {
     }
 }
 
-/// Whether Postgres refused the data itself (SQLSTATE class 22, data exception, or 23,
-/// integrity violation) rather than failing to run the statement.
+/// Whether Postgres refused the data itself (SQLSTATE class 22, data exception; 23, integrity
+/// violation; 54, program limit exceeded, e.g. a value too large for an index) rather than
+/// failing to run the statement. Such a batch would fail again however often it is retried.
 fn is_data_error(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
         .and_then(|e| e.code())
-        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+        .is_some_and(|code| {
+            ["22", "23", "54"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        })
 }
 
 /// Publishes the consumer's backlog (messages not yet delivered, and delivered but not yet
