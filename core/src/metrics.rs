@@ -43,6 +43,9 @@ pub enum MetricsError {
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often buffered histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the process-wide recorder once and returns its handle; later calls return the same
 /// handle. Tests that run several services in one process therefore share one registry.
 pub fn install() -> Result<PrometheusHandle, MetricsError> {
@@ -57,8 +60,26 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
     let handle = recorder.handle();
     // Two threads may race here; only the winner's recorder becomes global, and both return
     // the winner's handle.
-    if HANDLE.set(handle).is_ok() && metrics::set_global_recorder(recorder).is_err() {
-        tracing::warn!("a metrics recorder was already installed; ccm metrics are not exported");
+    if HANDLE.set(handle.clone()).is_ok() {
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!(
+                "a metrics recorder was already installed; ccm metrics are not exported"
+            );
+        }
+        // Histogram samples are buffered until drained into their buckets: without a regular
+        // upkeep they would grow without bound between scrapes. A plain thread, so that
+        // `install` works outside a Tokio runtime too.
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    handle.run_upkeep();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
+        }
     }
     Ok(HANDLE.get().expect("set above").clone())
 }

@@ -157,7 +157,7 @@ async fn apply_batch(
     histogram!("ccm_projector_batch_size", "source" => label).record(batch.len() as f64);
     let started = Instant::now();
     let written = loop {
-        let items: Vec<Item> = batch.iter().filter_map(|(_, item)| item.clone()).collect();
+        let items: Vec<&Item> = batch.iter().filter_map(|(_, item)| item.as_ref()).collect();
         match crate::store::write_batch(pool, label, &items).await {
             Ok(written) => break written,
             // The data itself is refused (e.g. a `\u0000` Postgres cannot store): find the
@@ -210,7 +210,7 @@ async fn isolate(
 ) -> Vec<(Message, Option<Item>)> {
     let mut kept = Vec::with_capacity(batch.len());
     for (message, item) in batch {
-        let single: Vec<Item> = item.iter().cloned().collect();
+        let single: Vec<&Item> = item.iter().collect();
         match crate::store::write_batch(pool, label, &single).await {
             Err(e) if is_data_error(&e) => {
                 tracing::warn!(subject = %message.subject, error = %e, "database refuses message");

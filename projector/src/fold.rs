@@ -44,6 +44,36 @@ impl Item {
         }
     }
 
+    /// The `call_events` columns of a call message: call, campaign, attempt, kind, status.
+    /// `None` for a campaign document.
+    pub fn event_columns(&self) -> Option<(Uuid, i64, i32, &'static str, &'static str)> {
+        match self {
+            Self::Queued { request, .. } => Some((
+                request.call_id.as_uuid(),
+                request.campaign_id.as_i64(),
+                to_i32(request.attempt),
+                "queued",
+                CallStatus::Queued.as_str(),
+            )),
+            Self::Event { event, .. } => Some((
+                event.call_id.as_uuid(),
+                event.campaign_id.as_i64(),
+                to_i32(event.attempt),
+                event.kind.name(),
+                event.kind.status().as_str(),
+            )),
+            Self::Campaign { .. } => None,
+        }
+    }
+
+    /// The payload as published (`None` for a campaign document, stored parsed instead).
+    pub fn payload(&self) -> Option<&str> {
+        match self {
+            Self::Queued { payload, .. } | Self::Event { payload, .. } => Some(payload),
+            Self::Campaign { .. } => None,
+        }
+    }
+
     /// When the message's fact happened, for the projection lag.
     pub fn occurred_at(&self) -> DateTime<Utc> {
         match self {

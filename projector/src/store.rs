@@ -38,7 +38,7 @@ fn to_i64(value: u64) -> i64 {
 pub async fn write_batch(
     pool: &PgPool,
     stream: &str,
-    items: &[Item],
+    items: &[&Item],
 ) -> Result<Written, sqlx::Error> {
     if items.is_empty() {
         return Ok(Written::default());
@@ -53,11 +53,11 @@ pub async fn write_batch(
 pub async fn write(
     conn: &mut PgConnection,
     stream: &str,
-    items: &[Item],
+    items: &[&Item],
 ) -> Result<Written, sqlx::Error> {
     // One entry per sequence, in sequence order: a message redelivered into the same batch
     // counts once, and rows are locked in a stable order.
-    let by_seq: BTreeMap<u64, &Item> = items.iter().map(|item| (item.seq(), item)).collect();
+    let by_seq: BTreeMap<u64, &Item> = items.iter().map(|item| (item.seq(), *item)).collect();
     let mut campaigns = Vec::new();
     let mut events = Vec::with_capacity(by_seq.len());
     for item in by_seq.values() {
@@ -109,23 +109,19 @@ async fn record_events(
         Vec::with_capacity(n),
     );
     for item in items {
-        let (row, kind, payload) = match item {
-            Item::Queued {
-                request, payload, ..
-            } => (CallRow::queued(request), "queued", payload),
-            Item::Event { event, payload, .. } => {
-                (CallRow::from_event(event), event.kind.name(), payload)
-            }
-            Item::Campaign { .. } => continue,
+        let (Some((call, campaign, attempt, kind, status)), Some(payload)) =
+            (item.event_columns(), item.payload())
+        else {
+            continue;
         };
         seqs.push(to_i64(item.seq()));
-        calls.push(row.call_id);
-        campaigns.push(row.campaign_id);
-        attempts.push(row.attempt_count);
+        calls.push(call);
+        campaigns.push(campaign);
+        attempts.push(attempt);
         kinds.push(kind);
-        statuses.push(row.status.as_str());
+        statuses.push(status);
         times.push(item.occurred_at());
-        payloads.push(payload.as_str());
+        payloads.push(payload);
     }
     let new: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO call_events

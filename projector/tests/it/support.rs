@@ -302,10 +302,10 @@ pub async fn fresh_database(env: &ccm_tests::TestEnv, name: &str) -> PgPool {
 pub async fn write_items(pool: &PgPool, items: &[(Source, Item)], batch: usize) {
     for chunk in items.chunks(batch.max(1)) {
         for source in [Source::Calls, Source::Events] {
-            let of_source: Vec<Item> = chunk
+            let of_source: Vec<&Item> = chunk
                 .iter()
                 .filter(|(s, _)| *s == source)
-                .map(|(_, i)| i.clone())
+                .map(|(_, i)| i)
                 .collect();
             ccm_projector::store::write_batch(pool, source.stream(), &of_source)
                 .await
