@@ -43,6 +43,27 @@ impl DialRequest {
     }
 }
 
+/// A call attempt due later, waiting in `RETRIES` (subject `calls.retry.<campaign>`) until
+/// the retrier re-publishes its dial request to `CALLS` at `due_at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryEntry {
+    pub due_at: DateTime<Utc>,
+    /// The attempt to publish when due (already numbered n+1).
+    pub request: DialRequest,
+}
+
+impl RetryEntry {
+    /// The subject of the entry.
+    pub fn subject(&self) -> String {
+        subjects::retry(self.request.campaign_id)
+    }
+
+    /// `<call>/<attempt>/retry`: one entry per scheduled attempt, whoever schedules it.
+    pub fn msg_id(&self) -> String {
+        subjects::event_msg_id(self.request.call_id, self.request.attempt, "retry")
+    }
+}
+
 /// Where an outcome came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -61,7 +82,11 @@ pub enum OutcomeSource {
 pub enum EventKind {
     /// The dialer is placing the attempt. Carries what later stages need to know about the
     /// call, so they never have to look anything up elsewhere.
-    Dialing { phone_number: PhoneNumber, max_attempts: u32, created_at: DateTime<Utc> },
+    Dialing {
+        phone_number: PhoneNumber,
+        max_attempts: u32,
+        created_at: DateTime<Utc>,
+    },
     /// The carrier's verdict on the attempt (published on `calls.outcome.…`).
     Outcome {
         status: OutcomeStatus,
@@ -77,7 +102,10 @@ pub enum EventKind {
         reason: Option<String>,
     },
     /// Another attempt is scheduled.
-    Retrying { next_retry_at: DateTime<Utc>, reason: String },
+    Retrying {
+        next_retry_at: DateTime<Utc>,
+        reason: String,
+    },
     /// Terminal: answered.
     Completed,
     /// Terminal: failed for good.
@@ -212,8 +240,13 @@ mod tests {
         assert!(!outcome.is_terminal());
         assert!(EventKind::Failed { reason: "x".into() }.is_terminal());
         assert!(EventKind::Completed.is_terminal());
-        assert!(!EventKind::Retrying { next_retry_at: Utc::now(), reason: "RNR".into() }
-            .is_terminal());
+        assert!(
+            !EventKind::Retrying {
+                next_retry_at: Utc::now(),
+                reason: "RNR".into()
+            }
+            .is_terminal()
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`topology`]: the streams, consumers and KV buckets of `nats/`, embedded, and their
 //!   idempotent provisioning.
 //! - [`nats`]: connecting and publishing with `Nats-Msg-Id`.
+//! - [`policy`]: the YAML retry policy (the old system's format plus extensions) and the
+//!   pure retry decision.
 //! - [`config`], [`telemetry`], [`service`]: layered configuration, `tracing` set-up, and
 //!   the command line and shutdown signal every binary shares.
 //!
@@ -21,6 +23,7 @@ pub mod events;
 pub mod ids;
 pub mod nats;
 pub mod phone;
+pub mod policy;
 pub mod service;
 pub mod status;
 pub mod subjects;
@@ -29,7 +32,8 @@ pub mod topology;
 
 pub use campaign::{Campaign, CampaignState};
 pub use config::Config;
-pub use events::{CallEvent, DialRequest, EventKind, OutcomeSource};
+pub use events::{CallEvent, DialRequest, EventKind, OutcomeSource, RetryEntry};
 pub use ids::{CallId, CampaignId};
 pub use phone::{PhoneNumber, PhoneRule};
+pub use policy::{PolicyOverride, RetryPolicy};
 pub use status::{CallStatus, OutcomeStatus};
