@@ -1,0 +1,6 @@
+//! Integration tests of the retrier against a real NATS JetStream (one test binary).
+
+mod dead_letters;
+mod policy_file;
+mod retries;
+mod support;
