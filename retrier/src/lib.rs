@@ -79,6 +79,9 @@ impl Shared {
 /// Outcomes and advisories handled at once by one replica.
 const HANDLERS: usize = 64;
 
+/// How long a pull request waits for messages. Short, so shutdown is never held up long.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
 /// Runs the retrier until `shutdown` is cancelled. A bad policy file stops it at start.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RetrierError> {
     let policy = RetryPolicy::load(&config.retrier.policy_file)?;
@@ -89,28 +92,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Retr
     let mut tasks = JoinSet::new();
     let (c, s) = (ctx.clone(), shutdown.clone());
     tasks.spawn(async move {
-        consume(
-            c,
-            s,
-            "retrier_outcomes",
-            names::CALL_EVENTS,
-            |ctx, m| async move {
-                outcome::handle(&ctx, m).await;
-            },
-        )
+        let pull = Pull {
+            consumer: "retrier_outcomes",
+            stream: names::CALL_EVENTS,
+            batch: HANDLERS,
+            concurrency: HANDLERS,
+        };
+        consume(c, s, pull, |ctx, m| async move {
+            outcome::handle(&ctx, m).await
+        })
         .await
     });
     let (c, s) = (ctx.clone(), shutdown.clone());
     tasks.spawn(async move {
-        consume(
-            c,
-            s,
-            "retrier_advisories",
-            names::ADVISORIES,
-            |ctx, m| async move {
-                advisories::handle(&ctx, m).await;
-            },
-        )
+        let pull = Pull {
+            consumer: "retrier_advisories",
+            stream: names::ADVISORIES,
+            batch: HANDLERS,
+            concurrency: HANDLERS,
+        };
+        consume(c, s, pull, |ctx, m| async move {
+            advisories::handle(&ctx, m).await
+        })
         .await
     });
     let (c, s) = (ctx.clone(), shutdown.clone());
@@ -131,52 +134,80 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Retr
     result
 }
 
-/// Pulls from a durable consumer and runs `handler` on each message, at most [`HANDLERS`] at
-/// a time, until `shutdown`; then waits for the handlers in flight.
-async fn consume<F, Fut>(
+/// How a consumer is pulled.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pull {
+    pub consumer: &'static str,
+    pub stream: &'static str,
+    /// Messages per pull request.
+    pub batch: usize,
+    /// Handlers running at once.
+    pub concurrency: usize,
+}
+
+/// Pulls from a durable consumer and runs `handler` on each message, at most
+/// `pull.concurrency` at a time, until `shutdown`; then waits for the handlers in flight.
+///
+/// Pulls are explicit batches with a short `expires`, each read to its end: on shutdown the
+/// last batch is finished and what it still brings is NAKed, so no message is left buffered
+/// in a stopped client, invisible to other replicas until its `ack_wait` runs out.
+pub(crate) async fn consume<F, Fut>(
     ctx: Arc<Shared>,
     shutdown: CancellationToken,
-    consumer: &'static str,
-    stream: &'static str,
+    pull: Pull,
     handler: F,
 ) -> Result<(), RetrierError>
 where
     F: Fn(Arc<Shared>, Message) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let pull: PullConsumer = ctx
+    let consumer: PullConsumer = ctx
         .js
-        .get_consumer_from_stream(consumer, stream)
+        .get_consumer_from_stream(pull.consumer, pull.stream)
         .await
-        .map_err(|e| RetrierError::Open(consumer, e.into()))?;
-    let mut messages = pull
-        .stream()
-        .max_messages_per_batch(HANDLERS)
-        .expires(Duration::from_secs(5))
-        .messages()
-        .await
-        .map_err(|e| RetrierError::Open(consumer, e.into()))?;
-    let limit = Arc::new(tokio::sync::Semaphore::new(HANDLERS));
+        .map_err(|e| RetrierError::Open(pull.consumer, e.into()))?;
+    let limit = Arc::new(tokio::sync::Semaphore::new(pull.concurrency.max(1)));
     let mut tasks = JoinSet::new();
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            next = messages.next() => next,
-        };
-        match next {
-            Some(Ok(message)) => {
-                let Ok(permit) = limit.clone().acquire_owned().await else {
-                    break;
-                };
-                let work = handler(ctx.clone(), message);
-                tasks.spawn(async move {
-                    work.await;
-                    drop(permit);
-                });
-                while tasks.try_join_next().is_some() {}
+    while !shutdown.is_cancelled() {
+        let batch = consumer
+            .fetch()
+            .max_messages(pull.batch.max(1))
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(consumer = pull.consumer, error = %e, "pull failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
             }
-            Some(Err(e)) => tracing::warn!(consumer, error = %e, "pull error"),
-            None => break,
+        };
+        while let Some(message) = batch.next().await {
+            let message = match message {
+                Ok(message) => message,
+                Err(e) => {
+                    tracing::warn!(consumer = pull.consumer, error = %e, "pull error");
+                    continue;
+                }
+            };
+            if shutdown.is_cancelled() {
+                let _ = message
+                    .ack_with(async_nats::jetstream::AckKind::Nak(None))
+                    .await;
+                continue;
+            }
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                break;
+            };
+            let work = handler(ctx.clone(), message);
+            tasks.spawn(async move {
+                work.await;
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
         }
     }
     while tasks.join_next().await.is_some() {}

@@ -16,11 +16,10 @@ use std::{sync::Arc, time::Duration};
 use async_nats::jetstream::{AckKind, Message};
 use ccm_core::RetryEntry;
 use chrono::Utc;
-use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::{RetrierError, Shared, dlq};
+use crate::{Pull, RetrierError, Shared, dlq};
 
 /// Entries due within this are held in memory rather than NAKed again. It stays below the
 /// consumer's `ack_wait` (60 s) so a held entry is never redelivered elsewhere meanwhile.
@@ -32,48 +31,20 @@ const IN_FLIGHT: usize = 10_000;
 /// Consumes `retrier_retries` until `shutdown`.
 pub async fn run(ctx: Arc<Shared>, shutdown: CancellationToken) -> Result<(), RetrierError> {
     let scheduler = ctx.policy.scheduler.clone();
-    let consumer: async_nats::jetstream::consumer::PullConsumer = ctx
-        .js
-        .get_consumer_from_stream("retrier_retries", ccm_core::topology::names::RETRIES)
-        .await
-        .map_err(|e| RetrierError::Open("retrier_retries", e.into()))?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(scheduler.batch_size.max(1))
-        .expires(Duration::from_secs(5))
-        .messages()
-        .await
-        .map_err(|e| RetrierError::Open("retrier_retries", e.into()))?;
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let publishing = Arc::new(Semaphore::new(scheduler.max_concurrent_retries.max(1)));
     let step = Duration::from_secs(u64::from(scheduler.check_interval_minutes.max(1)) * 60);
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            next = messages.next() => next,
-        };
-        let message = match next {
-            Some(Ok(message)) => message,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "RETRIES pull error");
-                continue;
-            }
-            None => break,
-        };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break;
-        };
-        let (ctx, publishing, shutdown) = (ctx.clone(), publishing.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            handle(&ctx, message, step, &publishing, &shutdown).await;
-            drop(permit);
-        });
-        while tasks.try_join_next().is_some() {}
-    }
-    // Held entries are handed back (NAK) on shutdown, so another replica takes them at once.
-    while tasks.join_next().await.is_some() {}
-    Ok(())
+    let pull = Pull {
+        consumer: "retrier_retries",
+        stream: ccm_core::topology::names::RETRIES,
+        batch: scheduler.batch_size,
+        concurrency: IN_FLIGHT,
+    };
+    let stop = shutdown.clone();
+    crate::consume(ctx, shutdown, pull, move |ctx, message| {
+        let (publishing, shutdown) = (publishing.clone(), stop.clone());
+        async move { handle(&ctx, message, step, &publishing, &shutdown).await }
+    })
+    .await
 }
 
 async fn handle(

@@ -1,6 +1,7 @@
 //! Integration tests of the retrier against a real NATS JetStream (one test binary).
 
 mod dead_letters;
+mod outcomes;
 mod policy_file;
 mod retries;
 mod support;
