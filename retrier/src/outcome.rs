@@ -71,9 +71,12 @@ async fn decide(ctx: &Shared, outcome: &CallEvent) -> Result<(), OutcomeError> {
     };
     let history = CallHistory::read(&ctx.events, outcome.campaign_id, outcome.call_id).await?;
     let facts = history.facts();
-    if let Some(settled) = history.settled(outcome.attempt) {
+    if history.settled(outcome.attempt).is_some() {
         // Decided before (this is a redelivery, or a stale outcome of an earlier attempt).
-        if settled.kind.is_terminal() && settled.attempt == outcome.attempt {
+        // Only when the call still ends with this attempt is the release repeated: a call
+        // redriven since holds its number again.
+        let last = history.events.last();
+        if last.is_some_and(|e| e.kind.is_terminal() && e.attempt == outcome.attempt) {
             if let Some(facts) = &facts {
                 release(&ctx.active_calls, &facts.phone_number, outcome.call_id).await?;
             }
@@ -221,5 +224,21 @@ pub async fn release(
             tracing::debug!(error = %e, "claim changed before release");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_samples_are_fixed_per_attempt_and_spread_over_the_range() {
+        let call = CallId::new();
+        assert_eq!(jitter_sample(call, 1), jitter_sample(call, 1));
+        let samples: Vec<f64> = (0..2000).map(|n| jitter_sample(CallId::new(), n)).collect();
+        assert!(samples.iter().all(|s| (-1.0..=1.0).contains(s)));
+        assert!(samples.iter().any(|s| *s < -0.9) && samples.iter().any(|s| *s > 0.9));
+        let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+        assert!(mean.abs() < 0.1, "centred: {mean}");
     }
 }

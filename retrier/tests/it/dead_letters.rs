@@ -17,7 +17,7 @@ use crate::support::{Retrier, events, request, shipped_policy};
 /// Creates a consumer that gives up after `max_deliver` deliveries, and plays a consumer
 /// that fails every message it gets: NAK, until the server stops redelivering, then one
 /// more pull (nats-server 2.9 emits the advisory on the next pull).
-async fn exhaust(
+pub async fn exhaust(
     js: &jetstream::Context,
     stream: &str,
     filter: &str,

@@ -1,5 +1,6 @@
 //! Integration tests of the retrier against a real NATS JetStream (one test binary).
 
+mod cli;
 mod dead_letters;
 mod outcomes;
 mod policy_file;
