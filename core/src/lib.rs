@@ -12,6 +12,7 @@
 //! - [`nats`]: connecting and publishing with `Nats-Msg-Id`.
 //! - [`policy`]: the YAML retry policy (the old system's format plus extensions) and the
 //!   pure retry decision.
+//! - [`dlq`]: dead letters as stored in `DLQ`, and the operator's actions on them.
 //! - [`config`], [`telemetry`], [`service`]: layered configuration, `tracing` set-up, and
 //!   the command line and shutdown signal every binary shares.
 //!
@@ -19,6 +20,7 @@
 
 pub mod campaign;
 pub mod config;
+pub mod dlq;
 pub mod events;
 pub mod ids;
 pub mod nats;

@@ -33,6 +33,22 @@ fn carrier(rnr: u32, failed: u32) -> CarrierConfig {
     })
 }
 
+/// Starts the stack and waits until the dialer watches the campaigns bucket. The dialer's
+/// watch delivers only changes made after it starts (reported to its owner), so a campaign
+/// created earlier would never be dialled.
+async fn start(env: &TestEnv, config: ccm_core::Config) -> Stack {
+    let stack = Stack::start(env, config).await;
+    let js = env.jetstream().await.expect("jetstream");
+    let watching = eventually(Duration::from_secs(10), || async {
+        let stream = js.get_stream("KV_campaigns").await.ok()?;
+        // The projector's durable consumer, plus the dialer's watch.
+        (stream.cached_info().state.consumer_count >= 2).then_some(())
+    })
+    .await;
+    assert!(watching.is_some(), "the dialer watches the campaigns");
+    stack
+}
+
 async fn campaign(stack: &Stack, max_attempts: u32) -> u64 {
     let (status, body) = stack
         .send(
@@ -145,7 +161,7 @@ async fn an_rnr_call_is_retried_exactly_as_the_policy_says_then_fails_with_the_r
     let mut config = env.config();
     config.retrier.policy_file = file.path().to_owned();
     config.dialer.carrier = carrier(1, 0);
-    let stack = Stack::start(&env, config).await;
+    let stack = start(&env, config).await;
     let campaign = campaign(&stack, 3).await;
     let call = call(&stack, campaign, "+15550003001").await;
 
@@ -211,7 +227,7 @@ async fn failed_is_retried_as_its_status_rule_says() {
     let mut config = env.config();
     config.retrier.policy_file = file.path().to_owned();
     config.dialer.carrier = carrier(0, 1);
-    let stack = Stack::start(&env, config).await;
+    let stack = start(&env, config).await;
     let campaign = campaign(&stack, 5).await;
     let call = call(&stack, campaign, "+15550003002").await;
     // The decision is read from the stream: in Postgres an outcome FAILED and the terminal
@@ -249,7 +265,7 @@ async fn an_exhausted_call_is_dead_lettered_and_redrive_completes_it() {
     let env = TestEnv::start().await.expect("test environment");
     let mut config = env.config();
     config.dialer.carrier = CarrierConfig::Sim(SimCarrierConfig::default());
-    let stack = Stack::start(&env, config.clone()).await;
+    let stack = start(&env, config.clone()).await;
     let js = env.jetstream().await.expect("jetstream");
     // A campaign no dialer serves yet: its calls are taken by a dialer whose carrier answers
     // every attempt with an error (played here: NAK each delivery) until max_deliver.
@@ -309,21 +325,36 @@ async fn an_exhausted_call_is_dead_lettered_and_redrive_completes_it() {
     )
     .await;
     assert!(error.unwrap_or_default().contains("4 times"));
-    let dlq = ccm_retrier::dlq::Dlq::open(js.clone()).await.expect("dlq");
-    let letters = dlq
-        .list(&ccm_retrier::dlq::Filter {
-            call: Some(request.call_id),
-            limit: 5,
-            ..Default::default()
-        })
-        .await
-        .expect("list");
+    // The operator finds it through the API.
+    let (status, letters) = stack
+        .send(
+            Method::GET,
+            &format!("/api/v1/dead-letters?call={}", request.call_id),
+            serde_json::Value::Null,
+        )
+        .await;
+    assert_eq!(status, 200, "{letters}");
+    let letters = letters.as_array().expect("a list").clone();
     assert_eq!(letters.len(), 1);
+    let seq = letters[0]["seq"].as_u64().expect("seq");
+    assert_eq!(letters[0]["stream"], "CALLS");
+    let (status, body) = stack
+        .send(
+            Method::GET,
+            "/api/v1/dead-letters?campaign=abc",
+            serde_json::Value::Null,
+        )
+        .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (400, &json!("invalid_id")),
+        "{body}"
+    );
     let raw = js
         .get_stream("DLQ")
         .await
         .expect("DLQ")
-        .get_raw_message(letters[0].seq)
+        .get_raw_message(seq)
         .await
         .expect("raw");
     assert_eq!(raw.payload.as_ref(), original.as_slice(), "payload intact");
@@ -346,8 +377,12 @@ async fn an_exhausted_call_is_dead_lettered_and_redrive_completes_it() {
         )
         .await
         .expect("activate");
-    let redriven = dlq.redrive(letters[0].seq).await.expect("redrive");
-    assert_eq!(redriven.attempt, Some(2));
+    let redrive = format!("/api/v1/dead-letters/{seq}/redrive");
+    let (status, redriven) = stack
+        .send(Method::POST, &redrive, serde_json::Value::Null)
+        .await;
+    assert_eq!(status, 200, "{redriven}");
+    assert_eq!(redriven["attempt"], 2);
     let (attempts, _) = row(
         &env,
         request.call_id,
@@ -356,10 +391,11 @@ async fn an_exhausted_call_is_dead_lettered_and_redrive_completes_it() {
     )
     .await;
     assert_eq!(attempts, 2);
-    assert!(
-        dlq.redrive(letters[0].seq).await.is_err(),
-        "a letter is redriven once"
-    );
+    let (status, body) = stack
+        .send(Method::POST, &redrive, serde_json::Value::Null)
+        .await;
+    assert_eq!(status, 404, "a letter is redriven once: {body}");
+    assert_eq!(body["code"], "dead_letter_not_found");
     stack.stop().await;
 }
 
