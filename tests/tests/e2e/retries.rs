@@ -412,3 +412,73 @@ fn dial_request(campaign: CampaignId, number: &str) -> ccm_core::DialRequest {
         queued_at: now,
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_policy_set_through_the_api_overrides_the_file() {
+    let env = TestEnv::start().await.expect("test environment");
+    // The shipped file retries RNR after 5 or 90 minutes; the campaign says 1 second.
+    let mut config = env.config();
+    config.dialer.carrier = carrier(1, 0);
+    let stack = start(&env, config).await;
+    let (status, body) = stack
+        .send(
+            Method::POST,
+            "/api/v1/campaigns",
+            json!({"name": "tz", "retry_policy": {"timezone": "Mars/Base"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (422, &json!("invalid_body")),
+        "{body}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Mars/Base"),
+        "{body}"
+    );
+    let (status, body) = stack
+        .send(
+            Method::POST,
+            "/api/v1/campaigns",
+            json!({
+                "name": "fast",
+                "max_attempts": 2,
+                "retry_policy": {"status_retry_rules": {"RNR": {"should_retry": true, "backoff": ["1s"]}}}
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let campaign = body["id"].as_u64().expect("id");
+    let call = call(&stack, campaign, "+15550003004").await;
+    let js = env.jetstream().await.expect("jetstream");
+    let events = eventually(Duration::from_secs(20), || async {
+        let events = history(&js, campaign, call).await;
+        events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Failed { .. }))
+            .then_some(events)
+    })
+    .await
+    .expect("the call ends");
+    let outcome = times(&events, "outcome")[0].1;
+    let due = events
+        .iter()
+        .find_map(|e| match e.kind {
+            EventKind::Retrying { next_retry_at, .. } => Some(next_retry_at),
+            _ => None,
+        })
+        .expect("retried");
+    let wait = (due - outcome).num_milliseconds();
+    assert!(
+        (1_000..1_500).contains(&wait),
+        "the campaign's 1 s backoff: {wait} ms"
+    );
+    let Some(EventKind::Failed { reason }) = events.last().map(|e| &e.kind) else {
+        panic!("{events:#?}")
+    };
+    assert_eq!(reason, "Max retry attempts reached (2)");
+    stack.stop().await;
+}
