@@ -119,3 +119,45 @@ async fn two_replicas_share_entries_and_publish_each_exactly_once() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_entry_becomes_a_dead_letter_instead_of_looping() {
+    let env = TestEnv::start().await.expect("test environment");
+    env.provision().await.expect("provision");
+    let js = env.jetstream().await.expect("jetstream");
+    let retrier = Retrier::start(&env, ANY_TIME);
+    js.send_publish(
+        "calls.retry.5",
+        async_nats::jetstream::message::PublishMessage::build()
+            .payload("not an entry".into())
+            .message_id("garbage"),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+    let dlq = ccm_retrier::dlq::Dlq::open(js.clone()).await.expect("dlq");
+    let letters = ccm_tests::eventually(Duration::from_secs(10), || async {
+        let filter = ccm_retrier::dlq::Filter {
+            stream: Some("RETRIES".into()),
+            limit: 5,
+            ..Default::default()
+        };
+        dlq.list(&filter).await.ok().filter(|l| !l.is_empty())
+    })
+    .await
+    .expect("the entry is dead-lettered");
+    assert_eq!(letters[0].payload, serde_json::json!("not an entry"));
+    assert!(
+        letters[0].reason.contains("undecodable"),
+        "{}",
+        letters[0].reason
+    );
+    let gone = ccm_tests::eventually(Duration::from_secs(5), || async {
+        (messages(&js, "RETRIES").await == 0).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "removed from RETRIES");
+    assert_eq!(messages(&js, "CALLS").await, 0);
+    retrier.stop().await;
+}
