@@ -40,6 +40,7 @@ pub const STREAMS: &[Definition] = definitions![
     "streams/KV_campaigns.json",
     "streams/KV_active_calls.json",
     "streams/KV_counters.json",
+    "streams/KV_contacts.json",
 ];
 
 /// Every fixed consumer definition, with its stream (the folder name).
@@ -69,6 +70,8 @@ pub mod names {
     pub const KV_CAMPAIGNS: &str = "campaigns";
     pub const KV_ACTIVE_CALLS: &str = "active_calls";
     pub const KV_COUNTERS: &str = "counters";
+    /// A campaign's phone numbers (`<campaign>.<digits>`), written by ingest.
+    pub const KV_CONTACTS: &str = "contacts";
 }
 
 /// What went wrong with the topology.

@@ -2,7 +2,7 @@
 
 use axum::{
     extract::{Request, State},
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, Method, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -13,6 +13,10 @@ use crate::AppState;
 /// Rejects requests without a configured token. Tokens are compared in constant time so the
 /// comparison leaks nothing about how much of a guess was right.
 pub async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    // Pre-flight and HEAD requests carry no token and reveal nothing.
+    if matches!(*request.method(), Method::OPTIONS | Method::HEAD) {
+        return next.run(request).await;
+    }
     match token(request.headers()) {
         None => unauthorized("Authentication token not provided"),
         Some(given) => {

@@ -57,7 +57,8 @@ struct Problem<'a> {
     detail: &'a str,
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and all its sources, for logs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {

@@ -10,16 +10,23 @@
 //! - [`routes`]: one module per resource. [`auth`]: the token check. [`error`]: the problem
 //!   JSON every error of the resource API is answered with.
 
+pub mod accept;
 pub mod auth;
+pub mod claim;
+pub mod compat_error;
+pub mod contacts;
 pub mod error;
+pub mod readmodel;
 pub mod routes;
+
+pub use error::error_chain;
 
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, kv};
 use axum::{
     Router, middleware,
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use ccm_core::{
     Config,
@@ -38,6 +45,10 @@ pub struct AppState {
     pub campaigns: kv::Store,
     pub active_calls: kv::Store,
     pub counters: kv::Store,
+    pub contacts: kv::Store,
+    /// The read model, for the GET endpoints. Connected lazily: ingest accepts calls while
+    /// PostgreSQL is down, and only the reads answer 503.
+    pub pg: sqlx::PgPool,
 }
 
 /// Why ingest could not start or stopped.
@@ -51,6 +62,8 @@ pub enum IngestError {
     NoToken,
     #[error("cannot listen on {addr}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("invalid database URL")]
+    Database(#[source] sqlx::Error),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -70,6 +83,12 @@ impl AppState {
             campaigns: ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS).await?,
             active_calls: ccm_core::nats::bucket(&js, names::KV_ACTIVE_CALLS).await?,
             counters: ccm_core::nats::bucket(&js, names::KV_COUNTERS).await?,
+            contacts: ccm_core::nats::bucket(&js, names::KV_CONTACTS).await?,
+            pg: sqlx::postgres::PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(std::time::Duration::from_secs(5))
+                .connect_lazy(config.database_url.expose())
+                .map_err(IngestError::Database)?,
             topology: Arc::new(topology),
             js,
         })
@@ -78,7 +97,18 @@ impl AppState {
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
+    use routes::compat;
+    let body_limit = state.config.max_body_bytes;
     let api = Router::new()
+        // The compatible API: the old system's paths, trailing slashes included.
+        .route("/api/v1/initiate-call/", post(compat::calls::initiate))
+        .route("/api/v1/bulk-initiate-calls/", post(compat::calls::bulk))
+        .route("/api/v1/callback/", put(compat::callback::callback))
+        .route("/api/v1/campaigns/", get(compat::campaigns::list).post(compat::campaigns::create))
+        .route("/api/v1/campaigns/{id}/", get(compat::campaigns::get))
+        .route("/api/v1/phone-numbers/", post(compat::campaigns::add_phone_numbers))
+        .route("/api/v1/metrics/", get(compat::metrics::metrics))
+        // The resource API.
         .route("/api/v1/calls", post(routes::calls::create))
         .route("/api/v1/campaigns", post(routes::campaigns::create))
         .route("/api/v1/campaigns/{id}", get(routes::campaigns::get))
@@ -87,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .merge(api)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Longest campaign name, as the old API's model allowed.
-const MAX_NAME_CHARS: usize = 200;
+pub(crate) const MAX_NAME_CHARS: usize = 200;
 
 /// The body of a campaign creation.
 #[derive(Debug, Deserialize)]
@@ -38,6 +38,11 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<NewCampaign>,
 ) -> Result<(StatusCode, ApiJson<Campaign>), AppError> {
+    create_campaign(&state, body).await.map(|c| (StatusCode::CREATED, ApiJson(c)))
+}
+
+/// Validates and stores a new campaign (both APIs).
+pub(crate) async fn create_campaign(state: &AppState, body: NewCampaign) -> Result<Campaign, AppError> {
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
         return Err(AppError::bad_request(
@@ -80,7 +85,7 @@ pub async fn create(
         .create(id.to_string(), document.into())
         .await
         .map_err(AppError::unavailable)?;
-    Ok((StatusCode::CREATED, ApiJson(campaign)))
+    Ok(campaign)
 }
 
 /// Reads one campaign from the bucket.
@@ -105,6 +110,45 @@ pub(crate) async fn load(state: &AppState, id: CampaignId) -> Result<Option<Camp
         return Ok(None);
     };
     serde_json::from_slice(&bytes).map(Some).map_err(AppError::internal)
+}
+
+/// Every campaign document, by id.
+pub(crate) async fn load_all(state: &AppState) -> Result<Vec<Campaign>, AppError> {
+    use futures::TryStreamExt;
+    let keys: Vec<String> = state
+        .campaigns
+        .keys()
+        .await
+        .map_err(AppError::unavailable)?
+        .try_collect()
+        .await
+        .map_err(AppError::unavailable)?;
+    let mut all = Vec::with_capacity(keys.len());
+    for key in keys {
+        let Ok(id) = key.parse::<CampaignId>() else { continue };
+        if let Some(campaign) = load(state, id).await? {
+            all.push(campaign);
+        }
+    }
+    all.sort_by_key(|c| c.id);
+    Ok(all)
+}
+
+/// Free slots under the campaign's cap and calls waiting in its queue, from its dial
+/// consumer: live calls are the messages it holds un-acked, queued ones those not delivered.
+pub(crate) async fn live_and_queued(
+    state: &AppState,
+    campaign: &Campaign,
+) -> Result<(usize, usize), AppError> {
+    let stream =
+        state.js.get_stream(ccm_core::topology::names::CALLS).await.map_err(AppError::unavailable)?;
+    let info = stream
+        .consumer_info(ccm_core::subjects::dial_consumer(campaign.id))
+        .await
+        .map_err(AppError::unavailable)?;
+    let cap = usize::try_from(campaign.max_concurrent_calls).unwrap_or(usize::MAX);
+    let queued = usize::try_from(info.num_pending).unwrap_or(usize::MAX);
+    Ok((cap.saturating_sub(info.num_ack_pending), queued))
 }
 
 /// Allocates the next campaign id with compare-and-set on the `counters` bucket, so several
