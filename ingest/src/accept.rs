@@ -89,7 +89,12 @@ pub async fn accept_many(
         };
         let request = dial_request(campaign, phone, call_id);
         match send(state, &request).await {
-            Ok(ack) => window.push(Pending { index, request, claim, ack }),
+            Ok(ack) => window.push(Pending {
+                index,
+                request,
+                claim,
+                ack,
+            }),
             Err(e) => {
                 claim::release(state, &claim).await;
                 results[index] = Some(Err(AcceptError::Publish(e)));
@@ -119,8 +124,9 @@ async fn send(
     request: &DialRequest,
 ) -> Result<jetstream::context::PublishAckFuture, async_nats::Error> {
     let body = serde_json::to_vec(request)?;
-    let message =
-        PublishMessage::build().payload(bytes::Bytes::from(body)).message_id(request.msg_id());
+    let message = PublishMessage::build()
+        .payload(bytes::Bytes::from(body))
+        .message_id(request.msg_id());
     Ok(state.js.send_publish(request.subject(), message).await?)
 }
 

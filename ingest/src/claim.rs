@@ -50,7 +50,11 @@ pub async fn claim(
         Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
         Err(e) => return Err(ClaimError::Unavailable(e.into())),
     }
-    let entry = state.active_calls.entry(key.clone()).await.map_err(|e| ClaimError::Unavailable(e.into()))?;
+    let entry = state
+        .active_calls
+        .entry(key.clone())
+        .await
+        .map_err(|e| ClaimError::Unavailable(e.into()))?;
     let Some(entry) = entry else {
         // The marker aged out between the two requests; try once more from scratch.
         return take(state, &key, value, 0).await;
@@ -62,7 +66,8 @@ pub async fn claim(
     let ended = entry.created.unix_timestamp();
     if entry.operation == kv::Operation::Delete
         && window_secs > 0
-        && Utc::now().timestamp() - ended < window_secs {
+        && Utc::now().timestamp() - ended < window_secs
+    {
         return Err(ClaimError::WithinWindow);
     }
     take(state, &key, value, entry.revision).await
@@ -75,7 +80,9 @@ async fn take(
     revision: u64,
 ) -> Result<Claim, ClaimError> {
     match state.active_calls.update(key, value, revision).await {
-        Ok(_) => Ok(Claim { key: key.to_owned() }),
+        Ok(_) => Ok(Claim {
+            key: key.to_owned(),
+        }),
         // Someone claimed it between our read and our write.
         Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(ClaimError::InProgress),
         Err(e) => Err(ClaimError::Unavailable(e.into())),

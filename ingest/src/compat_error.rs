@@ -16,7 +16,10 @@ pub struct CompatError {
 
 impl CompatError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, body: json!({ "error": message.into() }) }
+        Self {
+            status,
+            body: json!({ "error": message.into() }),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -56,9 +59,9 @@ impl<S: Send + Sync> FromRequest<S> for CompatJson {
     type Rejection = CompatError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
-            CompatError::new(rejection.status(), rejection.body_text())
-        })?;
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| CompatError::new(rejection.status(), rejection.body_text()))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(Value::Object(Default::default())));
         }

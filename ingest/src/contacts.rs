@@ -34,9 +34,16 @@ pub async fn add(
 ) -> Result<Vec<PhoneNumber>, async_nats::Error> {
     let outcomes: Vec<Result<Option<PhoneNumber>, async_nats::Error>> = stream::iter(phones)
         .map(|phone| async move {
-            let contact = Contact { phone_number: phone.clone(), created_at: Utc::now() };
+            let contact = Contact {
+                phone_number: phone.clone(),
+                created_at: Utc::now(),
+            };
             let value = serde_json::to_vec(&contact)?;
-            match state.contacts.create(key(campaign, &phone), value.into()).await {
+            match state
+                .contacts
+                .create(key(campaign, &phone), value.into())
+                .await
+            {
                 Ok(_) => Ok(Some(phone)),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
                 Err(e) => Err(e.into()),
@@ -60,9 +67,15 @@ pub async fn list(
     campaign: CampaignId,
 ) -> Result<Vec<PhoneNumber>, async_nats::Error> {
     let prefix = format!("$KV.{}.{campaign}.", names::KV_CONTACTS);
-    let stream = state.js.get_stream(format!("KV_{}", names::KV_CONTACTS)).await?;
-    let subjects: Vec<(String, usize)> =
-        stream.info_with_subjects(format!("{prefix}*")).await?.try_collect().await?;
+    let stream = state
+        .js
+        .get_stream(format!("KV_{}", names::KV_CONTACTS))
+        .await?;
+    let subjects: Vec<(String, usize)> = stream
+        .info_with_subjects(format!("{prefix}*"))
+        .await?
+        .try_collect()
+        .await?;
     let mut phones: Vec<PhoneNumber> = subjects
         .into_iter()
         .filter_map(|(subject, _)| subject.strip_prefix(&prefix).and_then(|d| d.parse().ok()))

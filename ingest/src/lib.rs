@@ -61,7 +61,10 @@ pub enum IngestError {
     #[error("refusing to start without an API token (set ingest.auth_tokens)")]
     NoToken,
     #[error("cannot listen on {addr}")]
-    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("invalid database URL")]
     Database(#[source] sqlx::Error),
     #[error("the HTTP server failed")]
@@ -71,7 +74,12 @@ pub enum IngestError {
 impl AppState {
     /// Connects to NATS, provisions the topology, and opens the buckets.
     pub async fn connect(config: &Config) -> Result<Self, IngestError> {
-        if config.ingest.auth_tokens.iter().all(|t| t.expose().is_empty()) {
+        if config
+            .ingest
+            .auth_tokens
+            .iter()
+            .all(|t| t.expose().is_empty())
+        {
             return Err(IngestError::NoToken);
         }
         let client = ccm_core::nats::connect(&config.nats_url, "ingest").await?;
@@ -104,15 +112,24 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/initiate-call/", post(compat::calls::initiate))
         .route("/api/v1/bulk-initiate-calls/", post(compat::calls::bulk))
         .route("/api/v1/callback/", put(compat::callback::callback))
-        .route("/api/v1/campaigns/", get(compat::campaigns::list).post(compat::campaigns::create))
+        .route(
+            "/api/v1/campaigns/",
+            get(compat::campaigns::list).post(compat::campaigns::create),
+        )
         .route("/api/v1/campaigns/{id}/", get(compat::campaigns::get))
-        .route("/api/v1/phone-numbers/", post(compat::campaigns::add_phone_numbers))
+        .route(
+            "/api/v1/phone-numbers/",
+            post(compat::campaigns::add_phone_numbers),
+        )
         .route("/api/v1/metrics/", get(compat::metrics::metrics))
         // The resource API.
         .route("/api/v1/calls", post(routes::calls::create))
         .route("/api/v1/campaigns", post(routes::campaigns::create))
         .route("/api/v1/campaigns/{id}", get(routes::campaigns::get))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -122,7 +139,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Ready when NATS is connected: without it nothing can be accepted.
-async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> axum::http::StatusCode {
+async fn ready(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::http::StatusCode {
     match state.js.client().connection_state() {
         async_nats::connection::State::Connected => axum::http::StatusCode::OK,
         _ => axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -132,8 +151,9 @@ async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> a
 /// Binds `config.ingest.listen` and serves until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), IngestError> {
     let addr = config.ingest.listen;
-    let listener =
-        TcpListener::bind(addr).await.map_err(|source| IngestError::Bind { addr, source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| IngestError::Bind { addr, source })?;
     serve(config, listener, shutdown).await
 }
 

@@ -29,13 +29,25 @@ pub async fn locate_call(
             .bind(call.as_uuid())
             .fetch_optional(&state.pg)
             .await?;
-    let Some((campaign, attempt)) = row else { return Ok(None) };
-    let Some(campaign) = u64::try_from(campaign).ok().and_then(|c| CampaignId::new(c).ok()) else {
+    let Some((campaign, attempt)) = row else {
+        return Ok(None);
+    };
+    let Some(campaign) = u64::try_from(campaign)
+        .ok()
+        .and_then(|c| CampaignId::new(c).ok())
+    else {
         return Ok(None);
     };
     let mut attempt = u32::try_from(attempt).unwrap_or(1).max(1);
-    let events = state.js.get_stream(names::CALL_EVENTS).await.map_err(|e| ReadError::Nats(e.into()))?;
-    match events.direct_get_last_for_subject(subjects::event(campaign, call)).await {
+    let events = state
+        .js
+        .get_stream(names::CALL_EVENTS)
+        .await
+        .map_err(|e| ReadError::Nats(e.into()))?;
+    match events
+        .direct_get_last_for_subject(subjects::event(campaign, call))
+        .await
+    {
         Ok(message) => {
             if let Ok(event) = serde_json::from_slice::<CallEvent>(&message.payload) {
                 attempt = attempt.max(event.attempt);

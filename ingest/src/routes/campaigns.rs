@@ -38,11 +38,16 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<NewCampaign>,
 ) -> Result<(StatusCode, ApiJson<Campaign>), AppError> {
-    create_campaign(&state, body).await.map(|c| (StatusCode::CREATED, ApiJson(c)))
+    create_campaign(&state, body)
+        .await
+        .map(|c| (StatusCode::CREATED, ApiJson(c)))
 }
 
 /// Validates and stores a new campaign (both APIs).
-pub(crate) async fn create_campaign(state: &AppState, body: NewCampaign) -> Result<Campaign, AppError> {
+pub(crate) async fn create_campaign(
+    state: &AppState,
+    body: NewCampaign,
+) -> Result<Campaign, AppError> {
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
         return Err(AppError::bad_request(
@@ -50,9 +55,12 @@ pub(crate) async fn create_campaign(state: &AppState, body: NewCampaign) -> Resu
             format!("name must be 1 to {MAX_NAME_CHARS} characters"),
         ));
     }
-    let max_concurrent_calls =
-        body.max_concurrent_calls.unwrap_or(state.config.default_max_concurrent_calls);
-    let max_attempts = body.max_attempts.unwrap_or(state.config.default_max_attempts);
+    let max_concurrent_calls = body
+        .max_concurrent_calls
+        .unwrap_or(state.config.default_max_concurrent_calls);
+    let max_attempts = body
+        .max_attempts
+        .unwrap_or(state.config.default_max_attempts);
     if max_concurrent_calls == 0 || max_attempts == 0 {
         return Err(AppError::bad_request(
             "invalid_limits",
@@ -96,20 +104,32 @@ pub async fn get(
     let id: CampaignId = id
         .parse()
         .map_err(|e: ccm_core::ids::IdError| AppError::bad_request("invalid_id", e.to_string()))?;
-    load(&state, id).await?.map(ApiJson).ok_or_else(|| not_found(id))
+    load(&state, id)
+        .await?
+        .map(ApiJson)
+        .ok_or_else(|| not_found(id))
 }
 
 pub(crate) fn not_found(id: CampaignId) -> AppError {
-    AppError::not_found("campaign_not_found", format!("campaign {id} does not exist"))
+    AppError::not_found(
+        "campaign_not_found",
+        format!("campaign {id} does not exist"),
+    )
 }
 
 /// The campaign document, if it exists.
 pub(crate) async fn load(state: &AppState, id: CampaignId) -> Result<Option<Campaign>, AppError> {
-    let Some(bytes) = state.campaigns.get(id.to_string()).await.map_err(AppError::unavailable)?
+    let Some(bytes) = state
+        .campaigns
+        .get(id.to_string())
+        .await
+        .map_err(AppError::unavailable)?
     else {
         return Ok(None);
     };
-    serde_json::from_slice(&bytes).map(Some).map_err(AppError::internal)
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(AppError::internal)
 }
 
 /// Every campaign document, by id.
@@ -125,7 +145,9 @@ pub(crate) async fn load_all(state: &AppState) -> Result<Vec<Campaign>, AppError
         .map_err(AppError::unavailable)?;
     let mut all = Vec::with_capacity(keys.len());
     for key in keys {
-        let Ok(id) = key.parse::<CampaignId>() else { continue };
+        let Ok(id) = key.parse::<CampaignId>() else {
+            continue;
+        };
         if let Some(campaign) = load(state, id).await? {
             all.push(campaign);
         }
@@ -140,8 +162,11 @@ pub(crate) async fn live_and_queued(
     state: &AppState,
     campaign: &Campaign,
 ) -> Result<(usize, usize), AppError> {
-    let stream =
-        state.js.get_stream(ccm_core::topology::names::CALLS).await.map_err(AppError::unavailable)?;
+    let stream = state
+        .js
+        .get_stream(ccm_core::topology::names::CALLS)
+        .await
+        .map_err(AppError::unavailable)?;
     let info = stream
         .consumer_info(ccm_core::subjects::dial_consumer(campaign.id))
         .await
@@ -180,5 +205,7 @@ async fn next_campaign_id(counters: &kv::Store) -> Result<CampaignId, AppError> 
             Err(e) => return Err(AppError::unavailable(e)),
         }
     }
-    Err(AppError::unavailable(std::io::Error::other("campaign id allocation kept conflicting")))
+    Err(AppError::unavailable(std::io::Error::other(
+        "campaign id allocation kept conflicting",
+    )))
 }

@@ -25,7 +25,9 @@ pub async fn callback(
         return Err(CompatError::bad_request("call_id and status are required"));
     };
     let status: OutcomeStatus = raw_status.parse().map_err(|_| {
-        CompatError::bad_request("Invalid status. Must be one of: [PICKED, DISCONNECTED, RNR, FAILED]")
+        CompatError::bad_request(
+            "Invalid status. Must be one of: [PICKED, DISCONNECTED, RNR, FAILED]",
+        )
     })?;
     let not_found = || CompatError::not_found("Call not found");
     let call: CallId = raw_call.parse().map_err(|_| not_found())?;
@@ -34,7 +36,9 @@ pub async fn callback(
         Some(v) => Some(
             v.as_u64()
                 .and_then(|d| u32::try_from(d).ok())
-                .ok_or_else(|| CompatError::bad_request("call_duration must be a non-negative integer"))?,
+                .ok_or_else(|| {
+                    CompatError::bad_request("call_duration must be a non-negative integer")
+                })?,
         ),
     };
     let external_call_id = text(&body, "external_call_id").map(str::to_owned);
@@ -59,5 +63,7 @@ pub async fn callback(
     ccm_core::nats::publish_event(&state.js, &event)
         .await
         .map_err(|e| CompatError::unavailable(crate::error_chain(&e)))?;
-    Ok(axum::Json(json!({"success": true, "call_id": call, "status": status.as_str()})))
+    Ok(axum::Json(
+        json!({"success": true, "call_id": call, "status": status.as_str()}),
+    ))
 }

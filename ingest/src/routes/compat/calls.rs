@@ -49,7 +49,9 @@ pub async fn initiate(
 ) -> Result<(StatusCode, axum::Json<Value>), CompatError> {
     let (Some(raw_phone), Some(id)) = (super::text(&body, "phone_number"), campaign_id(&body))
     else {
-        return Err(CompatError::bad_request("phone_number and campaign_id are required"));
+        return Err(CompatError::bad_request(
+            "phone_number and campaign_id are required",
+        ));
     };
     let phone = PhoneNumber::parse(raw_phone, state.config.phone_validation)
         .map_err(|_| CompatError::bad_request("Invalid phone number format"))?;
@@ -70,7 +72,10 @@ pub async fn initiate(
             ),
             e => CompatError::unavailable(crate::error_chain(&e)),
         })?;
-    Ok((StatusCode::CREATED, axum::Json(call_log(&campaign, &request))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(call_log(&campaign, &request)),
+    ))
 }
 
 /// Accepts a batch of calls for one campaign: either the numbers given or all the numbers
@@ -82,8 +87,10 @@ pub async fn bulk(
     let Some(id) = campaign_id(&body) else {
         return Err(CompatError::bad_request("campaign_id is required"));
     };
-    let use_campaign_numbers =
-        body.get("use_campaign_numbers").and_then(Value::as_bool).unwrap_or(false);
+    let use_campaign_numbers = body
+        .get("use_campaign_numbers")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let campaign = active_campaign(&state, id).await?;
     let raw: Vec<String> = if use_campaign_numbers {
         contacts::list(&state, campaign.id)
@@ -124,11 +131,14 @@ pub async fn bulk(
         match result {
             Ok(request) => call_ids.push(request.call_id),
             Err(AcceptError::Claim(ClaimError::InProgress | ClaimError::WithinWindow)) => {
-                failed.push(json!({"phone_number": phone, "reason": "Duplicate call within window"}));
+                failed
+                    .push(json!({"phone_number": phone, "reason": "Duplicate call within window"}));
             }
             Err(e) => {
                 tracing::warn!(error = %crate::error_chain(&e), "bulk item not accepted");
-                failed.push(json!({"phone_number": phone, "reason": "Service temporarily unavailable"}));
+                failed.push(
+                    json!({"phone_number": phone, "reason": "Service temporarily unavailable"}),
+                );
             }
         }
     }
@@ -185,8 +195,19 @@ fn parse_unique(raw: &[String], state: &AppState) -> Result<Vec<PhoneNumber>, Co
     if invalid.is_empty() {
         return Ok(phones);
     }
-    let named = invalid.iter().take(INVALID_NAMED).copied().collect::<Vec<_>>().join(", ");
+    let named = invalid
+        .iter()
+        .take(INVALID_NAMED)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
     let more = invalid.len().saturating_sub(INVALID_NAMED);
-    let suffix = if more > 0 { format!(" and {more} more") } else { String::new() };
-    Err(CompatError::bad_request(format!("Invalid phone numbers: {named}{suffix}")))
+    let suffix = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    Err(CompatError::bad_request(format!(
+        "Invalid phone numbers: {named}{suffix}"
+    )))
 }

@@ -19,7 +19,9 @@ use crate::{
 
 /// The old API's campaign, with its phone numbers.
 async fn campaign_json(state: &AppState, campaign: &Campaign) -> Result<Value, CompatError> {
-    let phones = contacts::list(state, campaign.id).await.map_err(CompatError::unavailable)?;
+    let phones = contacts::list(state, campaign.id)
+        .await
+        .map_err(CompatError::unavailable)?;
     let numbers: Vec<Value> = phones.iter().map(|p| json!({"phone_number": p})).collect();
     Ok(json!({
         "id": campaign.id,
@@ -35,7 +37,9 @@ async fn campaign_json(state: &AppState, campaign: &Campaign) -> Result<Value, C
 
 /// Active campaigns, oldest first.
 pub async fn list(State(state): State<AppState>) -> Result<axum::Json<Value>, CompatError> {
-    let all = campaigns::load_all(&state).await.map_err(CompatError::unavailable)?;
+    let all = campaigns::load_all(&state)
+        .await
+        .map_err(CompatError::unavailable)?;
     let mut answer = Vec::new();
     for campaign in all.iter().filter(|c| c.accepts_calls()) {
         answer.push(campaign_json(&state, campaign).await?);
@@ -45,7 +49,10 @@ pub async fn list(State(state): State<AppState>) -> Result<axum::Json<Value>, Co
 
 /// A DRF-style field error: `{"<field>": ["<message>"]}`.
 fn field_error(field: &str, message: &str) -> CompatError {
-    CompatError { status: StatusCode::BAD_REQUEST, body: json!({ field: [message] }) }
+    CompatError {
+        status: StatusCode::BAD_REQUEST,
+        body: json!({ field: [message] }),
+    }
 }
 
 pub async fn create(
@@ -58,7 +65,10 @@ pub async fn create(
             return Err(field_error("name", "This field may not be blank."));
         }
         Some(Value::String(name)) if name.trim().chars().count() > campaigns::MAX_NAME_CHARS => {
-            return Err(field_error("name", "Ensure this field has no more than 200 characters."));
+            return Err(field_error(
+                "name",
+                "Ensure this field has no more than 200 characters.",
+            ));
         }
         Some(Value::String(name)) => name.trim().to_owned(),
         Some(_) => return Err(field_error("name", "Not a valid string.")),
@@ -80,11 +90,16 @@ pub async fn create(
         max_concurrent_calls: None,
         max_attempts: None,
     };
-    let campaign = campaigns::create_campaign(&state, new).await.map_err(|e| match e {
-        AppError::Client { detail, .. } => CompatError::bad_request(detail),
-        e => CompatError::unavailable(crate::error_chain(&e)),
-    })?;
-    Ok((StatusCode::CREATED, axum::Json(campaign_json(&state, &campaign).await?)))
+    let campaign = campaigns::create_campaign(&state, new)
+        .await
+        .map_err(|e| match e {
+            AppError::Client { detail, .. } => CompatError::bad_request(detail),
+            e => CompatError::unavailable(crate::error_chain(&e)),
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(campaign_json(&state, &campaign).await?),
+    ))
 }
 
 pub async fn get(
@@ -107,12 +122,16 @@ pub async fn add_phone_numbers(
 ) -> Result<(StatusCode, axum::Json<Value>), CompatError> {
     let (Some(id), Some(Value::Array(items))) = (campaign_id(&body), body.get("phone_numbers"))
     else {
-        return Err(CompatError::bad_request("campaign_id and phone_numbers are required"));
+        return Err(CompatError::bad_request(
+            "campaign_id and phone_numbers are required",
+        ));
     };
     let not_found = || CompatError::not_found("Campaign not found");
     let id = id.ok_or_else(not_found)?;
-    let campaign =
-        campaigns::load(&state, id).await.map_err(CompatError::unavailable)?.ok_or_else(not_found)?;
+    let campaign = campaigns::load(&state, id)
+        .await
+        .map_err(CompatError::unavailable)?
+        .ok_or_else(not_found)?;
     if items.len() > state.config.bulk_max_items {
         return Err(CompatError::bad_request(format!(
             "Too many phone numbers: at most {} per request",
@@ -123,7 +142,9 @@ pub async fn add_phone_numbers(
     let mut valid: Vec<PhoneNumber> = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for item in items {
-        let text = item.as_str().map_or_else(|| item.to_string(), str::to_owned);
+        let text = item
+            .as_str()
+            .map_or_else(|| item.to_string(), str::to_owned);
         match PhoneNumber::parse(&text, state.config.phone_validation) {
             Ok(phone) => {
                 if seen.insert(phone.clone()) {

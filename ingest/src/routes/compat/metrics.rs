@@ -49,11 +49,10 @@ ORDER BY days.day DESC
 type DailyRow = (NaiveDate, i64, i64, i64, i64, i64, i64, i64, i64, i64);
 
 pub async fn metrics(State(state): State<AppState>) -> Result<axum::Json<Value>, CompatError> {
-    let current: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM calls WHERE status = 'PROCESSING'")
-            .fetch_one(&state.pg)
-            .await
-            .map_err(CompatError::unavailable)?;
+    let current: i64 = sqlx::query_scalar("SELECT count(*) FROM calls WHERE status = 'PROCESSING'")
+        .fetch_one(&state.pg)
+        .await
+        .map_err(CompatError::unavailable)?;
     let campaigns = crate::routes::campaigns::load_all(&state)
         .await
         .map_err(CompatError::unavailable)?;
@@ -62,24 +61,28 @@ pub async fn metrics(State(state): State<AppState>) -> Result<axum::Json<Value>,
         .filter(|c| c.accepts_calls())
         .map(|c| u64::from(c.max_concurrent_calls))
         .sum();
-    let rows: Vec<DailyRow> =
-        sqlx::query_as(DAILY).fetch_all(&state.pg).await.map_err(CompatError::unavailable)?;
+    let rows: Vec<DailyRow> = sqlx::query_as(DAILY)
+        .fetch_all(&state.pg)
+        .await
+        .map_err(CompatError::unavailable)?;
     let recent: Vec<Value> = rows
         .into_iter()
-        .map(|(date, initiated, picked, disconnected, rnr, failed, retries, peak, duration, dlq)| {
-            json!({
-                "date": date,
-                "total_calls_initiated": initiated,
-                "total_calls_picked": picked,
-                "total_calls_disconnected": disconnected,
-                "total_calls_rnr": rnr,
-                "total_calls_failed": failed,
-                "total_retries": retries,
-                "peak_concurrent_calls": peak,
-                "total_call_duration_seconds": duration,
-                "dlq_entries_created": dlq,
-            })
-        })
+        .map(
+            |(date, initiated, picked, disconnected, rnr, failed, retries, peak, duration, dlq)| {
+                json!({
+                    "date": date,
+                    "total_calls_initiated": initiated,
+                    "total_calls_picked": picked,
+                    "total_calls_disconnected": disconnected,
+                    "total_calls_rnr": rnr,
+                    "total_calls_failed": failed,
+                    "total_retries": retries,
+                    "peak_concurrent_calls": peak,
+                    "total_call_duration_seconds": duration,
+                    "dlq_entries_created": dlq,
+                })
+            },
+        )
         .collect();
     let at_capacity = max > 0 && u64::try_from(current).unwrap_or(0) >= max;
     Ok(axum::Json(json!({

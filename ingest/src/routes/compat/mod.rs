@@ -31,10 +31,17 @@ pub(crate) async fn active_campaign(
         .await
         .map_err(CompatError::unavailable)?
         .ok_or_else(not_found)?;
-    if campaign.accepts_calls() { Ok(campaign) } else { Err(not_found()) }
+    if campaign.accepts_calls() {
+        Ok(campaign)
+    } else {
+        Err(not_found())
+    }
 }
 
 /// A non-empty string field, trimmed.
 pub(crate) fn text<'a>(body: &'a Value, field: &str) -> Option<&'a str> {
-    body.get(field).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty())
+    body.get(field)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
 }

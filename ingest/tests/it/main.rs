@@ -1,0 +1,10 @@
+//! Integration tests of ingest against a real NATS server and PostgreSQL (one each per test).
+
+mod api;
+mod auth;
+mod bulk;
+mod callback;
+mod campaigns;
+mod duplicates;
+mod initiate;
+mod metrics;
