@@ -41,6 +41,7 @@ pub const STREAMS: &[Definition] = definitions![
     "streams/KV_active_calls.json",
     "streams/KV_counters.json",
     "streams/KV_contacts.json",
+    "streams/KV_idempotency.json",
 ];
 
 /// Every fixed consumer definition, with its stream (the folder name).
@@ -72,6 +73,8 @@ pub mod names {
     pub const KV_COUNTERS: &str = "counters";
     /// A campaign's phone numbers (`<campaign>.<digits>`), written by ingest.
     pub const KV_CONTACTS: &str = "contacts";
+    /// `Idempotency-Key` of `POST /api/v1/calls` (hex) → the call accepted for it.
+    pub const KV_IDEMPOTENCY: &str = "idempotency";
 }
 
 /// What went wrong with the topology.

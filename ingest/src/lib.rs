@@ -46,6 +46,7 @@ pub struct AppState {
     pub active_calls: kv::Store,
     pub counters: kv::Store,
     pub contacts: kv::Store,
+    pub idempotency: kv::Store,
     /// The read model, for the GET endpoints. Connected lazily: ingest accepts calls while
     /// PostgreSQL is down, and only the reads answer 503.
     pub pg: sqlx::PgPool,
@@ -92,6 +93,7 @@ impl AppState {
             active_calls: ccm_core::nats::bucket(&js, names::KV_ACTIVE_CALLS).await?,
             counters: ccm_core::nats::bucket(&js, names::KV_COUNTERS).await?,
             contacts: ccm_core::nats::bucket(&js, names::KV_CONTACTS).await?,
+            idempotency: ccm_core::nats::bucket(&js, names::KV_IDEMPOTENCY).await?,
             pg: sqlx::postgres::PgPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(std::time::Duration::from_secs(5))
@@ -123,7 +125,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/metrics/", get(compat::metrics::metrics))
         // The resource API.
-        .route("/api/v1/calls", post(routes::calls::create))
+        .route("/api/v1/calls", post(routes::calls::create).get(routes::call_queries::list))
+        .route("/api/v1/calls/{id}", get(routes::call_queries::get))
+        .route("/api/v1/calls/bulk", post(routes::bulk::create))
         .route("/api/v1/campaigns", post(routes::campaigns::create))
         .route("/api/v1/campaigns/{id}", get(routes::campaigns::get))
         .route_layer(middleware::from_fn_with_state(

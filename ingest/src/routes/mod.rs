@@ -1,5 +1,7 @@
 //! Route handlers, one module per resource.
 
+pub mod bulk;
+pub mod call_queries;
 pub mod calls;
 pub mod campaigns;
 pub mod compat;
