@@ -38,6 +38,40 @@ pub struct Campaign {
     pub max_attempts: u32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// IANA time zone used for the calling window when the callee's number does not tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// Local hours during which calls may be placed; none means any time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calling_window: Option<CallingWindow>,
+    /// A per-campaign override of the retry policy, in the policy file's shape (the retrier
+    /// validates and applies it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<serde_json::Value>,
+}
+
+/// Daily hours, local to the callee, during which a campaign may call (`start` < `end`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallingWindow {
+    #[serde(with = "hhmm")]
+    pub start: chrono::NaiveTime,
+    #[serde(with = "hhmm")]
+    pub end: chrono::NaiveTime,
+}
+
+/// `HH:MM`, as the old system's retry YAML wrote times.
+mod hhmm {
+    use chrono::NaiveTime;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(time: &NaiveTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&time.format("%H:%M"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveTime, D::Error> {
+        let text = String::deserialize(d)?;
+        NaiveTime::parse_from_str(&text, "%H:%M").map_err(serde::de::Error::custom)
+    }
 }
 
 impl Campaign {

@@ -154,7 +154,18 @@ where
 fn rejection_error(rejection: JsonRejection) -> AppError {
     let status = rejection.status();
     let code = match &rejection {
-        JsonRejection::JsonDataError(_) => "invalid_body",
+        JsonRejection::JsonDataError(e) => {
+            let text = e.body_text();
+            if text.contains("unknown field") {
+                "unknown_field"
+            } else if text.contains("missing field") {
+                "missing_field"
+            } else if text.contains("invalid type") {
+                "invalid_type"
+            } else {
+                "invalid_body"
+            }
+        }
         JsonRejection::JsonSyntaxError(_) => "malformed_json",
         JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
         _ if status == StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",

@@ -30,6 +30,12 @@ pub struct NewCampaign {
     pub max_concurrent_calls: Option<u32>,
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    #[serde(default)]
+    pub calling_window: Option<ccm_core::campaign::CallingWindow>,
+    #[serde(default)]
+    pub retry_policy: Option<serde_json::Value>,
 }
 
 /// Creates a campaign: stores it in the `campaigns` bucket and creates its dial consumer, so
@@ -69,7 +75,7 @@ pub(crate) async fn create_campaign(
     }
     let id = next_campaign_id(&state.counters).await?;
     let now = Utc::now();
-    let campaign = Campaign {
+    let mut campaign = Campaign {
         id,
         name: name.to_owned(),
         description: body.description,
@@ -79,7 +85,11 @@ pub(crate) async fn create_campaign(
         max_attempts,
         created_at: now,
         updated_at: now,
+        time_zone: None,
+        calling_window: None,
+        retry_policy: None,
     };
+    super::campaign_admin::apply_schedule(&mut campaign, body.time_zone, body.calling_window, body.retry_policy)?;
     // The consumer first: a campaign visible in the bucket must already have somewhere for
     // its calls to go.
     state
@@ -94,6 +104,11 @@ pub(crate) async fn create_campaign(
         .await
         .map_err(AppError::unavailable)?;
     Ok(campaign)
+}
+
+/// Every campaign (the resource API's list).
+pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<Campaign>>, AppError> {
+    load_all(&state).await.map(ApiJson)
 }
 
 /// Reads one campaign from the bucket.

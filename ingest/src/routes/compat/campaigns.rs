@@ -89,6 +89,9 @@ pub async fn create(
         is_active,
         max_concurrent_calls: None,
         max_attempts: None,
+        time_zone: None,
+        calling_window: None,
+        retry_policy: None,
     };
     let campaign = campaigns::create_campaign(&state, new)
         .await
