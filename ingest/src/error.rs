@@ -160,7 +160,7 @@ fn rejection_error(rejection: JsonRejection) -> AppError {
                 "unknown_field"
             } else if text.contains("missing field") {
                 "missing_field"
-            } else if text.contains("invalid type") {
+            } else if text.contains("invalid type") || text.contains("did not match any variant") {
                 "invalid_type"
             } else {
                 "invalid_body"

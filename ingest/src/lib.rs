@@ -125,18 +125,36 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/metrics/", get(compat::metrics::metrics))
         // The resource API.
-        .route("/api/v1/calls", post(routes::calls::create).get(routes::call_queries::list))
+        .route(
+            "/api/v1/calls",
+            post(routes::calls::create).get(routes::call_queries::list),
+        )
         .route("/api/v1/calls/{id}", get(routes::call_queries::get))
         .route("/api/v1/calls/bulk", post(routes::bulk::create))
-        .route("/api/v1/campaigns", post(routes::campaigns::create).get(routes::campaigns::list))
+        .route(
+            "/api/v1/campaigns",
+            post(routes::campaigns::create).get(routes::campaigns::list),
+        )
         .route(
             "/api/v1/campaigns/{id}",
             get(routes::campaigns::get).patch(routes::campaign_admin::patch),
         )
-        .route("/api/v1/campaigns/{id}/pause", post(routes::campaign_admin::pause))
-        .route("/api/v1/campaigns/{id}/resume", post(routes::campaign_admin::resume))
-        .route("/api/v1/campaigns/{id}/cancel", post(routes::campaign_admin::cancel))
-        .route("/api/v1/campaigns/{id}/stats", get(routes::campaign_admin::stats))
+        .route(
+            "/api/v1/campaigns/{id}/pause",
+            post(routes::campaign_admin::pause),
+        )
+        .route(
+            "/api/v1/campaigns/{id}/resume",
+            post(routes::campaign_admin::resume),
+        )
+        .route(
+            "/api/v1/campaigns/{id}/cancel",
+            post(routes::campaign_admin::cancel),
+        )
+        .route(
+            "/api/v1/campaigns/{id}/stats",
+            get(routes::campaign_admin::stats),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

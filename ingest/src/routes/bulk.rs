@@ -60,7 +60,14 @@ pub struct BulkResult {
 }
 
 fn rejected(index: usize, input: String, code: &'static str, detail: String) -> ItemResult {
-    ItemResult { index, input, status: ItemStatus::Rejected, call_id: None, code: Some(code), detail: Some(detail) }
+    ItemResult {
+        index,
+        input,
+        status: ItemStatus::Rejected,
+        call_id: None,
+        code: Some(code),
+        detail: Some(detail),
+    }
 }
 
 pub async fn create(
@@ -71,32 +78,55 @@ pub async fn create(
 ) -> Result<ApiJson<BulkResult>, AppError> {
     let inputs = parse_body(&headers, &body)?;
     if inputs.is_empty() {
-        return Err(AppError::bad_request("empty_bulk", "the request carries no phone numbers"));
+        return Err(AppError::bad_request(
+            "empty_bulk",
+            "the request carries no phone numbers",
+        ));
     }
     if inputs.len() > state.config.bulk_max_items {
         return Err(AppError::Client {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             code: "too_many_items",
-            detail: format!("{} items; at most {} per request", inputs.len(), state.config.bulk_max_items),
+            detail: format!(
+                "{} items; at most {} per request",
+                inputs.len(),
+                state.config.bulk_max_items
+            ),
         });
     }
     let campaign = campaigns::load(&state, query.campaign_id)
         .await?
         .ok_or_else(|| campaigns::not_found(query.campaign_id))?;
     if !campaign.accepts_calls() {
-        return Err(AppError::conflict("campaign_inactive", format!("campaign {} is not active", campaign.id)));
+        return Err(AppError::conflict(
+            "campaign_inactive",
+            format!("campaign {} is not active", campaign.id),
+        ));
     }
 
-    let mut results: Vec<Option<ItemResult>> = std::iter::repeat_with(|| None).take(inputs.len()).collect();
+    let mut results: Vec<Option<ItemResult>> =
+        std::iter::repeat_with(|| None).take(inputs.len()).collect();
     let mut seen = HashSet::with_capacity(inputs.len());
     let mut valid: Vec<(usize, PhoneNumber)> = Vec::with_capacity(inputs.len());
     for (index, input) in inputs.iter().enumerate() {
         match PhoneNumber::parse(input, state.config.phone_validation) {
             Ok(phone) if seen.insert(phone.clone()) => valid.push((index, phone)),
             Ok(phone) => {
-                results[index] = Some(rejected(index, input.clone(), "repeated_in_request", format!("{phone} appears earlier in this request")));
+                results[index] = Some(rejected(
+                    index,
+                    input.clone(),
+                    "repeated_in_request",
+                    format!("{phone} appears earlier in this request"),
+                ));
             }
-            Err(e) => results[index] = Some(rejected(index, input.clone(), "invalid_phone_number", e.to_string())),
+            Err(e) => {
+                results[index] = Some(rejected(
+                    index,
+                    input.clone(),
+                    "invalid_phone_number",
+                    e.to_string(),
+                ))
+            }
         }
     }
     let phones: Vec<PhoneNumber> = valid.iter().map(|(_, p)| p.clone()).collect();
@@ -113,9 +143,12 @@ pub async fn create(
                 code: None,
                 detail: None,
             },
-            Err(AcceptError::Claim(ClaimError::InProgress)) => {
-                rejected(index, input, "call_in_progress", format!("a call to {phone} is already in progress"))
-            }
+            Err(AcceptError::Claim(ClaimError::InProgress)) => rejected(
+                index,
+                input,
+                "call_in_progress",
+                format!("a call to {phone} is already in progress"),
+            ),
             Err(AcceptError::Claim(ClaimError::WithinWindow)) => rejected(
                 index,
                 input,
@@ -124,13 +157,26 @@ pub async fn create(
             ),
             Err(e) => {
                 tracing::warn!(error = %crate::error_chain(&e), "bulk item not accepted");
-                rejected(index, input, "unavailable", "the broker did not store this call; retry it".into())
+                rejected(
+                    index,
+                    input,
+                    "unavailable",
+                    "the broker did not store this call; retry it".into(),
+                )
             }
         });
     }
     let results: Vec<ItemResult> = results.into_iter().flatten().collect();
-    let accepted = results.iter().filter(|r| r.status == ItemStatus::Accepted).count();
-    Ok(ApiJson(BulkResult { campaign_id: campaign.id, accepted, rejected: results.len() - accepted, results }))
+    let accepted = results
+        .iter()
+        .filter(|r| r.status == ItemStatus::Accepted)
+        .count();
+    Ok(ApiJson(BulkResult {
+        campaign_id: campaign.id,
+        accepted,
+        rejected: results.len() - accepted,
+        results,
+    }))
 }
 
 /// The numbers of the body, as given, by content type.
@@ -138,7 +184,13 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<String>, AppError>
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default();
     match content_type.as_str() {
         "application/json" => parse_json(body),
@@ -146,16 +198,22 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<String>, AppError>
         other => Err(AppError::Client {
             status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
             code: "unsupported_media_type",
-            detail: format!("content type {other:?} is not supported; send application/json or text/csv"),
+            detail: format!(
+                "content type {other:?} is not supported; send application/json or text/csv"
+            ),
         }),
     }
 }
 
 fn parse_json(body: &[u8]) -> Result<Vec<String>, AppError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| AppError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        AppError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+    })?;
     let Value::Array(items) = value else {
-        return Err(AppError::bad_request("invalid_body", "the body must be a JSON array"));
+        return Err(AppError::bad_request(
+            "invalid_body",
+            "the body must be a JSON array",
+        ));
     };
     items
         .into_iter()
@@ -166,7 +224,9 @@ fn parse_json(body: &[u8]) -> Result<Vec<String>, AppError> {
                 Some(Value::String(s)) if o.is_empty() => Ok(s),
                 _ => Err(AppError::bad_request(
                     "invalid_body",
-                    format!("item {i}: an object must have exactly one field, phone_number (a string)"),
+                    format!(
+                        "item {i}: an object must have exactly one field, phone_number (a string)"
+                    ),
                 )),
             },
             other => Err(AppError::bad_request(
@@ -180,19 +240,39 @@ fn parse_json(body: &[u8]) -> Result<Vec<String>, AppError> {
 fn parse_csv(body: &[u8]) -> Result<Vec<String>, AppError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| AppError::bad_request("invalid_csv", "the CSV body is not UTF-8"))?;
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty()).peekable();
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .peekable();
     // A header names the column; without one the first column holds the numbers.
     let mut column = 0;
     if let Some(first) = lines.peek() {
         if first.chars().any(|c| c.is_ascii_alphabetic()) {
-            let header: Vec<&str> = first.split(',').map(|h| h.trim().trim_matches('"')).collect();
-            column = header.iter().position(|h| h.eq_ignore_ascii_case("phone_number")).ok_or_else(|| {
-                AppError::bad_request("invalid_csv", "the CSV header has no phone_number column")
-            })?;
+            let header: Vec<&str> = first
+                .split(',')
+                .map(|h| h.trim().trim_matches('"'))
+                .collect();
+            column = header
+                .iter()
+                .position(|h| h.eq_ignore_ascii_case("phone_number"))
+                .ok_or_else(|| {
+                    AppError::bad_request(
+                        "invalid_csv",
+                        "the CSV header has no phone_number column",
+                    )
+                })?;
             lines.next();
         }
     }
     Ok(lines
-        .map(|line| line.split(',').nth(column).unwrap_or_default().trim().trim_matches('"').to_owned())
+        .map(|line| {
+            line.split(',')
+                .nth(column)
+                .unwrap_or_default()
+                .trim()
+                .trim_matches('"')
+                .to_owned()
+        })
         .collect())
 }

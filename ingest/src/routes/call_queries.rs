@@ -62,14 +62,22 @@ fn read_error(e: sqlx::Error) -> AppError {
     AppError::unavailable(crate::readmodel::ReadError::Database(e))
 }
 
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<ApiJson<CallDetail>, AppError> {
-    let id: CallId = id.parse().map_err(|e: ccm_core::ids::IdError| AppError::bad_request("invalid_id", e.to_string()))?;
-    let call: Option<CallView> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM calls WHERE call_id = $1"))
-        .bind(id.as_uuid())
-        .fetch_optional(&state.pg)
-        .await
-        .map_err(read_error)?;
-    let call = call.ok_or_else(|| AppError::not_found("call_not_found", format!("call {id} is not known (yet)")))?;
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<CallDetail>, AppError> {
+    let id: CallId = id
+        .parse()
+        .map_err(|e: ccm_core::ids::IdError| AppError::bad_request("invalid_id", e.to_string()))?;
+    let call: Option<CallView> =
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM calls WHERE call_id = $1"))
+            .bind(id.as_uuid())
+            .fetch_optional(&state.pg)
+            .await
+            .map_err(read_error)?;
+    let call = call.ok_or_else(|| {
+        AppError::not_found("call_not_found", format!("call {id} is not known (yet)"))
+    })?;
     let history: Vec<HistoryEntry> = sqlx::query_as(
         "SELECT attempt, kind, status, occurred_at, payload FROM call_events \
          WHERE call_id = $1 ORDER BY occurred_at, stream, seq",
@@ -99,20 +107,32 @@ pub struct CallPage {
     pub next_cursor: Option<String>,
 }
 
-pub async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<ApiJson<CallPage>, AppError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<ApiJson<CallPage>, AppError> {
     let status = q
         .status
         .as_deref()
-        .map(|s| s.parse::<CallStatus>().map_err(|e| AppError::bad_request("invalid_status", e.to_string())))
+        .map(|s| {
+            s.parse::<CallStatus>()
+                .map_err(|e| AppError::bad_request("invalid_status", e.to_string()))
+        })
         .transpose()?;
     let phone = q
         .phone
         .as_deref()
-        .map(|p| PhoneNumber::parse(p, state.config.phone_validation).map_err(|e| AppError::bad_request("invalid_phone_number", e.to_string())))
+        .map(|p| {
+            PhoneNumber::parse(p, state.config.phone_validation)
+                .map_err(|e| AppError::bad_request("invalid_phone_number", e.to_string()))
+        })
         .transpose()?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(AppError::bad_request("invalid_limit", format!("limit must be 1 to {MAX_LIMIT}")));
+        return Err(AppError::bad_request(
+            "invalid_limit",
+            format!("limit must be 1 to {MAX_LIMIT}"),
+        ));
     }
     let cursor = q.cursor.as_deref().map(decode_cursor).transpose()?;
     let items: Vec<CallView> = sqlx::query_as(&format!(
@@ -135,7 +155,11 @@ pub async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> 
     .await
     .map_err(read_error)?;
     let next_cursor = (items.len() as i64 == limit)
-        .then(|| items.last().and_then(|c| c.created_at.map(|at| encode_cursor(at, c.call_id))))
+        .then(|| {
+            items
+                .last()
+                .and_then(|c| c.created_at.map(|at| encode_cursor(at, c.call_id)))
+        })
         .flatten();
     Ok(ApiJson(CallPage { items, next_cursor }))
 }
@@ -148,6 +172,10 @@ fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
 fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), AppError> {
     let bad = || AppError::bad_request("invalid_cursor", "the cursor is not one this API returned");
     let (micros, id) = cursor.split_once('_').ok_or_else(bad)?;
-    let at = micros.parse().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(bad)?;
+    let at = micros
+        .parse()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or_else(bad)?;
     Ok((at, id.parse().map_err(|_| bad())?))
 }

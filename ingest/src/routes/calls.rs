@@ -63,7 +63,9 @@ impl From<DialRequest> for AcceptedCall {
 enum Stored {
     /// The first request with this key is being handled.
     Pending,
-    Done { call: AcceptedCall },
+    Done {
+        call: AcceptedCall,
+    },
 }
 
 /// Maps a refused claim or failed publish to the resource API's errors.
@@ -120,7 +122,8 @@ pub async fn create(
         }
     };
     if let Some(key) = &key {
-        let stored = serde_json::to_vec(&Stored::Done { call: call.clone() }).map_err(AppError::internal)?;
+        let stored =
+            serde_json::to_vec(&Stored::Done { call: call.clone() }).map_err(AppError::internal)?;
         if let Err(e) = state.idempotency.put(key, stored.into()).await {
             // The call is accepted and durable; only a repeat of this request could now be
             // accepted twice (as a 409 duplicate, since the number is claimed).
@@ -132,8 +135,14 @@ pub async fn create(
 
 /// The header as a bucket key (hex, so any printable key is a valid KV key).
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
-    let text = value.to_str().ok().map(str::trim).filter(|t| !t.is_empty() && t.len() <= MAX_KEY_CHARS);
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= MAX_KEY_CHARS);
     let Some(text) = text else {
         return Err(AppError::bad_request(
             "invalid_idempotency_key",
@@ -149,7 +158,11 @@ async fn reserve(state: &AppState, key: &str) -> Result<Option<AcceptedCall>, Ap
     match state.idempotency.create(key, pending.into()).await {
         Ok(_) => Ok(None),
         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-            let stored = state.idempotency.get(key).await.map_err(AppError::unavailable)?;
+            let stored = state
+                .idempotency
+                .get(key)
+                .await
+                .map_err(AppError::unavailable)?;
             match stored.map(|b| serde_json::from_slice::<Stored>(&b)) {
                 Some(Ok(Stored::Done { call })) => Ok(Some(call)),
                 _ => Err(AppError::conflict(

@@ -44,7 +44,10 @@ pub(crate) fn apply_schedule(
 ) -> Result<(), AppError> {
     if let Some(zone) = time_zone {
         zone.parse::<chrono_tz::Tz>().map_err(|_| {
-            AppError::bad_request("invalid_time_zone", format!("{zone:?} is not an IANA time zone"))
+            AppError::bad_request(
+                "invalid_time_zone",
+                format!("{zone:?} is not an IANA time zone"),
+            )
         })?;
         campaign.time_zone = Some(zone);
     }
@@ -59,7 +62,10 @@ pub(crate) fn apply_schedule(
     }
     if let Some(policy) = retry_policy {
         if !policy.is_object() {
-            return Err(AppError::bad_request("invalid_retry_policy", "retry_policy must be an object"));
+            return Err(AppError::bad_request(
+                "invalid_retry_policy",
+                "retry_policy must be an object",
+            ));
         }
         campaign.retry_policy = Some(policy);
     }
@@ -67,7 +73,8 @@ pub(crate) fn apply_schedule(
 }
 
 fn parse_id(id: &str) -> Result<CampaignId, AppError> {
-    id.parse().map_err(|e: ccm_core::ids::IdError| AppError::bad_request("invalid_id", e.to_string()))
+    id.parse()
+        .map_err(|e: ccm_core::ids::IdError| AppError::bad_request("invalid_id", e.to_string()))
 }
 
 /// Reads the document, applies `change`, and writes it back if nobody wrote in between
@@ -78,11 +85,16 @@ async fn update(
     change: impl Fn(&mut Campaign) -> Result<(), AppError>,
 ) -> Result<Campaign, AppError> {
     for _ in 0..20 {
-        let entry = state.campaigns.entry(id.to_string()).await.map_err(AppError::unavailable)?;
+        let entry = state
+            .campaigns
+            .entry(id.to_string())
+            .await
+            .map_err(AppError::unavailable)?;
         let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
             return Err(campaigns::not_found(id));
         };
-        let mut campaign: Campaign = serde_json::from_slice(&entry.value).map_err(AppError::internal)?;
+        let mut campaign: Campaign =
+            serde_json::from_slice(&entry.value).map_err(AppError::internal)?;
         let before = campaign.max_concurrent_calls;
         change(&mut campaign)?;
         campaign.updated_at = Utc::now();
@@ -94,13 +106,20 @@ async fn update(
                 .map_err(AppError::unavailable)?;
         }
         let document = serde_json::to_vec(&campaign).map_err(AppError::internal)?;
-        match state.campaigns.update(id.to_string(), document.into(), entry.revision).await {
+        match state
+            .campaigns
+            .update(id.to_string(), document.into(), entry.revision)
+            .await
+        {
             Ok(_) => return Ok(campaign),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
             Err(e) => return Err(AppError::unavailable(e)),
         }
     }
-    Err(AppError::conflict("concurrent_update", "the campaign kept changing; retry"))
+    Err(AppError::conflict(
+        "concurrent_update",
+        "the campaign kept changing; retry",
+    ))
 }
 
 pub async fn patch(
@@ -112,11 +131,17 @@ pub async fn patch(
     if let Some(name) = &patch.name {
         let chars = name.trim().chars().count();
         if chars == 0 || chars > MAX_NAME_CHARS {
-            return Err(AppError::bad_request("invalid_name", format!("name must be 1 to {MAX_NAME_CHARS} characters")));
+            return Err(AppError::bad_request(
+                "invalid_name",
+                format!("name must be 1 to {MAX_NAME_CHARS} characters"),
+            ));
         }
     }
     if patch.max_concurrent_calls == Some(0) || patch.max_attempts == Some(0) {
-        return Err(AppError::bad_request("invalid_limits", "max_concurrent_calls and max_attempts must be at least 1"));
+        return Err(AppError::bad_request(
+            "invalid_limits",
+            "max_concurrent_calls and max_attempts must be at least 1",
+        ));
     }
     update(&state, id, |c| {
         if let Some(name) = &patch.name {
@@ -134,17 +159,29 @@ pub async fn patch(
         if let Some(attempts) = patch.max_attempts {
             c.max_attempts = attempts;
         }
-        apply_schedule(c, patch.time_zone.clone(), patch.calling_window, patch.retry_policy.clone())
+        apply_schedule(
+            c,
+            patch.time_zone.clone(),
+            patch.calling_window,
+            patch.retry_policy.clone(),
+        )
     })
     .await
     .map(ApiJson)
 }
 
-async fn set_state(state: &AppState, id: &str, target: CampaignState) -> Result<ApiJson<Campaign>, AppError> {
+async fn set_state(
+    state: &AppState,
+    id: &str,
+    target: CampaignState,
+) -> Result<ApiJson<Campaign>, AppError> {
     let id = parse_id(id)?;
     update(state, id, |c| {
         if c.state == CampaignState::Cancelled && target != CampaignState::Cancelled {
-            return Err(AppError::conflict("campaign_cancelled", format!("campaign {id} is cancelled for good")));
+            return Err(AppError::conflict(
+                "campaign_cancelled",
+                format!("campaign {id} is cancelled for good"),
+            ));
         }
         c.state = target;
         Ok(())
@@ -153,15 +190,24 @@ async fn set_state(state: &AppState, id: &str, target: CampaignState) -> Result<
     .map(ApiJson)
 }
 
-pub async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> Result<ApiJson<Campaign>, AppError> {
+pub async fn pause(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Campaign>, AppError> {
     set_state(&state, &id, CampaignState::Paused).await
 }
 
-pub async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Result<ApiJson<Campaign>, AppError> {
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Campaign>, AppError> {
     set_state(&state, &id, CampaignState::Active).await
 }
 
-pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<ApiJson<Campaign>, AppError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Campaign>, AppError> {
     set_state(&state, &id, CampaignState::Cancelled).await
 }
 
@@ -180,9 +226,14 @@ pub struct CampaignStats {
     pub dead_letters: i64,
 }
 
-pub async fn stats(State(state): State<AppState>, Path(id): Path<String>) -> Result<ApiJson<CampaignStats>, AppError> {
+pub async fn stats(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<CampaignStats>, AppError> {
     let id = parse_id(&id)?;
-    let campaign = campaigns::load(&state, id).await?.ok_or_else(|| campaigns::not_found(id))?;
+    let campaign = campaigns::load(&state, id)
+        .await?
+        .ok_or_else(|| campaigns::not_found(id))?;
     let (free, queued) = campaigns::live_and_queued(&state, &campaign).await?;
     let cap = usize::try_from(campaign.max_concurrent_calls).unwrap_or(usize::MAX);
     let read = |e| AppError::unavailable(crate::readmodel::ReadError::Database(e));
@@ -192,11 +243,12 @@ pub async fn stats(State(state): State<AppState>, Path(id): Path<String>) -> Res
             .fetch_all(&state.pg)
             .await
             .map_err(read)?;
-    let dead_letters: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE campaign_id = $1")
-        .bind(id.as_i64())
-        .fetch_one(&state.pg)
-        .await
-        .map_err(read)?;
+    let dead_letters: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE campaign_id = $1")
+            .bind(id.as_i64())
+            .fetch_one(&state.pg)
+            .await
+            .map_err(read)?;
     let by_status: BTreeMap<String, i64> = rows.into_iter().collect();
     Ok(ApiJson(CampaignStats {
         campaign_id: id,

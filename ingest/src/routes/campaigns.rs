@@ -89,7 +89,12 @@ pub(crate) async fn create_campaign(
         calling_window: None,
         retry_policy: None,
     };
-    super::campaign_admin::apply_schedule(&mut campaign, body.time_zone, body.calling_window, body.retry_policy)?;
+    super::campaign_admin::apply_schedule(
+        &mut campaign,
+        body.time_zone,
+        body.calling_window,
+        body.retry_policy,
+    )?;
     // The consumer first: a campaign visible in the bucket must already have somewhere for
     // its calls to go.
     state

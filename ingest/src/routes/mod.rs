@@ -2,7 +2,7 @@
 
 pub mod bulk;
 pub mod call_queries;
-pub mod campaign_admin;
 pub mod calls;
+pub mod campaign_admin;
 pub mod campaigns;
 pub mod compat;

@@ -8,3 +8,5 @@ mod campaigns;
 mod duplicates;
 mod initiate;
 mod metrics;
+mod resource_calls;
+mod resource_campaigns;
