@@ -16,6 +16,7 @@ pub mod claim;
 pub mod compat_error;
 pub mod contacts;
 pub mod error;
+pub mod openapi;
 pub mod readmodel;
 pub mod routes;
 
@@ -162,6 +163,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        // The API's description is public, like the old system's docs.
+        .route("/api/v1/openapi.json", get(openapi::document))
+        .route("/api/v1/docs", get(openapi::page))
         .merge(api)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)

@@ -24,35 +24,39 @@ use crate::{
     routes::campaigns,
 };
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct BulkQuery {
+    #[param(value_type = u64)]
     pub campaign_id: CampaignId,
 }
 
 /// The result of one item.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ItemResult {
     pub index: usize,
     pub input: String,
     pub status: ItemStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub call_id: Option<CallId>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub code: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ItemStatus {
     Accepted,
     Rejected,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BulkResult {
+    #[schema(value_type = u64)]
     pub campaign_id: CampaignId,
     pub accepted: usize,
     pub rejected: usize,
@@ -70,6 +74,17 @@ fn rejected(index: usize, input: String, code: &'static str, detail: String) -> 
     }
 }
 
+/// Many calls for one campaign; every item gets its own result.
+#[utoipa::path(post, path = "/api/v1/calls/bulk", tag = "calls", params(BulkQuery),
+    request_body(description = "A JSON array of numbers (strings or {\"phone_number\": …}), or text/csv with one number per line or a phone_number column",
+        content((Vec<String> = "application/json"), (String = "text/csv"))),
+    responses(
+        (status = 200, description = "Per-item results in input order", body = BulkResult),
+        (status = 400, description = "Malformed body or no items", body = crate::openapi::Problem),
+        (status = 404, description = "Unknown campaign", body = crate::openapi::Problem),
+        (status = 413, description = "More items than bulk_max_items, or body too large", body = crate::openapi::Problem),
+        (status = 415, description = "Neither application/json nor text/csv", body = crate::openapi::Problem),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     Query(query): Query<BulkQuery>,

@@ -19,7 +19,7 @@ const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
 
 /// A call's current state, in the old CallLog's fields.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct CallView {
     pub call_id: Uuid,
     pub campaign_id: i64,
@@ -38,16 +38,17 @@ pub struct CallView {
 }
 
 /// One recorded event of a call.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub attempt: i32,
     pub kind: String,
     pub status: String,
     pub occurred_at: DateTime<Utc>,
+    #[schema(value_type = Object)]
     pub payload: serde_json::Value,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CallDetail {
     #[serde(flatten)]
     pub call: CallView,
@@ -62,6 +63,14 @@ fn read_error(e: sqlx::Error) -> AppError {
     AppError::unavailable(crate::readmodel::ReadError::Database(e))
 }
 
+/// A call's current state and every event recorded for it.
+#[utoipa::path(get, path = "/api/v1/calls/{id}", tag = "calls",
+    params(("id" = uuid::Uuid, Path, description = "The call id")),
+    responses(
+        (status = 200, body = CallDetail),
+        (status = 400, description = "Not a UUID", body = crate::openapi::Problem),
+        (status = 404, description = "Unknown (or not yet projected) call", body = crate::openapi::Problem),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -89,9 +98,10 @@ pub async fn get(
     Ok(ApiJson(CallDetail { call, history }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    #[param(value_type = Option<u64>)]
     pub campaign_id: Option<CampaignId>,
     pub status: Option<String>,
     pub phone: Option<String>,
@@ -100,13 +110,19 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CallPage {
     pub items: Vec<CallView>,
     /// Pass as `cursor` for the next page; absent on the last page.
     pub next_cursor: Option<String>,
 }
 
+/// Calls, oldest first, filtered, in keyset pages.
+#[utoipa::path(get, path = "/api/v1/calls", tag = "calls", params(ListQuery),
+    responses(
+        (status = 200, body = CallPage),
+        (status = 400, description = "Invalid filter, limit or cursor", body = crate::openapi::Problem),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,

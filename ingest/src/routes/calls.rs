@@ -26,19 +26,24 @@ use crate::{
 const MAX_KEY_CHARS: usize = 255;
 
 /// The body of a call request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCall {
+    #[schema(value_type = u64)]
     pub campaign_id: CampaignId,
     pub phone_number: String,
 }
 
 /// What an accepted call looks like.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AcceptedCall {
+    #[schema(value_type = uuid::Uuid)]
     pub call_id: CallId,
+    #[schema(value_type = u64)]
     pub campaign_id: CampaignId,
+    #[schema(value_type = String, example = "+15550000001")]
     pub phone_number: PhoneNumber,
+    #[schema(value_type = String, example = "QUEUED")]
     pub status: CallStatus,
     pub attempt: u32,
     pub max_attempts: u32,
@@ -87,6 +92,18 @@ pub(crate) fn accept_error(phone: &PhoneNumber, e: AcceptError, window: u32) -> 
 
 /// Validates, claims the number, publishes the first attempt and answers only after
 /// JetStream has stored it: a 202 means the call is durable.
+#[utoipa::path(post, path = "/api/v1/calls", tag = "calls", request_body = NewCall,
+    params(("Idempotency-Key" = Option<String>, Header, description = "A repeat with the same key returns the same call")),
+    responses(
+        (status = 202, description = "Accepted and durably queued", body = AcceptedCall),
+        (status = 400, description = "Malformed JSON or invalid number", body = crate::openapi::Problem),
+        (status = 404, description = "Unknown campaign", body = crate::openapi::Problem),
+        (status = 409, description = "Number already live, within the duplicate window, or campaign inactive", body = crate::openapi::Problem),
+        (status = 413, description = "Body too large", body = crate::openapi::Problem),
+        (status = 415, description = "Not application/json", body = crate::openapi::Problem),
+        (status = 422, description = "Wrong types, unknown or missing fields", body = crate::openapi::Problem),
+        (status = 503, description = "Broker unavailable; nothing accepted", body = crate::openapi::Problem),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,

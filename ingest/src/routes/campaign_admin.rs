@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// The settings a PATCH may change; absent fields stay as they are.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignPatch {
     pub name: Option<String>,
@@ -31,7 +31,9 @@ pub struct CampaignPatch {
     pub max_concurrent_calls: Option<u32>,
     pub max_attempts: Option<u32>,
     pub time_zone: Option<String>,
+    #[schema(value_type = Option<crate::openapi::CallingWindow>)]
     pub calling_window: Option<CallingWindow>,
+    #[schema(value_type = Option<Object>)]
     pub retry_policy: Option<serde_json::Value>,
 }
 
@@ -122,6 +124,15 @@ async fn update(
     ))
 }
 
+/// Changes settings; absent fields stay.
+#[utoipa::path(patch, path = "/api/v1/campaigns/{id}", tag = "campaigns", params(("id" = u64, Path)),
+    request_body = CampaignPatch,
+    responses(
+        (status = 200, body = crate::openapi::Campaign),
+        (status = 400, body = crate::openapi::Problem),
+        (status = 404, body = crate::openapi::Problem),
+        (status = 422, body = crate::openapi::Problem),
+    ))]
 pub async fn patch(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -190,6 +201,9 @@ async fn set_state(
     .map(ApiJson)
 }
 
+/// Dialers stop pulling the campaign's calls; they wait queued.
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/pause", tag = "campaigns", params(("id" = u64, Path)),
+    responses((status = 200, body = crate::openapi::Campaign), (status = 404, body = crate::openapi::Problem), (status = 409, body = crate::openapi::Problem)))]
 pub async fn pause(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -197,6 +211,9 @@ pub async fn pause(
     set_state(&state, &id, CampaignState::Paused).await
 }
 
+/// Dialing continues.
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/resume", tag = "campaigns", params(("id" = u64, Path)),
+    responses((status = 200, body = crate::openapi::Campaign), (status = 404, body = crate::openapi::Problem), (status = 409, description = "Cancelled for good", body = crate::openapi::Problem)))]
 pub async fn resume(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -204,6 +221,9 @@ pub async fn resume(
     set_state(&state, &id, CampaignState::Active).await
 }
 
+/// Queued calls end CANCELLED; no new calls are accepted.
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/cancel", tag = "campaigns", params(("id" = u64, Path)),
+    responses((status = 200, body = crate::openapi::Campaign), (status = 404, body = crate::openapi::Problem)))]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -212,9 +232,11 @@ pub async fn cancel(
 }
 
 /// A campaign's progress.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CampaignStats {
+    #[schema(value_type = u64)]
     pub campaign_id: CampaignId,
+    #[schema(value_type = String, example = "active")]
     pub state: CampaignState,
     /// Calls by current status, from the read model.
     pub by_status: BTreeMap<String, i64>,
@@ -226,6 +248,9 @@ pub struct CampaignStats {
     pub dead_letters: i64,
 }
 
+/// Progress: calls by status, live, queued, retrying, dead letters.
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}/stats", tag = "campaigns", params(("id" = u64, Path)),
+    responses((status = 200, body = CampaignStats), (status = 404, body = crate::openapi::Problem)))]
 pub async fn stats(
     State(state): State<AppState>,
     Path(id): Path<String>,

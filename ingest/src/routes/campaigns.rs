@@ -18,7 +18,7 @@ use crate::{
 pub(crate) const MAX_NAME_CHARS: usize = 200;
 
 /// The body of a campaign creation.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCampaign {
     pub name: String,
@@ -33,13 +33,22 @@ pub struct NewCampaign {
     #[serde(default)]
     pub time_zone: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::CallingWindow>)]
     pub calling_window: Option<ccm_core::campaign::CallingWindow>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub retry_policy: Option<serde_json::Value>,
 }
 
 /// Creates a campaign: stores it in the `campaigns` bucket and creates its dial consumer, so
 /// calls accepted a moment later are dialled.
+/// Creates a campaign and its dial consumer.
+#[utoipa::path(post, path = "/api/v1/campaigns", tag = "campaigns", request_body = NewCampaign,
+    responses(
+        (status = 201, body = crate::openapi::Campaign),
+        (status = 400, description = "Invalid name, limits or schedule", body = crate::openapi::Problem),
+        (status = 422, description = "Wrong types or unknown fields", body = crate::openapi::Problem),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<NewCampaign>,
@@ -112,11 +121,20 @@ pub(crate) async fn create_campaign(
 }
 
 /// Every campaign (the resource API's list).
+/// Every campaign.
+#[utoipa::path(get, path = "/api/v1/campaigns", tag = "campaigns",
+    responses((status = 200, body = Vec<crate::openapi::Campaign>)))]
 pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<Campaign>>, AppError> {
     load_all(&state).await.map(ApiJson)
 }
 
 /// Reads one campaign from the bucket.
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}", tag = "campaigns",
+    params(("id" = u64, Path)),
+    responses(
+        (status = 200, body = crate::openapi::Campaign),
+        (status = 404, body = crate::openapi::Problem),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -8,5 +8,6 @@ mod campaigns;
 mod duplicates;
 mod initiate;
 mod metrics;
+mod openapi;
 mod resource_calls;
 mod resource_campaigns;

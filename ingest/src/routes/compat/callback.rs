@@ -17,6 +17,13 @@ use crate::{
     readmodel,
 };
 
+#[utoipa::path(put, path = "/api/v1/callback/", tag = "compatible", request_body = crate::openapi::Callback,
+    responses(
+        (status = 200, description = "{success, call_id, status} once the outcome is stored", body = Object),
+        (status = 400, description = "call_id and status are required | Invalid status", body = crate::openapi::CompatError),
+        (status = 404, description = "Call not found", body = crate::openapi::CompatError),
+        (status = 503, description = "Broker unavailable; retry_after 60", body = crate::openapi::CompatError),
+    ))]
 pub async fn callback(
     State(state): State<AppState>,
     CompatJson(body): CompatJson,

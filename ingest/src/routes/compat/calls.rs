@@ -43,6 +43,14 @@ pub(crate) fn call_log(campaign: &Campaign, request: &DialRequest) -> Value {
 
 /// Accepts one call. Over the campaign's concurrency cap the call is still accepted: it
 /// waits queued in the stream.
+#[utoipa::path(post, path = "/api/v1/initiate-call/", tag = "compatible", request_body = crate::openapi::InitiateCall,
+    responses(
+        (status = 201, description = "The call, in the old CallLog shape", body = Object),
+        (status = 400, description = "phone_number and campaign_id are required | Invalid phone number format | Invalid JSON", body = crate::openapi::CompatError),
+        (status = 404, description = "Campaign not found or inactive", body = crate::openapi::CompatError),
+        (status = 429, description = "Call to <number> already in progress (or within the duplicate window)", body = crate::openapi::CompatError),
+        (status = 503, description = "Broker unavailable", body = crate::openapi::CompatError),
+    ))]
 pub async fn initiate(
     State(state): State<AppState>,
     CompatJson(body): CompatJson,
@@ -80,6 +88,12 @@ pub async fn initiate(
 
 /// Accepts a batch of calls for one campaign: either the numbers given or all the numbers
 /// stored for the campaign. Duplicates are reported per number and the rest go on.
+#[utoipa::path(post, path = "/api/v1/bulk-initiate-calls/", tag = "compatible", request_body = crate::openapi::BulkInitiate,
+    responses(
+        (status = 201, description = "success, batch_id, counts, call_ids, queue_info, failed_numbers", body = Object),
+        (status = 400, description = "Missing campaign_id, no numbers, or invalid numbers (up to 5 named)", body = crate::openapi::CompatError),
+        (status = 404, description = "Campaign not found or inactive", body = crate::openapi::CompatError),
+    ))]
 pub async fn bulk(
     State(state): State<AppState>,
     CompatJson(body): CompatJson,

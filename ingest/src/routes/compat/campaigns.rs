@@ -36,6 +36,8 @@ async fn campaign_json(state: &AppState, campaign: &Campaign) -> Result<Value, C
 }
 
 /// Active campaigns, oldest first.
+#[utoipa::path(get, path = "/api/v1/campaigns/", tag = "compatible",
+    responses((status = 200, description = "Array of campaigns with phone_numbers and phone_count", body = Object)))]
 pub async fn list(State(state): State<AppState>) -> Result<axum::Json<Value>, CompatError> {
     let all = campaigns::load_all(&state)
         .await
@@ -55,6 +57,11 @@ fn field_error(field: &str, message: &str) -> CompatError {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/campaigns/", tag = "compatible", request_body = crate::openapi::CompatCampaign,
+    responses(
+        (status = 201, description = "{id, name, description, is_active, created_at, updated_at, phone_numbers, phone_count}", body = Object),
+        (status = 400, description = "Field errors: {\"<field>\": [\"<message>\"]}", body = Object),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     CompatJson(body): CompatJson,
@@ -105,6 +112,8 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}/", tag = "compatible", params(("id" = u64, Path)),
+    responses((status = 200, body = Object), (status = 404, description = "Campaign not found", body = crate::openapi::CompatError)))]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -119,6 +128,12 @@ pub async fn get(
 }
 
 /// Adds numbers to a campaign; adding a number it already has is a no-op.
+#[utoipa::path(post, path = "/api/v1/phone-numbers/", tag = "compatible", request_body = crate::openapi::PhoneNumbers,
+    responses(
+        (status = 201, description = "{created_count, created_numbers, errors}", body = Object),
+        (status = 400, body = crate::openapi::CompatError),
+        (status = 404, description = "Campaign not found", body = crate::openapi::CompatError),
+    ))]
 pub async fn add_phone_numbers(
     State(state): State<AppState>,
     CompatJson(body): CompatJson,
