@@ -36,7 +36,10 @@ async fn main() {
         base.starts_with("http://127.0.0.1") || base.starts_with("http://localhost"),
         "load is only ever generated against this machine"
     );
-    let http = reqwest::Client::builder().pool_max_idle_per_host(connections).build().expect("client");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .build()
+        .expect("client");
 
     let campaign: Value = http
         .post(format!("{base}/api/v1/campaigns"))
@@ -51,7 +54,12 @@ async fn main() {
     let campaign = campaign["id"].as_u64().expect("campaign id");
 
     // Distinct numbers, different on every run: 11 digits starting from the clock.
-    let start = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() % 100_000) * 100_000;
+    let start = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        % 100_000)
+        * 100_000;
     let next = Arc::new(AtomicU64::new(start));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let began = Instant::now();
@@ -79,7 +87,11 @@ async fn main() {
                     Ok(r) => {
                         failures += 1;
                         if failures < 3 {
-                            eprintln!("status {}: {}", r.status(), r.text().await.unwrap_or_default());
+                            eprintln!(
+                                "status {}: {}",
+                                r.status(),
+                                r.text().await.unwrap_or_default()
+                            );
                         }
                     }
                     Err(e) => {
@@ -100,7 +112,12 @@ async fn main() {
     }
     let elapsed = began.elapsed().as_secs_f64();
     latencies.sort();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     println!(
         "single calls: {} accepted, {failures} failed in {elapsed:.1} s with {connections} connections: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         latencies.len(),
@@ -112,7 +129,9 @@ async fn main() {
 
     if bulk > 0 {
         let first = next.fetch_add(bulk as u64, Ordering::Relaxed);
-        let numbers: Vec<String> = (first..first + bulk as u64).map(|n| format!("+1{n:010}")).collect();
+        let numbers: Vec<String> = (first..first + bulk as u64)
+            .map(|n| format!("+1{n:010}"))
+            .collect();
         let sent = Instant::now();
         let response = http
             .post(format!("{base}/api/v1/bulk-initiate-calls/"))

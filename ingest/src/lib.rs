@@ -12,6 +12,7 @@
 
 pub mod accept;
 pub mod auth;
+pub mod campaign_cache;
 pub mod claim;
 pub mod compat_error;
 pub mod contacts;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub counters: kv::Store,
     pub contacts: kv::Store,
     pub idempotency: kv::Store,
+    /// The `campaigns` bucket in memory (see [`campaign_cache`]).
+    pub campaign_cache: campaign_cache::CampaignCache,
     /// The read model, for the GET endpoints. Connected lazily: ingest accepts calls while
     /// PostgreSQL is down, and only the reads answer 503.
     pub pg: sqlx::PgPool,
@@ -95,6 +98,7 @@ impl AppState {
             counters: ccm_core::nats::bucket(&js, names::KV_COUNTERS).await?,
             contacts: ccm_core::nats::bucket(&js, names::KV_CONTACTS).await?,
             idempotency: ccm_core::nats::bucket(&js, names::KV_IDEMPOTENCY).await?,
+            campaign_cache: campaign_cache::CampaignCache::default(),
             pg: sqlx::postgres::PgPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(std::time::Duration::from_secs(5))
@@ -198,13 +202,23 @@ pub async fn serve(
 ) -> Result<(), IngestError> {
     let state = AppState::connect(&config).await?;
     let client = state.js.client();
+    let watch_stop = shutdown.child_token();
+    let watch = tokio::spawn(
+        state
+            .campaign_cache
+            .clone()
+            .follow(state.campaigns.clone(), watch_stop.clone()),
+    );
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "ingest listening");
     }
-    axum::serve(listener, router(state))
+    let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
-        .map_err(IngestError::Serve)?;
+        .map_err(IngestError::Serve);
+    watch_stop.cancel();
+    let _ = watch.await;
+    served?;
     // Every accepted call was acknowledged before its response; draining only flushes
     // whatever else is buffered.
     let _ = client.drain().await;

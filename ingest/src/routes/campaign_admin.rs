@@ -113,7 +113,10 @@ async fn update(
             .update(id.to_string(), document.into(), entry.revision)
             .await
         {
-            Ok(_) => return Ok(campaign),
+            Ok(revision) => {
+                state.campaign_cache.put(revision, campaign.clone());
+                return Ok(campaign);
+            }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
             Err(e) => return Err(AppError::unavailable(e)),
         }

@@ -112,16 +112,16 @@ pub(crate) async fn create_campaign(
         .await
         .map_err(AppError::unavailable)?;
     let document = serde_json::to_vec(&campaign).map_err(AppError::internal)?;
-    state
+    let revision = state
         .campaigns
         .create(id.to_string(), document.into())
         .await
         .map_err(AppError::unavailable)?;
+    state.campaign_cache.put(revision, campaign.clone());
     Ok(campaign)
 }
 
 /// Every campaign (the resource API's list).
-/// Every campaign.
 #[utoipa::path(get, path = "/api/v1/campaigns", tag = "campaigns",
     responses((status = 200, body = Vec<crate::openapi::Campaign>)))]
 pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<Campaign>>, AppError> {
@@ -157,16 +157,22 @@ pub(crate) fn not_found(id: CampaignId) -> AppError {
 
 /// The campaign document, if it exists.
 pub(crate) async fn load(state: &AppState, id: CampaignId) -> Result<Option<Campaign>, AppError> {
-    let Some(bytes) = state
+    if let Some(campaign) = state.campaign_cache.get(id) {
+        return Ok(Some(campaign));
+    }
+    let entry = state
         .campaigns
-        .get(id.to_string())
+        .entry(id.to_string())
         .await
-        .map_err(AppError::unavailable)?
-    else {
+        .map_err(AppError::unavailable)?;
+    let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
         return Ok(None);
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
+    serde_json::from_slice::<Campaign>(&entry.value)
+        .map(|campaign| {
+            state.campaign_cache.put(entry.revision, campaign.clone());
+            Some(campaign)
+        })
         .map_err(AppError::internal)
 }
 

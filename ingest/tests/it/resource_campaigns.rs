@@ -162,3 +162,44 @@ async fn stats_count_calls_by_status_and_queue() {
     assert_eq!(stats["state"], "active");
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_written_by_another_replica_reaches_this_one() {
+    let env = TestEnv::start().await.expect("env");
+    let api = Api::start(&env).await;
+    let id = api.campaign("elsewhere").await;
+    let call = |n: u32| {
+        api.post(
+            "/api/v1/initiate-call/",
+            json!({"phone_number": format!("+155500000{n}"), "campaign_id": id}),
+        )
+    };
+    assert_eq!(call(1).await.0, 201);
+    // Another replica deactivates the campaign: it writes the bucket directly.
+    let js = env.jetstream().await.expect("js");
+    let bucket = js.get_key_value("campaigns").await.expect("bucket");
+    let mut document: serde_json::Value =
+        serde_json::from_slice(&bucket.get(id.to_string()).await.expect("kv").expect("doc"))
+            .expect("json");
+    document["is_active"] = json!(false);
+    bucket
+        .put(
+            id.to_string(),
+            serde_json::to_vec(&document).expect("json").into(),
+        )
+        .await
+        .expect("put");
+    // A call may still be accepted in the moment before the watch delivers the change, so
+    // every attempt uses a new number.
+    let next = std::sync::atomic::AtomicU32::new(2);
+    let refused = eventually(Duration::from_secs(5), || async {
+        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (call(n).await.0 == 404).then_some(())
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "the deactivation is seen through the campaign cache"
+    );
+    api.stop().await;
+}
