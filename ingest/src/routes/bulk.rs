@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use axum::{
     body::Bytes,
-    extract::{Query, State},
+    extract::State,
     http::{HeaderMap, StatusCode, header},
 };
 use ccm_core::{CallId, CampaignId, PhoneNumber};
@@ -20,7 +20,7 @@ use crate::{
     AppState,
     accept::{self, AcceptError},
     claim::ClaimError,
-    error::{ApiJson, AppError},
+    error::{ApiJson, ApiQuery, AppError},
     routes::campaigns,
 };
 
@@ -87,7 +87,7 @@ fn rejected(index: usize, input: String, code: &'static str, detail: String) -> 
     ))]
 pub async fn create(
     State(state): State<AppState>,
-    Query(query): Query<BulkQuery>,
+    ApiQuery(query): ApiQuery<BulkQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<ApiJson<BulkResult>, AppError> {

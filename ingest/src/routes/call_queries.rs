@@ -4,7 +4,7 @@
 //! the cursor is the last row's key, so a page costs the same wherever it is and rows added
 //! meanwhile never shift a page.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use ccm_core::{CallId, CallStatus, CampaignId, PhoneNumber};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::{
     AppState,
-    error::{ApiJson, AppError},
+    error::{ApiJson, ApiQuery, AppError},
 };
 
 const DEFAULT_LIMIT: i64 = 100;
@@ -125,7 +125,7 @@ pub struct CallPage {
     ))]
 pub async fn list(
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<ApiJson<CallPage>, AppError> {
     let status = q
         .status

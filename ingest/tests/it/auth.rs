@@ -60,3 +60,24 @@ async fn missing_and_wrong_tokens_get_the_old_401_bodies_and_open_routes_need_no
     assert_ne!(response.status(), 401, "OPTIONS needs no token");
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_refuses_to_start_without_a_token() {
+    let env = TestEnv::start().await.expect("env");
+    let mut config = env.config();
+    config.ingest.auth_tokens = vec![ccm_core::config::Secret::new("")];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        ccm_ingest::serve(config, listener, shutdown),
+    )
+    .await
+    .expect("returns at once");
+    assert!(
+        matches!(result, Err(ccm_ingest::IngestError::NoToken)),
+        "{result:?}"
+    );
+}

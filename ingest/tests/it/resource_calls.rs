@@ -310,6 +310,8 @@ async fn calls_are_read_with_history_and_listed_with_filters_and_keyset_pages() 
         ("status=NOPE", "invalid_status"),
         ("limit=0", "invalid_limit"),
         ("cursor=zzz", "invalid_cursor"),
+        ("campaign_id=abc", "invalid_query"),
+        ("colour=blue", "invalid_query"),
     ] {
         let (status, problem) = api.get(&format!("/api/v1/calls?{query}")).await;
         assert_eq!(
