@@ -50,6 +50,15 @@ pub struct Campaign {
     pub retry_policy: Option<serde_json::Value>,
 }
 
+/// One phone number of a campaign, as kept in the `contacts` bucket under
+/// `<campaign>.<digits>` (written by ingest, mirrored into `phone_numbers` by the projector).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    pub campaign_id: CampaignId,
+    pub phone_number: crate::PhoneNumber,
+    pub created_at: DateTime<Utc>,
+}
+
 /// Daily hours, local to the callee, during which a campaign may call (`start` < `end`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallingWindow {

@@ -52,6 +52,7 @@ pub const CONSUMERS: &[Definition] = definitions![
     "consumers/RETRIES/retrier_retries.json",
     "consumers/ADVISORIES/retrier_advisories.json",
     "consumers/KV_campaigns/projector_campaigns.json",
+    "consumers/KV_contacts/projector_contacts.json",
 ];
 
 /// The template of a campaign's dial consumer; `{campaign}` stands for the campaign id.

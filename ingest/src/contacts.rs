@@ -8,19 +8,11 @@
 //! subjects (one subject per key) in a single request, without reading any value.
 
 use async_nats::jetstream::kv;
-use ccm_core::{CampaignId, PhoneNumber, topology::names};
-use chrono::{DateTime, Utc};
+use ccm_core::{CampaignId, PhoneNumber, campaign::Contact, topology::names};
+use chrono::Utc;
 use futures::{StreamExt, TryStreamExt, stream};
-use serde::{Deserialize, Serialize};
 
 use crate::AppState;
-
-/// What is stored per number.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Contact {
-    pub phone_number: PhoneNumber,
-    pub created_at: DateTime<Utc>,
-}
 
 fn key(campaign: CampaignId, phone: &PhoneNumber) -> String {
     format!("{campaign}.{}", phone.digits())
@@ -35,6 +27,7 @@ pub async fn add(
     let outcomes: Vec<Result<Option<PhoneNumber>, async_nats::Error>> = stream::iter(phones)
         .map(|phone| async move {
             let contact = Contact {
+                campaign_id: campaign,
                 phone_number: phone.clone(),
                 created_at: Utc::now(),
             };
