@@ -44,8 +44,6 @@ pub enum DialerError {
     Topology(#[from] ccm_core::topology::TopologyError),
     #[error("cannot open stream {0}")]
     Stream(&'static str, #[source] async_nats::Error),
-    #[error("cannot watch the campaigns bucket")]
-    Watch(#[source] async_nats::Error),
 }
 
 /// Runs the dialer until `shutdown` is cancelled.
@@ -81,7 +79,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
     let result = supervise(&campaigns, &topology, &js, &trunk, &ctx, &calls, &shutdown).await;
 
     calls.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, calls.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, calls.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("calls still in flight after the grace period; handing them back");
         calls_stop.cancel();
         calls.wait().await;
@@ -90,7 +91,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
     result
 }
 
-/// Keeps one worker per campaign that accepts calls, following the bucket's changes.
+/// How often the bucket is re-read in full, in case the watch missed or lost an update.
+const RESCAN_EVERY: Duration = Duration::from_secs(2);
+
+/// Keeps one worker per campaign that accepts calls, following the bucket's changes. The
+/// watch brings changes at once; a periodic full read of the bucket repairs anything a watch
+/// lost (an ordered consumer reset, a reconnect), so a campaign is never left undialled.
 async fn supervise(
     campaigns: &kv::Store,
     topology: &Topology,
@@ -100,63 +106,140 @@ async fn supervise(
     calls: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), DialerError> {
-    let mut watch = campaigns.watch_all().await.map_err(|e| DialerError::Watch(e.into()))?;
-    let mut workers: HashMap<CampaignId, (u32, CancellationToken)> = HashMap::new();
-    let workers_done = TaskTracker::new();
+    let mut workers = Workers {
+        topology,
+        js,
+        trunk,
+        ctx,
+        calls,
+        shutdown,
+        running: HashMap::new(),
+        done: TaskTracker::new(),
+    };
+    let mut watch = None;
+    let mut rescan = tokio::time::interval(RESCAN_EVERY);
     loop {
-        let entry = tokio::select! {
+        if watch.is_none() {
+            match campaigns.watch_all().await {
+                Ok(w) => watch = Some(w),
+                Err(e) => tracing::warn!(error = %e, "cannot watch campaigns; rescanning instead"),
+            }
+        }
+        let next = async {
+            match watch.as_mut() {
+                Some(w) => w.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
             _ = shutdown.cancelled() => break,
-            entry = watch.next() => entry,
-        };
-        let Some(entry) = entry else { break };
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) => {
-                tracing::warn!(error = %e, "campaign watch error");
-                continue;
-            }
-        };
-        let Ok(id) = entry.key.parse::<CampaignId>() else { continue };
-        let campaign = match entry.operation {
-            kv::Operation::Put => serde_json::from_slice::<Campaign>(&entry.value).ok(),
-            _ => None,
-        };
-        let wanted = campaign
-            .filter(|c| c.accepts_calls() && c.state == ccm_core::CampaignState::Active);
-        match (wanted, workers.get(&id)) {
-            (Some(c), Some((cap, _))) if *cap == c.max_concurrent_calls => {}
-            (Some(c), _) => {
-                if let Some((_, stop)) = workers.remove(&id) {
-                    stop.cancel();
-                }
-                topology.ensure_dial_consumer(js, id, c.max_concurrent_calls).await?;
-                let consumer = js
-                    .get_consumer_from_stream(ccm_core::subjects::dial_consumer(id), names::CALLS)
-                    .await
-                    .map_err(|e| DialerError::Stream(names::CALLS, e.into()))?;
-                let stop = shutdown.child_token();
-                workers_done.spawn(worker::run(
-                    id,
-                    consumer,
-                    trunk.clone(),
-                    ctx.clone(),
-                    calls.clone(),
-                    stop.clone(),
-                ));
-                workers.insert(id, (c.max_concurrent_calls, stop));
-            }
-            (None, Some(_)) => {
-                if let Some((_, stop)) = workers.remove(&id) {
-                    stop.cancel();
+            _ = rescan.tick() => {
+                if let Err(e) = rescan_all(campaigns, &mut workers).await {
+                    tracing::warn!(error = %e, "cannot read the campaigns bucket");
                 }
             }
-            (None, None) => {}
+            entry = next => match entry {
+                Some(Ok(entry)) => {
+                    if let Ok(id) = entry.key.parse::<CampaignId>() {
+                        let campaign = match entry.operation {
+                            kv::Operation::Put => serde_json::from_slice(&entry.value).ok(),
+                            _ => None,
+                        };
+                        workers.apply(id, campaign).await;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "campaign watch failed; watching again");
+                    watch = None;
+                }
+                None => watch = None,
+            },
         }
     }
-    for (_, (_, stop)) in workers {
-        stop.cancel();
-    }
-    workers_done.close();
-    workers_done.wait().await;
+    workers.stop_all().await;
     Ok(())
+}
+
+async fn rescan_all(
+    campaigns: &kv::Store,
+    workers: &mut Workers<'_>,
+) -> Result<(), async_nats::Error> {
+    let mut keys = campaigns.keys().await?;
+    while let Some(key) = keys.next().await {
+        let Ok(id) = key?.parse::<CampaignId>() else {
+            continue;
+        };
+        let campaign = campaigns
+            .get(id.to_string())
+            .await?
+            .and_then(|bytes| serde_json::from_slice::<Campaign>(&bytes).ok());
+        workers.apply(id, campaign).await;
+    }
+    Ok(())
+}
+
+/// The running campaign workers and what starting one needs.
+struct Workers<'a> {
+    topology: &'a Topology,
+    js: &'a async_nats::jetstream::Context,
+    trunk: &'a Arc<Semaphore>,
+    ctx: &'a CallContext,
+    calls: &'a TaskTracker,
+    shutdown: &'a CancellationToken,
+    /// The cap each worker was started with, and its stop token.
+    running: HashMap<CampaignId, (u32, CancellationToken)>,
+    done: TaskTracker,
+}
+
+impl Workers<'_> {
+    /// Brings the worker of `id` in line with the campaign document.
+    async fn apply(&mut self, id: CampaignId, campaign: Option<Campaign>) {
+        let wanted =
+            campaign.filter(|c| c.accepts_calls() && c.state == ccm_core::CampaignState::Active);
+        match (wanted, self.running.get(&id)) {
+            (Some(c), Some((cap, _))) if *cap == c.max_concurrent_calls => {}
+            (Some(c), _) => {
+                self.stop(id);
+                if let Err(e) = self.start(id, c.max_concurrent_calls).await {
+                    // Left for the next rescan to try again.
+                    tracing::warn!(campaign = %id, error = %e, "cannot start dialling campaign");
+                }
+            }
+            (None, _) => self.stop(id),
+        }
+    }
+
+    async fn start(&mut self, id: CampaignId, cap: u32) -> Result<(), DialerError> {
+        self.topology.ensure_dial_consumer(self.js, id, cap).await?;
+        let consumer = self
+            .js
+            .get_consumer_from_stream(ccm_core::subjects::dial_consumer(id), names::CALLS)
+            .await
+            .map_err(|e| DialerError::Stream(names::CALLS, e.into()))?;
+        let stop = self.shutdown.child_token();
+        self.done.spawn(worker::run(
+            id,
+            consumer,
+            self.trunk.clone(),
+            self.ctx.clone(),
+            self.calls.clone(),
+            stop.clone(),
+        ));
+        self.running.insert(id, (cap, stop));
+        Ok(())
+    }
+
+    fn stop(&mut self, id: CampaignId) {
+        if let Some((_, stop)) = self.running.remove(&id) {
+            stop.cancel();
+        }
+    }
+
+    async fn stop_all(self) {
+        for (_, (_, stop)) in self.running {
+            stop.cancel();
+        }
+        self.done.close();
+        self.done.wait().await;
+    }
 }
