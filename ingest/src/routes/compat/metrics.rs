@@ -6,43 +6,21 @@ use serde_json::{Value, json};
 
 use crate::{AppState, compat_error::CompatError};
 
-/// Per-day figures of the last seven days (UTC), today first. Live calls are the attempts
-/// dialled and not yet answered by an outcome; the daily peak is the maximum of that running
-/// count over the day's events.
+/// Per-day figures of the last seven days (UTC), today first, from the projector's
+/// `call_metrics_daily` view (daily counters and the daily peak of live calls).
 const DAILY: &str = r#"
 WITH days AS (
-    SELECT generate_series(current_date - 6, current_date, interval '1 day')::date AS day
-), ev AS (
-    SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day,
-        count(*) FILTER (WHERE kind = 'queued' AND attempt = 1) AS initiated,
-        count(*) FILTER (WHERE kind = 'outcome' AND status = 'PICKED') AS picked,
-        count(*) FILTER (WHERE kind = 'outcome' AND status = 'DISCONNECTED') AS disconnected,
-        count(*) FILTER (WHERE kind = 'outcome' AND status = 'RNR') AS rnr,
-        count(*) FILTER (WHERE kind = 'outcome' AND status = 'FAILED') AS failed,
-        count(*) FILTER (WHERE kind = 'retrying') AS retries,
-        coalesce(sum((payload->>'duration_secs')::bigint) FILTER (WHERE kind = 'outcome'), 0)::bigint
-            AS duration
-    FROM call_events
-    WHERE occurred_at >= current_date - 6
-    GROUP BY 1
-), live AS (
-    SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day,
-        sum(CASE WHEN kind = 'dialing' THEN 1 ELSE -1 END)
-            OVER (ORDER BY occurred_at, stream, seq ROWS UNBOUNDED PRECEDING) AS live
-    FROM call_events
-    WHERE kind IN ('dialing', 'outcome') AND occurred_at >= current_date - 6
-), peaks AS (
-    SELECT day, greatest(max(live), 0)::bigint AS peak FROM live GROUP BY day
-), dlq AS (
-    SELECT (created_at AT TIME ZONE 'UTC')::date AS day, count(*) AS n
-    FROM dead_letters WHERE created_at >= current_date - 6 GROUP BY 1
+    SELECT generate_series(
+        (now() AT TIME ZONE 'UTC')::date - 6, (now() AT TIME ZONE 'UTC')::date, interval '1 day'
+    )::date AS day
 )
 SELECT days.day,
-    coalesce(ev.initiated, 0), coalesce(ev.picked, 0), coalesce(ev.disconnected, 0),
-    coalesce(ev.rnr, 0), coalesce(ev.failed, 0), coalesce(ev.retries, 0),
-    coalesce(peaks.peak, 0), coalesce(ev.duration, 0), coalesce(dlq.n, 0)
-FROM days
-LEFT JOIN ev USING (day) LEFT JOIN peaks USING (day) LEFT JOIN dlq USING (day)
+    coalesce(m.total_calls_initiated, 0)::bigint, coalesce(m.total_calls_picked, 0)::bigint,
+    coalesce(m.total_calls_disconnected, 0)::bigint, coalesce(m.total_calls_rnr, 0)::bigint,
+    coalesce(m.total_calls_failed, 0)::bigint, coalesce(m.total_retries, 0)::bigint,
+    coalesce(m.peak_concurrent_calls, 0)::bigint, coalesce(m.total_call_duration_seconds, 0)::bigint,
+    coalesce(m.dlq_entries_created, 0)::bigint
+FROM days LEFT JOIN call_metrics_daily m USING (day)
 ORDER BY days.day DESC
 "#;
 
