@@ -201,3 +201,30 @@ async fn numbers_added_are_dialled_at_once_by_use_campaign_numbers() {
     }
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_numbers_are_mirrored_into_the_read_model() {
+    let env = TestEnv::start().await.expect("env");
+    let api = Api::with_projector(&env).await;
+    let campaign = api.campaign("mirror").await;
+    let body = json!({"campaign_id": campaign, "phone_numbers": ["+1555000001", "+1555000002"]});
+    for _ in 0..2 {
+        let (status, _) = api.post("/api/v1/phone-numbers/", body.clone()).await;
+        assert_eq!(status, 201);
+    }
+    let pg = env.pg().await.expect("pg");
+    let rows = ccm_tests::eventually(std::time::Duration::from_secs(10), || async {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT phone_number FROM phone_numbers WHERE campaign_id = $1 ORDER BY phone_number",
+        )
+        .bind(campaign as i64)
+        .fetch_all(&pg)
+        .await
+        .unwrap_or_default();
+        (rows.len() == 2).then_some(rows)
+    })
+    .await
+    .expect("both numbers mirrored, once each");
+    assert_eq!(rows, ["+1555000001", "+1555000002"]);
+    api.stop().await;
+}
