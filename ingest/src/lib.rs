@@ -7,8 +7,14 @@
 //! - [`router`] builds the axum router from an [`AppState`]; [`run`] binds and serves it with
 //!   graceful shutdown; [`serve`] does the same on a listener the caller bound (tests bind
 //!   port 0).
-//! - [`routes`]: one module per resource. [`auth`]: the token check. [`error`]: the problem
-//!   JSON every error of the resource API is answered with.
+//! - [`routes`]: one module per resource; [`routes::compat`] is the old system's API, kept
+//!   exactly, with [`compat_error`] for its `{"error": …}` bodies. [`auth`]: the token check.
+//!   [`error`]: the problem JSON every error of the resource API is answered with.
+//! - [`accept`]: claim + publish + answer after the ack, one call or many (pipelined).
+//!   [`claim`]: duplicate prevention (scope and window) on the `active_calls` bucket.
+//! - [`contacts`]: campaigns' phone numbers in the `contacts` bucket (read-your-writes).
+//!   [`campaign_cache`]: the `campaigns` bucket in memory, kept current by a watch.
+//!   [`readmodel`]: reads of PostgreSQL. [`openapi`]: the OpenAPI document and docs page.
 
 pub mod accept;
 pub mod auth;
