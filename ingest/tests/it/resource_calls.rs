@@ -331,3 +331,29 @@ async fn calls_are_read_with_history_and_listed_with_filters_and_keyset_pages() 
     assert_eq!(status, 400);
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_of_100000_numbers_is_accepted_whole() {
+    let env = TestEnv::start().await.expect("env");
+    let api = Api::start(&env).await;
+    let campaign = api.campaign("big bulk").await;
+    let csv: String = (0..100_000u64).map(|n| format!("+1555{n:07}\n")).collect();
+    let started = std::time::Instant::now();
+    let (status, body) = api
+        .raw(
+            reqwest::Method::POST,
+            &format!("/api/v1/calls/bulk?campaign_id={campaign}"),
+            "text/csv",
+            csv,
+        )
+        .await;
+    eprintln!("100,000-number bulk answered in {:?}", started.elapsed());
+    assert_eq!(status, 200);
+    assert_eq!(
+        (body["accepted"].as_u64(), body["rejected"].as_u64()),
+        (Some(100_000), Some(0))
+    );
+    assert_eq!(body["results"][99_999]["index"], 99_999);
+    assert_eq!(stream_messages(&env, "CALLS").await, 100_000);
+    api.stop().await;
+}
