@@ -41,6 +41,45 @@ pub struct Campaign {
     pub retry_policy: Option<PolicyOverride>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// IANA time zone used for the calling window when the callee's number does not tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// Local hours during which calls may be placed; none means any time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calling_window: Option<CallingWindow>,
+}
+
+/// One phone number of a campaign, as kept in the `contacts` bucket under
+/// `<campaign>.<digits>` (written by ingest, mirrored into `phone_numbers` by the projector).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    pub campaign_id: CampaignId,
+    pub phone_number: crate::PhoneNumber,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Daily hours, local to the callee, during which a campaign may call (`start` < `end`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallingWindow {
+    #[serde(with = "hhmm")]
+    pub start: chrono::NaiveTime,
+    #[serde(with = "hhmm")]
+    pub end: chrono::NaiveTime,
+}
+
+/// `HH:MM`, as the old system's retry YAML wrote times.
+mod hhmm {
+    use chrono::NaiveTime;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(time: &NaiveTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&time.format("%H:%M"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveTime, D::Error> {
+        let text = String::deserialize(d)?;
+        NaiveTime::parse_from_str(&text, "%H:%M").map_err(serde::de::Error::custom)
+    }
 }
 
 impl Campaign {

@@ -105,6 +105,38 @@ pub struct IngestConfig {
     pub default_max_concurrent_calls: u32,
     /// Attempts per call of a campaign created without a number.
     pub default_max_attempts: u32,
+    /// Whether a number may have one live call across all campaigns (`global`, the old
+    /// system's rule) or one per campaign (`campaign`).
+    pub duplicate_scope: DuplicateScope,
+    /// The old system's `duplicate_call_window_minutes`: a number whose call ended less than
+    /// this long ago is not called again. 0 turns the window off.
+    pub duplicate_call_window_minutes: u32,
+    /// Most items one bulk request may carry.
+    pub bulk_max_items: usize,
+    /// Largest request body accepted, in bytes (a 100,000-number bulk fits).
+    pub max_body_bytes: usize,
+}
+
+/// The scope of the one-live-call-per-number rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DuplicateScope {
+    /// One live call per number across every campaign.
+    #[default]
+    Global,
+    /// One live call per number within each campaign.
+    Campaign,
+}
+
+impl DuplicateScope {
+    /// The `active_calls` key that claims `phone` under this scope: its digits, prefixed by
+    /// the campaign when the scope is per campaign. The retrier must release the same key.
+    pub fn claim_key(&self, campaign: crate::CampaignId, phone: &crate::PhoneNumber) -> String {
+        match self {
+            Self::Global => phone.digits().to_owned(),
+            Self::Campaign => format!("{campaign}.{}", phone.digits()),
+        }
+    }
 }
 
 impl Default for IngestConfig {
@@ -115,6 +147,10 @@ impl Default for IngestConfig {
             phone_validation: PhoneRule::Lenient,
             default_max_concurrent_calls: 100,
             default_max_attempts: 3,
+            duplicate_scope: DuplicateScope::Global,
+            duplicate_call_window_minutes: 5,
+            bulk_max_items: 100_000,
+            max_body_bytes: 8 * 1024 * 1024,
         }
     }
 }

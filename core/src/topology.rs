@@ -40,6 +40,8 @@ pub const STREAMS: &[Definition] = definitions![
     "streams/KV_campaigns.json",
     "streams/KV_active_calls.json",
     "streams/KV_counters.json",
+    "streams/KV_contacts.json",
+    "streams/KV_idempotency.json",
 ];
 
 /// Every fixed consumer definition, with its stream (the folder name).
@@ -50,6 +52,7 @@ pub const CONSUMERS: &[Definition] = definitions![
     "consumers/RETRIES/retrier_retries.json",
     "consumers/ADVISORIES/retrier_advisories.json",
     "consumers/KV_campaigns/projector_campaigns.json",
+    "consumers/KV_contacts/projector_contacts.json",
 ];
 
 /// The template of a campaign's dial consumer; `{campaign}` stands for the campaign id.
@@ -69,6 +72,10 @@ pub mod names {
     pub const KV_CAMPAIGNS: &str = "campaigns";
     pub const KV_ACTIVE_CALLS: &str = "active_calls";
     pub const KV_COUNTERS: &str = "counters";
+    /// A campaign's phone numbers (`<campaign>.<digits>`), written by ingest.
+    pub const KV_CONTACTS: &str = "contacts";
+    /// `Idempotency-Key` of `POST /api/v1/calls` (hex) → the call accepted for it.
+    pub const KV_IDEMPOTENCY: &str = "idempotency";
 }
 
 /// What went wrong with the topology.

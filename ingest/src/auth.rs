@@ -2,7 +2,7 @@
 
 use axum::{
     extract::{Request, State},
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, Method, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -17,6 +17,10 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
+    // Pre-flight and HEAD requests carry no token and reveal nothing.
+    if matches!(*request.method(), Method::OPTIONS | Method::HEAD) {
+        return next.run(request).await;
+    }
     match token(request.headers()) {
         None => unauthorized("Authentication token not provided"),
         Some(given) => {

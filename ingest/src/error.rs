@@ -73,7 +73,8 @@ struct Problem<'a> {
     detail: &'a str,
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and all its sources, for logs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
@@ -153,7 +154,18 @@ where
 fn rejection_error(rejection: JsonRejection) -> AppError {
     let status = rejection.status();
     let code = match &rejection {
-        JsonRejection::JsonDataError(_) => "invalid_body",
+        JsonRejection::JsonDataError(e) => {
+            let text = e.body_text();
+            if text.contains("unknown field") {
+                "unknown_field"
+            } else if text.contains("missing field") {
+                "missing_field"
+            } else if text.contains("invalid type") || text.contains("did not match any variant") {
+                "invalid_type"
+            } else {
+                "invalid_body"
+            }
+        }
         JsonRejection::JsonSyntaxError(_) => "malformed_json",
         JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
         _ if status == StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
@@ -163,6 +175,32 @@ fn rejection_error(rejection: JsonRejection) -> AppError {
         status,
         code,
         detail: rejection.body_text(),
+    }
+}
+
+/// `axum::extract::Query`, with its rejections (wrong types, unknown parameters) answered as
+/// problems too.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(rejection) => Err(AppError::bad_request(
+                "invalid_query",
+                rejection.body_text(),
+            )),
+        }
     }
 }
 

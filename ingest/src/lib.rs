@@ -7,19 +7,34 @@
 //! - [`router`] builds the axum router from an [`AppState`]; [`run`] binds and serves it with
 //!   graceful shutdown; [`serve`] does the same on a listener the caller bound (tests bind
 //!   port 0).
-//! - [`routes`]: one module per resource. [`auth`]: the token check. [`error`]: the problem
-//!   JSON every error of the resource API is answered with.
+//! - [`routes`]: one module per resource; [`routes::compat`] is the old system's API, kept
+//!   exactly, with [`compat_error`] for its `{"error": …}` bodies. [`auth`]: the token check.
+//!   [`error`]: the problem JSON every error of the resource API is answered with.
+//! - [`accept`]: claim + publish + answer after the ack, one call or many (pipelined).
+//!   [`claim`]: duplicate prevention (scope and window) on the `active_calls` bucket.
+//! - [`contacts`]: campaigns' phone numbers in the `contacts` bucket (read-your-writes).
+//!   [`campaign_cache`]: the `campaigns` bucket in memory, kept current by a watch.
+//!   [`readmodel`]: reads of PostgreSQL. [`openapi`]: the OpenAPI document and docs page.
 
+pub mod accept;
 pub mod auth;
+pub mod campaign_cache;
+pub mod claim;
+pub mod compat_error;
+pub mod contacts;
 pub mod error;
+pub mod openapi;
+pub mod readmodel;
 pub mod routes;
+
+pub use error::error_chain;
 
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, kv};
 use axum::{
     Router, middleware,
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use ccm_core::{
     Config,
@@ -38,6 +53,13 @@ pub struct AppState {
     pub campaigns: kv::Store,
     pub active_calls: kv::Store,
     pub counters: kv::Store,
+    pub contacts: kv::Store,
+    pub idempotency: kv::Store,
+    /// The `campaigns` bucket in memory (see [`campaign_cache`]).
+    pub campaign_cache: campaign_cache::CampaignCache,
+    /// The read model, for the GET endpoints. Connected lazily: ingest accepts calls while
+    /// PostgreSQL is down, and only the reads answer 503.
+    pub pg: sqlx::PgPool,
 }
 
 /// Why ingest could not start or stopped.
@@ -54,6 +76,8 @@ pub enum IngestError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("invalid database URL")]
+    Database(#[source] sqlx::Error),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -78,6 +102,14 @@ impl AppState {
             campaigns: ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS).await?,
             active_calls: ccm_core::nats::bucket(&js, names::KV_ACTIVE_CALLS).await?,
             counters: ccm_core::nats::bucket(&js, names::KV_COUNTERS).await?,
+            contacts: ccm_core::nats::bucket(&js, names::KV_CONTACTS).await?,
+            idempotency: ccm_core::nats::bucket(&js, names::KV_IDEMPOTENCY).await?,
+            campaign_cache: campaign_cache::CampaignCache::default(),
+            pg: sqlx::postgres::PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(std::time::Duration::from_secs(5))
+                .connect_lazy(config.database_url.expose())
+                .map_err(IngestError::Database)?,
             topology: Arc::new(topology),
             js,
         })
@@ -86,10 +118,54 @@ impl AppState {
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
+    use routes::compat;
+    let body_limit = state.config.max_body_bytes;
     let api = Router::new()
-        .route("/api/v1/calls", post(routes::calls::create))
-        .route("/api/v1/campaigns", post(routes::campaigns::create))
-        .route("/api/v1/campaigns/{id}", get(routes::campaigns::get))
+        // The compatible API: the old system's paths, trailing slashes included.
+        .route("/api/v1/initiate-call/", post(compat::calls::initiate))
+        .route("/api/v1/bulk-initiate-calls/", post(compat::calls::bulk))
+        .route("/api/v1/callback/", put(compat::callback::callback))
+        .route(
+            "/api/v1/campaigns/",
+            get(compat::campaigns::list).post(compat::campaigns::create),
+        )
+        .route("/api/v1/campaigns/{id}/", get(compat::campaigns::get))
+        .route(
+            "/api/v1/phone-numbers/",
+            post(compat::campaigns::add_phone_numbers),
+        )
+        .route("/api/v1/metrics/", get(compat::metrics::metrics))
+        // The resource API.
+        .route(
+            "/api/v1/calls",
+            post(routes::calls::create).get(routes::call_queries::list),
+        )
+        .route("/api/v1/calls/{id}", get(routes::call_queries::get))
+        .route("/api/v1/calls/bulk", post(routes::bulk::create))
+        .route(
+            "/api/v1/campaigns",
+            post(routes::campaigns::create).get(routes::campaigns::list),
+        )
+        .route(
+            "/api/v1/campaigns/{id}",
+            get(routes::campaigns::get).patch(routes::campaign_admin::patch),
+        )
+        .route(
+            "/api/v1/campaigns/{id}/pause",
+            post(routes::campaign_admin::pause),
+        )
+        .route(
+            "/api/v1/campaigns/{id}/resume",
+            post(routes::campaign_admin::resume),
+        )
+        .route(
+            "/api/v1/campaigns/{id}/cancel",
+            post(routes::campaign_admin::cancel),
+        )
+        .route(
+            "/api/v1/campaigns/{id}/stats",
+            get(routes::campaign_admin::stats),
+        )
         .route("/api/v1/dead-letters", get(routes::dlq::list))
         .route(
             "/api/v1/dead-letters/{seq}",
@@ -106,7 +182,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        // The API's description is public, like the old system's docs.
+        .route("/api/v1/openapi.json", get(openapi::document))
+        .route("/api/v1/docs", get(openapi::page))
         .merge(api)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
@@ -137,13 +217,23 @@ pub async fn serve(
 ) -> Result<(), IngestError> {
     let state = AppState::connect(&config).await?;
     let client = state.js.client();
+    let watch_stop = shutdown.child_token();
+    let watch = tokio::spawn(
+        state
+            .campaign_cache
+            .clone()
+            .follow(state.campaigns.clone(), watch_stop.clone()),
+    );
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "ingest listening");
     }
-    axum::serve(listener, router(state))
+    let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
-        .map_err(IngestError::Serve)?;
+        .map_err(IngestError::Serve);
+    watch_stop.cancel();
+    let _ = watch.await;
+    served?;
     // Every accepted call was acknowledged before its response; draining only flushes
     // whatever else is buffered.
     let _ = client.drain().await;

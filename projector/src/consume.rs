@@ -35,6 +35,8 @@ pub enum Source {
     Calls,
     Events,
     Campaigns,
+    /// The `contacts` bucket: campaigns' phone numbers.
+    Contacts,
 }
 
 impl Source {
@@ -44,6 +46,7 @@ impl Source {
             Self::Calls => "CALLS",
             Self::Events => "CALL_EVENTS",
             Self::Campaigns => "KV_campaigns",
+            Self::Contacts => "KV_contacts",
         }
     }
 }
@@ -186,7 +189,7 @@ async fn apply_batch(
     counter!("ccm_projector_messages_total", "source" => label, "result" => "duplicate")
         .increment(written.duplicate as u64);
     let now = Utc::now();
-    if source != Source::Campaigns {
+    if source == Source::Calls || source == Source::Events {
         let lag = histogram!("ccm_projector_lag_seconds", "source" => label);
         for item in batch.iter().filter_map(|(_, item)| item.as_ref()) {
             lag.record((now - item.occurred_at()).as_seconds_f64().max(0.0));
@@ -304,6 +307,14 @@ pub fn decode_payload(
                 event,
                 payload: utf8(payload)?,
             }))
+        }
+        Source::Contacts => {
+            if !is_put || payload.is_empty() {
+                return Ok(None);
+            }
+            serde_json::from_slice::<ccm_core::campaign::Contact>(payload)
+                .map(|contact| Some(Item::Contact { seq, contact }))
+                .map_err(|e| e.to_string())
         }
         Source::Campaigns => {
             if !is_put || payload.is_empty() {

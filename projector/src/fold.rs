@@ -33,6 +33,11 @@ pub enum Item {
     },
     /// A campaign document from the `campaigns` bucket; `revision` is its stream sequence.
     Campaign { revision: u64, campaign: Campaign },
+    /// A phone number added to a campaign (the `contacts` bucket), at stream sequence `seq`.
+    Contact {
+        seq: u64,
+        contact: ccm_core::campaign::Contact,
+    },
 }
 
 impl Item {
@@ -41,6 +46,7 @@ impl Item {
         match self {
             Self::Queued { seq, .. } | Self::Event { seq, .. } => *seq,
             Self::Campaign { revision, .. } => *revision,
+            Self::Contact { seq, .. } => *seq,
         }
     }
 
@@ -62,7 +68,7 @@ impl Item {
                 event.kind.name(),
                 event.kind.status().as_str(),
             )),
-            Self::Campaign { .. } => None,
+            Self::Campaign { .. } | Self::Contact { .. } => None,
         }
     }
 
@@ -70,7 +76,7 @@ impl Item {
     pub fn payload(&self) -> Option<&str> {
         match self {
             Self::Queued { payload, .. } | Self::Event { payload, .. } => Some(payload),
-            Self::Campaign { .. } => None,
+            Self::Campaign { .. } | Self::Contact { .. } => None,
         }
     }
 
@@ -80,6 +86,7 @@ impl Item {
             Self::Queued { request, .. } => request.queued_at,
             Self::Event { event, .. } => event.at,
             Self::Campaign { campaign, .. } => campaign.updated_at,
+            Self::Contact { contact, .. } => contact.created_at,
         }
     }
 }
@@ -315,7 +322,7 @@ impl Fold {
                 event.campaign_id.as_i64(),
                 event.at,
             ),
-            Item::Campaign { .. } => return,
+            Item::Campaign { .. } | Item::Contact { .. } => return,
         };
         if let Item::Event { event, .. } = item {
             self.count_event(event, campaign, at);

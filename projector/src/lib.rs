@@ -98,6 +98,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Proj
         ("CALLS", "projector_calls", Source::Calls),
         ("CALL_EVENTS", "projector_events", Source::Events),
         ("KV_campaigns", "projector_campaigns", Source::Campaigns),
+        ("KV_contacts", "projector_contacts", Source::Contacts),
     ] {
         let consumer = js
             .get_consumer_from_stream(consumer, stream)

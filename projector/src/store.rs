@@ -59,15 +59,20 @@ pub async fn write(
     // counts once, and rows are locked in a stable order.
     let by_seq: BTreeMap<u64, &Item> = items.iter().map(|item| (item.seq(), *item)).collect();
     let mut campaigns = Vec::new();
+    let mut contacts = Vec::new();
     let mut events = Vec::with_capacity(by_seq.len());
     for item in by_seq.values() {
         match item {
             Item::Campaign { revision, campaign } => campaigns.push((*revision, campaign)),
+            Item::Contact { contact, .. } => contacts.push(contact),
             _ => events.push(*item),
         }
     }
     for (revision, campaign) in &campaigns {
         upsert_campaign(*revision, campaign, conn).await?;
+    }
+    for contact in &contacts {
+        insert_contact(contact, conn).await?;
     }
     let new = record_events(stream, &events, conn).await?;
     let mut fold = Fold::default();
@@ -81,9 +86,27 @@ pub async fn write(
     add_daily(&fold.daily, conn).await?;
     add_concurrency(&fold.concurrency, conn).await?;
     Ok(Written {
-        new: new.len() + campaigns.len(),
+        new: new.len() + campaigns.len() + contacts.len(),
         duplicate: events.len() - new.len(),
     })
+}
+
+/// Mirrors one phone number of a campaign; keyed like the bucket, so applying it twice is a
+/// no-op.
+async fn insert_contact(
+    contact: &ccm_core::campaign::Contact,
+    conn: &mut PgConnection,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO phone_numbers (campaign_id, phone_number, created_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (campaign_id, phone_number) DO NOTHING",
+    )
+    .bind(contact.campaign_id.as_i64())
+    .bind(contact.phone_number.as_str())
+    .bind(contact.created_at)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Inserts the messages into `call_events`; returns the sequences that were new.

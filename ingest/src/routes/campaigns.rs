@@ -15,10 +15,10 @@ use crate::{
 };
 
 /// Longest campaign name, as the old API's model allowed.
-const MAX_NAME_CHARS: usize = 200;
+pub(crate) const MAX_NAME_CHARS: usize = 200;
 
 /// The body of a campaign creation.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCampaign {
     pub name: String,
@@ -31,15 +31,38 @@ pub struct NewCampaign {
     #[serde(default)]
     pub max_attempts: Option<u32>,
     #[serde(default)]
+    pub time_zone: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::CallingWindow>)]
+    pub calling_window: Option<ccm_core::campaign::CallingWindow>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub retry_policy: Option<ccm_core::PolicyOverride>,
 }
 
 /// Creates a campaign: stores it in the `campaigns` bucket and creates its dial consumer, so
 /// calls accepted a moment later are dialled.
+/// Creates a campaign and its dial consumer.
+#[utoipa::path(post, path = "/api/v1/campaigns", tag = "campaigns", request_body = NewCampaign,
+    responses(
+        (status = 201, body = crate::openapi::Campaign),
+        (status = 400, description = "Invalid name, limits or schedule", body = crate::openapi::Problem),
+        (status = 422, description = "Wrong types or unknown fields", body = crate::openapi::Problem),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<NewCampaign>,
 ) -> Result<(StatusCode, ApiJson<Campaign>), AppError> {
+    create_campaign(&state, body)
+        .await
+        .map(|c| (StatusCode::CREATED, ApiJson(c)))
+}
+
+/// Validates and stores a new campaign (both APIs).
+pub(crate) async fn create_campaign(
+    state: &AppState,
+    body: NewCampaign,
+) -> Result<Campaign, AppError> {
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
         return Err(AppError::bad_request(
@@ -61,7 +84,7 @@ pub async fn create(
     }
     let id = next_campaign_id(&state.counters).await?;
     let now = Utc::now();
-    let campaign = Campaign {
+    let mut campaign = Campaign {
         id,
         name: name.to_owned(),
         description: body.description,
@@ -69,10 +92,18 @@ pub async fn create(
         state: CampaignState::Active,
         max_concurrent_calls,
         max_attempts,
-        retry_policy: body.retry_policy,
         created_at: now,
         updated_at: now,
+        time_zone: None,
+        calling_window: None,
+        retry_policy: None,
     };
+    super::campaign_admin::apply_schedule(
+        &mut campaign,
+        body.time_zone,
+        body.calling_window,
+        body.retry_policy,
+    )?;
     // The consumer first: a campaign visible in the bucket must already have somewhere for
     // its calls to go.
     state
@@ -81,15 +112,29 @@ pub async fn create(
         .await
         .map_err(AppError::unavailable)?;
     let document = serde_json::to_vec(&campaign).map_err(AppError::internal)?;
-    state
+    let revision = state
         .campaigns
         .create(id.to_string(), document.into())
         .await
         .map_err(AppError::unavailable)?;
-    Ok((StatusCode::CREATED, ApiJson(campaign)))
+    state.campaign_cache.put(revision, campaign.clone());
+    Ok(campaign)
+}
+
+/// Every campaign (the resource API's list).
+#[utoipa::path(get, path = "/api/v1/campaigns", tag = "campaigns",
+    responses((status = 200, body = Vec<crate::openapi::Campaign>)))]
+pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<Campaign>>, AppError> {
+    load_all(&state).await.map(ApiJson)
 }
 
 /// Reads one campaign from the bucket.
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}", tag = "campaigns",
+    params(("id" = u64, Path)),
+    responses(
+        (status = 200, body = crate::openapi::Campaign),
+        (status = 404, body = crate::openapi::Problem),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -112,17 +157,67 @@ pub(crate) fn not_found(id: CampaignId) -> AppError {
 
 /// The campaign document, if it exists.
 pub(crate) async fn load(state: &AppState, id: CampaignId) -> Result<Option<Campaign>, AppError> {
-    let Some(bytes) = state
+    if let Some(campaign) = state.campaign_cache.get(id) {
+        return Ok(Some(campaign));
+    }
+    let entry = state
         .campaigns
-        .get(id.to_string())
+        .entry(id.to_string())
         .await
-        .map_err(AppError::unavailable)?
-    else {
+        .map_err(AppError::unavailable)?;
+    let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
         return Ok(None);
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
+    serde_json::from_slice::<Campaign>(&entry.value)
+        .map(|campaign| {
+            state.campaign_cache.put(entry.revision, campaign.clone());
+            Some(campaign)
+        })
         .map_err(AppError::internal)
+}
+
+/// Every campaign document, by id.
+pub(crate) async fn load_all(state: &AppState) -> Result<Vec<Campaign>, AppError> {
+    use futures::TryStreamExt;
+    let keys: Vec<String> = state
+        .campaigns
+        .keys()
+        .await
+        .map_err(AppError::unavailable)?
+        .try_collect()
+        .await
+        .map_err(AppError::unavailable)?;
+    let mut all = Vec::with_capacity(keys.len());
+    for key in keys {
+        let Ok(id) = key.parse::<CampaignId>() else {
+            continue;
+        };
+        if let Some(campaign) = load(state, id).await? {
+            all.push(campaign);
+        }
+    }
+    all.sort_by_key(|c| c.id);
+    Ok(all)
+}
+
+/// Free slots under the campaign's cap and calls waiting in its queue, from its dial
+/// consumer: live calls are the messages it holds un-acked, queued ones those not delivered.
+pub(crate) async fn live_and_queued(
+    state: &AppState,
+    campaign: &Campaign,
+) -> Result<(usize, usize), AppError> {
+    let stream = state
+        .js
+        .get_stream(ccm_core::topology::names::CALLS)
+        .await
+        .map_err(AppError::unavailable)?;
+    let info = stream
+        .consumer_info(ccm_core::subjects::dial_consumer(campaign.id))
+        .await
+        .map_err(AppError::unavailable)?;
+    let cap = usize::try_from(campaign.max_concurrent_calls).unwrap_or(usize::MAX);
+    let queued = usize::try_from(info.num_pending).unwrap_or(usize::MAX);
+    Ok((cap.saturating_sub(info.num_ack_pending), queued))
 }
 
 /// Allocates the next campaign id with compare-and-set on the `counters` bucket, so several

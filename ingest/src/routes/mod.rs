@@ -1,5 +1,9 @@
 //! Route handlers, one module per resource.
 
+pub mod bulk;
+pub mod call_queries;
 pub mod calls;
+pub mod campaign_admin;
 pub mod campaigns;
+pub mod compat;
 pub mod dlq;

@@ -1,0 +1,286 @@
+//! Changing a campaign: `PATCH /api/v1/campaigns/{id}` (settings),
+//! `POST /api/v1/campaigns/{id}/pause|resume|cancel` (state), and `GET …/stats`.
+//!
+//! Changes are compare-and-set updates of the campaign document in the `campaigns` bucket,
+//! so two concurrent edits never lose one. Ingest only changes the document: the dialer
+//! watches the bucket and reacts (stops pulling when paused, terminates queued calls when
+//! cancelled). A new concurrency cap is applied to the campaign's dial consumer
+//! (`max_ack_pending`, editable in place) before the document says so.
+
+use std::collections::BTreeMap;
+
+use async_nats::jetstream::kv;
+use axum::extract::{Path, State};
+use ccm_core::PolicyOverride;
+use ccm_core::{Campaign, CampaignId, CampaignState, campaign::CallingWindow};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    AppState,
+    error::{ApiJson, AppError},
+    routes::campaigns::{self, MAX_NAME_CHARS},
+};
+
+/// The settings a PATCH may change; absent fields stay as they are.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub is_active: Option<bool>,
+    pub max_concurrent_calls: Option<u32>,
+    pub max_attempts: Option<u32>,
+    pub time_zone: Option<String>,
+    #[schema(value_type = Option<crate::openapi::CallingWindow>)]
+    pub calling_window: Option<CallingWindow>,
+    #[schema(value_type = Option<Object>)]
+    pub retry_policy: Option<PolicyOverride>,
+}
+
+/// Validates and sets the scheduling settings (shared with creation).
+pub(crate) fn apply_schedule(
+    campaign: &mut Campaign,
+    time_zone: Option<String>,
+    window: Option<CallingWindow>,
+    retry_policy: Option<PolicyOverride>,
+) -> Result<(), AppError> {
+    if let Some(zone) = time_zone {
+        zone.parse::<chrono_tz::Tz>().map_err(|_| {
+            AppError::bad_request(
+                "invalid_time_zone",
+                format!("{zone:?} is not an IANA time zone"),
+            )
+        })?;
+        campaign.time_zone = Some(zone);
+    }
+    if let Some(window) = window {
+        if window.start >= window.end {
+            return Err(AppError::bad_request(
+                "invalid_calling_window",
+                "calling_window.start must be before calling_window.end",
+            ));
+        }
+        campaign.calling_window = Some(window);
+    }
+    // The override's shape was checked when the body was parsed.
+    if let Some(policy) = retry_policy {
+        campaign.retry_policy = Some(policy);
+    }
+    Ok(())
+}
+
+fn parse_id(id: &str) -> Result<CampaignId, AppError> {
+    id.parse()
+        .map_err(|e: ccm_core::ids::IdError| AppError::bad_request("invalid_id", e.to_string()))
+}
+
+/// Reads the document, applies `change`, and writes it back if nobody wrote in between
+/// (otherwise reads again).
+async fn update(
+    state: &AppState,
+    id: CampaignId,
+    change: impl Fn(&mut Campaign) -> Result<(), AppError>,
+) -> Result<Campaign, AppError> {
+    for _ in 0..20 {
+        let entry = state
+            .campaigns
+            .entry(id.to_string())
+            .await
+            .map_err(AppError::unavailable)?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Err(campaigns::not_found(id));
+        };
+        let mut campaign: Campaign =
+            serde_json::from_slice(&entry.value).map_err(AppError::internal)?;
+        let before = campaign.max_concurrent_calls;
+        change(&mut campaign)?;
+        campaign.updated_at = Utc::now();
+        if campaign.max_concurrent_calls != before {
+            state
+                .topology
+                .ensure_dial_consumer(&state.js, id, campaign.max_concurrent_calls)
+                .await
+                .map_err(AppError::unavailable)?;
+        }
+        let document = serde_json::to_vec(&campaign).map_err(AppError::internal)?;
+        match state
+            .campaigns
+            .update(id.to_string(), document.into(), entry.revision)
+            .await
+        {
+            Ok(revision) => {
+                state.campaign_cache.put(revision, campaign.clone());
+                return Ok(campaign);
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) => return Err(AppError::unavailable(e)),
+        }
+    }
+    Err(AppError::conflict(
+        "concurrent_update",
+        "the campaign kept changing; retry",
+    ))
+}
+
+/// Changes settings; absent fields stay.
+#[utoipa::path(patch, path = "/api/v1/campaigns/{id}", tag = "campaigns", params(("id" = u64, Path)),
+    request_body = CampaignPatch,
+    responses(
+        (status = 200, body = crate::openapi::Campaign),
+        (status = 400, body = crate::openapi::Problem),
+        (status = 404, body = crate::openapi::Problem),
+        (status = 422, body = crate::openapi::Problem),
+    ))]
+pub async fn patch(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<CampaignPatch>,
+) -> Result<ApiJson<Campaign>, AppError> {
+    let id = parse_id(&id)?;
+    if let Some(name) = &patch.name {
+        let chars = name.trim().chars().count();
+        if chars == 0 || chars > MAX_NAME_CHARS {
+            return Err(AppError::bad_request(
+                "invalid_name",
+                format!("name must be 1 to {MAX_NAME_CHARS} characters"),
+            ));
+        }
+    }
+    if patch.max_concurrent_calls == Some(0) || patch.max_attempts == Some(0) {
+        return Err(AppError::bad_request(
+            "invalid_limits",
+            "max_concurrent_calls and max_attempts must be at least 1",
+        ));
+    }
+    update(&state, id, |c| {
+        if let Some(name) = &patch.name {
+            c.name = name.trim().to_owned();
+        }
+        if let Some(description) = &patch.description {
+            c.description = description.clone();
+        }
+        if let Some(active) = patch.is_active {
+            c.is_active = active;
+        }
+        if let Some(cap) = patch.max_concurrent_calls {
+            c.max_concurrent_calls = cap;
+        }
+        if let Some(attempts) = patch.max_attempts {
+            c.max_attempts = attempts;
+        }
+        apply_schedule(
+            c,
+            patch.time_zone.clone(),
+            patch.calling_window,
+            patch.retry_policy.clone(),
+        )
+    })
+    .await
+    .map(ApiJson)
+}
+
+async fn set_state(
+    state: &AppState,
+    id: &str,
+    target: CampaignState,
+) -> Result<ApiJson<Campaign>, AppError> {
+    let id = parse_id(id)?;
+    update(state, id, |c| {
+        if c.state == CampaignState::Cancelled && target != CampaignState::Cancelled {
+            return Err(AppError::conflict(
+                "campaign_cancelled",
+                format!("campaign {id} is cancelled for good"),
+            ));
+        }
+        c.state = target;
+        Ok(())
+    })
+    .await
+    .map(ApiJson)
+}
+
+/// Dialers stop pulling the campaign's calls; they wait queued.
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/pause", tag = "campaigns", params(("id" = u64, Path)),
+    responses((status = 200, body = crate::openapi::Campaign), (status = 404, body = crate::openapi::Problem), (status = 409, body = crate::openapi::Problem)))]
+pub async fn pause(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Campaign>, AppError> {
+    set_state(&state, &id, CampaignState::Paused).await
+}
+
+/// Dialing continues.
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/resume", tag = "campaigns", params(("id" = u64, Path)),
+    responses((status = 200, body = crate::openapi::Campaign), (status = 404, body = crate::openapi::Problem), (status = 409, description = "Cancelled for good", body = crate::openapi::Problem)))]
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Campaign>, AppError> {
+    set_state(&state, &id, CampaignState::Active).await
+}
+
+/// Queued calls end CANCELLED; no new calls are accepted.
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/cancel", tag = "campaigns", params(("id" = u64, Path)),
+    responses((status = 200, body = crate::openapi::Campaign), (status = 404, body = crate::openapi::Problem)))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Campaign>, AppError> {
+    set_state(&state, &id, CampaignState::Cancelled).await
+}
+
+/// A campaign's progress.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CampaignStats {
+    #[schema(value_type = u64)]
+    pub campaign_id: CampaignId,
+    #[schema(value_type = String, example = "active")]
+    pub state: CampaignState,
+    /// Calls by current status, from the read model.
+    pub by_status: BTreeMap<String, i64>,
+    /// Calls being dialled now (the dial consumer's un-acked messages).
+    pub live_calls: usize,
+    /// Calls waiting for a slot (the dial consumer's undelivered messages).
+    pub queued: usize,
+    pub retrying: i64,
+    pub dead_letters: i64,
+}
+
+/// Progress: calls by status, live, queued, retrying, dead letters.
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}/stats", tag = "campaigns", params(("id" = u64, Path)),
+    responses((status = 200, body = CampaignStats), (status = 404, body = crate::openapi::Problem)))]
+pub async fn stats(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<CampaignStats>, AppError> {
+    let id = parse_id(&id)?;
+    let campaign = campaigns::load(&state, id)
+        .await?
+        .ok_or_else(|| campaigns::not_found(id))?;
+    let (free, queued) = campaigns::live_and_queued(&state, &campaign).await?;
+    let cap = usize::try_from(campaign.max_concurrent_calls).unwrap_or(usize::MAX);
+    let read = |e| AppError::unavailable(crate::readmodel::ReadError::Database(e));
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM calls WHERE campaign_id = $1 GROUP BY status")
+            .bind(id.as_i64())
+            .fetch_all(&state.pg)
+            .await
+            .map_err(read)?;
+    let dead_letters: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE campaign_id = $1")
+            .bind(id.as_i64())
+            .fetch_one(&state.pg)
+            .await
+            .map_err(read)?;
+    let by_status: BTreeMap<String, i64> = rows.into_iter().collect();
+    Ok(ApiJson(CampaignStats {
+        campaign_id: id,
+        state: campaign.state,
+        retrying: by_status.get("RETRYING").copied().unwrap_or(0),
+        by_status,
+        live_calls: cap.saturating_sub(free),
+        queued,
+        dead_letters,
+    }))
+}

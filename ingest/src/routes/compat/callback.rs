@@ -1,0 +1,76 @@
+//! `PUT /api/v1/callback/`: the old API's way for a carrier to report an attempt's outcome.
+//!
+//! The outcome is published on `calls.outcome.<campaign>.<call>` with the de-duplication id
+//! `<call>/<attempt>/outcome`, so a repeated callback is dropped by the server (and the
+//! retrier ignores an outcome for an attempt already decided). The answer comes only after
+//! JetStream stored it.
+
+use axum::extract::State;
+use ccm_core::{CallEvent, CallId, EventKind, OutcomeSource, OutcomeStatus};
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use super::text;
+use crate::{
+    AppState,
+    compat_error::{CompatError, CompatJson},
+    readmodel,
+};
+
+#[utoipa::path(put, path = "/api/v1/callback/", tag = "compatible", request_body = crate::openapi::Callback,
+    responses(
+        (status = 200, description = "{success, call_id, status} once the outcome is stored", body = Object),
+        (status = 400, description = "call_id and status are required | Invalid status", body = crate::openapi::CompatError),
+        (status = 404, description = "Call not found", body = crate::openapi::CompatError),
+        (status = 503, description = "Broker unavailable; retry_after 60", body = crate::openapi::CompatError),
+    ))]
+pub async fn callback(
+    State(state): State<AppState>,
+    CompatJson(body): CompatJson,
+) -> Result<axum::Json<Value>, CompatError> {
+    let (Some(raw_call), Some(raw_status)) = (text(&body, "call_id"), text(&body, "status")) else {
+        return Err(CompatError::bad_request("call_id and status are required"));
+    };
+    let status: OutcomeStatus = raw_status.parse().map_err(|_| {
+        CompatError::bad_request(
+            "Invalid status. Must be one of: [PICKED, DISCONNECTED, RNR, FAILED]",
+        )
+    })?;
+    let not_found = || CompatError::not_found("Call not found");
+    let call: CallId = raw_call.parse().map_err(|_| not_found())?;
+    let duration_secs = match body.get("call_duration") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|d| u32::try_from(d).ok())
+                .ok_or_else(|| {
+                    CompatError::bad_request("call_duration must be a non-negative integer")
+                })?,
+        ),
+    };
+    let external_call_id = text(&body, "external_call_id").map(str::to_owned);
+    let (campaign_id, attempt) = readmodel::locate_call(&state, call)
+        .await
+        .map_err(CompatError::unavailable)?
+        .ok_or_else(not_found)?;
+    let event = CallEvent {
+        call_id: call,
+        campaign_id,
+        attempt,
+        at: Utc::now(),
+        kind: EventKind::Outcome {
+            status,
+            source: OutcomeSource::Carrier,
+            raw_status: Some(raw_status.to_owned()),
+            duration_secs,
+            external_call_id,
+            reason: None,
+        },
+    };
+    ccm_core::nats::publish_event(&state.js, &event)
+        .await
+        .map_err(|e| CompatError::unavailable(crate::error_chain(&e)))?;
+    Ok(axum::Json(
+        json!({"success": true, "call_id": call, "status": status.as_str()}),
+    ))
+}

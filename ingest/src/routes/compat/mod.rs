@@ -1,0 +1,47 @@
+//! The compatible API: the old Django system's routes, bodies, status codes and messages,
+//! kept exactly so its clients work unchanged. Errors are `{"error": …}`, not problem JSON.
+
+pub mod callback;
+pub mod calls;
+pub mod campaigns;
+pub mod metrics;
+
+use ccm_core::{Campaign, CampaignId};
+use serde_json::Value;
+
+use crate::{AppState, compat_error::CompatError, routes};
+
+/// Reads `campaign_id` as the old API did: a number or a numeric string. `None` when absent
+/// or null; `Some(None)` when present but not a valid id (such a campaign cannot exist).
+pub(crate) fn campaign_id(body: &Value) -> Option<Option<CampaignId>> {
+    match body.get("campaign_id") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(serde_json::from_value(value.clone()).ok()),
+    }
+}
+
+/// A campaign that exists and accepts calls, or the old API's 404.
+pub(crate) async fn active_campaign(
+    state: &AppState,
+    id: Option<CampaignId>,
+) -> Result<Campaign, CompatError> {
+    let not_found = || CompatError::not_found("Campaign not found or inactive");
+    let id = id.ok_or_else(not_found)?;
+    let campaign = routes::campaigns::load(state, id)
+        .await
+        .map_err(CompatError::unavailable)?
+        .ok_or_else(not_found)?;
+    if campaign.accepts_calls() {
+        Ok(campaign)
+    } else {
+        Err(not_found())
+    }
+}
+
+/// A non-empty string field, trimmed.
+pub(crate) fn text<'a>(body: &'a Value, field: &str) -> Option<&'a str> {
+    body.get(field)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}

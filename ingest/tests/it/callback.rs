@@ -1,0 +1,140 @@
+//! `PUT /api/v1/callback/`.
+
+use std::time::Duration;
+
+use ccm_tests::{TestEnv, eventually};
+use serde_json::{Value, json};
+
+use crate::api::{Api, stream_messages};
+
+const CALLBACK: &str = "/api/v1/callback/";
+
+/// Accepts a call and waits until the projector has it in the read model.
+async fn projected_call(env: &TestEnv, api: &Api) -> (u64, String) {
+    let campaign = api.campaign("callbacks").await;
+    let (status, body) = api
+        .post(
+            "/api/v1/initiate-call/",
+            json!({"phone_number": "+1234567890", "campaign_id": campaign}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let call = body["call_id"].as_str().expect("call_id").to_owned();
+    let pg = env.pg().await.expect("pg");
+    let id: uuid::Uuid = call.parse().expect("uuid");
+    eventually(Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, i32>("SELECT attempt_count FROM calls WHERE call_id = $1")
+            .bind(id)
+            .fetch_optional(&pg)
+            .await
+            .ok()
+            .flatten()
+    })
+    .await
+    .expect("the call is projected");
+    (campaign, call)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_publishes_one_outcome_and_a_repeat_is_harmless() {
+    let env = TestEnv::start().await.expect("env");
+    let api = Api::with_projector(&env).await;
+    let (campaign, call) = projected_call(&env, &api).await;
+
+    for _ in 0..2 {
+        let (status, body) = api
+            .put(CALLBACK, json!({"call_id": call, "status": "PICKED", "call_duration": 45, "external_call_id": "ext_1"}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body,
+            json!({"success": true, "call_id": call, "status": "PICKED"})
+        );
+    }
+    let js = env.jetstream().await.expect("js");
+    let events = js.get_stream("CALL_EVENTS").await.expect("stream");
+    let message = events
+        .direct_get_last_for_subject(format!("calls.outcome.{campaign}.{call}"))
+        .await
+        .expect("the outcome is stored");
+    let outcome: Value = serde_json::from_slice(&message.payload).expect("json");
+    assert_eq!(outcome["type"], "outcome");
+    assert_eq!(outcome["status"], "PICKED");
+    assert_eq!(outcome["source"], "carrier");
+    assert_eq!(outcome["attempt"], 1);
+    assert_eq!(outcome["duration_secs"], 45);
+    assert_eq!(outcome["external_call_id"], "ext_1");
+    let msg_id = message.headers.get("Nats-Msg-Id").map(|v| v.to_string());
+    assert_eq!(msg_id, Some(format!("{call}/1/outcome")));
+    assert_eq!(
+        stream_messages(&env, "CALL_EVENTS").await,
+        1,
+        "the repeat was de-duplicated"
+    );
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_callbacks_get_the_old_messages_and_publish_nothing() {
+    let env = TestEnv::start().await.expect("env");
+    let api = Api::with_projector(&env).await;
+    let (_, call) = projected_call(&env, &api).await;
+    let invalid = "Invalid status. Must be one of: [PICKED, DISCONNECTED, RNR, FAILED]";
+    let cases = [
+        (
+            json!({"call_id": "test-call-id", "status": "INVALID_STATUS"}),
+            400,
+            invalid,
+        ),
+        (
+            json!({"call_id": call, "status": "COMPLETED"}),
+            400,
+            invalid,
+        ),
+        (
+            json!({"status": "PICKED"}),
+            400,
+            "call_id and status are required",
+        ),
+        (
+            json!({"call_id": call}),
+            400,
+            "call_id and status are required",
+        ),
+        (
+            json!({"call_id": "test-call-id", "status": "PICKED"}),
+            404,
+            "Call not found",
+        ),
+        (
+            json!({"call_id": uuid::Uuid::now_v7().to_string(), "status": "RNR"}),
+            404,
+            "Call not found",
+        ),
+    ];
+    for (body, want_status, message) in cases {
+        let (status, answer) = api.put(CALLBACK, body.clone()).await;
+        assert_eq!(
+            (status, &answer),
+            (want_status, &json!({"error": message})),
+            "{body}"
+        );
+    }
+    assert_eq!(stream_messages(&env, "CALL_EVENTS").await, 0);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_while_the_broker_is_down_is_503_with_retry_after() {
+    let mut env = TestEnv::start().await.expect("env");
+    let api = Api::with_projector(&env).await;
+    let (_, call) = projected_call(&env, &api).await;
+    env.local_nats.as_mut().expect("local nats").stop();
+    let (status, body) = api
+        .put(CALLBACK, json!({"call_id": call, "status": "RNR"}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["retry_after"], 60);
+    assert!(body["error"].is_string(), "{body}");
+    drop(api);
+}
