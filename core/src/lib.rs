@@ -12,6 +12,8 @@
 //! - [`nats`]: connecting and publishing with `Nats-Msg-Id`.
 //! - [`config`], [`telemetry`], [`service`]: layered configuration, `tracing` set-up, and
 //!   the command line and shutdown signal every binary shares.
+//! - [`twilio`]: Twilio's request signature and call statuses, shared by the dialer's
+//!   adapter, ingest's callback route and carrier-sim.
 //!
 //! Services never depend on each other; whatever two of them must agree on lives here.
 
@@ -26,6 +28,7 @@ pub mod status;
 pub mod subjects;
 pub mod telemetry;
 pub mod topology;
+pub mod twilio;
 
 pub use campaign::{Campaign, CampaignState};
 pub use config::Config;
