@@ -60,7 +60,10 @@ mod tests {
     use super::*;
 
     fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
-        items.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        items
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     /// The example of Twilio's "Webhooks security" documentation.
@@ -88,13 +91,21 @@ mod tests {
         assert!(!verify("token", "http://h/cb?a=2", &params, &sig));
         let tampered = pairs(&[("CallStatus", "busy"), ("CallSid", "CA1")]);
         assert!(!verify("token", "http://h/cb?a=1", &tampered, &sig));
-        assert!(!verify("", "http://h/cb?a=1", &params, &signature("", "http://h/cb?a=1", &params)));
+        assert!(!verify(
+            "",
+            "http://h/cb?a=1",
+            &params,
+            &signature("", "http://h/cb?a=1", &params)
+        ));
     }
 
     #[test]
     fn statuses_map_as_documented() {
         assert_eq!(outcome("completed", Some(42)), Some(OutcomeStatus::Picked));
-        assert_eq!(outcome("completed", Some(0)), Some(OutcomeStatus::Disconnected));
+        assert_eq!(
+            outcome("completed", Some(0)),
+            Some(OutcomeStatus::Disconnected)
+        );
         assert_eq!(outcome("no-answer", None), Some(OutcomeStatus::Rnr));
         assert_eq!(outcome("busy", None), Some(OutcomeStatus::Rnr));
         assert_eq!(outcome("failed", None), Some(OutcomeStatus::Failed));

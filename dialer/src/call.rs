@@ -9,9 +9,7 @@
 use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind, Message};
-use ccm_core::{
-    CallEvent, DialRequest, EventKind, OutcomeSource, OutcomeStatus, subjects,
-};
+use ccm_core::{CallEvent, DialRequest, EventKind, OutcomeSource, OutcomeStatus, subjects};
 use chrono::Utc;
 use futures::StreamExt;
 use rand::Rng;
@@ -51,7 +49,9 @@ pub async fn handle(ctx: CallContext, message: Message) {
         Err(e) => {
             // Let redelivery count it: after max_deliver the retrier dead-letters it.
             tracing::warn!(error = %e, subject = %message.subject, "undecodable dial message");
-            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
             return;
         }
     };

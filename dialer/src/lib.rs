@@ -81,7 +81,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
     let result = supervise(&campaigns, &topology, &js, &trunk, &ctx, &calls, &shutdown).await;
 
     calls.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, calls.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, calls.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("calls still in flight after the grace period; handing them back");
         calls_stop.cancel();
         calls.wait().await;
@@ -100,7 +103,10 @@ async fn supervise(
     calls: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), DialerError> {
-    let mut watch = campaigns.watch_all().await.map_err(|e| DialerError::Watch(e.into()))?;
+    let mut watch = campaigns
+        .watch_all()
+        .await
+        .map_err(|e| DialerError::Watch(e.into()))?;
     let mut workers: HashMap<CampaignId, (u32, CancellationToken)> = HashMap::new();
     let workers_done = TaskTracker::new();
     loop {
@@ -116,20 +122,24 @@ async fn supervise(
                 continue;
             }
         };
-        let Ok(id) = entry.key.parse::<CampaignId>() else { continue };
+        let Ok(id) = entry.key.parse::<CampaignId>() else {
+            continue;
+        };
         let campaign = match entry.operation {
             kv::Operation::Put => serde_json::from_slice::<Campaign>(&entry.value).ok(),
             _ => None,
         };
-        let wanted = campaign
-            .filter(|c| c.accepts_calls() && c.state == ccm_core::CampaignState::Active);
+        let wanted =
+            campaign.filter(|c| c.accepts_calls() && c.state == ccm_core::CampaignState::Active);
         match (wanted, workers.get(&id)) {
             (Some(c), Some((cap, _))) if *cap == c.max_concurrent_calls => {}
             (Some(c), _) => {
                 if let Some((_, stop)) = workers.remove(&id) {
                     stop.cancel();
                 }
-                topology.ensure_dial_consumer(js, id, c.max_concurrent_calls).await?;
+                topology
+                    .ensure_dial_consumer(js, id, c.max_concurrent_calls)
+                    .await?;
                 let consumer = js
                     .get_consumer_from_stream(ccm_core::subjects::dial_consumer(id), names::CALLS)
                     .await

@@ -44,7 +44,11 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        let batch = consumer.batch().max_messages(permits.len()).expires(PULL_EXPIRES).messages();
+        let batch = consumer
+            .batch()
+            .max_messages(permits.len())
+            .expires(PULL_EXPIRES)
+            .messages();
         let mut messages = match batch.await {
             Ok(messages) => messages,
             Err(e) => {

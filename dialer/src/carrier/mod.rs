@@ -34,5 +34,6 @@ pub trait Carrier: Send + Sync + std::fmt::Debug + 'static {
     /// Places `call` with the carrier. Must be safe to call again for the same attempt after
     /// an ambiguous failure (adapters pass the attempt's id as the carrier's idempotency key
     /// where the carrier has one).
-    fn place<'a>(&'a self, call: &'a DialRequest) -> BoxFuture<'a, Result<Placement, CarrierError>>;
+    fn place<'a>(&'a self, call: &'a DialRequest)
+    -> BoxFuture<'a, Result<Placement, CarrierError>>;
 }

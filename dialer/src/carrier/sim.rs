@@ -49,7 +49,10 @@ impl SimCarrier {
 }
 
 impl Carrier for SimCarrier {
-    fn place<'a>(&'a self, call: &'a DialRequest) -> BoxFuture<'a, Result<Placement, CarrierError>> {
+    fn place<'a>(
+        &'a self,
+        call: &'a DialRequest,
+    ) -> BoxFuture<'a, Result<Placement, CarrierError>> {
         let status = self.draw();
         let external_call_id = format!("sim-{}-{}", call.call_id, call.attempt);
         let outcome = CallEvent {
@@ -61,7 +64,11 @@ impl Carrier for SimCarrier {
                 status,
                 source: OutcomeSource::Carrier,
                 raw_status: None,
-                duration_secs: Some(if status == OutcomeStatus::Picked { 30 } else { 0 }),
+                duration_secs: Some(if status == OutcomeStatus::Picked {
+                    30
+                } else {
+                    0
+                }),
                 external_call_id: Some(external_call_id.clone()),
                 reason: None,
             },
@@ -76,6 +83,10 @@ impl Carrier for SimCarrier {
                 tracing::warn!(error = %e, call = %outcome.call_id, "simulated outcome lost");
             }
         });
-        Box::pin(async move { Ok(Placement { external_call_id: Some(external_call_id) }) })
+        Box::pin(async move {
+            Ok(Placement {
+                external_call_id: Some(external_call_id),
+            })
+        })
     }
 }
