@@ -3,9 +3,11 @@
 //! Places call attempts with a carrier at each campaign's concurrency cap.
 //!
 //! - [`run`] connects, watches the `campaigns` bucket and keeps one pull loop ([`worker`]) per
-//!   campaign that accepts calls, on the campaign's durable consumer `dial_<campaign>`. The
-//!   consumer's `max_ack_pending` is the campaign's cap; a dialer replica's own trunk capacity
-//!   (`dialer.max_calls`) is a semaphore shared by all its campaigns.
+//!   active or cancelled campaign, on the campaign's durable consumer `dial_<campaign>`. The
+//!   consumer's `max_ack_pending` is the campaign's cap, updated in place when the cap
+//!   changes; a dialer replica's own trunk capacity (`dialer.max_calls`) is shared fairly by
+//!   all its campaigns. A paused (or inactive) campaign is not pulled; a cancelled one is
+//!   drained, each queued attempt ending `CANCELLED`; a deleted one loses its consumer.
 //! - [`call`] is the life of one attempt: never dialled twice, the message kept un-acked for
 //!   the whole call, a synthetic FAILED outcome after the maximum call duration.
 //! - [`carrier`] holds the adapters that actually place calls.
@@ -16,19 +18,19 @@ pub mod worker;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{self, kv};
 use ccm_core::{
-    Campaign, CampaignId, Config,
-    config::CarrierConfig,
+    Campaign, CampaignId, CampaignState, Config,
     topology::{Topology, names},
 };
 use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    call::CallContext,
-    carrier::{Carrier, sim::SimCarrier},
+    call::{CallContext, Mode},
+    carrier::CampaignInfo,
+    worker::{InFlight, Settings, Trunk, Worker},
 };
 
 /// How long shutdown waits for calls in flight to get their outcome before handing them
@@ -42,6 +44,8 @@ pub enum DialerError {
     Nats(#[from] ccm_core::nats::NatsError),
     #[error(transparent)]
     Topology(#[from] ccm_core::topology::TopologyError),
+    #[error(transparent)]
+    Carrier(#[from] carrier::BuildError),
     #[error("cannot open stream {0}")]
     Stream(&'static str, #[source] async_nats::Error),
     #[error("cannot watch the campaigns bucket")]
@@ -58,9 +62,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
         .get_stream(names::CALL_EVENTS)
         .await
         .map_err(|e| DialerError::Stream(names::CALL_EVENTS, e.into()))?;
-    let carrier: Arc<dyn Carrier> = match &config.dialer.carrier {
-        CarrierConfig::Sim(sim) => Arc::new(SimCarrier::new(js.clone(), sim.clone())),
-    };
+    let carrier = carrier::build(&config.dialer.carrier, &js)?;
     // Calls in flight must survive the shutdown signal long enough to finish, so they watch
     // a token of their own that is cancelled only after the grace period.
     let calls_stop = CancellationToken::new();
@@ -68,17 +70,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
         client: client.clone(),
         js: js.clone(),
         events,
+        active_calls: ccm_core::nats::bucket(&js, names::KV_ACTIVE_CALLS).await?,
         carrier,
         max_call_duration: Duration::from_secs(config.dialer.max_call_duration_secs),
         progress_every: Duration::from_secs(10),
         shutdown: calls_stop.clone(),
     };
-    let trunk = Arc::new(Semaphore::new(
-        usize::try_from(config.dialer.max_calls.max(1)).unwrap_or(usize::MAX),
+    let trunk = Arc::new(Trunk::new(
+        usize::try_from(config.dialer.max_calls).unwrap_or(usize::MAX),
     ));
     let campaigns = ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS).await?;
     let calls = TaskTracker::new();
-    let result = supervise(&campaigns, &topology, &js, &trunk, &ctx, &calls, &shutdown).await;
+    let supervisor = Supervisor {
+        topology: &topology,
+        js: &js,
+        trunk,
+        ctx,
+        calls: calls.clone(),
+        shutdown: &shutdown,
+        workers: HashMap::new(),
+        workers_done: TaskTracker::new(),
+    };
+    let result = supervisor.run(&campaigns).await;
 
     calls.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, calls.wait())
@@ -93,80 +106,151 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
     result
 }
 
-/// Keeps one worker per campaign that accepts calls, following the bucket's changes.
-async fn supervise(
-    campaigns: &kv::Store,
-    topology: &Topology,
-    js: &async_nats::jetstream::Context,
-    trunk: &Arc<Semaphore>,
-    ctx: &CallContext,
-    calls: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> Result<(), DialerError> {
-    let mut watch = campaigns
-        .watch_all()
-        .await
-        .map_err(|e| DialerError::Watch(e.into()))?;
-    let mut workers: HashMap<CampaignId, (u32, CancellationToken)> = HashMap::new();
-    let workers_done = TaskTracker::new();
-    loop {
-        let entry = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            entry = watch.next() => entry,
-        };
-        let Some(entry) = entry else { break };
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) => {
-                tracing::warn!(error = %e, "campaign watch error");
-                continue;
+/// A campaign the dialer knows about.
+struct Known {
+    settings: watch::Sender<Settings>,
+    in_flight: Arc<InFlight>,
+    /// The running worker's stop token; `None` while paused.
+    stop: Option<CancellationToken>,
+}
+
+/// Keeps one worker per campaign that needs one, following the bucket's changes.
+struct Supervisor<'a> {
+    topology: &'a Topology,
+    js: &'a jetstream::Context,
+    trunk: Arc<Trunk>,
+    ctx: CallContext,
+    calls: TaskTracker,
+    shutdown: &'a CancellationToken,
+    workers: HashMap<CampaignId, Known>,
+    workers_done: TaskTracker,
+}
+
+impl Supervisor<'_> {
+    async fn run(mut self, campaigns: &kv::Store) -> Result<(), DialerError> {
+        let result = self.follow(campaigns).await;
+        for known in self.workers.values() {
+            if let Some(stop) = &known.stop {
+                stop.cancel();
             }
-        };
+        }
+        self.workers_done.close();
+        self.workers_done.wait().await;
+        result
+    }
+
+    async fn follow(&mut self, campaigns: &kv::Store) -> Result<(), DialerError> {
+        while !self.shutdown.is_cancelled() {
+            let mut watch = campaigns
+                .watch_all()
+                .await
+                .map_err(|e| DialerError::Watch(e.into()))?;
+            loop {
+                let entry = tokio::select! {
+                    _ = self.shutdown.cancelled() => return Ok(()),
+                    entry = watch.next() => entry,
+                };
+                // The watch ends when the connection is lost for long; watch again (the
+                // bucket's current values come first, so nothing is missed).
+                let Some(entry) = entry else { break };
+                match entry {
+                    Ok(entry) => self.apply(entry).await?,
+                    Err(e) => tracing::warn!(error = %e, "campaign watch error"),
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, entry: kv::Entry) -> Result<(), DialerError> {
         let Ok(id) = entry.key.parse::<CampaignId>() else {
-            continue;
+            return Ok(());
         };
         let campaign = match entry.operation {
-            kv::Operation::Put => serde_json::from_slice::<Campaign>(&entry.value).ok(),
+            kv::Operation::Put => match serde_json::from_slice::<Campaign>(&entry.value) {
+                Ok(campaign) => campaign,
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "undecodable campaign document; ignored");
+                    return Ok(());
+                }
+            },
+            kv::Operation::Delete | kv::Operation::Purge => {
+                self.remove(id).await;
+                return Ok(());
+            }
+        };
+        let mode = match campaign.state {
+            CampaignState::Cancelled => Some(Mode::Cancel),
+            CampaignState::Active if campaign.is_active => Some(Mode::Dial),
             _ => None,
         };
-        let wanted =
-            campaign.filter(|c| c.accepts_calls() && c.state == ccm_core::CampaignState::Active);
-        match (wanted, workers.get(&id)) {
-            (Some(c), Some((cap, _))) if *cap == c.max_concurrent_calls => {}
-            (Some(c), _) => {
-                if let Some((_, stop)) = workers.remove(&id) {
-                    stop.cancel();
-                }
-                topology
-                    .ensure_dial_consumer(js, id, c.max_concurrent_calls)
-                    .await?;
-                let consumer = js
-                    .get_consumer_from_stream(ccm_core::subjects::dial_consumer(id), names::CALLS)
-                    .await
-                    .map_err(|e| DialerError::Stream(names::CALLS, e.into()))?;
-                let stop = shutdown.child_token();
-                workers_done.spawn(worker::run(
-                    id,
-                    consumer,
-                    trunk.clone(),
-                    ctx.clone(),
-                    calls.clone(),
-                    stop.clone(),
-                ));
-                workers.insert(id, (c.max_concurrent_calls, stop));
+        let settings = Settings {
+            cap: usize::try_from(campaign.max_concurrent_calls.max(1)).unwrap_or(usize::MAX),
+            mode: mode.unwrap_or(Mode::Dial),
+            info: CampaignInfo {
+                name: campaign.name.as_str().into(),
+            },
+        };
+        let Some(_) = mode else {
+            if let Some(stop) = self.workers.get_mut(&id).and_then(|k| k.stop.take()) {
+                tracing::info!(%id, "campaign paused; stop pulling");
+                stop.cancel();
             }
-            (None, Some(_)) => {
-                if let Some((_, stop)) = workers.remove(&id) {
-                    stop.cancel();
-                }
+            return Ok(());
+        };
+        let running = self.workers.get(&id).is_some_and(|k| k.stop.is_some());
+        let cap_changed = self
+            .workers
+            .get(&id)
+            .is_none_or(|k| k.settings.borrow().cap != settings.cap);
+        if cap_changed || !running {
+            self.topology
+                .ensure_dial_consumer(self.js, id, campaign.max_concurrent_calls)
+                .await?;
+        }
+        if running {
+            if let Some(known) = self.workers.get(&id) {
+                known.settings.send_replace(settings);
             }
-            (None, None) => {}
+            return Ok(());
+        }
+        let consumer = self
+            .js
+            .get_consumer_from_stream(ccm_core::subjects::dial_consumer(id), names::CALLS)
+            .await
+            .map_err(|e| DialerError::Stream(names::CALLS, e.into()))?;
+        let known = self.workers.entry(id).or_insert_with(|| Known {
+            settings: watch::Sender::new(settings.clone()),
+            in_flight: Arc::new(InFlight::default()),
+            stop: None,
+        });
+        known.settings.send_replace(settings);
+        let stop = self.shutdown.child_token();
+        known.stop = Some(stop.clone());
+        let worker = Worker {
+            campaign: id,
+            consumer,
+            trunk: self.trunk.clone(),
+            settings: known.settings.subscribe(),
+            in_flight: known.in_flight.clone(),
+            ctx: self.ctx.clone(),
+            calls: self.calls.clone(),
+        };
+        self.workers_done.spawn(worker::run(worker, stop));
+        Ok(())
+    }
+
+    /// The campaign is gone: stop its worker and remove its consumer.
+    async fn remove(&mut self, id: CampaignId) {
+        if let Some(stop) = self.workers.remove(&id).and_then(|k| k.stop) {
+            stop.cancel();
+        }
+        let name = ccm_core::subjects::dial_consumer(id);
+        if let Ok(stream) = self.js.get_stream(names::CALLS).await {
+            if let Err(e) = stream.delete_consumer(&name).await {
+                tracing::debug!(%id, error = %e, "dial consumer not removed");
+            }
         }
     }
-    for (_, (_, stop)) in workers {
-        stop.cancel();
-    }
-    workers_done.close();
-    workers_done.wait().await;
-    Ok(())
 }

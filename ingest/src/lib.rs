@@ -97,6 +97,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/api/v1/callbacks/twilio", post(routes::callbacks::twilio))
         .merge(api)
         .with_state(state)
 }

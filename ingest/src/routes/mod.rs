@@ -1,4 +1,5 @@
 //! Route handlers, one module per resource.
 
+pub mod callbacks;
 pub mod calls;
 pub mod campaigns;
