@@ -19,7 +19,13 @@ pub mod ledger;
 pub mod outcome;
 pub mod twilio_api;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Json, Router,
@@ -74,6 +80,9 @@ pub struct SimConfig {
     /// Share of placement requests answered 503 without placing anything (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     pub error_rate: f64,
+    /// The first this many placement requests are answered 503 (a deterministic outage).
+    #[arg(long, default_value_t = 0)]
+    pub fail_first: u64,
     /// Share of placement requests refused with 400 (the number is "unreachable").
     #[arg(long, default_value_t = 0.0)]
     pub reject_rate: f64,
@@ -105,6 +114,7 @@ impl Default for SimConfig {
             twilio_account_sid: "ACsimulator".into(),
             twilio_auth_token: "sim-auth-token".into(),
             error_rate: 0.0,
+            fail_first: 0,
             reject_rate: 0.0,
             latency_ms: 0,
             drop_rate: 0.0,
@@ -137,6 +147,8 @@ pub struct SimState {
     pub config: Arc<SimConfig>,
     pub ledger: Arc<Ledger>,
     pub http: reqwest::Client,
+    /// Placement requests seen, for `fail_first`.
+    pub requests: Arc<AtomicU64>,
     /// Callback tasks stop when the simulator does.
     pub shutdown: CancellationToken,
 }
@@ -184,6 +196,7 @@ pub async fn run(
         config: Arc::new(config),
         ledger: Arc::new(Ledger::default()),
         http,
+        requests: Arc::new(AtomicU64::new(0)),
         shutdown: shutdown.clone(),
     };
     if let Ok(addr) = listener.local_addr() {
@@ -201,7 +214,8 @@ pub(crate) async fn inject_faults(state: &SimState) -> Option<Response> {
     if state.config.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(state.config.latency_ms)).await;
     }
-    if chance(state.config.error_rate) {
+    let seen = state.requests.fetch_add(1, Ordering::Relaxed);
+    if seen < state.config.fail_first || chance(state.config.error_rate) {
         state.ledger.count_injected_error();
         return Some(
             (

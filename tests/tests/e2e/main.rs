@@ -1,4 +1,6 @@
 //! Cross-service tests: the whole pipeline against a real NATS JetStream and PostgreSQL.
 
+mod carrier_stack;
+mod carriers;
 mod stack;
 mod walking_skeleton;
