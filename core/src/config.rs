@@ -229,6 +229,17 @@ impl Default for TwilioCarrierConfig {
     }
 }
 
+impl CarrierConfig {
+    /// The adapter's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Sim(_) => "sim",
+            Self::Http(_) => "http",
+            Self::Twilio(_) => "twilio",
+        }
+    }
+}
+
 impl Default for CarrierConfig {
     fn default() -> Self {
         Self::Sim(SimCarrierConfig::default())

@@ -81,6 +81,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
     ));
     let campaigns = ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS).await?;
     let calls = TaskTracker::new();
+    tracing::info!(carrier = config.dialer.carrier.kind(), "dialer running");
     let supervisor = Supervisor {
         topology: &topology,
         js: &js,
@@ -141,8 +142,10 @@ impl Supervisor<'_> {
 
     async fn follow(&mut self, campaigns: &kv::Store) -> Result<(), DialerError> {
         while !self.shutdown.is_cancelled() {
+            // With history: `watch_all` only delivers changes made after it starts, so a
+            // dialer (re)started after its campaigns were created would never dial them.
             let mut watch = campaigns
-                .watch_all()
+                .watch_with_history(">")
                 .await
                 .map_err(|e| DialerError::Watch(e.into()))?;
             loop {
@@ -150,8 +153,8 @@ impl Supervisor<'_> {
                     _ = self.shutdown.cancelled() => return Ok(()),
                     entry = watch.next() => entry,
                 };
-                // The watch ends when the connection is lost for long; watch again (the
-                // bucket's current values come first, so nothing is missed).
+                // The watch ends when the connection is lost for long; watch again (each
+                // key's current value comes first, so nothing is missed).
                 let Some(entry) = entry else { break };
                 match entry {
                     Ok(entry) => self.apply(entry).await?,

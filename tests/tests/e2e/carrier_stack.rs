@@ -33,6 +33,7 @@ pub struct CarrierStack {
 impl CarrierStack {
     /// Starts everything but the dialer; `sim` is adjusted to call back into this ingest.
     pub async fn start(env: &TestEnv, mut sim: SimConfig) -> CarrierStack {
+        ccm_core::telemetry::init("test", &env.config().log);
         env.provision().await.expect("provision");
         let shutdown = CancellationToken::new();
         let api_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
