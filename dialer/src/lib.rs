@@ -195,27 +195,32 @@ impl Supervisor<'_> {
                 name: campaign.name.as_str().into(),
             },
         };
-        let Some(_) = mode else {
-            if let Some(stop) = self.workers.get_mut(&id).and_then(|k| k.stop.take()) {
-                tracing::info!(%id, "campaign paused; stop pulling");
-                stop.cancel();
-            }
-            return Ok(());
-        };
         let running = self.workers.get(&id).is_some_and(|k| k.stop.is_some());
         let cap_changed = self
             .workers
             .get(&id)
             .is_none_or(|k| k.settings.borrow().cap != settings.cap);
-        if cap_changed || !running {
+        // The consumer follows the cap even while paused, so calls queue against the right
+        // limit the moment the campaign resumes.
+        if cap_changed || (mode.is_some() && !running) {
             self.topology
                 .ensure_dial_consumer(self.js, id, campaign.max_concurrent_calls)
                 .await?;
         }
-        if running {
-            if let Some(known) = self.workers.get(&id) {
-                known.settings.send_replace(settings);
+        let known = self.workers.entry(id).or_insert_with(|| Known {
+            settings: watch::Sender::new(settings.clone()),
+            in_flight: Arc::new(InFlight::default()),
+            stop: None,
+        });
+        known.settings.send_replace(settings);
+        if mode.is_none() {
+            if let Some(stop) = known.stop.take() {
+                tracing::info!(%id, "campaign paused; stop pulling");
+                stop.cancel();
             }
+            return Ok(());
+        }
+        if running {
             return Ok(());
         }
         let consumer = self
@@ -223,12 +228,9 @@ impl Supervisor<'_> {
             .get_consumer_from_stream(ccm_core::subjects::dial_consumer(id), names::CALLS)
             .await
             .map_err(|e| DialerError::Stream(names::CALLS, e.into()))?;
-        let known = self.workers.entry(id).or_insert_with(|| Known {
-            settings: watch::Sender::new(settings.clone()),
-            in_flight: Arc::new(InFlight::default()),
-            stop: None,
-        });
-        known.settings.send_replace(settings);
+        let Some(known) = self.workers.get_mut(&id) else {
+            return Ok(());
+        };
         let stop = self.shutdown.child_token();
         known.stop = Some(stop.clone());
         let worker = Worker {

@@ -108,8 +108,7 @@ pub struct Worker {
 }
 
 /// Pulls from the campaign's dial consumer until `stop` (campaign paused or finished) or the
-/// dialer shuts down. A pull under way is let run to its expiry rather than dropped, so no
-/// delivered message is left to wait out its AckWait.
+/// dialer shuts down.
 pub async fn run(worker: Worker, stop: CancellationToken) {
     let campaign = worker.campaign;
     worker.trunk.campaigns.fetch_add(1, Ordering::Relaxed);
@@ -118,7 +117,15 @@ pub async fn run(worker: Worker, stop: CancellationToken) {
     while !stop.is_cancelled() {
         let settings = worker.settings.borrow().clone();
         if settings.mode == Mode::Cancel {
-            pull(&worker, &settings, Vec::new(), CANCEL_BATCH, LONG_POLL).await;
+            pull(
+                &worker,
+                &settings,
+                Vec::new(),
+                CANCEL_BATCH,
+                LONG_POLL,
+                &stop,
+            )
+            .await;
             continue;
         }
         if worker.in_flight.count() >= settings.cap {
@@ -138,7 +145,7 @@ pub async fn run(worker: Worker, stop: CancellationToken) {
                 Err(_) => break,
             },
         };
-        if pull(&worker, &settings, vec![first], 1, LONG_POLL).await == 0 {
+        if pull(&worker, &settings, vec![first], 1, LONG_POLL, &stop).await == 0 {
             continue;
         }
         // Work is there: take more lines, a fair share at a time, while it keeps coming.
@@ -155,7 +162,9 @@ pub async fn run(worker: Worker, stop: CancellationToken) {
                 }
             }
             let wanted = permits.len();
-            if wanted == 0 || pull(&worker, &settings, permits, wanted, BURST_POLL).await < wanted {
+            if wanted == 0
+                || pull(&worker, &settings, permits, wanted, BURST_POLL, &stop).await < wanted
+            {
                 break;
             }
         }
@@ -171,6 +180,7 @@ async fn pull(
     mut permits: Vec<OwnedSemaphorePermit>,
     wanted: usize,
     expires: Duration,
+    stop: &CancellationToken,
 ) -> usize {
     let campaign = worker.campaign;
     let batch = worker
@@ -188,7 +198,15 @@ async fn pull(
         }
     };
     let mut received = 0;
-    while let Some(next) = messages.next().await {
+    loop {
+        // Paused or shutting down: stop listening at once. The server may still deliver to
+        // this pull until it expires; those few messages come back after AckWait, which is
+        // better than dialling a paused campaign or NAKing them into `max_deliver`.
+        let next = tokio::select! {
+            _ = stop.cancelled() => break,
+            next = messages.next() => next,
+        };
+        let Some(next) = next else { break };
         let message = match next {
             Ok(message) => message,
             Err(e) => {
