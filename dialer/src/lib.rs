@@ -36,6 +36,8 @@ use crate::{
 /// How long shutdown waits for calls in flight to get their outcome before handing them
 /// back (a later dialer finds them placed and only waits for the outcome).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often the bucket is re-read in full, in case the watch missed or lost an update.
+const RESCAN_EVERY: Duration = Duration::from_secs(2);
 
 /// Why the dialer stopped.
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +50,6 @@ pub enum DialerError {
     Carrier(#[from] carrier::BuildError),
     #[error("cannot open stream {0}")]
     Stream(&'static str, #[source] async_nats::Error),
-    #[error("cannot watch the campaigns bucket")]
-    Watch(#[source] async_nats::Error),
 }
 
 /// Runs the dialer until `shutdown` is cancelled.
@@ -140,30 +140,65 @@ impl Supervisor<'_> {
         result
     }
 
+    /// Follows the bucket: the watch brings changes at once; a periodic full read repairs
+    /// anything a watch lost (an ordered consumer reset, a reconnect). Applying a document
+    /// twice changes nothing, and a failure to apply one is retried by the next read, so a
+    /// NATS hiccup never stops the dialer nor leaves a campaign undialled.
     async fn follow(&mut self, campaigns: &kv::Store) -> Result<(), DialerError> {
-        while !self.shutdown.is_cancelled() {
-            // With history: `watch_all` only delivers changes made after it starts, so a
-            // dialer (re)started after its campaigns were created would never dial them.
-            let mut watch = campaigns
-                .watch_with_history(">")
-                .await
-                .map_err(|e| DialerError::Watch(e.into()))?;
-            loop {
-                let entry = tokio::select! {
-                    _ = self.shutdown.cancelled() => return Ok(()),
-                    entry = watch.next() => entry,
-                };
-                // The watch ends when the connection is lost for long; watch again (each
-                // key's current value comes first, so nothing is missed).
-                let Some(entry) = entry else { break };
-                match entry {
-                    Ok(entry) => self.apply(entry).await?,
-                    Err(e) => tracing::warn!(error = %e, "campaign watch error"),
+        let mut watch = None;
+        let mut rescan = tokio::time::interval(RESCAN_EVERY);
+        loop {
+            if watch.is_none() {
+                // With history: `watch_all` only delivers changes made after it starts.
+                match campaigns.watch_with_history(">").await {
+                    Ok(w) => watch = Some(w),
+                    Err(e) => tracing::warn!(error = %e, "cannot watch campaigns; rescanning"),
                 }
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            let next = async {
+                match watch.as_mut() {
+                    Some(w) => w.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(()),
+                _ = rescan.tick() => {
+                    if let Err(e) = self.rescan(campaigns).await {
+                        tracing::warn!(error = %e, "cannot read the campaigns bucket");
+                    }
+                }
+                entry = next => match entry {
+                    Some(Ok(entry)) => self.apply_logged(entry).await,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "campaign watch failed; watching again");
+                        watch = None;
+                    }
+                    None => watch = None,
+                },
+            }
+        }
+    }
+
+    async fn rescan(&mut self, campaigns: &kv::Store) -> Result<(), async_nats::Error> {
+        let mut keys = campaigns.keys().await?;
+        let mut found = Vec::new();
+        while let Some(key) = keys.next().await {
+            found.push(key?);
+        }
+        for key in found {
+            if let Some(entry) = campaigns.entry(key).await? {
+                self.apply_logged(entry).await;
+            }
         }
         Ok(())
+    }
+
+    async fn apply_logged(&mut self, entry: kv::Entry) {
+        let key = entry.key.clone();
+        if let Err(e) = self.apply(entry).await {
+            tracing::warn!(campaign = %key, error = %e, "campaign change not applied yet");
+        }
     }
 
     async fn apply(&mut self, entry: kv::Entry) -> Result<(), DialerError> {
