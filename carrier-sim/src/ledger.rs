@@ -48,6 +48,9 @@ pub struct Stats {
     /// Callbacks delivered (2xx) and failed (other status or unreachable after retries).
     pub callbacks_sent: u64,
     pub callbacks_failed: u64,
+    /// Live calls of all campaigns now, and their peak (a dialer's trunk limit).
+    pub live: u64,
+    pub peak: u64,
     pub campaigns: BTreeMap<String, CampaignStats>,
     pub attempts: BTreeMap<String, Attempt>,
 }
@@ -92,6 +95,8 @@ impl Ledger {
                 },
             );
             stats.placed += 1;
+            stats.live += 1;
+            stats.peak = stats.peak.max(stats.live);
             let c = stats.campaigns.entry(campaign.to_owned()).or_default();
             c.placed += 1;
             c.live += 1;
@@ -105,6 +110,7 @@ impl Ledger {
         self.with(|stats| {
             if let Some(c) = stats.campaigns.get_mut(campaign) {
                 c.live = c.live.saturating_sub(1);
+                stats.live = stats.live.saturating_sub(1);
             }
         });
     }
@@ -151,6 +157,7 @@ mod tests {
         let stats = ledger.snapshot();
         assert_eq!((stats.placed, stats.repeated_requests), (2, 1));
         assert_eq!(stats.attempts["c1/1"].requests, 2);
+        assert_eq!((stats.live, stats.peak), (2, 2));
         assert_eq!(
             stats.campaigns["7"],
             CampaignStats {

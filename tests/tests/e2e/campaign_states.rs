@@ -134,3 +134,85 @@ async fn paused_campaigns_wait_resumed_ones_dial_cancelled_ones_end_cancelled() 
     dialer.stop().await;
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaigns_share_a_small_trunk_fairly() {
+    let env = TestEnv::start().await.expect("test environment");
+    let sim = ccm_carrier_sim::SimConfig {
+        picked: 1,
+        disconnected: 0,
+        rnr: 0,
+        failed: 0,
+        call_ms: 150,
+        ..Default::default()
+    };
+    let mut stack = CarrierStack::start(&env, sim).await;
+    stack.config.dialer.max_calls = 4;
+    let dialer = Dialer::start(stack.config.clone());
+    let big = stack.campaign(10).await;
+    let small = stack.campaign(10).await;
+    let pg = env.pg().await.expect("postgres");
+
+    // The big campaign queues first; the small one must not wait for it to drain.
+    stack.calls(big, 40).await;
+    let numbers: Vec<String> = (0..8)
+        .map(|i| format!("+1555{:07}", 3_000_000 + i))
+        .collect();
+    for number in &numbers {
+        let (status, body) = stack
+            .send(
+                "/api/v1/calls",
+                serde_json::json!({"campaign_id": small, "phone_number": number}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let done = |id: u64, n: i64| {
+        let pg = pg.clone();
+        async move {
+            let counts = statuses(&pg, id).await;
+            counts == [("COMPLETED".to_owned(), n)]
+        }
+    };
+    let small_done = eventually(Duration::from_secs(30), || async {
+        done(small, 8).await.then_some(())
+    })
+    .await;
+    assert!(
+        small_done.is_some(),
+        "small campaign: {:?}",
+        statuses(&pg, small).await
+    );
+    assert!(
+        !done(big, 40).await,
+        "the small campaign finished while the big one still ran"
+    );
+    let big_done = eventually(Duration::from_secs(30), || async {
+        done(big, 40).await.then_some(())
+    })
+    .await;
+    assert!(
+        big_done.is_some(),
+        "big campaign: {:?}",
+        statuses(&pg, big).await
+    );
+
+    let stats = stack.stats().await;
+    eprintln!(
+        "trunk 4: peak live calls {} (big {}, small {})",
+        stats.peak,
+        stats.campaigns[&big.to_string()].peak,
+        stats.campaigns[&small.to_string()].peak
+    );
+    assert!(
+        stats.peak <= 4,
+        "the trunk holds 4 calls, peak {}",
+        stats.peak
+    );
+    assert!(
+        stats.campaigns[&small.to_string()].peak >= 2,
+        "the small campaign got its share"
+    );
+    dialer.stop().await;
+    stack.stop().await;
+}

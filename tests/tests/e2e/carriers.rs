@@ -117,6 +117,10 @@ async fn a_dialer_killed_with_calls_in_flight_places_nothing_twice_and_loses_not
     let stats = stack.stats().await;
     assert_placed_once(&stats);
     let c = &stats.campaigns[&campaign.to_string()];
+    eprintln!(
+        "after kill and restart: {counts:?}, {} placed, peak {}",
+        c.placed, c.peak
+    );
     assert!(c.peak <= 30, "peak {}", c.peak);
     // A call whose Dialing was published but whose request never left may end FAILED
     // (timeout); every other call was placed exactly once and completed.
