@@ -85,11 +85,7 @@ pub struct StreamSettings {
 
 impl Default for StreamSettings {
     fn default() -> Self {
-        Self {
-            max_age_days: 7,
-            dlq_max_age_days: 30,
-            replicas: 1,
-        }
+        Self { max_age_days: 7, dlq_max_age_days: 30, replicas: 1 }
     }
 }
 
@@ -147,11 +143,7 @@ pub struct DialerConfig {
 
 impl Default for DialerConfig {
     fn default() -> Self {
-        Self {
-            max_calls: 1000,
-            max_call_duration_secs: 600,
-            carrier: CarrierConfig::default(),
-        }
+        Self { max_calls: 1000, max_call_duration_secs: 600, carrier: CarrierConfig::default() }
     }
 }
 
@@ -262,13 +254,7 @@ impl Default for SimCarrierConfig {
     /// Every call answered, quickly: the local stack shows a completed call at once. Tests and
     /// benchmarks set their own mix.
     fn default() -> Self {
-        Self {
-            picked: 1,
-            disconnected: 0,
-            rnr: 0,
-            failed: 0,
-            call_ms: 50,
-        }
+        Self { picked: 1, disconnected: 0, rnr: 0, failed: 0, call_ms: 50 }
     }
 }
 
@@ -282,9 +268,7 @@ pub struct RetrierConfig {
 
 impl Default for RetrierConfig {
     fn default() -> Self {
-        Self {
-            policy_file: PathBuf::from("config/retry.yaml"),
-        }
+        Self { policy_file: PathBuf::from("config/retry.yaml") }
     }
 }
 
@@ -300,10 +284,7 @@ pub struct ProjectorConfig {
 
 impl Default for ProjectorConfig {
     fn default() -> Self {
-        Self {
-            batch_size: 1000,
-            batch_wait_ms: 20,
-        }
+        Self { batch_size: 1000, batch_wait_ms: 20 }
     }
 }
 
@@ -318,10 +299,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            filter: "info".into(),
-            format: LogFormat::Text,
-        }
+        Self { filter: "info".into(), format: LogFormat::Text }
     }
 }
 
@@ -338,21 +316,12 @@ pub enum LogFormat {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     /// The message of the source names the line and column.
     #[error("invalid config file {path}")]
-    File {
-        path: PathBuf,
-        source: serde_yaml_ng::Error,
-    },
+    File { path: PathBuf, source: serde_yaml_ng::Error },
     #[error("invalid value in environment variable {var}")]
-    Env {
-        var: String,
-        source: serde_yaml_ng::Error,
-    },
+    Env { var: String, source: serde_yaml_ng::Error },
 }
 
 /// A loaded configuration and the environment variables that named no setting.
@@ -375,14 +344,10 @@ impl Config {
     ) -> Result<Loaded, ConfigError> {
         let mut config = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                serde_yaml_ng::from_str::<Config>(&text).map_err(|source| ConfigError::File {
-                    path: path.to_owned(),
-                    source,
-                })?
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                serde_yaml_ng::from_str::<Config>(&text)
+                    .map_err(|source| ConfigError::File { path: path.to_owned(), source })?
             }
             None => Config::default(),
         };
@@ -396,10 +361,7 @@ impl Config {
             })
             .collect();
         if overrides.is_empty() {
-            return Ok(Loaded {
-                config,
-                unknown_env,
-            });
+            return Ok(Loaded { config, unknown_env });
         }
         overrides.sort();
         let mut tree = serde_yaml_ng::to_value(&config).map_err(|source| ConfigError::Env {
@@ -407,36 +369,25 @@ impl Config {
             source,
         })?;
         for (var, keys, raw) in &overrides {
-            let value: Value =
-                serde_yaml_ng::from_str(raw).unwrap_or_else(|_| Value::String(raw.clone()));
+            let value: Value = serde_yaml_ng::from_str(raw)
+                .unwrap_or_else(|_| Value::String(raw.clone()));
             if !set_path(&mut tree, keys, value) {
                 unknown_env.push(var.clone());
                 continue;
             }
             // Re-check after each variable so an error names the variable that caused it.
-            config =
-                serde_yaml_ng::from_value(tree.clone()).map_err(|source| ConfigError::Env {
-                    var: var.clone(),
-                    source,
-                })?;
+            config = serde_yaml_ng::from_value(tree.clone())
+                .map_err(|source| ConfigError::Env { var: var.clone(), source })?;
         }
-        Ok(Loaded {
-            config,
-            unknown_env,
-        })
+        Ok(Loaded { config, unknown_env })
     }
 }
 
 /// Sets `keys` in `tree` when that path exists already (every setting has a default, so an
 /// absent path is a variable meant for something else).
 fn set_path(tree: &mut Value, keys: &[String], value: Value) -> bool {
-    let Some((first, rest)) = keys.split_first() else {
-        return false;
-    };
-    let Some(slot) = tree
-        .as_mapping_mut()
-        .and_then(|m| m.get_mut(first.as_str()))
-    else {
+    let Some((first, rest)) = keys.split_first() else { return false };
+    let Some(slot) = tree.as_mapping_mut().and_then(|m| m.get_mut(first.as_str())) else {
         return false;
     };
     if rest.is_empty() {
@@ -458,20 +409,14 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     #[test]
     fn defaults_then_file_then_environment() {
         let mut file = tempfile::NamedTempFile::new().expect("temp file");
-        writeln!(
-            file,
-            "nats_url: nats://file:4222\ningest:\n  default_max_attempts: 5"
-        )
-        .expect("write");
+        writeln!(file, "nats_url: nats://file:4222\ningest:\n  default_max_attempts: 5")
+            .expect("write");
         let loaded = Config::load_from(
             Some(file.path()),
             env(&[
@@ -484,10 +429,7 @@ mod tests {
         .expect("loads");
         assert_eq!(loaded.config.nats_url, "nats://file:4222");
         assert_eq!(loaded.config.ingest.default_max_attempts, 7);
-        assert_eq!(
-            loaded.config.ingest.auth_tokens,
-            vec![Secret::new("a"), Secret::new("b")]
-        );
+        assert_eq!(loaded.config.ingest.auth_tokens, vec![Secret::new("a"), Secret::new("b")]);
         assert_eq!(loaded.config.projector, ProjectorConfig::default());
         assert_eq!(loaded.unknown_env, vec!["CCM_TEST_BACKEND".to_owned()]);
     }
@@ -497,9 +439,7 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().expect("temp file");
         writeln!(file, "nats_url: x\ningest:\n  listen: not-an-address").expect("write");
         let err = Config::load_from(Some(file.path()), env(&[])).expect_err("invalid");
-        let ConfigError::File { path, source } = &err else {
-            panic!("{err:?}")
-        };
+        let ConfigError::File { path, source } = &err else { panic!("{err:?}") };
         assert_eq!(path, file.path());
         assert_eq!(source.location().map(|l| l.line()), Some(3), "{source}");
     }
@@ -509,11 +449,7 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().expect("temp file");
         writeln!(file, "nats_ulr: x").expect("write");
         let err = Config::load_from(Some(file.path()), env(&[])).expect_err("typo");
-        assert!(
-            err.source_string().contains("nats_ulr"),
-            "{}",
-            err.source_string()
-        );
+        assert!(err.source_string().contains("nats_ulr"), "{}", err.source_string());
     }
 
     #[test]
@@ -525,17 +461,15 @@ mod tests {
 
     #[test]
     fn string_settings_stay_strings() {
-        let loaded = Config::load_from(None, env(&[("CCM_NATS_URL", "1234")])).expect("loads");
+        let loaded =
+            Config::load_from(None, env(&[("CCM_NATS_URL", "1234")])).expect("loads");
         assert_eq!(loaded.config.nats_url, "1234");
     }
 
     #[test]
     fn secrets_are_not_printed() {
         let config = Config {
-            ingest: IngestConfig {
-                auth_tokens: vec![Secret::new("hunter2")],
-                ..Default::default()
-            },
+            ingest: IngestConfig { auth_tokens: vec![Secret::new("hunter2")], ..Default::default() },
             ..Default::default()
         };
         assert!(!format!("{config:?}").contains("hunter2"));
@@ -543,9 +477,7 @@ mod tests {
 
     impl ConfigError {
         fn source_string(&self) -> String {
-            std::error::Error::source(self)
-                .map(ToString::to_string)
-                .unwrap_or_default()
+            std::error::Error::source(self).map(ToString::to_string).unwrap_or_default()
         }
     }
 }

@@ -6,7 +6,7 @@ use async_nats::jetstream::{
     AckKind, Message,
     consumer::{PullConsumer, pull::Stream as MessageStream},
 };
-use ccm_core::{CallEvent, Campaign, DialRequest};
+use ccm_core::{Campaign, CallEvent, DialRequest};
 use futures::StreamExt;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -141,12 +141,7 @@ fn decode(source: Source, message: &Message) -> Result<Option<Item>, String> {
                 return Ok(None);
             }
             serde_json::from_slice::<Campaign>(payload)
-                .map(|campaign| {
-                    Some(Item::Campaign {
-                        revision: seq,
-                        campaign,
-                    })
-                })
+                .map(|campaign| Some(Item::Campaign { revision: seq, campaign }))
                 .map_err(|e| e.to_string())
         }
     }

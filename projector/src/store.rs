@@ -6,7 +6,9 @@
 //! projector replicas therefore leave identical tables.
 
 use ccm_core::{
-    CallEvent, Campaign, DialRequest, EventKind, events::phase_rank, status::CallStatus,
+    Campaign, CallEvent, DialRequest, EventKind,
+    events::phase_rank,
+    status::CallStatus,
 };
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, postgres::PgQueryResult};
@@ -87,32 +89,19 @@ impl<'a> CallState<'a> {
             raw_status: None,
         };
         match &event.kind {
-            EventKind::Dialing {
-                phone_number,
-                max_attempts,
-                created_at,
-            } => {
+            EventKind::Dialing { phone_number, max_attempts, created_at } => {
                 state.phone_number = Some(phone_number.as_str());
                 state.max_attempts = Some(to_i32(*max_attempts));
                 state.created_at = Some(*created_at);
                 state.last_attempt_at = Some(event.at);
             }
-            EventKind::Outcome {
-                raw_status,
-                duration_secs,
-                external_call_id,
-                reason,
-                ..
-            } => {
+            EventKind::Outcome { raw_status, duration_secs, external_call_id, reason, .. } => {
                 state.call_time = duration_secs.map(to_i32).unwrap_or(0);
                 state.external_call_id = external_call_id.as_deref();
                 state.error_message = reason.as_deref();
                 state.raw_status = raw_status.as_deref();
             }
-            EventKind::Retrying {
-                next_retry_at,
-                reason,
-            } => {
+            EventKind::Retrying { next_retry_at, reason } => {
                 state.next_retry_at = Some(*next_retry_at);
                 state.error_message = Some(reason);
             }
@@ -131,11 +120,7 @@ pub async fn apply(conn: &mut PgConnection, item: &Item) -> Result<(), sqlx::Err
         Item::Queued { seq, request } => {
             let payload = serde_json::to_value(request).unwrap_or_default();
             let state = CallState::queued(request);
-            if record("CALLS", *seq, &state, "queued", &payload, conn)
-                .await?
-                .rows_affected()
-                == 1
-            {
+            if record("CALLS", *seq, &state, "queued", &payload, conn).await?.rows_affected() == 1 {
                 upsert_call(&state, conn).await?;
             }
         }
@@ -143,10 +128,7 @@ pub async fn apply(conn: &mut PgConnection, item: &Item) -> Result<(), sqlx::Err
             let payload = serde_json::to_value(event).unwrap_or_default();
             let state = CallState::from_event(event);
             let kind = event.kind.name();
-            if record("CALL_EVENTS", *seq, &state, kind, &payload, conn)
-                .await?
-                .rows_affected()
-                == 1
+            if record("CALL_EVENTS", *seq, &state, kind, &payload, conn).await?.rows_affected() == 1
             {
                 upsert_call(&state, conn).await?;
             }

@@ -27,27 +27,15 @@ impl Stack {
         let mut tasks = JoinSet::new();
         let (c, s) = (config.clone(), shutdown.clone());
         tasks.spawn(async move {
-            ccm_ingest::serve(c, listener, s)
-                .await
-                .map_err(|e| format!("ingest: {e:?}"))
+            ccm_ingest::serve(c, listener, s).await.map_err(|e| format!("ingest: {e:?}"))
         });
         let (c, s) = (config.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            ccm_dialer::run(c, s)
-                .await
-                .map_err(|e| format!("dialer: {e:?}"))
-        });
+        tasks.spawn(async move { ccm_dialer::run(c, s).await.map_err(|e| format!("dialer: {e:?}")) });
         let (c, s) = (config.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            ccm_retrier::run(c, s)
-                .await
-                .map_err(|e| format!("retrier: {e:?}"))
-        });
+        tasks.spawn(async move { ccm_retrier::run(c, s).await.map_err(|e| format!("retrier: {e:?}")) });
         let (c, s) = (config, shutdown.clone());
         tasks.spawn(async move {
-            ccm_projector::run(c, s)
-                .await
-                .map_err(|e| format!("projector: {e:?}"))
+            ccm_projector::run(c, s).await.map_err(|e| format!("projector: {e:?}"))
         });
         let stack = Stack {
             api: format!("http://{addr}"),
@@ -88,13 +76,8 @@ impl Stack {
 
     /// Creates a campaign and returns its id.
     pub async fn campaign(&self, name: &str) -> u64 {
-        let (status, body) = self
-            .send(
-                reqwest::Method::POST,
-                "/api/v1/campaigns",
-                json!({"name": name}),
-            )
-            .await;
+        let (status, body) =
+            self.send(reqwest::Method::POST, "/api/v1/campaigns", json!({"name": name})).await;
         assert_eq!(status, 201, "{body}");
         body["id"].as_u64().expect("id")
     }
@@ -103,9 +86,7 @@ impl Stack {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         while let Some(result) = self.tasks.join_next().await {
-            result
-                .expect("service task panicked")
-                .expect("service failed");
+            result.expect("service task panicked").expect("service failed");
         }
     }
 }
