@@ -85,7 +85,11 @@ pub struct StreamSettings {
 
 impl Default for StreamSettings {
     fn default() -> Self {
-        Self { max_age_days: 7, dlq_max_age_days: 30, replicas: 1 }
+        Self {
+            max_age_days: 7,
+            dlq_max_age_days: 30,
+            replicas: 1,
+        }
     }
 }
 
@@ -143,7 +147,11 @@ pub struct DialerConfig {
 
 impl Default for DialerConfig {
     fn default() -> Self {
-        Self { max_calls: 1000, max_call_duration_secs: 600, carrier: CarrierConfig::default() }
+        Self {
+            max_calls: 1000,
+            max_call_duration_secs: 600,
+            carrier: CarrierConfig::default(),
+        }
     }
 }
 
@@ -254,7 +262,13 @@ impl Default for SimCarrierConfig {
     /// Every call answered, quickly: the local stack shows a completed call at once. Tests and
     /// benchmarks set their own mix.
     fn default() -> Self {
-        Self { picked: 1, disconnected: 0, rnr: 0, failed: 0, call_ms: 50 }
+        Self {
+            picked: 1,
+            disconnected: 0,
+            rnr: 0,
+            failed: 0,
+            call_ms: 50,
+        }
     }
 }
 
@@ -268,7 +282,9 @@ pub struct RetrierConfig {
 
 impl Default for RetrierConfig {
     fn default() -> Self {
-        Self { policy_file: PathBuf::from("config/retry.yaml") }
+        Self {
+            policy_file: PathBuf::from("config/retry.yaml"),
+        }
     }
 }
 
@@ -280,11 +296,25 @@ pub struct ProjectorConfig {
     pub batch_size: usize,
     /// How long a fetch waits to fill a batch.
     pub batch_wait_ms: u64,
+    /// How long a message that cannot be decoded waits before it is offered again; after the
+    /// consumer's `max_deliver` the server gives up on it and the retrier dead-letters it.
+    pub poison_delay_ms: u64,
+    /// Where `GET /metrics` is served; none by default, since several processes may share a
+    /// host (set e.g. `CCM_PROJECTOR__METRICS_LISTEN=0.0.0.0:9464`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Batches of one consumer written concurrently (each its own transaction).
+    pub writers: usize,
 }
 
 impl Default for ProjectorConfig {
     fn default() -> Self {
-        Self { batch_size: 1000, batch_wait_ms: 20 }
+        Self {
+            batch_size: 1000,
+            batch_wait_ms: 20,
+            poison_delay_ms: 5000,
+            metrics_listen: None,
+            writers: 3,
+        }
     }
 }
 
@@ -299,7 +329,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { filter: "info".into(), format: LogFormat::Text }
+        Self {
+            filter: "info,async_nats=warn".into(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -316,12 +349,21 @@ pub enum LogFormat {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The message of the source names the line and column.
     #[error("invalid config file {path}")]
-    File { path: PathBuf, source: serde_yaml_ng::Error },
+    File {
+        path: PathBuf,
+        source: serde_yaml_ng::Error,
+    },
     #[error("invalid value in environment variable {var}")]
-    Env { var: String, source: serde_yaml_ng::Error },
+    Env {
+        var: String,
+        source: serde_yaml_ng::Error,
+    },
 }
 
 /// A loaded configuration and the environment variables that named no setting.
@@ -344,10 +386,14 @@ impl Config {
     ) -> Result<Loaded, ConfigError> {
         let mut config = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-                serde_yaml_ng::from_str::<Config>(&text)
-                    .map_err(|source| ConfigError::File { path: path.to_owned(), source })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                serde_yaml_ng::from_str::<Config>(&text).map_err(|source| ConfigError::File {
+                    path: path.to_owned(),
+                    source,
+                })?
             }
             None => Config::default(),
         };
@@ -361,7 +407,10 @@ impl Config {
             })
             .collect();
         if overrides.is_empty() {
-            return Ok(Loaded { config, unknown_env });
+            return Ok(Loaded {
+                config,
+                unknown_env,
+            });
         }
         overrides.sort();
         let mut tree = serde_yaml_ng::to_value(&config).map_err(|source| ConfigError::Env {
@@ -369,25 +418,36 @@ impl Config {
             source,
         })?;
         for (var, keys, raw) in &overrides {
-            let value: Value = serde_yaml_ng::from_str(raw)
-                .unwrap_or_else(|_| Value::String(raw.clone()));
+            let value: Value =
+                serde_yaml_ng::from_str(raw).unwrap_or_else(|_| Value::String(raw.clone()));
             if !set_path(&mut tree, keys, value) {
                 unknown_env.push(var.clone());
                 continue;
             }
             // Re-check after each variable so an error names the variable that caused it.
-            config = serde_yaml_ng::from_value(tree.clone())
-                .map_err(|source| ConfigError::Env { var: var.clone(), source })?;
+            config =
+                serde_yaml_ng::from_value(tree.clone()).map_err(|source| ConfigError::Env {
+                    var: var.clone(),
+                    source,
+                })?;
         }
-        Ok(Loaded { config, unknown_env })
+        Ok(Loaded {
+            config,
+            unknown_env,
+        })
     }
 }
 
 /// Sets `keys` in `tree` when that path exists already (every setting has a default, so an
 /// absent path is a variable meant for something else).
 fn set_path(tree: &mut Value, keys: &[String], value: Value) -> bool {
-    let Some((first, rest)) = keys.split_first() else { return false };
-    let Some(slot) = tree.as_mapping_mut().and_then(|m| m.get_mut(first.as_str())) else {
+    let Some((first, rest)) = keys.split_first() else {
+        return false;
+    };
+    let Some(slot) = tree
+        .as_mapping_mut()
+        .and_then(|m| m.get_mut(first.as_str()))
+    else {
         return false;
     };
     if rest.is_empty() {
@@ -409,14 +469,20 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
     fn defaults_then_file_then_environment() {
         let mut file = tempfile::NamedTempFile::new().expect("temp file");
-        writeln!(file, "nats_url: nats://file:4222\ningest:\n  default_max_attempts: 5")
-            .expect("write");
+        writeln!(
+            file,
+            "nats_url: nats://file:4222\ningest:\n  default_max_attempts: 5"
+        )
+        .expect("write");
         let loaded = Config::load_from(
             Some(file.path()),
             env(&[
@@ -429,7 +495,10 @@ mod tests {
         .expect("loads");
         assert_eq!(loaded.config.nats_url, "nats://file:4222");
         assert_eq!(loaded.config.ingest.default_max_attempts, 7);
-        assert_eq!(loaded.config.ingest.auth_tokens, vec![Secret::new("a"), Secret::new("b")]);
+        assert_eq!(
+            loaded.config.ingest.auth_tokens,
+            vec![Secret::new("a"), Secret::new("b")]
+        );
         assert_eq!(loaded.config.projector, ProjectorConfig::default());
         assert_eq!(loaded.unknown_env, vec!["CCM_TEST_BACKEND".to_owned()]);
     }
@@ -439,7 +508,9 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().expect("temp file");
         writeln!(file, "nats_url: x\ningest:\n  listen: not-an-address").expect("write");
         let err = Config::load_from(Some(file.path()), env(&[])).expect_err("invalid");
-        let ConfigError::File { path, source } = &err else { panic!("{err:?}") };
+        let ConfigError::File { path, source } = &err else {
+            panic!("{err:?}")
+        };
         assert_eq!(path, file.path());
         assert_eq!(source.location().map(|l| l.line()), Some(3), "{source}");
     }
@@ -449,7 +520,11 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().expect("temp file");
         writeln!(file, "nats_ulr: x").expect("write");
         let err = Config::load_from(Some(file.path()), env(&[])).expect_err("typo");
-        assert!(err.source_string().contains("nats_ulr"), "{}", err.source_string());
+        assert!(
+            err.source_string().contains("nats_ulr"),
+            "{}",
+            err.source_string()
+        );
     }
 
     #[test]
@@ -461,15 +536,17 @@ mod tests {
 
     #[test]
     fn string_settings_stay_strings() {
-        let loaded =
-            Config::load_from(None, env(&[("CCM_NATS_URL", "1234")])).expect("loads");
+        let loaded = Config::load_from(None, env(&[("CCM_NATS_URL", "1234")])).expect("loads");
         assert_eq!(loaded.config.nats_url, "1234");
     }
 
     #[test]
     fn secrets_are_not_printed() {
         let config = Config {
-            ingest: IngestConfig { auth_tokens: vec![Secret::new("hunter2")], ..Default::default() },
+            ingest: IngestConfig {
+                auth_tokens: vec![Secret::new("hunter2")],
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert!(!format!("{config:?}").contains("hunter2"));
@@ -477,7 +554,9 @@ mod tests {
 
     impl ConfigError {
         fn source_string(&self) -> String {
-            std::error::Error::source(self).map(ToString::to_string).unwrap_or_default()
+            std::error::Error::source(self)
+                .map(ToString::to_string)
+                .unwrap_or_default()
         }
     }
 }

@@ -61,7 +61,11 @@ pub enum OutcomeSource {
 pub enum EventKind {
     /// The dialer is placing the attempt. Carries what later stages need to know about the
     /// call, so they never have to look anything up elsewhere.
-    Dialing { phone_number: PhoneNumber, max_attempts: u32, created_at: DateTime<Utc> },
+    Dialing {
+        phone_number: PhoneNumber,
+        max_attempts: u32,
+        created_at: DateTime<Utc>,
+    },
     /// The carrier's verdict on the attempt (published on `calls.outcome.…`).
     Outcome {
         status: OutcomeStatus,
@@ -77,7 +81,10 @@ pub enum EventKind {
         reason: Option<String>,
     },
     /// Another attempt is scheduled.
-    Retrying { next_retry_at: DateTime<Utc>, reason: String },
+    Retrying {
+        next_retry_at: DateTime<Utc>,
+        reason: String,
+    },
     /// Terminal: answered.
     Completed,
     /// Terminal: failed for good.
@@ -212,8 +219,13 @@ mod tests {
         assert!(!outcome.is_terminal());
         assert!(EventKind::Failed { reason: "x".into() }.is_terminal());
         assert!(EventKind::Completed.is_terminal());
-        assert!(!EventKind::Retrying { next_retry_at: Utc::now(), reason: "RNR".into() }
-            .is_terminal());
+        assert!(
+            !EventKind::Retrying {
+                next_retry_at: Utc::now(),
+                reason: "RNR".into()
+            }
+            .is_terminal()
+        );
     }
 
     #[test]

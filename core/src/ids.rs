@@ -53,7 +53,9 @@ impl FromStr for CallId {
     type Err = IdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s.trim()).map(Self).map_err(|_| IdError::Call(s.to_owned()))
+        Uuid::parse_str(s.trim())
+            .map(Self)
+            .map_err(|_| IdError::Call(s.to_owned()))
     }
 }
 
@@ -95,7 +97,10 @@ impl FromStr for CampaignId {
     type Err = IdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let value: u64 = s.trim().parse().map_err(|_| IdError::Campaign(s.to_owned()))?;
+        let value: u64 = s
+            .trim()
+            .parse()
+            .map_err(|_| IdError::Campaign(s.to_owned()))?;
         Self::new(value)
     }
 }

@@ -10,6 +10,7 @@
 //! - [`topology`]: the streams, consumers and KV buckets of `nats/`, embedded, and their
 //!   idempotent provisioning.
 //! - [`nats`]: connecting and publishing with `Nats-Msg-Id`.
+//! - [`metrics`]: the Prometheus recorder and a minimal `/metrics` server.
 //! - [`config`], [`telemetry`], [`service`]: layered configuration, `tracing` set-up, and
 //!   the command line and shutdown signal every binary shares.
 //! - [`twilio`]: Twilio's request signature and call statuses, shared by the dialer's
@@ -21,6 +22,7 @@ pub mod campaign;
 pub mod config;
 pub mod events;
 pub mod ids;
+pub mod metrics;
 pub mod nats;
 pub mod phone;
 pub mod service;

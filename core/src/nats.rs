@@ -15,13 +15,25 @@ use crate::events::{CallEvent, DialRequest};
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
     #[error("cannot connect to NATS at {url}")]
-    Connect { url: String, source: async_nats::ConnectError },
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
     #[error("cannot serialise the message for {subject}")]
-    Encode { subject: String, source: serde_json::Error },
+    Encode {
+        subject: String,
+        source: serde_json::Error,
+    },
     #[error("publish to {subject} was not acknowledged by JetStream")]
-    Publish { subject: String, source: async_nats::Error },
+    Publish {
+        subject: String,
+        source: async_nats::Error,
+    },
     #[error("cannot open KV bucket {bucket}")]
-    Bucket { bucket: String, source: async_nats::Error },
+    Bucket {
+        bucket: String,
+        source: async_nats::Error,
+    },
 }
 
 /// Connects with a client name that identifies the service in server monitoring. The client
@@ -33,19 +45,25 @@ pub async fn connect(url: &str, service: &str) -> Result<async_nats::Client, Nat
         .connection_timeout(Duration::from_secs(5))
         .connect(url)
         .await
-        .map_err(|source| NatsError::Connect { url: url.to_owned(), source })
+        .map_err(|source| NatsError::Connect {
+            url: url.to_owned(),
+            source,
+        })
 }
 
 /// A JetStream context whose publish acknowledgements time out instead of hanging forever.
 pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
-    jetstream::ContextBuilder::new().timeout(Duration::from_secs(10)).build(client)
+    jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build(client)
 }
 
 /// Opens a KV bucket provisioned by the topology.
 pub async fn bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store, NatsError> {
-    js.get_key_value(name)
-        .await
-        .map_err(|e| NatsError::Bucket { bucket: name.to_owned(), source: e.into() })
+    js.get_key_value(name).await.map_err(|e| NatsError::Bucket {
+        bucket: name.to_owned(),
+        source: e.into(),
+    })
 }
 
 /// Publishes `payload` as JSON with `Nats-Msg-Id: msg_id` and waits for JetStream's ack, so a
@@ -57,9 +75,13 @@ pub async fn publish_json<T: Serialize>(
     headers: Option<HeaderMap>,
     payload: &T,
 ) -> Result<jetstream::publish::PublishAck, NatsError> {
-    let body = serde_json::to_vec(payload)
-        .map_err(|source| NatsError::Encode { subject: subject.clone(), source })?;
-    let mut publish = PublishMessage::build().payload(Bytes::from(body)).message_id(msg_id);
+    let body = serde_json::to_vec(payload).map_err(|source| NatsError::Encode {
+        subject: subject.clone(),
+        source,
+    })?;
+    let mut publish = PublishMessage::build()
+        .payload(Bytes::from(body))
+        .message_id(msg_id);
     if let Some(headers) = headers {
         for (name, values) in headers.iter() {
             for value in values {
@@ -70,8 +92,14 @@ pub async fn publish_json<T: Serialize>(
     let ack = js
         .send_publish(subject.clone(), publish)
         .await
-        .map_err(|e| NatsError::Publish { subject: subject.clone(), source: e.into() })?;
-    ack.await.map_err(|e| NatsError::Publish { subject, source: e.into() })
+        .map_err(|e| NatsError::Publish {
+            subject: subject.clone(),
+            source: e.into(),
+        })?;
+    ack.await.map_err(|e| NatsError::Publish {
+        subject,
+        source: e.into(),
+    })
 }
 
 /// Publishes a dial message (one attempt of a call).

@@ -89,7 +89,10 @@ fn lenient_digits(input: &str) -> Result<String, PhoneError> {
         }
     }
     if !(7..=15).contains(&digits.len()) {
-        return Err(PhoneError::Length { input: input.to_owned(), digits: digits.len() });
+        return Err(PhoneError::Length {
+            input: input.to_owned(),
+            digits: digits.len(),
+        });
     }
     Ok(digits)
 }
@@ -125,7 +128,12 @@ mod tests {
         let n = PhoneNumber::parse("+1 (555) 000-001", PhoneRule::Lenient).expect("valid");
         assert_eq!(n.as_str(), "+1555000001");
         assert_eq!(n.digits(), "1555000001");
-        assert_eq!(PhoneNumber::parse("1234567", PhoneRule::Lenient).expect("7").as_str(), "+1234567");
+        assert_eq!(
+            PhoneNumber::parse("1234567", PhoneRule::Lenient)
+                .expect("7")
+                .as_str(),
+            "+1234567"
+        );
     }
 
     #[test]
@@ -142,7 +150,9 @@ mod tests {
             PhoneNumber::parse("+1234567890123456", PhoneRule::Lenient),
             Err(PhoneError::Length { digits: 16, .. })
         ));
-        let message = PhoneNumber::parse("123", PhoneRule::Lenient).unwrap_err().to_string();
+        let message = PhoneNumber::parse("123", PhoneRule::Lenient)
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("7 to 15"), "{message}");
     }
 

@@ -66,7 +66,9 @@ mod tests {
     #[test]
     fn subjects_have_the_documented_shape() {
         let campaign = CampaignId::new(7).expect("valid");
-        let call: CallId = "0190a0a0-0000-7000-8000-000000000001".parse().expect("uuid");
+        let call: CallId = "0190a0a0-0000-7000-8000-000000000001"
+            .parse()
+            .expect("uuid");
         assert_eq!(dial(campaign), "calls.dial.7");
         assert_eq!(event(campaign, call), format!("calls.event.7.{call}"));
         assert_eq!(outcome(campaign, call), format!("calls.outcome.7.{call}"));
@@ -74,6 +76,9 @@ mod tests {
         assert_eq!(dlq("CALLS"), "calls.dlq.CALLS");
         assert_eq!(dial_consumer(campaign), "dial_7");
         assert_eq!(dial_msg_id(call, 2), format!("{call}/2"));
-        assert_eq!(event_msg_id(call, 2, "dialing"), format!("{call}/2/dialing"));
+        assert_eq!(
+            event_msg_id(call, 2, "dialing"),
+            format!("{call}/2/dialing")
+        );
     }
 }

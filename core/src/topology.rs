@@ -75,13 +75,26 @@ pub mod names {
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
     #[error("nats/{path} does not parse as a NATS configuration")]
-    Parse { path: &'static str, source: serde_json::Error },
+    Parse {
+        path: &'static str,
+        source: serde_json::Error,
+    },
     #[error("cannot read stream {stream}")]
-    StreamInfo { stream: String, source: async_nats::Error },
+    StreamInfo {
+        stream: String,
+        source: async_nats::Error,
+    },
     #[error("cannot create or update stream {stream}")]
-    Stream { stream: String, source: async_nats::Error },
+    Stream {
+        stream: String,
+        source: async_nats::Error,
+    },
     #[error("cannot create or update consumer {consumer} on {stream}")]
-    Consumer { stream: String, consumer: String, source: async_nats::Error },
+    Consumer {
+        stream: String,
+        consumer: String,
+        source: async_nats::Error,
+    },
 }
 
 /// One difference that provisioning may not fix on its own.
@@ -133,7 +146,11 @@ impl Topology {
             let stream = def.path.split('/').nth(1).unwrap_or_default().to_owned();
             consumers.push((stream, parse(def)?));
         }
-        Ok(Self { streams, consumers, dial_template: parse(&DIAL_TEMPLATE)? })
+        Ok(Self {
+            streams,
+            consumers,
+            dial_template: parse(&DIAL_TEMPLATE)?,
+        })
     }
 
     /// The dial consumer of `campaign`, with its concurrency cap as `max_ack_pending`.
@@ -172,7 +189,10 @@ impl Topology {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(def: &Definition) -> Result<T, TopologyError> {
-    serde_json::from_str(def.json).map_err(|source| TopologyError::Parse { path: def.path, source })
+    serde_json::from_str(def.json).map_err(|source| TopologyError::Parse {
+        path: def.path,
+        source,
+    })
 }
 
 async fn provision_stream(
@@ -181,12 +201,18 @@ async fn provision_stream(
     report: &mut Report,
 ) -> Result<(), TopologyError> {
     let name = wanted.name.clone();
-    let wrap = |source: async_nats::Error| TopologyError::Stream { stream: name.clone(), source };
+    let wrap = |source: async_nats::Error| TopologyError::Stream {
+        stream: name.clone(),
+        source,
+    };
     let actual = match js.get_stream(&name).await {
         Ok(mut stream) => stream
             .info()
             .await
-            .map_err(|e| TopologyError::StreamInfo { stream: name.clone(), source: e.into() })?
+            .map_err(|e| TopologyError::StreamInfo {
+                stream: name.clone(),
+                source: e.into(),
+            })?
             .config
             .clone(),
         Err(e) if is_stream_not_found(&e) => {
@@ -200,7 +226,12 @@ async fn provision_stream(
             }
             return Ok(());
         }
-        Err(e) => return Err(TopologyError::StreamInfo { stream: name, source: e.into() }),
+        Err(e) => {
+            return Err(TopologyError::StreamInfo {
+                stream: name,
+                source: e.into(),
+            });
+        }
     };
     let drift = stream_drift(wanted, &actual);
     if !drift.is_empty() {
@@ -208,7 +239,9 @@ async fn provision_stream(
         return Ok(());
     }
     if stream_differs(wanted, &actual) {
-        js.update_stream(wanted.clone()).await.map_err(|e| wrap(e.into()))?;
+        js.update_stream(wanted.clone())
+            .await
+            .map_err(|e| wrap(e.into()))?;
         report.updated.push(format!("stream {name}"));
     } else {
         report.unchanged.push(format!("stream {name}"));
@@ -222,11 +255,24 @@ fn stream_drift(wanted: &stream::Config, actual: &stream::Config) -> Vec<Drift> 
     let mut drift = Vec::new();
     let mut check = |field, w: String, a: String| {
         if w != a {
-            drift.push(Drift { object: object.clone(), field, wanted: w, actual: a });
+            drift.push(Drift {
+                object: object.clone(),
+                field,
+                wanted: w,
+                actual: a,
+            });
         }
     };
-    check("retention", format!("{:?}", wanted.retention), format!("{:?}", actual.retention));
-    check("storage", format!("{:?}", wanted.storage), format!("{:?}", actual.storage));
+    check(
+        "retention",
+        format!("{:?}", wanted.retention),
+        format!("{:?}", actual.retention),
+    );
+    check(
+        "storage",
+        format!("{:?}", wanted.storage),
+        format!("{:?}", actual.storage),
+    );
     drift
 }
 
@@ -260,7 +306,10 @@ async fn provision_consumer(
         consumer: name.clone(),
         source,
     };
-    let stream = js.get_stream(stream_name).await.map_err(|e| wrap(e.into()))?;
+    let stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| wrap(e.into()))?;
     let object = format!("consumer {stream_name}/{name}");
     match stream.consumer_info(&name).await {
         Ok(info) => {
@@ -272,14 +321,20 @@ async fn provision_consumer(
             }
             if consumer_differs(wanted, actual) {
                 // On 2.9 a create with the same durable name updates the editable fields.
-                stream.create_consumer(wanted.clone()).await.map_err(|e| wrap(e.into()))?;
+                stream
+                    .create_consumer(wanted.clone())
+                    .await
+                    .map_err(|e| wrap(e.into()))?;
                 report.updated.push(object);
             } else {
                 report.unchanged.push(object);
             }
         }
         Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {
-            stream.create_consumer(wanted.clone()).await.map_err(|e| wrap(e.into()))?;
+            stream
+                .create_consumer(wanted.clone())
+                .await
+                .map_err(|e| wrap(e.into()))?;
             report.created.push(object);
         }
         Err(e) => return Err(wrap(e.into())),
@@ -304,12 +359,29 @@ fn consumer_drift(
     let mut drift = Vec::new();
     let mut check = |field, w: String, a: String| {
         if w != a {
-            drift.push(Drift { object: object.to_owned(), field, wanted: w, actual: a });
+            drift.push(Drift {
+                object: object.to_owned(),
+                field,
+                wanted: w,
+                actual: a,
+            });
         }
     };
-    check("filter_subject", wanted.filter_subject.clone(), actual.filter_subject.clone());
-    check("deliver_policy", format!("{:?}", wanted.deliver_policy), format!("{:?}", actual.deliver_policy));
-    check("ack_policy", format!("{:?}", wanted.ack_policy), format!("{:?}", actual.ack_policy));
+    check(
+        "filter_subject",
+        wanted.filter_subject.clone(),
+        actual.filter_subject.clone(),
+    );
+    check(
+        "deliver_policy",
+        format!("{:?}", wanted.deliver_policy),
+        format!("{:?}", actual.deliver_policy),
+    );
+    check(
+        "ack_policy",
+        format!("{:?}", wanted.ack_policy),
+        format!("{:?}", actual.ack_policy),
+    );
     drift
 }
 
@@ -332,7 +404,11 @@ mod tests {
             let json = serde_json::to_string(&config).expect("serialize");
             let back: stream::Config = serde_json::from_str(&json).expect("reparse");
             assert_eq!(back, config, "{}", def.path);
-            assert!(def.path.ends_with(&format!("{}.json", config.name)), "{}", def.path);
+            assert!(
+                def.path.ends_with(&format!("{}.json", config.name)),
+                "{}",
+                def.path
+            );
         }
         for def in CONSUMERS.iter().chain([&DIAL_TEMPLATE]) {
             let config: pull::Config = parse(def).expect(def.path);
@@ -345,15 +421,31 @@ mod tests {
 
     #[test]
     fn settings_apply_retention_and_replicas() {
-        let settings = StreamSettings { max_age_days: 2, dlq_max_age_days: 9, replicas: 3 };
+        let settings = StreamSettings {
+            max_age_days: 2,
+            dlq_max_age_days: 9,
+            replicas: 3,
+        };
         let topology = Topology::load(&settings).expect("loads");
-        let calls = topology.streams.iter().find(|s| s.name == names::CALLS).expect("CALLS");
+        let calls = topology
+            .streams
+            .iter()
+            .find(|s| s.name == names::CALLS)
+            .expect("CALLS");
         assert_eq!(calls.max_age, Duration::from_secs(2 * 86_400));
         assert_eq!(calls.retention, stream::RetentionPolicy::Limits);
-        let dlq = topology.streams.iter().find(|s| s.name == names::DLQ).expect("DLQ");
+        let dlq = topology
+            .streams
+            .iter()
+            .find(|s| s.name == names::DLQ)
+            .expect("DLQ");
         assert_eq!(dlq.max_age, Duration::from_secs(9 * 86_400));
         assert!(topology.streams.iter().all(|s| s.num_replicas == 3));
-        let retries = topology.streams.iter().find(|s| s.name == names::RETRIES).expect("RETRIES");
+        let retries = topology
+            .streams
+            .iter()
+            .find(|s| s.name == names::RETRIES)
+            .expect("RETRIES");
         assert_eq!(retries.retention, stream::RetentionPolicy::WorkQueue);
     }
 
@@ -365,6 +457,10 @@ mod tests {
         assert_eq!(config.durable_name.as_deref(), Some("dial_12"));
         assert_eq!(config.filter_subject, "calls.dial.12");
         assert_eq!(config.max_ack_pending, 20);
-        assert!(!serde_json::to_string(&config).expect("json").contains("{campaign}"));
+        assert!(
+            !serde_json::to_string(&config)
+                .expect("json")
+                .contains("{campaign}")
+        );
     }
 }

@@ -12,16 +12,22 @@ use crate::AppState;
 
 /// Rejects requests without a configured token. Tokens are compared in constant time so the
 /// comparison leaks nothing about how much of a guess was right.
-pub async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     match token(request.headers()) {
         None => unauthorized("Authentication token not provided"),
         Some(given) => {
-            let known = state
-                .config
-                .auth_tokens
-                .iter()
-                .fold(0u8, |hit, t| hit | t.expose().as_bytes().ct_eq(given.as_bytes()).unwrap_u8());
-            if known == 1 { next.run(request).await } else { unauthorized("Invalid authentication token") }
+            let known = state.config.auth_tokens.iter().fold(0u8, |hit, t| {
+                hit | t.expose().as_bytes().ct_eq(given.as_bytes()).unwrap_u8()
+            });
+            if known == 1 {
+                next.run(request).await
+            } else {
+                unauthorized("Invalid authentication token")
+            }
         }
     }
 }

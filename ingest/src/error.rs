@@ -16,7 +16,11 @@ use serde::{Serialize, de::DeserializeOwned};
 pub enum AppError {
     /// The request itself is wrong; `code` is stable, `detail` says why.
     #[error("{detail}")]
-    Client { status: StatusCode, code: &'static str, detail: String },
+    Client {
+        status: StatusCode,
+        code: &'static str,
+        detail: String,
+    },
     /// A dependency (NATS) is unavailable; the client may retry later.
     #[error("service unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -27,15 +31,27 @@ pub enum AppError {
 
 impl AppError {
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::Client { status: StatusCode::BAD_REQUEST, code, detail: detail.into() }
+        Self::Client {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            detail: detail.into(),
+        }
     }
 
     pub fn not_found(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::Client { status: StatusCode::NOT_FOUND, code, detail: detail.into() }
+        Self::Client {
+            status: StatusCode::NOT_FOUND,
+            code,
+            detail: detail.into(),
+        }
     }
 
     pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::Client { status: StatusCode::CONFLICT, code, detail: detail.into() }
+        Self::Client {
+            status: StatusCode::CONFLICT,
+            code,
+            detail: detail.into(),
+        }
     }
 
     pub fn unavailable(source: impl std::error::Error + Send + Sync + 'static) -> Self {
@@ -71,7 +87,11 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, code, detail) = match &self {
-            Self::Client { status, code, detail } => (*status, *code, detail.clone()),
+            Self::Client {
+                status,
+                code,
+                detail,
+            } => (*status, *code, detail.clone()),
             Self::Unavailable(e) => {
                 tracing::warn!(error = %error_chain(e.as_ref()), "dependency unavailable");
                 (
@@ -82,7 +102,11 @@ impl IntoResponse for AppError {
             }
             Self::Internal(e) => {
                 tracing::error!(error = %error_chain(e.as_ref()), "internal error");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error.".into())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal server error.".into(),
+                )
             }
         };
         let body = Problem {
@@ -98,7 +122,9 @@ impl IntoResponse for AppError {
             HeaderValue::from_static("application/problem+json"),
         );
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         response
     }
@@ -133,7 +159,11 @@ fn rejection_error(rejection: JsonRejection) -> AppError {
         _ if status == StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
         _ => "invalid_body",
     };
-    AppError::Client { status, code, detail: rejection.body_text() }
+    AppError::Client {
+        status,
+        code,
+        detail: rejection.body_text(),
+    }
 }
 
 impl<T: Serialize> IntoResponse for ApiJson<T> {

@@ -50,7 +50,10 @@ pub enum IngestError {
     #[error("refusing to start without an API token (set ingest.auth_tokens)")]
     NoToken,
     #[error("cannot listen on {addr}")]
-    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -58,7 +61,12 @@ pub enum IngestError {
 impl AppState {
     /// Connects to NATS, provisions the topology, and opens the buckets.
     pub async fn connect(config: &Config) -> Result<Self, IngestError> {
-        if config.ingest.auth_tokens.iter().all(|t| t.expose().is_empty()) {
+        if config
+            .ingest
+            .auth_tokens
+            .iter()
+            .all(|t| t.expose().is_empty())
+        {
             return Err(IngestError::NoToken);
         }
         let client = ccm_core::nats::connect(&config.nats_url, "ingest").await?;
@@ -82,7 +90,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/calls", post(routes::calls::create))
         .route("/api/v1/campaigns", post(routes::campaigns::create))
         .route("/api/v1/campaigns/{id}", get(routes::campaigns::get))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -92,7 +103,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Ready when NATS is connected: without it nothing can be accepted.
-async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> axum::http::StatusCode {
+async fn ready(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::http::StatusCode {
     match state.js.client().connection_state() {
         async_nats::connection::State::Connected => axum::http::StatusCode::OK,
         _ => axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -102,8 +115,9 @@ async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> a
 /// Binds `config.ingest.listen` and serves until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), IngestError> {
     let addr = config.ingest.listen;
-    let listener =
-        TcpListener::bind(addr).await.map_err(|source| IngestError::Bind { addr, source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| IngestError::Bind { addr, source })?;
     serve(config, listener, shutdown).await
 }
 

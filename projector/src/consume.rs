@@ -1,4 +1,15 @@
 //! The loop that pulls one consumer's messages and applies them in batches.
+//!
+//! A batch closes at `batch_size` messages or `batch_wait_ms` after its first message,
+//! whichever comes first, and is written in one transaction ([`crate::store`]); its messages
+//! are acknowledged only after the commit. Meanwhile the pull stream keeps fetching, so the
+//! next batch is already buffered when the write ends.
+//!
+//! - A message that cannot be decoded is NAKed with `poison_delay_ms`: it no longer holds up
+//!   anything, and after the consumer's `max_deliver` the server emits the MAX_DELIVERIES
+//!   advisory that the retrier turns into a dead letter.
+//! - Postgres being down is not the messages' fault: the batch is kept, in-progress acks stop
+//!   the server from redelivering it, and the write is retried until it succeeds.
 
 use std::time::Duration;
 
@@ -6,12 +17,17 @@ use async_nats::jetstream::{
     AckKind, Message,
     consumer::{PullConsumer, pull::Stream as MessageStream},
 };
-use ccm_core::{Campaign, CallEvent, DialRequest};
+use ccm_core::{
+    CallEvent, Campaign, DialRequest,
+    metrics::{counter, gauge, histogram},
+};
+use chrono::Utc;
 use futures::StreamExt;
 use sqlx::PgPool;
+use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::{ProjectorError, store::Item};
+use crate::{ProjectorError, fold::Item};
 
 /// Which kind of payload a consumer carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,44 +37,101 @@ pub enum Source {
     Campaigns,
 }
 
-/// How long a message that cannot be decoded waits before it is offered again; after the
-/// consumer's `max_deliver` the server gives up on it and the retrier dead-letters it.
-const POISON_DELAY: Duration = Duration::from_secs(5);
+impl Source {
+    /// The stream name recorded in `call_events.stream`, and the `source` metric label.
+    pub fn stream(self) -> &'static str {
+        match self {
+            Self::Calls => "CALLS",
+            Self::Events => "CALL_EVENTS",
+            Self::Campaigns => "KV_campaigns",
+        }
+    }
+}
+
+/// How a loop batches and treats poison.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub batch_size: usize,
+    pub batch_wait: Duration,
+    /// Batches of one consumer written concurrently.
+    pub writers: usize,
+    pub poison_delay: Duration,
+}
+
 /// How long to wait before retrying a batch the database refused.
 const DB_RETRY: Duration = Duration::from_secs(1);
+/// How often the consumer's backlog is sampled for the lag gauge.
+const PENDING_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Pulls from `consumer` until `shutdown`, applying whatever has arrived as one transaction.
+/// Pulls from `consumer` until `shutdown`, applying whatever has arrived in batches.
 pub async fn run(
     source: Source,
     consumer: PullConsumer,
     pool: PgPool,
-    batch_size: usize,
+    settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<(), ProjectorError> {
-    let messages: MessageStream = consumer
+    tokio::spawn(sample_pending(source, consumer.clone(), shutdown.clone()));
+    let mut messages: MessageStream = consumer
         .stream()
-        .max_messages_per_batch(batch_size)
+        .max_messages_per_batch(settings.batch_size.max(1))
         .expires(Duration::from_secs(5))
         .messages()
         .await
         .map_err(|e| ProjectorError::Consume(e.into()))?;
-    // `ready_chunks` yields whatever is buffered at once: one message at low load (lowest
-    // latency), full batches under load (fewest transactions).
-    let mut chunks = messages.ready_chunks(batch_size);
+    // Batches are written by up to `writers` transactions at once: the merge rules make the
+    // order of writes irrelevant, and overlapping them keeps Postgres busy while the next
+    // batch is collected and decoded.
+    let mut in_flight = JoinSet::new();
     loop {
-        let chunk = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            chunk = chunks.next() => chunk,
-        };
-        let Some(chunk) = chunk else { return Ok(()) };
-        let mut batch = Vec::with_capacity(chunk.len());
-        for message in chunk {
-            match message {
-                Ok(message) => batch.push(message),
-                Err(e) => tracing::warn!(error = %e, ?source, "pull error; continuing"),
-            }
+        while in_flight.try_join_next().is_some() {}
+        while in_flight.len() >= settings.writers.max(1) {
+            in_flight.join_next().await;
         }
-        apply_batch(source, &pool, batch, &shutdown).await;
+        let Some(batch) = next_batch(&mut messages, settings, &shutdown).await else {
+            break;
+        };
+        let (pool, shutdown) = (pool.clone(), shutdown.clone());
+        in_flight
+            .spawn(async move { apply_batch(source, &pool, batch, settings, &shutdown).await });
+    }
+    // Let the batches already taken finish (or give up at shutdown) before returning.
+    while in_flight.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Waits for a first message, then collects until the batch is full or `batch_wait` has
+/// passed. `None` on shutdown or when the stream ends.
+async fn next_batch(
+    messages: &mut MessageStream,
+    settings: Settings,
+    shutdown: &CancellationToken,
+) -> Option<Vec<Message>> {
+    let mut batch = Vec::with_capacity(settings.batch_size);
+    let mut deadline = None;
+    while batch.len() < settings.batch_size.max(1) {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            next = messages.next() => next,
+            _ = sleep_until(deadline) => break,
+        };
+        match next {
+            Some(Ok(message)) => {
+                batch.push(message);
+                deadline.get_or_insert_with(|| Instant::now() + settings.batch_wait);
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "pull error; continuing"),
+            None if batch.is_empty() => return None,
+            None => break,
+        }
+    }
+    Some(batch)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -66,34 +139,37 @@ async fn apply_batch(
     source: Source,
     pool: &PgPool,
     messages: Vec<Message>,
+    settings: Settings,
     shutdown: &CancellationToken,
 ) {
-    let mut items = Vec::with_capacity(messages.len());
-    let mut good = Vec::with_capacity(messages.len());
+    let label = source.stream();
+    // Each message with what it decodes to (`None`: nothing to project, e.g. a KV delete).
+    let mut batch: Vec<(Message, Option<Item>)> = Vec::with_capacity(messages.len());
     for message in messages {
         match decode(source, &message) {
-            Ok(Some(item)) => {
-                items.push(item);
-                good.push(message);
-            }
-            // Nothing to project (e.g. a KV delete marker): done with it.
-            Ok(None) => good.push(message),
+            Ok(item) => batch.push((message, item)),
             Err(reason) => {
                 tracing::warn!(subject = %message.subject, %reason, "cannot decode message");
-                if let Err(e) = message.ack_with(AckKind::Nak(Some(POISON_DELAY))).await {
-                    tracing::warn!(error = %e, "nak failed");
-                }
+                poison(label, &message, settings).await;
             }
         }
     }
-    // Postgres being down is not the messages' fault: keep them (in-progress acks stop the
-    // server from redelivering them elsewhere) and try again until it is back.
-    loop {
-        match write(pool, &items).await {
-            Ok(()) => break,
+    histogram!("ccm_projector_batch_size", "source" => label).record(batch.len() as f64);
+    let started = Instant::now();
+    let written = loop {
+        let items: Vec<&Item> = batch.iter().filter_map(|(_, item)| item.as_ref()).collect();
+        match crate::store::write_batch(pool, label, &items).await {
+            Ok(written) => break written,
+            // The data itself is refused (e.g. a `\u0000` Postgres cannot store): find the
+            // culprits one by one, set them aside as poison, and write the rest.
+            Err(e) if is_data_error(&e) => {
+                tracing::warn!(error = %e, "batch refused by the database; isolating the culprit");
+                batch = isolate(label, pool, batch, settings).await;
+            }
             Err(e) => {
+                counter!("ccm_projector_db_errors_total", "source" => label).increment(1);
                 tracing::error!(error = %e, batch = items.len(), "database write failed; retrying");
-                for message in &good {
+                for (message, _) in &batch {
                     let _ = message.ack_with(AckKind::Progress).await;
                 }
                 tokio::select! {
@@ -102,47 +178,149 @@ async fn apply_batch(
                 }
             }
         }
+    };
+    histogram!("ccm_projector_batch_write_seconds", "source" => label)
+        .record(started.elapsed().as_secs_f64());
+    counter!("ccm_projector_messages_total", "source" => label, "result" => "new")
+        .increment(written.new as u64);
+    counter!("ccm_projector_messages_total", "source" => label, "result" => "duplicate")
+        .increment(written.duplicate as u64);
+    let now = Utc::now();
+    if source != Source::Campaigns {
+        let lag = histogram!("ccm_projector_lag_seconds", "source" => label);
+        for item in batch.iter().filter_map(|(_, item)| item.as_ref()) {
+            lag.record((now - item.occurred_at()).as_seconds_f64().max(0.0));
+        }
     }
-    for message in good {
+    for (message, _) in batch {
         if let Err(e) = message.ack().await {
             tracing::warn!(error = %e, "ack failed; the message will be applied again, harmlessly");
         }
     }
 }
 
-async fn write(pool: &PgPool, items: &[Item]) -> Result<(), sqlx::Error> {
-    if items.is_empty() {
-        return Ok(());
+/// Writes the messages of a refused batch one at a time and returns those the database
+/// accepts (or could not be judged because it failed otherwise); the refused ones are NAKed
+/// as poison. Writing a message twice is harmless, so the caller simply writes the rest again.
+async fn isolate(
+    label: &'static str,
+    pool: &PgPool,
+    batch: Vec<(Message, Option<Item>)>,
+    settings: Settings,
+) -> Vec<(Message, Option<Item>)> {
+    let mut kept = Vec::with_capacity(batch.len());
+    for (message, item) in batch {
+        let single: Vec<&Item> = item.iter().collect();
+        match crate::store::write_batch(pool, label, &single).await {
+            Err(e) if is_data_error(&e) => {
+                tracing::warn!(subject = %message.subject, error = %e, "database refuses message");
+                poison(label, &message, settings).await;
+            }
+            _ => kept.push((message, item)),
+        }
     }
-    let mut tx = pool.begin().await?;
-    for item in items {
-        crate::store::apply(&mut tx, item).await?;
-    }
-    tx.commit().await
+    kept
 }
 
-fn decode(source: Source, message: &Message) -> Result<Option<Item>, String> {
+/// Offers a message that cannot be applied again later; after `max_deliver` deliveries the
+/// server gives up on it and emits the advisory the retrier dead-letters it from.
+async fn poison(label: &'static str, message: &Message, settings: Settings) {
+    counter!("ccm_projector_poison_total", "source" => label).increment(1);
+    if let Err(e) = message
+        .ack_with(AckKind::Nak(Some(settings.poison_delay)))
+        .await
+    {
+        tracing::warn!(error = %e, "nak failed");
+    }
+}
+
+/// Whether Postgres refused the data itself (SQLSTATE class 22, data exception; 23, integrity
+/// violation; 54, program limit exceeded, e.g. a value too large for an index) rather than
+/// failing to run the statement. Such a batch would fail again however often it is retried.
+fn is_data_error(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| {
+            ["22", "23", "54"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        })
+}
+
+/// Publishes the consumer's backlog (messages not yet delivered, and delivered but not yet
+/// acknowledged) as gauges: the projection lag in messages.
+async fn sample_pending(source: Source, mut consumer: PullConsumer, shutdown: CancellationToken) {
+    let label = source.stream();
+    loop {
+        match consumer.info().await {
+            Ok(info) => {
+                gauge!("ccm_projector_pending_messages", "source" => label)
+                    .set(info.num_pending as f64);
+                gauge!("ccm_projector_ack_pending_messages", "source" => label)
+                    .set(info.num_ack_pending as f64);
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read consumer info"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(PENDING_INTERVAL) => {}
+        }
+    }
+}
+
+/// Decodes a message of `source`. `Ok(None)`: nothing to project.
+pub fn decode(source: Source, message: &Message) -> Result<Option<Item>, String> {
     let seq = message.info().map_err(|e| e.to_string())?.stream_sequence;
-    let payload = &message.payload;
+    let is_put = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("KV-Operation"))
+        .is_none_or(|op| op.as_str() == "PUT");
+    decode_payload(source, seq, &message.payload, is_put)
+}
+
+/// Decodes a payload of `source` stored at `seq`; `is_put` is false for KV delete markers.
+pub fn decode_payload(
+    source: Source,
+    seq: u64,
+    payload: &[u8],
+    is_put: bool,
+) -> Result<Option<Item>, String> {
     match source {
-        Source::Calls => serde_json::from_slice::<DialRequest>(payload)
-            .map(|request| Some(Item::Queued { seq, request }))
-            .map_err(|e| e.to_string()),
-        Source::Events => serde_json::from_slice::<CallEvent>(payload)
-            .map(|event| Some(Item::Event { seq, event }))
-            .map_err(|e| e.to_string()),
+        Source::Calls => {
+            let request =
+                serde_json::from_slice::<DialRequest>(payload).map_err(|e| e.to_string())?;
+            Ok(Some(Item::Queued {
+                seq,
+                request,
+                payload: utf8(payload)?,
+            }))
+        }
+        Source::Events => {
+            let event = serde_json::from_slice::<CallEvent>(payload).map_err(|e| e.to_string())?;
+            Ok(Some(Item::Event {
+                seq,
+                event,
+                payload: utf8(payload)?,
+            }))
+        }
         Source::Campaigns => {
-            let is_put = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("KV-Operation"))
-                .is_none_or(|op| op.as_str() == "PUT");
             if !is_put || payload.is_empty() {
                 return Ok(None);
             }
             serde_json::from_slice::<Campaign>(payload)
-                .map(|campaign| Some(Item::Campaign { revision: seq, campaign }))
+                .map(|campaign| {
+                    Some(Item::Campaign {
+                        revision: seq,
+                        campaign,
+                    })
+                })
                 .map_err(|e| e.to_string())
         }
     }
+}
+
+fn utf8(payload: &[u8]) -> Result<String, String> {
+    String::from_utf8(payload.to_vec()).map_err(|e| e.to_string())
 }

@@ -7,13 +7,23 @@
 //!   durable consumer: `projector_calls` on `CALLS` (the call is queued),
 //!   `projector_events` on `CALL_EVENTS` (everything after), `projector_campaigns` on the
 //!   `campaigns` bucket.
-//! - [`consume`] pulls and batches: whatever has arrived is applied in one transaction, then
-//!   acknowledged. A database outage holds the batch and retries; a message that cannot be
-//!   decoded is negatively acknowledged until the server gives up on it.
-//! - [`store`] holds the SQL. Applying a message twice, or messages out of order, leaves the
-//!   same rows.
+//! - [`consume`] pulls and batches (up to `batch_size` messages or `batch_wait_ms`), writes
+//!   each batch in one transaction, then acknowledges it. A database outage holds the batch
+//!   and retries; a message that cannot be decoded (or that Postgres refuses) is NAKed with a
+//!   delay until the server gives up on it and the retrier dead-letters it, so it never
+//!   blocks the messages behind it.
+//! - [`fold`] folds a batch per call in memory; [`store`] writes it with a few set-based
+//!   statements. Applying a message twice, messages in any order, or several replicas at once
+//!   leaves the same rows.
+//!
+//! The read model (`migrations/`, documented in the README's "Read model" section):
+//! `calls` (current state per call), `call_events` (every applied message, keyed by
+//! `(stream, seq)`), `campaigns` (mirror of the KV bucket), `phone_numbers`, `dead_letters`,
+//! `daily_metrics` + `call_concurrency` and the view `call_metrics_daily` (the old
+//! CallMetrics). Metrics (`ccm_projector_*`) are served on `projector.metrics_listen`.
 
 pub mod consume;
+pub mod fold;
 pub mod store;
 
 use std::time::Duration;
@@ -43,6 +53,8 @@ pub enum ProjectorError {
     Consumer(String, #[source] async_nats::Error),
     #[error("cannot pull messages")]
     Consume(#[source] async_nats::Error),
+    #[error(transparent)]
+    Metrics(#[from] ccm_core::metrics::MetricsError),
     #[error("a projector task failed")]
     Task(#[source] tokio::task::JoinError),
 }
@@ -50,7 +62,7 @@ pub enum ProjectorError {
 /// Connects to PostgreSQL, waiting for it when it is not up yet.
 pub async fn connect_db(url: &str, shutdown: &CancellationToken) -> Result<PgPool, ProjectorError> {
     loop {
-        match PgPoolOptions::new().max_connections(8).connect(url).await {
+        match PgPoolOptions::new().max_connections(16).connect(url).await {
             Ok(pool) => return Ok(pool),
             Err(e) if !shutdown.is_cancelled() => {
                 tracing::warn!(error = %e, "PostgreSQL not reachable yet; retrying");
@@ -63,12 +75,24 @@ pub async fn connect_db(url: &str, shutdown: &CancellationToken) -> Result<PgPoo
 
 /// Runs the projector until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ProjectorError> {
+    if let Some(addr) = config.projector.metrics_listen {
+        ccm_core::metrics::serve(addr, shutdown.clone()).await?;
+    } else {
+        // Record anyway, so an embedding process (tests, a combined binary) can render them.
+        ccm_core::metrics::install()?;
+    }
     let pool = connect_db(config.database_url.expose(), &shutdown).await?;
     MIGRATOR.run(&pool).await.map_err(ProjectorError::Migrate)?;
     let client = ccm_core::nats::connect(&config.nats_url, "projector").await?;
     let js = ccm_core::nats::jetstream(client.clone());
     Topology::load(&config.streams)?.provision(&js).await?;
 
+    let settings = consume::Settings {
+        batch_size: config.projector.batch_size.max(1),
+        batch_wait: Duration::from_millis(config.projector.batch_wait_ms),
+        writers: config.projector.writers.max(1),
+        poison_delay: Duration::from_millis(config.projector.poison_delay_ms),
+    };
     let mut tasks = JoinSet::new();
     for (stream, consumer, source) in [
         ("CALLS", "projector_calls", Source::Calls),
@@ -83,7 +107,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Proj
             source,
             consumer,
             pool.clone(),
-            config.projector.batch_size,
+            settings,
             shutdown.clone(),
         ));
     }

@@ -33,7 +33,9 @@ pub async fn handle(ctx: &OutcomeContext, message: Message) {
         Ok(event) => event,
         Err(e) => {
             tracing::warn!(error = %e, subject = %message.subject, "undecodable outcome");
-            let _ = message.ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(5)))).await;
+            let _ = message
+                .ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(5))))
+                .await;
             return;
         }
     };
@@ -45,17 +47,23 @@ pub async fn handle(ctx: &OutcomeContext, message: Message) {
         }
         Err(e) => {
             tracing::warn!(error = %e, call = %outcome.call_id, "outcome not handled; retrying");
-            let _ = message.ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(1)))).await;
+            let _ = message
+                .ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(1))))
+                .await;
         }
     }
 }
 
 async fn decide(ctx: &OutcomeContext, outcome: &CallEvent) -> Result<(), OutcomeError> {
-    let EventKind::Outcome { status, reason, .. } = &outcome.kind else { return Ok(()) };
+    let EventKind::Outcome { status, reason, .. } = &outcome.kind else {
+        return Ok(());
+    };
     let kind = match status {
         OutcomeStatus::Picked => EventKind::Completed,
         other => EventKind::Failed {
-            reason: reason.clone().unwrap_or_else(|| format!("call ended {other}")),
+            reason: reason
+                .clone()
+                .unwrap_or_else(|| format!("call ended {other}")),
         },
     };
     let event = CallEvent {
@@ -99,13 +107,21 @@ pub async fn release(
     phone: &PhoneNumber,
     call: CallId,
 ) -> Result<(), OutcomeError> {
-    let entry = active_calls.entry(phone.digits()).await.map_err(|e| OutcomeError::Release(e.into()))?;
-    let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else { return Ok(()) };
+    let entry = active_calls
+        .entry(phone.digits())
+        .await
+        .map_err(|e| OutcomeError::Release(e.into()))?;
+    let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+        return Ok(());
+    };
     if entry.value.as_ref() != call.to_string().as_bytes() {
         return Ok(());
     }
     // Expecting the revision read makes the delete a no-op if the claim changed hands since.
-    match active_calls.delete_expect_revision(phone.digits(), Some(entry.revision)).await {
+    match active_calls
+        .delete_expect_revision(phone.digits(), Some(entry.revision))
+        .await
+    {
         Ok(()) => Ok(()),
         Err(e) => {
             tracing::debug!(error = %e, "claim changed before release");

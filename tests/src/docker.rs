@@ -29,7 +29,9 @@ impl Containers {
             .map_err(fail)?;
         let postgres = GenericImage::new("postgres", "15")
             .with_exposed_port(5432.tcp())
-            .with_wait_for(WaitFor::message_on_stderr("database system is ready to accept connections"))
+            .with_wait_for(WaitFor::message_on_stderr(
+                "database system is ready to accept connections",
+            ))
             .with_env_var("POSTGRES_USER", crate::postgres::USER)
             .with_env_var("POSTGRES_DB", crate::postgres::DATABASE)
             .with_env_var("POSTGRES_HOST_AUTH_METHOD", "trust")

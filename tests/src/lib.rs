@@ -15,11 +15,11 @@
 //! - `docker`: the official `nats:2.9` and `postgres:15` images through testcontainers (build
 //!   with `--features docker`; needs a Docker engine).
 
+#[cfg(feature = "docker")]
+mod docker;
 pub mod nats;
 pub mod postgres;
 pub mod process;
-#[cfg(feature = "docker")]
-mod docker;
 
 use std::{future::Future, time::Duration};
 
@@ -37,7 +37,10 @@ pub enum HarnessError {
     )]
     Missing { program: &'static str },
     #[error("cannot start {name}")]
-    Spawn { name: &'static str, source: std::io::Error },
+    Spawn {
+        name: &'static str,
+        source: std::io::Error,
+    },
     #[error("{name} exited while starting")]
     Exited { name: &'static str },
     #[error("{name} did not accept connections on port {port} in time")]
@@ -108,7 +111,9 @@ impl TestEnv {
         let server_url = std::env::var("CCM_TEST_DATABASE_URL")
             .map_err(|_| HarnessError::EnvMissing("CCM_TEST_DATABASE_URL"))?;
         let name = format!("ccm_test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = PgConnection::connect(&server_url).await.map_err(HarnessError::Database)?;
+        let mut conn = PgConnection::connect(&server_url)
+            .await
+            .map_err(HarnessError::Database)?;
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
             .await
@@ -156,7 +161,9 @@ impl TestEnv {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(HarnessError::Database(last.unwrap_or(sqlx::Error::PoolTimedOut)))
+        Err(HarnessError::Database(
+            last.unwrap_or(sqlx::Error::PoolTimedOut),
+        ))
     }
 
     /// A configuration pointing at this environment's servers, with settings that keep tests
@@ -201,11 +208,16 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        let Some((server_url, name)) = self.env_database.take() else { return };
+        let Some((server_url, name)) = self.env_database.take() else {
+            return;
+        };
         // Drop runs outside any runtime guarantee; a short-lived thread with its own runtime
         // removes the per-test database.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async {
@@ -223,7 +235,9 @@ impl Drop for TestEnv {
 pub const TEST_TOKEN: &str = "test-token";
 
 fn replace_database(url: &str, database: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let authority_end = base.find("://").map_or(0, |i| i + 3);
     let base = match base[authority_end..].find('/') {
         Some(slash) => &base[..authority_end + slash],
@@ -261,8 +275,14 @@ mod tests {
 
     #[test]
     fn replaces_only_the_database_of_a_url() {
-        assert_eq!(replace_database("postgres://u@h:5/db", "t"), "postgres://u@h:5/t");
-        assert_eq!(replace_database("postgres://u@h:5", "t"), "postgres://u@h:5/t");
+        assert_eq!(
+            replace_database("postgres://u@h:5/db", "t"),
+            "postgres://u@h:5/t"
+        );
+        assert_eq!(
+            replace_database("postgres://u@h:5", "t"),
+            "postgres://u@h:5/t"
+        );
         assert_eq!(
             replace_database("postgres://u:p@h/db?sslmode=disable", "t"),
             "postgres://u:p@h/t?sslmode=disable"

@@ -22,7 +22,10 @@ pub struct LocalNats {
 impl LocalNats {
     /// Starts a server whose data lives in a fresh temporary directory, removed on drop.
     pub fn start() -> Result<Self, HarnessError> {
-        let dir = tempfile::Builder::new().prefix("ccm-nats-").tempdir().map_err(HarnessError::Io)?;
+        let dir = tempfile::Builder::new()
+            .prefix("ccm-nats-")
+            .tempdir()
+            .map_err(HarnessError::Io)?;
         let mut nats = Self::start_in(dir.path().to_owned(), None)?;
         nats._dir = Some(dir);
         Ok(nats)
@@ -37,13 +40,20 @@ impl LocalNats {
                 Some(p) => p,
                 None => free_port()?,
             };
-            let mut nats = Self { port, store: store.clone(), guard: None, _dir: None };
+            let mut nats = Self {
+                port,
+                store: store.clone(),
+                guard: None,
+                _dir: None,
+            };
             match nats.restart() {
                 Ok(()) => return Ok(nats),
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or(HarnessError::Exited { name: "nats-server" }))
+        Err(last.unwrap_or(HarnessError::Exited {
+            name: "nats-server",
+        }))
     }
 
     /// Starts the server again (after [`LocalNats::stop`] or [`LocalNats::kill`]) on the same
@@ -53,13 +63,25 @@ impl LocalNats {
         let child = spawn(
             "nats-server",
             Command::new(program)
-                .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+                .args([
+                    "-js",
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-sd",
+                ])
                 .arg(&self.store)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         )?;
         let mut guard = Guard::new("nats-server", child, Signal::SIGTERM);
-        wait_for_port("nats-server", self.port, &mut guard, Duration::from_secs(20))?;
+        wait_for_port(
+            "nats-server",
+            self.port,
+            &mut guard,
+            Duration::from_secs(20),
+        )?;
         self.guard = Some(guard);
         Ok(())
     }

@@ -44,7 +44,10 @@ impl LocalPostgres {
     pub fn start() -> Result<Self, HarnessError> {
         let owner = server_owner()?;
         let template = template(owner)?;
-        let dir = tempfile::Builder::new().prefix("ccm-pg-").tempdir().map_err(HarnessError::Io)?;
+        let dir = tempfile::Builder::new()
+            .prefix("ccm-pg-")
+            .tempdir()
+            .map_err(HarnessError::Io)?;
         chown_to(dir.path(), owner)?;
         let data = dir.path().join("data");
         copy_dir(&template, &data)?;
@@ -61,20 +64,32 @@ impl LocalPostgres {
             let template = template(owner)?;
             if let Some(parent) = data.parent() {
                 std::fs::create_dir_all(parent).map_err(HarnessError::Io)?;
+                // The server puts its socket beside the data directory, so it must own it.
+                chown_to(parent, owner)?;
             }
             copy_dir(&template, &data)?;
         }
         Self::start_in(data, owner, port)
     }
 
-    fn start_in(data: PathBuf, owner: Option<(Uid, Gid)>, port: Option<u16>) -> Result<Self, HarnessError> {
+    fn start_in(
+        data: PathBuf,
+        owner: Option<(Uid, Gid)>,
+        port: Option<u16>,
+    ) -> Result<Self, HarnessError> {
         let mut last = None;
         for _ in 0..3 {
             let port = match port {
                 Some(p) => p,
                 None => free_port()?,
             };
-            let mut pg = Self { port, data: data.clone(), owner, guard: None, _dir: None };
+            let mut pg = Self {
+                port,
+                data: data.clone(),
+                owner,
+                guard: None,
+                _dir: None,
+            };
             match pg.restart() {
                 Ok(()) => return Ok(pg),
                 Err(e) => last = Some(e),
@@ -92,11 +107,23 @@ impl LocalPostgres {
         command
             .arg("-D")
             .arg(&self.data)
-            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
             .arg("-c")
             .arg(format!("unix_socket_directories={}", socket_dir.display()))
             // Throw-away clusters: durability against power loss buys nothing here.
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ])
             .args(["-c", "max_connections=200"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -142,7 +169,9 @@ fn server_owner() -> Result<Option<(Uid, Gid)>, HarnessError> {
     let user = User::from_name("postgres")
         .ok()
         .flatten()
-        .ok_or(HarnessError::Missing { program: "the postgres system user" })?;
+        .ok_or(HarnessError::Missing {
+            program: "the postgres system user",
+        })?;
     Ok(Some((user.uid, user.gid)))
 }
 
@@ -161,8 +190,17 @@ fn chown_to(path: &Path, owner: Option<(Uid, Gid)>) -> Result<(), HarnessError> 
 
 fn copy_dir(from: &Path, to: &Path) -> Result<(), HarnessError> {
     // `cp -a` keeps ownership and the 0700 mode PostgreSQL insists on.
-    let status = Command::new("cp").arg("-a").arg(from).arg(to).status().map_err(HarnessError::Io)?;
-    if status.success() { Ok(()) } else { Err(HarnessError::Setup("cp -a of the template failed".into())) }
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .map_err(HarnessError::Io)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(HarnessError::Setup("cp -a of the template failed".into()))
+    }
 }
 
 /// The template cluster, created once per machine (and per server version).
@@ -181,17 +219,31 @@ fn template(owner: Option<(Uid, Gid)>) -> Result<PathBuf, HarnessError> {
     }
     // Build in a private directory and rename into place: the rename is atomic, so tests
     // starting at the same time never see a half-built template.
-    let build = tempfile::Builder::new().prefix("ccm-pg-build-").tempdir().map_err(HarnessError::Io)?;
+    let build = tempfile::Builder::new()
+        .prefix("ccm-pg-build-")
+        .tempdir()
+        .map_err(HarnessError::Io)?;
     chown_to(build.path(), owner)?;
     let data = build.path().join("data");
     let mut init = Command::new(&initdb);
     init.arg("-D")
         .arg(&data)
-        .args(["-U", USER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+        .args([
+            "-U",
+            USER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     as_owner(&mut init, owner);
-    let out = init.output().map_err(|source| HarnessError::Spawn { name: "initdb", source })?;
+    let out = init.output().map_err(|source| HarnessError::Spawn {
+        name: "initdb",
+        source,
+    })?;
     if !out.status.success() {
         return Err(HarnessError::Setup(format!(
             "initdb failed: {}",

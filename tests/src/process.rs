@@ -24,7 +24,11 @@ pub struct Guard {
 
 impl Guard {
     pub fn new(name: &'static str, child: Child, signal: Signal) -> Self {
-        Self { name, child: Some(child), signal }
+        Self {
+            name,
+            child: Some(child),
+            signal,
+        }
     }
 
     /// The process id, for tests that send it signals of their own (SIGKILL, SIGSTOP).
@@ -42,7 +46,9 @@ impl Guard {
 
     /// Stops the process gracefully, waiting up to `timeout` before killing it.
     pub fn stop(&mut self, timeout: Duration) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
         if kill(pid, self.signal).is_ok() {
             let deadline = Instant::now() + timeout;
@@ -103,8 +109,9 @@ pub fn wait_for_port(
 /// Finds a program on `PATH` or in the extra directories Debian packages use (`/usr/sbin` for
 /// nats-server, `/usr/lib/postgresql/<version>/bin` for PostgreSQL, which is not on `PATH`).
 pub fn find_program(name: &'static str) -> Result<PathBuf, HarnessError> {
-    let mut dirs: Vec<PathBuf> =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
     dirs.push("/usr/sbin".into());
     dirs.push("/usr/local/sbin".into());
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
@@ -122,10 +129,14 @@ pub fn find_program(name: &'static str) -> Result<PathBuf, HarnessError> {
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// Spawns `command`, naming the program in the error when it cannot start.
 pub fn spawn(name: &'static str, command: &mut Command) -> Result<Child, HarnessError> {
-    command.spawn().map_err(|source| HarnessError::Spawn { name, source })
+    command
+        .spawn()
+        .map_err(|source| HarnessError::Spawn { name, source })
 }

@@ -83,7 +83,11 @@ pub async fn create(
 /// number exactly one wins, and the retrier releases the claim on the terminal state.
 async fn claim(state: &AppState, phone: &PhoneNumber, call_id: CallId) -> Result<(), AppError> {
     use async_nats::jetstream::kv::CreateErrorKind;
-    match state.active_calls.create(phone.digits(), call_id.to_string().into()).await {
+    match state
+        .active_calls
+        .create(phone.digits(), call_id.to_string().into())
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Err(AppError::conflict(
             "call_in_progress",

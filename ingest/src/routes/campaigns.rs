@@ -45,9 +45,12 @@ pub async fn create(
             format!("name must be 1 to {MAX_NAME_CHARS} characters"),
         ));
     }
-    let max_concurrent_calls =
-        body.max_concurrent_calls.unwrap_or(state.config.default_max_concurrent_calls);
-    let max_attempts = body.max_attempts.unwrap_or(state.config.default_max_attempts);
+    let max_concurrent_calls = body
+        .max_concurrent_calls
+        .unwrap_or(state.config.default_max_concurrent_calls);
+    let max_attempts = body
+        .max_attempts
+        .unwrap_or(state.config.default_max_attempts);
     if max_concurrent_calls == 0 || max_attempts == 0 {
         return Err(AppError::bad_request(
             "invalid_limits",
@@ -91,20 +94,32 @@ pub async fn get(
     let id: CampaignId = id
         .parse()
         .map_err(|e: ccm_core::ids::IdError| AppError::bad_request("invalid_id", e.to_string()))?;
-    load(&state, id).await?.map(ApiJson).ok_or_else(|| not_found(id))
+    load(&state, id)
+        .await?
+        .map(ApiJson)
+        .ok_or_else(|| not_found(id))
 }
 
 pub(crate) fn not_found(id: CampaignId) -> AppError {
-    AppError::not_found("campaign_not_found", format!("campaign {id} does not exist"))
+    AppError::not_found(
+        "campaign_not_found",
+        format!("campaign {id} does not exist"),
+    )
 }
 
 /// The campaign document, if it exists.
 pub(crate) async fn load(state: &AppState, id: CampaignId) -> Result<Option<Campaign>, AppError> {
-    let Some(bytes) = state.campaigns.get(id.to_string()).await.map_err(AppError::unavailable)?
+    let Some(bytes) = state
+        .campaigns
+        .get(id.to_string())
+        .await
+        .map_err(AppError::unavailable)?
     else {
         return Ok(None);
     };
-    serde_json::from_slice(&bytes).map(Some).map_err(AppError::internal)
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(AppError::internal)
 }
 
 /// Allocates the next campaign id with compare-and-set on the `counters` bucket, so several
@@ -136,5 +151,7 @@ async fn next_campaign_id(counters: &kv::Store) -> Result<CampaignId, AppError> 
             Err(e) => return Err(AppError::unavailable(e)),
         }
     }
-    Err(AppError::unavailable(std::io::Error::other("campaign id allocation kept conflicting")))
+    Err(AppError::unavailable(std::io::Error::other(
+        "campaign id allocation kept conflicting",
+    )))
 }

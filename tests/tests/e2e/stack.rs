@@ -26,17 +26,20 @@ impl Stack {
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let mut tasks = JoinSet::new();
         let (c, s) = (config.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            ccm_ingest::serve(c, listener, s).await.map_err(|e| format!("ingest: {e:?}"))
-        });
+        tasks.spawn(report("ingest", async move {
+            ccm_ingest::serve(c, listener, s).await
+        }));
         let (c, s) = (config.clone(), shutdown.clone());
-        tasks.spawn(async move { ccm_dialer::run(c, s).await.map_err(|e| format!("dialer: {e:?}")) });
+        tasks.spawn(report("dialer", async move { ccm_dialer::run(c, s).await }));
         let (c, s) = (config.clone(), shutdown.clone());
-        tasks.spawn(async move { ccm_retrier::run(c, s).await.map_err(|e| format!("retrier: {e:?}")) });
+        tasks.spawn(report(
+            "retrier",
+            async move { ccm_retrier::run(c, s).await },
+        ));
         let (c, s) = (config, shutdown.clone());
-        tasks.spawn(async move {
-            ccm_projector::run(c, s).await.map_err(|e| format!("projector: {e:?}"))
-        });
+        tasks.spawn(report("projector", async move {
+            ccm_projector::run(c, s).await
+        }));
         let stack = Stack {
             api: format!("http://{addr}"),
             http: reqwest::Client::new(),
@@ -76,8 +79,13 @@ impl Stack {
 
     /// Creates a campaign and returns its id.
     pub async fn campaign(&self, name: &str) -> u64 {
-        let (status, body) =
-            self.send(reqwest::Method::POST, "/api/v1/campaigns", json!({"name": name})).await;
+        let (status, body) = self
+            .send(
+                reqwest::Method::POST,
+                "/api/v1/campaigns",
+                json!({"name": name}),
+            )
+            .await;
         assert_eq!(status, 201, "{body}");
         body["id"].as_u64().expect("id")
     }
@@ -86,9 +94,24 @@ impl Stack {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         while let Some(result) = self.tasks.join_next().await {
-            result.expect("service task panicked").expect("service failed");
+            result
+                .expect("service task panicked")
+                .expect("service failed");
         }
     }
+}
+
+/// Runs a service and prints its error the moment it fails, so a test that then times out
+/// says why.
+async fn report<E: std::fmt::Debug>(
+    name: &'static str,
+    service: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), String> {
+    service.await.map_err(|e| {
+        let message = format!("{name} failed: {e:?}");
+        eprintln!("{message}");
+        message
+    })
 }
 
 impl Drop for Stack {

@@ -25,7 +25,11 @@ async fn a_call_travels_from_http_to_a_completed_row_in_postgres() {
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["status"], "QUEUED");
     assert_eq!(body["phone_number"], "+15550000001");
-    let call_id: uuid::Uuid = body["call_id"].as_str().expect("call_id").parse().expect("uuid");
+    let call_id: uuid::Uuid = body["call_id"]
+        .as_str()
+        .expect("call_id")
+        .parse()
+        .expect("uuid");
 
     let pg = env.pg().await.expect("postgres");
     let row = eventually(Duration::from_secs(20), || async {
@@ -41,8 +45,19 @@ async fn a_call_travels_from_http_to_a_completed_row_in_postgres() {
     })
     .await
     .expect("the call reaches COMPLETED in Postgres");
-    eprintln!("call completed in Postgres {:?} after it was accepted", started.elapsed());
-    assert_eq!(row, ("COMPLETED".into(), 1, Some("+15550000001".into()), campaign as i64));
+    eprintln!(
+        "call completed in Postgres {:?} after it was accepted",
+        started.elapsed()
+    );
+    assert_eq!(
+        row,
+        (
+            "COMPLETED".into(),
+            1,
+            Some("+15550000001".into()),
+            campaign as i64
+        )
+    );
 
     let history: Vec<String> = eventually(Duration::from_secs(10), || async {
         let kinds: Vec<String> = sqlx::query_scalar(
@@ -62,7 +77,12 @@ async fn a_call_travels_from_http_to_a_completed_row_in_postgres() {
     let js = env.jetstream().await.expect("jetstream");
     let active = js.get_key_value("active_calls").await.expect("bucket");
     let claim = eventually(Duration::from_secs(5), || async {
-        active.get("15550000001").await.expect("kv").is_none().then_some(())
+        active
+            .get("15550000001")
+            .await
+            .expect("kv")
+            .is_none()
+            .then_some(())
     })
     .await;
     assert!(claim.is_some(), "the active_calls claim is released");
@@ -91,8 +111,19 @@ async fn a_bad_phone_number_gets_400_with_a_reason_and_publishes_nothing() {
 
     let js = env.jetstream().await.expect("jetstream");
     let mut calls = js.get_stream("CALLS").await.expect("CALLS");
-    assert_eq!(calls.info().await.expect("info").state.messages, 0, "nothing published");
-    let mut claims = js.get_stream("KV_active_calls").await.expect("bucket stream");
-    assert_eq!(claims.info().await.expect("info").state.messages, 0, "no number claimed");
+    assert_eq!(
+        calls.info().await.expect("info").state.messages,
+        0,
+        "nothing published"
+    );
+    let mut claims = js
+        .get_stream("KV_active_calls")
+        .await
+        .expect("bucket stream");
+    assert_eq!(
+        claims.info().await.expect("info").state.messages,
+        0,
+        "no number claimed"
+    );
     stack.stop().await;
 }

@@ -1,0 +1,3 @@
+//! ccm-core against a real nats-server.
+
+mod provisioning;

@@ -1,0 +1,142 @@
+//! Provisioning is idempotent: create if absent, update compatible changes, report (never
+//! fix or delete) incompatible drift.
+
+use async_nats::jetstream::stream;
+use ccm_core::{
+    CampaignId,
+    config::StreamSettings,
+    topology::{Topology, names},
+};
+use ccm_tests::TestEnv;
+
+#[tokio::test]
+async fn provisioning_twice_changes_nothing_the_second_time() {
+    let env = TestEnv::start().await.expect("env");
+    let js = env.jetstream().await.expect("js");
+    let topology = Topology::load(&StreamSettings::default()).expect("topology");
+
+    let first = topology.provision(&js).await.expect("first");
+    assert_eq!(
+        first.created.len(),
+        topology.streams.len() + topology.consumers.len(),
+        "{first:?}"
+    );
+    assert!(
+        first.drift.is_empty() && first.updated.is_empty(),
+        "{first:?}"
+    );
+
+    let second = topology.provision(&js).await.expect("second");
+    assert!(
+        second.created.is_empty() && second.updated.is_empty(),
+        "{second:?}"
+    );
+    assert_eq!(second.unchanged.len(), first.created.len());
+
+    // The buckets open as KV stores although they were created as plain streams.
+    for bucket in [
+        names::KV_CAMPAIGNS,
+        names::KV_ACTIVE_CALLS,
+        names::KV_COUNTERS,
+    ] {
+        let kv = js.get_key_value(bucket).await.expect(bucket);
+        kv.put("probe", "1".into()).await.expect("put");
+        assert_eq!(
+            kv.get("probe").await.expect("get").as_deref(),
+            Some(&b"1"[..])
+        );
+    }
+}
+
+#[tokio::test]
+async fn compatible_changes_are_applied_in_place() {
+    let env = TestEnv::start().await.expect("env");
+    let js = env.jetstream().await.expect("js");
+    Topology::load(&StreamSettings::default())
+        .expect("t")
+        .provision(&js)
+        .await
+        .expect("p");
+
+    let longer = StreamSettings {
+        max_age_days: 14,
+        ..StreamSettings::default()
+    };
+    let report = Topology::load(&longer)
+        .expect("t")
+        .provision(&js)
+        .await
+        .expect("provision again");
+    assert!(
+        report.updated.contains(&"stream CALLS".to_owned()),
+        "{report:?}"
+    );
+    assert!(report.drift.is_empty(), "{report:?}");
+    let mut calls = js.get_stream(names::CALLS).await.expect("CALLS");
+    let max_age = calls.info().await.expect("info").config.max_age;
+    assert_eq!(max_age, std::time::Duration::from_secs(14 * 86_400));
+}
+
+#[tokio::test]
+async fn incompatible_drift_is_reported_and_left_alone() {
+    let env = TestEnv::start().await.expect("env");
+    let js = env.jetstream().await.expect("js");
+    // Someone created RETRIES by hand with the wrong retention and a message in it.
+    js.create_stream(stream::Config {
+        name: names::RETRIES.into(),
+        subjects: vec!["calls.retry.>".into()],
+        retention: stream::RetentionPolicy::Limits,
+        ..Default::default()
+    })
+    .await
+    .expect("create by hand");
+    js.publish("calls.retry.1", "keep me".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+
+    let topology = Topology::load(&StreamSettings::default()).expect("topology");
+    let report = topology.provision(&js).await.expect("provision");
+    let drift: Vec<_> = report
+        .drift
+        .iter()
+        .filter(|d| d.object == "stream RETRIES")
+        .collect();
+    assert_eq!(drift.len(), 1, "{report:?}");
+    assert_eq!(drift[0].field, "retention");
+
+    let mut retries = js.get_stream(names::RETRIES).await.expect("still there");
+    let info = retries.info().await.expect("info");
+    assert_eq!(
+        info.config.retention,
+        stream::RetentionPolicy::Limits,
+        "not changed"
+    );
+    assert_eq!(info.state.messages, 1, "nothing deleted");
+}
+
+#[tokio::test]
+async fn a_campaigns_dial_consumer_follows_its_cap() {
+    let env = TestEnv::start().await.expect("env");
+    let js = env.jetstream().await.expect("js");
+    let topology = Topology::load(&StreamSettings::default()).expect("topology");
+    topology.provision(&js).await.expect("provision");
+    let campaign = CampaignId::new(5).expect("id");
+
+    let created = topology
+        .ensure_dial_consumer(&js, campaign, 20)
+        .await
+        .expect("create");
+    assert_eq!(created.created, vec!["consumer CALLS/dial_5".to_owned()]);
+    let updated = topology
+        .ensure_dial_consumer(&js, campaign, 7)
+        .await
+        .expect("update");
+    assert_eq!(updated.updated, vec!["consumer CALLS/dial_5".to_owned()]);
+
+    let stream = js.get_stream(names::CALLS).await.expect("CALLS");
+    let info = stream.consumer_info("dial_5").await.expect("consumer");
+    assert_eq!(info.config.max_ack_pending, 7);
+    assert_eq!(info.config.filter_subject, "calls.dial.5");
+}

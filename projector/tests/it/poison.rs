@@ -1,0 +1,118 @@
+//! A message that cannot be applied does not hold up the ones behind it.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+use ccm_core::{CallEvent, CallId, CampaignId, EventKind};
+use ccm_tests::TestEnv;
+use chrono::Utc;
+use futures::StreamExt;
+
+use crate::support::{self, Published, Running};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_events_do_not_block_later_events_and_reach_the_advisory_stream() {
+    let env = TestEnv::start().await.expect("test env");
+    env.provision().await.expect("provision");
+    let js = env.jetstream().await.expect("jetstream");
+    let pool = env.pg().await.expect("pg");
+
+    let good_before = support::lives(20, 4, Utc::now());
+    support::publish_all(&js, &good_before).await;
+    // Not JSON at all, and valid JSON that Postgres refuses (a NUL character in jsonb).
+    let garbage = CallId::new();
+    let refused = CallEvent {
+        call_id: CallId::new(),
+        campaign_id: CampaignId::new(4).expect("id"),
+        attempt: 1,
+        at: Utc::now(),
+        kind: EventKind::Failed {
+            reason: "nul \u{0} inside".into(),
+        },
+    };
+    let poison = [
+        Published {
+            subject: format!("calls.event.4.{garbage}"),
+            msg_id: format!("{garbage}/1/garbage"),
+            payload: b"{not json".to_vec(),
+        },
+        Published {
+            subject: refused.subject(),
+            msg_id: refused.msg_id(),
+            payload: serde_json::to_vec(&refused).expect("encode"),
+        },
+    ];
+    let mut poison_seqs = Vec::new();
+    for p in &poison {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(p.payload.clone().into())
+            .message_id(&p.msg_id);
+        let ack = js
+            .send_publish(p.subject.clone(), publish)
+            .await
+            .expect("publish");
+        poison_seqs.push(ack.await.expect("ack").sequence);
+    }
+    let good_after = support::lives(20, 4, Utc::now());
+    support::publish_all(&js, &good_after).await;
+
+    let projector = Running::start(support::config(&env));
+    let good = good_before.len() + good_after.len();
+    // Every good message is projected although the poison ones sit in the middle.
+    support::wait_for_rows(&pool, good, Duration::from_secs(30)).await;
+
+    // Each poison message is offered `max_deliver` (10) times, 100 ms apart, then the server
+    // gives up and its MAX_DELIVERIES advisory is captured in ADVISORIES for the retrier.
+    let advisories = js
+        .get_stream("ADVISORIES")
+        .await
+        .expect("advisories stream");
+    let consumer = advisories
+        .create_consumer(pull::Config {
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer
+        .stream()
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .expect("messages");
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < poison_seqs.len() {
+        let next = tokio::time::timeout_at(deadline, messages.next()).await;
+        let Ok(Some(Ok(message))) = next else { break };
+        let advisory: serde_json::Value =
+            serde_json::from_slice(&message.payload).expect("advisory json");
+        if advisory["consumer"] == "projector_events" {
+            seen.push(advisory["stream_seq"].as_u64().expect("stream_seq"));
+            assert!(advisory["deliveries"].as_u64().expect("deliveries") >= 10);
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen, poison_seqs,
+        "no max-deliveries advisory for the poison messages"
+    );
+
+    // Later good events keep flowing after the poison is given up on.
+    let later = support::lives(10, 4, Utc::now());
+    support::publish_all(&js, &later).await;
+    support::wait_for_rows(&pool, good + later.len(), Duration::from_secs(30)).await;
+    let poisoned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM call_events WHERE stream = 'CALL_EVENTS' AND seq = ANY($1)",
+    )
+    .bind(
+        poison_seqs
+            .iter()
+            .map(|s| i64::try_from(*s).expect("seq"))
+            .collect::<Vec<_>>(),
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("query");
+    assert_eq!(poisoned, 0);
+    projector.stop().await;
+}
