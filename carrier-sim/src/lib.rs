@@ -78,25 +78,25 @@ pub struct SimConfig {
     )]
     pub twilio_auth_token: String,
     /// Share of placement requests answered 503 without placing anything (0 to 1).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub error_rate: f64,
     /// The first this many placement requests are answered 503 (a deterministic outage).
     #[arg(long, default_value_t = 0)]
     pub fail_first: u64,
     /// Share of placement requests refused with 400 (the number is "unreachable").
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub reject_rate: f64,
     /// Added latency of every placement response, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
     /// Share of final callbacks never sent.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub drop_rate: f64,
     /// Share of final callbacks sent twice.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub duplicate_rate: f64,
     /// Share of calls whose callbacks are sent out of order (final status before ringing).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub reorder_rate: f64,
 }
 
@@ -133,6 +133,14 @@ impl SimConfig {
             rand::rng().random_range(0..=self.call_jitter_ms)
         };
         Duration::from_millis(self.call_ms + jitter)
+    }
+}
+
+/// A share between 0 and 1, for the fault flags.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("{text} is not a share between 0 and 1")),
     }
 }
 
