@@ -29,7 +29,8 @@ pub struct Placement {
 /// Why a placement failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CarrierError {
-    /// The carrier could not be reached or answered 5xx: the call was certainly not placed.
+    /// The carrier could not be reached, answered 5xx, or refused our credentials: the call
+    /// was certainly not placed.
     /// A technical failure, retried by redelivery and dead-lettered after `max_deliver`.
     #[error("carrier unavailable: {0}")]
     Unavailable(String),
@@ -90,7 +91,11 @@ pub(crate) fn classify_send_error(e: &reqwest::Error) -> CarrierError {
     }
 }
 
-/// Sorts a carrier's non-success answer: 5xx and 429 are unavailability, other 4xx refusal.
+/// Sorts a carrier's non-success answer. 5xx, 408 and 429 are unavailability. So are 401,
+/// 403 and 404: they say our credentials or account are wrong, not that this call is, and
+/// ending every call of a campaign FAILED for a configuration mistake would burn its
+/// attempts; redelivery and then the DLQ keep them for a redrive once it is fixed. Any other
+/// 4xx refuses this call.
 pub(crate) async fn classify_status(response: reqwest::Response) -> CarrierError {
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
@@ -109,7 +114,15 @@ pub(crate) async fn classify_status(response: reqwest::Response) -> CarrierError
         status.as_u16(),
         reason.chars().take(300).collect::<String>()
     );
-    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+    use reqwest::StatusCode;
+    let technical = [
+        StatusCode::UNAUTHORIZED,
+        StatusCode::FORBIDDEN,
+        StatusCode::NOT_FOUND,
+        StatusCode::REQUEST_TIMEOUT,
+        StatusCode::TOO_MANY_REQUESTS,
+    ];
+    if status.is_server_error() || technical.contains(&status) {
         CarrierError::Unavailable(reason)
     } else {
         CarrierError::Rejected(reason)

@@ -189,9 +189,10 @@ async fn the_twilio_adapter_authenticates_and_names_the_attempt_in_its_callback(
         ..config
     })
     .expect("adapter");
+    // Wrong credentials are the dialer's problem, not the call's: redelivered, not FAILED.
     let err = wrong.place(&request(), &campaign()).await.expect_err("401");
     assert!(
-        matches!(&err, CarrierError::Rejected(r) if r.starts_with("401")),
+        matches!(&err, CarrierError::Unavailable(r) if r.starts_with("401")),
         "{err:?}"
     );
 }
