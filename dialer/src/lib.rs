@@ -281,16 +281,28 @@ impl Supervisor<'_> {
         Ok(())
     }
 
-    /// The campaign is gone: stop its worker and remove its consumer.
+    /// The campaign is gone: stop its worker and remove its consumer, unless calls still
+    /// wait on it (removing it then would strand them; they stay until an operator acts).
     async fn remove(&mut self, id: CampaignId) {
         if let Some(stop) = self.workers.remove(&id).and_then(|k| k.stop) {
             stop.cancel();
         }
         let name = ccm_core::subjects::dial_consumer(id);
-        if let Ok(stream) = self.js.get_stream(names::CALLS).await {
-            if let Err(e) = stream.delete_consumer(&name).await {
-                tracing::debug!(%id, error = %e, "dial consumer not removed");
+        let Ok(stream) = self.js.get_stream(names::CALLS).await else {
+            return;
+        };
+        match stream.consumer_info(&name).await {
+            Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => {
+                if let Err(e) = stream.delete_consumer(&name).await {
+                    tracing::debug!(%id, error = %e, "dial consumer not removed");
+                }
             }
+            Ok(info) => tracing::warn!(
+                %id,
+                queued = info.num_pending + info.num_ack_pending as u64,
+                "campaign deleted with calls still queued; its dial consumer is kept"
+            ),
+            Err(e) => tracing::debug!(%id, error = %e, "no dial consumer to remove"),
         }
     }
 }

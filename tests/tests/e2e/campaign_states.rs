@@ -216,3 +216,49 @@ async fn campaigns_share_a_small_trunk_fairly() {
     dialer.stop().await;
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_campaign_loses_its_consumer_only_when_nothing_waits_on_it() {
+    let env = TestEnv::start().await.expect("test environment");
+    let stack = CarrierStack::start(&env, ccm_carrier_sim::SimConfig::default()).await;
+    let dialer = Dialer::start(stack.config.clone());
+    let empty = stack.campaign(5).await;
+    let busy = stack.campaign(5).await;
+    let js = env.jetstream().await.expect("jetstream");
+    let campaigns = js.get_key_value("campaigns").await.expect("bucket");
+    update(&campaigns, busy, |c| {
+        c["state"] = "paused".into();
+        c["max_concurrent_calls"] = 2.into();
+    })
+    .await;
+    consumer_cap(&env, busy, 2).await;
+    stack.calls(busy, 1).await;
+
+    // The busy one first: the watch applies changes in order, so once the empty one's
+    // consumer is gone the busy one's deletion has been handled too.
+    campaigns.delete(busy.to_string()).await.expect("delete");
+    campaigns.delete(empty.to_string()).await.expect("delete");
+    let calls = js.get_stream("CALLS").await.expect("stream");
+    let removed = eventually(Duration::from_secs(10), || async {
+        calls
+            .consumer_info(format!("dial_{empty}"))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        removed.is_some(),
+        "the empty campaign's consumer is removed"
+    );
+    let kept = calls
+        .consumer_info(format!("dial_{busy}"))
+        .await
+        .expect("kept");
+    assert_eq!(
+        kept.num_pending, 1,
+        "the queued call still waits on its consumer"
+    );
+    dialer.stop().await;
+    stack.stop().await;
+}
