@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::CampaignId;
+use crate::{ids::CampaignId, policy::PolicyOverride};
 
 /// Where a campaign is in its life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +36,9 @@ pub struct Campaign {
     pub max_concurrent_calls: u32,
     /// Attempts per call, including the first.
     pub max_attempts: u32,
+    /// Changes to the global retry policy for this campaign's calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<PolicyOverride>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -43,6 +43,27 @@ impl DialRequest {
     }
 }
 
+/// A call attempt due later, waiting in `RETRIES` (subject `calls.retry.<campaign>`) until
+/// the retrier re-publishes its dial request to `CALLS` at `due_at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryEntry {
+    pub due_at: DateTime<Utc>,
+    /// The attempt to publish when due (already numbered n+1).
+    pub request: DialRequest,
+}
+
+impl RetryEntry {
+    /// The subject of the entry.
+    pub fn subject(&self) -> String {
+        subjects::retry(self.request.campaign_id)
+    }
+
+    /// `<call>/<attempt>/retry`: one entry per scheduled attempt, whoever schedules it.
+    pub fn msg_id(&self) -> String {
+        subjects::event_msg_id(self.request.call_id, self.request.attempt, "retry")
+    }
+}
+
 /// Where an outcome came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -11,6 +11,9 @@
 //!   idempotent provisioning.
 //! - [`nats`]: connecting and publishing with `Nats-Msg-Id`.
 //! - [`metrics`]: the Prometheus recorder and a minimal `/metrics` server.
+//! - [`policy`]: the YAML retry policy (the old system's format plus extensions) and the
+//!   pure retry decision.
+//! - [`dlq`]: dead letters as stored in `DLQ`, and the operator's actions on them.
 //! - [`config`], [`telemetry`], [`service`]: layered configuration, `tracing` set-up, and
 //!   the command line and shutdown signal every binary shares.
 //! - [`twilio`]: Twilio's request signature and call statuses, shared by the dialer's
@@ -20,11 +23,13 @@
 
 pub mod campaign;
 pub mod config;
+pub mod dlq;
 pub mod events;
 pub mod ids;
 pub mod metrics;
 pub mod nats;
 pub mod phone;
+pub mod policy;
 pub mod service;
 pub mod status;
 pub mod subjects;
@@ -34,7 +39,8 @@ pub mod twilio;
 
 pub use campaign::{Campaign, CampaignState};
 pub use config::Config;
-pub use events::{CallEvent, DialRequest, EventKind, OutcomeSource};
+pub use events::{CallEvent, DialRequest, EventKind, OutcomeSource, RetryEntry};
 pub use ids::{CallId, CampaignId};
 pub use phone::{PhoneNumber, PhoneRule};
+pub use policy::{PolicyOverride, RetryPolicy};
 pub use status::{CallStatus, OutcomeStatus};

@@ -90,6 +90,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/calls", post(routes::calls::create))
         .route("/api/v1/campaigns", post(routes::campaigns::create))
         .route("/api/v1/campaigns/{id}", get(routes::campaigns::get))
+        .route("/api/v1/dead-letters", get(routes::dlq::list))
+        .route(
+            "/api/v1/dead-letters/{seq}",
+            get(routes::dlq::show).delete(routes::dlq::discard),
+        )
+        .route(
+            "/api/v1/dead-letters/{seq}/redrive",
+            post(routes::dlq::redrive),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -1,71 +1,215 @@
 //! # ccm-retrier
 //!
-//! Decides what happens to a call after each carrier outcome.
+//! Decides what happens to a call after each carrier outcome, holds retries until they are
+//! due, and keeps dead letters.
 //!
-//! - [`run`] consumes the `retrier_outcomes` consumer (`calls.outcome.>` on `CALL_EVENTS`).
-//! - [`outcome`] turns an outcome into the next lifecycle event and releases the number's
-//!   `active_calls` claim when the call ends.
+//! [`run`] loads the retry policy (`retrier.policy_file`) and consumes three durable
+//! consumers, each with bounded concurrency, so several replicas share the work:
+//!
+//! - `retrier_outcomes` (`calls.outcome.>`): [`outcome`] applies the policy: `Completed`,
+//!   `Retrying` plus an entry in `RETRIES`, or `Failed`; terminal states release the number's
+//!   `active_calls` claim. [`history`] reads the call's past from `CALL_EVENTS`.
+//! - `retrier_retries` (`RETRIES`): [`retries`] delays each entry until due, then publishes
+//!   attempt n+1 to `CALLS`.
+//! - `retrier_advisories` (`ADVISORIES`): [`advisories`] moves messages that exhausted
+//!   `max_deliver` into `DLQ`.
+//!
+//! [`dlq`] also holds the operator's actions (list, show, redrive, discard) that the
+//! `ccm-retrier dlq` subcommands run.
 
+pub mod advisories;
+pub mod dlq;
+pub mod history;
 pub mod outcome;
+pub mod retries;
 
-use std::time::Duration;
+use std::{future::Future, sync::Arc, time::Duration};
 
+use async_nats::jetstream::{self, Message, consumer::PullConsumer, kv};
 use ccm_core::{
-    Config,
+    Config, RetryPolicy,
+    policy::PolicyError,
     topology::{Topology, names},
 };
 use futures::StreamExt;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-
-use crate::outcome::OutcomeContext;
 
 /// Why the retrier stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RetrierError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     #[error(transparent)]
     Nats(#[from] ccm_core::nats::NatsError),
     #[error(transparent)]
     Topology(#[from] ccm_core::topology::TopologyError),
     #[error("cannot open {0}")]
     Open(&'static str, #[source] async_nats::Error),
+    #[error("a retrier task failed")]
+    Task(#[source] tokio::task::JoinError),
 }
 
-/// Runs the retrier until `shutdown` is cancelled.
+/// What the retrier's handlers share.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub js: jetstream::Context,
+    pub events: jetstream::stream::Stream,
+    pub active_calls: kv::Store,
+    pub campaigns: kv::Store,
+    pub policy: RetryPolicy,
+}
+
+impl Shared {
+    /// Opens what the handlers use, on a provisioned topology.
+    pub async fn open(js: jetstream::Context, policy: RetryPolicy) -> Result<Self, RetrierError> {
+        Ok(Self {
+            events: js
+                .get_stream(names::CALL_EVENTS)
+                .await
+                .map_err(|e| RetrierError::Open(names::CALL_EVENTS, e.into()))?,
+            active_calls: ccm_core::nats::bucket(&js, names::KV_ACTIVE_CALLS).await?,
+            campaigns: ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS).await?,
+            js,
+            policy,
+        })
+    }
+}
+
+/// Outcomes and advisories handled at once by one replica.
+const HANDLERS: usize = 64;
+
+/// How long a pull request waits for messages. Short, so shutdown is never held up long.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// Runs the retrier until `shutdown` is cancelled. A bad policy file stops it at start.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RetrierError> {
+    let policy = RetryPolicy::load(&config.retrier.policy_file)?;
     let client = ccm_core::nats::connect(&config.nats_url, "retrier").await?;
     let js = ccm_core::nats::jetstream(client.clone());
     Topology::load(&config.streams)?.provision(&js).await?;
-    let ctx = OutcomeContext {
-        events: js
-            .get_stream(names::CALL_EVENTS)
-            .await
-            .map_err(|e| RetrierError::Open(names::CALL_EVENTS, e.into()))?,
-        active_calls: ccm_core::nats::bucket(&js, names::KV_ACTIVE_CALLS).await?,
-        js: js.clone(),
-    };
-    let consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_consumer_from_stream("retrier_outcomes", names::CALL_EVENTS)
-        .await
-        .map_err(|e| RetrierError::Open("retrier_outcomes", e.into()))?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(500)
-        .expires(Duration::from_secs(5))
-        .messages()
-        .await
-        .map_err(|e| RetrierError::Open("retrier_outcomes", e.into()))?;
-    tracing::info!("retrier running");
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            next = messages.next() => next,
+    let ctx = Arc::new(Shared::open(js, policy).await?);
+    let mut tasks = JoinSet::new();
+    let (c, s) = (ctx.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        let pull = Pull {
+            consumer: "retrier_outcomes",
+            stream: names::CALL_EVENTS,
+            batch: HANDLERS,
+            concurrency: HANDLERS,
         };
-        match next {
-            Some(Ok(message)) => outcome::handle(&ctx, message).await,
-            Some(Err(e)) => tracing::warn!(error = %e, "pull error"),
-            None => break,
+        consume(c, s, pull, |ctx, m| async move {
+            outcome::handle(&ctx, m).await
+        })
+        .await
+    });
+    let (c, s) = (ctx.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        let pull = Pull {
+            consumer: "retrier_advisories",
+            stream: names::ADVISORIES,
+            batch: HANDLERS,
+            concurrency: HANDLERS,
+        };
+        consume(c, s, pull, |ctx, m| async move {
+            advisories::handle(&ctx, m).await
+        })
+        .await
+    });
+    let (c, s) = (ctx.clone(), shutdown.clone());
+    tasks.spawn(retries::run(c, s));
+    tracing::info!(policy = %config.retrier.policy_file.display(), "retrier running");
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let outcome = joined.map_err(RetrierError::Task).and_then(|r| r);
+        if let Err(e) = outcome {
+            // One loop failing stops the others: a replica that half works hides the fault.
+            shutdown.cancel();
+            if result.is_ok() {
+                result = Err(e);
+            }
         }
     }
     let _ = client.drain().await;
+    result
+}
+
+/// How a consumer is pulled.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pull {
+    pub consumer: &'static str,
+    pub stream: &'static str,
+    /// Messages per pull request.
+    pub batch: usize,
+    /// Handlers running at once.
+    pub concurrency: usize,
+}
+
+/// Pulls from a durable consumer and runs `handler` on each message, at most
+/// `pull.concurrency` at a time, until `shutdown`; then waits for the handlers in flight.
+///
+/// Pulls are explicit batches with a short `expires`, each read to its end: on shutdown the
+/// last batch is finished and what it still brings is NAKed, so no message is left buffered
+/// in a stopped client, invisible to other replicas until its `ack_wait` runs out.
+pub(crate) async fn consume<F, Fut>(
+    ctx: Arc<Shared>,
+    shutdown: CancellationToken,
+    pull: Pull,
+    handler: F,
+) -> Result<(), RetrierError>
+where
+    F: Fn(Arc<Shared>, Message) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let consumer: PullConsumer = ctx
+        .js
+        .get_consumer_from_stream(pull.consumer, pull.stream)
+        .await
+        .map_err(|e| RetrierError::Open(pull.consumer, e.into()))?;
+    let limit = Arc::new(tokio::sync::Semaphore::new(pull.concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    while !shutdown.is_cancelled() {
+        let batch = consumer
+            .fetch()
+            .max_messages(pull.batch.max(1))
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(consumer = pull.consumer, error = %e, "pull failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        while let Some(message) = batch.next().await {
+            let message = match message {
+                Ok(message) => message,
+                Err(e) => {
+                    tracing::warn!(consumer = pull.consumer, error = %e, "pull error");
+                    continue;
+                }
+            };
+            if shutdown.is_cancelled() {
+                let _ = message
+                    .ack_with(async_nats::jetstream::AckKind::Nak(None))
+                    .await;
+                continue;
+            }
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                break;
+            };
+            let work = handler(ctx.clone(), message);
+            tasks.spawn(async move {
+                work.await;
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+    }
+    while tasks.join_next().await.is_some() {}
     Ok(())
 }

@@ -1,26 +1,36 @@
-//! Turning a carrier outcome into the call's next state.
+//! Turning a carrier outcome into the call's next state, by the retry policy.
 //!
-//! This is the walking skeleton's decision: PICKED completes the call; any other outcome ends
-//! it FAILED, naming the outcome, because the YAML retry policy is not applied yet. On every
-//! terminal state the number's `active_calls` claim is released.
+//! PICKED completes the call. A retryable outcome with attempts left schedules attempt n+1:
+//! first an entry in `RETRIES` (due at the policy's time), then a `Retrying` event that shows
+//! it. Anything else ends the call `FAILED` with the reason. Every terminal state releases the
+//! number's `active_calls` claim.
+//!
+//! Handling is idempotent: the call's history is read first, and an attempt that already has
+//! its retry or terminal event is not decided again (a redelivered outcome only repeats the
+//! claim release). Publishes carry de-duplication ids, so a crash between two of them is
+//! repaired by the redelivery.
 
-use async_nats::jetstream::{self, AckKind, Message, kv};
-use ccm_core::{CallEvent, CallId, EventKind, OutcomeStatus, PhoneNumber, subjects};
+use std::hash::{Hash, Hasher};
+
+use async_nats::jetstream::{AckKind, Message, kv};
+use ccm_core::{
+    CallEvent, CallId, Campaign, DialRequest, EventKind, OutcomeStatus, PhoneNumber, RetryEntry,
+    policy::Decision,
+};
 use chrono::Utc;
 
-/// What handling an outcome needs.
-#[derive(Debug, Clone)]
-pub struct OutcomeContext {
-    pub js: jetstream::Context,
-    pub events: jetstream::stream::Stream,
-    pub active_calls: kv::Store,
-}
+use crate::{
+    Shared,
+    history::{CallHistory, HistoryError},
+};
 
 /// Why an outcome could not be handled now (it is redelivered).
 #[derive(Debug, thiserror::Error)]
 pub enum OutcomeError {
-    #[error("cannot read the call's events")]
-    Read(#[source] async_nats::Error),
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error("cannot read campaign {0}")]
+    Campaign(String, #[source] async_nats::Error),
     #[error(transparent)]
     Publish(#[from] ccm_core::nats::NatsError),
     #[error("cannot release the number's claim")]
@@ -28,10 +38,11 @@ pub enum OutcomeError {
 }
 
 /// Handles one outcome message and acknowledges it.
-pub async fn handle(ctx: &OutcomeContext, message: Message) {
+pub async fn handle(ctx: &Shared, message: Message) {
     let outcome: CallEvent = match serde_json::from_slice(&message.payload) {
         Ok(event) => event,
         Err(e) => {
+            // Left to exhaust max_deliver, so the advisory moves it to the DLQ intact.
             tracing::warn!(error = %e, subject = %message.subject, "undecodable outcome");
             let _ = message
                 .ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(5))))
@@ -54,51 +65,137 @@ pub async fn handle(ctx: &OutcomeContext, message: Message) {
     }
 }
 
-async fn decide(ctx: &OutcomeContext, outcome: &CallEvent) -> Result<(), OutcomeError> {
+async fn decide(ctx: &Shared, outcome: &CallEvent) -> Result<(), OutcomeError> {
     let EventKind::Outcome { status, reason, .. } = &outcome.kind else {
         return Ok(());
     };
-    let kind = match status {
-        OutcomeStatus::Picked => EventKind::Completed,
-        other => EventKind::Failed {
-            reason: reason
-                .clone()
-                .unwrap_or_else(|| format!("call ended {other}")),
+    let history = CallHistory::read(&ctx.events, outcome.campaign_id, outcome.call_id).await?;
+    let facts = history.facts();
+    if history.settled(outcome.attempt).is_some() {
+        // Decided before (this is a redelivery, or a stale outcome of an earlier attempt).
+        // Only when the call still ends with this attempt is the release repeated: a call
+        // redriven since holds its number again.
+        let last = history.events.last();
+        if last.is_some_and(|e| e.kind.is_terminal() && e.attempt == outcome.attempt) {
+            if let Some(facts) = &facts {
+                release(&ctx.active_calls, &facts.phone_number, outcome.call_id).await?;
+            }
+        }
+        return Ok(());
+    }
+    let campaign = campaign(&ctx.campaigns, outcome).await?;
+    let policy = ctx
+        .policy
+        .with_override(campaign.as_ref().and_then(|c| c.retry_policy.as_ref()));
+    let max_attempts = facts
+        .as_ref()
+        .map(|f| f.max_attempts)
+        .or(campaign.as_ref().map(|c| c.max_attempts))
+        .unwrap_or(0);
+    let mut outcomes = history.outcomes.clone();
+    if !outcomes.iter().any(|o| o.attempt == outcome.attempt) {
+        outcomes.push(ccm_core::policy::PastOutcome {
+            attempt: outcome.attempt,
+            status: *status,
+            at: outcome.at,
+        });
+    }
+    let now = Utc::now();
+    let decision = policy.decide(
+        *status,
+        outcome.attempt,
+        max_attempts,
+        &outcomes,
+        now,
+        jitter_sample(outcome.call_id, outcome.attempt),
+    );
+    let kind = match decision {
+        Decision::Complete => EventKind::Completed,
+        Decision::Retry { at, reason: why } => match &facts {
+            Some(facts) => {
+                let entry = RetryEntry {
+                    due_at: at,
+                    request: DialRequest {
+                        call_id: outcome.call_id,
+                        campaign_id: outcome.campaign_id,
+                        phone_number: facts.phone_number.clone(),
+                        attempt: outcome.attempt + 1,
+                        max_attempts: facts.max_attempts,
+                        created_at: facts.created_at,
+                        queued_at: at,
+                    },
+                };
+                // The entry first: a Retrying event always has its entry behind it.
+                ccm_core::nats::publish_json(
+                    &ctx.js,
+                    entry.subject(),
+                    &entry.msg_id(),
+                    None,
+                    &entry,
+                )
+                .await?;
+                EventKind::Retrying {
+                    next_retry_at: at,
+                    reason: why,
+                }
+            }
+            None => EventKind::Failed {
+                reason: "Cannot retry: the call's Dialing event (its phone number) is missing"
+                    .into(),
+            },
+        },
+        Decision::Fail { reason: why } => EventKind::Failed {
+            reason: match (status, reason) {
+                (OutcomeStatus::Failed, Some(carrier)) => format!("{why}: {carrier}"),
+                _ => why,
+            },
         },
     };
+    let terminal = kind.is_terminal();
     let event = CallEvent {
         call_id: outcome.call_id,
         campaign_id: outcome.campaign_id,
         attempt: outcome.attempt,
-        at: Utc::now(),
+        at: now,
         kind,
     };
-    // The phone number is on the attempt's Dialing event, the latest lifecycle event until the
-    // terminal one is published.
-    let phone = dialing_phone(ctx, outcome).await?;
     ccm_core::nats::publish_event(&ctx.js, &event).await?;
-    if let Some(phone) = phone {
-        release(&ctx.active_calls, &phone, outcome.call_id).await?;
+    tracing::info!(call = %event.call_id, attempt = event.attempt, kind = event.kind.name(),
+        "outcome {status} decided");
+    if terminal {
+        if let Some(facts) = &facts {
+            release(&ctx.active_calls, &facts.phone_number, outcome.call_id).await?;
+        }
     }
     Ok(())
 }
 
-async fn dialing_phone(
-    ctx: &OutcomeContext,
+/// The campaign document, for its policy override and attempt limit.
+async fn campaign(
+    campaigns: &kv::Store,
     outcome: &CallEvent,
-) -> Result<Option<PhoneNumber>, OutcomeError> {
-    use jetstream::stream::DirectGetErrorKind;
-    let subject = subjects::event(outcome.campaign_id, outcome.call_id);
-    match ctx.events.direct_get_last_for_subject(subject).await {
-        Ok(message) => Ok(serde_json::from_slice::<CallEvent>(&message.payload)
-            .ok()
-            .and_then(|e| match e.kind {
-                EventKind::Dialing { phone_number, .. } => Some(phone_number),
-                _ => None,
-            })),
-        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-        Err(e) => Err(OutcomeError::Read(e.into())),
-    }
+) -> Result<Option<Campaign>, OutcomeError> {
+    let key = outcome.campaign_id.to_string();
+    let value = campaigns
+        .get(key.clone())
+        .await
+        .map_err(|e| OutcomeError::Campaign(key.clone(), e.into()))?;
+    Ok(value.and_then(|v| match serde_json::from_slice(&v) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(campaign = %key, error = %e, "undecodable campaign; global policy");
+            None
+        }
+    }))
+}
+
+/// A value in `-1.0..=1.0` fixed by the call and attempt, so a redelivered outcome computes
+/// the same jitter as the first delivery did.
+pub fn jitter_sample(call: CallId, attempt: u32) -> f64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    call.hash(&mut hasher);
+    attempt.hash(&mut hasher);
+    (hasher.finish() as f64 / u64::MAX as f64) * 2.0 - 1.0
 }
 
 /// Releases the claim on `phone` if this call still holds it.
@@ -127,5 +224,21 @@ pub async fn release(
             tracing::debug!(error = %e, "claim changed before release");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_samples_are_fixed_per_attempt_and_spread_over_the_range() {
+        let call = CallId::new();
+        assert_eq!(jitter_sample(call, 1), jitter_sample(call, 1));
+        let samples: Vec<f64> = (0..2000).map(|n| jitter_sample(CallId::new(), n)).collect();
+        assert!(samples.iter().all(|s| (-1.0..=1.0).contains(s)));
+        assert!(samples.iter().any(|s| *s < -0.9) && samples.iter().any(|s| *s > 0.9));
+        let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+        assert!(mean.abs() < 0.1, "centred: {mean}");
     }
 }

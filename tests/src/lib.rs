@@ -177,6 +177,9 @@ impl TestEnv {
         config.ingest.listen = ([127, 0, 0, 1], 0).into();
         config.ingest.auth_tokens = vec![Secret::new(TEST_TOKEN)];
         config.dialer.max_call_duration_secs = 30;
+        // The shipped policy, found wherever the test runs from.
+        config.retrier.policy_file =
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../config/retry.yaml").into();
         config
     }
 

@@ -30,6 +30,8 @@ pub struct NewCampaign {
     pub max_concurrent_calls: Option<u32>,
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub retry_policy: Option<ccm_core::PolicyOverride>,
 }
 
 /// Creates a campaign: stores it in the `campaigns` bucket and creates its dial consumer, so
@@ -67,6 +69,7 @@ pub async fn create(
         state: CampaignState::Active,
         max_concurrent_calls,
         max_attempts,
+        retry_policy: body.retry_policy,
         created_at: now,
         updated_at: now,
     };

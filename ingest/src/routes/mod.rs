@@ -3,3 +3,4 @@
 pub mod callbacks;
 pub mod calls;
 pub mod campaigns;
+pub mod dlq;

@@ -3,5 +3,6 @@
 mod campaign_states;
 mod carrier_stack;
 mod carriers;
+mod retries;
 mod stack;
 mod walking_skeleton;

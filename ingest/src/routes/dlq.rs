@@ -1,0 +1,131 @@
+//! Dead letters: `GET /api/v1/dead-letters` (filters `stream`, `campaign`, `call`, `after`,
+//! `limit`), `GET /api/v1/dead-letters/{seq}`, `POST /api/v1/dead-letters/{seq}/redrive` and
+//! `DELETE /api/v1/dead-letters/{seq}` (discard). The actions are those of
+//! [`ccm_core::dlq`], which `ccm-retrier dlq` runs too; each is recorded as an event of the
+//! letter's call.
+
+use axum::extract::{Path, Query, State};
+use ccm_core::{
+    CallId, CampaignId,
+    dlq::{DeadLetter, Dlq, DlqError, Filter, Redriven},
+};
+use serde::Deserialize;
+
+use crate::{
+    AppState,
+    error::{ApiJson, AppError},
+};
+
+/// Most letters one list returns.
+const MAX_LIMIT: usize = 1000;
+
+/// The list's query string; ids are parsed here so a bad one is a 400 with its reason.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub stream: Option<String>,
+    pub campaign: Option<String>,
+    pub call: Option<String>,
+    pub after: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+/// Lists letters, oldest first.
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<ApiJson<Vec<DeadLetter>>, AppError> {
+    let Query(query) = query.map_err(|e| AppError::bad_request("invalid_query", e.body_text()))?;
+    let campaign = query
+        .campaign
+        .map(|c| c.parse::<CampaignId>())
+        .transpose()
+        .map_err(|e| AppError::bad_request("invalid_id", e.to_string()))?;
+    let call = query
+        .call
+        .map(|c| c.parse::<CallId>())
+        .transpose()
+        .map_err(|e| AppError::bad_request("invalid_id", e.to_string()))?;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(AppError::bad_request(
+            "invalid_limit",
+            format!("limit must be 1 to {MAX_LIMIT}"),
+        ));
+    }
+    if query
+        .stream
+        .as_deref()
+        .is_some_and(|s| s.is_empty() || s.contains(['.', '*', '>', ' ']))
+    {
+        return Err(AppError::bad_request(
+            "invalid_stream",
+            "stream must be a stream name",
+        ));
+    }
+    let filter = Filter {
+        stream: query.stream,
+        campaign,
+        call,
+        after: query.after,
+        limit,
+    };
+    let letters = open(&state).await?.list(&filter).await.map_err(problem)?;
+    Ok(ApiJson(letters))
+}
+
+/// One letter.
+pub async fn show(
+    State(state): State<AppState>,
+    Path(seq): Path<String>,
+) -> Result<ApiJson<DeadLetter>, AppError> {
+    let seq = parse_seq(&seq)?;
+    Ok(ApiJson(
+        open(&state).await?.show(seq).await.map_err(problem)?,
+    ))
+}
+
+/// Re-publishes a letter to its source, once.
+pub async fn redrive(
+    State(state): State<AppState>,
+    Path(seq): Path<String>,
+) -> Result<ApiJson<Redriven>, AppError> {
+    let seq = parse_seq(&seq)?;
+    Ok(ApiJson(
+        open(&state).await?.redrive(seq).await.map_err(problem)?,
+    ))
+}
+
+/// Deletes a letter for good.
+pub async fn discard(
+    State(state): State<AppState>,
+    Path(seq): Path<String>,
+) -> Result<ApiJson<DeadLetter>, AppError> {
+    let seq = parse_seq(&seq)?;
+    Ok(ApiJson(
+        open(&state).await?.discard(seq).await.map_err(problem)?,
+    ))
+}
+
+fn parse_seq(seq: &str) -> Result<u64, AppError> {
+    seq.parse::<u64>().ok().filter(|s| *s > 0).ok_or_else(|| {
+        AppError::bad_request("invalid_id", format!("{seq:?} is not a letter number"))
+    })
+}
+
+async fn open(state: &AppState) -> Result<Dlq, AppError> {
+    Dlq::open(state.js.clone())
+        .await
+        .map_err(AppError::unavailable)
+}
+
+fn problem(e: DlqError) -> AppError {
+    match e {
+        DlqError::NotFound(seq) => {
+            AppError::not_found("dead_letter_not_found", format!("no dead letter #{seq}"))
+        }
+        e @ DlqError::NumberBusy { .. } => AppError::conflict("number_busy", e.to_string()),
+        e @ DlqError::NotACall(_) => AppError::bad_request("not_a_call", e.to_string()),
+        e => AppError::unavailable(e),
+    }
+}

@@ -1,0 +1,114 @@
+//! The `RETRIES` consumer: holds each scheduled attempt until it is due, then publishes it.
+//!
+//! nats-server 2.9 has no scheduled messages, so an entry waits by delayed redelivery: the
+//! retrier NAKs it with a delay. Long waits are NAKed in steps of at most the policy's
+//! `scheduler.check_interval_minutes`. An entry that comes back within [`HOLD`] of its time
+//! is held here and published at the exact moment, which keeps the firing precise whatever
+//! the server's redelivery timer granularity. When due, attempt n+1 is published to `CALLS`
+//! with `Nats-Msg-Id` `<call>/<n+1>` (a crash between publish and ack cannot make two
+//! attempts) and only then acked, which removes the entry from the work-queue stream.
+//!
+//! A NAK-delayed message keeps its `max_ack_pending` slot, which is why the consumer's limit
+//! is very large. Several replicas pull from the same consumer and share the entries.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::jetstream::{AckKind, Message};
+use ccm_core::RetryEntry;
+use chrono::Utc;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Pull, RetrierError, Shared, dlq};
+
+/// Entries due within this are held in memory rather than NAKed again. It stays below the
+/// consumer's `ack_wait` (60 s) so a held entry is never redelivered elsewhere meanwhile.
+pub const HOLD: Duration = Duration::from_secs(20);
+
+/// Entries held or being published at once by one replica.
+const IN_FLIGHT: usize = 10_000;
+
+/// Consumes `retrier_retries` until `shutdown`.
+pub async fn run(ctx: Arc<Shared>, shutdown: CancellationToken) -> Result<(), RetrierError> {
+    let scheduler = ctx.policy.scheduler.clone();
+    let publishing = Arc::new(Semaphore::new(scheduler.max_concurrent_retries.max(1)));
+    let step = Duration::from_secs(u64::from(scheduler.check_interval_minutes.max(1)) * 60);
+    let pull = Pull {
+        consumer: "retrier_retries",
+        stream: ccm_core::topology::names::RETRIES,
+        batch: scheduler.batch_size,
+        concurrency: IN_FLIGHT,
+    };
+    let stop = shutdown.clone();
+    crate::consume(ctx, shutdown, pull, move |ctx, message| {
+        let (publishing, shutdown) = (publishing.clone(), stop.clone());
+        async move { handle(&ctx, message, step, &publishing, &shutdown).await }
+    })
+    .await
+}
+
+async fn handle(
+    ctx: &Shared,
+    message: Message,
+    step: Duration,
+    publishing: &Semaphore,
+    shutdown: &CancellationToken,
+) {
+    let mut entry: RetryEntry = match serde_json::from_slice(&message.payload) {
+        Ok(entry) => entry,
+        Err(e) => {
+            // An entry nobody can read would be redelivered for ever (max_deliver is
+            // unlimited): keep it as a dead letter, then remove it.
+            tracing::error!(error = %e, subject = %message.subject, "undecodable retry entry");
+            let reason = format!("undecodable retry entry: {e}");
+            match dlq::store_message(ctx, &message, &reason).await {
+                Ok(()) => {
+                    let _ = message.ack_with(AckKind::Term).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot dead-letter the entry yet");
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                        .await;
+                }
+            }
+            return;
+        }
+    };
+    let remaining = (entry.due_at - Utc::now()).to_std().unwrap_or_default();
+    if remaining > HOLD {
+        // Come back half a hold early, so the entry is held and fired on time.
+        let delay = (remaining - HOLD / 2).min(step);
+        if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
+            tracing::warn!(error = %e, "NAK failed; the entry comes back after ack_wait");
+        }
+        return;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(remaining) => {}
+        _ = shutdown.cancelled() => {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+            return;
+        }
+    }
+    let Ok(_permit) = publishing.acquire().await else {
+        return;
+    };
+    entry.request.queued_at = Utc::now();
+    match ccm_core::nats::publish_dial(&ctx.js, &entry.request).await {
+        Ok(_) => {
+            let late = Utc::now() - entry.due_at;
+            tracing::info!(call = %entry.request.call_id, attempt = entry.request.attempt,
+                late_ms = late.num_milliseconds(), "retry published");
+            if let Err(e) = message.double_ack().await {
+                tracing::warn!(error = %e, "ack of a published retry failed; it is de-duplicated");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, call = %entry.request.call_id, "retry publish failed");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+        }
+    }
+}

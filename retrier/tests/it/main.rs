@@ -1,0 +1,8 @@
+//! Integration tests of the retrier against a real NATS JetStream (one test binary).
+
+mod cli;
+mod dead_letters;
+mod outcomes;
+mod policy_file;
+mod retries;
+mod support;

@@ -1,0 +1,163 @@
+//! `RETRIES`: entries fire on time, once, whichever replica holds them.
+
+use std::{collections::HashMap, time::Duration};
+
+use ccm_core::RetryEntry;
+use ccm_tests::TestEnv;
+use chrono::Utc;
+use futures::StreamExt;
+
+use crate::support::{Retrier, request};
+
+const ANY_TIME: &str = "status_retry_rules:\n  RNR: {should_retry: true}\n";
+
+async fn schedule(js: &async_nats::jetstream::Context, entry: &RetryEntry) {
+    ccm_core::nats::publish_json(js, entry.subject(), &entry.msg_id(), None, entry)
+        .await
+        .expect("entry stored");
+}
+
+async fn messages(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
+    js.get_stream(stream)
+        .await
+        .expect("stream")
+        .cached_info()
+        .state
+        .messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_entries_fire_within_a_second_short_and_long_waits_alike() {
+    let env = TestEnv::start().await.expect("test environment");
+    env.provision().await.expect("provision");
+    let js = env.jetstream().await.expect("jetstream");
+    let client = env.nats().await.expect("client");
+    let mut dials = client.subscribe("calls.dial.>").await.expect("subscribe");
+    let retrier = Retrier::start(&env, ANY_TIME);
+
+    // One held in memory at once, one NAK-delayed first (beyond the 20 s hold window).
+    let mut due = HashMap::new();
+    for (n, wait) in [(1, Duration::from_secs(2)), (2, Duration::from_secs(27))] {
+        let entry = RetryEntry {
+            due_at: Utc::now() + chrono::Duration::from_std(wait).expect("duration"),
+            request: request(5, &format!("+1555000100{n}"), 2),
+        };
+        schedule(&js, &entry).await;
+        due.insert(entry.request.call_id, entry.due_at);
+    }
+    let mut lateness = Vec::new();
+    while !due.is_empty() {
+        let message = tokio::time::timeout(Duration::from_secs(40), dials.next())
+            .await
+            .expect("a retry fires in time")
+            .expect("subscription open");
+        let arrived = Utc::now();
+        let dial: ccm_core::DialRequest = serde_json::from_slice(&message.payload).expect("dial");
+        let due_at = due.remove(&dial.call_id).expect("an entry fires once");
+        assert_eq!(dial.attempt, 2);
+        let headers = message.headers.expect("headers");
+        assert_eq!(
+            headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned()),
+            Some(format!("{}/2", dial.call_id))
+        );
+        let late = arrived - due_at;
+        eprintln!(
+            "retry due {due_at} fired {} ms late",
+            late.num_milliseconds()
+        );
+        lateness.push(late);
+    }
+    for late in lateness {
+        assert!(late >= chrono::Duration::zero(), "never early: {late}");
+        assert!(
+            late < chrono::Duration::milliseconds(1000),
+            "within 1 s: {late}"
+        );
+    }
+    // Acked entries leave the work queue.
+    let left = ccm_tests::eventually(Duration::from_secs(5), || async {
+        (messages(&js, "RETRIES").await == 0).then_some(())
+    })
+    .await;
+    assert!(left.is_some(), "RETRIES is empty once the entries fired");
+    retrier.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_entries_and_publish_each_exactly_once() {
+    let env = TestEnv::start().await.expect("test environment");
+    env.provision().await.expect("provision");
+    let js = env.jetstream().await.expect("jetstream");
+    let (a, b) = (
+        Retrier::start(&env, ANY_TIME),
+        Retrier::start(&env, ANY_TIME),
+    );
+    const ENTRIES: usize = 200;
+    let due_at = Utc::now() + chrono::Duration::seconds(3);
+    for n in 0..ENTRIES {
+        let entry = RetryEntry {
+            due_at,
+            request: request(9, &format!("+1555{n:07}"), 3),
+        };
+        schedule(&js, &entry).await;
+    }
+    let published = ccm_tests::eventually(Duration::from_secs(15), || async {
+        let n = messages(&js, "CALLS").await;
+        (n as usize >= ENTRIES).then_some(n)
+    })
+    .await
+    .expect("every entry fires");
+    let fired_by = Utc::now() - due_at;
+    eprintln!(
+        "{ENTRIES} entries due together all published {} ms after due",
+        fired_by.num_milliseconds()
+    );
+    // A second look a moment later: nothing fires twice.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(messages(&js, "CALLS").await, published);
+    assert_eq!(published as usize, ENTRIES);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_entry_becomes_a_dead_letter_instead_of_looping() {
+    let env = TestEnv::start().await.expect("test environment");
+    env.provision().await.expect("provision");
+    let js = env.jetstream().await.expect("jetstream");
+    let retrier = Retrier::start(&env, ANY_TIME);
+    js.send_publish(
+        "calls.retry.5",
+        async_nats::jetstream::message::PublishMessage::build()
+            .payload("not an entry".into())
+            .message_id("garbage"),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+    let dlq = ccm_retrier::dlq::Dlq::open(js.clone()).await.expect("dlq");
+    let letters = ccm_tests::eventually(Duration::from_secs(10), || async {
+        let filter = ccm_retrier::dlq::Filter {
+            stream: Some("RETRIES".into()),
+            limit: 5,
+            ..Default::default()
+        };
+        dlq.list(&filter).await.ok().filter(|l| !l.is_empty())
+    })
+    .await
+    .expect("the entry is dead-lettered");
+    assert_eq!(letters[0].payload, serde_json::json!("not an entry"));
+    assert!(
+        letters[0].reason.contains("undecodable"),
+        "{}",
+        letters[0].reason
+    );
+    let gone = ccm_tests::eventually(Duration::from_secs(5), || async {
+        (messages(&js, "RETRIES").await == 0).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "removed from RETRIES");
+    assert_eq!(messages(&js, "CALLS").await, 0);
+    retrier.stop().await;
+}
