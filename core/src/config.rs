@@ -541,6 +541,28 @@ mod tests {
     }
 
     #[test]
+    fn a_carrier_is_chosen_with_one_variable() {
+        let loaded = Config::load_from(
+            None,
+            env(&[(
+                "CCM_DIALER__CARRIER",
+                "{kind: twilio, base_url: 'http://127.0.0.1:9000', account_sid: ACx, from: '+15550009999'}",
+            )]),
+        )
+        .expect("loads");
+        let CarrierConfig::Twilio(twilio) = &loaded.config.dialer.carrier else {
+            panic!("{:?}", loaded.config.dialer.carrier)
+        };
+        assert_eq!(
+            (twilio.account_sid.as_str(), twilio.ring_timeout_secs),
+            ("ACx", 30)
+        );
+        let loaded = Config::load_from(None, env(&[("CCM_DIALER__CARRIER", "{kind: http}")]))
+            .expect("loads");
+        assert_eq!(loaded.config.dialer.carrier.kind(), "http");
+    }
+
+    #[test]
     fn secrets_are_not_printed() {
         let config = Config {
             ingest: IngestConfig {
