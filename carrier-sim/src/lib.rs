@@ -1,1 +1,237 @@
-//! placeholder
+//! # ccm-carrier-sim
+//!
+//! A fake telephony carrier that speaks, on one port, the two HTTP APIs ccm's carrier
+//! adapters use, so the demo, tests and benchmarks exercise the real adapters and callbacks:
+//!
+//! - [`http_api`]: the old system's contract, `POST /api/initiate-call`, with outcomes sent
+//!   back to `PUT {callback_base}/api/v1/callback/` carrying `X-Auth-Token`.
+//! - [`twilio_api`]: `POST /2010-04-01/Accounts/{sid}/Calls.json` with basic auth, with
+//!   status callbacks to the request's `StatusCallback`, signed with `X-Twilio-Signature`.
+//! - [`ledger`]: every placed attempt (by idempotency key) and the peak of live calls per
+//!   campaign, served at `GET /stats`, so tests can audit "placed at most once" and "cap never
+//!   exceeded". `GET /health` answers 200.
+//! - [`outcome`]: the outcome mix; [`callback`]: delivery with the configured faults
+//!   (dropped, duplicated, out-of-order callbacks).
+
+pub mod callback;
+pub mod http_api;
+pub mod ledger;
+pub mod outcome;
+pub mod twilio_api;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use rand::Rng;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::ledger::Ledger;
+
+/// How the simulator behaves; every field is a command-line flag.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimConfig {
+    /// Weight of PICKED outcomes.
+    #[arg(long, default_value_t = 70)]
+    pub picked: u32,
+    /// Weight of DISCONNECTED outcomes.
+    #[arg(long, default_value_t = 15)]
+    pub disconnected: u32,
+    /// Weight of RNR outcomes (no answer or busy).
+    #[arg(long, default_value_t = 10)]
+    pub rnr: u32,
+    /// Weight of FAILED outcomes.
+    #[arg(long, default_value_t = 5)]
+    pub failed: u32,
+    /// How long a call lasts before its outcome is called back, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub call_ms: u64,
+    /// Random extra call length, up to this many milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub call_jitter_ms: u64,
+    /// Base URL of ccm's ingest for the old contract's callbacks (`PUT …/api/v1/callback/`).
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub callback_base: String,
+    /// `X-Auth-Token` sent with the old contract's callbacks.
+    #[arg(long, env = "CARRIER_SIM_CALLBACK_TOKEN", default_value = "")]
+    pub callback_token: String,
+    /// The Twilio account sid accepted by the Twilio-compatible API.
+    #[arg(long, default_value = "ACsimulator")]
+    pub twilio_account_sid: String,
+    /// The Twilio auth token: checked by basic auth and used to sign status callbacks.
+    #[arg(
+        long,
+        env = "CARRIER_SIM_TWILIO_AUTH_TOKEN",
+        default_value = "sim-auth-token"
+    )]
+    pub twilio_auth_token: String,
+    /// Share of placement requests answered 503 without placing anything (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    pub error_rate: f64,
+    /// The first this many placement requests are answered 503 (a deterministic outage).
+    #[arg(long, default_value_t = 0)]
+    pub fail_first: u64,
+    /// Share of placement requests refused with 400 (the number is "unreachable").
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    pub reject_rate: f64,
+    /// Added latency of every placement response, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Share of final callbacks never sent.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    pub drop_rate: f64,
+    /// Share of final callbacks sent twice.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    pub duplicate_rate: f64,
+    /// Share of calls whose callbacks are sent out of order (final status before ringing).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    pub reorder_rate: f64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            picked: 70,
+            disconnected: 15,
+            rnr: 10,
+            failed: 5,
+            call_ms: 2000,
+            call_jitter_ms: 0,
+            callback_base: "http://127.0.0.1:8000".into(),
+            callback_token: String::new(),
+            twilio_account_sid: "ACsimulator".into(),
+            twilio_auth_token: "sim-auth-token".into(),
+            error_rate: 0.0,
+            fail_first: 0,
+            reject_rate: 0.0,
+            latency_ms: 0,
+            drop_rate: 0.0,
+            duplicate_rate: 0.0,
+            reorder_rate: 0.0,
+        }
+    }
+}
+
+impl SimConfig {
+    /// How long the next call lasts.
+    pub fn call_length(&self) -> Duration {
+        let jitter = if self.call_jitter_ms == 0 {
+            0
+        } else {
+            rand::rng().random_range(0..=self.call_jitter_ms)
+        };
+        Duration::from_millis(self.call_ms + jitter)
+    }
+}
+
+/// A share between 0 and 1, for the fault flags.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("{text} is not a share between 0 and 1")),
+    }
+}
+
+/// Draws `true` with probability `rate`.
+pub(crate) fn chance(rate: f64) -> bool {
+    rate > 0.0 && rand::rng().random_bool(rate.min(1.0))
+}
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct SimState {
+    pub config: Arc<SimConfig>,
+    pub ledger: Arc<Ledger>,
+    pub http: reqwest::Client,
+    /// Placement requests seen, for `fail_first`.
+    pub requests: Arc<AtomicU64>,
+    /// Callback tasks stop when the simulator does.
+    pub shutdown: CancellationToken,
+}
+
+/// Why the simulator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+    #[error("cannot build the HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+/// The simulator's routes.
+pub fn router(state: SimState) -> Router {
+    Router::new()
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/stats", get(stats))
+        .route("/api/initiate-call", post(http_api::initiate_call))
+        .route(
+            "/2010-04-01/Accounts/{sid}/Calls.json",
+            post(twilio_api::create_call),
+        )
+        .with_state(state)
+}
+
+async fn stats(State(state): State<SimState>) -> Response {
+    Json(state.ledger.snapshot()).into_response()
+}
+
+/// Serves on `listener` until `shutdown`.
+pub async fn run(
+    config: SimConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), SimError> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(SimError::Client)?;
+    let state = SimState {
+        config: Arc::new(config),
+        ledger: Arc::new(Ledger::default()),
+        http,
+        requests: Arc::new(AtomicU64::new(0)),
+        shutdown: shutdown.clone(),
+    };
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "carrier-sim listening");
+    }
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .map_err(SimError::Serve)
+}
+
+/// Applies the configured latency and error rate to a placement request: `Some` is the
+/// fault response to send instead of placing.
+pub(crate) async fn inject_faults(state: &SimState) -> Option<Response> {
+    if state.config.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(state.config.latency_ms)).await;
+    }
+    let seen = state.requests.fetch_add(1, Ordering::Relaxed);
+    if seen < state.config.fail_first || chance(state.config.error_rate) {
+        state.ledger.count_injected_error();
+        return Some(
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({"error": "simulated carrier outage"})),
+            )
+                .into_response(),
+        );
+    }
+    None
+}

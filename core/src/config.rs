@@ -115,6 +115,20 @@ pub struct IngestConfig {
     pub bulk_max_items: usize,
     /// Largest request body accepted, in bytes (a 100,000-number bulk fits).
     pub max_body_bytes: usize,
+    /// How Twilio status callbacks are verified.
+    pub twilio: TwilioWebhookConfig,
+}
+
+/// What ingest needs to verify Twilio's signed status callbacks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TwilioWebhookConfig {
+    /// The account's auth token, the key of `X-Twilio-Signature`. Empty: every Twilio
+    /// callback is refused, since none can be verified.
+    pub auth_token: Secret,
+    /// The public base URL Twilio calls (e.g. `https://ccm.example.com`), needed because the
+    /// signature covers the full URL as Twilio saw it. Empty: `http://<Host header>`.
+    pub public_url: String,
 }
 
 /// The scope of the one-live-call-per-number rule.
@@ -151,6 +165,7 @@ impl Default for IngestConfig {
             duplicate_call_window_minutes: 5,
             bulk_max_items: 100_000,
             max_body_bytes: 8 * 1024 * 1024,
+            twilio: TwilioWebhookConfig::default(),
         }
     }
 }
@@ -182,6 +197,83 @@ impl Default for DialerConfig {
 pub enum CarrierConfig {
     /// The in-process simulator.
     Sim(SimCarrierConfig),
+    /// The old system's carrier contract: `POST {base_url}/api/initiate-call`.
+    Http(HttpCarrierConfig),
+    /// Twilio's Programmable Voice REST API (or carrier-sim speaking it).
+    Twilio(TwilioCarrierConfig),
+}
+
+/// The old system's HTTP carrier contract. Outcomes come back to ingest's
+/// `PUT /api/v1/callback/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpCarrierConfig {
+    /// Where the carrier listens, e.g. `http://127.0.0.1:9000`.
+    pub base_url: String,
+    /// Sent as `X-Auth-Token` when not empty.
+    pub api_token: Secret,
+    /// How long one placement request may take before it counts as ambiguous.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for HttpCarrierConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "http://127.0.0.1:9000".into(),
+            api_token: Secret::default(),
+            request_timeout_ms: 5000,
+        }
+    }
+}
+
+/// Twilio's Programmable Voice REST API. Status callbacks go to ingest's
+/// `POST /api/v1/callbacks/twilio`, signed with `auth_token`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TwilioCarrierConfig {
+    /// `https://api.twilio.com`, or carrier-sim's address.
+    pub base_url: String,
+    pub account_sid: String,
+    pub auth_token: Secret,
+    /// The caller id (`From`), an E.164 number of the account.
+    pub from: String,
+    /// The TwiML the callee hears when answering (`Url`).
+    pub answer_url: String,
+    /// Ingest's public base URL; the `StatusCallback` is this plus `/api/v1/callbacks/twilio`.
+    pub status_callback_base: String,
+    /// Seconds Twilio lets the phone ring (`Timeout`).
+    pub ring_timeout_secs: u32,
+    /// `MachineDetection` (e.g. `Enable`); empty leaves it off.
+    pub machine_detection: String,
+    /// How long one placement request may take before it counts as ambiguous.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for TwilioCarrierConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.twilio.com".into(),
+            account_sid: String::new(),
+            auth_token: Secret::default(),
+            from: String::new(),
+            answer_url: "http://demo.twilio.com/docs/voice.xml".into(),
+            status_callback_base: "http://127.0.0.1:8000".into(),
+            ring_timeout_secs: 30,
+            machine_detection: String::new(),
+            request_timeout_ms: 5000,
+        }
+    }
+}
+
+impl CarrierConfig {
+    /// The adapter's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Sim(_) => "sim",
+            Self::Http(_) => "http",
+            Self::Twilio(_) => "twilio",
+        }
+    }
 }
 
 impl Default for CarrierConfig {
@@ -482,6 +574,28 @@ mod tests {
     fn string_settings_stay_strings() {
         let loaded = Config::load_from(None, env(&[("CCM_NATS_URL", "1234")])).expect("loads");
         assert_eq!(loaded.config.nats_url, "1234");
+    }
+
+    #[test]
+    fn a_carrier_is_chosen_with_one_variable() {
+        let loaded = Config::load_from(
+            None,
+            env(&[(
+                "CCM_DIALER__CARRIER",
+                "{kind: twilio, base_url: 'http://127.0.0.1:9000', account_sid: ACx, from: '+15550009999'}",
+            )]),
+        )
+        .expect("loads");
+        let CarrierConfig::Twilio(twilio) = &loaded.config.dialer.carrier else {
+            panic!("{:?}", loaded.config.dialer.carrier)
+        };
+        assert_eq!(
+            (twilio.account_sid.as_str(), twilio.ring_timeout_secs),
+            ("ACx", 30)
+        );
+        let loaded = Config::load_from(None, env(&[("CCM_DIALER__CARRIER", "{kind: http}")]))
+            .expect("loads");
+        assert_eq!(loaded.config.dialer.carrier.kind(), "http");
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - [`dlq`]: dead letters as stored in `DLQ`, and the operator's actions on them.
 //! - [`config`], [`telemetry`], [`service`]: layered configuration, `tracing` set-up, and
 //!   the command line and shutdown signal every binary shares.
+//! - [`twilio`]: Twilio's request signature and call statuses, shared by the dialer's
+//!   adapter, ingest's callback route and carrier-sim.
 //!
 //! Services never depend on each other; whatever two of them must agree on lives here.
 
@@ -33,6 +35,7 @@ pub mod status;
 pub mod subjects;
 pub mod telemetry;
 pub mod topology;
+pub mod twilio;
 
 pub use campaign::{Campaign, CampaignState};
 pub use config::Config;

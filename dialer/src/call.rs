@@ -5,18 +5,24 @@
 //! placing, the dialer subscribes to the attempt's outcome subject and then reads the call's
 //! latest event and outcome: a redelivered message whose attempt was already placed is only
 //! waited on, never dialled again.
+//!
+//! `Dialing` is published before the carrier is asked, so a crash between the two leaves a
+//! record that the attempt *may* have been placed; such an attempt is never placed again and
+//! ends by its outcome or by the synthetic FAILED (`timeout`). Only when the carrier answered
+//! that it placed nothing (unreachable, 5xx) is the `Dialing` event withdrawn (deleted from
+//! the stream) before the message is handed back, so the redelivery places it.
 
 use std::{sync::Arc, time::Duration};
 
-use async_nats::jetstream::{self, AckKind, Message};
+use async_nats::jetstream::{self, AckKind, Message, kv};
 use ccm_core::{CallEvent, DialRequest, EventKind, OutcomeSource, OutcomeStatus, subjects};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::carrier::{Carrier, CarrierError};
+use crate::carrier::{CampaignInfo, Carrier, CarrierError};
 
 /// What a call task needs; shared by all calls of a dialer.
 #[derive(Debug, Clone)]
@@ -24,6 +30,7 @@ pub struct CallContext {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub events: jetstream::stream::Stream,
+    pub active_calls: kv::Store,
     pub carrier: Arc<dyn Carrier>,
     pub max_call_duration: Duration,
     /// How often the dial message is kept alive while the call lasts (well under AckWait).
@@ -31,19 +38,28 @@ pub struct CallContext {
     pub shutdown: CancellationToken,
 }
 
+/// What to do with a dial message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Place the attempt.
+    Dial,
+    /// The campaign is cancelled: end the attempt `CANCELLED` unless it was already placed.
+    Cancel,
+}
+
 /// What the stream already knows about this attempt.
 #[derive(Debug, PartialEq, Eq)]
 enum Known {
     /// Nothing: the attempt has not been placed.
     Nothing,
-    /// Placed (a `Dialing` event exists); its outcome has not arrived.
-    Placed,
+    /// Placed at this time (a `Dialing` event exists); its outcome has not arrived.
+    Placed(DateTime<Utc>),
     /// The outcome exists, or the call moved past this attempt: nothing left to do.
     Done,
 }
 
 /// Handles one dial message to the end.
-pub async fn handle(ctx: CallContext, message: Message) {
+pub async fn handle(ctx: CallContext, message: Message, campaign: CampaignInfo, mode: Mode) {
     let request: DialRequest = match serde_json::from_slice(&message.payload) {
         Ok(request) => request,
         Err(e) => {
@@ -56,7 +72,10 @@ pub async fn handle(ctx: CallContext, message: Message) {
         }
     };
     let span = tracing::info_span!("call", call = %request.call_id, attempt = request.attempt);
-    if let Err(e) = run(&ctx, &request, &message).instrument(span).await {
+    let result = run(&ctx, &request, &message, &campaign, mode)
+        .instrument(span)
+        .await;
+    if let Err(e) = result {
         tracing::warn!(call = %request.call_id, error = %e, "call attempt handed back");
         let delay = jittered_backoff(message.info().map(|i| i.delivered).unwrap_or(1));
         let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
@@ -74,7 +93,13 @@ enum CallError {
     Shutdown,
 }
 
-async fn run(ctx: &CallContext, request: &DialRequest, message: &Message) -> Result<(), CallError> {
+async fn run(
+    ctx: &CallContext,
+    request: &DialRequest,
+    message: &Message,
+    campaign: &CampaignInfo,
+    mode: Mode,
+) -> Result<(), CallError> {
     let outcome_subject = subjects::outcome(request.campaign_id, request.call_id);
     // Subscribe before looking: an outcome published between the look and the subscription
     // would otherwise be missed.
@@ -83,37 +108,45 @@ async fn run(ctx: &CallContext, request: &DialRequest, message: &Message) -> Res
         .subscribe(outcome_subject.clone())
         .await
         .map_err(|e| CallError::Nats(e.to_string()))?;
-    match known(ctx, request).await? {
+    let placed_at = match known(ctx, request).await? {
         Known::Done => {
             ack(message).await;
             return Ok(());
         }
-        Known::Placed => tracing::info!(call = %request.call_id, "attempt already placed; waiting"),
+        Known::Placed(at) => {
+            tracing::info!(call = %request.call_id, "attempt already placed; waiting");
+            at
+        }
+        Known::Nothing if mode == Mode::Cancel => {
+            cancel(ctx, request).await?;
+            ack(message).await;
+            return Ok(());
+        }
         Known::Nothing => {
-            let dialing = CallEvent {
-                call_id: request.call_id,
-                campaign_id: request.campaign_id,
-                attempt: request.attempt,
-                at: Utc::now(),
-                kind: EventKind::Dialing {
-                    phone_number: request.phone_number.clone(),
-                    max_attempts: request.max_attempts,
-                    created_at: request.created_at,
-                },
-            };
-            ccm_core::nats::publish_event(&ctx.js, &dialing)
-                .await
-                .map_err(|e| CallError::Nats(e.to_string()))?;
-            match ctx.carrier.place(request).await {
-                Ok(_) => {}
+            let dialing_seq = publish_dialing(ctx, request, message).await?;
+            match ctx.carrier.place(request, campaign).await {
+                Ok(placement) => {
+                    tracing::debug!(external = ?placement.external_call_id, "placed");
+                }
+                Err(CarrierError::Ambiguous(e)) => {
+                    tracing::warn!(error = %e, "placement unconfirmed; waiting for its outcome");
+                }
                 Err(CarrierError::Rejected(reason)) => {
                     publish_outcome(ctx, request, OutcomeSource::Rejected, reason).await?;
+                    ack(message).await;
+                    return Ok(());
                 }
-                Err(e @ CarrierError::Unavailable(_)) => return Err(CallError::Carrier(e)),
+                Err(e @ CarrierError::Unavailable(_)) => {
+                    withdraw_dialing(ctx, dialing_seq).await;
+                    return Err(CallError::Carrier(e));
+                }
             }
+            Utc::now()
         }
-    }
-    let deadline = tokio::time::Instant::now() + ctx.max_call_duration;
+    };
+    // The call's time runs from its placement, also when a redelivery picks it up later.
+    let elapsed = (Utc::now() - placed_at).to_std().unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + ctx.max_call_duration.saturating_sub(elapsed);
     let mut progress = tokio::time::interval(ctx.progress_every);
     progress.tick().await;
     loop {
@@ -150,7 +183,7 @@ async fn known(ctx: &CallContext, request: &DialRequest) -> Result<Known, CallEr
     let event = latest(ctx, subjects::event(request.campaign_id, request.call_id)).await?;
     Ok(match event {
         Some(e) if e.attempt > request.attempt || e.kind.is_terminal() => Known::Done,
-        Some(e) if e.attempt == request.attempt => Known::Placed,
+        Some(e) if e.attempt == request.attempt => Known::Placed(e.at),
         _ => Known::Nothing,
     })
 }
@@ -162,6 +195,86 @@ async fn latest(ctx: &CallContext, subject: String) -> Result<Option<CallEvent>,
         Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
         Err(e) => Err(CallError::Nats(e.to_string())),
     }
+}
+
+/// Publishes `Dialing` and returns its stream sequence. When an earlier `Dialing` of this
+/// attempt was withdrawn inside the de-duplication window, the server would drop the usual
+/// id as a duplicate and nothing would record the placement, so the id names the delivery.
+async fn publish_dialing(
+    ctx: &CallContext,
+    request: &DialRequest,
+    message: &Message,
+) -> Result<u64, CallError> {
+    let dialing = CallEvent {
+        call_id: request.call_id,
+        campaign_id: request.campaign_id,
+        attempt: request.attempt,
+        at: Utc::now(),
+        kind: EventKind::Dialing {
+            phone_number: request.phone_number.clone(),
+            max_attempts: request.max_attempts,
+            created_at: request.created_at,
+        },
+    };
+    let nats = |e: ccm_core::nats::NatsError| CallError::Nats(e.to_string());
+    let ack = ccm_core::nats::publish_event(&ctx.js, &dialing)
+        .await
+        .map_err(nats)?;
+    if !ack.duplicate {
+        return Ok(ack.sequence);
+    }
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(0);
+    let msg_id = format!("{}/{delivered}", dialing.msg_id());
+    let ack = ccm_core::nats::publish_json(&ctx.js, dialing.subject(), &msg_id, None, &dialing)
+        .await
+        .map_err(nats)?;
+    Ok(ack.sequence)
+}
+
+/// Removes a `Dialing` event the carrier answered "not placed" to, so the redelivery places
+/// the attempt. If this fails the redelivery only waits: a FAILED (`timeout`) outcome, never a
+/// second placement.
+async fn withdraw_dialing(ctx: &CallContext, sequence: u64) {
+    if let Err(e) = ctx.events.delete_message(sequence).await {
+        tracing::warn!(error = %e, sequence, "cannot withdraw Dialing; the attempt will time out");
+    }
+}
+
+/// Ends an attempt of a cancelled campaign: a `Cancelled` event, and the callee's number is
+/// free again (the retrier, which releases claims on outcomes, never sees this attempt).
+async fn cancel(ctx: &CallContext, request: &DialRequest) -> Result<(), CallError> {
+    let event = CallEvent {
+        call_id: request.call_id,
+        campaign_id: request.campaign_id,
+        attempt: request.attempt,
+        at: Utc::now(),
+        kind: EventKind::Cancelled {
+            reason: "campaign cancelled".into(),
+        },
+    };
+    ccm_core::nats::publish_event(&ctx.js, &event)
+        .await
+        .map_err(|e| CallError::Nats(e.to_string()))?;
+    let call = request.call_id.to_string();
+    let digits = request.phone_number.digits();
+    for key in [
+        digits.to_owned(),
+        format!("{}.{digits}", request.campaign_id),
+    ] {
+        // Only this call's claim is released, and only if nobody re-claimed it meanwhile.
+        if let Ok(Some(entry)) = ctx.active_calls.entry(key.clone()).await {
+            if entry.operation == kv::Operation::Put && entry.value.as_ref() == call.as_bytes() {
+                if let Err(e) = ctx
+                    .active_calls
+                    .delete_expect_revision(&key, Some(entry.revision))
+                    .await
+                {
+                    tracing::warn!(error = %e, key, "cannot release the number's claim");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn publish_outcome(

@@ -3,9 +3,11 @@
 //! Places call attempts with a carrier at each campaign's concurrency cap.
 //!
 //! - [`run`] connects, watches the `campaigns` bucket and keeps one pull loop ([`worker`]) per
-//!   campaign that accepts calls, on the campaign's durable consumer `dial_<campaign>`. The
-//!   consumer's `max_ack_pending` is the campaign's cap; a dialer replica's own trunk capacity
-//!   (`dialer.max_calls`) is a semaphore shared by all its campaigns.
+//!   active or cancelled campaign, on the campaign's durable consumer `dial_<campaign>`. The
+//!   consumer's `max_ack_pending` is the campaign's cap, updated in place when the cap
+//!   changes; a dialer replica's own trunk capacity (`dialer.max_calls`) is shared fairly by
+//!   all its campaigns. A paused (or inactive) campaign is not pulled; a cancelled one is
+//!   drained, each queued attempt ending `CANCELLED`; a deleted one loses its consumer.
 //! - [`call`] is the life of one attempt: never dialled twice, the message kept un-acked for
 //!   the whole call, a synthetic FAILED outcome after the maximum call duration.
 //! - [`carrier`] holds the adapters that actually place calls.
@@ -16,24 +18,26 @@ pub mod worker;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{self, kv};
 use ccm_core::{
-    Campaign, CampaignId, Config,
-    config::CarrierConfig,
+    Campaign, CampaignId, CampaignState, Config,
     topology::{Topology, names},
 };
 use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    call::CallContext,
-    carrier::{Carrier, sim::SimCarrier},
+    call::{CallContext, Mode},
+    carrier::CampaignInfo,
+    worker::{InFlight, Settings, Trunk, Worker},
 };
 
 /// How long shutdown waits for calls in flight to get their outcome before handing them
 /// back (a later dialer finds them placed and only waits for the outcome).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often the bucket is re-read in full, in case the watch missed or lost an update.
+const RESCAN_EVERY: Duration = Duration::from_secs(2);
 
 /// Why the dialer stopped.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +46,8 @@ pub enum DialerError {
     Nats(#[from] ccm_core::nats::NatsError),
     #[error(transparent)]
     Topology(#[from] ccm_core::topology::TopologyError),
+    #[error(transparent)]
+    Carrier(#[from] carrier::BuildError),
     #[error("cannot open stream {0}")]
     Stream(&'static str, #[source] async_nats::Error),
 }
@@ -56,9 +62,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
         .get_stream(names::CALL_EVENTS)
         .await
         .map_err(|e| DialerError::Stream(names::CALL_EVENTS, e.into()))?;
-    let carrier: Arc<dyn Carrier> = match &config.dialer.carrier {
-        CarrierConfig::Sim(sim) => Arc::new(SimCarrier::new(js.clone(), sim.clone())),
-    };
+    let carrier = carrier::build(&config.dialer.carrier, &js)?;
     // Calls in flight must survive the shutdown signal long enough to finish, so they watch
     // a token of their own that is cancelled only after the grace period.
     let calls_stop = CancellationToken::new();
@@ -66,17 +70,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
         client: client.clone(),
         js: js.clone(),
         events,
+        active_calls: ccm_core::nats::bucket(&js, names::KV_ACTIVE_CALLS).await?,
         carrier,
         max_call_duration: Duration::from_secs(config.dialer.max_call_duration_secs),
         progress_every: Duration::from_secs(10),
         shutdown: calls_stop.clone(),
     };
-    let trunk = Arc::new(Semaphore::new(
-        usize::try_from(config.dialer.max_calls.max(1)).unwrap_or(usize::MAX),
+    let trunk = Arc::new(Trunk::new(
+        usize::try_from(config.dialer.max_calls).unwrap_or(usize::MAX),
     ));
     let campaigns = ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS).await?;
     let calls = TaskTracker::new();
-    let result = supervise(&campaigns, &topology, &js, &trunk, &ctx, &calls, &shutdown).await;
+    tracing::info!(carrier = config.dialer.carrier.kind(), "dialer running");
+    let supervisor = Supervisor {
+        topology: &topology,
+        js: &js,
+        trunk,
+        ctx,
+        calls: calls.clone(),
+        shutdown: &shutdown,
+        workers: HashMap::new(),
+        workers_done: TaskTracker::new(),
+    };
+    let result = supervisor.run(&campaigns).await;
 
     calls.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, calls.wait())
@@ -91,155 +107,202 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
     result
 }
 
-/// How often the bucket is re-read in full, in case the watch missed or lost an update.
-const RESCAN_EVERY: Duration = Duration::from_secs(2);
+/// A campaign the dialer knows about.
+struct Known {
+    settings: watch::Sender<Settings>,
+    in_flight: Arc<InFlight>,
+    /// The running worker's stop token; `None` while paused.
+    stop: Option<CancellationToken>,
+}
 
-/// Keeps one worker per campaign that accepts calls, following the bucket's changes. The
-/// watch brings changes at once; a periodic full read of the bucket repairs anything a watch
-/// lost (an ordered consumer reset, a reconnect), so a campaign is never left undialled.
-async fn supervise(
-    campaigns: &kv::Store,
-    topology: &Topology,
-    js: &async_nats::jetstream::Context,
-    trunk: &Arc<Semaphore>,
-    ctx: &CallContext,
-    calls: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> Result<(), DialerError> {
-    let mut workers = Workers {
-        topology,
-        js,
-        trunk,
-        ctx,
-        calls,
-        shutdown,
-        running: HashMap::new(),
-        done: TaskTracker::new(),
-    };
-    let mut watch = None;
-    let mut rescan = tokio::time::interval(RESCAN_EVERY);
-    loop {
-        if watch.is_none() {
-            match campaigns.watch_all().await {
-                Ok(w) => watch = Some(w),
-                Err(e) => tracing::warn!(error = %e, "cannot watch campaigns; rescanning instead"),
+/// Keeps one worker per campaign that needs one, following the bucket's changes.
+struct Supervisor<'a> {
+    topology: &'a Topology,
+    js: &'a jetstream::Context,
+    trunk: Arc<Trunk>,
+    ctx: CallContext,
+    calls: TaskTracker,
+    shutdown: &'a CancellationToken,
+    workers: HashMap<CampaignId, Known>,
+    workers_done: TaskTracker,
+}
+
+impl Supervisor<'_> {
+    async fn run(mut self, campaigns: &kv::Store) -> Result<(), DialerError> {
+        let result = self.follow(campaigns).await;
+        for known in self.workers.values() {
+            if let Some(stop) = &known.stop {
+                stop.cancel();
             }
         }
-        let next = async {
-            match watch.as_mut() {
-                Some(w) => w.next().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = rescan.tick() => {
-                if let Err(e) = rescan_all(campaigns, &mut workers).await {
-                    tracing::warn!(error = %e, "cannot read the campaigns bucket");
+        self.workers_done.close();
+        self.workers_done.wait().await;
+        result
+    }
+
+    /// Follows the bucket: the watch brings changes at once; a periodic full read repairs
+    /// anything a watch lost (an ordered consumer reset, a reconnect). Applying a document
+    /// twice changes nothing, and a failure to apply one is retried by the next read, so a
+    /// NATS hiccup never stops the dialer nor leaves a campaign undialled.
+    async fn follow(&mut self, campaigns: &kv::Store) -> Result<(), DialerError> {
+        let mut watch = None;
+        let mut rescan = tokio::time::interval(RESCAN_EVERY);
+        loop {
+            if watch.is_none() {
+                // With history: `watch_all` only delivers changes made after it starts.
+                match campaigns.watch_with_history(">").await {
+                    Ok(w) => watch = Some(w),
+                    Err(e) => tracing::warn!(error = %e, "cannot watch campaigns; rescanning"),
                 }
             }
-            entry = next => match entry {
-                Some(Ok(entry)) => {
-                    if let Ok(id) = entry.key.parse::<CampaignId>() {
-                        let campaign = match entry.operation {
-                            kv::Operation::Put => serde_json::from_slice(&entry.value).ok(),
-                            _ => None,
-                        };
-                        workers.apply(id, campaign).await;
+            let next = async {
+                match watch.as_mut() {
+                    Some(w) => w.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(()),
+                _ = rescan.tick() => {
+                    if let Err(e) = self.rescan(campaigns).await {
+                        tracing::warn!(error = %e, "cannot read the campaigns bucket");
                     }
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "campaign watch failed; watching again");
-                    watch = None;
-                }
-                None => watch = None,
-            },
-        }
-    }
-    workers.stop_all().await;
-    Ok(())
-}
-
-async fn rescan_all(
-    campaigns: &kv::Store,
-    workers: &mut Workers<'_>,
-) -> Result<(), async_nats::Error> {
-    let mut keys = campaigns.keys().await?;
-    while let Some(key) = keys.next().await {
-        let Ok(id) = key?.parse::<CampaignId>() else {
-            continue;
-        };
-        let campaign = campaigns
-            .get(id.to_string())
-            .await?
-            .and_then(|bytes| serde_json::from_slice::<Campaign>(&bytes).ok());
-        workers.apply(id, campaign).await;
-    }
-    Ok(())
-}
-
-/// The running campaign workers and what starting one needs.
-struct Workers<'a> {
-    topology: &'a Topology,
-    js: &'a async_nats::jetstream::Context,
-    trunk: &'a Arc<Semaphore>,
-    ctx: &'a CallContext,
-    calls: &'a TaskTracker,
-    shutdown: &'a CancellationToken,
-    /// The cap each worker was started with, and its stop token.
-    running: HashMap<CampaignId, (u32, CancellationToken)>,
-    done: TaskTracker,
-}
-
-impl Workers<'_> {
-    /// Brings the worker of `id` in line with the campaign document.
-    async fn apply(&mut self, id: CampaignId, campaign: Option<Campaign>) {
-        let wanted =
-            campaign.filter(|c| c.accepts_calls() && c.state == ccm_core::CampaignState::Active);
-        match (wanted, self.running.get(&id)) {
-            (Some(c), Some((cap, _))) if *cap == c.max_concurrent_calls => {}
-            (Some(c), _) => {
-                self.stop(id);
-                if let Err(e) = self.start(id, c.max_concurrent_calls).await {
-                    // Left for the next rescan to try again.
-                    tracing::warn!(campaign = %id, error = %e, "cannot start dialling campaign");
-                }
+                entry = next => match entry {
+                    Some(Ok(entry)) => self.apply_logged(entry).await,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "campaign watch failed; watching again");
+                        watch = None;
+                    }
+                    None => watch = None,
+                },
             }
-            (None, _) => self.stop(id),
         }
     }
 
-    async fn start(&mut self, id: CampaignId, cap: u32) -> Result<(), DialerError> {
-        self.topology.ensure_dial_consumer(self.js, id, cap).await?;
+    async fn rescan(&mut self, campaigns: &kv::Store) -> Result<(), async_nats::Error> {
+        let mut keys = campaigns.keys().await?;
+        let mut found = Vec::new();
+        while let Some(key) = keys.next().await {
+            found.push(key?);
+        }
+        for key in found {
+            if let Some(entry) = campaigns.entry(key).await? {
+                self.apply_logged(entry).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_logged(&mut self, entry: kv::Entry) {
+        let key = entry.key.clone();
+        if let Err(e) = self.apply(entry).await {
+            tracing::warn!(campaign = %key, error = %e, "campaign change not applied yet");
+        }
+    }
+
+    async fn apply(&mut self, entry: kv::Entry) -> Result<(), DialerError> {
+        let Ok(id) = entry.key.parse::<CampaignId>() else {
+            return Ok(());
+        };
+        let campaign = match entry.operation {
+            kv::Operation::Put => match serde_json::from_slice::<Campaign>(&entry.value) {
+                Ok(campaign) => campaign,
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "undecodable campaign document; ignored");
+                    return Ok(());
+                }
+            },
+            kv::Operation::Delete | kv::Operation::Purge => {
+                self.remove(id).await;
+                return Ok(());
+            }
+        };
+        let mode = match campaign.state {
+            CampaignState::Cancelled => Some(Mode::Cancel),
+            CampaignState::Active if campaign.is_active => Some(Mode::Dial),
+            _ => None,
+        };
+        let settings = Settings {
+            cap: usize::try_from(campaign.max_concurrent_calls.max(1)).unwrap_or(usize::MAX),
+            mode: mode.unwrap_or(Mode::Dial),
+            info: CampaignInfo {
+                name: campaign.name.as_str().into(),
+            },
+        };
+        let running = self.workers.get(&id).is_some_and(|k| k.stop.is_some());
+        let cap_changed = self
+            .workers
+            .get(&id)
+            .is_none_or(|k| k.settings.borrow().cap != settings.cap);
+        // The consumer follows the cap even while paused, so calls queue against the right
+        // limit the moment the campaign resumes.
+        if cap_changed || (mode.is_some() && !running) {
+            self.topology
+                .ensure_dial_consumer(self.js, id, campaign.max_concurrent_calls)
+                .await?;
+        }
+        let known = self.workers.entry(id).or_insert_with(|| Known {
+            settings: watch::Sender::new(settings.clone()),
+            in_flight: Arc::new(InFlight::default()),
+            stop: None,
+        });
+        known.settings.send_replace(settings);
+        if mode.is_none() {
+            if let Some(stop) = known.stop.take() {
+                tracing::info!(%id, "campaign paused; stop pulling");
+                stop.cancel();
+            }
+            return Ok(());
+        }
+        if running {
+            return Ok(());
+        }
         let consumer = self
             .js
             .get_consumer_from_stream(ccm_core::subjects::dial_consumer(id), names::CALLS)
             .await
             .map_err(|e| DialerError::Stream(names::CALLS, e.into()))?;
+        let Some(known) = self.workers.get_mut(&id) else {
+            return Ok(());
+        };
         let stop = self.shutdown.child_token();
-        self.done.spawn(worker::run(
-            id,
+        known.stop = Some(stop.clone());
+        let worker = Worker {
+            campaign: id,
             consumer,
-            self.trunk.clone(),
-            self.ctx.clone(),
-            self.calls.clone(),
-            stop.clone(),
-        ));
-        self.running.insert(id, (cap, stop));
+            trunk: self.trunk.clone(),
+            settings: known.settings.subscribe(),
+            in_flight: known.in_flight.clone(),
+            ctx: self.ctx.clone(),
+            calls: self.calls.clone(),
+        };
+        self.workers_done.spawn(worker::run(worker, stop));
         Ok(())
     }
 
-    fn stop(&mut self, id: CampaignId) {
-        if let Some((_, stop)) = self.running.remove(&id) {
+    /// The campaign is gone: stop its worker and remove its consumer, unless calls still
+    /// wait on it (removing it then would strand them; they stay until an operator acts).
+    async fn remove(&mut self, id: CampaignId) {
+        if let Some(stop) = self.workers.remove(&id).and_then(|k| k.stop) {
             stop.cancel();
         }
-    }
-
-    async fn stop_all(self) {
-        for (_, (_, stop)) in self.running {
-            stop.cancel();
+        let name = ccm_core::subjects::dial_consumer(id);
+        let Ok(stream) = self.js.get_stream(names::CALLS).await else {
+            return;
+        };
+        match stream.consumer_info(&name).await {
+            Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => {
+                if let Err(e) = stream.delete_consumer(&name).await {
+                    tracing::debug!(%id, error = %e, "dial consumer not removed");
+                }
+            }
+            Ok(info) => tracing::warn!(
+                %id,
+                queued = info.num_pending + info.num_ack_pending as u64,
+                "campaign deleted with calls still queued; its dial consumer is kept"
+            ),
+            Err(e) => tracing::debug!(%id, error = %e, "no dial consumer to remove"),
         }
-        self.done.close();
-        self.done.wait().await;
     }
 }

@@ -185,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         // The API's description is public, like the old system's docs.
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/docs", get(openapi::page))
+        .route("/api/v1/callbacks/twilio", post(routes::callbacks::twilio))
         .merge(api)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)

@@ -11,7 +11,7 @@ use chrono::Utc;
 use futures::future::BoxFuture;
 use rand::Rng;
 
-use super::{Carrier, CarrierError, Placement};
+use super::{CampaignInfo, Carrier, CarrierError, Placement};
 
 /// The simulator.
 #[derive(Debug, Clone)]
@@ -52,6 +52,7 @@ impl Carrier for SimCarrier {
     fn place<'a>(
         &'a self,
         call: &'a DialRequest,
+        _campaign: &'a CampaignInfo,
     ) -> BoxFuture<'a, Result<Placement, CarrierError>> {
         let status = self.draw();
         let external_call_id = format!("sim-{}-{}", call.call_id, call.attempt);

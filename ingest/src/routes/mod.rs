@@ -2,6 +2,7 @@
 
 pub mod bulk;
 pub mod call_queries;
+pub mod callbacks;
 pub mod calls;
 pub mod campaign_admin;
 pub mod campaigns;

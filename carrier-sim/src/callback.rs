@@ -1,0 +1,122 @@
+//! Sending a call's callbacks, with the configured faults.
+//!
+//! A call's intermediate callbacks (Twilio's `ringing`) go out when it is placed and the
+//! final one when it ends, unless a fault says otherwise: dropped (the final callback is never
+//! sent), duplicated (sent twice) or out of order (the final one first, the intermediate ones
+//! after it). Delivery is retried a few times on network errors and 5xx, like a real
+//! carrier's webhook delivery.
+
+use std::time::Duration;
+
+use reqwest::Method;
+
+use crate::{SimState, chance};
+
+/// One HTTP request to send back to ccm.
+#[derive(Debug, Clone)]
+pub enum Callback {
+    /// The old contract: JSON with `X-Auth-Token`.
+    Json {
+        method: Method,
+        url: String,
+        token: String,
+        body: serde_json::Value,
+    },
+    /// Twilio: a form, signed.
+    Form {
+        url: String,
+        params: Vec<(String, String)>,
+        signature: String,
+    },
+}
+
+/// Deliveries tried per callback before giving up.
+const DELIVERY_TRIES: u32 = 5;
+
+/// Sends the call's callbacks over its life: `intermediate` now, `last` after `length`.
+pub fn schedule(
+    state: &SimState,
+    campaign: String,
+    length: Duration,
+    intermediate: Vec<Callback>,
+    last: Callback,
+) {
+    let state = state.clone();
+    let reorder = chance(state.config.reorder_rate);
+    let drop_last = chance(state.config.drop_rate);
+    let duplicate = chance(state.config.duplicate_rate);
+    tokio::spawn(async move {
+        if !reorder {
+            for callback in &intermediate {
+                deliver(&state, callback).await;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(length) => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        state.ledger.end(&campaign);
+        if drop_last {
+            tracing::info!(%campaign, "fault: final callback dropped");
+        } else {
+            deliver(&state, &last).await;
+            if duplicate {
+                deliver(&state, &last).await;
+            }
+        }
+        if reorder {
+            for callback in &intermediate {
+                deliver(&state, callback).await;
+            }
+        }
+    });
+}
+
+/// Sends one callback, retrying on network errors and 5xx; records the result.
+pub async fn deliver(state: &SimState, callback: &Callback) -> bool {
+    let mut delay = Duration::from_millis(100);
+    for _ in 0..DELIVERY_TRIES {
+        let request = match callback {
+            Callback::Json {
+                method,
+                url,
+                token,
+                body,
+            } => {
+                let mut request = state.http.request(method.clone(), url).json(body);
+                if !token.is_empty() {
+                    request = request.header("X-Auth-Token", token);
+                }
+                request
+            }
+            Callback::Form {
+                url,
+                params,
+                signature,
+            } => state
+                .http
+                .post(url)
+                .header(ccm_core::twilio::SIGNATURE_HEADER, signature)
+                .form(params),
+        };
+        match request.send().await {
+            Ok(response) if response.status().is_success() => {
+                state.ledger.count_callback(true);
+                return true;
+            }
+            Ok(response) if response.status().is_client_error() => {
+                tracing::warn!(status = %response.status(), "callback refused");
+                break;
+            }
+            Ok(response) => tracing::warn!(status = %response.status(), "callback failed"),
+            Err(e) => tracing::warn!(error = %e, "callback not delivered"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = state.shutdown.cancelled() => break,
+        }
+        delay *= 2;
+    }
+    state.ledger.count_callback(false);
+    false
+}

@@ -1,0 +1,181 @@
+//! The record of everything the simulator was asked to do, for `GET /stats`.
+//!
+//! Attempts are keyed by their idempotency key (the `Idempotency-Key` header the adapters
+//! send, one per call attempt). A second request with a key already placed is answered with
+//! the first placement and counted in `requests`, never placed again, so a test can audit
+//! that no attempt was requested, let alone placed, twice.
+
+use std::{collections::BTreeMap, sync::Mutex};
+
+use serde::{Deserialize, Serialize};
+
+/// Everything recorded so far.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    inner: Mutex<Stats>,
+}
+
+/// One attempt placed with the simulator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub key: String,
+    pub campaign: String,
+    pub to: String,
+    pub external_call_id: String,
+    /// Placement requests seen with this key: more than one means the dialer asked twice.
+    pub requests: u32,
+}
+
+/// Live and peak calls of one campaign.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CampaignStats {
+    pub placed: u64,
+    pub live: u64,
+    pub peak: u64,
+}
+
+/// The body of `GET /stats`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Attempts placed (distinct keys).
+    pub placed: u64,
+    /// Requests that repeated a key already placed.
+    pub repeated_requests: u64,
+    /// Requests answered 503 by the error-rate fault, nothing placed.
+    pub injected_errors: u64,
+    /// Requests refused with 400 by the reject-rate fault.
+    pub rejected: u64,
+    /// Callbacks delivered (2xx) and failed (other status or unreachable after retries).
+    pub callbacks_sent: u64,
+    pub callbacks_failed: u64,
+    /// Live calls of all campaigns now, and their peak (a dialer's trunk limit).
+    pub live: u64,
+    pub peak: u64,
+    pub campaigns: BTreeMap<String, CampaignStats>,
+    pub attempts: BTreeMap<String, Attempt>,
+}
+
+/// Whether a placement was new or repeated a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    New { external_call_id: String },
+    Repeat { external_call_id: String },
+}
+
+impl Ledger {
+    fn with<T>(&self, f: impl FnOnce(&mut Stats) -> T) -> T {
+        // A panic while holding the lock cannot leave the counters half-updated in a way that
+        // matters more than losing them, so a poisoned lock is simply taken over.
+        let mut stats = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut stats)
+    }
+
+    /// Records a placement request; a new key makes the call live in its campaign.
+    pub fn place(&self, key: &str, campaign: &str, to: &str) -> Placement {
+        self.with(|stats| {
+            if let Some(attempt) = stats.attempts.get_mut(key) {
+                attempt.requests += 1;
+                stats.repeated_requests += 1;
+                return Placement::Repeat {
+                    external_call_id: attempt.external_call_id.clone(),
+                };
+            }
+            let external_call_id = format!("CA{}", uuid::Uuid::new_v4().simple());
+            stats.attempts.insert(
+                key.to_owned(),
+                Attempt {
+                    key: key.to_owned(),
+                    campaign: campaign.to_owned(),
+                    to: to.to_owned(),
+                    external_call_id: external_call_id.clone(),
+                    requests: 1,
+                },
+            );
+            stats.placed += 1;
+            stats.live += 1;
+            stats.peak = stats.peak.max(stats.live);
+            let c = stats.campaigns.entry(campaign.to_owned()).or_default();
+            c.placed += 1;
+            c.live += 1;
+            c.peak = c.peak.max(c.live);
+            Placement::New { external_call_id }
+        })
+    }
+
+    /// The call ended (its final callback is due now).
+    pub fn end(&self, campaign: &str) {
+        self.with(|stats| {
+            if let Some(c) = stats.campaigns.get_mut(campaign) {
+                c.live = c.live.saturating_sub(1);
+                stats.live = stats.live.saturating_sub(1);
+            }
+        });
+    }
+
+    pub fn count_injected_error(&self) {
+        self.with(|stats| stats.injected_errors += 1);
+    }
+
+    pub fn count_rejected(&self) {
+        self.with(|stats| stats.rejected += 1);
+    }
+
+    pub fn count_callback(&self, delivered: bool) {
+        self.with(|stats| {
+            if delivered {
+                stats.callbacks_sent += 1;
+            } else {
+                stats.callbacks_failed += 1;
+            }
+        });
+    }
+
+    pub fn snapshot(&self) -> Stats {
+        self.with(|stats| stats.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_key_is_counted_not_placed() {
+        let ledger = Ledger::default();
+        let first = ledger.place("c1/1", "7", "+15550000001");
+        let Placement::New { external_call_id } = first else {
+            panic!("{first:?}")
+        };
+        assert_eq!(
+            ledger.place("c1/1", "7", "+15550000001"),
+            Placement::Repeat { external_call_id }
+        );
+        ledger.place("c2/1", "7", "+15550000002");
+        let stats = ledger.snapshot();
+        assert_eq!((stats.placed, stats.repeated_requests), (2, 1));
+        assert_eq!(stats.attempts["c1/1"].requests, 2);
+        assert_eq!((stats.live, stats.peak), (2, 2));
+        assert_eq!(
+            stats.campaigns["7"],
+            CampaignStats {
+                placed: 2,
+                live: 2,
+                peak: 2
+            }
+        );
+        ledger.end("7");
+        ledger.end("7");
+        ledger.place("c3/1", "7", "+15550000003");
+        assert_eq!(
+            ledger.snapshot().campaigns["7"],
+            CampaignStats {
+                placed: 3,
+                live: 1,
+                peak: 2
+            }
+        );
+    }
+}

@@ -1,0 +1,3 @@
+//! carrier-sim over HTTP: placements, idempotency, faults and signed callbacks.
+
+mod api;

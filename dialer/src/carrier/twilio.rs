@@ -1,0 +1,110 @@
+//! Twilio's Programmable Voice REST API.
+//!
+//! `POST {base_url}/2010-04-01/Accounts/{AccountSid}/Calls.json` with basic auth and the form
+//! fields `To`, `From`, `Url`, `StatusCallback`, `StatusCallbackEvent` (initiated, ringing,
+//! answered, completed), `Timeout` and optionally `MachineDetection`. The `StatusCallback`
+//! is ingest's `POST /api/v1/callbacks/twilio` with the call, attempt and campaign in its
+//! query, so the signed callback says which attempt it ends without any lookup. Twilio has no
+//! idempotency key for call creation; the attempt id is still sent as `Idempotency-Key` for
+//! carriers (and carrier-sim) that honour one, and a timeout is never retried.
+
+use std::time::Duration;
+
+use ccm_core::{DialRequest, config::TwilioCarrierConfig};
+use futures::future::BoxFuture;
+use serde::Deserialize;
+
+use super::{
+    BuildError, CampaignInfo, Carrier, CarrierError, Placement, classify_send_error,
+    classify_status,
+};
+
+/// The path of ingest's Twilio callback route.
+pub const CALLBACK_PATH: &str = "/api/v1/callbacks/twilio";
+
+/// The adapter.
+#[derive(Debug, Clone)]
+pub struct TwilioCarrier {
+    config: TwilioCarrierConfig,
+    client: reqwest::Client,
+}
+
+#[derive(Debug, Deserialize)]
+struct Created {
+    sid: String,
+}
+
+impl TwilioCarrier {
+    pub fn new(config: TwilioCarrierConfig) -> Result<Self, BuildError> {
+        if config.account_sid.is_empty() || config.from.is_empty() {
+            return Err(BuildError::Config(
+                "dialer.carrier.account_sid and dialer.carrier.from are required".into(),
+            ));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.request_timeout_ms.max(1)))
+            .build()
+            .map_err(BuildError::Client)?;
+        Ok(Self { config, client })
+    }
+
+    /// Where Twilio reports the attempt's status.
+    pub fn status_callback(&self, call: &DialRequest) -> String {
+        format!(
+            "{}{CALLBACK_PATH}?call_id={}&attempt={}&campaign_id={}",
+            self.config.status_callback_base.trim_end_matches('/'),
+            call.call_id,
+            call.attempt,
+            call.campaign_id
+        )
+    }
+
+    async fn place_inner(&self, call: &DialRequest) -> Result<Placement, CarrierError> {
+        let c = &self.config;
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}/Calls.json",
+            c.base_url.trim_end_matches('/'),
+            c.account_sid
+        );
+        let mut form: Vec<(&str, String)> = vec![
+            ("To", call.phone_number.to_string()),
+            ("From", c.from.clone()),
+            ("Url", c.answer_url.clone()),
+            ("StatusCallback", self.status_callback(call)),
+            ("StatusCallbackMethod", "POST".into()),
+            ("Timeout", c.ring_timeout_secs.to_string()),
+        ];
+        for event in ["initiated", "ringing", "answered", "completed"] {
+            form.push(("StatusCallbackEvent", event.into()));
+        }
+        if !c.machine_detection.is_empty() {
+            form.push(("MachineDetection", c.machine_detection.clone()));
+        }
+        let response = self
+            .client
+            .post(url)
+            .basic_auth(&c.account_sid, Some(c.auth_token.expose()))
+            .header("Idempotency-Key", call.msg_id())
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| classify_send_error(&e))?;
+        if !response.status().is_success() {
+            return Err(classify_status(response).await);
+        }
+        let created: Option<Created> = response.json().await.ok();
+        Ok(Placement {
+            external_call_id: created.map(|c| c.sid),
+        })
+    }
+}
+
+impl Carrier for TwilioCarrier {
+    fn place<'a>(
+        &'a self,
+        call: &'a DialRequest,
+        _campaign: &'a CampaignInfo,
+    ) -> BoxFuture<'a, Result<Placement, CarrierError>> {
+        Box::pin(self.place_inner(call))
+    }
+}

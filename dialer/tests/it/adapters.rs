@@ -1,0 +1,198 @@
+//! Each adapter's placement and how it sorts the carrier's answers: placed, refused (4xx →
+//! the attempt ends FAILED), unavailable (5xx or unreachable → redelivery), ambiguous (a
+//! timeout → never placed again).
+
+use std::sync::Arc;
+
+use ccm_carrier_sim::SimConfig;
+use ccm_core::{
+    CallId, CampaignId, DialRequest, PhoneNumber, PhoneRule,
+    config::{HttpCarrierConfig, Secret, TwilioCarrierConfig},
+};
+use ccm_dialer::carrier::{
+    CampaignInfo, Carrier, CarrierError, http::HttpCarrier, twilio::TwilioCarrier,
+};
+use chrono::Utc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+struct Sim {
+    url: String,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn sim(config: SimConfig) -> Sim {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let shutdown = CancellationToken::new();
+    // Callbacks go nowhere here (the callback base is closed); only placement is tested.
+    let config = SimConfig {
+        callback_base: "http://127.0.0.1:9".into(),
+        call_ms: 60_000,
+        ..config
+    };
+    tokio::spawn(ccm_carrier_sim::run(config, listener, shutdown.clone()));
+    Sim { url, shutdown }
+}
+
+fn request() -> DialRequest {
+    let now = Utc::now();
+    DialRequest {
+        call_id: CallId::new(),
+        campaign_id: CampaignId::new(7).expect("id"),
+        phone_number: PhoneNumber::parse("+15550001234", PhoneRule::Lenient).expect("phone"),
+        attempt: 2,
+        max_attempts: 3,
+        created_at: now,
+        queued_at: now,
+    }
+}
+
+fn campaign() -> CampaignInfo {
+    CampaignInfo {
+        name: Arc::from("spring"),
+    }
+}
+
+fn http(base_url: &str, timeout_ms: u64) -> HttpCarrier {
+    HttpCarrier::new(HttpCarrierConfig {
+        base_url: base_url.into(),
+        api_token: Secret::default(),
+        request_timeout_ms: timeout_ms,
+    })
+    .expect("adapter")
+}
+
+async fn stats(url: &str) -> ccm_carrier_sim::ledger::Stats {
+    reqwest::get(format!("{url}/stats"))
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json")
+}
+
+#[tokio::test]
+async fn the_http_adapter_places_with_the_attempt_as_idempotency_key() {
+    let sim = sim(SimConfig::default()).await;
+    let call = request();
+    let placement = http(&sim.url, 2000)
+        .place(&call, &campaign())
+        .await
+        .expect("placed");
+    let stats = stats(&sim.url).await;
+    let attempt = &stats.attempts[&call.msg_id()];
+    assert_eq!(
+        placement.external_call_id.as_deref(),
+        Some(attempt.external_call_id.as_str())
+    );
+    assert_eq!(
+        (attempt.campaign.as_str(), attempt.to.as_str()),
+        ("7", "+15550001234")
+    );
+    assert_eq!(attempt.requests, 1);
+}
+
+#[tokio::test]
+async fn the_http_adapter_sorts_refusals_outages_and_timeouts() {
+    let refusing = sim(SimConfig {
+        reject_rate: 1.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let err = http(&refusing.url, 2000)
+        .place(&request(), &campaign())
+        .await
+        .expect_err("4xx");
+    assert!(
+        matches!(&err, CarrierError::Rejected(r) if r.starts_with("400") && r.contains("not reachable")),
+        "{err:?}"
+    );
+
+    let failing = sim(SimConfig {
+        fail_first: 1,
+        ..SimConfig::default()
+    })
+    .await;
+    let err = http(&failing.url, 2000)
+        .place(&request(), &campaign())
+        .await
+        .expect_err("5xx");
+    assert!(
+        matches!(&err, CarrierError::Unavailable(r) if r.starts_with("503")),
+        "{err:?}"
+    );
+    assert_eq!(stats(&failing.url).await.placed, 0);
+
+    // Nothing listens on a port just released: refused, certainly not placed.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let err = http(&format!("http://{closed}"), 2000)
+        .place(&request(), &campaign())
+        .await
+        .expect_err("unreachable");
+    assert!(matches!(err, CarrierError::Unavailable(_)), "{err:?}");
+
+    let slow = sim(SimConfig {
+        latency_ms: 1000,
+        ..SimConfig::default()
+    })
+    .await;
+    let err = http(&slow.url, 100)
+        .place(&request(), &campaign())
+        .await
+        .expect_err("timeout");
+    assert!(matches!(err, CarrierError::Ambiguous(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn the_twilio_adapter_authenticates_and_names_the_attempt_in_its_callback() {
+    let sim = sim(SimConfig::default()).await;
+    let config = TwilioCarrierConfig {
+        base_url: sim.url.clone(),
+        account_sid: "ACsimulator".into(),
+        auth_token: Secret::new("sim-auth-token"),
+        from: "+15550009999".into(),
+        status_callback_base: "http://ingest.example".into(),
+        ..TwilioCarrierConfig::default()
+    };
+    let twilio = TwilioCarrier::new(config.clone()).expect("adapter");
+    let call = request();
+    let callback = twilio.status_callback(&call);
+    assert_eq!(
+        callback,
+        format!(
+            "http://ingest.example/api/v1/callbacks/twilio?call_id={}&attempt=2&campaign_id=7",
+            call.call_id
+        )
+    );
+    let placement = twilio.place(&call, &campaign()).await.expect("placed");
+    assert!(
+        placement
+            .external_call_id
+            .is_some_and(|sid| sid.starts_with("CA"))
+    );
+    let stats = stats(&sim.url).await;
+    assert_eq!(stats.attempts[&call.msg_id()].campaign, "7");
+
+    let wrong = TwilioCarrier::new(TwilioCarrierConfig {
+        auth_token: Secret::new("wrong"),
+        ..config
+    })
+    .expect("adapter");
+    // Wrong credentials are the dialer's problem, not the call's: redelivered, not FAILED.
+    let err = wrong.place(&request(), &campaign()).await.expect_err("401");
+    assert!(
+        matches!(&err, CarrierError::Unavailable(r) if r.starts_with("401")),
+        "{err:?}"
+    );
+}

@@ -1,0 +1,3 @@
+//! The dialer's carrier adapters against carrier-sim over HTTP.
+
+mod adapters;
