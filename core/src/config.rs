@@ -151,6 +151,16 @@ impl DuplicateScope {
             Self::Campaign => format!("{campaign}.{}", phone.digits()),
         }
     }
+
+    /// Every key a call of `campaign` to `phone` may hold, whatever the scope was when it
+    /// claimed: a release checks both (and deletes only a claim holding its own call id), so a
+    /// change of scope between claim and release never strands a number.
+    pub fn all_claim_keys(campaign: crate::CampaignId, phone: &crate::PhoneNumber) -> [String; 2] {
+        [
+            Self::Global.claim_key(campaign, phone),
+            Self::Campaign.claim_key(campaign, phone),
+        ]
+    }
 }
 
 impl Default for IngestConfig {

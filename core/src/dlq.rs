@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::DuplicateScope;
 use crate::{
     events::{CallEvent, DialRequest, EventKind},
     ids::{CallId, CampaignId},
@@ -216,6 +217,8 @@ pub struct Dlq {
     js: jetstream::Context,
     stream: Stream,
     active_calls: kv::Store,
+    /// The duplicate scope a redriven call claims its number under.
+    scope: DuplicateScope,
 }
 
 impl Dlq {
@@ -230,7 +233,14 @@ impl Dlq {
             js,
             stream,
             active_calls,
+            scope: DuplicateScope::default(),
         })
+    }
+
+    /// Claims numbers of redriven calls under `scope` (ingest's `duplicate_scope`).
+    pub fn with_scope(mut self, scope: DuplicateScope) -> Self {
+        self.scope = scope;
+        self
     }
 
     /// Letters matching `filter`, oldest first.
@@ -390,7 +400,10 @@ impl Dlq {
 
     /// Claims the call's number again (it was released when the call was dead-lettered).
     async fn claim(&self, request: &DialRequest) -> Result<(), DlqError> {
-        let key = request.phone_number.digits();
+        let key = self
+            .scope
+            .claim_key(request.campaign_id, &request.phone_number);
+        let key = key.as_str();
         let call = request.call_id.to_string();
         match self.active_calls.create(key, call.clone().into()).await {
             Ok(_) => Ok(()),

@@ -256,11 +256,9 @@ async fn cancel(ctx: &CallContext, request: &DialRequest) -> Result<(), CallErro
         .await
         .map_err(|e| CallError::Nats(e.to_string()))?;
     let call = request.call_id.to_string();
-    let digits = request.phone_number.digits();
-    for key in [
-        digits.to_owned(),
-        format!("{}.{digits}", request.campaign_id),
-    ] {
+    for key in
+        ccm_core::config::DuplicateScope::all_claim_keys(request.campaign_id, &request.phone_number)
+    {
         // Only this call's claim is released, and only if nobody re-claimed it meanwhile.
         if let Ok(Some(entry)) = ctx.active_calls.entry(key.clone()).await {
             if entry.operation == kv::Operation::Put && entry.value.as_ref() == call.as_bytes() {

@@ -58,7 +58,8 @@ impl Cli {
         let client = ccm_core::nats::connect(&config.nats_url, "retrier-cli").await?;
         let dlq = Dlq::open(ccm_core::nats::jetstream(client.clone()))
             .await
-            .context("cannot open the DLQ")?;
+            .context("cannot open the DLQ")?
+            .with_scope(config.ingest.duplicate_scope);
         let output = match command {
             DlqCommand::List {
                 stream,

@@ -14,8 +14,8 @@ use std::hash::{Hash, Hasher};
 
 use async_nats::jetstream::{AckKind, Message, kv};
 use ccm_core::{
-    CallEvent, CallId, Campaign, DialRequest, EventKind, OutcomeStatus, PhoneNumber, RetryEntry,
-    policy::Decision,
+    CallEvent, CallId, Campaign, CampaignId, DialRequest, EventKind, OutcomeStatus, PhoneNumber,
+    RetryEntry, config::DuplicateScope, policy::Decision,
 };
 use chrono::Utc;
 
@@ -78,7 +78,13 @@ async fn decide(ctx: &Shared, outcome: &CallEvent) -> Result<(), OutcomeError> {
         let last = history.events.last();
         if last.is_some_and(|e| e.kind.is_terminal() && e.attempt == outcome.attempt) {
             if let Some(facts) = &facts {
-                release(&ctx.active_calls, &facts.phone_number, outcome.call_id).await?;
+                release(
+                    &ctx.active_calls,
+                    outcome.campaign_id,
+                    &facts.phone_number,
+                    outcome.call_id,
+                )
+                .await?;
             }
         }
         return Ok(());
@@ -164,7 +170,13 @@ async fn decide(ctx: &Shared, outcome: &CallEvent) -> Result<(), OutcomeError> {
         "outcome {status} decided");
     if terminal {
         if let Some(facts) = &facts {
-            release(&ctx.active_calls, &facts.phone_number, outcome.call_id).await?;
+            release(
+                &ctx.active_calls,
+                outcome.campaign_id,
+                &facts.phone_number,
+                outcome.call_id,
+            )
+            .await?;
         }
     }
     Ok(())
@@ -198,33 +210,35 @@ pub fn jitter_sample(call: CallId, attempt: u32) -> f64 {
     (hasher.finish() as f64 / u64::MAX as f64) * 2.0 - 1.0
 }
 
-/// Releases the claim on `phone` if this call still holds it.
+/// Releases the claim on `phone` if this call still holds it, under whichever duplicate scope
+/// it was claimed.
 pub async fn release(
     active_calls: &kv::Store,
+    campaign: CampaignId,
     phone: &PhoneNumber,
     call: CallId,
 ) -> Result<(), OutcomeError> {
-    let entry = active_calls
-        .entry(phone.digits())
-        .await
-        .map_err(|e| OutcomeError::Release(e.into()))?;
-    let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-        return Ok(());
-    };
-    if entry.value.as_ref() != call.to_string().as_bytes() {
-        return Ok(());
-    }
-    // Expecting the revision read makes the delete a no-op if the claim changed hands since.
-    match active_calls
-        .delete_expect_revision(phone.digits(), Some(entry.revision))
-        .await
-    {
-        Ok(()) => Ok(()),
-        Err(e) => {
+    for key in DuplicateScope::all_claim_keys(campaign, phone) {
+        let entry = active_calls
+            .entry(key.as_str())
+            .await
+            .map_err(|e| OutcomeError::Release(e.into()))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            continue;
+        };
+        if entry.value.as_ref() != call.to_string().as_bytes() {
+            continue;
+        }
+        // Expecting the revision read makes the delete a no-op if the claim changed hands
+        // since.
+        if let Err(e) = active_calls
+            .delete_expect_revision(key.as_str(), Some(entry.revision))
+            .await
+        {
             tracing::debug!(error = %e, "claim changed before release");
-            Ok(())
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,11 +4,14 @@
 //!
 //! - `up`: runs the whole system locally (NATS, PostgreSQL, the four services), installing
 //!   the servers first on a fresh Debian/Ubuntu machine when run as root.
-//! - `ci`: what CI checks: formatting, clippy with `-D warnings`, and the test suite.
+//! - `ci`: what CI checks: formatting, clippy with `-D warnings`, the test suite, and the old
+//!   system's Postman collection.
 //! - `provision`: creates or updates the JetStream topology on a server and reports drift.
+//! - `postman`: the old system's Postman collection, run with newman against a fresh stack.
 
 mod ci;
 mod deps;
+mod postman;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +31,8 @@ enum Task {
     Ci,
     /// Create or update streams, consumers and buckets on CCM_NATS_URL; report drift.
     Provision,
+    /// Run the old system's Postman collection (newman) against a fresh local stack.
+    Postman,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         Task::Up(args) => up::run(args),
         Task::Ci => ci::run(),
         Task::Provision => provision(),
+        Task::Postman => postman::run(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `cargo xtask up`: the whole system on this machine, with one command.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command},
     time::Duration,
 };
@@ -10,94 +10,218 @@ use anyhow::{Context, bail};
 use ccm_tests::{LocalNats, LocalPostgres, postgres::DATABASE, process::Guard};
 use nix::sys::signal::Signal;
 
+/// Which carrier adapter the dialer uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Carrier {
+    /// The dialer's in-process simulator (every call answered after 50 ms).
+    Sim,
+    /// The old system's HTTP contract, against carrier-sim.
+    Http,
+    /// Twilio's REST API and signed status callbacks, against carrier-sim.
+    Twilio,
+}
+
 /// Options of `cargo xtask up`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
     /// Port of the HTTP API; 8000 (the old system's) by default, or a free one if taken.
     #[arg(long)]
-    port: Option<u16>,
+    pub port: Option<u16>,
+    /// Port of carrier-sim; 8001 (the old collection's mock service) by default, or free.
+    #[arg(long)]
+    pub carrier_port: Option<u16>,
     /// API token; the default is the old Postman collection's development token.
     #[arg(long, default_value = "dev-token-12345")]
-    token: String,
+    pub token: String,
+    /// The carrier adapter the dialer uses.
+    #[arg(long, value_enum, default_value = "sim")]
+    pub carrier: Carrier,
     /// Start from empty streams and tables instead of the previous run's data.
     #[arg(long)]
-    fresh: bool,
+    pub fresh: bool,
 }
 
 const SERVICES: &[&str] = &["ccm-projector", "ccm-retrier", "ccm-dialer", "ccm-ingest"];
+const CARRIER_SIM: &str = "ccm-carrier-sim";
+/// The Twilio credentials carrier-sim accepts and signs with by default.
+const SIM_ACCOUNT_SID: &str = "ACsimulator";
+const SIM_AUTH_TOKEN: &str = "sim-auth-token";
 
+/// Runs the stack until Ctrl-C.
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
-    let root = workspace_root();
-    let state = root.join("target/ccm-up");
-    if args.fresh && state.exists() {
-        std::fs::remove_dir_all(&state).context("cannot remove the previous run's data")?;
-    }
-    std::fs::create_dir_all(&state)?;
-
-    // Servers: the ones named by the environment, or our own on free ports.
-    let mut own_nats = None;
-    let nats_url = match std::env::var("CCM_NATS_URL") {
-        Ok(url) => url,
-        Err(_) => {
-            crate::deps::ensure_servers()?;
-            let nats =
-                LocalNats::start_in(state.join("nats"), None).context("starting nats-server")?;
-            let url = nats.url();
-            own_nats = Some(nats);
-            url
-        }
-    };
-    let mut own_pg = None;
-    let database_url = match std::env::var("CCM_DATABASE_URL") {
-        Ok(url) => url,
-        Err(_) => {
-            crate::deps::ensure_servers()?;
-            let pg = LocalPostgres::start_persistent(state.join("pg/data"), None)
-                .context("starting PostgreSQL")?;
-            let url = pg.url(DATABASE);
-            own_pg = Some(pg);
-            url
-        }
-    };
-    eprintln!("NATS       {nats_url}\nPostgreSQL {database_url}");
-
-    eprintln!("building the services…");
-    let mut build = Command::new("cargo");
-    build.current_dir(&root).args(["build", "--quiet"]);
-    for service in SERVICES {
-        build.args(["-p", service]);
-    }
-    if !build.status().context("cannot run cargo build")?.success() {
-        bail!("building the services failed");
-    }
-
-    let port = match args.port {
-        Some(port) => port,
-        None if std::net::TcpListener::bind("127.0.0.1:8000").is_ok() => 8000,
-        None => ccm_tests::process::free_port()?,
-    };
-    let api = format!("http://127.0.0.1:{port}");
-    let mut children: Vec<(&str, Guard)> = Vec::new();
-    for service in SERVICES {
-        let child = spawn_service(&root, service, &nats_url, &database_url, port, &args.token)?;
-        children.push((service, Guard::new("service", child, Signal::SIGTERM)));
-    }
-
     let rt = tokio::runtime::Runtime::new()?;
+    let stack = Stack::start(&args, "ccm-up")?;
     let result = rt.block_on(async {
-        wait_ready(&api).await?;
-        let campaign = demo_campaign(&api, &args.token).await?;
-        print_banner(&api, &args.token, campaign, &database_url);
-        supervise(&mut children).await
+        stack.ready().await?;
+        let campaign = demo_campaign(&stack.api, &args.token).await?;
+        print_banner(&stack, &args, campaign);
+        supervise(&stack).await
     });
-
-    // Services first (they drain into NATS and PostgreSQL), then the servers.
-    for (_, mut guard) in children.into_iter().rev() {
-        guard.stop(Duration::from_secs(15));
-    }
-    drop(own_pg.take());
-    drop(own_nats.take());
+    stack.stop();
     result
+}
+
+/// A running local system: servers, carrier-sim and the four services.
+pub struct Stack {
+    pub api: String,
+    pub carrier_url: String,
+    pub database_url: String,
+    children: std::sync::Mutex<Vec<(&'static str, Guard)>>,
+    nats: Option<LocalNats>,
+    postgres: Option<LocalPostgres>,
+}
+
+impl Stack {
+    /// Starts everything, with data under `target/<name>`.
+    pub fn start(args: &UpArgs, name: &str) -> anyhow::Result<Self> {
+        let root = workspace_root();
+        let state = root.join("target").join(name);
+        if args.fresh && state.exists() {
+            std::fs::remove_dir_all(&state).context("cannot remove the previous run's data")?;
+        }
+        std::fs::create_dir_all(&state)?;
+
+        // Servers: the ones named by the environment, or our own on free ports.
+        let (nats_url, nats) = match std::env::var("CCM_NATS_URL") {
+            Ok(url) => (url, None),
+            Err(_) => {
+                crate::deps::ensure_servers()?;
+                let nats = LocalNats::start_in(state.join("nats"), None)
+                    .context("starting nats-server")?;
+                (nats.url(), Some(nats))
+            }
+        };
+        let (database_url, postgres) = match std::env::var("CCM_DATABASE_URL") {
+            Ok(url) => (url, None),
+            Err(_) => {
+                crate::deps::ensure_servers()?;
+                let pg = LocalPostgres::start_persistent(state.join("pg/data"), None)
+                    .context("starting PostgreSQL")?;
+                (pg.url(DATABASE), Some(pg))
+            }
+        };
+        eprintln!("NATS       {nats_url}\nPostgreSQL {database_url}");
+
+        eprintln!("building the services…");
+        let mut build = Command::new("cargo");
+        build.current_dir(&root).args(["build", "--quiet"]);
+        for package in SERVICES.iter().chain([&CARRIER_SIM]) {
+            build.args(["-p", package]);
+        }
+        if !build.status().context("cannot run cargo build")?.success() {
+            bail!("building the services failed");
+        }
+
+        let port = pick_port(args.port, 8000)?;
+        let carrier_port = pick_port(args.carrier_port, 8001)?;
+        let api = format!("http://127.0.0.1:{port}");
+        let carrier_url = format!("http://127.0.0.1:{carrier_port}");
+        let mut stack = Self {
+            api: api.clone(),
+            carrier_url: carrier_url.clone(),
+            database_url: database_url.clone(),
+            children: std::sync::Mutex::new(Vec::new()),
+            nats,
+            postgres,
+        };
+
+        let mut sim = command(&root, CARRIER_SIM);
+        sim.args(["--listen", &format!("127.0.0.1:{carrier_port}")])
+            .args(["--callback-base", &api, "--callback-token", &args.token]);
+        stack.spawn(CARRIER_SIM, &mut sim)?;
+
+        for service in SERVICES {
+            let mut cmd = command(&root, service);
+            cmd.env("CCM_NATS_URL", &nats_url)
+                .env("CCM_DATABASE_URL", &database_url)
+                .env("CCM_INGEST__LISTEN", format!("127.0.0.1:{port}"))
+                .env("CCM_INGEST__AUTH_TOKENS", format!("[\"{}\"]", args.token));
+            match args.carrier {
+                Carrier::Sim => {}
+                Carrier::Http => {
+                    cmd.env(
+                        "CCM_DIALER__CARRIER",
+                        format!("{{kind: http, base_url: '{carrier_url}'}}"),
+                    );
+                }
+                Carrier::Twilio => {
+                    cmd.env(
+                        "CCM_DIALER__CARRIER",
+                        format!(
+                            "{{kind: twilio, base_url: '{carrier_url}', account_sid: {SIM_ACCOUNT_SID}, \
+                             auth_token: {SIM_AUTH_TOKEN}, from: '+15550009999', \
+                             status_callback_base: '{api}'}}"
+                        ),
+                    )
+                    .env("CCM_INGEST__TWILIO__AUTH_TOKEN", SIM_AUTH_TOKEN);
+                }
+            }
+            stack.spawn(service, &mut cmd)?;
+        }
+        Ok(stack)
+    }
+
+    fn spawn(&mut self, name: &'static str, command: &mut Command) -> anyhow::Result<()> {
+        let child: Child = command
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        self.children
+            .get_mut()
+            .map_err(|_| anyhow::anyhow!("child list poisoned"))?
+            .push((name, Guard::new("service", child, Signal::SIGTERM)));
+        Ok(())
+    }
+
+    /// Waits until ingest and carrier-sim answer.
+    pub async fn ready(&self) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        for url in [
+            format!("{}/readyz", self.api),
+            format!("{}/health", self.carrier_url),
+        ] {
+            let mut up = false;
+            for _ in 0..300 {
+                if let Ok(r) = http.get(&url).send().await {
+                    if r.status().is_success() {
+                        up = true;
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if !up {
+                bail!("{url} did not answer");
+            }
+        }
+        Ok(())
+    }
+
+    /// The first child that has exited, if any.
+    fn exited(&self) -> Option<&'static str> {
+        let mut children = self.children.lock().ok()?;
+        children
+            .iter_mut()
+            .find_map(|(name, guard)| guard.has_exited().then_some(*name))
+    }
+
+    /// Stops the services first (they drain into NATS and PostgreSQL), then the servers.
+    pub fn stop(mut self) {
+        if let Ok(children) = self.children.get_mut() {
+            for (_, mut guard) in children.drain(..).rev() {
+                guard.stop(Duration::from_secs(15));
+            }
+        }
+        drop(self.postgres.take());
+        drop(self.nats.take());
+    }
+}
+
+fn pick_port(wanted: Option<u16>, preferred: u16) -> anyhow::Result<u16> {
+    Ok(match wanted {
+        Some(port) => port,
+        None if std::net::TcpListener::bind(("127.0.0.1", preferred)).is_ok() => preferred,
+        None => ccm_tests::process::free_port()?,
+    })
 }
 
 fn workspace_root() -> PathBuf {
@@ -107,40 +231,14 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-fn spawn_service(
-    root: &std::path::Path,
-    service: &str,
-    nats_url: &str,
-    database_url: &str,
-    port: u16,
-    token: &str,
-) -> anyhow::Result<Child> {
-    let program = root.join("target/debug").join(service);
-    Command::new(&program)
-        .current_dir(root)
-        .env("CCM_NATS_URL", nats_url)
-        .env("CCM_DATABASE_URL", database_url)
-        .env("CCM_INGEST__LISTEN", format!("127.0.0.1:{port}"))
-        .env("CCM_INGEST__AUTH_TOKENS", format!("[\"{token}\"]"))
-        .spawn()
-        .with_context(|| format!("cannot start {}", program.display()))
-}
-
-async fn wait_ready(api: &str) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    for _ in 0..300 {
-        if let Ok(r) = http.get(format!("{api}/readyz")).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("ingest did not become ready at {api}")
+fn command(root: &Path, binary: &str) -> Command {
+    let mut command = Command::new(root.join("target/debug").join(binary));
+    command.current_dir(root);
+    command
 }
 
 /// Campaign 1, created on the first run so a call can be placed straight away.
-async fn demo_campaign(api: &str, token: &str) -> anyhow::Result<u64> {
+pub async fn demo_campaign(api: &str, token: &str) -> anyhow::Result<u64> {
     let http = reqwest::Client::new();
     let existing = http
         .get(format!("{api}/api/v1/campaigns/1"))
@@ -164,24 +262,27 @@ async fn demo_campaign(api: &str, token: &str) -> anyhow::Result<u64> {
     body["id"].as_u64().context("the campaign has no id")
 }
 
-fn print_banner(api: &str, token: &str, campaign: u64, database_url: &str) {
+fn print_banner(stack: &Stack, args: &UpArgs, campaign: u64) {
+    let (api, token, db) = (&stack.api, &args.token, &stack.database_url);
     println!(
-        "\nccm is running.\n\
-         \n  API       {api}\
-         \n  token     {token}\
-         \n  campaign  {campaign}\
+        "\nccm is running (carrier: {:?}).\n\
+         \n  API          {api}    (OpenAPI docs: {api}/api/v1/docs)\
+         \n  token        {token}\
+         \n  campaign     {campaign}\
+         \n  carrier-sim  {}    (placed calls: {}/stats)\
          \n\nPlace a call:\n\
          \n  curl -s -X POST {api}/api/v1/calls -H 'X-Auth-Token: {token}' \\\
          \n       -H 'Content-Type: application/json' \\\
          \n       -d '{{\"campaign_id\": {campaign}, \"phone_number\": \"+15550000001\"}}'\
          \n\nThen see it in PostgreSQL:\n\
-         \n  psql '{database_url}' -c 'SELECT call_id, status, attempt_count FROM calls'\
-         \n\nCtrl-C stops everything.\n"
+         \n  psql '{db}' -c 'SELECT call_id, status, attempt_count FROM calls'\
+         \n\nCtrl-C stops everything.\n",
+        args.carrier, stack.carrier_url, stack.carrier_url,
     );
 }
 
-/// Waits for Ctrl-C, or fails when a service exits on its own.
-async fn supervise(children: &mut [(&str, Guard)]) -> anyhow::Result<()> {
+/// Waits for Ctrl-C, or fails when a process exits on its own.
+async fn supervise(stack: &Stack) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -190,10 +291,8 @@ async fn supervise(children: &mut [(&str, Guard)]) -> anyhow::Result<()> {
                 return Ok(());
             }
             _ = tick.tick() => {
-                for (name, guard) in children.iter_mut() {
-                    if guard.has_exited() {
-                        bail!("{name} exited; stopping everything");
-                    }
+                if let Some(name) = stack.exited() {
+                    bail!("{name} exited; stopping everything");
                 }
             }
         }

@@ -116,6 +116,7 @@ fn parse_seq(seq: &str) -> Result<u64, AppError> {
 async fn open(state: &AppState) -> Result<Dlq, AppError> {
     Dlq::open(state.js.clone())
         .await
+        .map(|dlq| dlq.with_scope(state.config.duplicate_scope))
         .map_err(AppError::unavailable)
 }
 

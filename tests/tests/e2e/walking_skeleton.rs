@@ -127,3 +127,41 @@ async fn a_bad_phone_number_gets_400_with_a_reason_and_publishes_nothing() {
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_campaign_scope_the_claim_is_released_when_the_call_ends() {
+    let env = TestEnv::start().await.expect("test environment");
+    let mut config = env.config();
+    config.ingest.duplicate_scope = ccm_core::config::DuplicateScope::Campaign;
+    config.ingest.duplicate_call_window_minutes = 0;
+    let stack = Stack::start(&env, config).await;
+    let campaign = stack.campaign("scoped").await;
+    let call = json!({"campaign_id": campaign, "phone_number": "+15550000009"});
+
+    let (status, body) = stack
+        .send(Method::POST, "/api/v1/calls", call.clone())
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let js = env.jetstream().await.expect("jetstream");
+    let active = js.get_key_value("active_calls").await.expect("bucket");
+    let key = format!("{campaign}.15550000009");
+    // The key's last entry being a delete marker proves it was claimed and then released.
+    let released = eventually(Duration::from_secs(20), || async {
+        let entry = active.entry(key.as_str()).await.expect("kv")?;
+        (entry.operation != async_nats::jetstream::kv::Operation::Put).then_some(())
+    })
+    .await;
+    assert!(
+        released.is_some(),
+        "the campaign-scoped claim {key} is released"
+    );
+    assert!(
+        active.get("15550000009").await.expect("kv").is_none(),
+        "no global claim"
+    );
+
+    // And the number can be called again at once (the window is off).
+    let (status, body) = stack.send(Method::POST, "/api/v1/calls", call).await;
+    assert_eq!(status, 202, "{body}");
+    stack.stop().await;
+}
