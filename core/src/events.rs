@@ -145,7 +145,17 @@ impl EventKind {
 
     /// Whether the call ends with this event.
     pub fn is_terminal(&self) -> bool {
-        phase_rank(self.status()) == TERMINAL_RANK && !matches!(self, Self::Outcome { .. })
+        self.phase_rank() == TERMINAL_RANK
+    }
+
+    /// This event's place within its attempt. Ranked by the event, not by the status it
+    /// shows: every outcome is "the carrier answered" (3), so a FAILED outcome never outranks
+    /// the `Retrying` or terminal `Failed` the retrier decides from it.
+    pub fn phase_rank(&self) -> u8 {
+        match self {
+            Self::Outcome { .. } => OUTCOME_RANK,
+            other => phase_rank(other.status()),
+        }
     }
 }
 
@@ -176,16 +186,18 @@ impl CallEvent {
     }
 }
 
+const OUTCOME_RANK: u8 = 3;
 const TERMINAL_RANK: u8 = 5;
 
 /// The order of states within one attempt. The projector lets a state replace the stored one
 /// only when `(attempt, phase_rank)` is greater, which makes applying events idempotent and
-/// insensitive to order.
+/// insensitive to order. `FAILED` here is the terminal state; for events use
+/// [`EventKind::phase_rank`], which tells a FAILED outcome from a FAILED end.
 pub fn phase_rank(status: CallStatus) -> u8 {
     match status {
         CallStatus::Initiated | CallStatus::Queued => 1,
         CallStatus::Processing => 2,
-        CallStatus::Picked | CallStatus::Disconnected | CallStatus::Rnr => 3,
+        CallStatus::Picked | CallStatus::Disconnected | CallStatus::Rnr => OUTCOME_RANK,
         CallStatus::Retrying => 4,
         CallStatus::Failed
         | CallStatus::Completed
@@ -247,6 +259,27 @@ mod tests {
             }
             .is_terminal()
         );
+    }
+
+    #[test]
+    fn a_failed_outcome_ranks_below_the_decision_taken_from_it() {
+        let outcome = EventKind::Outcome {
+            status: OutcomeStatus::Failed,
+            source: OutcomeSource::Carrier,
+            raw_status: None,
+            duration_secs: None,
+            external_call_id: None,
+            reason: None,
+        };
+        let retrying = EventKind::Retrying {
+            next_retry_at: Utc::now(),
+            reason: "FAILED".into(),
+        };
+        let failed = EventKind::Failed {
+            reason: "Max retry attempts reached (3)".into(),
+        };
+        assert!(outcome.phase_rank() < retrying.phase_rank());
+        assert!(retrying.phase_rank() < failed.phase_rank());
     }
 
     #[test]

@@ -91,13 +91,9 @@ impl Item {
     }
 }
 
-/// The rank of an event within its attempt. Outcomes all rank as "the carrier answered" (3):
-/// a FAILED outcome must not outrank the `Retrying` the retrier decides from it.
+/// The rank of an event within its attempt (see [`EventKind::phase_rank`]).
 pub fn rank(kind: &EventKind) -> i16 {
-    match kind {
-        EventKind::Outcome { .. } => 3,
-        other => i16::from(phase_rank(other.status())),
-    }
+    i16::from(kind.phase_rank())
 }
 
 /// Orders facts of a call across attempts: `attempt * 8 + rank`.
