@@ -18,7 +18,6 @@ use async_nats::jetstream::{self, AckKind, Message, kv};
 use ccm_core::{CallEvent, DialRequest, EventKind, OutcomeSource, OutcomeStatus, subjects};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -309,11 +308,21 @@ async fn ack(message: &Message) {
     }
 }
 
-/// Exponential backoff (1 s doubling, at most 60 s) with full jitter, by delivery count.
+/// The redelivery delay after a technical failure, by delivery count: 0.5 s doubling up to
+/// 30 s, each with up to as much again of random jitter (so 0.5–1 s first, 30–60 s at the
+/// cap), which spreads a carrier outage's retries instead of bunching them.
 pub fn jittered_backoff(delivered: i64) -> Duration {
-    let exp = u32::try_from(delivered.clamp(1, 7) - 1).unwrap_or(0);
-    let cap_ms = (1000u64 << exp).min(60_000);
-    Duration::from_millis(rand::rng().random_range(cap_ms / 2..=cap_ms))
+    use backon::BackoffBuilder;
+    let nth = usize::try_from(delivered.clamp(1, 16)).unwrap_or(1);
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(30))
+        .with_factor(2.0)
+        .with_jitter()
+        .with_max_times(nth)
+        .build()
+        .last()
+        .unwrap_or(Duration::from_secs(1))
 }
 
 #[cfg(test)]
@@ -325,6 +334,8 @@ mod tests {
         for _ in 0..100 {
             let first = jittered_backoff(1).as_millis();
             assert!((500..=1000).contains(&first), "{first}");
+            let third = jittered_backoff(3).as_millis();
+            assert!((2000..=4000).contains(&third), "{third}");
             let late = jittered_backoff(50).as_millis();
             assert!((30_000..=60_000).contains(&late), "{late}");
         }
