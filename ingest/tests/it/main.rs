@@ -2,6 +2,7 @@
 
 mod api;
 mod auth;
+mod bad_input;
 mod bulk;
 mod callback;
 mod campaigns;
@@ -11,3 +12,4 @@ mod metrics;
 mod openapi;
 mod resource_calls;
 mod resource_campaigns;
+mod security;

@@ -1,0 +1,246 @@
+//! Authentication on every route that needs it, and secrets kept out of logs.
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+};
+
+use ccm_core::config::Secret;
+use ccm_tests::{TEST_TOKEN, TestEnv};
+use serde_json::{Value, json};
+
+use crate::api::Api;
+
+/// Routes anyone may call: health, the API's description, and Twilio's callbacks (which are
+/// verified by their signature instead of a token).
+const PUBLIC: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/api/v1/openapi.json",
+    "/api/v1/docs",
+    "/api/v1/callbacks/twilio",
+];
+
+/// Routes the router serves that the OpenAPI document does not describe; walked as well so
+/// that an undocumented route cannot escape the check.
+const UNDOCUMENTED: &[(&str, &str)] = &[
+    ("get", "/api/v1/dead-letters"),
+    ("get", "/api/v1/dead-letters/{seq}"),
+    ("delete", "/api/v1/dead-letters/{seq}"),
+    ("post", "/api/v1/dead-letters/{seq}/redrive"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_route_refuses_a_missing_or_wrong_token() {
+    let env = TestEnv::start().await.expect("env");
+    let api = Api::start(&env).await;
+    let doc: Value = api
+        .http
+        .get(format!("{}/api/v1/openapi.json", api.base))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    let mut operations: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("path item").keys() {
+            if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                operations.push((method.clone(), path.clone()));
+            }
+        }
+    }
+    // The document must really list the API, or this walk proves nothing.
+    assert!(
+        operations.len() >= 20,
+        "only {} operations",
+        operations.len()
+    );
+    operations.extend(
+        UNDOCUMENTED
+            .iter()
+            .map(|(m, p)| ((*m).to_owned(), (*p).to_owned())),
+    );
+
+    let mut walked = 0;
+    for (method, template) in &operations {
+        if PUBLIC.contains(&template.as_str()) {
+            continue;
+        }
+        // Any value fits the path parameters: the token is checked before the handler runs.
+        let path = template
+            .split('/')
+            .map(|s| if s.starts_with('{') { "1" } else { s })
+            .collect::<Vec<_>>()
+            .join("/");
+        let url = format!("{}{path}", api.base);
+        let method: reqwest::Method = method.to_uppercase().parse().expect("method");
+        let body = json!({"phone_number": "+15550001234", "campaign_id": 1, "name": "x"});
+        let requests = [
+            ("no token", api.http.request(method.clone(), &url)),
+            (
+                "wrong X-Auth-Token",
+                api.http
+                    .request(method.clone(), &url)
+                    .header("X-Auth-Token", "wrong-token"),
+            ),
+            (
+                "wrong bearer",
+                api.http
+                    .request(method.clone(), &url)
+                    .bearer_auth("wrong-token"),
+            ),
+            (
+                "a valid token's prefix",
+                api.http
+                    .request(method.clone(), &url)
+                    .header("X-Auth-Token", &TEST_TOKEN[..TEST_TOKEN.len() - 1]),
+            ),
+        ];
+        for (what, request) in requests {
+            let response = request.json(&body).send().await.expect("request");
+            assert_eq!(response.status(), 401, "{method} {path} with {what}");
+        }
+        walked += 1;
+    }
+    assert!(walked >= 20, "walked {walked} operations");
+
+    // Twilio's route is open to Twilio but refuses an unsigned callback.
+    let response = api
+        .http
+        .post(format!("{}/api/v1/callbacks/twilio", api.base))
+        .form(&[("CallSid", "CA1"), ("CallStatus", "completed")])
+        .send()
+        .await
+        .expect("request");
+    assert!(
+        response.status().is_client_error(),
+        "unsigned Twilio callback: {}",
+        response.status()
+    );
+    api.stop().await;
+}
+
+/// A `MakeWriter` that appends every log line to a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_the_database_password_never_reach_the_logs() {
+    const VALID: &str = "tok-valid-5b0e7c1d";
+    const WRONG: &str = "tok-wrong-8a3f9e42";
+    const PASSWORD: &str = "pw-secret-41c7d2";
+    const TWILIO: &str = "twilio-secret-77ab";
+
+    let logs = Captured::default();
+    // Everything at every level, as JSON like production: the test process has this one
+    // subscriber (nextest runs each test in its own process).
+    tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(logs.clone())
+        .try_init()
+        .expect("the only subscriber of this process");
+
+    let env = TestEnv::start().await.expect("env");
+    let mut config = env.config();
+    config.ingest.auth_tokens = vec![Secret::new(VALID)];
+    config.ingest.twilio.auth_token = Secret::new(TWILIO);
+    // A database that refuses connections, so the reads fail and their errors are logged.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    config.database_url = Secret::new(format!("postgres://ccm:{PASSWORD}@127.0.0.1:{port}/ccm"));
+
+    let debug = format!("{config:?}");
+    for secret in [VALID, PASSWORD, TWILIO] {
+        assert!(
+            !debug.contains(secret),
+            "Debug of the config shows {secret}"
+        );
+    }
+    assert!(debug.contains("***"), "the redaction marker is there");
+
+    let api = Api::start_with(&env, config, false).await;
+    let base = api.base.clone();
+    let (status, body) = {
+        let response = api
+            .http
+            .post(format!("{base}/api/v1/campaigns/"))
+            .header("X-Auth-Token", VALID)
+            .json(&json!({"name": "logs"}))
+            .send()
+            .await
+            .expect("request");
+        (response.status(), response.text().await.unwrap_or_default())
+    };
+    assert_eq!(status, 201, "{body}");
+    for token in [VALID, WRONG] {
+        for request in [
+            api.http
+                .get(format!("{base}/api/v1/calls"))
+                .header("X-Auth-Token", token),
+            api.http
+                .post(format!("{base}/api/v1/calls"))
+                .bearer_auth(token)
+                .json(&json!({"phone_number": "not a number", "campaign_id": 1})),
+        ] {
+            let response = request.send().await.expect("request");
+            assert!(response.status().is_client_error() || response.status() == 503);
+        }
+    }
+    // A read that needs the database: the pool's connection error is logged.
+    let response = api
+        .http
+        .get(format!("{base}/api/v1/calls"))
+        .header("X-Auth-Token", VALID)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 503, "the database is unreachable");
+    // A Twilio callback with a wrong signature is logged with its URL.
+    let response = api
+        .http
+        .post(format!("{base}/api/v1/callbacks/twilio"))
+        .header("X-Twilio-Signature", "bm90IGEgc2lnbmF0dXJl")
+        .form(&[("CallSid", "CA1"), ("CallStatus", "completed")])
+        .send()
+        .await
+        .expect("request");
+    assert!(response.status().is_client_error());
+    api.stop().await;
+
+    let text = String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned();
+    // The capture works and saw the failures, or the absence of secrets would mean nothing.
+    assert!(
+        text.contains("ingest listening"),
+        "ingest's logs were captured"
+    );
+    assert!(
+        text.contains("dependency unavailable"),
+        "the database failure was logged"
+    );
+    for secret in [VALID, WRONG, PASSWORD, TWILIO] {
+        assert!(!text.contains(secret), "the logs contain {secret}");
+    }
+}
