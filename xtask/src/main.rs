@@ -8,9 +8,11 @@
 //!   system's Postman collection.
 //! - `provision`: creates or updates the JetStream topology on a server and reports drift.
 //! - `postman`: the old system's Postman collection, run with newman against a fresh stack.
+//! - `helm`: validates the Helm chart (schema, values, Chart.yaml; `helm lint` where installed).
 
 mod ci;
 mod deps;
+mod helm;
 mod postman;
 mod up;
 
@@ -33,6 +35,9 @@ enum Task {
     Provision,
     /// Run the old system's Postman collection (newman) against a fresh local stack.
     Postman,
+    /// Validate the Helm chart: Chart.yaml, values files against values.schema.json and ccm's
+    /// configuration; `helm lint` and `helm template` too where helm is installed.
+    Helm,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         Task::Ci => ci::run(),
         Task::Provision => provision(),
         Task::Postman => postman::run(),
+        Task::Helm => helm::run(),
     }
 }
 
