@@ -6,7 +6,9 @@
 //! values file — with the settings the chart itself sets laid over it, as the ConfigMap
 //! template does — is a configuration the services accept, and the retry policy shipped
 //! with the chart is the repository's `config/retry.yaml` and parses. Where `helm` is on
-//! `PATH`, `helm lint` and `helm template` also run with each values file.
+//! `PATH`, `helm lint` and `helm template` also run with each values file; otherwise, where
+//! the `helm-sdkpy` Python package is installed, Helm's own lint runs through it
+//! (`helm_lint`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,6 +24,9 @@ const VALUES_FILES: &[&str] = &["values.yaml", "values-production.yaml"];
 /// secrets empty on purpose (the chart refuses to render without them).
 const DEFAULT_SECRETS: &str =
     "secret.databaseUrl=postgres://ccm@postgres:5432/ccm,secret.authTokens=[lint-token]";
+/// The same as a values file, for linting through helm-sdkpy.
+const LINT_SECRETS: &str =
+    "secret: {databaseUrl: 'postgres://ccm@postgres:5432/ccm', authTokens: '[lint-token]'}";
 
 pub fn run() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -49,15 +54,33 @@ pub fn run() -> anyhow::Result<()> {
     ccm_core::RetryPolicy::parse(&shipped, Path::new("helm/ccm/files/retry.yaml"))?;
     println!("files/retry.yaml: same as config/retry.yaml, parses");
 
-    run_helm(&chart)
+    if helm_installed() {
+        return run_helm(&chart);
+    }
+    if !crate::helm_lint::available() {
+        println!(
+            "neither helm nor the helm-sdkpy Python package is installed: lint skipped \
+             (pip install --ignore-requires-python helm-sdkpy cffi)"
+        );
+        return Ok(());
+    }
+    for file in VALUES_FILES {
+        let mut values: Yaml = serde_yaml_ng::from_str(&read(&chart.join(file))?)?;
+        if *file == "values.yaml" {
+            crate::helm_lint::merge(&mut values, &serde_yaml_ng::from_str(LINT_SECRETS)?);
+        }
+        crate::helm_lint::lint(&chart, &values).with_context(|| format!("helm/ccm/{file}"))?;
+        println!("helm lint (helm-sdkpy) with {file}: ok");
+    }
+    Ok(())
+}
+
+fn helm_installed() -> bool {
+    Command::new("helm").arg("version").output().is_ok()
 }
 
 /// Runs `helm lint` and `helm template` with each values file when `helm` is installed.
 fn run_helm(chart: &Path) -> anyhow::Result<()> {
-    if Command::new("helm").arg("version").output().is_err() {
-        println!("helm is not installed: helm lint and helm template skipped");
-        return Ok(());
-    }
     for file in VALUES_FILES {
         let values = chart.join(file);
         for action in ["lint", "template"] {

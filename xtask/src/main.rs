@@ -13,6 +13,7 @@
 mod ci;
 mod deps;
 mod helm;
+mod helm_lint;
 mod postman;
 mod up;
 
