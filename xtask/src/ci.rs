@@ -31,6 +31,8 @@ pub fn run() -> anyhow::Result<()> {
         eprintln!("cargo-nextest not installed; using cargo test");
         cargo(&["test", "--workspace", "--locked", "--no-fail-fast"])?;
     }
+    eprintln!("$ cargo xtask helm");
+    crate::helm::run().context("the Helm chart does not validate")?;
     eprintln!("$ cargo xtask postman");
     crate::postman::run().context("the old system's Postman collection failed against ccm")?;
     Ok(())

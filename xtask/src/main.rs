@@ -8,9 +8,12 @@
 //!   system's Postman collection.
 //! - `provision`: creates or updates the JetStream topology on a server and reports drift.
 //! - `postman`: the old system's Postman collection, run with newman against a fresh stack.
+//! - `helm`: validates the Helm chart (schema, values, Chart.yaml; `helm lint` where installed).
 
 mod ci;
 mod deps;
+mod helm;
+mod helm_lint;
 mod postman;
 mod up;
 
@@ -33,6 +36,9 @@ enum Task {
     Provision,
     /// Run the old system's Postman collection (newman) against a fresh local stack.
     Postman,
+    /// Validate the Helm chart: Chart.yaml, values files against values.schema.json and ccm's
+    /// configuration; `helm lint` and `helm template` too where helm is installed.
+    Helm,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Task::Ci => ci::run(),
         Task::Provision => provision(),
         Task::Postman => postman::run(),
+        Task::Helm => helm::run(),
     }
 }
 

@@ -1,0 +1,56 @@
+{{/* The release-scoped name prefix of every object. */}}
+{{- define "ccm.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ccm.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Selector labels of one component; call with (dict "root" $ "component" "ingest"). */}}
+{{- define "ccm.selectorLabels" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "ccm.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "ccm.secretName" -}}
+{{- .Values.secret.existingSecret | default (printf "%s-secrets" (include "ccm.fullname" .)) -}}
+{{- end -}}
+
+{{- define "ccm.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- .Values.serviceAccount.name | default (include "ccm.fullname" .) -}}
+{{- else -}}
+{{- .Values.serviceAccount.name | default "default" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The configuration file every service reads: the user's `config` with the settings the chart
+owns (listen addresses, file paths) laid over it, so the pods and their Services agree.
+*/}}
+{{- define "ccm.configFile" -}}
+{{- $owned := dict
+  "ingest" (dict "listen" (printf "0.0.0.0:%d" (int .Values.ingest.port)))
+  "retrier" (dict "policy_file" "/etc/ccm/retry.yaml")
+-}}
+{{- if .Values.projector.metrics.enabled -}}
+{{- $_ := set $owned "projector" (dict "metrics_listen" (printf "0.0.0.0:%d" (int .Values.projector.metrics.port))) -}}
+{{- end -}}
+{{- $merged := mergeOverwrite (deepCopy .Values.config) $owned -}}
+{{- $_ := set $merged "nats_url" .Values.nats.url -}}
+{{- toYaml $merged -}}
+{{- end -}}
