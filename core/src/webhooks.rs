@@ -7,7 +7,13 @@ use serde::{Deserialize, Serialize};
 use crate::{events::EventKind, ids::CampaignId};
 
 /// The lifecycle events a subscription may ask for (the `type` names of [`EventKind`]).
-pub const EVENT_TYPES: &[&str] = &["completed", "failed", "retrying", "cancelled", "dead_lettered"];
+pub const EVENT_TYPES: &[&str] = &[
+    "completed",
+    "failed",
+    "retrying",
+    "cancelled",
+    "dead_lettered",
+];
 
 /// One endpoint subscribed to call lifecycle events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +49,8 @@ impl Subscription {
     pub fn key(&self) -> Option<Vec<u8>> {
         use base64::Engine as _;
         let encoded = self.secret.strip_prefix("whsec_")?;
-        base64::engine::general_purpose::STANDARD.decode(encoded).ok()
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()
     }
 }

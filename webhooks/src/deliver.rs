@@ -172,7 +172,10 @@ async fn attempt(client: &reqwest::Client, url: &str, key: &[u8], job: &Job) -> 
             return Attempt::Retry(None);
         }
     };
-    classify(response.status(), response.headers().get(header::RETRY_AFTER))
+    classify(
+        response.status(),
+        response.headers().get(header::RETRY_AFTER),
+    )
 }
 
 fn classify(status: StatusCode, retry_after: Option<&header::HeaderValue>) -> Attempt {
@@ -182,7 +185,11 @@ fn classify(status: StatusCode, retry_after: Option<&header::HeaderValue>) -> At
         || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
     {
-        Attempt::Retry(retry_after.and_then(|v| v.to_str().ok()).and_then(parse_retry_after))
+        Attempt::Retry(
+            retry_after
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after),
+        )
     } else {
         Attempt::Final(status)
     }
@@ -206,12 +213,18 @@ mod tests {
     #[test]
     fn statuses_are_classified_like_standard_webhooks_senders() {
         assert_eq!(classify(StatusCode::NO_CONTENT, None), Attempt::Delivered);
-        assert_eq!(classify(StatusCode::GONE, None), Attempt::Final(StatusCode::GONE));
+        assert_eq!(
+            classify(StatusCode::GONE, None),
+            Attempt::Final(StatusCode::GONE)
+        );
         assert_eq!(
             classify(StatusCode::BAD_REQUEST, None),
             Attempt::Final(StatusCode::BAD_REQUEST)
         );
-        assert_eq!(classify(StatusCode::REQUEST_TIMEOUT, None), Attempt::Retry(None));
+        assert_eq!(
+            classify(StatusCode::REQUEST_TIMEOUT, None),
+            Attempt::Retry(None)
+        );
         let five = header::HeaderValue::from_static("5");
         assert_eq!(
             classify(StatusCode::TOO_MANY_REQUESTS, Some(&five)),

@@ -41,7 +41,8 @@ impl Subscriptions {
                 };
                 match entry {
                     Some(Ok(entry)) => {
-                        let value = matches!(entry.operation, Operation::Put).then_some(&entry.value);
+                        let value =
+                            matches!(entry.operation, Operation::Put).then_some(&entry.value);
                         cache.apply(&entry.key, value.map(|v| &v[..]));
                     }
                     Some(Err(e)) => tracing::warn!(error = %e, "webhooks bucket watch error"),
@@ -73,7 +74,11 @@ impl Subscriptions {
 
     /// The subscription `id` as it is now.
     pub fn get(&self, id: &str) -> Option<Arc<Subscription>> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
     }
 
     /// Every subscription.

@@ -118,11 +118,7 @@ pub async fn create(
 
 /// Every subscription, secrets left out.
 pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<WebhookView>>, AppError> {
-    let mut keys = state
-        .webhooks
-        .keys()
-        .await
-        .map_err(AppError::unavailable)?;
+    let mut keys = state.webhooks.keys().await.map_err(AppError::unavailable)?;
     let mut views = Vec::new();
     while let Some(key) = keys.next().await {
         let key = key.map_err(AppError::unavailable)?;
@@ -234,7 +230,10 @@ fn check_events(events: Option<Vec<String>>) -> Result<Vec<String>, AppError> {
     if let Some(bad) = events.iter().find(|e| !EVENT_TYPES.contains(&e.as_str())) {
         return Err(AppError::bad_request(
             "invalid_events",
-            format!("unknown event type {bad:?}; known: {}", EVENT_TYPES.join(", ")),
+            format!(
+                "unknown event type {bad:?}; known: {}",
+                EVENT_TYPES.join(", ")
+            ),
         ));
     }
     events.sort();
@@ -259,7 +258,9 @@ fn check_description(description: Option<String>) -> Result<Option<String>, AppE
 pub fn check_url(raw: &str, allow_private: bool) -> Result<String, AppError> {
     let invalid = |detail: String| AppError::bad_request("invalid_url", detail);
     if raw.chars().count() > MAX_URL_CHARS {
-        return Err(invalid(format!("url is longer than {MAX_URL_CHARS} characters")));
+        return Err(invalid(format!(
+            "url is longer than {MAX_URL_CHARS} characters"
+        )));
     }
     let url = url::Url::parse(raw).map_err(|e| invalid(format!("url is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
