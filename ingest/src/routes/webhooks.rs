@@ -8,7 +8,7 @@
 //! make ccm send requests into its own network. Host names are not resolved here (see the
 //! README's limits).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use async_nats::jetstream::kv;
 use axum::{
@@ -301,7 +301,6 @@ fn is_private(ip: IpAddr) -> bool {
                 || ip.is_unspecified()
                 || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
                 || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
-                || ip == Ipv6Addr::UNSPECIFIED
         }
     }
 }
