@@ -102,31 +102,38 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Webh
         in_flight: Vec::new(),
     };
     tracing::info!("webhooks running");
-    let mut progress = tokio::time::interval(PROGRESS_EVERY);
-    progress.tick().await;
+    let mut last_progress = tokio::time::Instant::now();
     while !shutdown.is_cancelled() {
-        tokio::select! {
-            _ = progress.tick() => dispatcher.keep_alive().await,
-            batch = consumer.fetch().max_messages(BATCH).expires(PULL_EXPIRES).messages() => {
-                let mut batch = match batch {
-                    Ok(batch) => batch,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "pull failed");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        }
-                    }
-                };
-                while let Some(message) = batch.next().await {
-                    match message {
-                        Ok(message) if shutdown.is_cancelled() => {
-                            let _ = message.ack_with(AckKind::Nak(None)).await;
-                        }
-                        Ok(message) => dispatcher.dispatch(message).await,
-                        Err(e) => tracing::warn!(error = %e, "pull error"),
-                    }
+        // Checked between pulls rather than raced against them: dropping a pull whose request
+        // was already sent would strand its messages until `ack_wait`. A pull lasts at most
+        // `PULL_EXPIRES` plus its handling, far inside the margin.
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            dispatcher.keep_alive().await;
+            last_progress = tokio::time::Instant::now();
+        }
+        let batch = consumer
+            .fetch()
+            .max_messages(BATCH)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(error = %e, "pull failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
+            }
+        };
+        while let Some(message) = batch.next().await {
+            match message {
+                Ok(message) if shutdown.is_cancelled() => {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                }
+                Ok(message) => dispatcher.dispatch(message).await,
+                Err(e) => tracing::warn!(error = %e, "pull error"),
             }
         }
     }
