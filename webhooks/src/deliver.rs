@@ -47,6 +47,7 @@ impl Pending {
             } else {
                 AckKind::Ack
             };
+            tracing::debug!(?kind, "event settled");
             if let Err(e) = last.message.ack_with(kind).await {
                 tracing::warn!(error = %e, "webhook event ack failed; it will come again");
             }

@@ -97,7 +97,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Webh
         subscriptions,
         http,
         config: Arc::new(config.webhooks.clone()),
-        shutdown: shutdown.clone(),
+        // Endpoint tasks are stopped only once no pull is open any more: an event they NAK
+        // while one is would be redelivered into it and stranded when it closes.
+        shutdown: CancellationToken::new(),
         tasks: tokio::task::JoinSet::new(),
         in_flight: Vec::new(),
     };
@@ -138,8 +140,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Webh
         }
     }
     // Endpoint tasks NAK what they hold when they see the shutdown.
+    dispatcher.shutdown.cancel();
     drop(dispatcher.endpoints);
     while dispatcher.tasks.join_next().await.is_some() {}
+    // Flushed first: the NAKs just sent must reach the server, and drain alone was seen
+    // (by the restart test) to close the connection with them still unsent.
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "flush at shutdown failed; unsettled events return after ack_wait");
+    }
     let _ = client.drain().await;
     Ok(())
 }

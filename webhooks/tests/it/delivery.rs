@@ -138,3 +138,43 @@ async fn a_410_or_400_is_final_and_a_slow_endpoint_delays_no_other() {
     assert_eq!(fast.received().len(), 1);
     assert_eq!(slow.received().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_abandoned_at_shutdown_is_delivered_after_a_restart() {
+    let env = TestEnv::start().await.expect("env");
+    let config = support::config(&env);
+    let ingest = Ingest::start(config.clone()).await;
+    // The first attempt is told to come back in 2 s; the deliverer is stopped meanwhile.
+    let receiver = Receiver::start(Behaviour {
+        script: [(StatusCode::SERVICE_UNAVAILABLE, Some("2"))].into(),
+        then: StatusCode::OK,
+        delay: Duration::ZERO,
+    })
+    .await;
+    ingest.subscribe(json!({"url": receiver.url})).await;
+    let first = support::start_webhooks(config.clone());
+    let event = support::publish(
+        &env,
+        4,
+        EventKind::Cancelled {
+            reason: "operator".into(),
+        },
+    )
+    .await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    first.stop().await;
+    assert_eq!(receiver.received().len(), 1, "nothing sent after the stop");
+
+    // The stopped deliverer NAKed the event, so a new one gets it at once (not after the
+    // 60 s ack_wait, which would exceed this test's bound).
+    let _second = support::start_webhooks(config);
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got[1].id, event.msg_id());
+    assert_eq!(got[0].id, got[1].id);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        receiver.received().len(),
+        2,
+        "delivered once after the success"
+    );
+}

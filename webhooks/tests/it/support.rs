@@ -229,16 +229,35 @@ impl Ingest {
     }
 }
 
-/// The deliverer, stopped when dropped.
-pub fn start_webhooks(config: Config) -> tokio_util::sync::DropGuard {
+/// The deliverer, stopped when dropped or by [`Webhooks::stop`].
+pub struct Webhooks {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Webhooks {
+    /// Stops the deliverer and waits until it has finished.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        (&mut self.task).await.expect("webhooks task");
+    }
+}
+
+impl Drop for Webhooks {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub fn start_webhooks(config: Config) -> Webhooks {
     let stop = CancellationToken::new();
     let s = stop.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = ccm_webhooks::run(config, s).await {
             panic!("webhooks failed: {e}");
         }
     });
-    stop.drop_guard()
+    Webhooks { stop, task }
 }
 
 /// Publishes an event of a fresh call.
