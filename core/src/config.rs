@@ -53,6 +53,7 @@ pub struct Config {
     pub dialer: DialerConfig,
     pub retrier: RetrierConfig,
     pub projector: ProjectorConfig,
+    pub webhooks: WebhooksConfig,
     pub log: LogConfig,
 }
 
@@ -66,6 +67,7 @@ impl Default for Config {
             dialer: DialerConfig::default(),
             retrier: RetrierConfig::default(),
             projector: ProjectorConfig::default(),
+            webhooks: WebhooksConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -176,6 +178,43 @@ impl Default for IngestConfig {
             bulk_max_items: 100_000,
             max_body_bytes: 8 * 1024 * 1024,
             twilio: TwilioWebhookConfig::default(),
+        }
+    }
+}
+
+/// Outbound webhooks: subscriptions are managed by ingest, deliveries made by ccm-webhooks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Accept endpoints on loopback, private, link-local or unspecified addresses. Off in
+    /// production, so an API user cannot make ccm call into its own network; tests turn it
+    /// on because their receivers listen on 127.0.0.1.
+    pub allow_private_targets: bool,
+    /// Attempts per event and endpoint, the first included; after the last one the event is
+    /// dropped for that endpoint (and logged).
+    pub max_attempts: u32,
+    /// First retry delay; it doubles (with jitter) up to `backoff_max_ms`.
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+    /// A receiver's `Retry-After` is honoured up to this many seconds.
+    pub max_retry_after_secs: u64,
+    /// How long one delivery request may take; a timeout is retried.
+    pub request_timeout_ms: u64,
+    /// Events waiting per endpoint; when an endpoint's queue is full, new events for it are
+    /// handed back to JetStream for later instead of blocking the other endpoints.
+    pub queue_per_endpoint: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            allow_private_targets: false,
+            max_attempts: 8,
+            backoff_min_ms: 1000,
+            backoff_max_ms: 30_000,
+            max_retry_after_secs: 30,
+            request_timeout_ms: 10_000,
+            queue_per_endpoint: 256,
         }
     }
 }

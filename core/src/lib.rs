@@ -36,6 +36,7 @@ pub mod subjects;
 pub mod telemetry;
 pub mod topology;
 pub mod twilio;
+pub mod webhooks;
 
 pub use campaign::{Campaign, CampaignState};
 pub use config::Config;

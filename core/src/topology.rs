@@ -42,6 +42,7 @@ pub const STREAMS: &[Definition] = definitions![
     "streams/KV_counters.json",
     "streams/KV_contacts.json",
     "streams/KV_idempotency.json",
+    "streams/KV_webhooks.json",
 ];
 
 /// Every fixed consumer definition, with its stream (the folder name).
@@ -49,6 +50,7 @@ pub const CONSUMERS: &[Definition] = definitions![
     "consumers/CALLS/projector_calls.json",
     "consumers/CALL_EVENTS/projector_events.json",
     "consumers/CALL_EVENTS/retrier_outcomes.json",
+    "consumers/CALL_EVENTS/webhooks.json",
     "consumers/RETRIES/retrier_retries.json",
     "consumers/ADVISORIES/retrier_advisories.json",
     "consumers/KV_campaigns/projector_campaigns.json",
@@ -76,6 +78,8 @@ pub mod names {
     pub const KV_CONTACTS: &str = "contacts";
     /// `Idempotency-Key` of `POST /api/v1/calls` (hex) → the call accepted for it.
     pub const KV_IDEMPOTENCY: &str = "idempotency";
+    /// Outbound webhook subscriptions: subscription id -> [`crate::webhooks::Subscription`].
+    pub const KV_WEBHOOKS: &str = "webhooks";
 }
 
 /// What went wrong with the topology.

@@ -103,6 +103,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
         calls_stop.cancel();
         calls.wait().await;
     }
+    // Acks and NAKs are fire-and-forget publishes; flush them to the server before draining,
+    // or a NAK sent just before shutdown can be lost and its message wait out AckWait.
+    let _ = client.flush().await;
     let _ = client.drain().await;
     result
 }

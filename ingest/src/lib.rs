@@ -55,6 +55,10 @@ pub struct AppState {
     pub counters: kv::Store,
     pub contacts: kv::Store,
     pub idempotency: kv::Store,
+    /// Outbound webhook subscriptions (see [`routes::webhooks`]).
+    pub webhooks: kv::Store,
+    /// `webhooks.allow_private_targets`: accept endpoints on private addresses.
+    pub allow_private_webhook_targets: bool,
     /// The `campaigns` bucket in memory (see [`campaign_cache`]).
     pub campaign_cache: campaign_cache::CampaignCache,
     /// The read model, for the GET endpoints. Connected lazily: ingest accepts calls while
@@ -104,6 +108,8 @@ impl AppState {
             counters: ccm_core::nats::bucket(&js, names::KV_COUNTERS).await?,
             contacts: ccm_core::nats::bucket(&js, names::KV_CONTACTS).await?,
             idempotency: ccm_core::nats::bucket(&js, names::KV_IDEMPOTENCY).await?,
+            webhooks: ccm_core::nats::bucket(&js, names::KV_WEBHOOKS).await?,
+            allow_private_webhook_targets: config.webhooks.allow_private_targets,
             campaign_cache: campaign_cache::CampaignCache::default(),
             pg: sqlx::postgres::PgPoolOptions::new()
                 .max_connections(8)
@@ -175,6 +181,16 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/dead-letters/{seq}/redrive",
             post(routes::dlq::redrive),
         )
+        .route(
+            "/api/v1/webhooks",
+            post(routes::webhooks::create).get(routes::webhooks::list),
+        )
+        .route(
+            "/api/v1/webhooks/{id}",
+            get(routes::webhooks::get)
+                .patch(routes::webhooks::patch)
+                .delete(routes::webhooks::delete),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -237,6 +253,9 @@ pub async fn serve(
     served?;
     // Every accepted call was acknowledged before its response; draining only flushes
     // whatever else is buffered.
+    // Acks and NAKs are fire-and-forget publishes; flush them to the server before draining,
+    // or a NAK sent just before shutdown can be lost and its message wait out AckWait.
+    let _ = client.flush().await;
     let _ = client.drain().await;
     Ok(())
 }

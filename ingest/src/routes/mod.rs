@@ -8,3 +8,4 @@ pub mod campaign_admin;
 pub mod campaigns;
 pub mod compat;
 pub mod dlq;
+pub mod webhooks;

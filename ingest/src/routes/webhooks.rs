@@ -1,0 +1,344 @@
+//! Outbound webhook subscriptions: `POST/GET /api/v1/webhooks`,
+//! `GET/PATCH/DELETE /api/v1/webhooks/{id}`.
+//!
+//! A subscription is a document in the `webhooks` bucket; ccm-webhooks watches the bucket and
+//! delivers. The signing secret is generated here and shown only in the creation's answer.
+//! Target URLs must be http(s) and, unless `webhooks.allow_private_targets` is set, must not
+//! name a loopback, private, link-local or unspecified address: otherwise any API user could
+//! make ccm send requests into its own network. Host names are not resolved here (see the
+//! README's limits).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use async_nats::jetstream::kv;
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+};
+use base64::Engine as _;
+use ccm_core::{
+    CampaignId,
+    webhooks::{EVENT_TYPES, Subscription},
+};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    AppState,
+    error::{ApiJson, AppError},
+};
+
+const MAX_URL_CHARS: usize = 2048;
+const MAX_DESCRIPTION_CHARS: usize = 500;
+
+/// The body of a creation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewWebhook {
+    pub url: String,
+    /// Event types; absent means all of [`EVENT_TYPES`].
+    pub events: Option<Vec<String>>,
+    #[serde(default)]
+    pub campaign_ids: Vec<CampaignId>,
+    pub description: Option<String>,
+    pub enabled: Option<bool>,
+}
+
+/// The fields a PATCH may change; absent ones stay.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookPatch {
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub campaign_ids: Option<Vec<CampaignId>>,
+    pub description: Option<String>,
+    pub enabled: Option<bool>,
+}
+
+/// A subscription as the API shows it: the secret only once, at creation.
+#[derive(Debug, Serialize)]
+pub struct WebhookView {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub campaign_ids: Vec<CampaignId>,
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl WebhookView {
+    fn of(sub: Subscription, show_secret: bool) -> Self {
+        Self {
+            secret: show_secret.then_some(sub.secret),
+            id: sub.id,
+            url: sub.url,
+            events: sub.events,
+            campaign_ids: sub.campaign_ids,
+            enabled: sub.enabled,
+            description: sub.description,
+            created_at: sub.created_at,
+        }
+    }
+}
+
+/// Creates a subscription and answers its secret (the only time it is shown).
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<NewWebhook>,
+) -> Result<(StatusCode, ApiJson<WebhookView>), AppError> {
+    let url = check_url(&body.url, state.allow_private_webhook_targets)?;
+    let events = check_events(body.events)?;
+    let description = check_description(body.description)?;
+    let key: [u8; 32] = rand::random();
+    let sub = Subscription {
+        id: uuid::Uuid::now_v7().to_string(),
+        url,
+        secret: format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        ),
+        events,
+        campaign_ids: body.campaign_ids,
+        enabled: body.enabled.unwrap_or(true),
+        description,
+        created_at: chrono::Utc::now(),
+    };
+    let document = serde_json::to_vec(&sub).map_err(AppError::internal)?;
+    state
+        .webhooks
+        .create(&sub.id, document.into())
+        .await
+        .map_err(AppError::unavailable)?;
+    Ok((StatusCode::CREATED, ApiJson(WebhookView::of(sub, true))))
+}
+
+/// Every subscription, secrets left out.
+pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<WebhookView>>, AppError> {
+    let mut keys = state.webhooks.keys().await.map_err(AppError::unavailable)?;
+    let mut views = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(AppError::unavailable)?;
+        if let Some(value) = state
+            .webhooks
+            .get(&key)
+            .await
+            .map_err(AppError::unavailable)?
+        {
+            let sub: Subscription = serde_json::from_slice(&value).map_err(AppError::internal)?;
+            views.push(WebhookView::of(sub, false));
+        }
+    }
+    views.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(ApiJson(views))
+}
+
+/// One subscription, its secret left out.
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<WebhookView>, AppError> {
+    let (sub, _) = load(&state, &id).await?;
+    Ok(ApiJson(WebhookView::of(sub, false)))
+}
+
+/// Changes a subscription (compare-and-set, so concurrent edits never lose one).
+pub async fn patch(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<WebhookPatch>,
+) -> Result<ApiJson<WebhookView>, AppError> {
+    // Checked before any read, so bad input never depends on the stored state.
+    let url = body
+        .url
+        .map(|u| check_url(&u, state.allow_private_webhook_targets))
+        .transpose()?;
+    let events = body.events.map(|e| check_events(Some(e))).transpose()?;
+    let description = check_description(body.description)?;
+    let (mut sub, revision) = load(&state, &id).await?;
+    if let Some(url) = url {
+        sub.url = url;
+    }
+    if let Some(events) = events {
+        sub.events = events;
+    }
+    if let Some(campaign_ids) = body.campaign_ids {
+        sub.campaign_ids = campaign_ids;
+    }
+    if description.is_some() {
+        sub.description = description;
+    }
+    if let Some(enabled) = body.enabled {
+        sub.enabled = enabled;
+    }
+    let document = serde_json::to_vec(&sub).map_err(AppError::internal)?;
+    match state.webhooks.update(&id, document.into(), revision).await {
+        Ok(_) => Ok(ApiJson(WebhookView::of(sub, false))),
+        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(AppError::conflict(
+            "concurrent_update",
+            "the subscription changed meanwhile; retry",
+        )),
+        Err(e) => Err(AppError::unavailable(e)),
+    }
+}
+
+/// Removes a subscription; events not yet delivered to it are dropped.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    load(&state, &id).await?;
+    state
+        .webhooks
+        .delete(&id)
+        .await
+        .map_err(AppError::unavailable)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn load(state: &AppState, id: &str) -> Result<(Subscription, u64), AppError> {
+    let not_found = || AppError::not_found("webhook_not_found", format!("no webhook {id}"));
+    // Ids are UUIDs; anything else could not be a key (and may not even be a valid subject).
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(not_found());
+    }
+    let entry = state
+        .webhooks
+        .entry(id)
+        .await
+        .map_err(AppError::unavailable)?;
+    let entry = entry
+        .filter(|e| e.operation == kv::Operation::Put)
+        .ok_or_else(not_found)?;
+    let sub = serde_json::from_slice(&entry.value).map_err(AppError::internal)?;
+    Ok((sub, entry.revision))
+}
+
+fn check_events(events: Option<Vec<String>>) -> Result<Vec<String>, AppError> {
+    let Some(mut events) = events else {
+        return Ok(EVENT_TYPES.iter().map(|e| (*e).to_owned()).collect());
+    };
+    if events.is_empty() {
+        return Err(AppError::bad_request(
+            "invalid_events",
+            "events must name at least one event type (or be left out for all)",
+        ));
+    }
+    if let Some(bad) = events.iter().find(|e| !EVENT_TYPES.contains(&e.as_str())) {
+        return Err(AppError::bad_request(
+            "invalid_events",
+            format!(
+                "unknown event type {bad:?}; known: {}",
+                EVENT_TYPES.join(", ")
+            ),
+        ));
+    }
+    events.sort();
+    events.dedup();
+    Ok(events)
+}
+
+fn check_description(description: Option<String>) -> Result<Option<String>, AppError> {
+    if description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_CHARS)
+    {
+        return Err(AppError::bad_request(
+            "invalid_description",
+            format!("description is longer than {MAX_DESCRIPTION_CHARS} characters"),
+        ));
+    }
+    Ok(description)
+}
+
+/// Checks a target URL; answers it normalised.
+pub fn check_url(raw: &str, allow_private: bool) -> Result<String, AppError> {
+    let invalid = |detail: String| AppError::bad_request("invalid_url", detail);
+    if raw.chars().count() > MAX_URL_CHARS {
+        return Err(invalid(format!(
+            "url is longer than {MAX_URL_CHARS} characters"
+        )));
+    }
+    let url = url::Url::parse(raw).map_err(|e| invalid(format!("url is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("url must be http or https".into()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("url must not carry credentials".into()));
+    }
+    let private = match url.host() {
+        None => return Err(invalid("url has no host".into())),
+        Some(url::Host::Ipv4(ip)) => is_private(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => is_private(IpAddr::V6(ip)),
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+    };
+    if private && !allow_private {
+        return Err(AppError::Client {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "private_target",
+            detail: "url points at a loopback, private or link-local address, which is refused"
+                .into(),
+        });
+    }
+    Ok(url.to_string())
+}
+
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => is_private_v4(ip),
+        IpAddr::V6(ip) => {
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                return is_private_v4(v4);
+            }
+            let first = ip.segments()[0];
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
+                || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
+        }
+    }
+}
+
+fn is_private_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        // Carrier-grade NAT, 100.64.0.0/10: inside some provider networks.
+        || (a == 100 && (64..128).contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_targets_are_refused_unless_allowed() {
+        for url in [
+            "http://127.0.0.1:8080/x",
+            "http://10.1.2.3/",
+            "http://192.168.0.1/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]/",
+            "http://[fd00::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://localhost/",
+            "http://0.0.0.0/",
+        ] {
+            assert!(check_url(url, false).is_err(), "{url} accepted");
+            assert!(check_url(url, true).is_ok(), "{url} refused though allowed");
+        }
+        assert!(check_url("https://hooks.example.com/ccm", false).is_ok());
+        assert!(check_url("ftp://example.com/", true).is_err());
+        assert!(check_url("https://user:pw@example.com/", true).is_err());
+        assert!(check_url("not a url", true).is_err());
+    }
+}

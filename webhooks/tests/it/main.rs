@@ -1,0 +1,6 @@
+//! Integration tests of ccm-webhooks against a real nats-server, with receivers that are
+//! small axum servers on 127.0.0.1 in the test process.
+
+mod api;
+mod delivery;
+mod support;
