@@ -47,6 +47,10 @@ pub struct Campaign {
     /// Local hours during which calls may be placed; none means any time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calling_window: Option<CallingWindow>,
+    /// A call with no outcome after this many seconds ends FAILED (`timeout`); none means
+    /// the dialer's `max_call_duration_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_call_duration_secs: Option<u32>,
 }
 
 /// One phone number of a campaign, as kept in the `contacts` bucket under

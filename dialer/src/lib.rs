@@ -232,6 +232,9 @@ impl Supervisor<'_> {
             info: CampaignInfo {
                 name: campaign.name.as_str().into(),
             },
+            max_call_duration: campaign
+                .max_call_duration_secs
+                .map(|secs| Duration::from_secs(u64::from(secs))),
         };
         let running = self.workers.get(&id).is_some_and(|k| k.stop.is_some());
         let cap_changed = self

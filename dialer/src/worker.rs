@@ -71,6 +71,8 @@ pub struct Settings {
     pub cap: usize,
     pub mode: Mode,
     pub info: CampaignInfo,
+    /// The campaign's own maximum call duration, when it sets one.
+    pub max_call_duration: Option<Duration>,
 }
 
 /// The campaign's calls in flight in this replica; kept across worker restarts.
@@ -216,7 +218,10 @@ async fn pull(
         };
         received += 1;
         let permit = permits.pop();
-        let ctx = worker.ctx.clone();
+        let mut ctx = worker.ctx.clone();
+        if let Some(limit) = settings.max_call_duration {
+            ctx.max_call_duration = limit;
+        }
         let info = settings.info.clone();
         let mode = settings.mode;
         let in_flight = worker.in_flight.clone();

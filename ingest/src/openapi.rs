@@ -59,6 +59,7 @@ pub struct Campaign {
     updated_at: chrono::DateTime<chrono::Utc>,
     time_zone: Option<String>,
     calling_window: Option<CallingWindow>,
+    max_call_duration_secs: Option<u32>,
     #[schema(value_type = Option<Object>)]
     retry_policy: Option<serde_json::Value>,
 }

@@ -31,6 +31,8 @@ pub struct CampaignPatch {
     pub is_active: Option<bool>,
     pub max_concurrent_calls: Option<u32>,
     pub max_attempts: Option<u32>,
+    /// Seconds without an outcome before a call ends FAILED (`timeout`); 1 to 86,400.
+    pub max_call_duration_secs: Option<u32>,
     pub time_zone: Option<String>,
     #[schema(value_type = Option<crate::openapi::CallingWindow>)]
     pub calling_window: Option<CallingWindow>,
@@ -68,6 +70,20 @@ pub(crate) fn apply_schedule(
         campaign.retry_policy = Some(policy);
     }
     Ok(())
+}
+
+/// The longest call a campaign may set: a day.
+const MAX_CALL_DURATION_SECS: u32 = 86_400;
+
+/// Checks a campaign's maximum call duration.
+pub(crate) fn call_duration(secs: Option<u32>) -> Result<Option<u32>, AppError> {
+    match secs {
+        Some(s) if s == 0 || s > MAX_CALL_DURATION_SECS => Err(AppError::bad_request(
+            "invalid_call_duration",
+            format!("max_call_duration_secs must be 1 to {MAX_CALL_DURATION_SECS}"),
+        )),
+        other => Ok(other),
+    }
 }
 
 fn parse_id(id: &str) -> Result<CampaignId, AppError> {
@@ -168,6 +184,9 @@ pub async fn patch(
         }
         if let Some(attempts) = patch.max_attempts {
             c.max_attempts = attempts;
+        }
+        if patch.max_call_duration_secs.is_some() {
+            c.max_call_duration_secs = call_duration(patch.max_call_duration_secs)?;
         }
         apply_schedule(
             c,

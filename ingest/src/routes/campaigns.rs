@@ -30,6 +30,9 @@ pub struct NewCampaign {
     pub max_concurrent_calls: Option<u32>,
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// Seconds without an outcome before a call ends FAILED (`timeout`); 1 to 86,400.
+    #[serde(default)]
+    pub max_call_duration_secs: Option<u32>,
     #[serde(default)]
     pub time_zone: Option<String>,
     #[serde(default)]
@@ -96,6 +99,7 @@ pub(crate) async fn create_campaign(
         updated_at: now,
         time_zone: None,
         calling_window: None,
+        max_call_duration_secs: super::campaign_admin::call_duration(body.max_call_duration_secs)?,
         retry_policy: None,
     };
     super::campaign_admin::apply_schedule(

@@ -165,3 +165,84 @@ async fn under_the_campaign_scope_the_claim_is_released_when_the_call_ends() {
     assert_eq!(status, 202, "{body}");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaigns_own_max_call_duration_ends_a_silent_call_failed_timeout() {
+    let env = TestEnv::start().await.expect("test environment");
+    let mut config = env.config();
+    // The carrier would answer after 20 s and the dialer-wide limit is 30 s: only the
+    // campaign's 1 s limit can end the call within the wait below.
+    let ccm_core::config::CarrierConfig::Sim(sim) = &mut config.dialer.carrier else {
+        panic!("the test configuration uses the in-process simulator")
+    };
+    sim.call_ms = 20_000;
+    config.dialer.max_call_duration_secs = 30;
+    let stack = Stack::start(&env, config).await;
+
+    for bad in [0, 86_401] {
+        let (status, body) = stack
+            .send(
+                Method::POST,
+                "/api/v1/campaigns",
+                json!({"name": "bad", "max_call_duration_secs": bad}),
+            )
+            .await;
+        assert_eq!(
+            (status, &body["code"]),
+            (400, &json!("invalid_call_duration")),
+            "{body}"
+        );
+    }
+    let (status, body) = stack
+        .send(
+            Method::POST,
+            "/api/v1/campaigns",
+            json!({"name": "short calls", "max_call_duration_secs": 1}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["max_call_duration_secs"], 1);
+    let campaign = body["id"].as_u64().expect("id");
+    let path = format!("/api/v1/campaigns/{campaign}");
+    let (status, body) = stack
+        .send(Method::PATCH, &path, json!({"max_call_duration_secs": 0}))
+        .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (400, &json!("invalid_call_duration")),
+        "{body}"
+    );
+
+    let started = Instant::now();
+    let (status, body) = stack
+        .send(
+            Method::POST,
+            "/api/v1/calls",
+            json!({"campaign_id": campaign, "phone_number": "+15550000077"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let call_id: uuid::Uuid = body["call_id"]
+        .as_str()
+        .expect("call_id")
+        .parse()
+        .expect("uuid");
+    let pg = env.pg().await.expect("postgres");
+    let reason = eventually(Duration::from_secs(15), || async {
+        sqlx::query_scalar::<_, serde_json::Value>(
+            "SELECT payload FROM call_events WHERE call_id = $1 AND kind = 'outcome'",
+        )
+        .bind(call_id)
+        .fetch_optional(&pg)
+        .await
+        .ok()
+        .flatten()
+    })
+    .await
+    .expect("an outcome within 15 s, long before the carrier's 20 s or the dialer's 30 s");
+    assert_eq!(reason["status"], "FAILED", "{reason}");
+    assert_eq!(reason["reason"], "timeout", "{reason}");
+    assert_eq!(reason["source"], "timeout", "{reason}");
+    eprintln!("timed out after {:?}", started.elapsed());
+    stack.stop().await;
+}

@@ -98,6 +98,7 @@ pub async fn create(
         max_attempts: None,
         time_zone: None,
         calling_window: None,
+        max_call_duration_secs: None,
         retry_policy: None,
     };
     let campaign = campaigns::create_campaign(&state, new)
