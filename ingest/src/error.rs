@@ -131,8 +131,10 @@ impl IntoResponse for AppError {
     }
 }
 
-/// `axum::Json`, but its rejections (malformed JSON, wrong types, wrong media type, body too
-/// large) are answered in the same problem shape as every other error.
+/// A JSON object body: `axum::Json`, but its rejections (malformed JSON, wrong types, wrong
+/// media type, body too large) are answered in the same problem shape as every other error,
+/// and a body that is not an object is refused. serde's derived structs also accept a JSON
+/// array of their fields in order, so without that check `["name"]` would create a campaign.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApiJson<T>(pub T);
 
@@ -144,7 +146,27 @@ where
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let bytes =
+            axum::body::Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+                .await
+                .map_err(|rejection| AppError::Client {
+                    status: rejection.status(),
+                    code: if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        "body_too_large"
+                    } else {
+                        "invalid_body"
+                    },
+                    detail: rejection.body_text(),
+                })?;
+        let is_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
         match axum::Json::<T>::from_request(req, state).await {
+            Ok(_) if !is_object => Err(AppError::Client {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "invalid_type",
+                detail: "the request body must be a JSON object".into(),
+            }),
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(rejection_error(rejection)),
         }

@@ -321,6 +321,23 @@ fn good_value(kind: Kind, campaign: u64) -> Value {
     }
 }
 
+/// Found by the property below: serde's derived structs also accept an array of their fields
+/// in order, so `["name"]` created a campaign. Every object body now refuses arrays.
+#[test]
+fn a_json_array_where_an_object_belongs_is_refused_and_changes_nothing() {
+    let fixture = Fixture::start(None);
+    for route in ROUTES.iter().filter(|r| r.path.starts_with("/api/v1/ca")) {
+        for body in [
+            json!(["a name"]),
+            json!(["a name", "a description", true, 5, 2]),
+        ] {
+            fixture
+                .check(*route, "application/json", body.to_string().into_bytes())
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
+
 #[test]
 fn arbitrary_bytes_and_random_json_are_refused_everywhere_and_change_nothing() {
     let fixture = Fixture::start(None);
