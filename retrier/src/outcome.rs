@@ -106,13 +106,15 @@ async fn decide(ctx: &Shared, outcome: &CallEvent) -> Result<(), OutcomeError> {
             at: outcome.at,
         });
     }
-    let now = Utc::now();
+    // Decided from the outcome's own time, not the clock: an outcome delivered twice (and
+    // handled by two tasks or replicas at once) then yields the very same decision, so the
+    // RETRIES entry and the Retrying event agree whichever of the two publishes first.
     let decision = policy.decide(
         *status,
         outcome.attempt,
         max_attempts,
         &outcomes,
-        now,
+        outcome.at,
         jitter_sample(outcome.call_id, outcome.attempt),
     );
     let kind = match decision {
@@ -162,7 +164,7 @@ async fn decide(ctx: &Shared, outcome: &CallEvent) -> Result<(), OutcomeError> {
         call_id: outcome.call_id,
         campaign_id: outcome.campaign_id,
         attempt: outcome.attempt,
-        at: now,
+        at: Utc::now(),
         kind,
     };
     ccm_core::nats::publish_event(&ctx.js, &event).await?;
