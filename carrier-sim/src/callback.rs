@@ -34,17 +34,19 @@ pub enum Callback {
 const DELIVERY_TRIES: u32 = 5;
 
 /// Sends the call's callbacks over its life: `intermediate` now, `last` after `length`.
+/// `key` is the attempt's key in the ledger, whose call stops being live when it ends.
 pub fn schedule(
     state: &SimState,
-    campaign: String,
+    key: String,
     length: Duration,
     intermediate: Vec<Callback>,
     last: Callback,
 ) {
     let state = state.clone();
-    let reorder = chance(state.config.reorder_rate);
-    let drop_last = chance(state.config.drop_rate);
-    let duplicate = chance(state.config.duplicate_rate);
+    let faults = state.faults();
+    let reorder = chance(faults.reorder_rate);
+    let drop_last = chance(faults.drop_rate);
+    let duplicate = chance(faults.duplicate_rate);
     tokio::spawn(async move {
         if !reorder {
             for callback in &intermediate {
@@ -55,9 +57,9 @@ pub fn schedule(
             _ = tokio::time::sleep(length) => {}
             _ = state.shutdown.cancelled() => return,
         }
-        state.ledger.end(&campaign);
+        state.ledger.end_attempt(&key);
         if drop_last {
-            tracing::info!(%campaign, "fault: final callback dropped");
+            tracing::info!(%key, "fault: final callback dropped");
         } else {
             deliver(&state, &last).await;
             if duplicate {

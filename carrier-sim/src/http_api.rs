@@ -97,13 +97,7 @@ pub async fn initiate_call(
             "external_call_id": external_call_id,
         }),
     };
-    callback::schedule(
-        &state,
-        campaign,
-        state.config.call_length(),
-        Vec::new(),
-        last,
-    );
+    callback::schedule(&state, key, state.config.call_length(), Vec::new(), last);
     Json(json!({
         "external_call_id": external_call_id,
         "call_id": body.call_id,

@@ -53,6 +53,16 @@ pub struct Stats {
     pub peak: u64,
     pub campaigns: BTreeMap<String, CampaignStats>,
     pub attempts: BTreeMap<String, Attempt>,
+    /// The most live calls to one number of one campaign at any moment: 1 unless a person
+    /// was rung twice at once.
+    #[serde(default)]
+    pub number_peak: u64,
+    /// The `campaign/number` pairs that were rung twice at once (empty when all is well).
+    #[serde(default)]
+    pub number_overlaps: Vec<String>,
+    /// Live calls per `campaign/number`; internal bookkeeping for `number_peak`.
+    #[serde(skip)]
+    live_numbers: BTreeMap<String, u64>,
 }
 
 /// Whether a placement was new or repeated a key.
@@ -101,6 +111,14 @@ impl Ledger {
             c.placed += 1;
             c.live += 1;
             c.peak = c.peak.max(c.live);
+            let pair = format!("{campaign}/{to}");
+            let live = stats.live_numbers.entry(pair.clone()).or_default();
+            *live += 1;
+            let live = *live;
+            stats.number_peak = stats.number_peak.max(live);
+            if live > 1 && !stats.number_overlaps.contains(&pair) {
+                stats.number_overlaps.push(pair);
+            }
             Placement::New { external_call_id }
         })
     }
@@ -109,6 +127,28 @@ impl Ledger {
     pub fn end(&self, campaign: &str) {
         self.with(|stats| {
             if let Some(c) = stats.campaigns.get_mut(campaign) {
+                c.live = c.live.saturating_sub(1);
+                stats.live = stats.live.saturating_sub(1);
+            }
+        });
+    }
+
+    /// The attempt placed under `key` ended: it no longer counts as live in its campaign, nor
+    /// for its number.
+    pub fn end_attempt(&self, key: &str) {
+        self.with(|stats| {
+            let Some(attempt) = stats.attempts.get(key) else {
+                return;
+            };
+            let pair = format!("{}/{}", attempt.campaign, attempt.to);
+            let campaign = attempt.campaign.clone();
+            if let Some(live) = stats.live_numbers.get_mut(&pair) {
+                *live = live.saturating_sub(1);
+                if *live == 0 {
+                    stats.live_numbers.remove(&pair);
+                }
+            }
+            if let Some(c) = stats.campaigns.get_mut(&campaign) {
                 c.live = c.live.saturating_sub(1);
                 stats.live = stats.live.saturating_sub(1);
             }
@@ -169,6 +209,7 @@ mod tests {
         ledger.end("7");
         ledger.end("7");
         ledger.place("c3/1", "7", "+15550000003");
+        assert_eq!(ledger.snapshot().number_peak, 1);
         assert_eq!(
             ledger.snapshot().campaigns["7"],
             CampaignStats {
@@ -177,5 +218,22 @@ mod tests {
                 peak: 2
             }
         );
+    }
+
+    #[test]
+    fn a_number_rung_twice_at_once_is_recorded() {
+        let ledger = Ledger::default();
+        ledger.place("c1/1", "7", "+15550000001");
+        ledger.end_attempt("c1/1");
+        ledger.place("c1/2", "7", "+15550000001");
+        let stats = ledger.snapshot();
+        assert_eq!((stats.number_peak, stats.live), (1, 1));
+        assert!(stats.number_overlaps.is_empty());
+        ledger.place("c2/1", "7", "+15550000001");
+        ledger.place("c3/1", "8", "+15550000001");
+        let stats = ledger.snapshot();
+        assert_eq!(stats.number_peak, 2);
+        assert_eq!(stats.number_overlaps, ["7/+15550000001"]);
+        assert_eq!(stats.campaigns["7"].live, 2);
     }
 }

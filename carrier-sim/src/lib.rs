@@ -10,10 +10,12 @@
 //! - [`ledger`]: every placed attempt (by idempotency key) and the peak of live calls per
 //!   campaign, served at `GET /stats`, so tests can audit "placed at most once" and "cap never
 //!   exceeded". `GET /health` answers 200.
+//! - [`faults`]: 5xx, latency and callback faults changed at run time (`GET|PUT /faults`).
 //! - [`outcome`]: the outcome mix; [`callback`]: delivery with the configured faults
 //!   (dropped, duplicated, out-of-order callbacks).
 
 pub mod callback;
+pub mod faults;
 pub mod http_api;
 pub mod ledger;
 pub mod outcome;
@@ -21,7 +23,7 @@ pub mod twilio_api;
 
 use std::{
     sync::{
-        Arc,
+        Arc, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -38,7 +40,7 @@ use rand::Rng;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::ledger::Ledger;
+use crate::{faults::Faults, ledger::Ledger};
 
 /// How the simulator behaves; every field is a command-line flag.
 #[derive(Debug, Clone, clap::Args)]
@@ -98,6 +100,10 @@ pub struct SimConfig {
     /// Share of calls whose callbacks are sent out of order (final status before ringing).
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub reorder_rate: f64,
+    /// Share of answered Twilio calls with machine detection that a machine answered
+    /// (`AnsweredBy=machine_start`; the others `human`).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    pub machine_rate: f64,
 }
 
 impl Default for SimConfig {
@@ -120,6 +126,7 @@ impl Default for SimConfig {
             drop_rate: 0.0,
             duplicate_rate: 0.0,
             reorder_rate: 0.0,
+            machine_rate: 0.0,
         }
     }
 }
@@ -159,6 +166,18 @@ pub struct SimState {
     pub requests: Arc<AtomicU64>,
     /// Callback tasks stop when the simulator does.
     pub shutdown: CancellationToken,
+    /// The faults in force, starting from the command line's; `PUT /faults` changes them.
+    pub faults: Arc<RwLock<Faults>>,
+}
+
+impl SimState {
+    /// The faults in force now.
+    pub fn faults(&self) -> Faults {
+        self.faults
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Why the simulator stopped.
@@ -178,6 +197,7 @@ pub fn router(state: SimState) -> Router {
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/stats", get(stats))
+        .route("/faults", get(get_faults).put(put_faults))
         .route("/api/initiate-call", post(http_api::initiate_call))
         .route(
             "/2010-04-01/Accounts/{sid}/Calls.json",
@@ -188,6 +208,40 @@ pub fn router(state: SimState) -> Router {
 
 async fn stats(State(state): State<SimState>) -> Response {
     Json(state.ledger.snapshot()).into_response()
+}
+
+async fn get_faults(State(state): State<SimState>) -> Response {
+    Json(state.faults()).into_response()
+}
+
+/// `PUT /faults`: replaces the faults in force (omitted fields are 0).
+async fn put_faults(
+    State(state): State<SimState>,
+    body: Result<Json<Faults>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let faults = match body {
+        Ok(Json(faults)) => faults,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({"error": e.body_text()})),
+            )
+                .into_response();
+        }
+    };
+    if let Some(reason) = faults.invalid() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error": reason})),
+        )
+            .into_response();
+    }
+    tracing::info!(?faults, "faults changed");
+    *state
+        .faults
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = faults.clone();
+    Json(faults).into_response()
 }
 
 /// Serves on `listener` until `shutdown`.
@@ -201,6 +255,7 @@ pub async fn run(
         .build()
         .map_err(SimError::Client)?;
     let state = SimState {
+        faults: Arc::new(RwLock::new(Faults::from_config(&config))),
         config: Arc::new(config),
         ledger: Arc::new(Ledger::default()),
         http,
@@ -219,11 +274,12 @@ pub async fn run(
 /// Applies the configured latency and error rate to a placement request: `Some` is the
 /// fault response to send instead of placing.
 pub(crate) async fn inject_faults(state: &SimState) -> Option<Response> {
-    if state.config.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(state.config.latency_ms)).await;
+    let faults = state.faults();
+    if faults.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
     let seen = state.requests.fetch_add(1, Ordering::Relaxed);
-    if seen < state.config.fail_first || chance(state.config.error_rate) {
+    if seen < state.config.fail_first || chance(faults.error_rate) {
         state.ledger.count_injected_error();
         return Some(
             (

@@ -117,7 +117,7 @@ pub async fn create_call(
     };
     if new {
         if let Some(url) = status_callback {
-            schedule_callbacks(&state, campaign, &form, &call_sid, url);
+            schedule_callbacks(&state, key, &form, &call_sid, url);
         }
     }
     (
@@ -138,7 +138,7 @@ pub async fn create_call(
 
 fn schedule_callbacks(
     state: &SimState,
-    campaign: String,
+    key: String,
     form: &[(String, String)],
     call_sid: &str,
     url: String,
@@ -186,11 +186,16 @@ fn schedule_callbacks(
     let mut last = base(status, 2);
     last.push(("CallDuration".into(), drawn.duration_secs.to_string()));
     if machine_detection && status == "completed" {
-        last.push(("AnsweredBy".into(), "human".into()));
+        let who = if chance(state.config.machine_rate) {
+            "machine_start"
+        } else {
+            "human"
+        };
+        last.push(("AnsweredBy".into(), who.into()));
     }
     callback::schedule(
         state,
-        campaign,
+        key,
         state.config.call_length(),
         intermediate,
         sign(last),

@@ -3,7 +3,8 @@
 //! Every service reads the same [`Config`] and uses its own section. The file is parsed
 //! directly into the typed structure first, so a mistake in it is reported with the file, line
 //! and reason. Environment variables are applied afterwards: `CCM_NATS_URL` sets `nats_url`,
-//! `CCM_INGEST__LISTEN` sets `ingest.listen` (a double underscore descends one level). Values
+//! `CCM_INGEST__LISTEN` sets `ingest.listen` (a double underscore descends one level;
+//! `CCM_LOG_FORMAT` is accepted as a short name for `CCM_LOG__FORMAT`). Values
 //! are read as YAML scalars, so `CCM_INGEST__AUTH_TOKENS='[a, b]'` gives a list. Variables that
 //! name no setting are reported back rather than silently ignored.
 
@@ -55,6 +56,10 @@ pub struct Config {
     pub projector: ProjectorConfig,
     pub webhooks: WebhooksConfig,
     pub log: LogConfig,
+    /// Whether each service creates or updates the JetStream topology (and the projector runs
+    /// the migrations) when it starts. Turned off (`CCM_PROVISION=false`) where a separate
+    /// step does it once, as the Helm chart's provisioning Job does.
+    pub provision: bool,
 }
 
 impl Default for Config {
@@ -69,6 +74,7 @@ impl Default for Config {
             projector: ProjectorConfig::default(),
             webhooks: WebhooksConfig::default(),
             log: LogConfig::default(),
+            provision: true,
         }
     }
 }
@@ -119,6 +125,11 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     /// How Twilio status callbacks are verified.
     pub twilio: TwilioWebhookConfig,
+    /// Whether `GET /metrics` on the API listener needs an API token. Off by default:
+    /// Prometheus scrapers rarely carry one, and the metrics hold no ids, numbers or secrets
+    /// (labels are route templates, status classes and campaign ids). Turn it on when the
+    /// listener is reachable by untrusted clients.
+    pub metrics_require_token: bool,
 }
 
 /// What ingest needs to verify Twilio's signed status callbacks.
@@ -178,6 +189,7 @@ impl Default for IngestConfig {
             bulk_max_items: 100_000,
             max_body_bytes: 8 * 1024 * 1024,
             twilio: TwilioWebhookConfig::default(),
+            metrics_require_token: false,
         }
     }
 }
@@ -190,9 +202,14 @@ pub struct WebhooksConfig {
     /// production, so an API user cannot make ccm call into its own network; tests turn it
     /// on because their receivers listen on 127.0.0.1.
     pub allow_private_targets: bool,
-    /// Attempts per event and endpoint, the first included; after the last one the event is
-    /// dropped for that endpoint (and logged).
-    pub max_attempts: u32,
+    /// How long a message is retried before it is given up for its endpoint; an endpoint
+    /// whose attempts all failed for this long is disabled.
+    pub retry_horizon_secs: u64,
+    /// How long the previous secret keeps signing (beside the new one) after a rotation.
+    pub secret_grace_secs: u64,
+    /// How often an idle endpoint worker looks for messages queued by the API (manual
+    /// redeliveries); live events wake it at once.
+    pub poll_interval_ms: u64,
     /// First retry delay; it doubles (with jitter) up to `backoff_max_ms`.
     pub backoff_min_ms: u64,
     pub backoff_max_ms: u64,
@@ -200,21 +217,26 @@ pub struct WebhooksConfig {
     pub max_retry_after_secs: u64,
     /// How long one delivery request may take; a timeout is retried.
     pub request_timeout_ms: u64,
-    /// Events waiting per endpoint; when an endpoint's queue is full, new events for it are
-    /// handed back to JetStream for later instead of blocking the other endpoints.
+    /// Messages an endpoint's worker reads ahead from its queue in PostgreSQL at a time.
     pub queue_per_endpoint: usize,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; none by default (see
+    /// `projector.metrics_listen`).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for WebhooksConfig {
     fn default() -> Self {
         Self {
             allow_private_targets: false,
-            max_attempts: 8,
+            retry_horizon_secs: 24 * 3600,
+            secret_grace_secs: 24 * 3600,
+            poll_interval_ms: 1000,
             backoff_min_ms: 1000,
-            backoff_max_ms: 30_000,
+            backoff_max_ms: 600_000,
             max_retry_after_secs: 30,
             request_timeout_ms: 10_000,
             queue_per_endpoint: 256,
+            metrics_listen: None,
         }
     }
 }
@@ -228,6 +250,14 @@ pub struct DialerConfig {
     /// A call with no outcome after this long gets a synthetic FAILED outcome.
     pub max_call_duration_secs: u64,
     pub carrier: CarrierConfig,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; none by default (see
+    /// `projector.metrics_listen`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// New calls per second across all campaigns and all dialer replicas; 0: no limit.
+    pub max_calls_per_second: u32,
+    /// Attempts placed to one number per UTC day across all campaigns; 0: no limit. An
+    /// attempt beyond it waits until the next day.
+    pub max_attempts_per_number_per_day: u32,
 }
 
 impl Default for DialerConfig {
@@ -236,6 +266,9 @@ impl Default for DialerConfig {
             max_calls: 1000,
             max_call_duration_secs: 600,
             carrier: CarrierConfig::default(),
+            metrics_listen: None,
+            max_calls_per_second: 0,
+            max_attempts_per_number_per_day: 0,
         }
     }
 }
@@ -363,12 +396,16 @@ impl Default for SimCarrierConfig {
 pub struct RetrierConfig {
     /// The retry policy file.
     pub policy_file: PathBuf,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; none by default (see
+    /// `projector.metrics_listen`).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for RetrierConfig {
     fn default() -> Self {
         Self {
             policy_file: PathBuf::from("config/retry.yaml"),
+            metrics_listen: None,
         }
     }
 }
@@ -384,8 +421,8 @@ pub struct ProjectorConfig {
     /// How long a message that cannot be decoded waits before it is offered again; after the
     /// consumer's `max_deliver` the server gives up on it and the retrier dead-letters it.
     pub poison_delay_ms: u64,
-    /// Where `GET /metrics` is served; none by default, since several processes may share a
-    /// host (set e.g. `CCM_PROJECTOR__METRICS_LISTEN=0.0.0.0:9464`).
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; none by default, since several
+    /// processes may share a host (set e.g. `CCM_PROJECTOR__METRICS_LISTEN=0.0.0.0:9464`).
     pub metrics_listen: Option<SocketAddr>,
     /// Batches of one consumer written concurrently (each its own transaction).
     pub writers: usize,
@@ -486,7 +523,10 @@ impl Config {
         let mut overrides: Vec<(String, Vec<String>, String)> = env
             .into_iter()
             .filter_map(|(var, value)| {
-                let path = var.strip_prefix("CCM_")?.to_ascii_lowercase();
+                let path = match ALIASES.iter().find(|(alias, _)| *alias == var) {
+                    Some((_, path)) => (*path).to_owned(),
+                    None => var.strip_prefix("CCM_")?.to_ascii_lowercase(),
+                };
                 let keys = path.split("__").map(str::to_owned).collect();
                 Some((var, keys, value))
             })
@@ -523,6 +563,9 @@ impl Config {
     }
 }
 
+/// Short names operators expect, beside the general `__` form of the same settings.
+const ALIASES: &[(&str, &str)] = &[("CCM_LOG_FORMAT", "log__format")];
+
 /// Sets `keys` in `tree` when that path exists already (every setting has a default, so an
 /// absent path is a variable meant for something else).
 fn set_path(tree: &mut Value, keys: &[String], value: Value) -> bool {
@@ -552,6 +595,24 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+
+    #[test]
+    fn log_format_is_set_by_its_short_and_long_names() {
+        for var in ["CCM_LOG_FORMAT", "CCM_LOG__FORMAT"] {
+            let loaded = Config::load_from(None, env(&[(var, "json")])).expect("loads");
+            assert_eq!(loaded.config.log.format, LogFormat::Json, "{var}");
+            assert!(loaded.unknown_env.is_empty(), "{var}");
+        }
+        let err = Config::load_from(None, env(&[("CCM_LOG_FORMAT", "xml")])).expect_err("xml");
+        assert!(matches!(&err, ConfigError::Env { var, .. } if var == "CCM_LOG_FORMAT"));
+    }
+
+    #[test]
+    fn provisioning_on_start_can_be_turned_off() {
+        assert!(Config::default().provision);
+        let loaded = Config::load_from(None, env(&[("CCM_PROVISION", "false")])).expect("loads");
+        assert!(!loaded.config.provision);
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

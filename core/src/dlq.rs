@@ -41,6 +41,9 @@ pub mod header {
     pub const CALL: &str = "Ccm-Dlq-Call";
     pub const CAMPAIGN: &str = "Ccm-Dlq-Campaign";
     pub const ORIGINAL_MSG_ID: &str = "Ccm-Dlq-Original-Msg-Id";
+    /// On the call event an operator's redrive (`Retrying`) or discard (`Failed`) publishes:
+    /// the DLQ sequence of the letter it resolved, so the read model can mark the letter.
+    pub const RESOLVED: &str = "Ccm-Dlq-Resolved";
 }
 
 /// Where a letter came from and why it died.
@@ -126,6 +129,20 @@ pub async fn store(js: &jetstream::Context, source: Source<'_>) -> Result<(), Dl
         .map_err(|e| err(e.into()))?;
     ack.await.map_err(|e| err(e.into()))?;
     Ok(())
+}
+
+/// Publishes the call event recording an operator's action on letter `seq`, with the
+/// [`header::RESOLVED`] header naming the letter.
+async fn publish_resolution(
+    js: &jetstream::Context,
+    event: &CallEvent,
+    seq: u64,
+) -> Result<(), crate::nats::NatsError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::RESOLVED, seq.to_string().as_str());
+    crate::nats::publish_json(js, event.subject(), &event.msg_id(), Some(headers), event)
+        .await
+        .map(|_| ())
 }
 
 /// The fields every ccm payload (dial request or event) has.
@@ -318,7 +335,7 @@ impl Dlq {
                     reason: format!("Redriven from dead letter #{seq} by an operator"),
                 },
             };
-            crate::nats::publish_event(&self.js, &event).await?;
+            publish_resolution(&self.js, &event, seq).await?;
             request.attempt += 1;
             request.queued_at = now;
             crate::nats::publish_dial(&self.js, &request).await?;
@@ -382,7 +399,7 @@ impl Dlq {
                         reason: format!("Dead letter #{seq} discarded by an operator"),
                     },
                 };
-                crate::nats::publish_event(&self.js, &event).await?;
+                publish_resolution(&self.js, &event, seq).await?;
             }
         }
         self.delete(seq).await?;

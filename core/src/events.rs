@@ -50,6 +50,12 @@ pub struct RetryEntry {
     pub due_at: DateTime<Utc>,
     /// The attempt to publish when due (already numbered n+1).
     pub request: DialRequest,
+    /// Set when the dialer put the attempt off (until its calling window opens, or until its
+    /// number's daily attempt cap resets): how many times this attempt has been put off. The attempt's dial message was already published
+    /// once under `<call>/<attempt>`, so the re-publication needs an id of its own
+    /// ([`RetryEntry::dial_msg_id`]) or the server would drop it as a duplicate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_deferral: Option<u32>,
 }
 
 impl RetryEntry {
@@ -58,9 +64,31 @@ impl RetryEntry {
         subjects::retry(self.request.campaign_id)
     }
 
-    /// `<call>/<attempt>/retry`: one entry per scheduled attempt, whoever schedules it.
+    /// `<call>/<attempt>/retry`: one entry per scheduled attempt, whoever schedules it
+    /// (`<call>/<attempt>/window/<n>` for the n-th deferral to the calling window).
     pub fn msg_id(&self) -> String {
-        subjects::event_msg_id(self.request.call_id, self.request.attempt, "retry")
+        match self.window_deferral {
+            None => subjects::event_msg_id(self.request.call_id, self.request.attempt, "retry"),
+            Some(n) => format!("{}/window/{n}", self.request.msg_id()),
+        }
+    }
+
+    /// The `Nats-Msg-Id` of the dial message published when the entry is due:
+    /// `<call>/<attempt>`, or `<call>/<attempt>/w<n>` after the n-th deferral.
+    pub fn dial_msg_id(&self) -> String {
+        match self.window_deferral {
+            None => self.request.msg_id(),
+            Some(n) => format!("{}/w{n}", self.request.msg_id()),
+        }
+    }
+
+    /// How many times the attempt carried by a dial message with this `Nats-Msg-Id` was put
+    /// off for its calling window (0 for an id without the `/w<n>` suffix).
+    pub fn deferrals_in(dial_msg_id: &str) -> u32 {
+        dial_msg_id
+            .rsplit_once("/w")
+            .and_then(|(_, n)| n.parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -237,6 +265,39 @@ mod tests {
         assert_eq!(back, e);
         assert!(e.subject().starts_with("calls.outcome.3."));
         assert!(e.msg_id().ends_with("/1/outcome"));
+    }
+
+    #[test]
+    fn a_deferred_entry_and_its_dial_message_have_ids_of_their_own() {
+        let request = DialRequest {
+            call_id: CallId::new(),
+            campaign_id: CampaignId::new(3).expect("valid"),
+            phone_number: "+15550001".parse().expect("phone"),
+            attempt: 2,
+            max_attempts: 3,
+            created_at: Utc::now(),
+            queued_at: Utc::now(),
+        };
+        let retry = RetryEntry {
+            due_at: Utc::now(),
+            request: request.clone(),
+            window_deferral: None,
+        };
+        assert_eq!(retry.dial_msg_id(), request.msg_id());
+        assert!(retry.msg_id().ends_with("/2/retry"));
+        let deferred = RetryEntry {
+            window_deferral: Some(1),
+            ..retry
+        };
+        assert_eq!(deferred.dial_msg_id(), format!("{}/2/w1", request.call_id));
+        assert_eq!(deferred.msg_id(), format!("{}/2/window/1", request.call_id));
+        assert_eq!(RetryEntry::deferrals_in(&deferred.dial_msg_id()), 1);
+        assert_eq!(RetryEntry::deferrals_in(&request.msg_id()), 0);
+        let json = serde_json::to_value(&deferred).expect("json");
+        assert_eq!(
+            serde_json::from_value::<RetryEntry>(json).expect("back"),
+            deferred
+        );
     }
 
     #[test]

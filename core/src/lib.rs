@@ -5,17 +5,21 @@
 //! - [`ids`], [`phone`], [`status`]: parsed domain values (call and campaign ids, E.164 phone
 //!   numbers, the old system's status names).
 //! - [`events`], [`campaign`]: the payloads that travel through JetStream and the campaign
-//!   document kept in the `campaigns` KV bucket.
+//!   document kept in the `campaigns` KV bucket; [`lifecycle`]: its states and transitions.
 //! - [`subjects`]: the only place subject strings and de-duplication ids are built.
 //! - [`topology`]: the streams, consumers and KV buckets of `nats/`, embedded, and their
 //!   idempotent provisioning.
-//! - [`nats`]: connecting and publishing with `Nats-Msg-Id`.
+//! - [`nats`]: connecting and publishing with `Nats-Msg-Id`. [`trace_context`]: the W3C
+//!   trace context carried in NATS headers.
+//! - [`inspect`]: streams, consumers and buckets as the operator's `status` command shows them.
 //! - [`metrics`]: the Prometheus recorder and a minimal `/metrics` server.
 //! - [`policy`]: the YAML retry policy (the old system's format plus extensions) and the
 //!   pure retry decision.
+//! - [`dnc`]: the do-not-call lists.
 //! - [`dlq`]: dead letters as stored in `DLQ`, and the operator's actions on them.
 //! - [`config`], [`telemetry`], [`service`]: layered configuration, `tracing` set-up, and
 //!   the command line and shutdown signal every binary shares.
+//! - [`window`]: calling windows in the callee's time zone.
 //! - [`twilio`]: Twilio's request signature and call statuses, shared by the dialer's
 //!   adapter, ingest's callback route and carrier-sim.
 //!
@@ -24,8 +28,11 @@
 pub mod campaign;
 pub mod config;
 pub mod dlq;
+pub mod dnc;
 pub mod events;
 pub mod ids;
+pub mod inspect;
+pub mod lifecycle;
 pub mod metrics;
 pub mod nats;
 pub mod phone;
@@ -35,8 +42,10 @@ pub mod status;
 pub mod subjects;
 pub mod telemetry;
 pub mod topology;
+pub mod trace_context;
 pub mod twilio;
 pub mod webhooks;
+pub mod window;
 
 pub use campaign::{Campaign, CampaignState};
 pub use config::Config;

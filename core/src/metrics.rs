@@ -1,23 +1,63 @@
-//! Prometheus metrics shared by every service.
+//! Prometheus metrics shared by every service, and the listener that serves them.
 //!
 //! Services record with the [`metrics`] facade macros (`metrics::counter!`,
 //! `metrics::histogram!`, `metrics::gauge!`); [`install`] installs the one process-wide
-//! Prometheus recorder and returns the handle that renders the text exposition. A service with
-//! an HTTP server adds a `/metrics` route returning [`render`]; a service without one calls
-//! [`serve`] with the address from its configuration.
+//! Prometheus recorder and returns the handle that renders the text exposition. Ingest adds a
+//! `/metrics` route returning [`render`] to its own router; the other services call [`serve`]
+//! with their `metrics_listen` address, which also answers `/healthz` (the process runs) and
+//! `/readyz` (the [`Readiness`] checks pass: NATS connected, and for the projector PostgreSQL
+//! reachable).
 //!
 //! Conventions, so dashboards stay uniform: names start with `ccm_<service>_`, durations are
 //! in seconds and end in `_seconds`, sizes end in `_size`, and labels take values from closed
-//! sets (source stream, status, route template), never ids, so the series count stays bounded.
+//! sets (source stream, status, route template), never call ids or phone numbers, so the
+//! series count stays bounded. The one open-ended label is `campaign`: it is bounded by the
+//! number of campaigns an operator creates (tens to thousands), not by traffic.
+//!
+//! Every metric (the README's "Metrics" section has the same table):
+//!
+//! | name | type | labels | what |
+//! |---|---|---|---|
+//! | `ccm_ingest_http_request_duration_seconds` | histogram | `method`, `route`, `status` | API latency; `route` is the route template (`/api/v1/calls/{id}`, `unmatched` for no route), `status` the class (`2xx`…`5xx`); its `_count` is requests |
+//! | `ccm_ingest_calls_accepted_total` | counter | | calls accepted (dial message stored by JetStream) |
+//! | `ccm_ingest_calls_refused_total` | counter | `reason` | calls refused after validation: `in_progress`, `within_window` (duplicates, 429), `claim_unavailable`, `publish_failed` (503); invalid input shows as `4xx` in the latency histogram |
+//! | `ccm_dialer_live_calls` | gauge | `campaign` | calls in flight in this replica (dial message held un-acked) |
+//! | `ccm_dialer_queued_calls` | gauge | `campaign` | dial messages waiting for a dialer (the campaign consumer's `num_pending`, polled every 5 s) |
+//! | `ccm_dialer_calls_placed_total` | counter | `campaign` | attempts handed to the carrier |
+//! | `ccm_dialer_carrier_request_duration_seconds` | histogram | `carrier`, `result` | one placement request; `result`: `placed`, `rejected`, `unavailable`, `ambiguous` |
+//! | `ccm_dialer_carrier_errors_total` | counter | `carrier`, `kind` | failed placements: `rejected` (4xx, call ends FAILED), `unavailable` (retried), `ambiguous` (timeout after sending) |
+//! | `ccm_dialer_outcome_timeouts_total` | counter | | calls ended by the synthetic FAILED (`timeout`) |
+//! | `ccm_dialer_trunk_lines_busy` | gauge | | trunk lines of this replica in use |
+//! | `ccm_retrier_decisions_total` | counter | `decision`, `status` | outcomes decided: `completed`, `retrying`, `failed`, by outcome status |
+//! | `ccm_retrier_retries_scheduled_total` | counter | `reason` | retries scheduled in `RETRIES`, by the outcome status that caused them (`RNR`, `DISCONNECTED`, `FAILED`) |
+//! | `ccm_retrier_retries_fired_total` | counter | | retries re-published to `CALLS` when due |
+//! | `ccm_retrier_retry_backlog_messages` | gauge | | entries waiting in `RETRIES` (stream info, polled every 5 s) |
+//! | `ccm_retrier_dlq_messages` | gauge | | letters in `DLQ` (stream info, polled every 5 s) |
+//! | `ccm_retrier_dead_letters_total` | counter | `stream` | letters created by this replica, by source stream |
+//! | `ccm_webhooks_deliveries_total` | counter | `outcome` | messages settled per endpoint: `delivered`, `refused` (final 4xx or redirect), `exhausted` (retry horizon reached), `endpoint_disabled` (queued as skipped because the endpoint is disabled; delivered only if replayed) |
+//! | `ccm_webhooks_request_duration_seconds` | histogram | `result` | one delivery request: `success`, `retry` (408, 429, 5xx or no answer), `final` |
+//! | `ccm_webhooks_endpoints` | gauge | `state` | subscriptions known, `enabled` / `disabled` |
+//! | `ccm_webhooks_endpoints_disabled_total` | counter | `reason` | endpoints disabled automatically: `gone` (answered 410), `horizon` (failing for the whole retry horizon) |
+//! | `ccm_projector_calls_total` | counter | `campaign`, `status` | call state changes projected (each new dial message or event, by the status it gives the call); `rate()` by status is the call flow |
+//! | `ccm_projector_messages_total` | counter | `source`, `result` | messages applied: `new`, `duplicate` (redelivery, replay) |
+//! | `ccm_projector_batch_size` | histogram | `source` | messages per write |
+//! | `ccm_projector_batch_write_seconds` | histogram | `source` | one batch's transaction |
+//! | `ccm_projector_lag_seconds` | histogram | `source` | from an event's time to its commit in PostgreSQL |
+//! | `ccm_projector_pending_messages` | gauge | `source` | projection lag in messages: the consumer's `num_pending` (polled every 5 s) |
+//! | `ccm_projector_ack_pending_messages` | gauge | `source` | delivered, not yet committed |
+//! | `ccm_projector_poison_total` | counter | `source` | messages set aside as undecodable or refused by PostgreSQL |
+//! | `ccm_projector_db_errors_total` | counter | `source` | batch writes that failed and were retried |
+//!
+//! `source` is one of `CALLS`, `CALL_EVENTS`, `DLQ`, `KV_campaigns`, `KV_contacts`.
+
+mod server;
+
+pub use server::{CheckFuture, Readiness, get};
 
 use std::{net::SocketAddr, sync::OnceLock};
 
 pub use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-};
 use tokio_util::sync::CancellationToken;
 
 /// Buckets of every `*_seconds` histogram: from a millisecond to a minute.
@@ -92,128 +132,115 @@ pub fn render() -> String {
         .unwrap_or_default()
 }
 
-/// Installs the recorder and serves `GET /metrics` on `addr` until `shutdown`, in a spawned
-/// task. Returns the bound address (useful with port 0).
+/// Installs the recorder and serves `/metrics`, `/healthz` and `/readyz` (by `readiness`) on
+/// `addr` until `shutdown`, in a spawned task. Returns the bound address (useful with port 0).
 pub async fn serve(
     addr: SocketAddr,
+    readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, MetricsError> {
-    let handle = install()?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| MetricsError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| MetricsError::Bind { addr, source })?;
-    tracing::info!(%bound, "serving Prometheus metrics on /metrics");
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, _)) => {
-                    let handle = handle.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = answer(stream, &handle).await {
-                            tracing::debug!(error = %e, "metrics request failed");
-                        }
-                    });
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot accept a metrics connection"),
-            }
-        }
-    });
-    Ok(bound)
+    server::serve(addr, install()?, readiness, shutdown).await
 }
 
-/// Answers one HTTP/1.x request and closes the connection. A scrape is one small GET, so
-/// this minimal server is enough and keeps an HTTP framework out of services that have none.
-async fn answer(mut stream: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
-    let mut buf = vec![0_u8; 4096];
-    let mut len = 0;
-    // Read until the end of the request head (or the buffer is full: heads are tiny).
-    let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while len < buf.len() {
-            let n = stream.read(&mut buf[len..]).await?;
-            if n == 0 {
-                break;
+/// The value of the first sample of `name` whose labels include all of `labels`, in a text
+/// exposition. For histograms ask for `<name>_count` or `<name>_sum`. Used by tests and
+/// benchmarks that read a service's own figures.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if series_name != name {
+                return None;
             }
-            len += n;
-            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                break;
-            }
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if !matches!(read, Ok(Ok(()))) {
-        return Ok(());
-    }
-    let head = String::from_utf8_lossy(&buf[..len]);
-    let mut request_line = head.lines().next().unwrap_or_default().split_whitespace();
-    let (method, path) = (request_line.next(), request_line.next());
-    let path = path.map(|p| p.split('?').next().unwrap_or(p));
-    let (status, content_type, body) = match (method, path) {
-        (Some("GET"), Some("/metrics")) => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            handle.render(),
-        ),
-        (Some(_), Some("/metrics")) => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "only GET is allowed\n".into(),
-        ),
-        _ => (
-            "404 Not Found",
-            "text/plain",
-            "metrics are served on /metrics\n".into(),
-        ),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+            let all = labels.iter().all(|(k, v)| {
+                series_labels
+                    .split(',')
+                    .any(|l| l == format!("{k}=\"{v}\""))
+            });
+            all.then(|| value.parse().ok()).flatten()
+        })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
 
-    async fn get(addr: SocketAddr, request: &str) -> String {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream.write_all(request.as_bytes()).await.expect("write");
-        let mut out = String::new();
-        stream.read_to_string(&mut out).await.expect("read");
-        out
-    }
+    use super::*;
 
     #[tokio::test]
     async fn serves_recorded_metrics_in_prometheus_text_format() {
         let shutdown = CancellationToken::new();
-        let addr = serve(([127, 0, 0, 1], 0).into(), shutdown.clone())
-            .await
-            .expect("serve");
+        let addr = serve(
+            ([127, 0, 0, 1], 0).into(),
+            Readiness::new(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("serve");
         counter!("ccm_test_things_total", "source" => "calls").increment(3);
         histogram!("ccm_test_batch_size").record(7.0);
-        let body = get(addr, "GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await;
-        assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-        assert!(
-            body.contains("ccm_test_things_total{source=\"calls\"} 3"),
+        let (status, body) = get(addr, "/metrics").await.expect("scrape");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            sample(&body, "ccm_test_things_total", &[("source", "calls")]),
+            Some(3.0),
             "{body}"
+        );
+        assert_eq!(
+            sample(&body, "ccm_test_things_total", &[("source", "x")]),
+            None
         );
         // `_size` histograms get buckets, not a summary.
-        assert!(
-            body.contains("ccm_test_batch_size_bucket{le=\"10\"} 1"),
+        assert_eq!(
+            sample(&body, "ccm_test_batch_size_bucket", &[("le", "10")]),
+            Some(1.0),
             "{body}"
         );
-        let missing = get(addr, "GET /nope HTTP/1.1\r\n\r\n").await;
-        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        let (status, _) = get(addr, "/nope").await.expect("get");
+        assert_eq!(status, 404);
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_the_checks_and_healthz_only_the_process() {
+        let shutdown = CancellationToken::new();
+        let readiness = Readiness::new();
+        let addr = serve(
+            ([127, 0, 0, 1], 0).into(),
+            readiness.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("serve");
+        assert_eq!(get(addr, "/healthz").await.expect("get").0, 200);
+        let (status, body) = get(addr, "/readyz").await.expect("get");
+        assert_eq!((status, body.as_str()), (503, "not ready: starting\n"));
+        let up = Arc::new(AtomicBool::new(true));
+        let flag = up.clone();
+        readiness.add("database", move || {
+            let up = flag.load(Ordering::SeqCst);
+            async move {
+                if up {
+                    Ok(())
+                } else {
+                    Err("unreachable".into())
+                }
+            }
+        });
+        assert_eq!(get(addr, "/readyz").await.expect("get").0, 200);
+        up.store(false, Ordering::SeqCst);
+        let (status, body) = get(addr, "/readyz").await.expect("get");
+        assert_eq!(status, 503);
+        assert!(body.contains("database: unreachable"), "{body}");
+        assert_eq!(get(addr, "/healthz").await.expect("get").0, 200);
         shutdown.cancel();
     }
 }

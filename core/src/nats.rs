@@ -1,4 +1,5 @@
-//! Connecting to NATS and publishing with de-duplication ids.
+//! Connecting to NATS and publishing with de-duplication ids (and the trace context, see
+//! [`crate::trace_context`]).
 
 use std::time::Duration;
 
@@ -55,6 +56,10 @@ pub async fn connect(url: &str, service: &str) -> Result<async_nats::Client, Nat
 pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
     jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(10))
+        // Publishes awaiting their ack are capped per connection (5,000 by default); past the
+        // cap a publish waits for a slot instead of failing, so several large bulk requests at
+        // once slow down rather than refuse numbers.
+        .backpressure_on_inflight(true)
         .build(client)
 }
 
@@ -79,9 +84,11 @@ pub async fn publish_json<T: Serialize>(
         subject: subject.clone(),
         source,
     })?;
-    let mut publish = PublishMessage::build()
-        .payload(Bytes::from(body))
-        .message_id(msg_id);
+    let mut publish = crate::trace_context::inject(
+        PublishMessage::build()
+            .payload(Bytes::from(body))
+            .message_id(msg_id),
+    );
     if let Some(headers) = headers {
         for (name, values) in headers.iter() {
             for value in values {

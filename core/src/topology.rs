@@ -43,6 +43,9 @@ pub const STREAMS: &[Definition] = definitions![
     "streams/KV_contacts.json",
     "streams/KV_idempotency.json",
     "streams/KV_webhooks.json",
+    "streams/KV_dnc.json",
+    "streams/KV_pacing.json",
+    "streams/KV_attempts.json",
 ];
 
 /// Every fixed consumer definition, with its stream (the folder name).
@@ -55,6 +58,7 @@ pub const CONSUMERS: &[Definition] = definitions![
     "consumers/ADVISORIES/retrier_advisories.json",
     "consumers/KV_campaigns/projector_campaigns.json",
     "consumers/KV_contacts/projector_contacts.json",
+    "consumers/DLQ/projector_dlq.json",
 ];
 
 /// The template of a campaign's dial consumer; `{campaign}` stands for the campaign id.
@@ -80,6 +84,12 @@ pub mod names {
     pub const KV_IDEMPOTENCY: &str = "idempotency";
     /// Outbound webhook subscriptions: subscription id -> [`crate::webhooks::Subscription`].
     pub const KV_WEBHOOKS: &str = "webhooks";
+    /// Do-not-call lists (`global.<digits>`, `<campaign>.<digits>`), see [`crate::dnc`].
+    pub const KV_DNC: &str = "dnc";
+    /// The dialers' shared pacing slots (`global`, `<campaign>`).
+    pub const KV_PACING: &str = "pacing";
+    /// Attempts per number per UTC day (`<digits>.<yyyymmdd>`), for the frequency cap.
+    pub const KV_ATTEMPTS: &str = "attempts";
 }
 
 /// What went wrong with the topology.

@@ -6,6 +6,9 @@
 //! latest event and outcome: a redelivered message whose attempt was already placed is only
 //! waited on, never dialled again.
 //!
+//! A number put on a do-not-call list after its call was queued is caught here, just before
+//! placing: the attempt ends `CANCELLED` with the list named.
+//!
 //! `Dialing` is published before the carrier is asked, so a crash between the two leaves a
 //! record that the attempt *may* have been placed; such an attempt is never placed again and
 //! ends by its outcome or by the synthetic FAILED (`timeout`). Only when the carrier answered
@@ -15,7 +18,11 @@
 use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind, Message, kv};
-use ccm_core::{CallEvent, DialRequest, EventKind, OutcomeSource, OutcomeStatus, subjects};
+use ccm_core::{
+    CallEvent, DialRequest, EventKind, OutcomeSource, OutcomeStatus,
+    metrics::{counter, histogram},
+    subjects,
+};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +37,17 @@ pub struct CallContext {
     pub js: jetstream::Context,
     pub events: jetstream::stream::Stream,
     pub active_calls: kv::Store,
+    /// Contacts, for the callee's own time zone.
+    pub contacts: kv::Store,
+    /// Do-not-call lists, checked just before placing.
+    pub dnc: kv::Store,
+    /// Shared call-rate schedules.
+    pub pacing: crate::pacing::Pacing,
+    /// Attempts per number per day.
+    pub frequency: crate::frequency::FrequencyCap,
     pub carrier: Arc<dyn Carrier>,
+    /// The adapter's name (`sim`, `http`, `twilio`): the `carrier` label of its metrics.
+    pub carrier_kind: &'static str,
     pub max_call_duration: Duration,
     /// How often the dial message is kept alive while the call lasts (well under AckWait).
     pub progress_every: Duration,
@@ -42,8 +59,9 @@ pub struct CallContext {
 pub enum Mode {
     /// Place the attempt.
     Dial,
-    /// The campaign is cancelled: end the attempt `CANCELLED` unless it was already placed.
-    Cancel,
+    /// The campaign is over (cancelled, completed, past its end date): end the attempt
+    /// `CANCELLED` with this reason unless it was already placed.
+    Cancel(&'static str),
 }
 
 /// What the stream already knows about this attempt.
@@ -57,8 +75,15 @@ enum Known {
     Done,
 }
 
-/// Handles one dial message to the end.
-pub async fn handle(ctx: CallContext, message: Message, campaign: CampaignInfo, mode: Mode) {
+/// Handles one dial message to the end; `limit` is the campaign's own bound on a call's
+/// length, when it has one (else the dialer's).
+pub async fn handle(
+    ctx: Arc<CallContext>,
+    limit: Option<Duration>,
+    message: Message,
+    campaign: CampaignInfo,
+    mode: Mode,
+) {
     let request: DialRequest = match serde_json::from_slice(&message.payload) {
         Ok(request) => request,
         Err(e) => {
@@ -71,7 +96,10 @@ pub async fn handle(ctx: CallContext, message: Message, campaign: CampaignInfo, 
         }
     };
     let span = tracing::info_span!("call", call = %request.call_id, attempt = request.attempt);
-    let result = run(&ctx, &request, &message, &campaign, mode)
+    // The attempt continues the trace of whoever published it (the API request or the retry).
+    ccm_core::trace_context::set_parent(&span, message.headers.as_ref());
+    let max_call_duration = limit.unwrap_or(ctx.max_call_duration);
+    let result = run(&ctx, &request, &message, &campaign, mode, max_call_duration)
         .instrument(span)
         .await;
     if let Err(e) = result {
@@ -90,6 +118,12 @@ enum CallError {
     Carrier(CarrierError),
     #[error("shutting down before the outcome arrived")]
     Shutdown,
+    #[error(transparent)]
+    Window(crate::window::WindowError),
+    #[error(transparent)]
+    Pacing(crate::pacing::PacingError),
+    #[error(transparent)]
+    Frequency(crate::frequency::CapError),
 }
 
 async fn run(
@@ -98,6 +132,7 @@ async fn run(
     message: &Message,
     campaign: &CampaignInfo,
     mode: Mode,
+    max_call_duration: Duration,
 ) -> Result<(), CallError> {
     let outcome_subject = subjects::outcome(request.campaign_id, request.call_id);
     // Subscribe before looking: an outcome published between the look and the subscription
@@ -107,7 +142,13 @@ async fn run(
         .subscribe(outcome_subject.clone())
         .await
         .map_err(|e| CallError::Nats(e.to_string()))?;
-    let placed_at = match known(ctx, request).await? {
+    let known = known(ctx, request).await?;
+    if let (Known::Nothing, Mode::Cancel(reason)) = (&known, mode) {
+        cancel(ctx, request, reason).await?;
+        ack(message).await;
+        return Ok(());
+    }
+    let placed_at = match known {
         Known::Done => {
             ack(message).await;
             return Ok(());
@@ -116,14 +157,60 @@ async fn run(
             tracing::info!(call = %request.call_id, "attempt already placed; waiting");
             at
         }
-        Known::Nothing if mode == Mode::Cancel => {
-            cancel(ctx, request).await?;
-            ack(message).await;
-            return Ok(());
-        }
         Known::Nothing => {
+            // Listed after it was queued: never dialled; the call ends CANCELLED.
+            let listed =
+                ccm_core::dnc::listed(&ctx.dnc, request.campaign_id, &request.phone_number)
+                    .await
+                    .map_err(|e| CallError::Nats(e.to_string()))?;
+            if let Some(list) = listed {
+                cancel(ctx, request, &list.refusal(&request.phone_number)).await?;
+                ack(message).await;
+                return Ok(());
+            }
+            if let Some(window) = &campaign.window {
+                let opens = crate::window::opens_at(ctx, window, request, Utc::now())
+                    .await
+                    .map_err(CallError::Window)?;
+                if let Some(due) = opens {
+                    crate::window::defer(ctx, request, message, due)
+                        .await
+                        .map_err(CallError::Window)?;
+                    ack(message).await;
+                    return Ok(());
+                }
+            }
+            let capped = ctx
+                .frequency
+                .take(&request.phone_number, Utc::now())
+                .await
+                .map_err(CallError::Frequency)?;
+            if let Some(next_day) = capped {
+                crate::window::defer(ctx, request, message, next_day)
+                    .await
+                    .map_err(CallError::Window)?;
+                ack(message).await;
+                return Ok(());
+            }
+            let slot = ctx
+                .pacing
+                .reserve(request.campaign_id, campaign.max_calls_per_second)
+                .await
+                .map_err(CallError::Pacing)?;
+            if let Some(at) = slot {
+                if !crate::pacing::wait_until(at, message, ctx.progress_every, &ctx.shutdown).await
+                {
+                    return Err(CallError::Shutdown);
+                }
+            }
             let dialing_seq = publish_dialing(ctx, request, message).await?;
-            match ctx.carrier.place(request, campaign).await {
+            counter!("ccm_dialer_calls_placed_total",
+                "campaign" => request.campaign_id.to_string())
+            .increment(1);
+            let started = std::time::Instant::now();
+            let placed = ctx.carrier.place(request, campaign).await;
+            record_placement(ctx.carrier_kind, started.elapsed(), &placed);
+            match placed {
                 Ok(placement) => {
                     tracing::debug!(external = ?placement.external_call_id, "placed");
                 }
@@ -145,7 +232,7 @@ async fn run(
     };
     // The call's time runs from its placement, also when a redelivery picks it up later.
     let elapsed = (Utc::now() - placed_at).to_std().unwrap_or_default();
-    let deadline = tokio::time::Instant::now() + ctx.max_call_duration.saturating_sub(elapsed);
+    let deadline = tokio::time::Instant::now() + max_call_duration.saturating_sub(elapsed);
     let mut progress = tokio::time::interval(ctx.progress_every);
     progress.tick().await;
     loop {
@@ -164,6 +251,7 @@ async fn run(
             }
             _ = tokio::time::sleep_until(deadline) => {
                 publish_outcome(ctx, request, OutcomeSource::Timeout, "timeout".into()).await?;
+                counter!("ccm_dialer_outcome_timeouts_total").increment(1);
                 break;
             }
             _ = ctx.shutdown.cancelled() => return Err(CallError::Shutdown),
@@ -171,6 +259,27 @@ async fn run(
     }
     ack(message).await;
     Ok(())
+}
+
+/// Records one placement request's duration and, when it failed, its kind.
+fn record_placement(
+    carrier: &'static str,
+    took: Duration,
+    placed: &Result<crate::carrier::Placement, CarrierError>,
+) {
+    let result = match placed {
+        Ok(_) => "placed",
+        Err(CarrierError::Rejected(_)) => "rejected",
+        Err(CarrierError::Unavailable(_)) => "unavailable",
+        Err(CarrierError::Ambiguous(_)) => "ambiguous",
+    };
+    histogram!("ccm_dialer_carrier_request_duration_seconds",
+        "carrier" => carrier, "result" => result)
+    .record(took.as_secs_f64());
+    if placed.is_err() {
+        counter!("ccm_dialer_carrier_errors_total", "carrier" => carrier, "kind" => result)
+            .increment(1);
+    }
 }
 
 /// Reads the latest lifecycle event and outcome of the call (direct get by subject).
@@ -239,21 +348,31 @@ async fn withdraw_dialing(ctx: &CallContext, sequence: u64) {
     }
 }
 
-/// Ends an attempt of a cancelled campaign: a `Cancelled` event, and the callee's number is
-/// free again (the retrier, which releases claims on outcomes, never sees this attempt).
-async fn cancel(ctx: &CallContext, request: &DialRequest) -> Result<(), CallError> {
+/// Ends an attempt of a campaign that is over: a `Cancelled` event, and the callee's number
+/// is free again (the retrier, which releases claims on outcomes, never sees this attempt).
+async fn cancel(ctx: &CallContext, request: &DialRequest, reason: &str) -> Result<(), CallError> {
+    cancel_attempt(ctx, request, reason)
+        .await
+        .map_err(|e| CallError::Nats(e.to_string()))
+}
+
+/// Publishes the attempt's `Cancelled` event and releases the number's claim. Shared with
+/// the cancellation of scheduled attempts, so both give the same de-duplication id.
+pub(crate) async fn cancel_attempt(
+    ctx: &CallContext,
+    request: &DialRequest,
+    reason: &str,
+) -> Result<(), ccm_core::nats::NatsError> {
     let event = CallEvent {
         call_id: request.call_id,
         campaign_id: request.campaign_id,
         attempt: request.attempt,
         at: Utc::now(),
         kind: EventKind::Cancelled {
-            reason: "campaign cancelled".into(),
+            reason: reason.into(),
         },
     };
-    ccm_core::nats::publish_event(&ctx.js, &event)
-        .await
-        .map_err(|e| CallError::Nats(e.to_string()))?;
+    ccm_core::nats::publish_event(&ctx.js, &event).await?;
     let call = request.call_id.to_string();
     for key in
         ccm_core::config::DuplicateScope::all_claim_keys(request.campaign_id, &request.phone_number)

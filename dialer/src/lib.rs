@@ -7,20 +7,31 @@
 //!   consumer's `max_ack_pending` is the campaign's cap, updated in place when the cap
 //!   changes; a dialer replica's own trunk capacity (`dialer.max_calls`) is shared fairly by
 //!   all its campaigns. A paused (or inactive) campaign is not pulled; a cancelled one is
-//!   drained, each queued attempt ending `CANCELLED`; a deleted one loses its consumer.
+//!   drained, each queued attempt ending `CANCELLED`, and its attempts scheduled in `RETRIES`
+//!   are cancelled and purged ([`scheduled`]); a deleted one loses its consumer. The state
+//!   and the start/end dates decide ([`ccm_core::lifecycle`]).
 //! - [`call`] is the life of one attempt: never dialled twice, the message kept un-acked for
 //!   the whole call, a synthetic FAILED outcome after the maximum call duration.
 //! - [`carrier`] holds the adapters that actually place calls.
+//! - [`frequency`] caps the attempts placed to one number per day, across campaigns.
+//! - [`pacing`] spaces new calls per campaign and globally, shared by all replicas.
+//! - [`window`] puts off an attempt whose callee is outside the campaign's calling window.
 
 pub mod call;
 pub mod carrier;
+pub mod frequency;
+pub mod pacing;
+pub mod sample;
+pub mod scheduled;
+pub mod window;
 pub mod worker;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, kv};
 use ccm_core::{
-    Campaign, CampaignId, CampaignState, Config,
+    Campaign, CampaignId, Config,
+    lifecycle::Dialling,
     topology::{Topology, names},
 };
 use futures::StreamExt;
@@ -50,14 +61,25 @@ pub enum DialerError {
     Carrier(#[from] carrier::BuildError),
     #[error("cannot open stream {0}")]
     Stream(&'static str, #[source] async_nats::Error),
+    #[error(transparent)]
+    Metrics(#[from] ccm_core::metrics::MetricsError),
 }
 
 /// Runs the dialer until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DialerError> {
+    let readiness = ccm_core::metrics::Readiness::new();
+    if let Some(addr) = config.dialer.metrics_listen {
+        ccm_core::metrics::serve(addr, readiness.clone(), shutdown.clone()).await?;
+    } else {
+        ccm_core::metrics::install()?;
+    }
     let client = ccm_core::nats::connect(&config.nats_url, "dialer").await?;
+    readiness.add_nats(&client);
     let js = ccm_core::nats::jetstream(client.clone());
     let topology = Topology::load(&config.streams)?;
-    topology.provision(&js).await?;
+    if config.provision {
+        topology.provision(&js).await?;
+    }
     let events = js
         .get_stream(names::CALL_EVENTS)
         .await
@@ -66,21 +88,35 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
     // Calls in flight must survive the shutdown signal long enough to finish, so they watch
     // a token of their own that is cancelled only after the grace period.
     let calls_stop = CancellationToken::new();
-    let ctx = CallContext {
+    // One shared context: every call task holds it, and cloning its JetStream handles (each
+    // bucket carries its stream's whole info) for every call cost more than the call itself.
+    let ctx = Arc::new(CallContext {
         client: client.clone(),
         js: js.clone(),
         events,
         active_calls: ccm_core::nats::bucket(&js, names::KV_ACTIVE_CALLS).await?,
+        contacts: ccm_core::nats::bucket(&js, names::KV_CONTACTS).await?,
+        dnc: ccm_core::nats::bucket(&js, names::KV_DNC).await?,
+        pacing: pacing::Pacing {
+            bucket: ccm_core::nats::bucket(&js, names::KV_PACING).await?,
+            global_per_second: config.dialer.max_calls_per_second,
+        },
+        frequency: frequency::FrequencyCap {
+            bucket: ccm_core::nats::bucket(&js, names::KV_ATTEMPTS).await?,
+            per_day: config.dialer.max_attempts_per_number_per_day,
+        },
         carrier,
+        carrier_kind: config.dialer.carrier.kind(),
         max_call_duration: Duration::from_secs(config.dialer.max_call_duration_secs),
         progress_every: Duration::from_secs(10),
         shutdown: calls_stop.clone(),
-    };
+    });
     let trunk = Arc::new(Trunk::new(
         usize::try_from(config.dialer.max_calls).unwrap_or(usize::MAX),
     ));
     let campaigns = ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS).await?;
     let calls = TaskTracker::new();
+    tokio::spawn(sample::run(js.clone(), trunk.clone(), shutdown.clone()));
     tracing::info!(carrier = config.dialer.carrier.kind(), "dialer running");
     let supervisor = Supervisor {
         topology: &topology,
@@ -91,6 +127,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
         shutdown: &shutdown,
         workers: HashMap::new(),
         workers_done: TaskTracker::new(),
+        scheduled_cancelled: scheduled::Cancelled::default(),
     };
     let result = supervisor.run(&campaigns).await;
 
@@ -123,11 +160,13 @@ struct Supervisor<'a> {
     topology: &'a Topology,
     js: &'a jetstream::Context,
     trunk: Arc<Trunk>,
-    ctx: CallContext,
+    ctx: Arc<CallContext>,
     calls: TaskTracker,
     shutdown: &'a CancellationToken,
     workers: HashMap<CampaignId, Known>,
     workers_done: TaskTracker,
+    /// Campaigns whose scheduled attempts this replica has cancelled (or is cancelling).
+    scheduled_cancelled: scheduled::Cancelled,
 }
 
 impl Supervisor<'_> {
@@ -221,16 +260,27 @@ impl Supervisor<'_> {
                 return Ok(());
             }
         };
-        let mode = match campaign.state {
-            CampaignState::Cancelled => Some(Mode::Cancel),
-            CampaignState::Active if campaign.is_active => Some(Mode::Dial),
-            _ => None,
+        // Re-read every RESCAN_EVERY, so a start or end date takes effect within that.
+        let mode = match campaign.dialling_at(chrono::Utc::now()) {
+            Dialling::Drain(reason) => Some(Mode::Cancel(reason)),
+            Dialling::Dial => Some(Mode::Dial),
+            Dialling::Hold => None,
         };
+        if let Some(Mode::Cancel(reason)) = mode {
+            self.cancel_scheduled(id, reason);
+        }
         let settings = Settings {
             cap: usize::try_from(campaign.max_concurrent_calls.max(1)).unwrap_or(usize::MAX),
             mode: mode.unwrap_or(Mode::Dial),
             info: CampaignInfo {
                 name: campaign.name.as_str().into(),
+                window: ccm_core::window::Schedule::of(&campaign).map(|schedule| {
+                    Arc::new(window::Window {
+                        schedule,
+                        campaign_zone: campaign.time_zone.clone(),
+                    })
+                }),
+                max_calls_per_second: campaign.max_calls_per_second,
             },
             max_call_duration: campaign
                 .max_call_duration_secs
@@ -254,6 +304,9 @@ impl Supervisor<'_> {
             stop: None,
         });
         known.settings.send_replace(settings);
+        // The cap beside the live calls, so a dashboard can draw one against the other.
+        ccm_core::metrics::gauge!("ccm_dialer_concurrency_cap", "campaign" => id.to_string())
+            .set(f64::from(campaign.max_concurrent_calls));
         if mode.is_none() {
             if let Some(stop) = known.stop.take() {
                 tracing::info!(%id, "campaign paused; stop pulling");
@@ -285,6 +338,24 @@ impl Supervisor<'_> {
         };
         self.workers_done.spawn(worker::run(worker, stop));
         Ok(())
+    }
+
+    /// Ends the campaign's attempts waiting in `RETRIES` (once per replica; again after a
+    /// failure), in the background so the bucket is still followed meanwhile.
+    fn cancel_scheduled(&mut self, id: CampaignId, reason: &'static str) {
+        if !self.scheduled_cancelled.begin(id) {
+            return;
+        }
+        let (ctx, done) = (self.ctx.clone(), self.scheduled_cancelled.clone());
+        self.workers_done.spawn(async move {
+            match scheduled::cancel(&ctx, id, reason).await {
+                Ok(n) => tracing::info!(%id, cancelled = n, "scheduled attempts cancelled"),
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "cannot cancel scheduled attempts yet");
+                    done.forget(id);
+                }
+            }
+        });
     }
 
     /// The campaign is gone: stop its worker and remove its consumer, unless calls still

@@ -15,6 +15,8 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = cli.service.load("dialer")?;
-    ccm_dialer::run(config, ccm_core::service::shutdown_on_signal()).await?;
-    Ok(())
+    let result = ccm_dialer::run(config, ccm_core::service::shutdown_on_signal()).await;
+    // Spans still buffered are sent before exit.
+    ccm_core::telemetry::shutdown();
+    Ok(result?)
 }

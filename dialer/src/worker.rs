@@ -17,7 +17,7 @@ use std::{
 };
 
 use async_nats::jetstream::consumer::PullConsumer;
-use ccm_core::CampaignId;
+use ccm_core::{CampaignId, metrics::gauge};
 use futures::StreamExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -105,7 +105,7 @@ pub struct Worker {
     pub trunk: Arc<Trunk>,
     pub settings: watch::Receiver<Settings>,
     pub in_flight: Arc<InFlight>,
-    pub ctx: CallContext,
+    pub ctx: Arc<CallContext>,
     pub calls: TaskTracker,
 }
 
@@ -118,7 +118,7 @@ pub async fn run(worker: Worker, stop: CancellationToken) {
     tracing::info!(%campaign, "dialling campaign");
     while !stop.is_cancelled() {
         let settings = worker.settings.borrow().clone();
-        if settings.mode == Mode::Cancel {
+        if matches!(settings.mode, Mode::Cancel(_)) {
             pull(
                 &worker,
                 &settings,
@@ -218,16 +218,18 @@ async fn pull(
         };
         received += 1;
         let permit = permits.pop();
-        let mut ctx = worker.ctx.clone();
-        if let Some(limit) = settings.max_call_duration {
-            ctx.max_call_duration = limit;
-        }
+        let ctx = worker.ctx.clone();
+        let limit = settings.max_call_duration;
         let info = settings.info.clone();
         let mode = settings.mode;
         let in_flight = worker.in_flight.clone();
         in_flight.count.fetch_add(1, Ordering::AcqRel);
+        // Per campaign: bounded by the number of campaigns, not by traffic.
+        let live = gauge!("ccm_dialer_live_calls", "campaign" => campaign.to_string());
+        live.increment(1.0);
         worker.calls.spawn(async move {
-            call::handle(ctx, message, info, mode).await;
+            call::handle(ctx, limit, message, info, mode).await;
+            live.decrement(1.0);
             in_flight.count.fetch_sub(1, Ordering::AcqRel);
             in_flight.freed.notify_waiters();
             drop(permit);

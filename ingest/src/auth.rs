@@ -23,20 +23,21 @@ pub async fn require_token(
     }
     match token(request.headers()) {
         None => unauthorized("Authentication token not provided"),
-        Some(given) => {
-            let known = state.config.auth_tokens.iter().fold(0u8, |hit, t| {
-                hit | t.expose().as_bytes().ct_eq(given.as_bytes()).unwrap_u8()
-            });
-            if known == 1 {
-                next.run(request).await
-            } else {
-                unauthorized("Invalid authentication token")
-            }
-        }
+        Some(given) if is_known(&state, given) => next.run(request).await,
+        Some(_) => unauthorized("Invalid authentication token"),
     }
 }
 
-fn token(headers: &HeaderMap) -> Option<&str> {
+/// Whether `given` is one of the configured tokens.
+pub(crate) fn is_known(state: &AppState, given: &str) -> bool {
+    let known = state.config.auth_tokens.iter().fold(0u8, |hit, t| {
+        hit | t.expose().as_bytes().ct_eq(given.as_bytes()).unwrap_u8()
+    });
+    known == 1
+}
+
+/// The token a request carries in `X-Auth-Token` or `Authorization: Bearer`.
+pub(crate) fn token(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get("x-auth-token").and_then(|v| v.to_str().ok()) {
         return Some(value.trim());
     }
@@ -48,7 +49,7 @@ fn token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The old API's 401 body, kept as it was for its clients.
-fn unauthorized(message: &str) -> Response {
+pub(crate) fn unauthorized(message: &str) -> Response {
     let body = serde_json::json!({"error": {"code": "unauthorized", "message": message}});
     (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
 }

@@ -45,6 +45,15 @@ impl CampaignCache {
         entries.get(&id).map(|(_, c)| c.clone())
     }
 
+    /// Every cached document (none until the cache has caught up).
+    pub fn all(&self) -> Vec<Campaign> {
+        if !self.inner.synced.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let entries = self.inner.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries.values().map(|(_, c)| c.clone()).collect()
+    }
+
     /// Records a document at `revision` unless a newer one is known.
     pub fn put(&self, revision: u64, campaign: Campaign) {
         let mut entries = self

@@ -30,6 +30,8 @@ pub async fn add(
                 campaign_id: campaign,
                 phone_number: phone.clone(),
                 created_at: Utc::now(),
+                time_zone: None,
+                fields: Default::default(),
             };
             let value = serde_json::to_vec(&contact)?;
             match state
@@ -52,6 +54,28 @@ pub async fn add(
         }
     }
     Ok(created)
+}
+
+/// Writes contacts with their details, replacing what was stored for the same numbers.
+pub async fn put(state: &AppState, contacts: Vec<Contact>) -> Result<usize, async_nats::Error> {
+    let written: Vec<Result<(), async_nats::Error>> = stream::iter(contacts)
+        .map(|contact| async move {
+            let value = serde_json::to_vec(&contact)?;
+            state
+                .contacts
+                .put(
+                    key(contact.campaign_id, &contact.phone_number),
+                    value.into(),
+                )
+                .await?;
+            Ok(())
+        })
+        .buffered(256)
+        .collect()
+        .await;
+    let n = written.len();
+    written.into_iter().collect::<Result<Vec<()>, _>>()?;
+    Ok(n)
 }
 
 /// Every number of a campaign, sorted.

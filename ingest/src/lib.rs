@@ -15,6 +15,9 @@
 //! - [`contacts`]: campaigns' phone numbers in the `contacts` bucket (read-your-writes).
 //!   [`campaign_cache`]: the `campaigns` bucket in memory, kept current by a watch.
 //!   [`readmodel`]: reads of PostgreSQL. [`openapi`]: the OpenAPI document and docs page.
+//! - [`trace`]: a span per request, the root of a call's trace.
+//! - [`dashboard`]: the live dashboard page at `/` and its server-sent event stream.
+//! - [`lifecycle`]: completes campaigns whose end date passed or whose calls are all done.
 
 pub mod accept;
 pub mod auth;
@@ -22,10 +25,14 @@ pub mod campaign_cache;
 pub mod claim;
 pub mod compat_error;
 pub mod contacts;
+pub mod dashboard;
 pub mod error;
+pub mod http_metrics;
+pub mod lifecycle;
 pub mod openapi;
 pub mod readmodel;
 pub mod routes;
+pub mod trace;
 
 pub use error::error_chain;
 
@@ -44,9 +51,26 @@ use ccm_core::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// What the handlers share.
+/// What the handlers share: one allocation behind an `Arc`.
+///
+/// axum clones the state for every request. The JetStream handles inside are not cheap to
+/// clone (each bucket handle carries its stream's whole info, strings and maps included), and
+/// cloning seven of them per call was the largest single cost of accepting a call in the
+/// profile, so a clone here is one reference count instead.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+#[derive(Debug)]
+pub struct Shared {
     pub config: Arc<IngestConfig>,
     pub js: jetstream::Context,
     pub topology: Arc<Topology>,
@@ -57,13 +81,19 @@ pub struct AppState {
     pub idempotency: kv::Store,
     /// Outbound webhook subscriptions (see [`routes::webhooks`]).
     pub webhooks: kv::Store,
+    /// Do-not-call lists (see [`ccm_core::dnc`] and [`routes::dnc`]).
+    pub dnc: kv::Store,
     /// `webhooks.allow_private_targets`: accept endpoints on private addresses.
     pub allow_private_webhook_targets: bool,
+    /// `webhooks.secret_grace_secs`: how long a rotated-out secret keeps signing.
+    pub webhook_secret_grace_secs: u64,
     /// The `campaigns` bucket in memory (see [`campaign_cache`]).
     pub campaign_cache: campaign_cache::CampaignCache,
     /// The read model, for the GET endpoints. Connected lazily: ingest accepts calls while
     /// PostgreSQL is down, and only the reads answer 503.
     pub pg: sqlx::PgPool,
+    /// The live dashboard's tickets and feed (see [`dashboard`]).
+    pub dashboard: dashboard::Dashboard,
 }
 
 /// Why ingest could not start or stopped.
@@ -100,8 +130,10 @@ impl AppState {
         let client = ccm_core::nats::connect(&config.nats_url, "ingest").await?;
         let js = ccm_core::nats::jetstream(client);
         let topology = Topology::load(&config.streams)?;
-        topology.provision(&js).await?;
-        Ok(Self {
+        if config.provision {
+            topology.provision(&js).await?;
+        }
+        Ok(Self(Arc::new(Shared {
             config: Arc::new(config.ingest.clone()),
             campaigns: ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS).await?,
             active_calls: ccm_core::nats::bucket(&js, names::KV_ACTIVE_CALLS).await?,
@@ -109,16 +141,19 @@ impl AppState {
             contacts: ccm_core::nats::bucket(&js, names::KV_CONTACTS).await?,
             idempotency: ccm_core::nats::bucket(&js, names::KV_IDEMPOTENCY).await?,
             webhooks: ccm_core::nats::bucket(&js, names::KV_WEBHOOKS).await?,
+            dnc: ccm_core::nats::bucket(&js, names::KV_DNC).await?,
             allow_private_webhook_targets: config.webhooks.allow_private_targets,
+            webhook_secret_grace_secs: config.webhooks.secret_grace_secs,
             campaign_cache: campaign_cache::CampaignCache::default(),
             pg: sqlx::postgres::PgPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(std::time::Duration::from_secs(5))
                 .connect_lazy(config.database_url.expose())
                 .map_err(IngestError::Database)?,
+            dashboard: dashboard::Dashboard::new(&config.ingest.auth_tokens),
             topology: Arc::new(topology),
             js,
-        })
+        })))
     }
 }
 
@@ -156,6 +191,23 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/campaigns/{id}",
             get(routes::campaigns::get).patch(routes::campaign_admin::patch),
         )
+        .route("/api/v1/dnc", post(routes::dnc::add))
+        .route(
+            "/api/v1/dnc/{phone}",
+            get(routes::dnc::get).delete(routes::dnc::remove),
+        )
+        .route(
+            "/api/v1/campaigns/{id}/contacts",
+            post(routes::contacts::add),
+        )
+        .route(
+            "/api/v1/campaigns/{id}/contacts/import",
+            post(routes::contact_import::import),
+        )
+        .route(
+            "/api/v1/campaigns/{id}/start",
+            post(routes::campaign_admin::start),
+        )
         .route(
             "/api/v1/campaigns/{id}/pause",
             post(routes::campaign_admin::pause),
@@ -191,6 +243,23 @@ pub fn router(state: AppState) -> Router {
                 .patch(routes::webhooks::patch)
                 .delete(routes::webhooks::delete),
         )
+        .route("/api/v1/dashboard/ticket", post(dashboard::ticket))
+        .route(
+            "/api/v1/webhooks/{id}/rotate-secret",
+            post(routes::webhooks::rotate_secret),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/deliveries",
+            get(routes::webhook_deliveries::list),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/deliveries/{msg_id}/redeliver",
+            post(routes::webhook_deliveries::redeliver),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/replay",
+            post(routes::webhook_deliveries::replay),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -202,8 +271,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/docs", get(openapi::page))
         .route("/api/v1/callbacks/twilio", post(routes::callbacks::twilio))
+        .merge(dashboard::public_routes())
         .merge(api)
+        .merge(http_metrics::routes(&state))
+        .layer(middleware::from_fn(http_metrics::record))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(trace::request_span))
         .with_state(state)
 }
 
@@ -232,6 +305,10 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
+    // Recorded whether or not anyone scrapes; `GET /metrics` renders it.
+    if let Err(e) = ccm_core::metrics::install() {
+        tracing::warn!(error = %e, "metrics are not recorded");
+    }
     let state = AppState::connect(&config).await?;
     let client = state.js.client();
     let watch_stop = shutdown.child_token();
@@ -241,15 +318,24 @@ pub async fn serve(
             .clone()
             .follow(state.campaigns.clone(), watch_stop.clone()),
     );
+    let lifecycle = tokio::spawn(lifecycle::run(state.clone(), watch_stop.clone()));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "ingest listening");
     }
+    let dashboard = state.dashboard.clone();
+    let stop_streams = dashboard.clone();
     let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .with_graceful_shutdown(async move {
+            shutdown.cancelled_owned().await;
+            // Event streams never end by themselves; the graceful shutdown waits for them.
+            stop_streams.stop();
+        })
         .await
         .map_err(IngestError::Serve);
     watch_stop.cancel();
+    dashboard.stop();
     let _ = watch.await;
+    let _ = lifecycle.await;
     served?;
     // Every accepted call was acknowledged before its response; draining only flushes
     // whatever else is buffered.

@@ -14,6 +14,8 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = cli.service.load("ingest")?;
-    ccm_ingest::run(config, ccm_core::service::shutdown_on_signal()).await?;
-    Ok(())
+    let result = ccm_ingest::run(config, ccm_core::service::shutdown_on_signal()).await;
+    // Spans still buffered are sent before exit.
+    ccm_core::telemetry::shutdown();
+    Ok(result?)
 }

@@ -44,6 +44,20 @@ pub struct CallingWindow {
     end: String,
 }
 
+/// Local hours on some weekdays (`ccm_core::window::DayHours`); `start` < `end`.
+#[derive(Debug, ToSchema)]
+pub struct DayHours {
+    /// `mon` … `sun` (or full names).
+    #[schema(example = json!(["mon", "tue", "wed", "thu", "fri"]))]
+    days: Vec<String>,
+    /// `HH:MM` or `HH:MM:SS`, local to the callee.
+    #[schema(example = "09:00")]
+    start: String,
+    /// Excluded.
+    #[schema(example = "17:00")]
+    end: String,
+}
+
 /// A campaign document (`ccm_core::Campaign`).
 #[derive(Debug, ToSchema)]
 pub struct Campaign {
@@ -51,7 +65,9 @@ pub struct Campaign {
     name: String,
     description: String,
     is_active: bool,
-    #[schema(example = "active")]
+    /// `draft`, `running`, `paused`, `completed` or `cancelled` (documents written before
+    /// the lifecycle existed say `active`, read as `running`).
+    #[schema(example = "running")]
     state: String,
     max_concurrent_calls: u32,
     max_attempts: u32,
@@ -59,9 +75,22 @@ pub struct Campaign {
     updated_at: chrono::DateTime<chrono::Utc>,
     time_zone: Option<String>,
     calling_window: Option<CallingWindow>,
+    calling_hours: Option<Vec<DayHours>>,
+    /// `YYYY-MM-DD` dates on which nobody is called.
+    blackout_dates: Option<Vec<String>>,
     max_call_duration_secs: Option<u32>,
     #[schema(value_type = Option<Object>)]
     retry_policy: Option<serde_json::Value>,
+    starts_at: Option<chrono::DateTime<chrono::Utc>>,
+    ends_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// A started draft: completes by itself when no call is left.
+    complete_when_empty: Option<bool>,
+    /// New calls per second across all dialers.
+    max_calls_per_second: Option<u32>,
+    /// `answered` or `retry`: what a machine's answer counts as.
+    answering_machine: Option<String>,
+    /// When the campaign became `completed` or `cancelled`.
+    ended_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, ToSchema)]
@@ -103,6 +132,51 @@ pub struct PhoneNumbers {
     phone_numbers: Vec<String>,
 }
 
+/// A dead letter (`ccm_core::dlq::DeadLetter`).
+#[derive(Debug, ToSchema)]
+pub struct DeadLetter {
+    /// The letter's sequence in `DLQ`: what show, redrive and discard take.
+    seq: u64,
+    #[schema(example = "CALLS")]
+    stream: String,
+    subject: String,
+    source_seq: Option<u64>,
+    consumer: Option<String>,
+    deliveries: Option<u64>,
+    reason: String,
+    published: Option<String>,
+    dead_at: Option<String>,
+    call_id: Option<uuid::Uuid>,
+    campaign_id: Option<u64>,
+    /// Every header of the letter, the original ones included.
+    #[schema(value_type = Object)]
+    headers: std::collections::BTreeMap<String, Vec<String>>,
+    /// The original payload: JSON when it is JSON, else text.
+    #[schema(value_type = Object)]
+    payload: serde_json::Value,
+}
+
+/// What a redrive did (`ccm_core::dlq::Redriven`).
+#[derive(Debug, ToSchema)]
+pub struct Redriven {
+    letter: u64,
+    subject: String,
+    /// The new attempt, for a dial letter.
+    attempt: Option<u32>,
+}
+
+/// The form fields of a Twilio status callback that ccm reads (Twilio sends more; all of them
+/// are covered by the signature).
+#[derive(Debug, ToSchema)]
+#[allow(non_snake_case)]
+pub struct TwilioStatusCallback {
+    #[schema(example = "completed")]
+    CallStatus: String,
+    CallSid: Option<String>,
+    CallDuration: Option<u32>,
+    AnsweredBy: Option<String>,
+}
+
 #[derive(Debug)]
 struct Security;
 
@@ -123,8 +197,8 @@ impl Modify for Security {
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "ccm — Campaign Call Manager API", description = "The compatible API of the old \
-        Django system (tag `compatible`) and the resource API (tags `calls`, `campaigns`). Every \
-        route needs `X-Auth-Token` or `Authorization: Bearer`."),
+        Django system (tag `compatible`) and the resource API (tags `calls`, `campaigns`, `dead-letters`). Every \
+        route but the carrier callbacks (signed by the carrier) needs `X-Auth-Token` or `Authorization: Bearer`."),
     paths(
         routes::compat::calls::initiate,
         routes::compat::calls::bulk,
@@ -142,10 +216,32 @@ impl Modify for Security {
         routes::campaigns::list,
         routes::campaigns::get,
         routes::campaign_admin::patch,
+        routes::campaign_admin::start,
+        routes::contacts::add,
+        routes::contact_import::import,
+        routes::dnc::add,
+        routes::dnc::get,
+        routes::dnc::remove,
         routes::campaign_admin::pause,
         routes::campaign_admin::resume,
         routes::campaign_admin::cancel,
         routes::campaign_admin::stats,
+        crate::dashboard::ticket,
+        crate::dashboard::events,
+        routes::dlq::list,
+        routes::dlq::show,
+        routes::dlq::redrive,
+        routes::dlq::discard,
+        routes::callbacks::twilio,
+        routes::webhooks::create,
+        routes::webhooks::list,
+        routes::webhooks::get,
+        routes::webhooks::patch,
+        routes::webhooks::delete,
+        routes::webhooks::rotate_secret,
+        routes::webhook_deliveries::list,
+        routes::webhook_deliveries::redeliver,
+        routes::webhook_deliveries::replay,
     ),
     modifiers(&Security),
     security(("token" = []), ("bearer" = [])),
@@ -153,6 +249,10 @@ impl Modify for Security {
         (name = "compatible", description = "Drop-in for the old system: same paths, bodies, status codes"),
         (name = "calls", description = "Resource API: calls"),
         (name = "campaigns", description = "Resource API: campaigns"),
+        (name = "dashboard", description = "The live dashboard's event stream (the page itself is `/`)"),
+        (name = "dead-letters", description = "Dead letters: list, show, redrive, discard"),
+        (name = "carrier callbacks", description = "Status callbacks from carriers, authenticated by their signatures"),
+        (name = "webhooks", description = "Outbound webhooks: subscriptions, delivery log, redelivery, secret rotation"),
     )
 )]
 pub struct ApiDoc;

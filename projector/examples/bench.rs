@@ -38,6 +38,9 @@ struct Args {
     /// Batches of one consumer written concurrently.
     #[arg(long, default_value_t = 3)]
     writers: usize,
+    /// Also writes the figures to this file as JSON (`cargo xtask bench` reads it).
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -82,13 +85,13 @@ async fn main() -> anyhow::Result<()> {
     let first_rows = support::event_rows(&pool).await;
     support::wait_for_rows(&pool, messages.len(), Duration::from_secs(600)).await;
     let took = began.elapsed();
+    let throughput = messages.len() as f64 / took.as_secs_f64();
+    let from_first = (messages.len() as f64 - first_rows as f64) / first.elapsed().as_secs_f64();
     println!(
-        "projected {} messages in {:.2?}: {:.0} messages/s (including start-up and migrations); \
-         {:.0} messages/s from the first committed batch",
+        "projected {} messages in {:.2?}: {throughput:.0} messages/s (including start-up and \
+         migrations); {from_first:.0} messages/s from the first committed batch",
         messages.len(),
         took,
-        messages.len() as f64 / took.as_secs_f64(),
-        (messages.len() as f64 - first_rows as f64) / first.elapsed().as_secs_f64(),
     );
 
     // 2. Lag at a steady rate.
@@ -112,6 +115,21 @@ async fn main() -> anyhow::Result<()> {
         "lag at {}/s for {} s ({} events): p50 {:.3} s, p99 {:.3} s, p99.9 {:.3} s, max {:.3} s",
         args.rate, args.seconds, total, lag.0, lag.1, lag.2, lag.3
     );
+    if let Some(path) = &args.json {
+        let figures = serde_json::json!({
+            "events": messages.len(),
+            "throughput": throughput,
+            "throughput_from_first_batch": from_first,
+            "lag_rate": args.rate,
+            "lag_seconds": args.seconds,
+            "lag_p50": lag.0,
+            "lag_p99": lag.1,
+            "lag_p999": lag.2,
+            "lag_max": lag.3,
+            "fsync": settings.0,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&figures)?)?;
+    }
     let rendered = ccm_core::metrics::render();
     for line in rendered.lines().filter(|l| {
         l.starts_with("ccm_projector_batch_write_seconds_sum")

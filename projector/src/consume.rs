@@ -37,6 +37,8 @@ pub enum Source {
     Campaigns,
     /// The `contacts` bucket: campaigns' phone numbers.
     Contacts,
+    /// `DLQ`: dead letters.
+    DeadLetters,
 }
 
 impl Source {
@@ -47,6 +49,7 @@ impl Source {
             Self::Events => "CALL_EVENTS",
             Self::Campaigns => "KV_campaigns",
             Self::Contacts => "KV_contacts",
+            Self::DeadLetters => "DLQ",
         }
     }
 }
@@ -131,6 +134,17 @@ async fn next_batch(
     Some(batch)
 }
 
+fn project_span(source: &'static str, message: &Message) -> tracing::Span {
+    let span = tracing::info_span!(
+        "project",
+        otel.kind = "consumer",
+        source,
+        subject = %message.subject,
+    );
+    ccm_core::trace_context::set_parent(&span, message.headers.as_ref());
+    span
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -146,6 +160,13 @@ async fn apply_batch(
     shutdown: &CancellationToken,
 ) {
     let label = source.stream();
+    // With tracing on, each message gets a span in the trace it carries, from now until its
+    // batch is committed and acknowledged (the spans end when this function returns).
+    let _spans: Vec<tracing::Span> = if ccm_core::trace_context::enabled() {
+        messages.iter().map(|m| project_span(label, m)).collect()
+    } else {
+        Vec::new()
+    };
     // Each message with what it decodes to (`None`: nothing to project, e.g. a KV delete).
     let mut batch: Vec<(Message, Option<Item>)> = Vec::with_capacity(messages.len());
     for message in messages {
@@ -188,6 +209,12 @@ async fn apply_batch(
         .increment(written.new as u64);
     counter!("ccm_projector_messages_total", "source" => label, "result" => "duplicate")
         .increment(written.duplicate as u64);
+    // Per campaign: the label is bounded by the number of campaigns, not by traffic.
+    for ((campaign, status), count) in &written.statuses {
+        counter!("ccm_projector_calls_total",
+            "campaign" => campaign.to_string(), "status" => *status)
+        .increment(*count);
+    }
     let now = Utc::now();
     if source == Source::Calls || source == Source::Events {
         let lag = histogram!("ccm_projector_lag_seconds", "source" => label);
@@ -274,13 +301,32 @@ async fn sample_pending(source: Source, mut consumer: PullConsumer, shutdown: Ca
 
 /// Decodes a message of `source`. `Ok(None)`: nothing to project.
 pub fn decode(source: Source, message: &Message) -> Result<Option<Item>, String> {
-    let seq = message.info().map_err(|e| e.to_string())?.stream_sequence;
-    let is_put = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get("KV-Operation"))
-        .is_none_or(|op| op.as_str() == "PUT");
-    decode_payload(source, seq, &message.payload, is_put)
+    let info = message.info().map_err(|e| e.to_string())?;
+    let seq = info.stream_sequence;
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    if source == Source::DeadLetters {
+        return Ok(Some(Item::DeadLetter {
+            seq,
+            letter: crate::fold::letter(
+                &header,
+                &message.payload,
+                // When the DLQ stored it; `Ccm-Dlq-Dead-At` says when the retrier wrote it.
+                i64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(i64::MAX),
+            ),
+        }));
+    }
+    let is_put = header("KV-Operation").is_none_or(|op| op == "PUT");
+    let mut item = decode_payload(source, seq, &message.payload, is_put)?;
+    if let Some(Item::Event { resolves, .. }) = item.as_mut() {
+        *resolves = header(ccm_core::dlq::header::RESOLVED).and_then(|s| s.parse().ok());
+    }
+    Ok(item)
 }
 
 /// Decodes a payload of `source` stored at `seq`; `is_put` is false for KV delete markers.
@@ -306,8 +352,12 @@ pub fn decode_payload(
                 seq,
                 event,
                 payload: utf8(payload)?,
+                resolves: None,
             }))
         }
+        // Letters are decoded from their headers (see `decode`); without them there is
+        // nothing to project.
+        Source::DeadLetters => Ok(None),
         Source::Contacts => {
             if !is_put || payload.is_empty() {
                 return Ok(None);

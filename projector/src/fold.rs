@@ -30,7 +30,12 @@ pub enum Item {
         seq: u64,
         event: CallEvent,
         payload: String,
+        /// The DLQ sequence of the letter this event resolves (an operator's redrive or
+        /// discard, named by the `Ccm-Dlq-Resolved` header).
+        resolves: Option<u64>,
     },
+    /// A dead letter from `DLQ`, at stream sequence `seq`.
+    DeadLetter { seq: u64, letter: Letter },
     /// A campaign document from the `campaigns` bucket; `revision` is its stream sequence.
     Campaign { revision: u64, campaign: Campaign },
     /// A phone number added to a campaign (the `contacts` bucket), at stream sequence `seq`.
@@ -46,7 +51,7 @@ impl Item {
         match self {
             Self::Queued { seq, .. } | Self::Event { seq, .. } => *seq,
             Self::Campaign { revision, .. } => *revision,
-            Self::Contact { seq, .. } => *seq,
+            Self::Contact { seq, .. } | Self::DeadLetter { seq, .. } => *seq,
         }
     }
 
@@ -68,7 +73,7 @@ impl Item {
                 event.kind.name(),
                 event.kind.status().as_str(),
             )),
-            Self::Campaign { .. } | Self::Contact { .. } => None,
+            Self::Campaign { .. } | Self::Contact { .. } | Self::DeadLetter { .. } => None,
         }
     }
 
@@ -76,7 +81,7 @@ impl Item {
     pub fn payload(&self) -> Option<&str> {
         match self {
             Self::Queued { payload, .. } | Self::Event { payload, .. } => Some(payload),
-            Self::Campaign { .. } | Self::Contact { .. } => None,
+            Self::Campaign { .. } | Self::Contact { .. } | Self::DeadLetter { .. } => None,
         }
     }
 
@@ -87,8 +92,68 @@ impl Item {
             Self::Event { event, .. } => event.at,
             Self::Campaign { campaign, .. } => campaign.updated_at,
             Self::Contact { contact, .. } => contact.created_at,
+            Self::DeadLetter { letter, .. } => letter.created_at,
         }
     }
+}
+
+/// A dead letter as its `Ccm-Dlq-*` headers describe it (see `ccm_core::dlq`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Letter {
+    pub source_stream: String,
+    pub source_seq: Option<i64>,
+    pub subject: String,
+    pub consumer: Option<String>,
+    pub call_id: Option<Uuid>,
+    pub campaign_id: Option<i64>,
+    pub reason: String,
+    pub deliveries: Option<i32>,
+    /// The original payload when it is JSON.
+    pub payload: Option<serde_json::Value>,
+    /// When it was dead-lettered.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Reads a letter from its `Ccm-Dlq-*` headers (`header` looks one up) and payload;
+/// `stored_nanos` is when `DLQ` stored it, used when the letter names no time itself.
+pub fn letter(
+    header: &dyn Fn(&str) -> Option<String>,
+    payload: &[u8],
+    stored_nanos: i64,
+) -> Letter {
+    use ccm_core::dlq::header as h;
+    let created_at = header(h::DEAD_AT)
+        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+        .map_or_else(
+            || DateTime::from_timestamp_nanos(stored_nanos),
+            |t| t.with_timezone(&Utc),
+        );
+    Letter {
+        source_stream: header(h::STREAM).unwrap_or_default(),
+        source_seq: header(h::SEQ).and_then(|s| s.parse().ok()),
+        subject: header(h::SUBJECT).unwrap_or_default(),
+        consumer: header(h::CONSUMER).filter(|c| !c.is_empty()),
+        call_id: header(h::CALL).and_then(|s| s.parse().ok()),
+        campaign_id: header(h::CAMPAIGN).and_then(|s| s.parse().ok()),
+        reason: header(h::REASON).unwrap_or_default(),
+        deliveries: header(h::DELIVERIES).and_then(|s| s.parse().ok()),
+        // Postgres' jsonb refuses `\u0000`; such a payload stays in the DLQ, not in the table.
+        payload: serde_json::from_slice::<serde_json::Value>(payload)
+            .ok()
+            .filter(|v| !v.to_string().contains("\\u0000")),
+        created_at,
+    }
+}
+
+/// An operator's action on a letter, recorded by an event of the letter's call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolution {
+    pub dlq_seq: i64,
+    pub call_id: Uuid,
+    pub campaign_id: i64,
+    /// `redriven` or `discarded`.
+    pub state: &'static str,
+    pub at: DateTime<Utc>,
 }
 
 /// The rank of an event within its attempt (see [`EventKind::phase_rank`]).
@@ -300,6 +365,10 @@ pub struct Fold {
     pub daily: BTreeMap<(NaiveDate, i64), DailyCounters>,
     /// Calls started and ended per second.
     pub concurrency: BTreeMap<DateTime<Utc>, (i64, i64)>,
+    /// New state changes per (campaign, status), for the `ccm_projector_calls_total` metric.
+    pub statuses: BTreeMap<(i64, &'static str), u64>,
+    /// Letters resolved by an operator, by the new events that say so.
+    pub resolutions: Vec<Resolution>,
 }
 
 impl Fold {
@@ -318,10 +387,33 @@ impl Fold {
                 event.campaign_id.as_i64(),
                 event.at,
             ),
-            Item::Campaign { .. } | Item::Contact { .. } => return,
+            Item::Campaign { .. } | Item::Contact { .. } | Item::DeadLetter { .. } => return,
         };
-        if let Item::Event { event, .. } = item {
+        *self
+            .statuses
+            .entry((campaign, row.status.as_str()))
+            .or_default() += 1;
+        if let Item::Event {
+            event, resolves, ..
+        } = item
+        {
             self.count_event(event, campaign, at);
+            // A redrive records the next attempt as `Retrying`, a discard ends the call
+            // `Failed` (`ccm_core::dlq`).
+            let state = match event.kind {
+                EventKind::Retrying { .. } => Some("redriven"),
+                EventKind::Failed { .. } => Some("discarded"),
+                _ => None,
+            };
+            if let (Some(seq), Some(state)) = (resolves, state) {
+                self.resolutions.push(Resolution {
+                    dlq_seq: i64::try_from(*seq).unwrap_or(i64::MAX),
+                    call_id: event.call_id.as_uuid(),
+                    campaign_id: campaign,
+                    state,
+                    at,
+                });
+            }
         }
         match self.calls.get_mut(&row.call_id) {
             Some(existing) => existing.merge(row),

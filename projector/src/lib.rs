@@ -3,10 +3,13 @@
 //! Folds every JetStream message that describes a call into the PostgreSQL read model, which
 //! is what the API queries. The projector is the only writer of those tables.
 //!
+//! - [`provision`] applies the migrations and provisions the JetStream topology once, for a
+//!   deployment whose services start with `provision: false` (`ccm-projector provision`).
 //! - [`run`] connects, applies the embedded migrations (`migrations/`), and runs one loop per
 //!   durable consumer: `projector_calls` on `CALLS` (the call is queued),
 //!   `projector_events` on `CALL_EVENTS` (everything after), `projector_campaigns` on the
-//!   `campaigns` bucket.
+//!   `campaigns` bucket, `projector_contacts` on the `contacts` bucket, `projector_dlq` on
+//!   `DLQ` (dead letters).
 //! - [`consume`] pulls and batches (up to `batch_size` messages or `batch_wait_ms`), writes
 //!   each batch in one transaction, then acknowledges it. A database outage holds the batch
 //!   and retries; a message that cannot be decoded (or that Postgres refuses) is NAKed with a
@@ -25,10 +28,14 @@
 pub mod consume;
 pub mod fold;
 pub mod store;
+pub mod sweep;
 
 use std::time::Duration;
 
-use ccm_core::{Config, topology::Topology};
+use ccm_core::{
+    Config,
+    topology::{self, Topology},
+};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -73,19 +80,59 @@ pub async fn connect_db(url: &str, shutdown: &CancellationToken) -> Result<PgPoo
     }
 }
 
+/// Everything a deployment needs before its services start: the read model's migrations and
+/// the JetStream topology (streams, consumers, KV buckets). Idempotent; what `ccm-projector
+/// provision` (the Helm chart's pre-install/pre-upgrade Job) runs.
+pub async fn provision(config: &Config) -> Result<topology::Report, ProjectorError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(config.database_url.expose())
+        .await
+        .map_err(ProjectorError::Database)?;
+    let client = ccm_core::nats::connect(&config.nats_url, "projector-provision").await?;
+    let js = ccm_core::nats::jetstream(client.clone());
+    let report = provision_with(config, &pool, &js).await;
+    pool.close().await;
+    let _ = client.drain().await;
+    report
+}
+
+async fn provision_with(
+    config: &Config,
+    pool: &PgPool,
+    js: &async_nats::jetstream::Context,
+) -> Result<topology::Report, ProjectorError> {
+    MIGRATOR.run(pool).await.map_err(ProjectorError::Migrate)?;
+    Ok(Topology::load(&config.streams)?.provision(js).await?)
+}
+
 /// Runs the projector until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ProjectorError> {
+    let readiness = ccm_core::metrics::Readiness::new();
     if let Some(addr) = config.projector.metrics_listen {
-        ccm_core::metrics::serve(addr, shutdown.clone()).await?;
+        ccm_core::metrics::serve(addr, readiness.clone(), shutdown.clone()).await?;
     } else {
         // Record anyway, so an embedding process (tests, a combined binary) can render them.
         ccm_core::metrics::install()?;
     }
     let pool = connect_db(config.database_url.expose(), &shutdown).await?;
-    MIGRATOR.run(&pool).await.map_err(ProjectorError::Migrate)?;
     let client = ccm_core::nats::connect(&config.nats_url, "projector").await?;
+    readiness.add_nats(&client);
+    let probe = pool.clone();
+    readiness.add("postgres", move || {
+        let pool = probe.clone();
+        async move {
+            sqlx::query("SELECT 1")
+                .execute(&pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    });
     let js = ccm_core::nats::jetstream(client.clone());
-    Topology::load(&config.streams)?.provision(&js).await?;
+    if config.provision {
+        provision_with(&config, &pool, &js).await?;
+    }
 
     let settings = consume::Settings {
         batch_size: config.projector.batch_size.max(1),
@@ -94,11 +141,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Proj
         poison_delay: Duration::from_millis(config.projector.poison_delay_ms),
     };
     let mut tasks = JoinSet::new();
+    tokio::spawn(sweep::run(js.clone(), pool.clone(), shutdown.clone()));
     for (stream, consumer, source) in [
         ("CALLS", "projector_calls", Source::Calls),
         ("CALL_EVENTS", "projector_events", Source::Events),
         ("KV_campaigns", "projector_campaigns", Source::Campaigns),
         ("KV_contacts", "projector_contacts", Source::Contacts),
+        ("DLQ", "projector_dlq", Source::DeadLetters),
     ] {
         let consumer = js
             .get_consumer_from_stream(consumer, stream)

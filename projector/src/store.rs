@@ -6,6 +6,7 @@
 //!    rows are merged into `calls` with one upsert whose `SET` applies the same join rules
 //!    against the stored row. Counters therefore count each message once.
 //! 3. The daily counters and per-second concurrency are added with one upsert each.
+//! 4. Dead letters and operators' actions on them go to `dead_letters` ([`dead_letters`]).
 //!
 //! Rows are written in key order, so two replicas applying overlapping batches lock rows in
 //! the same order and wait for each other instead of deadlocking; the loser of an insert race
@@ -20,13 +21,17 @@ use uuid::Uuid;
 
 use crate::fold::{CallRow, Fold, Item};
 
+pub mod dead_letters;
+
 /// What a batch did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Written {
     /// Messages recorded for the first time.
     pub new: usize,
     /// Messages already recorded (redelivery, replay, another replica).
     pub duplicate: usize,
+    /// State changes recorded for the first time, per (campaign, status).
+    pub statuses: BTreeMap<(i64, &'static str), u64>,
 }
 
 fn to_i64(value: u64) -> i64 {
@@ -60,14 +65,17 @@ pub async fn write(
     let by_seq: BTreeMap<u64, &Item> = items.iter().map(|item| (item.seq(), *item)).collect();
     let mut campaigns = Vec::new();
     let mut contacts = Vec::new();
+    let mut letters = Vec::new();
     let mut events = Vec::with_capacity(by_seq.len());
     for item in by_seq.values() {
         match item {
             Item::Campaign { revision, campaign } => campaigns.push((*revision, campaign)),
             Item::Contact { contact, .. } => contacts.push(contact),
+            Item::DeadLetter { seq, letter } => letters.push((*seq, letter)),
             _ => events.push(*item),
         }
     }
+    dead_letters::upsert_letters(&letters, conn).await?;
     for (revision, campaign) in &campaigns {
         upsert_campaign(*revision, campaign, conn).await?;
     }
@@ -85,9 +93,11 @@ pub async fn write(
     upsert_calls(fold.calls.values(), conn).await?;
     add_daily(&fold.daily, conn).await?;
     add_concurrency(&fold.concurrency, conn).await?;
+    dead_letters::resolve(&fold.resolutions, conn).await?;
     Ok(Written {
-        new: new.len() + campaigns.len() + contacts.len(),
+        new: new.len() + campaigns.len() + contacts.len() + letters.len(),
         duplicate: events.len() - new.len(),
+        statuses: fold.statuses,
     })
 }
 

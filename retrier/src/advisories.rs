@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, Message};
-use ccm_core::{CallEvent, DialRequest, EventKind, topology::names};
+use ccm_core::{CallEvent, DialRequest, EventKind, metrics::counter, topology::names};
 use chrono::Utc;
 use serde::Deserialize;
 
@@ -73,6 +73,21 @@ pub async fn handle(ctx: &Shared, message: Message) {
     }
 }
 
+/// The stream as a metric label: the known streams by name, anything else as `other`, so a
+/// forged advisory cannot add series.
+pub(crate) fn stream_label(stream: &str) -> &'static str {
+    [
+        names::CALLS,
+        names::CALL_EVENTS,
+        names::RETRIES,
+        "KV_campaigns",
+        "KV_contacts",
+    ]
+    .into_iter()
+    .find(|known| *known == stream)
+    .unwrap_or("other")
+}
+
 /// Moves the message named by `advisory` into `DLQ`.
 pub async fn dead_letter(ctx: &Shared, advisory: &MaxDeliveries) -> Result<(), AdvisoryError> {
     use jetstream::stream::LastRawMessageErrorKind as Kind;
@@ -120,6 +135,7 @@ pub async fn dead_letter(ctx: &Shared, advisory: &MaxDeliveries) -> Result<(), A
         },
     )
     .await?;
+    counter!("ccm_retrier_dead_letters_total", "stream" => stream_label(&name)).increment(1);
     if name == names::CALLS {
         if let Ok(request) = serde_json::from_slice::<DialRequest>(&original.payload) {
             let event = CallEvent {

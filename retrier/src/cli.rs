@@ -1,4 +1,5 @@
-//! The command line: the service by default, and the operator's dead-letter actions.
+//! The command line: the service by default, the operator's dead-letter actions, and
+//! `status` (streams, consumers and buckets at a glance).
 
 use anyhow::Context as _;
 use ccm_core::{CallId, CampaignId};
@@ -21,6 +22,13 @@ enum Command {
     /// Dead letters: list, show, redrive or discard them. Output is JSON.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Streams (messages, bytes, subjects), consumers (pending, ack pending, redelivered) and
+    /// KV buckets: what `nats stream report` and `nats consumer report` show.
+    Status {
+        /// JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,9 +59,13 @@ enum DlqCommand {
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         let config = self.service.load("retrier")?;
-        let Some(Command::Dlq(command)) = self.command else {
-            ccm_retrier::run(config, ccm_core::service::shutdown_on_signal()).await?;
-            return Ok(());
+        let command = match self.command {
+            None => {
+                ccm_retrier::run(config, ccm_core::service::shutdown_on_signal()).await?;
+                return Ok(());
+            }
+            Some(Command::Status { json }) => return status(&config, json).await,
+            Some(Command::Dlq(command)) => command,
         };
         let client = ccm_core::nats::connect(&config.nats_url, "retrier-cli").await?;
         let dlq = Dlq::open(ccm_core::nats::jetstream(client.clone()))
@@ -85,4 +97,17 @@ impl Cli {
         client.flush().await.context("cannot flush")?;
         Ok(())
     }
+}
+
+async fn status(config: &ccm_core::Config, json: bool) -> anyhow::Result<()> {
+    let client = ccm_core::nats::connect(&config.nats_url, "retrier-cli").await?;
+    let overview = ccm_core::inspect::overview(&ccm_core::nats::jetstream(client))
+        .await
+        .context("cannot read the JetStream state")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&overview)?);
+    } else {
+        print!("{overview}");
+    }
+    Ok(())
 }

@@ -22,6 +22,7 @@ pub async fn store_message(
         ),
         Err(_) => (names::RETRIES.to_owned(), String::new(), 0, 0),
     };
+    let label = crate::advisories::stream_label(&stream);
     store(
         &ctx.js,
         Source {
@@ -36,5 +37,7 @@ pub async fn store_message(
             payload: message.payload.clone(),
         },
     )
-    .await
+    .await?;
+    ccm_core::metrics::counter!("ccm_retrier_dead_letters_total", "stream" => label).increment(1);
+    Ok(())
 }

@@ -17,6 +17,8 @@ pub struct CallHistory {
     pub events: Vec<CallEvent>,
     /// Carrier outcomes, oldest first.
     pub outcomes: Vec<PastOutcome>,
+    /// Each outcome's reason (e.g. `answered_by=machine_start`), in the same order.
+    pub outcome_reasons: Vec<Option<String>>,
 }
 
 /// What a `Dialing` event says about the call.
@@ -44,21 +46,25 @@ impl CallHistory {
         call: CallId,
     ) -> Result<Self, HistoryError> {
         let lifecycle = walk(events, subjects::event(campaign, call)).await?;
-        let outcomes = walk(events, subjects::outcome(campaign, call))
+        let (outcomes, outcome_reasons) = walk(events, subjects::outcome(campaign, call))
             .await?
             .into_iter()
             .filter_map(|e| match e.kind {
-                EventKind::Outcome { status, .. } => Some(PastOutcome {
-                    attempt: e.attempt,
-                    status,
-                    at: e.at,
-                }),
+                EventKind::Outcome { status, reason, .. } => Some((
+                    PastOutcome {
+                        attempt: e.attempt,
+                        status,
+                        at: e.at,
+                    },
+                    reason,
+                )),
                 _ => None,
             })
-            .collect();
+            .unzip();
         Ok(Self {
             events: lifecycle,
             outcomes,
+            outcome_reasons,
         })
     }
 

@@ -22,6 +22,7 @@ pub mod dlq;
 pub mod history;
 pub mod outcome;
 pub mod retries;
+pub mod sample;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -34,6 +35,7 @@ use ccm_core::{
 use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Why the retrier stopped.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,8 @@ pub enum RetrierError {
     Open(&'static str, #[source] async_nats::Error),
     #[error("a retrier task failed")]
     Task(#[source] tokio::task::JoinError),
+    #[error(transparent)]
+    Metrics(#[from] ccm_core::metrics::MetricsError),
 }
 
 /// What the retrier's handlers share.
@@ -85,9 +89,20 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// Runs the retrier until `shutdown` is cancelled. A bad policy file stops it at start.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RetrierError> {
     let policy = RetryPolicy::load(&config.retrier.policy_file)?;
+    let readiness = ccm_core::metrics::Readiness::new();
+    if let Some(addr) = config.retrier.metrics_listen {
+        ccm_core::metrics::serve(addr, readiness.clone(), shutdown.clone()).await?;
+    } else {
+        ccm_core::metrics::install()?;
+    }
     let client = ccm_core::nats::connect(&config.nats_url, "retrier").await?;
+    readiness.add_nats(&client);
     let js = ccm_core::nats::jetstream(client.clone());
-    Topology::load(&config.streams)?.provision(&js).await?;
+    let topology = Topology::load(&config.streams)?;
+    if config.provision {
+        topology.provision(&js).await?;
+    }
+    tokio::spawn(sample::run(js.clone(), shutdown.clone()));
     let ctx = Arc::new(Shared::open(js, policy).await?);
     let mut tasks = JoinSet::new();
     let (c, s) = (ctx.clone(), shutdown.clone());
@@ -205,11 +220,27 @@ where
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 break;
             };
+            // With tracing on, each message is handled in a span of the trace it carries.
+            let span = if ccm_core::trace_context::enabled() {
+                let span = tracing::info_span!(
+                    "consume",
+                    otel.name = pull.consumer,
+                    otel.kind = "consumer",
+                    subject = %message.subject,
+                );
+                ccm_core::trace_context::set_parent(&span, message.headers.as_ref());
+                span
+            } else {
+                tracing::Span::none()
+            };
             let work = handler(ctx.clone(), message);
-            tasks.spawn(async move {
-                work.await;
-                drop(permit);
-            });
+            tasks.spawn(
+                async move {
+                    work.await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
             while tasks.try_join_next().is_some() {}
         }
     }

@@ -15,7 +15,7 @@ use std::hash::{Hash, Hasher};
 use async_nats::jetstream::{AckKind, Message, kv};
 use ccm_core::{
     CallEvent, CallId, Campaign, CampaignId, DialRequest, EventKind, OutcomeStatus, PhoneNumber,
-    RetryEntry, config::DuplicateScope, policy::Decision,
+    RetryEntry, config::DuplicateScope, metrics::counter, policy::Decision,
 };
 use chrono::Utc;
 
@@ -90,6 +90,13 @@ async fn decide(ctx: &Shared, outcome: &CallEvent) -> Result<(), OutcomeError> {
         return Ok(());
     }
     let campaign = campaign(&ctx.campaigns, outcome).await?;
+    // A machine's answer counts as no answer when the campaign says so, in this outcome and
+    // in the call's earlier ones (so the attempts it used are counted).
+    let machine = campaign
+        .as_ref()
+        .map(|c| c.answering_machine)
+        .unwrap_or_default();
+    let status = &machine.effective_status(*status, reason.as_deref());
     let policy = ctx
         .policy
         .with_override(campaign.as_ref().and_then(|c| c.retry_policy.as_ref()));
@@ -98,7 +105,15 @@ async fn decide(ctx: &Shared, outcome: &CallEvent) -> Result<(), OutcomeError> {
         .map(|f| f.max_attempts)
         .or(campaign.as_ref().map(|c| c.max_attempts))
         .unwrap_or(0);
-    let mut outcomes = history.outcomes.clone();
+    let mut outcomes: Vec<ccm_core::policy::PastOutcome> = history
+        .outcomes
+        .iter()
+        .zip(&history.outcome_reasons)
+        .map(|(o, r)| ccm_core::policy::PastOutcome {
+            status: machine.effective_status(o.status, r.as_deref()),
+            ..*o
+        })
+        .collect();
     if !outcomes.iter().any(|o| o.attempt == outcome.attempt) {
         outcomes.push(ccm_core::policy::PastOutcome {
             attempt: outcome.attempt,
@@ -132,6 +147,7 @@ async fn decide(ctx: &Shared, outcome: &CallEvent) -> Result<(), OutcomeError> {
                         created_at: facts.created_at,
                         queued_at: at,
                     },
+                    window_deferral: None,
                 };
                 // The entry first: a Retrying event always has its entry behind it.
                 ccm_core::nats::publish_json(
@@ -160,6 +176,7 @@ async fn decide(ctx: &Shared, outcome: &CallEvent) -> Result<(), OutcomeError> {
         },
     };
     let terminal = kind.is_terminal();
+    let decision = kind.name();
     let event = CallEvent {
         call_id: outcome.call_id,
         campaign_id: outcome.campaign_id,
@@ -168,6 +185,12 @@ async fn decide(ctx: &Shared, outcome: &CallEvent) -> Result<(), OutcomeError> {
         kind,
     };
     ccm_core::nats::publish_event(&ctx.js, &event).await?;
+    counter!("ccm_retrier_decisions_total", "decision" => decision, "status" => status.as_str())
+        .increment(1);
+    if matches!(event.kind, EventKind::Retrying { .. }) {
+        // The outcome status is the reason: a closed set, unlike the policy's text.
+        counter!("ccm_retrier_retries_scheduled_total", "reason" => status.as_str()).increment(1);
+    }
     tracing::info!(call = %event.call_id, attempt = event.attempt, kind = event.kind.name(),
         "outcome {status} decided");
     if terminal {

@@ -6,7 +6,8 @@
 //! is held here and published at the exact moment, which keeps the firing precise whatever
 //! the server's redelivery timer granularity. When due, attempt n+1 is published to `CALLS`
 //! with `Nats-Msg-Id` `<call>/<n+1>` (a crash between publish and ack cannot make two
-//! attempts) and only then acked, which removes the entry from the work-queue stream.
+//! attempts; `<call>/<n+1>/w<k>` for an attempt the dialer put off until its calling window
+//! opened) and only then acked, which removes the entry from the work-queue stream.
 //!
 //! A NAK-delayed message keeps its `max_ack_pending` slot, which is why the consumer's limit
 //! is very large. Several replicas pull from the same consumer and share the entries.
@@ -14,7 +15,7 @@
 use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{AckKind, Message};
-use ccm_core::RetryEntry;
+use ccm_core::{RetryEntry, metrics::counter};
 use chrono::Utc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -95,8 +96,19 @@ async fn handle(
         return;
     };
     entry.request.queued_at = Utc::now();
-    match ccm_core::nats::publish_dial(&ctx.js, &entry.request).await {
+    // Under the entry's own id: an attempt put off for its calling window was published once
+    // already under `<call>/<attempt>`.
+    let msg_id = entry.dial_msg_id();
+    let published = ccm_core::nats::publish_json(
+        &ctx.js,
+        entry.request.subject(),
+        &msg_id,
+        None,
+        &entry.request,
+    );
+    match published.await {
         Ok(_) => {
+            counter!("ccm_retrier_retries_fired_total").increment(1);
             let late = Utc::now() - entry.due_at;
             tracing::info!(call = %entry.request.call_id, attempt = entry.request.attempt,
                 late_ms = late.num_milliseconds(), "retry published");

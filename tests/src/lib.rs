@@ -15,6 +15,8 @@
 //! - `docker`: the official `nats:2.9` and `postgres:15` images through testcontainers (build
 //!   with `--features docker`; needs a Docker engine).
 
+pub mod chaos;
+pub mod cluster;
 #[cfg(feature = "docker")]
 mod docker;
 pub mod nats;
@@ -26,6 +28,7 @@ use std::{future::Future, time::Duration};
 use ccm_core::{Config, config::Secret, topology::Topology};
 use sqlx::{Connection, PgConnection, PgPool, postgres::PgPoolOptions};
 
+pub use cluster::NatsCluster;
 pub use nats::LocalNats;
 pub use postgres::LocalPostgres;
 

@@ -151,6 +151,11 @@ impl LocalPostgres {
         }
     }
 
+    /// The server's process id while it runs (the benchmark reads its memory use).
+    pub fn pid(&self) -> Option<u32> {
+        self.guard.as_ref().and_then(Guard::pid)
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

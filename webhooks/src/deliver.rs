@@ -1,192 +1,348 @@
-//! One endpoint's deliveries: a task per endpoint takes its events in order from a bounded
-//! queue and delivers each before the next, so a slow endpoint only delays itself and the
-//! events of a call reach an endpoint in the order they were consumed.
+//! One lane of one endpoint: a worker takes the lane's pending messages from PostgreSQL in
+//! queue order and delivers each before the next, so the events of a call reach the endpoint
+//! in the order they were consumed, and a slow or dead endpoint only delays itself.
+//!
+//! A message is retried with jittered exponential backoff (honouring a clamped
+//! `Retry-After`) until it is delivered, refused for good (a 4xx other than 408/429), or has
+//! been failing for the retry horizon. Every attempt goes to the delivery log.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
-use async_nats::jetstream::{AckKind, Message};
-use backon::{BackoffBuilder, ExponentialBuilder};
-use bytes::Bytes;
-use ccm_core::config::WebhooksConfig;
+use async_nats::jetstream::kv;
+use ccm_core::{
+    config::WebhooksConfig,
+    metrics::{counter, histogram},
+};
+use chrono::Utc;
+use rand::Rng as _;
 use reqwest::{StatusCode, header};
-use tokio::sync::mpsc;
+use sqlx::PgPool;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{sign, subscriptions::Subscriptions};
+use crate::{
+    health::{self, Health, Reason},
+    queue::{self, AttemptRecord, Lane, LogWriter, Queued, State, pause},
+    sign,
+    subscriptions::Subscriptions,
+};
 
-/// A JetStream message shared by the deliveries it fans out to. The last delivery to finish
-/// acks it; if any was abandoned (shutdown) it is NAKed instead, so no endpoint loses it.
+/// What every worker shares.
 #[derive(Debug)]
-pub struct Pending {
-    pub message: Message,
-    abandoned: AtomicBool,
+pub struct Shared {
+    pub pg: PgPool,
+    pub http: reqwest::Client,
+    pub subscriptions: Subscriptions,
+    pub store: kv::Store,
+    pub nats: async_nats::Client,
+    pub config: WebhooksConfig,
+    pub log: LogWriter,
 }
 
-impl Pending {
-    pub fn new(message: Message) -> Arc<Self> {
-        Arc::new(Self {
-            message,
-            abandoned: AtomicBool::new(false),
-        })
-    }
-
-    /// Called by each delivery when it is over.
-    async fn release(self: Arc<Self>, delivered: bool) {
-        if !delivered {
-            self.abandoned.store(true, Ordering::SeqCst);
-        }
-        if let Some(last) = Arc::into_inner(self) {
-            let kind = if last.abandoned.load(Ordering::SeqCst) {
-                AckKind::Nak(None)
-            } else {
-                AckKind::Ack
-            };
-            tracing::debug!(?kind, "event settled");
-            if let Err(e) = last.message.ack_with(kind).await {
-                tracing::warn!(error = %e, "webhook event ack failed; it will come again");
-            }
-        }
-    }
-}
-
-/// One event for one endpoint.
+/// One lane's worker.
 #[derive(Debug)]
-pub struct Job {
-    /// `webhook-id`: the event's de-duplication id, the same on every attempt and redelivery.
-    pub id: String,
-    pub body: Bytes,
-    pub pending: Arc<Pending>,
+pub struct Worker {
+    pub endpoint: String,
+    pub lane: Lane,
+    pub shared: Arc<Shared>,
+    /// Shared by the endpoint's two lanes: either one's success ends the run of failures.
+    pub health: Arc<Mutex<Health>>,
+    /// Woken when messages are queued on this lane.
+    pub wake: Arc<Notify>,
 }
 
 /// What one attempt came to.
 #[derive(Debug, PartialEq, Eq)]
 enum Attempt {
-    Delivered,
+    Delivered(StatusCode),
     /// Retrying cannot help (a 4xx other than 408/429, or a redirect).
     Final(StatusCode),
-    /// 408, 429, 5xx or no answer; the receiver's `Retry-After`, if any.
-    Retry(Option<Duration>),
+    /// 408, 429 or 5xx; the receiver's `Retry-After`, if any.
+    Retry(StatusCode, Option<Duration>),
+    /// No answer (refused, reset, timed out).
+    NoAnswer(String),
 }
 
-/// Runs one endpoint's queue until `shutdown`.
-pub async fn endpoint(
-    endpoint: String,
-    mut jobs: mpsc::Receiver<Job>,
-    subscriptions: Subscriptions,
-    client: reqwest::Client,
-    config: Arc<WebhooksConfig>,
-    shutdown: CancellationToken,
-) {
-    while let Some(job) = tokio::select! {
-        _ = shutdown.cancelled() => None,
-        job = jobs.recv() => job,
-    } {
-        let done = deliver(&endpoint, &job, &subscriptions, &client, &config, &shutdown).await;
-        job.pending.release(done).await;
-    }
-    // What is still queued goes back to JetStream.
-    jobs.close();
-    while let Some(job) = jobs.recv().await {
-        job.pending.release(false).await;
-    }
-}
-
-/// Delivers one event with retries. True when it is settled (delivered, refused for good,
-/// attempts exhausted, or the subscription is gone); false when abandoned at shutdown.
-async fn deliver(
-    endpoint: &str,
-    job: &Job,
-    subscriptions: &Subscriptions,
-    client: &reqwest::Client,
-    config: &WebhooksConfig,
-    shutdown: &CancellationToken,
-) -> bool {
-    let mut backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(config.backoff_min_ms))
-        .with_max_delay(Duration::from_millis(config.backoff_max_ms))
-        .with_max_times(config.max_attempts.saturating_sub(1) as usize)
-        .with_jitter()
-        .build();
-    let max_retry_after = Duration::from_secs(config.max_retry_after_secs);
-    let mut attempts = 0u32;
-    loop {
-        // Read on every attempt, so a changed URL or secret applies to retries too.
-        let Some(sub) = subscriptions.get(endpoint).filter(|s| s.enabled) else {
-            tracing::info!(%endpoint, id = %job.id, "subscription gone or disabled; event dropped");
-            return true;
-        };
-        let Some(key) = sub.key() else {
-            tracing::error!(%endpoint, "subscription secret is not whsec_<base64>; event dropped");
-            return true;
-        };
-        attempts += 1;
-        let result = attempt(client, &sub.url, &key, job).await;
-        let wait = match result {
-            Attempt::Delivered => {
-                tracing::debug!(%endpoint, id = %job.id, attempts, "webhook delivered");
-                return true;
-            }
-            Attempt::Final(status) => {
-                tracing::warn!(%endpoint, id = %job.id, %status, "webhook refused; not retried");
-                return true;
-            }
-            Attempt::Retry(retry_after) => match backoff.next() {
-                // The receiver's wish is honoured, within the clamp; never sooner than ours.
-                Some(delay) => retry_after.map_or(delay, |r| r.min(max_retry_after).max(delay)),
-                None => {
-                    tracing::warn!(%endpoint, id = %job.id, attempts, "webhook attempts exhausted");
-                    return true;
+impl Worker {
+    /// Runs until `shutdown` or until the subscription is deleted.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let poll = Duration::from_millis(self.shared.config.poll_interval_ms.max(10));
+        let mut queue = std::collections::VecDeque::new();
+        let mut was_enabled = true;
+        while !shutdown.is_cancelled() {
+            let Some(sub) = self.shared.subscriptions.get(&self.endpoint) else {
+                tracing::debug!(endpoint = %self.endpoint, "subscription deleted; worker ends");
+                return;
+            };
+            if !sub.enabled {
+                // Pending messages wait for the endpoint to be enabled again.
+                was_enabled = false;
+                queue.clear();
+                if !pause(poll, &shutdown).await {
+                    return;
                 }
-            },
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(wait) => {}
+                continue;
+            }
+            if !was_enabled {
+                // Enabled again by an operator: a fresh horizon.
+                was_enabled = true;
+                self.health().success();
+            }
+            if queue.is_empty() {
+                match queue::pending(
+                    &self.shared.pg,
+                    &self.endpoint,
+                    self.lane,
+                    self.shared.config.queue_per_endpoint.max(1),
+                )
+                .await
+                {
+                    Ok(rows) if rows.is_empty() => {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = self.wake.notified() => {}
+                            _ = tokio::time::sleep(poll) => {}
+                        }
+                    }
+                    Ok(rows) => queue.extend(rows),
+                    Err(e) => {
+                        tracing::warn!(endpoint = %self.endpoint, error = %e, "cannot read the webhook queue");
+                        if !pause(poll, &shutdown).await {
+                            return;
+                        }
+                    }
+                }
+                continue;
+            }
+            let Some(message) = queue.front_mut() else {
+                continue;
+            };
+            let wait = (message.next_attempt_at - Utc::now())
+                .to_std()
+                .unwrap_or_default();
+            if !wait.is_zero() {
+                // At most a poll interval at a time, so a disabling or deletion is noticed.
+                if !pause(wait.min(poll), &shutdown).await {
+                    return;
+                }
+                continue;
+            }
+            match self.attempt(&sub, message, &shutdown).await {
+                Ok(true) => {
+                    queue.pop_front();
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    // The state could not be recorded: read the queue again after a pause
+                    // rather than risk skipping or repeating out of order.
+                    tracing::warn!(endpoint = %self.endpoint, error = %e, "cannot record a webhook attempt");
+                    queue.clear();
+                    if !pause(poll, &shutdown).await {
+                        return;
+                    }
+                }
+            }
         }
     }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One attempt at the head message; true when the message is settled. An attempt cut
+    /// short by the shutdown is not recorded: the message stays pending and is sent again
+    /// after the restart.
+    async fn attempt(
+        &self,
+        sub: &ccm_core::webhooks::Subscription,
+        message: &mut Queued,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, sqlx::Error> {
+        let config = &self.shared.config;
+        let horizon = Duration::from_secs(config.retry_horizon_secs);
+        let now = Utc::now();
+        let Some(keys) = sub.signing_keys(now) else {
+            tracing::error!(endpoint = %self.endpoint, "subscription secret is not whsec_<base64>; message failed");
+            queue::settle(
+                &self.shared.pg,
+                message,
+                State::Failed,
+                None,
+                Some("unreadable secret"),
+            )
+            .await?;
+            return Ok(true);
+        };
+        let started = Instant::now();
+        let result = tokio::select! {
+            result = send(&self.shared.http, &sub.url, &keys, message) => result,
+            _ = shutdown.cancelled() => return Ok(false),
+        };
+        let latency = started.elapsed();
+        // A missing answer is labelled `retry`: it is retried just like a 5xx.
+        let label = match result {
+            Attempt::Delivered(_) => "success",
+            Attempt::Final(_) => "final",
+            Attempt::Retry(..) | Attempt::NoAnswer(_) => "retry",
+        };
+        histogram!("ccm_webhooks_request_duration_seconds", "result" => label)
+            .record(latency.as_secs_f64());
+        message.attempts += 1;
+        let first = *message.first_attempt_at.get_or_insert(now);
+        let (status, error) = match &result {
+            Attempt::Delivered(s) | Attempt::Final(s) | Attempt::Retry(s, _) => {
+                (Some(s.as_u16()), None)
+            }
+            Attempt::NoAnswer(e) => (None, Some(e.clone())),
+        };
+        let succeeded = matches!(result, Attempt::Delivered(_));
+        self.shared.log.record(AttemptRecord {
+            endpoint_id: self.endpoint.clone(),
+            message_id: message.id,
+            msg_id: message.msg_id.clone(),
+            event_type: message.event_type.clone(),
+            call_id: message.call_id,
+            lane: self.lane,
+            attempt: message.attempts,
+            status_code: status,
+            succeeded,
+            latency,
+            error: error.clone(),
+            at: now,
+        });
+        let mut disable = None;
+        // Counted once the state is recorded, so an attempt whose state could not be written
+        // (and is made again) is not counted twice.
+        let mut outcome = None;
+        let (state, last_error) = match result {
+            Attempt::Delivered(_) => {
+                self.health().success();
+                outcome = Some("delivered");
+                (State::Delivered, None)
+            }
+            Attempt::Final(code) => {
+                self.health().failure(now);
+                if code == StatusCode::GONE {
+                    disable = Some(Reason::Gone);
+                }
+                tracing::warn!(endpoint = %self.endpoint, id = %message.msg_id, %code, "webhook refused; not retried");
+                outcome = Some("refused");
+                (State::Failed, Some(format!("refused with {code}")))
+            }
+            Attempt::Retry(..) | Attempt::NoAnswer(_)
+                if (now - first).to_std().unwrap_or_default() >= horizon =>
+            {
+                self.health().failure(now);
+                tracing::warn!(endpoint = %self.endpoint, id = %message.msg_id, attempts = message.attempts, "webhook retry horizon reached; message failed");
+                outcome = Some("exhausted");
+                (
+                    State::Failed,
+                    Some(error.unwrap_or_else(|| "retry horizon reached".into())),
+                )
+            }
+            Attempt::Retry(_, retry_after) => {
+                self.health().failure(now);
+                let delay = next_delay(config, message.attempts, retry_after);
+                message.next_attempt_at =
+                    now + chrono::Duration::from_std(delay).unwrap_or_default();
+                (State::Pending, None)
+            }
+            Attempt::NoAnswer(e) => {
+                self.health().failure(now);
+                let delay = next_delay(config, message.attempts, None);
+                message.next_attempt_at =
+                    now + chrono::Duration::from_std(delay).unwrap_or_default();
+                (State::Pending, Some(e))
+            }
+        };
+        if disable.is_none() && self.health().exhausted(now, horizon) {
+            disable = Some(Reason::Horizon);
+        }
+        queue::settle(
+            &self.shared.pg,
+            message,
+            state,
+            status,
+            last_error.as_deref(),
+        )
+        .await?;
+        if let Some(outcome) = outcome {
+            counter!("ccm_webhooks_deliveries_total", "outcome" => outcome).increment(1);
+        }
+        if let Some(reason) = disable {
+            if let Err(e) = health::disable(
+                &self.shared.store,
+                &self.shared.subscriptions,
+                &self.shared.nats,
+                &self.endpoint,
+                reason,
+                horizon,
+            )
+            .await
+            {
+                tracing::error!(endpoint = %self.endpoint, error = %e, "cannot disable the webhook endpoint");
+            }
+        }
+        Ok(state != State::Pending)
+    }
 }
 
-async fn attempt(client: &reqwest::Client, url: &str, key: &[u8], job: &Job) -> Attempt {
-    let timestamp = chrono::Utc::now().timestamp();
+/// The delay before attempt `attempts + 1`: exponential from `backoff_min_ms`, capped at
+/// `backoff_max_ms`, with "equal jitter" (half fixed, half random) so endpoints that failed
+/// together do not all retry at the same instant. A receiver's `Retry-After` is honoured up
+/// to `max_retry_after_secs`, never sooner than the backoff.
+fn next_delay(config: &WebhooksConfig, attempts: i32, retry_after: Option<Duration>) -> Duration {
+    let exponent = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(0)
+        .min(32);
+    let base = config
+        .backoff_min_ms
+        .saturating_mul(1u64 << exponent)
+        .min(config.backoff_max_ms.max(config.backoff_min_ms));
+    let half = base / 2;
+    let delay = Duration::from_millis(half + rand::rng().random_range(0..=half));
+    let max_retry_after = Duration::from_secs(config.max_retry_after_secs);
+    retry_after.map_or(delay, |r| r.min(max_retry_after).max(delay))
+}
+
+async fn send(client: &reqwest::Client, url: &str, keys: &[Vec<u8>], message: &Queued) -> Attempt {
+    let timestamp = Utc::now().timestamp();
     let response = client
         .post(url)
         .header(header::CONTENT_TYPE, "application/json")
-        .header("webhook-id", &job.id)
+        .header("webhook-id", &message.msg_id)
         .header("webhook-timestamp", timestamp.to_string())
         .header(
             "webhook-signature",
-            sign::signature(key, &job.id, timestamp, &job.body),
+            sign::signatures(keys, &message.msg_id, timestamp, &message.body),
         )
-        .body(job.body.clone())
+        .body(message.body.clone())
         .send()
         .await;
-    let response = match response {
-        Ok(response) => response,
+    match response {
+        Ok(response) => classify(
+            response.status(),
+            response.headers().get(header::RETRY_AFTER),
+        ),
         Err(e) => {
             tracing::debug!(%url, error = %e, "webhook attempt failed");
-            return Attempt::Retry(None);
+            Attempt::NoAnswer(crate::error_chain(&e))
         }
-    };
-    classify(
-        response.status(),
-        response.headers().get(header::RETRY_AFTER),
-    )
+    }
 }
 
 fn classify(status: StatusCode, retry_after: Option<&header::HeaderValue>) -> Attempt {
     if status.is_success() {
-        Attempt::Delivered
+        Attempt::Delivered(status)
     } else if status.is_server_error()
         || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
     {
         Attempt::Retry(
+            status,
             retry_after
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after),
@@ -202,9 +358,7 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let at = chrono::DateTime::parse_from_rfc2822(value.trim()).ok()?;
-    (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
-        .to_std()
-        .ok()
+    (at.with_timezone(&Utc) - Utc::now()).to_std().ok()
 }
 
 #[cfg(test)]
@@ -213,7 +367,10 @@ mod tests {
 
     #[test]
     fn statuses_are_classified_like_standard_webhooks_senders() {
-        assert_eq!(classify(StatusCode::NO_CONTENT, None), Attempt::Delivered);
+        assert_eq!(
+            classify(StatusCode::NO_CONTENT, None),
+            Attempt::Delivered(StatusCode::NO_CONTENT)
+        );
         assert_eq!(
             classify(StatusCode::GONE, None),
             Attempt::Final(StatusCode::GONE)
@@ -224,16 +381,16 @@ mod tests {
         );
         assert_eq!(
             classify(StatusCode::REQUEST_TIMEOUT, None),
-            Attempt::Retry(None)
+            Attempt::Retry(StatusCode::REQUEST_TIMEOUT, None)
         );
         let five = header::HeaderValue::from_static("5");
         assert_eq!(
             classify(StatusCode::TOO_MANY_REQUESTS, Some(&five)),
-            Attempt::Retry(Some(Duration::from_secs(5)))
+            Attempt::Retry(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(5)))
         );
         assert_eq!(
             classify(StatusCode::SERVICE_UNAVAILABLE, None),
-            Attempt::Retry(None)
+            Attempt::Retry(StatusCode::SERVICE_UNAVAILABLE, None)
         );
     }
 
@@ -242,5 +399,34 @@ mod tests {
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
         assert_eq!(parse_retry_after(" 12 "), Some(Duration::from_secs(12)));
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap_and_honours_a_clamped_retry_after() {
+        let config = WebhooksConfig {
+            backoff_min_ms: 1000,
+            backoff_max_ms: 8000,
+            max_retry_after_secs: 30,
+            ..WebhooksConfig::default()
+        };
+        for (attempts, base) in [
+            (1, 1000),
+            (2, 2000),
+            (3, 4000),
+            (4, 8000),
+            (10, 8000),
+            (200, 8000),
+        ] {
+            for _ in 0..50 {
+                let d = next_delay(&config, attempts, None).as_millis() as u64;
+                assert!((base / 2..=base).contains(&d), "attempt {attempts}: {d} ms");
+            }
+        }
+        let d = next_delay(&config, 1, Some(Duration::from_secs(10)));
+        assert_eq!(d, Duration::from_secs(10), "Retry-After honoured");
+        let d = next_delay(&config, 1, Some(Duration::from_secs(3600)));
+        assert_eq!(d, Duration::from_secs(30), "Retry-After clamped");
+        let d = next_delay(&config, 4, Some(Duration::ZERO));
+        assert!(d >= Duration::from_secs(4), "never sooner than the backoff");
     }
 }

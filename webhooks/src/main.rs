@@ -14,6 +14,8 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Cli::parse().service.load("webhooks")?;
-    ccm_webhooks::run(config, ccm_core::service::shutdown_on_signal()).await?;
-    Ok(())
+    let result = ccm_webhooks::run(config, ccm_core::service::shutdown_on_signal()).await;
+    // Spans still buffered are sent before exit.
+    ccm_core::telemetry::shutdown();
+    Ok(result?)
 }

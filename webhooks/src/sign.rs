@@ -21,6 +21,16 @@ pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     )
 }
 
+/// The `webhook-signature` value signed with several keys (during a secret rotation's grace
+/// period): the signatures separated by spaces, as Standard Webhooks allows. A receiver
+/// accepts the request when any one of them verifies with the secret it knows.
+pub fn signatures(keys: &[Vec<u8>], id: &str, timestamp: i64, body: &[u8]) -> String {
+    keys.iter()
+        .map(|key| signature(key, id, timestamp, body))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,5 +46,17 @@ mod tests {
             signature(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
+        let both = signatures(
+            &[b"new".to_vec(), key],
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            body,
+        );
+        let (first, second) = both.split_once(' ').expect("two signatures");
+        assert_eq!(
+            first,
+            signature(b"new", "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body)
+        );
+        assert_eq!(second, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }
 }

@@ -35,6 +35,8 @@ pub fn run() -> anyhow::Result<()> {
     crate::helm::run().context("the Helm chart does not validate")?;
     eprintln!("$ cargo xtask postman");
     crate::postman::run().context("the old system's Postman collection failed against ccm")?;
+    eprintln!("$ cargo xtask schemathesis");
+    crate::schemathesis::run().context("schemathesis found faults in the API")?;
     Ok(())
 }
 

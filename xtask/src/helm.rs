@@ -5,7 +5,8 @@
 //! `values.schema.json` (what `helm install` would enforce), the `config` section of every
 //! values file — with the settings the chart itself sets laid over it, as the ConfigMap
 //! template does — is a configuration the services accept, and the retry policy shipped
-//! with the chart is the repository's `config/retry.yaml` and parses. Where `helm` is on
+//! with the chart is the repository's `config/retry.yaml` and parses, and the Grafana
+//! dashboard is JSON whose metrics the code defines (`dashboard`). Where `helm` is on
 //! `PATH`, `helm lint` and `helm template` also run with each values file; otherwise, where
 //! the `helm-sdkpy` Python package is installed, Helm's own lint runs through it
 //! (`helm_lint`).
@@ -53,6 +54,11 @@ pub fn run() -> anyhow::Result<()> {
     }
     ccm_core::RetryPolicy::parse(&shipped, Path::new("helm/ccm/files/retry.yaml"))?;
     println!("files/retry.yaml: same as config/retry.yaml, parses");
+
+    let (panels, metrics) = crate::dashboard::check(&root)?;
+    println!(
+        "dashboards/ccm.json: {panels} panels over {metrics} metrics, all defined in the code"
+    );
 
     if helm_installed() {
         return run_helm(&chart);
@@ -162,7 +168,7 @@ pub fn validate_values(schema: &Json, values_yaml: &str) -> anyhow::Result<()> {
 
 /// Builds the configuration file the ConfigMap template renders from a values file (the
 /// user's `config` with `nats_url`, `ingest.listen`, `retrier.policy_file` and the
-/// projector's metrics address set by the chart) and checks that the services accept it:
+/// metrics addresses of the dialer, retrier and projector set by the chart) and checks that the services accept it:
 /// `ccm_core::Config` refuses unknown keys and wrong types.
 pub fn check_service_config(values_yaml: &str) -> anyhow::Result<()> {
     let values: Yaml = serde_yaml_ng::from_str(values_yaml).context("not YAML")?;
@@ -191,21 +197,23 @@ pub fn check_service_config(values_yaml: &str) -> anyhow::Result<()> {
         &["retrier", "policy_file"],
         Yaml::String("/etc/ccm/retry.yaml".into()),
     );
-    let metrics = values.get("projector").and_then(|p| p.get("metrics"));
-    if metrics
-        .and_then(|m| m.get("enabled"))
-        .and_then(Yaml::as_bool)
-        == Some(true)
-    {
-        let port = metrics
-            .and_then(|m| m.get("port"))
-            .and_then(Yaml::as_u64)
-            .unwrap_or(9090);
-        set(
-            &mut config,
-            &["projector", "metrics_listen"],
-            Yaml::String(format!("0.0.0.0:{port}")),
-        );
+    for service in ["dialer", "retrier", "projector"] {
+        let metrics = values.get(service).and_then(|p| p.get("metrics"));
+        if metrics
+            .and_then(|m| m.get("enabled"))
+            .and_then(Yaml::as_bool)
+            == Some(true)
+        {
+            let port = metrics
+                .and_then(|m| m.get("port"))
+                .and_then(Yaml::as_u64)
+                .unwrap_or(9090);
+            set(
+                &mut config,
+                &[service, "metrics_listen"],
+                Yaml::String(format!("0.0.0.0:{port}")),
+            );
+        }
     }
     serde_yaml_ng::from_value::<ccm_core::Config>(config)
         .context("the rendered config.yaml is not a configuration ccm accepts")?;

@@ -224,7 +224,7 @@ fn pick_port(wanted: Option<u16>, preferred: u16) -> anyhow::Result<u16> {
     })
 }
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(PathBuf::from)
@@ -267,6 +267,7 @@ fn print_banner(stack: &Stack, args: &UpArgs, campaign: u64) {
     println!(
         "\nccm is running (carrier: {:?}).\n\
          \n  API          {api}    (OpenAPI docs: {api}/api/v1/docs)\
+         \n  dashboard    {api}/    (sign in with the token)\
          \n  token        {token}\
          \n  campaign     {campaign}\
          \n  carrier-sim  {}    (placed calls: {}/stats)\

@@ -222,3 +222,66 @@ async fn the_error_rate_answers_503_and_places_nothing() {
     assert_eq!((stats.placed, stats.injected_errors), (0, 1));
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn faults_change_at_run_time_through_put_faults() {
+    let received: Received = Arc::default();
+    let callback_base = receiver(received.clone()).await;
+    let config = SimConfig {
+        callback_base,
+        call_ms: 10,
+        ..SimConfig::default()
+    };
+    let (sim, shutdown) = start(config).await;
+    let http = reqwest::Client::new();
+    let place = |key: &'static str| {
+        http.post(format!("{sim}/api/initiate-call"))
+            .header("Idempotency-Key", key)
+            .json(&json!({"call_id": key, "phone_number": "+15550000001", "campaign_id": 1}))
+            .send()
+    };
+    // A 5xx burst switched on, then off again.
+    let on = http
+        .put(format!("{sim}/faults"))
+        .json(&json!({"error_rate": 1.0}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(on.status(), 200);
+    assert_eq!(place("c1/1").await.expect("place").status(), 503);
+    let shown: Value = http
+        .get(format!("{sim}/faults"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(shown["error_rate"], 1.0);
+    // Every final callback sent twice from now on.
+    let dup = http
+        .put(format!("{sim}/faults"))
+        .json(&json!({"duplicate_rate": 1.0}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(dup.status(), 200);
+    assert_eq!(place("c1/2").await.expect("place").status(), 200);
+    let got = wait_for(&received, 2).await;
+    assert_eq!(got[0].1, got[1].1, "the same callback twice");
+    let stats = stats(&http, &sim).await;
+    assert_eq!((stats.placed, stats.injected_errors), (1, 1));
+    // The attempt ended: it no longer counts as live, for its campaign or its number.
+    assert_eq!((stats.live, stats.number_peak), (0, 1));
+
+    for bad in [json!({"drop_rate": 2.0}), json!({"nonsense": 1})] {
+        let refused = http
+            .put(format!("{sim}/faults"))
+            .json(&bad)
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(refused.status(), 400, "{bad}");
+    }
+    shutdown.cancel();
+}

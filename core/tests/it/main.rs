@@ -1,3 +1,4 @@
 //! ccm-core against a real nats-server.
 
+mod inspect;
 mod provisioning;

@@ -47,6 +47,10 @@ pub enum CarrierError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CampaignInfo {
     pub name: Arc<str>,
+    /// The campaign's calling window, when it has one (checked before placing, not sent).
+    pub window: Option<Arc<crate::window::Window>>,
+    /// The campaign's pacing (new calls per second), when it sets one.
+    pub max_calls_per_second: Option<u32>,
 }
 
 /// A carrier adapter.

@@ -10,6 +10,7 @@ use ccm_core::{
 use chrono::Utc;
 use futures::future::BoxFuture;
 use rand::Rng;
+use tracing::Instrument;
 
 use super::{CampaignInfo, Carrier, CarrierError, Placement};
 
@@ -76,14 +77,17 @@ impl Carrier for SimCarrier {
         };
         let js = self.js.clone();
         let delay = Duration::from_millis(self.config.call_ms);
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let mut outcome = outcome;
-            outcome.at = Utc::now();
-            if let Err(e) = ccm_core::nats::publish_event(&js, &outcome).await {
-                tracing::warn!(error = %e, call = %outcome.call_id, "simulated outcome lost");
+        tokio::spawn(
+            async move {
+                tokio::time::sleep(delay).await;
+                let mut outcome = outcome;
+                outcome.at = Utc::now();
+                if let Err(e) = ccm_core::nats::publish_event(&js, &outcome).await {
+                    tracing::warn!(error = %e, call = %outcome.call_id, "simulated outcome lost");
+                }
             }
-        });
+            .in_current_span(),
+        );
         Box::pin(async move {
             Ok(Placement {
                 external_call_id: Some(external_call_id),

@@ -57,6 +57,8 @@ fn request() -> DialRequest {
 fn campaign() -> CampaignInfo {
     CampaignInfo {
         name: Arc::from("spring"),
+        window: None,
+        max_calls_per_second: None,
     }
 }
 

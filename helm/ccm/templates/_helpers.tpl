@@ -47,10 +47,19 @@ owns (listen addresses, file paths) laid over it, so the pods and their Services
   "ingest" (dict "listen" (printf "0.0.0.0:%d" (int .Values.ingest.port)))
   "retrier" (dict "policy_file" "/etc/ccm/retry.yaml")
 -}}
-{{- if .Values.projector.metrics.enabled -}}
-{{- $_ := set $owned "projector" (dict "metrics_listen" (printf "0.0.0.0:%d" (int .Values.projector.metrics.port))) -}}
+{{- range $component := list "dialer" "retrier" "projector" -}}
+{{- $m := (index $.Values $component).metrics -}}
+{{- if $m.enabled -}}
+{{- $section := get $owned $component | default dict -}}
+{{- $_ := set $section "metrics_listen" (printf "0.0.0.0:%d" (int $m.port)) -}}
+{{- $_ := set $owned $component $section -}}
+{{- end -}}
 {{- end -}}
 {{- $merged := mergeOverwrite (deepCopy .Values.config) $owned -}}
 {{- $_ := set $merged "nats_url" .Values.nats.url -}}
+{{- /* The provisioning Job does it once per install/upgrade; the services skip it. */ -}}
+{{- if .Values.provisioning.enabled -}}
+{{- $_ := set $merged "provision" false -}}
+{{- end -}}
 {{- toYaml $merged -}}
 {{- end -}}

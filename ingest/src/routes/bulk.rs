@@ -112,10 +112,10 @@ pub async fn create(
     let campaign = campaigns::load(&state, query.campaign_id)
         .await?
         .ok_or_else(|| campaigns::not_found(query.campaign_id))?;
-    if !campaign.accepts_calls() {
+    if let Some(why) = campaign.refusal_at(chrono::Utc::now()) {
         return Err(AppError::conflict(
             "campaign_inactive",
-            format!("campaign {} is not active", campaign.id),
+            format!("campaign {} is {why}", campaign.id),
         ));
     }
 
@@ -164,6 +164,9 @@ pub async fn create(
                 "call_in_progress",
                 format!("a call to {phone} is already in progress"),
             ),
+            Err(AcceptError::DoNotCall(list)) => {
+                rejected(index, input, "do_not_call", list.refusal(&phone))
+            }
             Err(AcceptError::Claim(ClaimError::WithinWindow)) => rejected(
                 index,
                 input,

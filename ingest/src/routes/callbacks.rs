@@ -17,14 +17,21 @@ use axum::{
 use ccm_core::{CallEvent, CallId, CampaignId, EventKind, OutcomeSource, twilio};
 use chrono::Utc;
 use serde::Deserialize;
+use tracing::Instrument;
 
 use crate::{AppState, error::AppError};
 
 /// The attempt named in the callback URL's query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AttemptRef {
+    /// The call (UUID).
+    #[param(value_type = uuid::Uuid)]
     pub call_id: CallId,
+    /// The attempt, from 1.
     pub attempt: u32,
+    /// The call's campaign.
+    #[param(value_type = u64)]
     pub campaign_id: CampaignId,
 }
 
@@ -37,6 +44,18 @@ fn forbidden(detail: &str) -> AppError {
 }
 
 /// Verifies and publishes one Twilio status callback.
+#[utoipa::path(post, path = "/api/v1/callbacks/twilio", tag = "carrier callbacks",
+    params(AttemptRef),
+    request_body(content = crate::openapi::TwilioStatusCallback,
+        content_type = "application/x-www-form-urlencoded"),
+    // Authenticated by `X-Twilio-Signature`, not by an API token.
+    security(()),
+    responses(
+        (status = 204, description = "Accepted (final statuses published as the attempt's outcome)"),
+        (status = 400, description = "Not a form, or the URL names no attempt", body = crate::openapi::Problem),
+        (status = 403, description = "X-Twilio-Signature missing or wrong", body = crate::openapi::Problem),
+        (status = 503, description = "NATS unavailable", body = crate::openapi::Problem),
+    ))]
 pub async fn twilio(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
@@ -112,7 +131,12 @@ pub async fn twilio(
             reason,
         },
     };
+    // The carrier knows nothing of traces: the outcome joins the call's own trace.
+    let span = tracing::info_span!("carrier_callback", call = %event.call_id);
+    ccm_core::trace_context::continue_call(&span, &state.js, event.campaign_id, event.call_id)
+        .await;
     ccm_core::nats::publish_event(&state.js, &event)
+        .instrument(span)
         .await
         .map_err(AppError::unavailable)?;
     Ok(StatusCode::NO_CONTENT)

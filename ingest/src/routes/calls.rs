@@ -84,9 +84,14 @@ pub(crate) fn accept_error(phone: &PhoneNumber, e: AcceptError, window: u32) -> 
             "duplicate_within_window",
             format!("a call to {phone} ended less than {window} minutes ago"),
         ),
-        AcceptError::Claim(ClaimError::Unavailable(e)) | AcceptError::Publish(e) => {
-            AppError::Unavailable(e)
-        }
+        AcceptError::DoNotCall(list) => AppError::Client {
+            status: axum::http::StatusCode::FORBIDDEN,
+            code: "do_not_call",
+            detail: list.refusal(phone),
+        },
+        AcceptError::Claim(ClaimError::Unavailable(e))
+        | AcceptError::Publish(e)
+        | AcceptError::DncUnavailable(e) => AppError::Unavailable(e),
     }
 }
 
@@ -98,6 +103,7 @@ pub(crate) fn accept_error(phone: &PhoneNumber, e: AcceptError, window: u32) -> 
         (status = 202, description = "Accepted and durably queued", body = AcceptedCall),
         (status = 400, description = "Malformed JSON or invalid number", body = crate::openapi::Problem),
         (status = 404, description = "Unknown campaign", body = crate::openapi::Problem),
+        (status = 403, description = "Number on a do-not-call list (`do_not_call`, the list named)", body = crate::openapi::Problem),
         (status = 409, description = "Number already live, within the duplicate window, or campaign inactive", body = crate::openapi::Problem),
         (status = 413, description = "Body too large", body = crate::openapi::Problem),
         (status = 415, description = "Not application/json", body = crate::openapi::Problem),
@@ -114,10 +120,10 @@ pub async fn create(
     let campaign = campaigns::load(&state, body.campaign_id)
         .await?
         .ok_or_else(|| campaigns::not_found(body.campaign_id))?;
-    if !campaign.accepts_calls() {
+    if let Some(why) = campaign.refusal_at(chrono::Utc::now()) {
         return Err(AppError::conflict(
             "campaign_inactive",
-            format!("campaign {} is not active", campaign.id),
+            format!("campaign {} is {why}", campaign.id),
         ));
     }
     let key = idempotency_key(&headers)?;

@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use async_nats::jetstream::kv;
 use axum::extract::{Path, State};
 use ccm_core::PolicyOverride;
-use ccm_core::{Campaign, CampaignId, CampaignState, campaign::CallingWindow};
-use chrono::Utc;
+use ccm_core::lifecycle::Action;
+use ccm_core::{Campaign, CampaignId, CampaignState, campaign::CallingWindow, window::DayHours};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -38,6 +39,68 @@ pub struct CampaignPatch {
     pub calling_window: Option<CallingWindow>,
     #[schema(value_type = Option<Object>)]
     pub retry_policy: Option<PolicyOverride>,
+    /// Nothing is dialled before this instant (RFC 3339).
+    pub starts_at: Option<DateTime<Utc>>,
+    /// The campaign completes at this instant (RFC 3339).
+    pub ends_at: Option<DateTime<Utc>>,
+    /// Local hours per weekday (replace `calling_window`).
+    #[schema(value_type = Option<Vec<crate::openapi::DayHours>>)]
+    pub calling_hours: Option<Vec<DayHours>>,
+    /// Local dates (`YYYY-MM-DD`) on which nobody is called; replaces the list.
+    #[schema(value_type = Option<Vec<String>>)]
+    pub blackout_dates: Option<Vec<chrono::NaiveDate>>,
+    /// New calls per second across all dialers, 1 to 10,000.
+    pub max_calls_per_second: Option<u32>,
+    /// `answered` (default: a machine's answer completes the call) or `retry` (retried like
+    /// RNR), from Twilio's `AnsweredBy`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "retry")]
+    pub answering_machine: Option<ccm_core::campaign::AnsweringMachine>,
+}
+
+/// The highest pacing a campaign may set.
+const MAX_CALLS_PER_SECOND: u32 = 10_000;
+
+/// Checks a campaign's pacing.
+pub(crate) fn calls_per_second(rate: Option<u32>) -> Result<Option<u32>, AppError> {
+    match rate {
+        Some(r) if r == 0 || r > MAX_CALLS_PER_SECOND => Err(AppError::bad_request(
+            "invalid_pacing",
+            format!("max_calls_per_second must be 1 to {MAX_CALLS_PER_SECOND}"),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// Validates and sets the start and end dates (shared with creation): the end must be in
+/// the future and after the start.
+pub(crate) fn apply_dates(
+    campaign: &mut Campaign,
+    starts_at: Option<DateTime<Utc>>,
+    ends_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(), AppError> {
+    let starts = starts_at.or(campaign.starts_at);
+    let ends = ends_at.or(campaign.ends_at);
+    if let Some(end) = ends_at {
+        if end <= now {
+            return Err(AppError::bad_request(
+                "invalid_dates",
+                "ends_at must be in the future",
+            ));
+        }
+    }
+    if let (Some(start), Some(end)) = (starts, ends) {
+        if start >= end {
+            return Err(AppError::bad_request(
+                "invalid_dates",
+                "starts_at must be before ends_at",
+            ));
+        }
+    }
+    campaign.starts_at = starts;
+    campaign.ends_at = ends;
+    Ok(())
 }
 
 /// Validates and sets the scheduling settings (shared with creation).
@@ -72,6 +135,32 @@ pub(crate) fn apply_schedule(
     Ok(())
 }
 
+/// Validates and sets weekday calling hours and blackout dates (shared with creation).
+pub(crate) fn apply_hours(
+    campaign: &mut Campaign,
+    hours: Option<Vec<DayHours>>,
+    blackout_dates: Option<Vec<chrono::NaiveDate>>,
+) -> Result<(), AppError> {
+    if let Some(hours) = hours {
+        ccm_core::window::validate(&hours)
+            .map_err(|e| AppError::bad_request("invalid_calling_hours", e.to_string()))?;
+        campaign.calling_hours = Some(hours);
+    }
+    if let Some(mut dates) = blackout_dates {
+        const MAX_BLACKOUT_DATES: usize = 1000;
+        if dates.len() > MAX_BLACKOUT_DATES {
+            return Err(AppError::bad_request(
+                "invalid_blackout_dates",
+                format!("at most {MAX_BLACKOUT_DATES} blackout dates"),
+            ));
+        }
+        dates.sort_unstable();
+        dates.dedup();
+        campaign.blackout_dates = dates;
+    }
+    Ok(())
+}
+
 /// The longest call a campaign may set: a day.
 const MAX_CALL_DURATION_SECS: u32 = 86_400;
 
@@ -96,7 +185,7 @@ fn parse_id(id: &str) -> Result<CampaignId, AppError> {
 async fn update(
     state: &AppState,
     id: CampaignId,
-    change: impl Fn(&mut Campaign) -> Result<(), AppError>,
+    mut change: impl FnMut(&mut Campaign) -> Result<(), AppError>,
 ) -> Result<Campaign, AppError> {
     for _ in 0..20 {
         let entry = state
@@ -170,6 +259,23 @@ pub async fn patch(
         ));
     }
     update(&state, id, |c| {
+        if c.state.is_final() {
+            return Err(AppError::conflict(
+                "campaign_ended",
+                format!(
+                    "campaign {id} is {}; its settings are final",
+                    c.state.as_str()
+                ),
+            ));
+        }
+        apply_dates(c, patch.starts_at, patch.ends_at, Utc::now())?;
+        apply_hours(c, patch.calling_hours.clone(), patch.blackout_dates.clone())?;
+        if let Some(choice) = patch.answering_machine {
+            c.answering_machine = choice;
+        }
+        if patch.max_calls_per_second.is_some() {
+            c.max_calls_per_second = calls_per_second(patch.max_calls_per_second)?;
+        }
         if let Some(name) = &patch.name {
             c.name = name.trim().to_owned();
         }
@@ -202,21 +308,92 @@ pub async fn patch(
 async fn set_state(
     state: &AppState,
     id: &str,
-    target: CampaignState,
+    action: Action,
 ) -> Result<ApiJson<Campaign>, AppError> {
     let id = parse_id(id)?;
     update(state, id, |c| {
-        if c.state == CampaignState::Cancelled && target != CampaignState::Cancelled {
-            return Err(AppError::conflict(
-                "campaign_cancelled",
-                format!("campaign {id} is cancelled for good"),
-            ));
-        }
-        c.state = target;
-        Ok(())
+        c.apply(action, Utc::now()).map_err(|e| {
+            let code = match e.from {
+                CampaignState::Cancelled => "campaign_cancelled",
+                CampaignState::Completed => "campaign_completed",
+                _ => "invalid_transition",
+            };
+            AppError::conflict(code, format!("campaign {id}: {e}"))
+        })
     })
     .await
     .map(ApiJson)
+}
+
+/// Completes a campaign on the system's behalf (end date passed, or no call left), unless
+/// it changed meanwhile so that the check no longer holds: `still` is asked again on the
+/// document actually replaced.
+pub(crate) async fn complete(
+    state: &AppState,
+    id: CampaignId,
+    still: impl Fn(&Campaign) -> bool,
+) -> Result<Option<Campaign>, AppError> {
+    let mut changed = false;
+    let campaign = update(state, id, |c| {
+        changed = false;
+        if !still(c) {
+            return Ok(());
+        }
+        c.apply(Action::Complete, Utc::now())
+            .map_err(|e| AppError::conflict("invalid_transition", e.to_string()))?;
+        changed = true;
+        Ok(())
+    })
+    .await?;
+    Ok(changed.then_some(campaign))
+}
+
+/// `?call_contacts=true`: start by calling every contact of the campaign.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct StartQuery {
+    #[serde(default)]
+    pub call_contacts: bool,
+}
+
+/// The started campaign, and what calling its contacts gave.
+#[derive(Debug, Serialize)]
+pub struct Started {
+    #[serde(flatten)]
+    pub campaign: Campaign,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contacts_called: Option<crate::routes::contact_calls::Called>,
+}
+
+/// A draft campaign starts dialling; once started it completes when no call is left. With
+/// `call_contacts=true` a call is first accepted for each of its contacts (do-not-call and
+/// duplicate refusals counted), so the campaign cannot complete before they are queued.
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/start", tag = "campaigns", params(("id" = u64, Path), StartQuery),
+    responses((status = 200, description = "The campaign, with `contacts_called` counts when asked", body = crate::openapi::Campaign), (status = 404, body = crate::openapi::Problem), (status = 409, description = "Not a draft", body = crate::openapi::Problem)))]
+pub async fn start(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    crate::error::ApiQuery(query): crate::error::ApiQuery<StartQuery>,
+) -> Result<ApiJson<Started>, AppError> {
+    let mut contacts_called = None;
+    if query.call_contacts {
+        let campaign_id = parse_id(&id)?;
+        let campaign = campaigns::load(&state, campaign_id)
+            .await?
+            .ok_or_else(|| campaigns::not_found(campaign_id))?;
+        if let Err(e) = campaign.transition(Action::Start) {
+            return Err(AppError::conflict(
+                "invalid_transition",
+                format!("campaign {campaign_id}: {e}"),
+            ));
+        }
+        contacts_called = Some(crate::routes::contact_calls::call_all(&state, &campaign).await?);
+    }
+    let ApiJson(campaign) = set_state(&state, &id, Action::Start).await?;
+    Ok(ApiJson(Started {
+        campaign,
+        contacts_called,
+    }))
 }
 
 /// Dialers stop pulling the campaign's calls; they wait queued.
@@ -226,7 +403,7 @@ pub async fn pause(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Campaign>, AppError> {
-    set_state(&state, &id, CampaignState::Paused).await
+    set_state(&state, &id, Action::Pause).await
 }
 
 /// Dialing continues.
@@ -236,17 +413,17 @@ pub async fn resume(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Campaign>, AppError> {
-    set_state(&state, &id, CampaignState::Active).await
+    set_state(&state, &id, Action::Resume).await
 }
 
 /// Queued calls end CANCELLED; no new calls are accepted.
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/cancel", tag = "campaigns", params(("id" = u64, Path)),
-    responses((status = 200, body = crate::openapi::Campaign), (status = 404, body = crate::openapi::Problem)))]
+    responses((status = 200, body = crate::openapi::Campaign), (status = 404, body = crate::openapi::Problem), (status = 409, description = "Completed", body = crate::openapi::Problem)))]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Campaign>, AppError> {
-    set_state(&state, &id, CampaignState::Cancelled).await
+    set_state(&state, &id, Action::Cancel).await
 }
 
 /// A campaign's progress.
@@ -254,7 +431,7 @@ pub async fn cancel(
 pub struct CampaignStats {
     #[schema(value_type = u64)]
     pub campaign_id: CampaignId,
-    #[schema(value_type = String, example = "active")]
+    #[schema(value_type = String, example = "running")]
     pub state: CampaignState,
     /// Calls by current status, from the read model.
     pub by_status: BTreeMap<String, i64>,

@@ -41,6 +41,33 @@ pub struct NewCampaign {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub retry_policy: Option<ccm_core::PolicyOverride>,
+    /// Create the campaign as a `draft`: calls may be added, nothing is dialled until
+    /// `POST /api/v1/campaigns/{id}/start`, and once started it completes by itself when no
+    /// call is left. Otherwise it is `running` at once (the old API's behaviour).
+    #[serde(default)]
+    pub draft: bool,
+    /// Nothing is dialled before this instant (RFC 3339).
+    #[serde(default)]
+    pub starts_at: Option<chrono::DateTime<Utc>>,
+    /// The campaign completes at this instant (RFC 3339); queued calls then end CANCELLED.
+    #[serde(default)]
+    pub ends_at: Option<chrono::DateTime<Utc>>,
+    /// Local hours per weekday, in the callee's zone (replace `calling_window`).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<crate::openapi::DayHours>>)]
+    pub calling_hours: Option<Vec<ccm_core::window::DayHours>>,
+    /// Local dates (`YYYY-MM-DD`) on which nobody is called.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub blackout_dates: Option<Vec<chrono::NaiveDate>>,
+    /// New calls per second across all dialers, 1 to 10,000; absent: no limit.
+    #[serde(default)]
+    pub max_calls_per_second: Option<u32>,
+    /// `answered` (default: a machine's answer completes the call) or `retry` (retried like
+    /// RNR), from Twilio's `AnsweredBy`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "retry")]
+    pub answering_machine: Option<ccm_core::campaign::AnsweringMachine>,
 }
 
 /// Creates a campaign: stores it in the `campaigns` bucket and creates its dial consumer, so
@@ -92,16 +119,30 @@ pub(crate) async fn create_campaign(
         name: name.to_owned(),
         description: body.description,
         is_active: body.is_active.unwrap_or(true),
-        state: CampaignState::Active,
+        state: if body.draft {
+            CampaignState::Draft
+        } else {
+            CampaignState::Running
+        },
         max_concurrent_calls,
         max_attempts,
         created_at: now,
         updated_at: now,
         time_zone: None,
         calling_window: None,
+        calling_hours: None,
+        blackout_dates: Vec::new(),
         max_call_duration_secs: super::campaign_admin::call_duration(body.max_call_duration_secs)?,
         retry_policy: None,
+        starts_at: None,
+        ends_at: None,
+        complete_when_empty: false,
+        max_calls_per_second: super::campaign_admin::calls_per_second(body.max_calls_per_second)?,
+        answering_machine: body.answering_machine.unwrap_or_default(),
+        ended_at: None,
     };
+    super::campaign_admin::apply_dates(&mut campaign, body.starts_at, body.ends_at, now)?;
+    super::campaign_admin::apply_hours(&mut campaign, body.calling_hours, body.blackout_dates)?;
     super::campaign_admin::apply_schedule(
         &mut campaign,
         body.time_zone,

@@ -20,17 +20,29 @@ use crate::{
 const MAX_LIMIT: usize = 1000;
 
 /// The list's query string; ids are parsed here so a bad one is a 400 with its reason.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only letters taken from this stream (e.g. `CALLS`).
     pub stream: Option<String>,
+    /// Only letters of this campaign (its id).
     pub campaign: Option<String>,
+    /// Only letters of this call (its UUID).
     pub call: Option<String>,
+    /// Only letters after this DLQ sequence (paging).
     pub after: Option<u64>,
+    /// At most this many letters, 1 to 1000 (default 100).
     pub limit: Option<usize>,
 }
 
 /// Lists letters, oldest first.
+#[utoipa::path(get, path = "/api/v1/dead-letters", tag = "dead-letters", params(ListQuery),
+    responses(
+        (status = 200, body = Vec<crate::openapi::DeadLetter>),
+        (status = 400, description = "Invalid filter or limit", body = crate::openapi::Problem),
+        (status = 503, description = "NATS unavailable", body = crate::openapi::Problem),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -75,6 +87,14 @@ pub async fn list(
 }
 
 /// One letter.
+#[utoipa::path(get, path = "/api/v1/dead-letters/{seq}", tag = "dead-letters",
+    params(("seq" = u64, Path, description = "The letter's sequence in DLQ")),
+    responses(
+        (status = 200, body = crate::openapi::DeadLetter),
+        (status = 400, description = "Not a letter number", body = crate::openapi::Problem),
+        (status = 404, description = "No such letter", body = crate::openapi::Problem),
+        (status = 503, description = "NATS unavailable", body = crate::openapi::Problem),
+    ))]
 pub async fn show(
     State(state): State<AppState>,
     Path(seq): Path<String>,
@@ -86,6 +106,15 @@ pub async fn show(
 }
 
 /// Re-publishes a letter to its source, once.
+#[utoipa::path(post, path = "/api/v1/dead-letters/{seq}/redrive", tag = "dead-letters",
+    params(("seq" = u64, Path, description = "The letter's sequence in DLQ")),
+    responses(
+        (status = 200, body = crate::openapi::Redriven),
+        (status = 400, description = "Not a letter number, or not a call's letter", body = crate::openapi::Problem),
+        (status = 404, description = "No such letter", body = crate::openapi::Problem),
+        (status = 409, description = "The call's number is in another live call", body = crate::openapi::Problem),
+        (status = 503, description = "NATS unavailable", body = crate::openapi::Problem),
+    ))]
 pub async fn redrive(
     State(state): State<AppState>,
     Path(seq): Path<String>,
@@ -97,6 +126,14 @@ pub async fn redrive(
 }
 
 /// Deletes a letter for good.
+#[utoipa::path(delete, path = "/api/v1/dead-letters/{seq}", tag = "dead-letters",
+    params(("seq" = u64, Path, description = "The letter's sequence in DLQ")),
+    responses(
+        (status = 200, description = "The discarded letter", body = crate::openapi::DeadLetter),
+        (status = 400, description = "Not a letter number", body = crate::openapi::Problem),
+        (status = 404, description = "No such letter", body = crate::openapi::Problem),
+        (status = 503, description = "NATS unavailable", body = crate::openapi::Problem),
+    ))]
 pub async fn discard(
     State(state): State<AppState>,
     Path(seq): Path<String>,

@@ -1,8 +1,10 @@
 //! Outbound webhook subscriptions: `POST/GET /api/v1/webhooks`,
-//! `GET/PATCH/DELETE /api/v1/webhooks/{id}`.
+//! `GET/PATCH/DELETE /api/v1/webhooks/{id}`, `POST /api/v1/webhooks/{id}/rotate-secret`.
 //!
 //! A subscription is a document in the `webhooks` bucket; ccm-webhooks watches the bucket and
-//! delivers. The signing secret is generated here and shown only in the creation's answer.
+//! delivers. The signing secret is generated here and shown only in the answers to the
+//! creation and to a rotation. After a rotation the previous secret keeps signing beside the
+//! new one for `webhooks.secret_grace_secs`, so receivers can switch without a gap.
 //! Target URLs must be http(s) and, unless `webhooks.allow_private_targets` is set, must not
 //! name a loopback, private, link-local or unspecified address: otherwise any API user could
 //! make ccm send requests into its own network. Host names are not resolved here (see the
@@ -32,42 +34,57 @@ const MAX_URL_CHARS: usize = 2048;
 const MAX_DESCRIPTION_CHARS: usize = 500;
 
 /// The body of a creation.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWebhook {
+    /// http or https; private and loopback addresses are refused unless allowed in config.
     pub url: String,
-    /// Event types; absent means all of [`EVENT_TYPES`].
+    /// Event types (`completed`, `failed`, `retrying`, `cancelled`, `dead_lettered`);
+    /// absent means all.
     pub events: Option<Vec<String>>,
+    /// Only events of these campaigns; empty or absent means every campaign.
     #[serde(default)]
+    #[schema(value_type = Vec<u64>)]
     pub campaign_ids: Vec<CampaignId>,
     pub description: Option<String>,
     pub enabled: Option<bool>,
 }
 
 /// The fields a PATCH may change; absent ones stay.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookPatch {
     pub url: Option<String>,
     pub events: Option<Vec<String>>,
+    #[schema(value_type = Option<Vec<u64>>)]
     pub campaign_ids: Option<Vec<CampaignId>>,
     pub description: Option<String>,
     pub enabled: Option<bool>,
 }
 
-/// A subscription as the API shows it: the secret only once, at creation.
-#[derive(Debug, Serialize)]
+/// A subscription as the API shows it: the secret only at creation and rotation.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WebhookView {
     pub id: String,
     pub url: String,
     pub events: Vec<String>,
+    #[schema(value_type = Vec<u64>)]
     pub campaign_ids: Vec<CampaignId>,
     pub enabled: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// `whsec_<base64>`: shown only in the answers to the creation and to a rotation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// Until when the previous secret also signs, after a rotation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_secret_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why the deliverer disabled the endpoint (410 Gone, or failing for the whole horizon).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl WebhookView {
@@ -81,11 +98,22 @@ impl WebhookView {
             enabled: sub.enabled,
             description: sub.description,
             created_at: sub.created_at,
+            previous_secret_until: sub
+                .previous_secret_until
+                .filter(|until| *until > chrono::Utc::now()),
+            disabled_reason: sub.disabled_reason,
+            disabled_at: sub.disabled_at,
         }
     }
 }
 
-/// Creates a subscription and answers its secret (the only time it is shown).
+/// Creates a subscription and answers its secret (shown only here and after a rotation).
+#[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = NewWebhook,
+    responses(
+        (status = 201, description = "Created; the answer holds the secret", body = WebhookView),
+        (status = 400, description = "Invalid URL, events or description", body = crate::openapi::Problem),
+        (status = 422, description = "A private target, or an unknown field", body = crate::openapi::Problem),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<NewWebhook>,
@@ -93,19 +121,19 @@ pub async fn create(
     let url = check_url(&body.url, state.allow_private_webhook_targets)?;
     let events = check_events(body.events)?;
     let description = check_description(body.description)?;
-    let key: [u8; 32] = rand::random();
     let sub = Subscription {
         id: uuid::Uuid::now_v7().to_string(),
         url,
-        secret: format!(
-            "whsec_{}",
-            base64::engine::general_purpose::STANDARD.encode(key)
-        ),
+        secret: new_secret(),
         events,
         campaign_ids: body.campaign_ids,
         enabled: body.enabled.unwrap_or(true),
         description,
         created_at: chrono::Utc::now(),
+        previous_secret: None,
+        previous_secret_until: None,
+        disabled_reason: None,
+        disabled_at: None,
     };
     let document = serde_json::to_vec(&sub).map_err(AppError::internal)?;
     state
@@ -117,6 +145,8 @@ pub async fn create(
 }
 
 /// Every subscription, secrets left out.
+#[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks",
+    responses((status = 200, body = Vec<WebhookView>)))]
 pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<WebhookView>>, AppError> {
     let mut keys = state.webhooks.keys().await.map_err(AppError::unavailable)?;
     let mut views = Vec::new();
@@ -137,6 +167,12 @@ pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<WebhookVi
 }
 
 /// One subscription, its secret left out.
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "The webhook id")),
+    responses(
+        (status = 200, body = WebhookView),
+        (status = 404, description = "No such webhook", body = crate::openapi::Problem),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -145,7 +181,17 @@ pub async fn get(
     Ok(ApiJson(WebhookView::of(sub, false)))
 }
 
-/// Changes a subscription (compare-and-set, so concurrent edits never lose one).
+/// Changes a subscription (compare-and-set, so concurrent edits never lose one). Enabling
+/// an endpoint the deliverer disabled clears the reason and gives it a fresh horizon.
+#[utoipa::path(patch, path = "/api/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "The webhook id")),
+    request_body = WebhookPatch,
+    responses(
+        (status = 200, body = WebhookView),
+        (status = 400, description = "Invalid URL, events or description", body = crate::openapi::Problem),
+        (status = 404, description = "No such webhook", body = crate::openapi::Problem),
+        (status = 409, description = "Changed meanwhile; retry", body = crate::openapi::Problem),
+    ))]
 pub async fn patch(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -173,10 +219,28 @@ pub async fn patch(
     }
     if let Some(enabled) = body.enabled {
         sub.enabled = enabled;
+        if enabled {
+            sub.disabled_reason = None;
+            sub.disabled_at = None;
+        }
     }
+    store(&state, sub, revision, false).await
+}
+
+/// Writes a changed subscription if nobody changed it since `revision`.
+async fn store(
+    state: &AppState,
+    sub: Subscription,
+    revision: u64,
+    show_secret: bool,
+) -> Result<ApiJson<WebhookView>, AppError> {
     let document = serde_json::to_vec(&sub).map_err(AppError::internal)?;
-    match state.webhooks.update(&id, document.into(), revision).await {
-        Ok(_) => Ok(ApiJson(WebhookView::of(sub, false))),
+    match state
+        .webhooks
+        .update(&sub.id, document.into(), revision)
+        .await
+    {
+        Ok(_) => Ok(ApiJson(WebhookView::of(sub, show_secret))),
         Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(AppError::conflict(
             "concurrent_update",
             "the subscription changed meanwhile; retry",
@@ -185,7 +249,45 @@ pub async fn patch(
     }
 }
 
+/// Replaces the signing secret and answers the new one (the only time it is shown). The old
+/// one keeps signing beside it for `webhooks.secret_grace_secs`: every request carries both
+/// signatures meanwhile, so a receiver may switch to the new secret whenever it likes.
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/rotate-secret", tag = "webhooks",
+    params(("id" = String, Path, description = "The webhook id")),
+    responses(
+        (status = 200, description = "The new secret, and until when the old one still signs", body = WebhookView),
+        (status = 404, description = "No such webhook", body = crate::openapi::Problem),
+        (status = 409, description = "Changed meanwhile; retry", body = crate::openapi::Problem),
+    ))]
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<WebhookView>, AppError> {
+    let (mut sub, revision) = load(&state, &id).await?;
+    let grace = chrono::Duration::seconds(
+        i64::try_from(state.webhook_secret_grace_secs).unwrap_or(i64::MAX / 1000),
+    );
+    sub.previous_secret = Some(std::mem::replace(&mut sub.secret, new_secret()));
+    sub.previous_secret_until = Some(chrono::Utc::now() + grace);
+    store(&state, sub, revision, true).await
+}
+
+/// A fresh `whsec_<base64 of 32 random bytes>`.
+fn new_secret() -> String {
+    let key: [u8; 32] = rand::random();
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    )
+}
+
 /// Removes a subscription; events not yet delivered to it are dropped.
+#[utoipa::path(delete, path = "/api/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "The webhook id")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such webhook", body = crate::openapi::Problem),
+    ))]
 pub async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -199,7 +301,8 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn load(state: &AppState, id: &str) -> Result<(Subscription, u64), AppError> {
+/// The subscription `id` and its revision; 404 when there is none.
+pub(crate) async fn load(state: &AppState, id: &str) -> Result<(Subscription, u64), AppError> {
     let not_found = || AppError::not_found("webhook_not_found", format!("no webhook {id}"));
     // Ids are UUIDs; anything else could not be a key (and may not even be a valid subject).
     if uuid::Uuid::parse_str(id).is_err() {

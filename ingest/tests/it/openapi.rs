@@ -46,6 +46,23 @@ async fn the_openapi_document_describes_every_route_and_needs_no_token() {
         ("/api/v1/campaigns/{id}/resume", "post"),
         ("/api/v1/campaigns/{id}/cancel", "post"),
         ("/api/v1/campaigns/{id}/stats", "get"),
+        ("/api/v1/campaigns/{id}/start", "post"),
+        ("/api/v1/campaigns/{id}/contacts", "post"),
+        ("/api/v1/dnc", "post"),
+        ("/api/v1/dnc/{phone}", "get"),
+        ("/api/v1/dnc/{phone}", "delete"),
+        ("/api/v1/webhooks", "post"),
+        ("/api/v1/webhooks", "get"),
+        ("/api/v1/webhooks/{id}", "get"),
+        ("/api/v1/webhooks/{id}", "patch"),
+        ("/api/v1/webhooks/{id}", "delete"),
+        ("/api/v1/webhooks/{id}/rotate-secret", "post"),
+        ("/api/v1/webhooks/{id}/deliveries", "get"),
+        (
+            "/api/v1/webhooks/{id}/deliveries/{msg_id}/redeliver",
+            "post",
+        ),
+        ("/api/v1/webhooks/{id}/replay", "post"),
     ];
     for (path, method) in expected {
         assert!(

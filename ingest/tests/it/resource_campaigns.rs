@@ -103,7 +103,7 @@ async fn pause_resume_and_cancel_change_the_document_state() {
     let id = api.campaign("states").await;
     for (action, state) in [
         ("pause", "paused"),
-        ("resume", "active"),
+        ("resume", "running"),
         ("cancel", "cancelled"),
     ] {
         let (status, body) = api
@@ -163,7 +163,7 @@ async fn stats_count_calls_by_status_and_queue() {
     assert_eq!(stats["live_calls"], 0);
     assert_eq!(stats["retrying"], 0);
     assert_eq!(stats["dead_letters"], 0);
-    assert_eq!(stats["state"], "active");
+    assert_eq!(stats["state"], "running");
     api.stop().await;
 }
 

@@ -21,13 +21,13 @@ const PUBLIC: &[&str] = &[
     "/api/v1/callbacks/twilio",
 ];
 
-/// Routes the router serves that the OpenAPI document does not describe; walked as well so
-/// that an undocumented route cannot escape the check.
-const UNDOCUMENTED: &[(&str, &str)] = &[
+/// Routes that were once missing from the OpenAPI document; the walk checks they are there.
+const ONCE_UNDOCUMENTED: &[(&str, &str)] = &[
     ("get", "/api/v1/dead-letters"),
     ("get", "/api/v1/dead-letters/{seq}"),
     ("delete", "/api/v1/dead-letters/{seq}"),
     ("post", "/api/v1/dead-letters/{seq}/redrive"),
+    ("post", "/api/v1/callbacks/twilio"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,11 +57,12 @@ async fn every_documented_route_refuses_a_missing_or_wrong_token() {
         "only {} operations",
         operations.len()
     );
-    operations.extend(
-        UNDOCUMENTED
-            .iter()
-            .map(|(m, p)| ((*m).to_owned(), (*p).to_owned())),
-    );
+    for (method, path) in ONCE_UNDOCUMENTED {
+        assert!(
+            operations.contains(&((*method).to_owned(), (*path).to_owned())),
+            "{method} {path} is not in the OpenAPI document"
+        );
+    }
 
     let mut walked = 0;
     for (method, template) in &operations {

@@ -82,6 +82,7 @@ fn life(call: CallId) -> Vec<Item> {
                 seq: 10 + i as u64,
                 event,
                 payload: String::new(),
+                resolves: None,
             }),
     );
     items

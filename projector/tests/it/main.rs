@@ -1,7 +1,9 @@
 //! Integration tests of the projector against a real NATS JetStream and PostgreSQL.
 
 mod crash;
+mod dead_letters;
 mod outage;
 mod poison;
+mod provision;
 mod replay;
 mod support;

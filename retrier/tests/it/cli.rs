@@ -87,3 +87,79 @@ async fn help_names_the_dlq_subcommands() {
         assert!(help.contains(command), "{help}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_streams_consumers_and_buckets() {
+    let env = TestEnv::start().await.expect("test environment");
+    env.provision().await.expect("provision");
+    let js = env.jetstream().await.expect("jetstream");
+    for n in 0..2 {
+        ccm_core::nats::publish_dial(&js, &request(67, &format!("+1555000670{n}"), 1))
+            .await
+            .expect("published");
+    }
+
+    let status = json(&cli(&env, &["status", "--json"]).await);
+    let calls = status["streams"]
+        .as_array()
+        .expect("streams")
+        .iter()
+        .find(|s| s["name"] == "CALLS")
+        .expect("CALLS listed");
+    assert_eq!(calls["messages"], 2, "{calls}");
+    assert_eq!(calls["distinct_subjects"], 1, "{calls}");
+    let projector = calls["consumers"]
+        .as_array()
+        .expect("consumers")
+        .iter()
+        .find(|c| c["name"] == "projector_calls")
+        .expect("projector_calls listed");
+    // Nobody has pulled: both attempts wait for the projector.
+    assert_eq!(projector["pending"], 2, "{projector}");
+    assert_eq!(projector["ack_pending"], 0, "{projector}");
+    let buckets: Vec<&str> = status["buckets"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .filter_map(|b| b["bucket"].as_str())
+        .collect();
+    assert!(
+        buckets.contains(&"campaigns") && buckets.contains(&"active_calls"),
+        "{buckets:?}"
+    );
+
+    let text = cli(&env, &["status"]).await;
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("CALLS") && l.contains("projector_calls")),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ccm_log_format_json_writes_log_lines_as_json() {
+    let env = TestEnv::start().await.expect("test environment");
+    env.provision().await.expect("provision");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccm-retrier"));
+    command
+        .args(["status", "--json"])
+        .env("CCM_NATS_URL", &env.nats_url)
+        .env("CCM_LOG_FORMAT", "json")
+        // Names no setting, so the binary logs a warning about it.
+        .env("CCM_NO_SUCH_SETTING", "1");
+    let output = tokio::time::timeout(std::time::Duration::from_secs(20), command.output())
+        .await
+        .expect("the command ends in time")
+        .expect("the command runs");
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let warning = stdout
+        .lines()
+        .find(|l| l.contains("CCM_NO_SUCH_SETTING"))
+        .unwrap_or_else(|| panic!("the warning is logged: {stdout}"));
+    let line: serde_json::Value = serde_json::from_str(warning).expect("a JSON log line");
+    assert_eq!(line["level"], "WARN");
+    assert_eq!(line["fields"]["var"], "CCM_NO_SUCH_SETTING");
+}

@@ -119,6 +119,7 @@ async fn entries_held_by_a_stopped_retrier_fire_once_from_the_next() {
         let entry = RetryEntry {
             due_at,
             request: request(4, &format!("+1555100{n:04}"), 2),
+            window_deferral: None,
         };
         ccm_core::nats::publish_json(&js, entry.subject(), &entry.msg_id(), None, &entry)
             .await

@@ -41,6 +41,7 @@ async fn due_entries_fire_within_a_second_short_and_long_waits_alike() {
         let entry = RetryEntry {
             due_at: Utc::now() + chrono::Duration::from_std(wait).expect("duration"),
             request: request(5, &format!("+1555000100{n}"), 2),
+            window_deferral: None,
         };
         schedule(&js, &entry).await;
         due.insert(entry.request.call_id, entry.due_at);
@@ -98,6 +99,7 @@ async fn two_replicas_share_entries_and_publish_each_exactly_once() {
         let entry = RetryEntry {
             due_at,
             request: request(9, &format!("+1555{n:07}"), 3),
+            window_deferral: None,
         };
         schedule(&js, &entry).await;
     }

@@ -19,8 +19,13 @@ pub struct Retrier {
 impl Retrier {
     /// Starts a retrier with `policy` as its policy file.
     pub fn start(env: &TestEnv, policy: &str) -> Retrier {
+        Self::start_with(env, policy, env.config())
+    }
+
+    /// As [`Retrier::start`], with `config` (its policy file is replaced).
+    pub fn start_with(env: &TestEnv, policy: &str, mut config: ccm_core::Config) -> Retrier {
+        let _ = env;
         let file = policy_file(policy);
-        let mut config = env.config();
         config.retrier.policy_file = file.path().to_owned();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(ccm_retrier::run(config, shutdown.clone()));

@@ -1,8 +1,18 @@
 //! Cross-service tests: the whole pipeline against a real NATS JetStream and PostgreSQL.
 
+mod answering_machine;
+mod calling_window;
 mod campaign_states;
 mod carrier_stack;
 mod carriers;
+mod chaos;
+mod dashboard;
+mod do_not_call;
+mod frequency_cap;
+mod lifecycle;
+mod pacing;
 mod retries;
 mod stack;
+mod traces;
 mod walking_skeleton;
+mod webhooks;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use ccm_core::EventKind;
 use ccm_tests::TestEnv;
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::support::{self, Behaviour, Ingest, Receiver};
@@ -116,8 +117,10 @@ async fn a_410_or_400_is_final_and_a_slow_endpoint_delays_no_other() {
     })
     .await;
     let fast = Receiver::start(Behaviour::always(StatusCode::OK)).await;
+    let mut ids = Vec::new();
     for r in [&gone, &bad, &slow, &fast] {
-        ingest.subscribe(json!({"url": r.url})).await;
+        let created = ingest.subscribe(json!({"url": r.url})).await;
+        ids.push(created["id"].as_str().expect("id").to_owned());
     }
     let _webhooks = support::start_webhooks(config);
     let started = std::time::Instant::now();
@@ -135,6 +138,21 @@ async fn a_410_or_400_is_final_and_a_slow_endpoint_delays_no_other() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(gone.received().len(), 1, "410 is not retried");
     assert_eq!(bad.received().len(), 1, "400 is not retried");
+    // A 410 disables the endpoint at once; a 400 only fails that message.
+    let (_, shown) = ingest
+        .send(Method::GET, &format!("/api/v1/webhooks/{}", ids[0]), None)
+        .await;
+    assert_eq!(shown["enabled"], false, "{shown}");
+    assert!(
+        shown["disabled_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("410")),
+        "{shown}"
+    );
+    let (_, shown) = ingest
+        .send(Method::GET, &format!("/api/v1/webhooks/{}", ids[1]), None)
+        .await;
+    assert_eq!(shown["enabled"], true, "{shown}");
     assert_eq!(fast.received().len(), 1);
     assert_eq!(slow.received().len(), 1);
 }

@@ -3,4 +3,6 @@
 
 mod api;
 mod delivery;
+mod lifecycle;
+mod metrics;
 mod support;

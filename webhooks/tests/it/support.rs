@@ -69,6 +69,11 @@ pub struct Receiver {
 impl Receiver {
     pub async fn start(behaviour: Behaviour) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_on(listener, behaviour)
+    }
+
+    /// A receiver on a listener the test bound (to come back on the port of one that was down).
+    pub fn start_on(listener: TcpListener, behaviour: Behaviour) -> Self {
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let state = ReceiverState {
             received: Arc::default(),
@@ -134,6 +139,11 @@ async fn receive(State(state): State<ReceiverState>, headers: HeaderMap, body: B
         Some(value) => (status, [("retry-after", value)]).into_response(),
         None => status.into_response(),
     }
+}
+
+/// The path segment of a `webhook-id` (it contains `/`).
+pub fn encode_id(id: &str) -> String {
+    id.replace('/', "%2F")
 }
 
 /// Verifies a request as a receiver following Standard Webhooks does, written here from the
@@ -262,8 +272,18 @@ pub fn start_webhooks(config: Config) -> Webhooks {
 
 /// Publishes an event of a fresh call.
 pub async fn publish(env: &TestEnv, campaign: u64, kind: EventKind) -> CallEvent {
+    publish_for(env, CallId::new(), campaign, kind).await
+}
+
+/// Publishes an event of call `call_id`.
+pub async fn publish_for(
+    env: &TestEnv,
+    call_id: CallId,
+    campaign: u64,
+    kind: EventKind,
+) -> CallEvent {
     let event = CallEvent {
-        call_id: CallId::new(),
+        call_id,
         campaign_id: CampaignId::new(campaign).expect("campaign id"),
         attempt: 1,
         at: chrono::Utc::now(),

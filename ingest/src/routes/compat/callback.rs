@@ -9,6 +9,7 @@ use axum::extract::State;
 use ccm_core::{CallEvent, CallId, EventKind, OutcomeSource, OutcomeStatus};
 use chrono::Utc;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use super::text;
 use crate::{
@@ -67,7 +68,12 @@ pub async fn callback(
             reason: None,
         },
     };
+    // The carrier knows nothing of traces: the outcome joins the call's own trace.
+    let span = tracing::info_span!("carrier_callback", call = %event.call_id);
+    ccm_core::trace_context::continue_call(&span, &state.js, event.campaign_id, event.call_id)
+        .await;
     ccm_core::nats::publish_event(&state.js, &event)
+        .instrument(span)
         .await
         .map_err(|e| CompatError::unavailable(crate::error_chain(&e)))?;
     Ok(axum::Json(

@@ -78,6 +78,7 @@ pub async fn initiate(
                     state.config.duplicate_call_window_minutes
                 ),
             ),
+            AcceptError::DoNotCall(list) => CompatError::bad_request(list.refusal(&phone)),
             e => CompatError::unavailable(crate::error_chain(&e)),
         })?;
     Ok((
@@ -144,6 +145,9 @@ pub async fn bulk(
     for (phone, result) in phones.iter().zip(results) {
         match result {
             Ok(request) => call_ids.push(request.call_id),
+            Err(AcceptError::DoNotCall(list)) => {
+                failed.push(json!({"phone_number": phone, "reason": list.refusal(phone)}));
+            }
             Err(AcceptError::Claim(ClaimError::InProgress | ClaimError::WithinWindow)) => {
                 failed
                     .push(json!({"phone_number": phone, "reason": "Duplicate call within window"}));

@@ -37,7 +37,7 @@ async fn campaign_json(state: &AppState, campaign: &Campaign) -> Result<Value, C
 
 /// Active campaigns, oldest first.
 #[utoipa::path(get, path = "/api/v1/campaigns/", tag = "compatible",
-    responses((status = 200, description = "Array of campaigns with phone_numbers and phone_count", body = Object)))]
+    responses((status = 200, description = "Array of campaigns with phone_numbers and phone_count", body = Vec<Object>)))]
 pub async fn list(State(state): State<AppState>) -> Result<axum::Json<Value>, CompatError> {
     let all = campaigns::load_all(&state)
         .await
@@ -100,6 +100,14 @@ pub async fn create(
         calling_window: None,
         max_call_duration_secs: None,
         retry_policy: None,
+        // The old API's campaigns are running at once and take calls until cancelled.
+        draft: false,
+        starts_at: None,
+        ends_at: None,
+        calling_hours: None,
+        blackout_dates: None,
+        max_calls_per_second: None,
+        answering_machine: None,
     };
     let campaign = campaigns::create_campaign(&state, new)
         .await

@@ -1,0 +1,214 @@
+//! # ccm-bench
+//!
+//! Measures ccm on this machine against the machine's own limits, in one run. Started by
+//! `cargo xtask bench`, which builds it and the services with `--release` first.
+//!
+//! Phases, each on fresh servers (`stack`):
+//!
+//! 1. `raw`: the limits of nats-server and PostgreSQL themselves, with ccm's message and
+//!    write shapes but none of ccm (`raw`);
+//! 2. `api`: single calls from 64 connections, then bulk requests (`api`);
+//! 3. `e2e`: calls from acceptance to their terminal row with the `sim` carrier answering at
+//!    once, all four services running (`pipeline`);
+//! 4. `live`: many calls held live at once: the dialer's and nats-server's memory
+//!    (`pipeline`);
+//! 5. `projection`: the projector's throughput on a backlog and its lag at a steady rate
+//!    (`projection`).
+//!
+//! Each figure is printed with its conditions and its ratio to the raw limit it depends on;
+//! the whole report goes to `target/bench/report.json`. Every phase is bounded in time and
+//! every byte goes to 127.0.0.1. A benchmark measures; nothing here asserts a timing, and a
+//! missed target is printed as such.
+
+mod api;
+mod http;
+mod pipeline;
+mod projection;
+mod raw;
+mod report;
+mod stack;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use report::Report;
+
+/// Measures ccm against this machine's own limits.
+#[derive(Debug, Parser)]
+struct Args {
+    /// A short run (under 2 minutes) with smaller sizes.
+    #[arg(long)]
+    quick: bool,
+    /// Run only these phases (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Phase>,
+    /// The workspace root (where `target/release` is).
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Phase {
+    Raw,
+    Api,
+    E2e,
+    Live,
+    Projection,
+}
+
+/// Sizes and durations of one run.
+#[derive(Debug, Clone)]
+pub struct Scale {
+    pub raw_messages: u64,
+    pub raw_rows: u64,
+    pub raw_seconds: Duration,
+    pub connections: usize,
+    pub api_seconds: Duration,
+    pub bulk_sizes: Vec<usize>,
+    pub e2e_calls: usize,
+    pub e2e_timeout: Duration,
+    pub live_calls: usize,
+    pub live_timeout: Duration,
+    pub projection_events: u64,
+    pub lag_rate: u64,
+    pub lag_seconds: u64,
+}
+
+impl Scale {
+    fn full() -> Self {
+        Self {
+            raw_messages: 300_000,
+            raw_rows: 300_000,
+            raw_seconds: Duration::from_secs(10),
+            connections: 64,
+            api_seconds: Duration::from_secs(20),
+            bulk_sizes: vec![10_000, 100_000],
+            e2e_calls: 100_000,
+            e2e_timeout: Duration::from_secs(300),
+            live_calls: 100_000,
+            live_timeout: Duration::from_secs(300),
+            projection_events: 200_000,
+            lag_rate: 10_000,
+            lag_seconds: 10,
+        }
+    }
+
+    fn quick() -> Self {
+        Self {
+            raw_messages: 50_000,
+            raw_rows: 50_000,
+            raw_seconds: Duration::from_secs(3),
+            connections: 64,
+            api_seconds: Duration::from_secs(5),
+            bulk_sizes: vec![10_000],
+            e2e_calls: 10_000,
+            e2e_timeout: Duration::from_secs(60),
+            live_calls: 5_000,
+            live_timeout: Duration::from_secs(60),
+            projection_events: 50_000,
+            lag_rate: 10_000,
+            lag_seconds: 3,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let root = std::fs::canonicalize(&args.root)?;
+    let scale = if args.quick {
+        Scale::quick()
+    } else {
+        Scale::full()
+    };
+    let phases = if args.only.is_empty() {
+        vec![
+            Phase::Raw,
+            Phase::Api,
+            Phase::E2e,
+            Phase::Live,
+            Phase::Projection,
+        ]
+    } else {
+        args.only.clone()
+    };
+    let mut report = Report {
+        started_at: chrono::Utc::now().to_rfc3339(),
+        mode: if args.quick { "quick" } else { "full" }.into(),
+        machine: machine(),
+        ..Report::default()
+    };
+
+    let bar = ProgressBar::new(phases.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("[{elapsed_precise}] {bar:20} {pos}/{len} phases  {msg}")?
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(250));
+    for phase in phases {
+        let result = match phase {
+            Phase::Raw => run_raw(&root, &mut report, &scale, &bar).await,
+            Phase::Api => api::run(&root, &mut report, &scale, &bar).await,
+            Phase::E2e => pipeline::end_to_end(&root, &mut report, &scale, &bar).await,
+            Phase::Live => pipeline::live_calls(&root, &mut report, &scale, &bar).await,
+            Phase::Projection => projection::run(&root, &mut report, &scale, &bar).await,
+        };
+        if let Err(e) = result {
+            bar.println(format!("{phase:?} not measured: {e:#}"));
+            report.failed.push((format!("{phase:?}"), format!("{e:#}")));
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    print!("{}", report.table());
+    let out = root.join("target/bench/report.json");
+    report.write(&out)?;
+    println!("\nreport: {}", out.display());
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{} phase(s) could not be measured", report.failed.len())
+    }
+}
+
+async fn run_raw(
+    root: &Path,
+    report: &mut Report,
+    scale: &Scale,
+    bar: &ProgressBar,
+) -> anyhow::Result<()> {
+    let servers = stack::Servers::start(root.join("target/bench/raw"))?;
+    report.raw = raw::limits(&servers, scale, bar).await?;
+    Ok(())
+}
+
+fn machine() -> report::Machine {
+    let memory_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    let version = |program: &'static str, flag: &str| {
+        ccm_tests::process::find_program(program)
+            .ok()
+            .and_then(|p| Command::new(p).arg(flag).output().ok())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_else(|| format!("{program} not found"))
+    };
+    report::Machine {
+        cores: std::thread::available_parallelism().map_or(0, usize::from),
+        memory_gib: memory_kib / 1024.0 / 1024.0,
+        nats_server: version("nats-server", "--version"),
+        postgres: version("postgres", "--version"),
+    }
+}

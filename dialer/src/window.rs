@@ -1,0 +1,94 @@
+//! The calling window at dial time: an attempt whose callee may not be called now is put off
+//! until the window opens.
+//!
+//! The attempt goes to `RETRIES` due at the opening ([`RetryEntry::window_deferral`] numbers
+//! the deferrals, so each re-publication has its own de-duplication id), and only then is the
+//! dial message acknowledged: a crash in between leaves the message to be redelivered and
+//! deferred again under the same ids, never lost. No lifecycle event is published: the call
+//! stays `QUEUED` (it is waiting), and its next `Dialing` is of the same attempt. First
+//! attempts and retries pass through here alike, so retries honour the window too.
+//!
+//! The callee's zone ([`ccm_core::window::callee_zone`]) needs the contact's own zone, read
+//! from the `contacts` bucket only for campaigns that have a window.
+
+use async_nats::jetstream::{Message, kv};
+use ccm_core::{DialRequest, RetryEntry, window::Schedule};
+use chrono::{DateTime, Utc};
+
+use crate::call::CallContext;
+
+/// A campaign's calling window as the dialer applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub schedule: Schedule,
+    /// The campaign's zone, for callees whose zone nothing else tells.
+    pub campaign_zone: Option<String>,
+}
+
+/// Why the window could not be checked or the attempt not put off (the message is handed
+/// back and tried again).
+#[derive(Debug, thiserror::Error)]
+pub enum WindowError {
+    #[error("cannot read the contact")]
+    Contact(#[source] async_nats::Error),
+    #[error("cannot schedule the attempt")]
+    Publish(#[source] ccm_core::nats::NatsError),
+}
+
+/// When the attempt may be placed: `None` for now, else the opening (or `None` if the window
+/// never opens: the attempt is then placed rather than parked for ever).
+pub async fn opens_at(
+    ctx: &CallContext,
+    window: &Window,
+    request: &DialRequest,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, WindowError> {
+    let key = format!("{}.{}", request.campaign_id, request.phone_number.digits());
+    let contact_zone = match ctx.contacts.get(key).await {
+        Ok(Some(value)) => serde_json::from_slice::<ccm_core::campaign::Contact>(&value)
+            .ok()
+            .and_then(|c| c.time_zone),
+        Ok(None) => None,
+        Err(e) if e.kind() == kv::EntryErrorKind::InvalidKey => None,
+        Err(e) => return Err(WindowError::Contact(e.into())),
+    };
+    let zone = ccm_core::window::callee_zone(
+        contact_zone.as_deref(),
+        &request.phone_number,
+        window.campaign_zone.as_deref(),
+    );
+    Ok(window
+        .schedule
+        .next_open(zone, now)
+        .filter(|opens| *opens > now))
+}
+
+/// Parks the attempt in `RETRIES` until `due` (its window opens, or the daily attempt cap of
+/// its number resets); the caller then acknowledges the message.
+pub async fn defer(
+    ctx: &CallContext,
+    request: &DialRequest,
+    message: &Message,
+    due: DateTime<Utc>,
+) -> Result<(), WindowError> {
+    let delivered_as = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(|id| RetryEntry::deferrals_in(id.as_str()))
+        .unwrap_or(0);
+    let entry = RetryEntry {
+        due_at: due,
+        request: DialRequest {
+            queued_at: due,
+            ..request.clone()
+        },
+        window_deferral: Some(delivered_as + 1),
+    };
+    ccm_core::nats::publish_json(&ctx.js, entry.subject(), &entry.msg_id(), None, &entry)
+        .await
+        .map_err(WindowError::Publish)?;
+    tracing::info!(call = %request.call_id, attempt = request.attempt, %due,
+        "not callable now (calling window or daily cap); put off");
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! Starting a campaign over its contacts: one call accepted per contact, in chunks, through
+//! the same path as the bulk API (do-not-call, duplicate claims, publish acknowledged).
+
+use ccm_core::Campaign;
+use serde::Serialize;
+
+use crate::{
+    AppState,
+    accept::{self, AcceptError},
+    error::AppError,
+};
+
+/// Calls accepted per round: bounds the memory of one round, not of the list.
+const CHUNK: usize = 10_000;
+
+/// What calling the contacts gave.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct Called {
+    pub contacts: usize,
+    pub accepted: usize,
+    /// On a do-not-call list.
+    pub do_not_call: usize,
+    /// Already live or within the duplicate window.
+    pub duplicates: usize,
+}
+
+/// Accepts a call for every contact of `campaign`.
+pub async fn call_all(state: &AppState, campaign: &Campaign) -> Result<Called, AppError> {
+    let phones = crate::contacts::list(state, campaign.id)
+        .await
+        .map_err(|e| AppError::unavailable(std::io::Error::other(e.to_string())))?;
+    let mut called = Called {
+        contacts: phones.len(),
+        ..Called::default()
+    };
+    for chunk in phones.chunks(CHUNK) {
+        for outcome in accept::accept_many(state, campaign, chunk.to_vec()).await {
+            match outcome {
+                Ok(_) => called.accepted += 1,
+                Err(AcceptError::DoNotCall(_)) => called.do_not_call += 1,
+                Err(AcceptError::Claim(
+                    crate::claim::ClaimError::InProgress | crate::claim::ClaimError::WithinWindow,
+                )) => called.duplicates += 1,
+                Err(e) => return Err(AppError::unavailable(e)),
+            }
+        }
+    }
+    Ok(called)
+}

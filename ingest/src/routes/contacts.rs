@@ -1,0 +1,112 @@
+//! `POST /api/v1/campaigns/{id}/contacts`: adds contacts to a campaign with their own time
+//! zone (used by calling windows). The whole list is validated first; one bad item refuses
+//! the request with every bad item named, and nothing is written.
+
+use axum::extract::{Path, State};
+use ccm_core::{CampaignId, PhoneNumber, campaign::Contact};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    AppState,
+    error::{ApiJson, AppError},
+    routes::campaigns,
+};
+
+/// Most contacts in one request (a CSV import streams larger lists).
+const MAX_CONTACTS: usize = 10_000;
+
+/// One contact to add.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewContact {
+    #[schema(example = "+33142685300")]
+    pub phone_number: String,
+    /// The callee's IANA time zone; without it the number's region or the campaign's zone.
+    #[schema(example = "Europe/Paris")]
+    pub time_zone: Option<String>,
+}
+
+/// The body: the contacts to add.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewContacts {
+    pub contacts: Vec<NewContact>,
+}
+
+/// How many contacts were written.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ContactsAdded {
+    #[schema(value_type = u64)]
+    pub campaign_id: CampaignId,
+    pub written: usize,
+}
+
+/// Adds (or updates) contacts of a campaign.
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/contacts", tag = "campaigns",
+    params(("id" = u64, Path)), request_body = NewContacts,
+    responses(
+        (status = 200, body = ContactsAdded),
+        (status = 400, description = "Invalid numbers or zones, each named", body = crate::openapi::Problem),
+        (status = 404, body = crate::openapi::Problem),
+    ))]
+pub async fn add(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<NewContacts>,
+) -> Result<ApiJson<ContactsAdded>, AppError> {
+    let id: CampaignId = id
+        .parse()
+        .map_err(|e: ccm_core::ids::IdError| AppError::bad_request("invalid_id", e.to_string()))?;
+    if body.contacts.is_empty() || body.contacts.len() > MAX_CONTACTS {
+        return Err(AppError::bad_request(
+            "invalid_contacts",
+            format!("contacts must hold 1 to {MAX_CONTACTS} items"),
+        ));
+    }
+    campaigns::load(&state, id)
+        .await?
+        .ok_or_else(|| campaigns::not_found(id))?;
+    let now = Utc::now();
+    let mut contacts = Vec::with_capacity(body.contacts.len());
+    let mut errors = Vec::new();
+    for (i, item) in body.contacts.into_iter().enumerate() {
+        match contact(&state, id, item, now) {
+            Ok(contact) => contacts.push(contact),
+            Err(reason) => errors.push(format!("contacts[{i}]: {reason}")),
+        }
+    }
+    if !errors.is_empty() {
+        errors.truncate(20);
+        return Err(AppError::bad_request("invalid_contacts", errors.join("; ")));
+    }
+    let written = crate::contacts::put(&state, contacts)
+        .await
+        .map_err(|e| AppError::unavailable(std::io::Error::other(e.to_string())))?;
+    Ok(ApiJson(ContactsAdded {
+        campaign_id: id,
+        written,
+    }))
+}
+
+/// Validates one contact.
+pub(crate) fn contact(
+    state: &AppState,
+    campaign: CampaignId,
+    item: NewContact,
+    now: chrono::DateTime<Utc>,
+) -> Result<Contact, String> {
+    let phone_number = PhoneNumber::parse(&item.phone_number, state.config.phone_validation)
+        .map_err(|e| e.to_string())?;
+    if let Some(zone) = &item.time_zone {
+        zone.parse::<chrono_tz::Tz>()
+            .map_err(|_| format!("{zone:?} is not an IANA time zone"))?;
+    }
+    Ok(Contact {
+        campaign_id: campaign,
+        phone_number,
+        created_at: now,
+        time_zone: item.time_zone,
+        fields: Default::default(),
+    })
+}

@@ -1,0 +1,169 @@
+//! The faults a run injects, each with a start, a hold and an end, so the system is left
+//! whole again before the auditor looks.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::services::{Service, Services};
+use crate::{HarnessError, TestEnv, cluster::NatsCluster};
+
+/// One fault.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// `kill -9` of a service, started again after `down`.
+    Kill { service: Service, down: Duration },
+    /// nats-server stopped and started again (a rolling restart of a single server).
+    NatsRestart { down: Duration },
+    /// One node of the NATS cluster killed (`kill -9`), started again after `down`.
+    NatsNodeKill { node: usize, down: Duration },
+    /// PostgreSQL stopped for `down`, then started again.
+    PostgresOutage { down: Duration },
+    /// carrier-sim answers this share of placements 503 for `hold`.
+    CarrierErrors { rate: f64, hold: Duration },
+    /// carrier-sim answers every placement this much later, for `hold`.
+    CarrierLatency { latency_ms: u64, hold: Duration },
+    /// carrier-sim drops, duplicates and reorders these shares of callbacks, for `hold`.
+    Callbacks {
+        drop: f64,
+        duplicate: f64,
+        reorder: f64,
+        hold: Duration,
+    },
+}
+
+impl Fault {
+    /// A short description for the report.
+    pub fn label(&self) -> String {
+        match self {
+            Fault::Kill { service, down } => {
+                format!("kill -9 {} (down {} s)", service.name(), down.as_secs())
+            }
+            Fault::NatsRestart { down } => {
+                format!("nats-server restart (down {} s)", down.as_secs())
+            }
+            Fault::NatsNodeKill { node, down } => {
+                format!("kill -9 NATS node {node} (down {} s)", down.as_secs())
+            }
+            Fault::PostgresOutage { down } => {
+                format!("PostgreSQL stopped {} s", down.as_secs())
+            }
+            Fault::CarrierErrors { rate, hold } => {
+                format!("carrier 503 x{rate} for {} s", hold.as_secs())
+            }
+            Fault::CarrierLatency { latency_ms, hold } => {
+                format!("carrier +{latency_ms} ms for {} s", hold.as_secs())
+            }
+            Fault::Callbacks {
+                drop,
+                duplicate,
+                reorder,
+                hold,
+            } => format!(
+                "callbacks drop {drop} dup {duplicate} reorder {reorder} for {} s",
+                hold.as_secs()
+            ),
+        }
+    }
+}
+
+/// What a fault acts on.
+#[derive(Debug)]
+pub struct Targets<'a> {
+    pub env: &'a mut TestEnv,
+    pub cluster: Option<&'a mut NatsCluster>,
+    pub services: &'a mut Services,
+    pub http: &'a reqwest::Client,
+}
+
+/// Injects `fault`, holds it, and undoes it.
+pub async fn inject(fault: &Fault, t: &mut Targets<'_>) -> Result<(), HarnessError> {
+    match fault {
+        Fault::Kill { service, down } => {
+            t.services.kill(*service);
+            tokio::time::sleep(*down).await;
+            t.services.restart(*service)?;
+            if *service == Service::Ingest {
+                t.services.ready(Duration::from_secs(60)).await?;
+            }
+        }
+        Fault::NatsRestart { down } => {
+            let nats = t
+                .env
+                .local_nats
+                .as_mut()
+                .ok_or_else(|| HarnessError::Setup("no local nats-server to restart".into()))?;
+            tokio::task::block_in_place(|| nats.stop());
+            tokio::time::sleep(*down).await;
+            tokio::task::block_in_place(|| nats.restart())?;
+        }
+        Fault::NatsNodeKill { node, down } => {
+            let cluster = t
+                .cluster
+                .as_deref_mut()
+                .ok_or_else(|| HarnessError::Setup("no NATS cluster".into()))?;
+            tokio::task::block_in_place(|| cluster.kill(*node));
+            tokio::time::sleep(*down).await;
+            tokio::task::block_in_place(|| cluster.restart(*node))?;
+        }
+        Fault::PostgresOutage { down } => {
+            let pg = t
+                .env
+                .local_postgres
+                .as_mut()
+                .ok_or_else(|| HarnessError::Setup("no local PostgreSQL to stop".into()))?;
+            tokio::task::block_in_place(|| pg.stop());
+            tokio::time::sleep(*down).await;
+            tokio::task::block_in_place(|| pg.restart())?;
+        }
+        Fault::CarrierErrors { rate, hold } => {
+            carrier(t, json!({"error_rate": rate}), *hold).await?;
+        }
+        Fault::CarrierLatency { latency_ms, hold } => {
+            carrier(t, json!({"latency_ms": latency_ms}), *hold).await?;
+        }
+        Fault::Callbacks {
+            drop,
+            duplicate,
+            reorder,
+            hold,
+        } => {
+            let faults =
+                json!({"drop_rate": drop, "duplicate_rate": duplicate, "reorder_rate": reorder});
+            carrier(t, faults, *hold).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets carrier-sim's faults for `hold`, then clears them.
+async fn carrier(
+    t: &mut Targets<'_>,
+    faults: serde_json::Value,
+    hold: Duration,
+) -> Result<(), HarnessError> {
+    set_carrier_faults(t.http, &t.services.sim, &faults).await?;
+    tokio::time::sleep(hold).await;
+    set_carrier_faults(t.http, &t.services.sim, &json!({})).await
+}
+
+/// `PUT /faults` on carrier-sim.
+pub async fn set_carrier_faults(
+    http: &reqwest::Client,
+    sim: &str,
+    faults: &serde_json::Value,
+) -> Result<(), HarnessError> {
+    let response = http
+        .put(format!("{sim}/faults"))
+        .json(faults)
+        .send()
+        .await
+        .map_err(|e| HarnessError::Setup(format!("carrier-sim faults: {e}")))?;
+    if !response.status().is_success() {
+        return Err(HarnessError::Setup(format!(
+            "carrier-sim refused faults {faults}: {}",
+            response.status()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! Short fault scenarios: the services as real processes under a few hundred calls while a
+//! fault hits them; the auditor then checks every invariant (see `ccm_tests::chaos`).
+//! `cargo xtask chaos` runs the long version.
+
+use std::time::Duration;
+
+use ccm_tests::{
+    NatsCluster, TestEnv,
+    chaos::{self, Audit, Fault, Scenario, Service},
+};
+
+const CALLS_PER_CAMPAIGN: u32 = 80;
+
+async fn check(scenario: Scenario) -> Audit {
+    let mut env = TestEnv::start().await.expect("test environment");
+    let mut scenario = scenario;
+    scenario.verbose = true;
+    let audit = chaos::run(&scenario, &mut env, None)
+        .await
+        .expect("the scenario ran");
+    assert_passed(&audit);
+    audit
+}
+
+fn assert_passed(audit: &Audit) {
+    eprintln!("{}", Audit::table(std::slice::from_ref(audit)));
+    assert!(audit.passed(), "{audit:#?}");
+    assert!(audit.accepted > 0, "no call was accepted: {audit:#?}");
+}
+
+fn kill(service: Service) -> Fault {
+    Fault::Kill {
+        service,
+        down: Duration::from_secs(1),
+    }
+}
+
+// A killed dialer's calls keep their campaign's slots until AckWait (30 s) ends. A killed
+// retrier's fetched retries wait for the 60 s AckWait of `retrier_retries`, which would take
+// this test past a minute: `cargo xtask chaos` runs that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_dialer_killed_mid_load() {
+    let audit = check(Scenario::new(
+        "kill -9 dialer",
+        CALLS_PER_CAMPAIGN,
+        vec![kill(Service::Dialer)],
+    ))
+    .await;
+    assert!(audit.retries > 0, "the mix produced retries: {audit:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_ingest_and_projector_killed_mid_load() {
+    check(Scenario::new(
+        "kill -9 ingest, projector",
+        CALLS_PER_CAMPAIGN,
+        vec![kill(Service::Ingest), kill(Service::Projector)],
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_nats_server_restarted_mid_load() {
+    check(Scenario::new(
+        "nats-server restart",
+        CALLS_PER_CAMPAIGN,
+        vec![Fault::NatsRestart {
+            down: Duration::from_secs(2),
+        }],
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_postgres_down_for_ten_seconds() {
+    check(Scenario::new(
+        "PostgreSQL down 10 s",
+        CALLS_PER_CAMPAIGN,
+        vec![Fault::PostgresOutage {
+            down: Duration::from_secs(10),
+        }],
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_carrier_errors_latency_and_callback_faults() {
+    let audit = check(Scenario::new(
+        "carrier faults",
+        CALLS_PER_CAMPAIGN,
+        vec![
+            Fault::CarrierErrors {
+                rate: 0.5,
+                hold: Duration::from_secs(3),
+            },
+            Fault::CarrierLatency {
+                latency_ms: 1500,
+                hold: Duration::from_secs(3),
+            },
+            Fault::Callbacks {
+                drop: 0.1,
+                duplicate: 0.3,
+                reorder: 0.3,
+                hold: Duration::from_secs(4),
+            },
+        ],
+    ))
+    .await;
+    assert!(audit.injected_errors > 0, "the 503 burst hit: {audit:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_three_node_cluster_loses_a_node_mid_load() {
+    let mut env = TestEnv::start().await.expect("test environment");
+    let mut cluster = tokio::task::spawn_blocking(NatsCluster::start)
+        .await
+        .expect("cluster task")
+        .expect("3-node cluster");
+    cluster
+        .ready(Duration::from_secs(30))
+        .await
+        .expect("cluster ready");
+    let mut scenario = Scenario::new(
+        "3-node cluster, node killed",
+        CALLS_PER_CAMPAIGN,
+        vec![Fault::NatsNodeKill {
+            node: 0,
+            down: Duration::from_secs(3),
+        }],
+    );
+    scenario.verbose = true;
+    let audit = chaos::run(&scenario, &mut env, Some(&mut cluster))
+        .await
+        .expect("the scenario ran");
+    assert_passed(&audit);
+}

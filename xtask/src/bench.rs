@@ -1,0 +1,65 @@
+//! `cargo xtask bench`: builds the services and the benchmark with `--release`, then runs it.
+//!
+//! The measuring itself lives in the `ccm-bench` crate, so that the load generator and the
+//! raw-limit clients are optimised like the services they measure (xtask runs as a debug
+//! build).
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// Options of `cargo xtask bench`, passed on to `ccm-bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// A short run (under 2 minutes) with smaller sizes.
+    #[arg(long)]
+    pub quick: bool,
+    /// Only these phases, comma-separated: raw, api, e2e, live, projection.
+    #[arg(long)]
+    pub only: Option<String>,
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let root = crate::up::workspace_root();
+    eprintln!("building the services and the benchmark with --release…");
+    let status = Command::new("cargo")
+        .current_dir(&root)
+        .args(["build", "--release", "--locked", "--bins"])
+        .args(["-p", "ccm-ingest", "-p", "ccm-dialer", "-p", "ccm-retrier"])
+        .args(["-p", "ccm-projector", "-p", "ccm-bench"])
+        .status()
+        .context("cannot run cargo build")?;
+    if !status.success() {
+        bail!("the release build failed");
+    }
+    let status = Command::new("cargo")
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "ccm-projector",
+            "--example",
+            "bench",
+        ])
+        .status()
+        .context("cannot run cargo build")?;
+    if !status.success() {
+        bail!("building the projector's benchmark failed");
+    }
+    crate::deps::ensure_servers()?;
+    let mut bench = Command::new(root.join("target/release/ccm-bench"));
+    bench.current_dir(&root).arg("--root").arg(&root);
+    if args.quick {
+        bench.arg("--quick");
+    }
+    if let Some(only) = &args.only {
+        bench.args(["--only", only]);
+    }
+    let status = bench.status().context("cannot run ccm-bench")?;
+    if !status.success() {
+        bail!("the benchmark did not complete; see above");
+    }
+    Ok(())
+}
