@@ -1,16 +1,12 @@
 //! The live dashboard: its page, its tickets and its event stream.
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use ccm_core::config::Secret;
 use ccm_tests::{TEST_TOKEN, TestEnv};
 use serde_json::{Value, json};
 
-use crate::api::Api;
+use crate::{api::Api, logs::Captured};
 
 /// An open `text/event-stream` response, read one event at a time.
 struct Events {
@@ -264,29 +260,6 @@ async fn a_burst_of_calls_reaches_the_browser_as_a_few_coalesced_updates() {
     api.stop().await;
 }
 
-/// A `MakeWriter` that appends every log line to a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neither_the_token_nor_a_ticket_reaches_the_logs() {
     const VALID: &str = "tok-dashboard-3c9d41";
@@ -329,7 +302,7 @@ async fn neither_the_token_nor_a_ticket_reaches_the_logs() {
     }
     drop(events);
     api.stop().await;
-    let text = String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned();
+    let text = logs.text();
     assert!(
         text.contains("ingest listening"),
         "ingest's logs were captured"

@@ -13,6 +13,7 @@ mod dnc;
 mod duplicates;
 mod initiate;
 mod lifecycle;
+mod logs;
 mod metrics;
 mod openapi;
 mod prometheus;

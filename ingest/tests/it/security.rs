@@ -1,15 +1,10 @@
 //! Authentication on every route that needs it, and secrets kept out of logs.
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-};
-
 use ccm_core::config::Secret;
 use ccm_tests::{TEST_TOKEN, TestEnv};
 use serde_json::{Value, json};
 
-use crate::api::Api;
+use crate::{api::Api, logs::Captured};
 
 /// Routes anyone may call: health, the API's description, and Twilio's callbacks (which are
 /// verified by their signature instead of a token).
@@ -123,29 +118,6 @@ async fn every_documented_route_refuses_a_missing_or_wrong_token() {
     api.stop().await;
 }
 
-/// A `MakeWriter` that appends every log line to a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_the_database_password_never_reach_the_logs() {
     const VALID: &str = "tok-valid-5b0e7c1d";
@@ -231,7 +203,7 @@ async fn tokens_and_the_database_password_never_reach_the_logs() {
     assert!(response.status().is_client_error());
     api.stop().await;
 
-    let text = String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned();
+    let text = logs.text();
     // The capture works and saw the failures, or the absence of secrets would mean nothing.
     assert!(
         text.contains("ingest listening"),

@@ -7,19 +7,14 @@ use ccm_core::config::CarrierConfig;
 use ccm_tests::{TestEnv, eventually};
 use serde_json::json;
 
-use crate::carrier_stack::{CarrierStack, Dialer, statuses};
+use crate::carrier_stack::{CarrierStack, Dialer, answering, statuses};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn machine_answers_are_retried_or_completed_as_each_campaign_chooses() {
     let env = TestEnv::start().await.expect("test environment");
     let sim = ccm_carrier_sim::SimConfig {
-        picked: 1,
-        disconnected: 0,
-        rnr: 0,
-        failed: 0,
-        call_ms: 20,
         machine_rate: 1.0,
-        ..Default::default()
+        ..answering(20)
     };
     let stack = CarrierStack::start(&env, sim).await;
     let mut dialer_config = stack.config.clone();

@@ -8,7 +8,7 @@ use chrono::{FixedOffset, SubsecRound, Timelike, Utc};
 use futures::TryStreamExt;
 use serde_json::json;
 
-use crate::carrier_stack::{CarrierStack, Dialer, statuses};
+use crate::carrier_stack::{CarrierStack, Dialer, answering, statuses};
 
 /// A fixed-offset IANA zone (`Etc/GMT-N` is UTC+N) in which it is about noon now, so a window
 /// opening in a few seconds and lasting an hour stays within one local day.
@@ -25,14 +25,7 @@ fn noon_zone() -> (String, FixedOffset) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_outside_its_window_is_dialled_only_once_the_window_opens() {
     let env = TestEnv::start().await.expect("test environment");
-    let sim = ccm_carrier_sim::SimConfig {
-        picked: 1,
-        disconnected: 0,
-        rnr: 0,
-        failed: 0,
-        call_ms: 20,
-        ..Default::default()
-    };
+    let sim = answering(20);
     let stack = CarrierStack::start(&env, sim).await;
     let dialer = Dialer::start(stack.config.clone());
     let pg = env.pg().await.expect("postgres");

@@ -7,7 +7,7 @@ use async_nats::jetstream::kv;
 use ccm_tests::{TestEnv, eventually};
 use serde_json::Value;
 
-use crate::carrier_stack::{CarrierStack, Dialer, statuses};
+use crate::carrier_stack::{CarrierStack, Dialer, answering, statuses};
 
 /// Rewrites the campaign document as an operator's pause/resume/cancel would.
 async fn update(campaigns: &kv::Store, id: u64, change: impl FnOnce(&mut Value)) {
@@ -46,14 +46,7 @@ async fn consumer_cap(env: &TestEnv, id: u64, cap: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_campaigns_wait_resumed_ones_dial_cancelled_ones_end_cancelled() {
     let env = TestEnv::start().await.expect("test environment");
-    let sim = ccm_carrier_sim::SimConfig {
-        picked: 1,
-        disconnected: 0,
-        rnr: 0,
-        failed: 0,
-        call_ms: 20,
-        ..Default::default()
-    };
+    let sim = answering(20);
     let stack = CarrierStack::start(&env, sim).await;
     let dialer = Dialer::start(stack.config.clone());
     let id = stack.campaign(5).await;
@@ -138,14 +131,7 @@ async fn paused_campaigns_wait_resumed_ones_dial_cancelled_ones_end_cancelled() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn campaigns_share_a_small_trunk_fairly() {
     let env = TestEnv::start().await.expect("test environment");
-    let sim = ccm_carrier_sim::SimConfig {
-        picked: 1,
-        disconnected: 0,
-        rnr: 0,
-        failed: 0,
-        call_ms: 150,
-        ..Default::default()
-    };
+    let sim = answering(150);
     let mut stack = CarrierStack::start(&env, sim).await;
     stack.config.dialer.max_calls = 4;
     let dialer = Dialer::start(stack.config.clone());

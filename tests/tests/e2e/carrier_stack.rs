@@ -20,6 +20,19 @@ use tokio_util::sync::CancellationToken;
 pub const ACCOUNT_SID: &str = "ACtest";
 pub const AUTH_TOKEN: &str = "twilio-test-token";
 
+/// A carrier-sim that answers every call, each lasting `call_ms`: for tests about what
+/// decides whether and when a call is placed, not about its outcome.
+pub fn answering(call_ms: u64) -> SimConfig {
+    SimConfig {
+        picked: 1,
+        disconnected: 0,
+        rnr: 0,
+        failed: 0,
+        call_ms,
+        ..Default::default()
+    }
+}
+
 /// Ingest, retrier, projector and carrier-sim in this process; the dialer apart.
 pub struct CarrierStack {
     pub api: String,

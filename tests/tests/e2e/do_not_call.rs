@@ -6,19 +6,12 @@ use std::time::Duration;
 use ccm_tests::{TestEnv, eventually};
 use serde_json::json;
 
-use crate::carrier_stack::{CarrierStack, Dialer, statuses};
+use crate::carrier_stack::{CarrierStack, Dialer, answering, statuses};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_number_listed_after_queueing_is_never_dialled() {
     let env = TestEnv::start().await.expect("test environment");
-    let sim = ccm_carrier_sim::SimConfig {
-        picked: 1,
-        disconnected: 0,
-        rnr: 0,
-        failed: 0,
-        call_ms: 20,
-        ..Default::default()
-    };
+    let sim = answering(20);
     let stack = CarrierStack::start(&env, sim).await;
     let dialer = Dialer::start(stack.config.clone());
     let pg = env.pg().await.expect("postgres");

@@ -7,19 +7,12 @@ use ccm_tests::{TestEnv, eventually};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::carrier_stack::{CarrierStack, Dialer, statuses};
+use crate::carrier_stack::{CarrierStack, Dialer, answering, statuses};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_dialers_share_one_campaigns_rate() {
     let env = TestEnv::start().await.expect("test environment");
-    let sim = ccm_carrier_sim::SimConfig {
-        picked: 1,
-        disconnected: 0,
-        rnr: 0,
-        failed: 0,
-        call_ms: 20,
-        ..Default::default()
-    };
+    let sim = answering(20);
     let stack = CarrierStack::start(&env, sim).await;
     let pg = env.pg().await.expect("postgres");
     let (status, body) = stack

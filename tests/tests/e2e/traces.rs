@@ -26,7 +26,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::{
-    carrier_stack::{CarrierStack, Dialer},
+    carrier_stack::{CarrierStack, Dialer, answering},
     stack::Stack,
 };
 
@@ -240,13 +240,8 @@ async fn a_carrier_callback_joins_the_calls_trace_which_continues_the_callers() 
     ccm_core::telemetry::init_exporting_to("test", &env.config().log, &endpoint);
     // Twilio's API played by carrier-sim, whose status callbacks come back to ingest.
     let sim = ccm_carrier_sim::SimConfig {
-        picked: 1,
-        disconnected: 0,
-        rnr: 0,
-        failed: 0,
-        call_ms: 20,
         call_jitter_ms: 20,
-        ..ccm_carrier_sim::SimConfig::default()
+        ..answering(20)
     };
     let stack = CarrierStack::start(&env, sim).await;
     let dialer = Dialer::start(stack.config.clone());
