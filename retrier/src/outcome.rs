@@ -191,7 +191,9 @@ async fn decide(ctx: &Shared, outcome: &CallEvent) -> Result<(), OutcomeError> {
         // The outcome status is the reason: a closed set, unlike the policy's text.
         counter!("ccm_retrier_retries_scheduled_total", "reason" => status.as_str()).increment(1);
     }
-    tracing::info!(call = %event.call_id, attempt = event.attempt, kind = event.kind.name(),
+    // Debug, not info: one line per call at thousands of calls a second costs real CPU, and
+    // every decision is already an event in CALL_EVENTS and a row in PostgreSQL.
+    tracing::debug!(call = %event.call_id, attempt = event.attempt, kind = event.kind.name(),
         "outcome {status} decided");
     if terminal {
         if let Some(facts) = &facts {

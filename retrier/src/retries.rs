@@ -110,7 +110,7 @@ async fn handle(
         Ok(_) => {
             counter!("ccm_retrier_retries_fired_total").increment(1);
             let late = Utc::now() - entry.due_at;
-            tracing::info!(call = %entry.request.call_id, attempt = entry.request.attempt,
+            tracing::debug!(call = %entry.request.call_id, attempt = entry.request.attempt,
                 late_ms = late.num_milliseconds(), "retry published");
             if let Err(e) = message.double_ack().await {
                 tracing::warn!(error = %e, "ack of a published retry failed; it is de-duplicated");
