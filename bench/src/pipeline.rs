@@ -6,7 +6,6 @@ use std::{
 };
 
 use ccm_core::CampaignId;
-use futures::StreamExt as _;
 use indicatif::ProgressBar;
 use sqlx::PgPool;
 
@@ -19,28 +18,52 @@ use crate::{
 
 const ALL: &[&str] = &["ccm-projector", "ccm-retrier", "ccm-dialer", "ccm-ingest"];
 
-/// Submits `n` calls in bulk requests of at most 10,000, two requests at a time.
-async fn submit(api: &str, campaign: u64, n: usize, first: u64) -> anyhow::Result<()> {
-    let chunks: Vec<(usize, u64)> = (0..n)
-        .step_by(10_000)
-        .map(|start| ((n - start).min(10_000), first + start as u64))
-        .collect();
-    let mut requests = futures::stream::iter(chunks)
-        .map(|(size, from)| api::bulk(api, campaign, size, from))
-        .buffer_unordered(2);
-    while let Some(result) = requests.next().await {
-        result?;
+/// The size of each bulk request the pipeline phases submit.
+const BULK: usize = 5_000;
+
+/// Submits `n` calls in bulk requests of [`BULK`], one at a time, keeping at most `backlog`
+/// calls accepted but not yet `done` (as `progress` counts them). Without the bound the
+/// submission runs ahead of the pipeline and the two compete for nats-server until requests
+/// time out; with it the figure is the rate the pipeline sustains.
+async fn submit<F, Fut>(
+    api: &str,
+    campaign: u64,
+    n: usize,
+    first: u64,
+    backlog: usize,
+    mut progress: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<usize>>,
+{
+    let mut sent = 0;
+    while sent < n {
+        let done = progress().await?;
+        if sent.saturating_sub(done) + BULK > backlog.max(BULK) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let size = (n - sent).min(BULK);
+        api::bulk(api, campaign, size, first + sent as u64).await?;
+        sent += size;
     }
     Ok(())
 }
 
 async fn completed(pool: &PgPool, campaign: u64) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
+    let counted = sqlx::query_scalar(
         "SELECT count(*) FROM calls WHERE campaign_id = $1 AND status = 'COMPLETED'",
     )
     .bind(i64::try_from(campaign)?)
     .fetch_one(pool)
-    .await?)
+    .await;
+    match counted {
+        Ok(n) => Ok(n),
+        // The projector creates the table when it starts; until then nothing is projected.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Ok(0),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Calls/s from acceptance to the terminal row in PostgreSQL, the `sim` carrier answering at
@@ -78,7 +101,20 @@ pub async fn end_to_end(
     bar.set_message(format!("end to end: {n} calls"));
     let cpu_before = Cpu::now(&servers, &services);
     let began = Instant::now();
-    submit(&api, campaign, n, 3_000_000_001).await?;
+    let backlog = scale.e2e_backlog;
+    let pool_ref = &pool;
+    submit(
+        &api,
+        campaign,
+        n,
+        3_000_000_001,
+        backlog,
+        move || async move {
+            // The warm-up call is COMPLETED too.
+            Ok(usize::try_from(completed(pool_ref, campaign).await?)?.saturating_sub(1))
+        },
+    )
+    .await?;
     let accepted_in = began.elapsed();
     wait_for(
         &pool,
@@ -98,9 +134,10 @@ pub async fn end_to_end(
             n as f64 / took.as_secs_f64(),
             "calls/s",
             format!(
-                "{n} calls in bulks of 10,000 (all accepted in {:.1} s), sim carrier at 0 ms, \
-                 campaign cap 20,000, all 4 services + servers on the same cores; until the last \
-                 COMPLETED row, {:.1} s; dialer peak RSS {:.0} MiB",
+                "{n} calls in bulks of {BULK}, at most {backlog} accepted and not yet COMPLETED \
+                 (all accepted in {:.1} s), sim carrier at 0 ms, campaign cap 20,000, all 4 \
+                 services + servers on the same cores; until the last COMPLETED row, {:.1} s; \
+                 dialer peak RSS {:.0} MiB",
                 accepted_in.as_secs_f64(),
                 took.as_secs_f64(),
                 dialer.peak_mib
@@ -173,20 +210,31 @@ pub async fn live_calls(
 
     bar.set_message(format!("live calls: submitting {n}"));
     let began = Instant::now();
-    submit(&api, campaign, n, 4_000_000_000).await?;
     let consumer_name = ccm_core::subjects::dial_consumer(CampaignId::new(campaign)?);
-    let deadline = Instant::now() + scale.live_timeout;
-    let live = loop {
+    let (js, consumer_name) = (&js, consumer_name.as_str());
+    let live_now = move || async move {
         let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
             .get_stream("CALLS")
             .await?
-            .get_consumer(&consumer_name)
+            .get_consumer(consumer_name)
             .await
             .map_err(|e| anyhow::anyhow!("the campaign's dial consumer: {e}"))?;
-        let info = consumer.info().await?;
-        let live = info.num_ack_pending;
+        let live = consumer.info().await?.num_ack_pending;
         bar.set_message(format!("live calls: {live}/{n} live"));
-        if live >= n {
+        Ok(live)
+    };
+    submit(
+        &api,
+        campaign,
+        n,
+        4_000_000_000,
+        scale.live_backlog,
+        live_now,
+    )
+    .await?;
+    let deadline = Instant::now() + scale.live_timeout;
+    let live = loop {
+        if live_now().await? >= n {
             break began.elapsed();
         }
         if let Some(name) = services.exited() {
@@ -194,7 +242,8 @@ pub async fn live_calls(
         }
         if Instant::now() > deadline {
             anyhow::bail!(
-                "only {live} of {n} calls live within {:?}",
+                "only {} of {n} calls live within {:?}",
+                live_now().await?,
                 scale.live_timeout
             );
         }
@@ -206,15 +255,17 @@ pub async fn live_calls(
     let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
         .get_stream("CALLS")
         .await?
-        .get_consumer(&consumer_name)
+        .get_consumer(consumer_name)
         .await
         .map_err(|e| anyhow::anyhow!("the campaign's dial consumer: {e}"))?;
     let info = consumer.info().await?.clone();
     let dialer = memory(services.pid("ccm-dialer"));
     let nats = memory(servers.nats.pid());
     let conditions = format!(
-        "{n} calls accepted in bulks of 10,000, each held 10 min by the sim carrier; all live \
+        "{n} calls accepted in bulks of {BULK} (at most {} accepted and not yet live), each \
+         held 10 min by the sim carrier; all live \
          after {:.1} s; then held 25 s: {} live, {} waiting, {} redelivered",
+        scale.live_backlog,
         live.as_secs_f64(),
         info.num_ack_pending,
         info.num_pending,
