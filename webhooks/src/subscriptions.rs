@@ -87,10 +87,12 @@ impl Subscriptions {
         // A deletion is kept as a tombstone with its revision, so a replayed older put
         // cannot bring the subscription back.
         map.insert(key.to_owned(), (revision, sub));
-        let (total, enabled) = map.values().fold((0, 0), |(total, enabled), (_, sub)| match sub {
-            Some(sub) => (total + 1, enabled + usize::from(sub.enabled)),
-            None => (total, enabled),
-        });
+        let (total, enabled) = map
+            .values()
+            .fold((0, 0), |(total, enabled), (_, sub)| match sub {
+                Some(sub) => (total + 1, enabled + usize::from(sub.enabled)),
+                None => (total, enabled),
+            });
         gauge!("ccm_webhooks_endpoints", "state" => "enabled").set(enabled as f64);
         gauge!("ccm_webhooks_endpoints", "state" => "disabled").set((total - enabled) as f64);
     }
