@@ -221,7 +221,7 @@ pub struct WebhooksConfig {
     pub queue_per_endpoint: usize,
     /// How long a replica's lease on the dispatcher or on an endpoint's lane lasts without
     /// renewal: a crashed replica's work is taken over after this long. It must be at least
-    /// 1.5 × (`request_timeout_ms` + 1000), so a lease renewed every third of it outlasts a
+    /// 2 × (`request_timeout_ms` + 1000), so a lease renewed every third of it outlasts a
     /// request.
     pub lease_ttl_ms: u64,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; none by default (see

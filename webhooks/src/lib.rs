@@ -57,9 +57,6 @@ const COMPLETION_CHECK_EVERY: Duration = Duration::from_secs(1);
 const ACQUIRE_EVERY: Duration = Duration::from_secs(1);
 /// How long an idle main loop waits between looks at the leases.
 const IDLE_TICK: Duration = Duration::from_millis(500);
-/// How much longer than a pull the dispatch lease must certainly last for a pull to start:
-/// time to queue what it brought.
-const DISPATCH_MARGIN: Duration = Duration::from_secs(2);
 /// When a batch cannot be queued (PostgreSQL down) it comes back after this long.
 const RETRY_BATCH_DELAY: Duration = Duration::from_secs(1);
 
@@ -81,7 +78,7 @@ pub enum WebhooksError {
     #[error(transparent)]
     Metrics(#[from] ccm_core::metrics::MetricsError),
     #[error(
-        "webhooks.lease_ttl_ms ({ttl} ms) must be at least 1.5 × (request_timeout_ms + 1000) \
+        "webhooks.lease_ttl_ms ({ttl} ms) must be at least 2 × (request_timeout_ms + 1000) \
          ({min} ms): a lane's lease must outlast a request between renewals"
     )]
     LeaseTooShort { ttl: u64, min: u64 },
@@ -106,9 +103,9 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Runs the deliverer until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WebhooksError> {
-    // Renewed every third of the time to live, a lease has at least two thirds of it left,
-    // which must cover a whole request and recording it.
-    let min_ttl = (config.webhooks.request_timeout_ms + 1000) * 3 / 2;
+    // Renewed every third of the time to live, a lease has about two thirds of it left,
+    // which must cover a whole request and recording it, with room for a slow renewal.
+    let min_ttl = (config.webhooks.request_timeout_ms + 1000) * 2;
     if config.webhooks.lease_ttl_ms < min_ttl {
         return Err(WebhooksError::LeaseTooShort {
             ttl: config.webhooks.lease_ttl_ms,
@@ -221,11 +218,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Webh
             }
         }
         // Only the holder of the dispatch lease pulls, and only while the lease certainly
-        // outlasts a pull; the others keep working their lanes and wait to take over.
-        let Some(lease) = dispatch
-            .clone()
-            .filter(|l| l.remaining() >= PULL_EXPIRES + DISPATCH_MARGIN)
-        else {
+        // outlasts the pull (queueing what it brought checks the lease again, in the same
+        // transaction); the others keep working their lanes and wait to take over.
+        let Some(lease) = dispatch.clone().filter(|l| l.remaining() > PULL_EXPIRES) else {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(IDLE_TICK) => continue,
