@@ -77,8 +77,12 @@ pub fn run() -> anyhow::Result<()> {
         if *file == "values.yaml" {
             crate::helm_lint::merge(&mut values, &serde_yaml_ng::from_str(LINT_SECRETS)?);
         }
-        crate::helm_lint::lint(&chart, &values).with_context(|| format!("helm/ccm/{file}"))?;
-        println!("helm lint (helm-sdkpy) with {file}: ok");
+        let warnings =
+            crate::helm_lint::lint(&chart, &values).with_context(|| format!("helm/ccm/{file}"))?;
+        println!(
+            "helm lint (helm-sdkpy) with {file}: ok{}",
+            warned(&warnings)
+        );
     }
     // The bundled NATS chart switched on, though not downloaded (`charts/` is empty here):
     // the chart must still render, pointing the services at the release's NATS. Helm only
@@ -86,9 +90,27 @@ pub fn run() -> anyhow::Result<()> {
     let mut values: Yaml = serde_yaml_ng::from_str(&read(&chart.join("values.yaml"))?)?;
     crate::helm_lint::merge(&mut values, &serde_yaml_ng::from_str(LINT_SECRETS)?);
     crate::helm_lint::merge(&mut values, &serde_yaml_ng::from_str(BUNDLED_NATS)?);
-    crate::helm_lint::lint(&chart, &values).context("helm/ccm/values.yaml with nats.enabled")?;
-    println!("helm lint (helm-sdkpy) with values.yaml and nats.enabled: ok");
+    let warnings = crate::helm_lint::lint(&chart, &values)
+        .context("helm/ccm/values.yaml with nats.enabled")?;
+    println!(
+        "helm lint (helm-sdkpy) with values.yaml and nats.enabled: ok{}",
+        warned(&warnings)
+    );
     Ok(())
+}
+
+/// Helm's warnings after an "ok": without `charts/nats-*.tgz` (`helm dependency update`)
+/// there is one on the chart itself, the missing dependency.
+fn warned(warnings: &[String]) -> String {
+    if warnings.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " ({} warning(s), in: {})",
+            warnings.len(),
+            warnings.join(", ")
+        )
+    }
 }
 
 fn helm_installed() -> bool {
