@@ -13,6 +13,11 @@
 //! horizon, and logging every attempt. [`health`] disables endpoints that are gone or have
 //! failed for the whole horizon.
 //!
+//! Several replicas can run side by side: leases in PostgreSQL ([`lease`]) let exactly one
+//! of them dispatch (pull and queue) and exactly one work each lane of each endpoint
+//! ([`workers`]); a replica that stops gives its leases up, and a crashed one's expire after
+//! `webhooks.lease_ttl_ms` and are taken over.
+//!
 //! Delivery is at least once: a crash between the queue insert and the ack redelivers the
 //! batch, which the queue's unique index absorbs; a crash between a delivery and recording
 //! it repeats that one delivery. Receivers de-duplicate on `webhook-id`.
