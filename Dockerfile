@@ -1,5 +1,5 @@
 # One image carrying every ccm binary; each Kubernetes Deployment picks its command
-# (ccm-ingest, ccm-dialer, ccm-retrier, ccm-projector, ccm-carrier-sim).
+# (ccm-ingest, ccm-dialer, ccm-retrier, ccm-projector, ccm-webhooks, ccm-carrier-sim).
 #
 # Build:  docker build -t ccm:0.1.0 .
 #
@@ -11,10 +11,11 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --locked \
         --bin ccm-ingest --bin ccm-dialer --bin ccm-retrier \
-        --bin ccm-projector --bin ccm-carrier-sim \
+        --bin ccm-projector --bin ccm-webhooks --bin ccm-carrier-sim \
     && mkdir -p /out \
     && cp target/release/ccm-ingest target/release/ccm-dialer target/release/ccm-retrier \
-          target/release/ccm-projector target/release/ccm-carrier-sim /out/
+          target/release/ccm-projector target/release/ccm-webhooks \
+          target/release/ccm-carrier-sim /out/
 
 # Stage 2: a slim runtime. ca-certificates is there because the carrier adapters (Twilio)
 # and NATS/PostgreSQL over TLS verify servers against the system roots.

@@ -219,6 +219,11 @@ pub struct WebhooksConfig {
     pub request_timeout_ms: u64,
     /// Messages an endpoint's worker reads ahead from its queue in PostgreSQL at a time.
     pub queue_per_endpoint: usize,
+    /// How long a replica's lease on the dispatcher or on an endpoint's lane lasts without
+    /// renewal: a crashed replica's work is taken over after this long. It must be at least
+    /// 2 × (`request_timeout_ms` + 1000), so a lease renewed every third of it outlasts a
+    /// request.
+    pub lease_ttl_ms: u64,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; none by default (see
     /// `projector.metrics_listen`).
     pub metrics_listen: Option<SocketAddr>,
@@ -236,6 +241,7 @@ impl Default for WebhooksConfig {
             max_retry_after_secs: 30,
             request_timeout_ms: 10_000,
             queue_per_endpoint: 256,
+            lease_ttl_ms: 30_000,
             metrics_listen: None,
         }
     }

@@ -5,6 +5,10 @@
 //! A message is retried with jittered exponential backoff (honouring a clamped
 //! `Retry-After`) until it is delivered, refused for good (a 4xx other than 408/429), or has
 //! been failing for the retry horizon. Every attempt goes to the delivery log.
+//!
+//! A worker runs only while its replica holds the lane's lease ([`crate::lease`]): it makes
+//! an attempt only when the lease certainly outlasts it (the request timeout plus a margin),
+//! and ends as soon as the lease is lost, so two replicas never work one lane at once.
 
 use std::{
     sync::{Arc, Mutex},
@@ -25,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     health::{self, Health, Reason},
+    lease::Lease,
     queue::{self, AttemptRecord, Lane, LogWriter, Queued, State, pause},
     sign,
     subscriptions::Subscriptions,
@@ -52,7 +57,13 @@ pub struct Worker {
     pub health: Arc<Mutex<Health>>,
     /// Woken when messages are queued on this lane.
     pub wake: Arc<Notify>,
+    /// This lane's lease; the worker ends when it is lost.
+    pub lease: Lease,
 }
+
+/// How much longer than a request the lease must certainly last for an attempt to start:
+/// time to record the attempt's outcome.
+const LEASE_MARGIN: Duration = Duration::from_secs(1);
 
 /// What one attempt came to.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,9 +78,24 @@ enum Attempt {
 }
 
 impl Worker {
-    /// Runs until `shutdown` or until the subscription is deleted.
+    /// Runs until `shutdown`, until the subscription is deleted or until the lease is lost.
     pub async fn run(self, shutdown: CancellationToken) {
+        // Losing the lease stops the worker like a shutdown does: an attempt in flight is
+        // abandoned unrecorded, and the replica that took the lease over sends it again.
+        let shutdown = {
+            let stop = shutdown.child_token();
+            let (lost, s) = (self.lease.lost().clone(), stop.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = lost.cancelled() => s.cancel(),
+                    _ = s.cancelled() => {}
+                }
+            });
+            stop
+        };
+        let _stop_watch = shutdown.clone().drop_guard();
         let poll = Duration::from_millis(self.shared.config.poll_interval_ms.max(10));
+        let needed = Duration::from_millis(self.shared.config.request_timeout_ms) + LEASE_MARGIN;
         let mut queue = std::collections::VecDeque::new();
         let mut was_enabled = true;
         while !shutdown.is_cancelled() {
@@ -126,6 +152,14 @@ impl Worker {
             if !wait.is_zero() {
                 // At most a poll interval at a time, so a disabling or deletion is noticed.
                 if !pause(wait.min(poll), &shutdown).await {
+                    return;
+                }
+                continue;
+            }
+            if self.lease.remaining() < needed {
+                // The renewals are late (PostgreSQL slow or unreachable): an attempt started
+                // now might still run when another replica takes the lane over.
+                if !pause(poll, &shutdown).await {
                     return;
                 }
                 continue;

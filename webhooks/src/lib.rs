@@ -13,6 +13,11 @@
 //! horizon, and logging every attempt. [`health`] disables endpoints that are gone or have
 //! failed for the whole horizon.
 //!
+//! Several replicas can run side by side: leases in PostgreSQL ([`lease`]) let exactly one
+//! of them dispatch (pull and queue) and exactly one work each lane of each endpoint
+//! ([`workers`]); a replica that stops gives its leases up, and a crashed one's expire after
+//! `webhooks.lease_ttl_ms` and are taken over.
+//!
 //! Delivery is at least once: a crash between the queue insert and the ack redelivers the
 //! batch, which the queue's unique index absorbs; a crash between a delivery and recording
 //! it repeats that one delivery. Receivers de-duplicate on `webhook-id`.
@@ -20,16 +25,14 @@
 pub mod campaigns;
 pub mod deliver;
 pub mod health;
+pub mod lease;
 pub mod payload;
 pub mod queue;
 pub mod sign;
 pub mod subscriptions;
+pub mod workers;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, stream::Stream};
 use ccm_core::{
@@ -37,15 +40,15 @@ use ccm_core::{
     topology::{Topology, names},
 };
 use futures::StreamExt;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    deliver::{Shared, Worker},
-    health::Health,
+    deliver::Shared,
+    lease::{Lease, Leases},
     payload::Enrichment,
-    queue::{Lane, LogWriter, NewMessage},
+    queue::{LogWriter, NewMessage},
     subscriptions::Subscriptions,
+    workers::Workers,
 };
 
 /// The durable consumer (`nats/consumers/CALL_EVENTS/webhooks.json`).
@@ -55,6 +58,10 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 const BATCH: usize = 256;
 /// How often campaigns with new terminal events are checked for completion.
 const COMPLETION_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often a replica that does not dispatch tries to take the dispatch lease.
+const ACQUIRE_EVERY: Duration = Duration::from_secs(1);
+/// How long an idle main loop waits between looks at the leases.
+const IDLE_TICK: Duration = Duration::from_millis(500);
 /// When a batch cannot be queued (PostgreSQL down) it comes back after this long.
 const RETRY_BATCH_DELAY: Duration = Duration::from_secs(1);
 
@@ -75,6 +82,11 @@ pub enum WebhooksError {
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Metrics(#[from] ccm_core::metrics::MetricsError),
+    #[error(
+        "webhooks.lease_ttl_ms ({ttl} ms) must be at least 2 × (request_timeout_ms + 1000) \
+         ({min} ms): a lane's lease must outlast a request between renewals"
+    )]
+    LeaseTooShort { ttl: u64, min: u64 },
 }
 
 /// The read model's migrations, which include the webhook tables: applied here too (when
@@ -96,6 +108,16 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Runs the deliverer until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WebhooksError> {
+    // Renewed every third of the time to live, a lease has about two thirds of it left,
+    // which must cover a whole request and recording it, with room for a slow renewal.
+    let min_ttl = (config.webhooks.request_timeout_ms + 1000) * 2;
+    if config.webhooks.lease_ttl_ms < min_ttl {
+        return Err(WebhooksError::LeaseTooShort {
+            ttl: config.webhooks.lease_ttl_ms,
+            min: min_ttl,
+        });
+    }
+    let lease_ttl = Duration::from_millis(config.webhooks.lease_ttl_ms);
     let readiness = ccm_core::metrics::Readiness::new();
     if let Some(addr) = config.webhooks.metrics_listen {
         ccm_core::metrics::serve(addr, readiness.clone(), shutdown.clone()).await?;
@@ -168,25 +190,49 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Webh
         config: config.webhooks.clone(),
         log,
     });
+    let leases = Leases::new(pg.clone(), Leases::holder_name(), lease_ttl);
+    let keeper_stop = CancellationToken::new();
+    let keeper = tokio::spawn(leases.clone().keep(keeper_stop.clone()));
     let mut dispatcher = Dispatcher {
-        workers: Workers {
-            shared,
-            running: HashMap::new(),
-            shutdown: shutdown.child_token(),
-            tasks: tokio::task::JoinSet::new(),
-        },
+        workers: Workers::new(shared, leases.clone(), shutdown.child_token()),
         subscriptions,
         pg,
         events_stream,
         js,
         candidates: campaigns::Candidates::default(),
     };
-    tracing::info!("webhooks running");
+    tracing::info!(holder = leases.holder(), "webhooks running");
     let mut last_check = tokio::time::Instant::now();
+    let mut dispatch: Option<Lease> = None;
+    let mut last_dispatch_try: Option<tokio::time::Instant> = None;
     while !shutdown.is_cancelled() {
-        dispatcher.workers.sync(&dispatcher.subscriptions);
+        dispatcher.workers.sync(&dispatcher.subscriptions).await;
+        if dispatch.as_ref().is_some_and(|l| l.lost().is_cancelled()) {
+            dispatch = None;
+        }
+        if dispatch.is_none() && last_dispatch_try.is_none_or(|t| t.elapsed() >= ACQUIRE_EVERY) {
+            last_dispatch_try = Some(tokio::time::Instant::now());
+            match leases.acquire(&[lease::DISPATCH.to_owned()]).await {
+                Ok(mut taken) => {
+                    dispatch = taken.pop();
+                    if dispatch.is_some() {
+                        tracing::info!("dispatching: this replica queues the events");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot take the dispatch lease"),
+            }
+        }
+        // Only the holder of the dispatch lease pulls, and only while the lease certainly
+        // outlasts the pull (queueing what it brought checks the lease again, in the same
+        // transaction); the others keep working their lanes and wait to take over.
+        let Some(lease) = dispatch.clone().filter(|l| l.remaining() > PULL_EXPIRES) else {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(IDLE_TICK) => continue,
+            }
+        };
         if last_check.elapsed() >= COMPLETION_CHECK_EVERY {
-            dispatcher.check_completions().await;
+            dispatcher.check_completions(&lease).await;
             last_check = tokio::time::Instant::now();
         }
         // Checked between pulls rather than raced against them: dropping a pull whose request
@@ -215,15 +261,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Webh
             }
         }
         if !messages.is_empty() {
-            dispatcher.dispatch(messages).await;
+            dispatcher.dispatch(messages, &lease).await;
         }
     }
-    dispatcher.workers.shutdown.cancel();
-    while dispatcher.workers.tasks.join_next().await.is_some() {}
+    dispatcher.workers.stop().await;
     // Every worker (and its copy of the log writer) is gone: the log task writes what it
     // holds and ends.
-    drop(dispatcher.workers.shared);
+    drop(dispatcher.workers);
     let _ = log_task.await;
+    // Nothing uses the leases any more: give them up so the other replicas take the lanes
+    // over at once rather than after they expire.
+    keeper_stop.cancel();
+    let _ = keeper.await;
+    leases.release_all().await;
     if let Err(e) = client.flush().await {
         tracing::warn!(error = %e, "flush at shutdown failed; unsettled events return after ack_wait");
     }
@@ -244,13 +294,13 @@ struct Dispatcher {
 
 impl Dispatcher {
     /// Queues `campaign.completed` for the campaigns that have no call left.
-    async fn check_completions(&mut self) {
+    async fn check_completions(&mut self, lease: &Lease) {
         let subscriptions = self.subscriptions.all();
         let rows = self
             .candidates
             .check(&self.pg, &self.js, &subscriptions)
             .await;
-        if let Err(e) = queue::enqueue(&self.pg, &rows).await {
+        if let Err(e) = queue::enqueue(&self.pg, &rows, lease).await {
             tracing::warn!(error = %e, "cannot queue campaign.completed messages");
             return;
         }
@@ -260,7 +310,7 @@ impl Dispatcher {
         }
     }
 
-    async fn dispatch(&mut self, messages: Vec<jetstream::Message>) {
+    async fn dispatch(&mut self, messages: Vec<jetstream::Message>, lease: &Lease) {
         let subscriptions = self.subscriptions.all();
         // Each event with the subscriptions it matches (enabled or not: a disabled endpoint's
         // messages are kept as skipped, for a later replay).
@@ -316,7 +366,8 @@ impl Dispatcher {
                 }
             }
         }
-        if let Err(e) = queue::enqueue(&self.pg, &rows).await {
+        if let Err(e) = queue::enqueue(&self.pg, &rows, lease).await {
+            // Lease lost: the replica that took it over gets the batch again.
             tracing::warn!(error = %e, events = messages.len(), "cannot queue webhook messages; batch comes back");
             for message in messages {
                 let _ = message
@@ -344,65 +395,5 @@ fn count_skipped(rows: &[NewMessage]) {
     if skipped > 0 {
         ccm_core::metrics::counter!("ccm_webhooks_deliveries_total", "outcome" => "endpoint_disabled")
             .increment(skipped as u64);
-    }
-}
-
-/// The endpoint workers: one task per subscription, running its two lanes.
-struct Workers {
-    shared: Arc<Shared>,
-    /// Endpoint id → the live lane's wake-up.
-    running: HashMap<String, Arc<Notify>>,
-    shutdown: CancellationToken,
-    tasks: tokio::task::JoinSet<String>,
-}
-
-impl Workers {
-    /// Starts workers for new subscriptions and forgets those whose workers ended.
-    fn sync(&mut self, subscriptions: &Subscriptions) {
-        while let Some(ended) = self.tasks.try_join_next() {
-            if let Ok(ended) = ended {
-                self.running.remove(&ended);
-            }
-        }
-        for sub in subscriptions.all() {
-            if !self.running.contains_key(&sub.id) {
-                self.start(&sub.id);
-            }
-        }
-    }
-
-    fn start(&mut self, endpoint: &str) {
-        let live_wake = Arc::new(Notify::new());
-        let (shared, shutdown) = (self.shared.clone(), self.shutdown.clone());
-        let (id, wake) = (endpoint.to_owned(), live_wake.clone());
-        self.tasks.spawn(async move {
-            // The run of failures survives restarts: it is read from the log before either
-            // lane makes an attempt.
-            let since = queue::failing_since(&shared.pg, &id)
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::warn!(endpoint = %id, error = %e, "cannot read the endpoint's failures");
-                    None
-                });
-            let health = Arc::new(Mutex::new(Health::failing_since(since)));
-            let worker = |lane, wake| Worker {
-                endpoint: id.clone(),
-                lane,
-                shared: shared.clone(),
-                health: health.clone(),
-                wake,
-            };
-            let live = worker(Lane::Live, wake);
-            let manual = worker(Lane::Manual, Arc::new(Notify::new()));
-            tokio::join!(live.run(shutdown.clone()), manual.run(shutdown));
-            id
-        });
-        self.running.insert(endpoint.to_owned(), live_wake);
-    }
-
-    fn wake(&self, endpoint: &str) {
-        if let Some(wake) = self.running.get(endpoint) {
-            wake.notify_one();
-        }
     }
 }

@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::lease::Lease;
+
 /// Attempts logged per statement at most.
 const LOG_BATCH: usize = 500;
 /// How long an attempt may wait in memory before it is logged.
@@ -52,11 +54,42 @@ pub struct NewMessage {
     pub skipped: bool,
 }
 
-/// Queues messages on their endpoints' live lanes. A message already queued (the event was
-/// redelivered by JetStream) is left as it is.
-pub async fn enqueue(pg: &PgPool, messages: &[NewMessage]) -> Result<(), sqlx::Error> {
+/// Why messages could not be queued.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The dispatch lease expired: another replica may be queueing now, so this one must not.
+    #[error("the dispatch lease is no longer held")]
+    LeaseLost,
+}
+
+/// Queues messages on their endpoints' live lanes, provided this replica still holds the
+/// `fence` lease (the dispatch lease). A message already queued (the event was redelivered by
+/// JetStream) is left as it is.
+///
+/// The lease row is locked, shared, in the same transaction as the insert: a replica taking
+/// the lease over waits for this transaction, so messages are never queued by two replicas
+/// at once, which would interleave their ids and break each call's order.
+pub async fn enqueue(
+    pg: &PgPool,
+    messages: &[NewMessage],
+    fence: &Lease,
+) -> Result<(), EnqueueError> {
     if messages.is_empty() {
         return Ok(());
+    }
+    let mut tx = pg.begin().await?;
+    let held: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM webhook_leases WHERE name = $1 AND holder = $2 AND expires_at > now()
+         FOR SHARE",
+    )
+    .bind(fence.name())
+    .bind(fence.holder())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if held.is_none() {
+        return Err(EnqueueError::LeaseLost);
     }
     // Owned columns: borrowed ones would make the caller's future non-Send for the runtime.
     let endpoint: Vec<String> = messages.iter().map(|m| m.endpoint_id.clone()).collect();
@@ -86,8 +119,9 @@ pub async fn enqueue(pg: &PgPool, messages: &[NewMessage]) -> Result<(), sqlx::E
     .bind(campaign)
     .bind(body)
     .bind(state)
-    .execute(pg)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 

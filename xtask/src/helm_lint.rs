@@ -26,8 +26,10 @@ pub fn available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Lints `chart` with `overrides` (a values file's YAML) merged over its `values.yaml`.
-pub fn lint(chart: &Path, overrides: &Yaml) -> anyhow::Result<()> {
+/// Lints `chart` with `overrides` (a values file's YAML) merged over its `values.yaml`;
+/// answers the warnings Helm gave, as the files they concern (e.g. the chart directory for
+/// a declared dependency missing from `charts/`).
+pub fn lint(chart: &Path, overrides: &Yaml) -> anyhow::Result<Vec<String>> {
     let dir = tempfile::tempdir().context("creating a temporary chart directory")?;
     let copy = dir.path().join("ccm");
     copy_dir(chart, &copy)?;
@@ -62,7 +64,22 @@ pub fn lint(chart: &Path, overrides: &Yaml) -> anyhow::Result<()> {
     if !errors.is_empty() {
         bail!("helm lint reports errors in: {}", errors.join(", "));
     }
-    Ok(())
+    // The copy's path means nothing to the reader: name files relative to the chart.
+    let prefix = format!("{}/", copy.display());
+    Ok(result["Messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["Severity"].as_u64() == Some(2))
+        .map(|m| {
+            let path = m["Path"].as_str().unwrap_or("?");
+            match path.strip_prefix(&prefix) {
+                Some(rest) => rest.to_owned(),
+                None if path == copy.display().to_string() => "(the chart)".to_owned(),
+                None => path.to_owned(),
+            }
+        })
+        .collect())
 }
 
 /// Deep-merges `over` into `base`, as Helm merges a values file over the chart's defaults.

@@ -41,7 +41,13 @@ pub struct UpArgs {
     pub fresh: bool,
 }
 
-const SERVICES: &[&str] = &["ccm-projector", "ccm-retrier", "ccm-dialer", "ccm-ingest"];
+const SERVICES: &[&str] = &[
+    "ccm-projector",
+    "ccm-retrier",
+    "ccm-dialer",
+    "ccm-webhooks",
+    "ccm-ingest",
+];
 const CARRIER_SIM: &str = "ccm-carrier-sim";
 /// The Twilio credentials carrier-sim accepts and signs with by default.
 const SIM_ACCOUNT_SID: &str = "ACsimulator";
@@ -61,7 +67,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     result
 }
 
-/// A running local system: servers, carrier-sim and the four services.
+/// A running local system: servers, carrier-sim and the five services.
 pub struct Stack {
     pub api: String,
     pub carrier_url: String,
@@ -277,6 +283,8 @@ fn print_banner(stack: &Stack, args: &UpArgs, campaign: u64) {
          \n       -d '{{\"campaign_id\": {campaign}, \"phone_number\": \"+15550000001\"}}'\
          \n\nThen see it in PostgreSQL:\n\
          \n  psql '{db}' -c 'SELECT call_id, status, attempt_count FROM calls'\
+         \n\nWebhooks: POST {api}/api/v1/webhooks {{\"url\": …}}; a receiver on this machine\
+         \nneeds CCM_WEBHOOKS__ALLOW_PRIVATE_TARGETS=true exported before `cargo xtask up`.\
          \n\nCtrl-C stops everything.\n",
         args.carrier, stack.carrier_url, stack.carrier_url,
     );

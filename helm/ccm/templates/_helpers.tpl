@@ -47,7 +47,7 @@ owns (listen addresses, file paths) laid over it, so the pods and their Services
   "ingest" (dict "listen" (printf "0.0.0.0:%d" (int .Values.ingest.port)))
   "retrier" (dict "policy_file" "/etc/ccm/retry.yaml")
 -}}
-{{- range $component := list "dialer" "retrier" "projector" -}}
+{{- range $component := list "dialer" "retrier" "projector" "webhooks" -}}
 {{- $m := (index $.Values $component).metrics -}}
 {{- if $m.enabled -}}
 {{- $section := get $owned $component | default dict -}}
@@ -56,10 +56,41 @@ owns (listen addresses, file paths) laid over it, so the pods and their Services
 {{- end -}}
 {{- end -}}
 {{- $merged := mergeOverwrite (deepCopy .Values.config) $owned -}}
-{{- $_ := set $merged "nats_url" .Values.nats.url -}}
+{{- $_ := set $merged "nats_url" (include "ccm.natsUrl" .) -}}
 {{- /* The provisioning Job does it once per install/upgrade; the services skip it. */ -}}
-{{- if .Values.provisioning.enabled -}}
+{{- if include "ccm.provisionJob" . -}}
 {{- $_ := set $merged "provision" false -}}
 {{- end -}}
 {{- toYaml $merged -}}
+{{- end -}}
+
+
+{{/*
+The NATS URL of every service: the bundled NATS chart's client Service when `nats.enabled`
+(named as that chart names it: `nats.fullnameOverride`, else the release name followed by
+`-nats` unless the release name already contains `nats`), otherwise the external
+`nats.url`.
+*/}}
+{{- define "ccm.natsUrl" -}}
+{{- if .Values.nats.enabled -}}
+{{- $name := .Values.nats.fullnameOverride | default "" -}}
+{{- if not $name -}}
+{{- if contains "nats" .Release.Name -}}
+{{- $name = .Release.Name -}}
+{{- else -}}
+{{- $name = printf "%s-nats" .Release.Name -}}
+{{- end -}}
+{{- end -}}
+{{- printf "nats://%s:4222" ($name | trunc 63 | trimSuffix "-") -}}
+{{- else -}}
+{{- .Values.nats.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Whether the provisioning Job runs ("true" or empty): not with the bundled NATS chart, whose
+servers only start with the release, after the pre-install hooks.
+*/}}
+{{- define "ccm.provisionJob" -}}
+{{- if and .Values.provisioning.enabled (not .Values.nats.enabled) -}}true{{- end -}}
 {{- end -}}

@@ -5,4 +5,5 @@ mod api;
 mod delivery;
 mod lifecycle;
 mod metrics;
+mod replicas;
 mod support;
