@@ -171,7 +171,12 @@ async fn together(faults: &[Fault], t: &mut Targets<'_>) -> Result<(), HarnessEr
         }
     }
     let started = tokio::time::Instant::now();
-    set_carrier_faults(t.http, &t.services.sim, &serde_json::Value::Object(settings)).await?;
+    set_carrier_faults(
+        t.http,
+        &t.services.sim,
+        &serde_json::Value::Object(settings),
+    )
+    .await?;
     for fault in others {
         // A nested `Together` is flattened the same way; boxed because it recurses.
         Box::pin(inject(fault, t)).await?;

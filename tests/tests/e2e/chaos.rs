@@ -180,7 +180,10 @@ async fn chaos_carrier_outage_dead_letters_calls() {
     scenario.warmup = Duration::ZERO;
     scenario.expect_dead_letters = true;
     let audit = check(scenario).await;
-    assert!(audit.dead_lettered > 0, "calls were dead-lettered: {audit:#?}");
+    assert!(
+        audit.dead_lettered > 0,
+        "calls were dead-lettered: {audit:#?}"
+    );
     assert_eq!(audit.dlq_letters, audit.dead_lettered, "{audit:#?}");
 }
 
