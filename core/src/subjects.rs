@@ -28,6 +28,12 @@ pub fn event(campaign: CampaignId, call: CallId) -> String {
     format!("calls.event.{campaign}.{call}")
 }
 
+/// `calls.event.*.<call>`: the call's lifecycle events whatever its campaign, for a lookup
+/// that knows only the call id (a stream get by subject filter, never a publish).
+pub fn event_any_campaign(call: CallId) -> String {
+    format!("calls.event.*.{call}")
+}
+
 /// `calls.outcome.<campaign>.<call>`: what the carrier reported.
 pub fn outcome(campaign: CampaignId, call: CallId) -> String {
     format!("calls.outcome.{campaign}.{call}")
@@ -72,6 +78,7 @@ mod tests {
         assert_eq!(dial(campaign), "calls.dial.7");
         assert_eq!(event(campaign, call), format!("calls.event.7.{call}"));
         assert_eq!(outcome(campaign, call), format!("calls.outcome.7.{call}"));
+        assert_eq!(event_any_campaign(call), format!("calls.event.*.{call}"));
         assert_eq!(retry(campaign), "calls.retry.7");
         assert_eq!(dlq("CALLS"), "calls.dlq.CALLS");
         assert_eq!(dial_consumer(campaign), "dial_7");

@@ -1,7 +1,7 @@
 //! Reads of the PostgreSQL read model (written only by the projector), plus the one lookup
-//! that must also see JetStream: where a call is now.
+//! that must see JetStream first: which attempt of a call is the current one.
 
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use ccm_core::{CallEvent, CallId, CampaignId, subjects, topology::names};
 
 use crate::AppState;
@@ -15,15 +15,27 @@ pub enum ReadError {
     Nats(#[source] async_nats::Error),
 }
 
-/// The campaign and current attempt of a call, or `None` for an unknown call.
+/// The campaign and current attempt of a call, or `None` for an unknown call: where an old
+/// contract callback, which names only the call, is credited.
 ///
-/// The read model knows the campaign (it lags by one projector batch). The attempt is then
-/// taken from the call's latest lifecycle event in `CALL_EVENTS` when that is newer, so an
-/// outcome is attributed to the attempt being dialled even before the projector caught up.
+/// The answer comes from the call's latest lifecycle event in `CALL_EVENTS` (any campaign):
+/// the attempt the dialer placed last (`Dialing`), or the one the retrier or the dialer
+/// decided last (`Retrying`, a terminal event), which JetStream records before anything
+/// else sees it. The read model is not asked first: it lags the stream and counts an
+/// attempt as soon as it is queued, so after a PostgreSQL outage, or while a retry waits, it
+/// named an attempt that was never placed, and a late callback of the previous attempt
+/// became that attempt's outcome (the dialer then never placed it). A late callback now
+/// lands on its own, already decided attempt, where it is dropped as a duplicate.
+///
+/// Only a call with no lifecycle event at all (never dialled yet, or older than the
+/// stream's retention) is looked up in the read model.
 pub async fn locate_call(
     state: &AppState,
     call: CallId,
 ) -> Result<Option<(CampaignId, u32)>, ReadError> {
+    if let Some(event) = latest_event(state, call).await? {
+        return Ok(Some((event.campaign_id, event.attempt.max(1))));
+    }
     let row: Option<(i64, i32)> =
         sqlx::query_as("SELECT campaign_id, attempt_count FROM calls WHERE call_id = $1")
             .bind(call.as_uuid())
@@ -38,23 +50,27 @@ pub async fn locate_call(
     else {
         return Ok(None);
     };
-    let mut attempt = u32::try_from(attempt).unwrap_or(1).max(1);
+    Ok(Some((campaign, u32::try_from(attempt).unwrap_or(1).max(1))))
+}
+
+/// The call's newest lifecycle event, found by subject filter (`calls.event.*.<call>`)
+/// because the campaign is not known yet. A stream "get last by subject" request carries the
+/// filter in its body; a direct get would put it in the request subject, where a wildcard is
+/// not allowed.
+async fn latest_event(state: &AppState, call: CallId) -> Result<Option<CallEvent>, ReadError> {
     let events = state
         .js
-        .get_stream(names::CALL_EVENTS)
+        .get_stream_no_info(names::CALL_EVENTS)
         .await
         .map_err(|e| ReadError::Nats(e.into()))?;
     match events
-        .direct_get_last_for_subject(subjects::event(campaign, call))
+        .get_last_raw_message_by_subject(&subjects::event_any_campaign(call))
         .await
     {
-        Ok(message) => {
-            if let Ok(event) = serde_json::from_slice::<CallEvent>(&message.payload) {
-                attempt = attempt.max(event.attempt);
-            }
-        }
-        Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
-        Err(e) => return Err(ReadError::Nats(e.into())),
+        // An event that does not parse is not this service's to judge: the read model then
+        // answers as for a call with no event.
+        Ok(message) => Ok(serde_json::from_slice::<CallEvent>(&message.payload).ok()),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(ReadError::Nats(e.into())),
     }
-    Ok(Some((campaign, attempt)))
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask chaos`: the long fault-injection run. Every fault kind alone, each against a
 //! fresh nats-server and PostgreSQL with the services as real processes, then all of them one
-//! after another in one run, then a 3-node NATS cluster losing a node; the auditor's table at
+//! after another in one run, then several at the same time, then a 3-node NATS cluster
+//! losing a node; the auditor's table at
 //! the end (also written to `target/chaos-report.md`). Everything listens on 127.0.0.1 only, and each
 //! scenario is bounded in time (load, faults, then at most `--settle` seconds to finish).
 
@@ -30,8 +31,8 @@ pub struct ChaosArgs {
     /// Run only the scenarios whose name contains this text.
     #[arg(long)]
     pub only: Option<String>,
-    /// Add a 100 % carrier outage long enough to exhaust technical retries (dead letters);
-    /// it takes about three minutes.
+    /// Add a 100 % carrier outage long enough to exhaust technical retries (dead letters,
+    /// which the auditor then requires); it takes about three minutes.
     #[arg(long)]
     pub outage: bool,
 }
@@ -96,16 +97,20 @@ fn scenarios(args: &ChaosArgs) -> Vec<(Scenario, bool)> {
         .map(|(name, faults)| (scenario(args, name, args.calls, faults), false))
         .collect();
     if args.outage {
+        // A dial message's 8th delivery comes 62-123 s after its first (NAK delays 0.5 s
+        // doubling to 30 s, plus up to 100 % jitter each): 110 s dead-letters most of the
+        // calls in flight when the outage starts.
         let mut outage = scenario(
             args,
-            "carrier down 100 s (dead letters)",
+            "carrier down 110 s (dead letters)",
             args.calls / 4,
             vec![Fault::CarrierErrors {
                 rate: 1.0,
-                hold: secs(100),
+                hold: secs(110),
             }],
         );
         outage.warmup = secs(1);
+        outage.expect_dead_letters = true;
         out.push((outage, false));
     }
     out.push((
@@ -114,6 +119,27 @@ fn scenarios(args: &ChaosArgs) -> Vec<(Scenario, bool)> {
             "all faults, one after another in one run",
             args.calls * 2,
             all,
+        ),
+        false,
+    ));
+    // Several faults at the same time: carrier-side ones held together while the processes
+    // and servers are hit in turn inside that time.
+    out.push((
+        scenario(
+            args,
+            "faults at the same time",
+            args.calls,
+            vec![Fault::Together(vec![
+                Fault::CarrierErrors {
+                    rate: 0.5,
+                    hold: secs(20),
+                },
+                callbacks.clone(),
+                kill(Service::Dialer),
+                kill(Service::Projector),
+                Fault::PostgresOutage { down: secs(10) },
+                kill(Service::Ingest),
+            ])],
         ),
         false,
     ));

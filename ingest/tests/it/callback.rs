@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
+use ccm_core::{CallEvent, CampaignId, DialRequest, EventKind, OutcomeSource, OutcomeStatus};
 use ccm_tests::{TestEnv, eventually};
+use chrono::Utc;
 use serde_json::{Value, json};
 
 use crate::api::{Api, stream_messages};
@@ -136,5 +138,151 @@ async fn a_callback_while_the_broker_is_down_is_503_with_retry_after() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["retry_after"], 60);
     assert!(body["error"].is_string(), "{body}");
+    drop(api);
+}
+
+/// Publishes one lifecycle event or outcome of `call`'s attempt, as the dialer or the
+/// retrier would.
+async fn publish(env: &TestEnv, campaign: u64, call: &str, attempt: u32, kind: EventKind) {
+    let js = env.jetstream().await.expect("js");
+    let event = CallEvent {
+        call_id: call.parse().expect("call id"),
+        campaign_id: CampaignId::new(campaign).expect("campaign"),
+        attempt,
+        at: Utc::now(),
+        kind,
+    };
+    ccm_core::nats::publish_event(&js, &event)
+        .await
+        .expect("event stored");
+}
+
+fn dialing() -> EventKind {
+    EventKind::Dialing {
+        phone_number: "+1234567890".parse().expect("number"),
+        max_attempts: 3,
+        created_at: Utc::now(),
+    }
+}
+
+/// The call's newest outcome in JetStream: (attempt, status).
+async fn latest_outcome(env: &TestEnv, campaign: u64, call: &str) -> (u64, String) {
+    let js = env.jetstream().await.expect("js");
+    let events = js.get_stream("CALL_EVENTS").await.expect("stream");
+    let message = events
+        .direct_get_last_for_subject(format!("calls.outcome.{campaign}.{call}"))
+        .await
+        .expect("an outcome is stored");
+    let outcome: Value = serde_json::from_slice(&message.payload).expect("json");
+    (
+        outcome["attempt"].as_u64().expect("attempt"),
+        outcome["status"].as_str().expect("status").to_owned(),
+    )
+}
+
+// The bug the fault suite found: attempt 1 timed out and its retry is queued, so the read
+// model already counts attempt 2 (never placed). Attempt 1's late callback must stay attempt
+// 1's (a duplicate of its decided outcome), not become the outcome of attempt 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_callback_stays_with_its_attempt_while_the_retry_is_queued() {
+    let env = TestEnv::start().await.expect("env");
+    let api = Api::with_projector(&env).await;
+    let (campaign, call) = projected_call(&env, &api).await;
+    publish(&env, campaign, &call, 1, dialing()).await;
+    let timeout = EventKind::Outcome {
+        status: OutcomeStatus::Failed,
+        source: OutcomeSource::Timeout,
+        raw_status: None,
+        duration_secs: None,
+        external_call_id: None,
+        reason: Some("timeout".into()),
+    };
+    publish(&env, campaign, &call, 1, timeout).await;
+    let retrying = EventKind::Retrying {
+        next_retry_at: Utc::now() + chrono::Duration::seconds(60),
+        reason: "FAILED".into(),
+    };
+    publish(&env, campaign, &call, 1, retrying).await;
+    // The retrier's queued attempt 2, as it reaches `CALLS` when due.
+    let js = env.jetstream().await.expect("js");
+    let calls = js.get_stream("CALLS").await.expect("CALLS");
+    let first = calls
+        .direct_get_last_for_subject(format!("calls.dial.{campaign}"))
+        .await
+        .expect("attempt 1's dial request");
+    let mut second: DialRequest = serde_json::from_slice(&first.payload).expect("dial request");
+    second.attempt = 2;
+    second.queued_at = Utc::now();
+    ccm_core::nats::publish_json(&js, second.subject(), &second.msg_id(), None, &second)
+        .await
+        .expect("attempt 2 queued");
+    let pg = env.pg().await.expect("pg");
+    let id: uuid::Uuid = call.parse().expect("uuid");
+    eventually(Duration::from_secs(10), || async {
+        let n: Option<i32> =
+            sqlx::query_scalar("SELECT attempt_count FROM calls WHERE call_id = $1")
+                .bind(id)
+                .fetch_optional(&pg)
+                .await
+                .ok()
+                .flatten();
+        (n == Some(2)).then_some(())
+    })
+    .await
+    .expect("the read model counts the queued attempt 2");
+
+    let (status, body) = api
+        .put(CALLBACK, json!({"call_id": call, "status": "PICKED"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        latest_outcome(&env, campaign, &call).await,
+        (1, "FAILED".to_owned()),
+        "the late callback was credited to attempt 1 and dropped as its duplicate"
+    );
+
+    // Once attempt 2 is placed, its callback is attempt 2's.
+    publish(&env, campaign, &call, 2, dialing()).await;
+    let (status, body) = api
+        .put(CALLBACK, json!({"call_id": call, "status": "RNR"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        latest_outcome(&env, campaign, &call).await,
+        (2, "RNR".to_owned())
+    );
+    api.stop().await;
+}
+
+// JetStream, not the read model, says which attempt is live: with PostgreSQL down (and the
+// read model still at attempt 1 before that), the callback of the placed attempt 2 lands on
+// attempt 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_is_credited_from_jetstream_while_postgres_is_down() {
+    let mut env = TestEnv::start().await.expect("env");
+    let api = Api::with_projector(&env).await;
+    let (campaign, call) = projected_call(&env, &api).await;
+    env.local_postgres.as_mut().expect("local postgres").stop();
+    publish(&env, campaign, &call, 2, dialing()).await;
+    let (status, body) = api
+        .put(
+            CALLBACK,
+            json!({"call_id": call, "status": "DISCONNECTED", "external_call_id": "ext_2"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        latest_outcome(&env, campaign, &call).await,
+        (2, "DISCONNECTED".to_owned())
+    );
+    // A call JetStream has never seen is still unknown, and the read model cannot say
+    // otherwise while it is down.
+    let (status, _) = api
+        .put(
+            CALLBACK,
+            json!({"call_id": uuid::Uuid::now_v7().to_string(), "status": "RNR"}),
+        )
+        .await;
+    assert_eq!(status, 503);
     drop(api);
 }

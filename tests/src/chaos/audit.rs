@@ -12,7 +12,7 @@
 //!   after PICKED, due exactly the policy's backoff after the outcome and not dialled early;
 //!   FAILED at the limit.
 //! - DLQ: the letters in `DLQ` are exactly the dead-lettered calls, each payload the call's
-//!   original dial request.
+//!   original dial request; a run whose faults exhaust technical retries must have letters.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -36,6 +36,9 @@ pub struct Expectation {
     pub backoff: Duration,
     /// Concurrency cap per campaign.
     pub caps: BTreeMap<u64, u32>,
+    /// The faults exhaust technical retries, so the DLQ check must see letters: a run with
+    /// none would pass it without checking anything.
+    pub expect_dead_letters: bool,
 }
 
 /// The subset of carrier-sim's `GET /stats` the auditor reads.
@@ -90,6 +93,8 @@ pub struct Audit {
     pub dead_lettered: u64,
     pub dlq_letters: u64,
     pub dlq_mismatches: u64,
+    /// Whether the run was meant to dead-letter calls (see [`Expectation`]).
+    pub dlq_expected: bool,
     /// Terminal calls by final state.
     pub finals: BTreeMap<String, u64>,
     /// The first few violations, spelled out.
@@ -107,6 +112,7 @@ impl Audit {
             && self.number_overlaps == 0
             && self.retry_violations == 0
             && self.dlq_mismatches == 0
+            && (!self.dlq_expected || self.dlq_letters > 0)
             && !self.refused.keys().any(|s| (200..300).contains(s))
     }
 
@@ -206,6 +212,7 @@ pub async fn audit(
         double_dials: carrier.repeated_requests,
         injected_errors: carrier.injected_errors,
         number_overlaps: carrier.number_overlaps.len() as u64,
+        dlq_expected: expect.expect_dead_letters,
         ..Audit::default()
     };
     if audit.double_dials > 0 {
@@ -268,6 +275,9 @@ pub async fn audit(
     }
     audit.dead_lettered = dead.len() as u64;
     check_dlq(&mut audit, &load.accepted, &dead, js).await?;
+    if audit.dlq_expected && audit.dlq_letters == 0 {
+        audit.problem("the faults were to dead-letter calls, but the DLQ is empty".into());
+    }
     Ok(audit)
 }
 

@@ -30,6 +30,10 @@ pub enum Fault {
         reorder: f64,
         hold: Duration,
     },
+    /// Several faults at the same time: the carrier-side ones (errors, latency, callbacks)
+    /// are set together and held for the longest of their holds, while the process and
+    /// server faults among them run one after another inside that time.
+    Together(Vec<Fault>),
 }
 
 impl Fault {
@@ -63,6 +67,30 @@ impl Fault {
                 "callbacks drop {drop} dup {duplicate} reorder {reorder} for {} s",
                 hold.as_secs()
             ),
+            Fault::Together(faults) => {
+                let labels: Vec<String> = faults.iter().map(Fault::label).collect();
+                format!("at once: {}", labels.join(" + "))
+            }
+        }
+    }
+
+    /// The carrier-sim settings (`PUT /faults` fields) and hold of a carrier-side fault.
+    fn carrier_settings(&self) -> Option<(serde_json::Value, Duration)> {
+        match self {
+            Fault::CarrierErrors { rate, hold } => Some((json!({"error_rate": rate}), *hold)),
+            Fault::CarrierLatency { latency_ms, hold } => {
+                Some((json!({"latency_ms": latency_ms}), *hold))
+            }
+            Fault::Callbacks {
+                drop,
+                duplicate,
+                reorder,
+                hold,
+            } => Some((
+                json!({"drop_rate": drop, "duplicate_rate": duplicate, "reorder_rate": reorder}),
+                *hold,
+            )),
+            _ => None,
         }
     }
 }
@@ -116,24 +144,45 @@ pub async fn inject(fault: &Fault, t: &mut Targets<'_>) -> Result<(), HarnessErr
             tokio::time::sleep(*down).await;
             tokio::task::block_in_place(|| pg.restart())?;
         }
-        Fault::CarrierErrors { rate, hold } => {
-            carrier(t, json!({"error_rate": rate}), *hold).await?;
-        }
-        Fault::CarrierLatency { latency_ms, hold } => {
-            carrier(t, json!({"latency_ms": latency_ms}), *hold).await?;
-        }
-        Fault::Callbacks {
-            drop,
-            duplicate,
-            reorder,
-            hold,
-        } => {
-            let faults =
-                json!({"drop_rate": drop, "duplicate_rate": duplicate, "reorder_rate": reorder});
-            carrier(t, faults, *hold).await?;
+        Fault::Together(faults) => together(faults, t).await?,
+        Fault::CarrierErrors { .. } | Fault::CarrierLatency { .. } | Fault::Callbacks { .. } => {
+            if let Some((settings, hold)) = fault.carrier_settings() {
+                carrier(t, settings, hold).await?;
+            }
         }
     }
     Ok(())
+}
+
+/// Several faults at once: one `PUT /faults` with every carrier-side setting, then the
+/// other faults in turn while those hold, then the carrier cleared once the longest hold
+/// is over.
+async fn together(faults: &[Fault], t: &mut Targets<'_>) -> Result<(), HarnessError> {
+    let mut settings = serde_json::Map::new();
+    let mut hold = Duration::ZERO;
+    let mut others = Vec::new();
+    for fault in faults {
+        match fault.carrier_settings() {
+            Some((serde_json::Value::Object(fields), h)) => {
+                settings.extend(fields);
+                hold = hold.max(h);
+            }
+            _ => others.push(fault),
+        }
+    }
+    let started = tokio::time::Instant::now();
+    set_carrier_faults(
+        t.http,
+        &t.services.sim,
+        &serde_json::Value::Object(settings),
+    )
+    .await?;
+    for fault in others {
+        // A nested `Together` is flattened the same way; boxed because it recurses.
+        Box::pin(inject(fault, t)).await?;
+    }
+    tokio::time::sleep(hold.saturating_sub(started.elapsed())).await;
+    set_carrier_faults(t.http, &t.services.sim, &json!({})).await
 }
 
 /// Sets carrier-sim's faults for `hold`, then clears them.

@@ -20,7 +20,7 @@ use crate::{HarnessError, TestEnv, cluster::NatsCluster};
 pub use audit::{Audit, Expectation};
 pub use faults::Fault;
 pub use load::LoadPlan;
-pub use services::{Service, ServiceSettings, Services};
+pub use services::{CarrierApi, Service, ServiceSettings, Services};
 
 /// The retry policy of every scenario: each retryable outcome waits one second, so a call's
 /// retries fit in a short run; the campaign's `max_attempts` bounds the attempts.
@@ -56,6 +56,10 @@ pub struct Scenario {
     pub sim_args: Vec<String>,
     /// A call with no outcome after this long is FAILED (timeout) by the dialer.
     pub max_call_duration_secs: u64,
+    /// The faults exhaust technical retries: the auditor requires letters in the DLQ.
+    pub expect_dead_letters: bool,
+    /// The carrier API the dialer speaks to carrier-sim.
+    pub carrier: CarrierApi,
     /// Print progress to stderr.
     pub verbose: bool,
 }
@@ -95,6 +99,8 @@ impl Scenario {
             .map(String::from)
             .to_vec(),
             max_call_duration_secs: 8,
+            expect_dead_letters: false,
+            carrier: CarrierApi::Twilio,
             verbose: false,
         }
     }
@@ -137,6 +143,7 @@ pub async fn run(
         max_call_duration_secs: scenario.max_call_duration_secs,
         replicas,
         sim_args: scenario.sim_args.clone(),
+        carrier: scenario.carrier,
     })
     .await?;
     let result = drive(scenario, env, cluster, &mut services, &js).await;
@@ -251,6 +258,7 @@ async fn drive(
         max_attempts: scenario.max_attempts,
         backoff: POLICY_BACKOFF,
         caps,
+        expect_dead_letters: scenario.expect_dead_letters,
     };
     let mut audit = audit::audit(&scenario.name, &load, &expect, &carrier, &pg, js).await?;
     audit.elapsed = elapsed;

@@ -134,6 +134,19 @@ pub struct ServiceSettings {
     pub replicas: usize,
     /// carrier-sim's flags (outcome mix, call length); its faults change at run time.
     pub sim_args: Vec<String>,
+    /// The API the dialer speaks to carrier-sim.
+    pub carrier: CarrierApi,
+}
+
+/// The carrier API of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CarrierApi {
+    /// Twilio's: status callbacks name their attempt in the URL.
+    #[default]
+    Twilio,
+    /// The old contract (`http` adapter): callbacks to `PUT /api/v1/callback/` name only the
+    /// call, and ingest finds the attempt.
+    OldContract,
 }
 
 /// carrier-sim and the four services, each a child process.
@@ -200,15 +213,18 @@ impl Services {
 
     fn spawn(&mut self, service: Service) -> Result<(), HarnessError> {
         let s = &self.settings;
-        // Twilio's API: its status callbacks name the attempt in their URL, so a callback
-        // that arrives late is never taken for a later attempt's (the old contract's
-        // callbacks carry only the call id; see the README's reliability section).
-        let carrier = format!(
-            "{{kind: twilio, base_url: '{}', account_sid: {SIM_ACCOUNT_SID}, \
-             auth_token: {SIM_AUTH_TOKEN}, from: '+15550009999', \
-             status_callback_base: '{}', request_timeout_ms: 3000}}",
-            self.sim, self.api
-        );
+        let carrier = match s.carrier {
+            CarrierApi::Twilio => format!(
+                "{{kind: twilio, base_url: '{}', account_sid: {SIM_ACCOUNT_SID}, \
+                 auth_token: {SIM_AUTH_TOKEN}, from: '+15550009999', \
+                 status_callback_base: '{}', request_timeout_ms: 3000}}",
+                self.sim, self.api
+            ),
+            CarrierApi::OldContract => format!(
+                "{{kind: http, base_url: '{}', request_timeout_ms: 3000}}",
+                self.sim
+            ),
+        };
         let mut command = Command::new(bin_dir().join(service.binary()));
         command
             .env("CCM_NATS_URL", &s.nats_url)

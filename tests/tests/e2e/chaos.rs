@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ccm_tests::{
     NatsCluster, TestEnv,
-    chaos::{self, Audit, Fault, Scenario, Service},
+    chaos::{self, Audit, CarrierApi, Fault, Scenario, Service},
 };
 
 const CALLS_PER_CAMPAIGN: u32 = 80;
@@ -83,6 +83,24 @@ async fn chaos_postgres_down_for_ten_seconds() {
     .await;
 }
 
+// The old contract's callbacks name only the call: ingest finds the attempt from the call's
+// latest event in JetStream. Crediting them by the read model's attempt count (which runs
+// ahead to a queued retry, and stops while PostgreSQL is down) gave a timed-out attempt's
+// late callback to the next attempt, which was then never placed ("attempts {1, 3}").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_postgres_down_with_old_contract_callbacks() {
+    let mut scenario = Scenario::new(
+        "PostgreSQL down 10 s, old-contract callbacks",
+        CALLS_PER_CAMPAIGN,
+        vec![Fault::PostgresOutage {
+            down: Duration::from_secs(10),
+        }],
+    );
+    scenario.carrier = CarrierApi::OldContract;
+    let audit = check(scenario).await;
+    assert!(audit.retries > 0, "the mix produced retries: {audit:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_carrier_errors_latency_and_callback_faults() {
     let audit = check(Scenario::new(
@@ -107,6 +125,66 @@ async fn chaos_carrier_errors_latency_and_callback_faults() {
     ))
     .await;
     assert!(audit.injected_errors > 0, "the 503 burst hit: {audit:#?}");
+}
+
+// Faults at the same time, not one after another: the dialer is killed and PostgreSQL stopped
+// while carrier-sim answers half of the placements 503 and drops, duplicates and reorders
+// callbacks; the projector is killed too. The killed dialer's calls hold their slots until
+// AckWait (30 s) ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_faults_at_the_same_time() {
+    let audit = check(Scenario::new(
+        "at once: kill -9 dialer, projector, PostgreSQL down, carrier 503, callbacks",
+        CALLS_PER_CAMPAIGN,
+        vec![Fault::Together(vec![
+            Fault::CarrierErrors {
+                rate: 0.5,
+                hold: Duration::from_secs(12),
+            },
+            Fault::Callbacks {
+                drop: 0.1,
+                duplicate: 0.3,
+                reorder: 0.3,
+                hold: Duration::from_secs(12),
+            },
+            kill(Service::Dialer),
+            kill(Service::Projector),
+            Fault::PostgresOutage {
+                down: Duration::from_secs(5),
+            },
+        ])],
+    ))
+    .await;
+    assert!(audit.injected_errors > 0, "the 503s hit: {audit:#?}");
+    assert!(audit.retries > 0, "the mix produced retries: {audit:#?}");
+}
+
+// A carrier down for longer than the dialer's technical retries dead-letters the calls it
+// was placing: a dial message's 8th and last delivery comes after 7 NAK delays (0.5 s doubling,
+// capped at 30 s, each plus up to 100 % jitter: 62-123 s in all, 92 s on average), its letter
+// one more delay later. With cap 4 the first four calls of each campaign start at once, and
+// those whose 8th delivery falls inside the 110 s outage are dead-lettered; the calls queued
+// behind them are dialled when slots free up, mostly after it. The auditor requires letters:
+// exactly the dead-lettered calls, each with its request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_carrier_outage_dead_letters_calls() {
+    let mut scenario = Scenario::new(
+        "carrier down 110 s (dead letters)",
+        12,
+        vec![Fault::CarrierErrors {
+            rate: 1.0,
+            hold: Duration::from_secs(110),
+        }],
+    );
+    scenario.cap = 4;
+    scenario.warmup = Duration::ZERO;
+    scenario.expect_dead_letters = true;
+    let audit = check(scenario).await;
+    assert!(
+        audit.dead_lettered > 0,
+        "calls were dead-lettered: {audit:#?}"
+    );
+    assert_eq!(audit.dlq_letters, audit.dead_lettered, "{audit:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
