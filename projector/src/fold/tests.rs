@@ -22,6 +22,7 @@ fn life(call: CallId) -> Vec<Item> {
         max_attempts: 3,
         created_at: at(0),
         queued_at: at(t),
+        custom_fields: Default::default(),
     };
     let event = |attempt: u32, t: i64, kind: EventKind| CallEvent {
         call_id: call,
@@ -34,6 +35,7 @@ fn life(call: CallId) -> Vec<Item> {
         phone_number: phone.clone(),
         max_attempts: 3,
         created_at: at(0),
+        custom_fields: Default::default(),
     };
     let outcome = |status, secs, id: &str, reason: Option<&str>| EventKind::Outcome {
         status,
