@@ -12,8 +12,7 @@
 //! call's number and totals from the read model, and its latest carrier outcome straight
 //! from `CALL_EVENTS` (a direct get by subject, so it is never behind the event). Fields the
 //! read model does not know yet are left out rather than guessed. `custom_fields` (the
-//! contact's extra CSV columns) comes with the `Dialing` event itself and from the read model
-//! for every other event; it is absent when the call has none.
+//! contact's extra CSV columns) comes from the read model; it is absent when the call has none.
 
 use std::collections::HashMap;
 
@@ -49,8 +48,9 @@ struct Data<'a> {
     call: Option<&'a CallRow>,
     #[serde(skip_serializing_if = "Option::is_none")]
     outcome: Option<&'a serde_json::Value>,
-    /// From the read model, for events that do not carry the fields themselves (a `Dialing`
-    /// event does, and a second `custom_fields` key would make the object ambiguous).
+    /// From the read model, for events that do not carry the fields themselves. A `Dialing`
+    /// event does (it is not a subscribable type today), and a second `custom_fields` key
+    /// would make the object ambiguous.
     #[serde(skip_serializing_if = "Option::is_none")]
     custom_fields: Option<&'a serde_json::Value>,
 }
