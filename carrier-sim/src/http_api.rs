@@ -13,6 +13,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use reqwest::Method;
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -33,6 +35,9 @@ pub struct InitiateCall {
     pub campaign_id: Value,
     #[serde(default)]
     pub campaign_name: Option<String>,
+    /// The contact's custom fields, recorded in the ledger with the attempt.
+    #[serde(default)]
+    pub custom_fields: BTreeMap<String, String>,
 }
 
 fn bad_request(reason: impl Into<String>) -> Response {
@@ -82,6 +87,7 @@ pub async fn initiate_call(
         }
         Placement::New { external_call_id } => external_call_id,
     };
+    state.ledger.set_fields(&key, body.custom_fields);
     let drawn = outcome::draw(&state.config);
     let last = Callback::Json {
         method: Method::PUT,

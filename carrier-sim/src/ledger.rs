@@ -24,6 +24,10 @@ pub struct Attempt {
     pub external_call_id: String,
     /// Placement requests seen with this key: more than one means the dialer asked twice.
     pub requests: u32,
+    /// The custom fields the placement request carried (the old contract's
+    /// `custom_fields`), so a test can see what reached the carrier.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
 }
 
 /// Live and peak calls of one campaign.
@@ -102,6 +106,7 @@ impl Ledger {
                     to: to.to_owned(),
                     external_call_id: external_call_id.clone(),
                     requests: 1,
+                    fields: BTreeMap::new(),
                 },
             );
             stats.placed += 1;
@@ -121,6 +126,15 @@ impl Ledger {
             }
             Placement::New { external_call_id }
         })
+    }
+
+    /// Records the custom fields of the attempt placed under `key`.
+    pub fn set_fields(&self, key: &str, fields: BTreeMap<String, String>) {
+        self.with(|stats| {
+            if let Some(attempt) = stats.attempts.get_mut(key) {
+                attempt.fields = fields;
+            }
+        });
     }
 
     /// The call ended (its final callback is due now).

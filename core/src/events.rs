@@ -29,7 +29,15 @@ pub struct DialRequest {
     pub created_at: DateTime<Utc>,
     /// When this attempt was queued.
     pub queued_at: DateTime<Utc>,
+    /// The contact's custom fields (the extra columns of its CSV import), for the carrier and
+    /// for every later stage. Absent when empty, so messages without it still parse.
+    #[serde(default, skip_serializing_if = "CustomFields::is_empty")]
+    pub custom_fields: CustomFields,
 }
+
+/// A contact's custom fields, by column name. Sorted, so the same contact always serialises
+/// the same way (de-duplicated publishes of it then carry identical bodies).
+pub type CustomFields = std::collections::BTreeMap<String, String>;
 
 impl DialRequest {
     /// The subject this attempt is published on.
@@ -114,6 +122,9 @@ pub enum EventKind {
         phone_number: PhoneNumber,
         max_attempts: u32,
         created_at: DateTime<Utc>,
+        /// The contact's custom fields, copied from the dial request (absent when empty).
+        #[serde(default, skip_serializing_if = "CustomFields::is_empty")]
+        custom_fields: CustomFields,
     },
     /// The carrier's verdict on the attempt (published on `calls.outcome.…`).
     Outcome {
@@ -277,6 +288,7 @@ mod tests {
             max_attempts: 3,
             created_at: Utc::now(),
             queued_at: Utc::now(),
+            custom_fields: CustomFields::new(),
         };
         let retry = RetryEntry {
             due_at: Utc::now(),

@@ -49,7 +49,7 @@ pub mod window;
 
 pub use campaign::{Campaign, CampaignState};
 pub use config::Config;
-pub use events::{CallEvent, DialRequest, EventKind, OutcomeSource, RetryEntry};
+pub use events::{CallEvent, CustomFields, DialRequest, EventKind, OutcomeSource, RetryEntry};
 pub use ids::{CallId, CampaignId};
 pub use phone::{PhoneNumber, PhoneRule};
 pub use policy::{PolicyOverride, RetryPolicy};

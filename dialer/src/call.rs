@@ -322,6 +322,7 @@ async fn publish_dialing(
             phone_number: request.phone_number.clone(),
             max_attempts: request.max_attempts,
             created_at: request.created_at,
+            custom_fields: request.custom_fields.clone(),
         },
     };
     let nats = |e: ccm_core::nats::NatsError| CallError::Nats(e.to_string());

@@ -6,7 +6,9 @@
 //! do-not-call list is refused and keeps no claim.
 
 use async_nats::jetstream::{self, message::PublishMessage};
-use ccm_core::{CallId, Campaign, DialRequest, PhoneNumber, dnc::DncList, metrics::counter};
+use ccm_core::{
+    CallId, Campaign, CustomFields, DialRequest, PhoneNumber, dnc::DncList, metrics::counter,
+};
 use chrono::Utc;
 use futures::{StreamExt, stream};
 
@@ -67,7 +69,12 @@ async fn check_and_claim(
     }
 }
 
-fn dial_request(campaign: &Campaign, phone: PhoneNumber, call_id: CallId) -> DialRequest {
+fn dial_request(
+    campaign: &Campaign,
+    phone: PhoneNumber,
+    call_id: CallId,
+    custom_fields: CustomFields,
+) -> DialRequest {
     let now = Utc::now();
     DialRequest {
         call_id,
@@ -77,6 +84,7 @@ fn dial_request(campaign: &Campaign, phone: PhoneNumber, call_id: CallId) -> Dia
         max_attempts: campaign.max_attempts,
         created_at: now,
         queued_at: now,
+        custom_fields,
     }
 }
 
@@ -89,7 +97,7 @@ pub async fn accept_one(
 ) -> Result<DialRequest, AcceptError> {
     let result = async {
         let claim = check_and_claim(state, campaign, &phone, call_id).await?;
-        let request = dial_request(campaign, phone, call_id);
+        let request = dial_request(campaign, phone, call_id, CustomFields::new());
         if let Err(e) = ccm_core::nats::publish_dial(&state.js, &request).await {
             claim::release(state, &claim).await;
             return Err(AcceptError::Publish(e.into()));
@@ -131,15 +139,29 @@ pub async fn accept_many(
     campaign: &Campaign,
     phones: Vec<PhoneNumber>,
 ) -> Vec<Result<DialRequest, AcceptError>> {
-    let total = phones.len();
+    let targets = phones
+        .into_iter()
+        .map(|phone| (phone, CustomFields::new()))
+        .collect();
+    accept_many_with_fields(state, campaign, targets).await
+}
+
+/// As [`accept_many`], each number with the custom fields its dial request carries (a
+/// campaign's contacts, called at its start).
+pub async fn accept_many_with_fields(
+    state: &AppState,
+    campaign: &Campaign,
+    targets: Vec<(PhoneNumber, CustomFields)>,
+) -> Vec<Result<DialRequest, AcceptError>> {
+    let total = targets.len();
     // Claims stream into publishes: a number's dial message is sent as soon as its claim (and
     // every claim before it, so the campaign is dialled in the order given) is back, which
     // overlaps the two round trips instead of running all claims first.
-    let mut claims = stream::iter(phones)
-        .map(|phone| async move {
+    let mut claims = stream::iter(targets)
+        .map(|(phone, fields)| async move {
             let call_id = CallId::new();
             let claimed = check_and_claim(state, campaign, &phone, call_id).await;
-            (phone, call_id, claimed)
+            (phone, fields, call_id, claimed)
         })
         .buffered(CLAIM_CONCURRENCY)
         .enumerate();
@@ -147,7 +169,7 @@ pub async fn accept_many(
     let mut results: Vec<Option<Result<DialRequest, AcceptError>>> =
         std::iter::repeat_with(|| None).take(total).collect();
     let mut window: Vec<Pending> = Vec::with_capacity(PUBLISH_WINDOW);
-    while let Some((index, (phone, call_id, claimed))) = claims.next().await {
+    while let Some((index, (phone, fields, call_id, claimed))) = claims.next().await {
         let claim = match claimed {
             Ok(claim) => claim,
             Err(e) => {
@@ -155,7 +177,7 @@ pub async fn accept_many(
                 continue;
             }
         };
-        let request = dial_request(campaign, phone, call_id);
+        let request = dial_request(campaign, phone, call_id, fields);
         match send(state, &request).await {
             Ok(ack) => window.push(Pending {
                 index,

@@ -8,7 +8,7 @@
 //! subjects (one subject per key) in a single request, without reading any value.
 
 use async_nats::jetstream::kv;
-use ccm_core::{CampaignId, PhoneNumber, campaign::Contact, topology::names};
+use ccm_core::{CampaignId, CustomFields, PhoneNumber, campaign::Contact, topology::names};
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt, stream};
 
@@ -76,6 +76,31 @@ pub async fn put(state: &AppState, contacts: Vec<Contact>) -> Result<usize, asyn
     let n = written.len();
     written.into_iter().collect::<Result<Vec<()>, _>>()?;
     Ok(n)
+}
+
+/// The custom fields of each of `phones` (contacts of `campaign`), in the same order: empty
+/// for a number added without any, or whose contact is gone.
+pub async fn fields(
+    state: &AppState,
+    campaign: CampaignId,
+    phones: &[PhoneNumber],
+) -> Result<Vec<CustomFields>, async_nats::Error> {
+    // Owned keys: futures borrowing the slice's items would make the handler's future
+    // lifetime-generic, which axum's `Send` bound cannot express.
+    let keys: Vec<String> = phones.iter().map(|phone| key(campaign, phone)).collect();
+    let read: Vec<Result<CustomFields, async_nats::Error>> = stream::iter(keys)
+        .map(|key| async move {
+            let value = state.contacts.get(key).await?;
+            // A value that does not decode has no fields to give; the call is still made.
+            Ok(value
+                .and_then(|v| serde_json::from_slice::<Contact>(&v).ok())
+                .map(|c| c.fields)
+                .unwrap_or_default())
+        })
+        .buffered(256)
+        .collect()
+        .await;
+    read.into_iter().collect()
 }
 
 /// Every number of a campaign, sorted.

@@ -165,6 +165,7 @@ async fn paced(js: &jetstream::Context, rate: usize, total: usize) -> anyhow::Re
                     phone_number: phone.clone(),
                     max_attempts: 1,
                     created_at: now,
+                    custom_fields: Default::default(),
                 },
             };
             let publish = jetstream::message::PublishMessage::build()

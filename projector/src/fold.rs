@@ -166,6 +166,11 @@ pub fn key(attempt: i32, rank: i16) -> i32 {
     attempt.saturating_mul(8).saturating_add(i32::from(rank))
 }
 
+/// A call's custom fields as a row holds them: `None` when there are none.
+fn fields(custom: &ccm_core::CustomFields) -> Option<ccm_core::CustomFields> {
+    (!custom.is_empty()).then(|| custom.clone())
+}
+
 fn to_i32(value: u32) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
 }
@@ -190,6 +195,9 @@ pub struct CallRow {
     pub outcome_key: i32,
     pub error_message: Option<String>,
     pub error_key: i32,
+    /// The contact's custom fields (`None` when the call has none). They are the same in
+    /// every message of a call, so the first one known is kept.
+    pub custom_fields: Option<ccm_core::CustomFields>,
 }
 
 impl CallRow {
@@ -212,6 +220,7 @@ impl CallRow {
             outcome_key: -1,
             error_message: None,
             error_key: -1,
+            custom_fields: None,
         }
     }
 
@@ -227,6 +236,7 @@ impl CallRow {
         );
         row.phone_number = Some(request.phone_number.as_str().to_owned());
         row.max_attempts = Some(to_i32(request.max_attempts));
+        row.custom_fields = fields(&request.custom_fields);
         row.created_at = Some(request.created_at);
         row.updated_at = request.queued_at;
         row
@@ -250,8 +260,10 @@ impl CallRow {
                 phone_number,
                 max_attempts,
                 created_at,
+                custom_fields,
             } => {
                 row.phone_number = Some(phone_number.as_str().to_owned());
+                row.custom_fields = fields(custom_fields);
                 row.max_attempts = Some(to_i32(*max_attempts));
                 row.created_at = Some(*created_at);
                 row.last_attempt_at = Some(event.at);
@@ -303,6 +315,9 @@ impl CallRow {
         self.updated_at = self.updated_at.max(other.updated_at);
         self.last_attempt_at = self.last_attempt_at.max(other.last_attempt_at);
         self.total_call_time = self.total_call_time.saturating_add(other.total_call_time);
+        if self.custom_fields.is_none() {
+            self.custom_fields = other.custom_fields;
+        }
         if newer_state {
             self.status = other.status;
             self.attempt_count = other.attempt_count;

@@ -210,6 +210,7 @@ async fn upsert_calls<'a>(
     let mut outcome_keys: Vec<i32> = Vec::with_capacity(n);
     let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut error_keys: Vec<i32> = Vec::with_capacity(n);
+    let mut custom: Vec<Option<serde_json::Value>> = Vec::with_capacity(n);
     for row in rows {
         ids.push(row.call_id);
         campaigns.push(row.campaign_id);
@@ -228,16 +229,22 @@ async fn upsert_calls<'a>(
         outcome_keys.push(row.outcome_key);
         errors.push(row.error_message.as_deref());
         error_keys.push(row.error_key);
+        custom.push(
+            row.custom_fields
+                .as_ref()
+                .and_then(|f| serde_json::to_value(f).ok()),
+        );
     }
     sqlx::query(
         "INSERT INTO calls AS c
             (call_id, campaign_id, phone_number, max_attempts, created_at, status, attempt_count,
              phase_rank, updated_at, last_attempt_at, next_retry_at, total_call_time,
-             external_call_id, raw_status, outcome_key, error_message, error_key)
+             external_call_id, raw_status, outcome_key, error_message, error_key, custom_fields)
          SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int4[], $5::timestamptz[],
                               $6::text[], $7::int4[], $8::int2[], $9::timestamptz[],
                               $10::timestamptz[], $11::timestamptz[], $12::int4[], $13::text[],
-                              $14::text[], $15::int4[], $16::text[], $17::int4[])
+                              $14::text[], $15::int4[], $16::text[], $17::int4[],
+                              $18::jsonb[])
          ORDER BY 1
          ON CONFLICT (call_id) DO UPDATE SET
             phone_number = GREATEST(c.phone_number, EXCLUDED.phone_number),
@@ -282,7 +289,8 @@ async fn upsert_calls<'a>(
             error_message = CASE WHEN ROW(EXCLUDED.error_key, COALESCE(EXCLUDED.error_message, ''))
                              > ROW(c.error_key, COALESCE(c.error_message, ''))
                           THEN EXCLUDED.error_message ELSE c.error_message END,
-            error_key = GREATEST(c.error_key, EXCLUDED.error_key)",
+            error_key = GREATEST(c.error_key, EXCLUDED.error_key),
+            custom_fields = COALESCE(c.custom_fields, EXCLUDED.custom_fields)",
     )
     .bind(&ids)
     .bind(&campaigns)
@@ -301,6 +309,7 @@ async fn upsert_calls<'a>(
     .bind(&outcome_keys)
     .bind(&errors)
     .bind(&error_keys)
+    .bind(&custom)
     .execute(conn)
     .await?;
     Ok(())

@@ -6,7 +6,8 @@
 
 use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
 use ccm_core::{
-    CallEvent, CallId, CampaignId, EventKind, PhoneNumber, policy::PastOutcome, subjects,
+    CallEvent, CallId, CampaignId, CustomFields, EventKind, PhoneNumber, policy::PastOutcome,
+    subjects,
 };
 use chrono::{DateTime, Utc};
 
@@ -27,6 +28,8 @@ pub struct CallFacts {
     pub phone_number: PhoneNumber,
     pub max_attempts: u32,
     pub created_at: DateTime<Utc>,
+    /// The contact's custom fields, which every later attempt carries on.
+    pub custom_fields: CustomFields,
 }
 
 /// The call's events could not be read.
@@ -75,10 +78,12 @@ impl CallHistory {
                 phone_number,
                 max_attempts,
                 created_at,
+                custom_fields,
             } => Some(CallFacts {
                 phone_number: phone_number.clone(),
                 max_attempts: *max_attempts,
                 created_at: *created_at,
+                custom_fields: custom_fields.clone(),
             }),
             _ => None,
         })

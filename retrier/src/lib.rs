@@ -8,7 +8,8 @@
 //!
 //! - `retrier_outcomes` (`calls.outcome.>`): [`outcome`] applies the policy: `Completed`,
 //!   `Retrying` plus an entry in `RETRIES`, or `Failed`; terminal states release the number's
-//!   `active_calls` claim. [`history`] reads the call's past from `CALL_EVENTS`.
+//!   `active_calls` claim. [`history`] reads the call's past from `CALL_EVENTS`; [`window`]
+//!   moves a retry due outside the campaign's calling window to its opening.
 //! - `retrier_retries` (`RETRIES`): [`retries`] delays each entry until due, then publishes
 //!   attempt n+1 to `CALLS`.
 //! - `retrier_advisories` (`ADVISORIES`): [`advisories`] moves messages that exhausted
@@ -23,6 +24,7 @@ pub mod history;
 pub mod outcome;
 pub mod retries;
 pub mod sample;
+pub mod window;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -61,6 +63,8 @@ pub struct Shared {
     pub events: jetstream::stream::Stream,
     pub active_calls: kv::Store,
     pub campaigns: kv::Store,
+    /// Contacts, for the callee's own time zone when a retry meets a calling window.
+    pub contacts: kv::Store,
     pub policy: RetryPolicy,
 }
 
@@ -74,6 +78,7 @@ impl Shared {
                 .map_err(|e| RetrierError::Open(names::CALL_EVENTS, e.into()))?,
             active_calls: ccm_core::nats::bucket(&js, names::KV_ACTIVE_CALLS).await?,
             campaigns: ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS).await?,
+            contacts: ccm_core::nats::bucket(&js, names::KV_CONTACTS).await?,
             js,
             policy,
         })

@@ -35,6 +35,8 @@ pub enum OutcomeError {
     Publish(#[from] ccm_core::nats::NatsError),
     #[error("cannot release the number's claim")]
     Release(#[source] async_nats::Error),
+    #[error(transparent)]
+    Contact(#[from] crate::window::ContactError),
 }
 
 /// Handles one outcome message and acknowledges it.
@@ -136,6 +138,13 @@ async fn decide(ctx: &Shared, outcome: &CallEvent) -> Result<(), OutcomeError> {
         Decision::Complete => EventKind::Completed,
         Decision::Retry { at, reason: why } => match &facts {
             Some(facts) => {
+                let at = crate::window::retry_time(
+                    &ctx.contacts,
+                    campaign.as_ref(),
+                    &facts.phone_number,
+                    at,
+                )
+                .await?;
                 let entry = RetryEntry {
                     due_at: at,
                     request: DialRequest {
@@ -146,6 +155,7 @@ async fn decide(ctx: &Shared, outcome: &CallEvent) -> Result<(), OutcomeError> {
                         max_attempts: facts.max_attempts,
                         created_at: facts.created_at,
                         queued_at: at,
+                        custom_fields: facts.custom_fields.clone(),
                     },
                     window_deferral: None,
                 };

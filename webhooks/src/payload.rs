@@ -4,14 +4,15 @@
 //! {"type": "call.completed", "version": 1, "timestamp": "…",
 //!  "data": {"call_id": "…", "campaign_id": 7, "attempt": 1, "at": "…", "type": "completed",
 //!           "status": "COMPLETED", "phone_number": "+1…", "max_attempts": 3,
-//!           "created_at": "…", "total_call_time": 42,
+//!           "created_at": "…", "total_call_time": 42, "custom_fields": {"first_name": "…"},
 //!           "outcome": {"status": "PICKED", "duration_secs": 42, "external_call_id": "…", …}}}
 //! ```
 //!
 //! `data` is the event itself plus what a receiver would otherwise have to ask for: the
 //! call's number and totals from the read model, and its latest carrier outcome straight
 //! from `CALL_EVENTS` (a direct get by subject, so it is never behind the event). Fields the
-//! read model does not know yet are left out rather than guessed.
+//! read model does not know yet are left out rather than guessed. `custom_fields` (the
+//! contact's extra CSV columns) comes from the read model; it is absent when the call has none.
 
 use std::collections::HashMap;
 
@@ -47,6 +48,11 @@ struct Data<'a> {
     call: Option<&'a CallRow>,
     #[serde(skip_serializing_if = "Option::is_none")]
     outcome: Option<&'a serde_json::Value>,
+    /// From the read model, for events that do not carry the fields themselves. A `Dialing`
+    /// event does (it is not a subscribable type today), and a second `custom_fields` key
+    /// would make the object ambiguous.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    custom_fields: Option<&'a serde_json::Value>,
 }
 
 /// What the read model knows about a call.
@@ -61,6 +67,8 @@ pub struct CallRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     created_at: Option<DateTime<Utc>>,
     total_call_time: i32,
+    #[serde(skip)]
+    custom_fields: Option<serde_json::Value>,
 }
 
 /// Looks up what the payloads of `events` need, in one query and a few direct gets.
@@ -75,7 +83,7 @@ impl Enrichment {
     pub async fn load(pg: &PgPool, events_stream: &Stream, events: &[&CallEvent]) -> Self {
         let ids: Vec<Uuid> = events.iter().map(|e| e.call_id.as_uuid()).collect();
         let calls = sqlx::query_as::<_, CallRow>(
-            "SELECT call_id, phone_number, max_attempts, created_at, total_call_time
+            "SELECT call_id, phone_number, max_attempts, created_at, total_call_time, custom_fields
              FROM calls WHERE call_id = ANY($1)",
         )
         .bind(&ids)
@@ -112,6 +120,11 @@ impl Enrichment {
     /// The body for `event`.
     pub fn body(&self, event: &CallEvent) -> Result<Vec<u8>, serde_json::Error> {
         let id = event.call_id.as_uuid();
+        let call = self.calls.get(&id);
+        let custom_fields = match &event.kind {
+            EventKind::Dialing { .. } => None,
+            _ => call.and_then(|c| c.custom_fields.as_ref()),
+        };
         serde_json::to_vec(&Payload {
             kind: event_type(&event.kind),
             version: VERSION,
@@ -119,8 +132,9 @@ impl Enrichment {
             data: Data {
                 event,
                 status: event.kind.status(),
-                call: self.calls.get(&id),
+                call,
                 outcome: self.outcomes.get(&id),
+                custom_fields,
             },
         })
     }

@@ -39,6 +39,7 @@ async fn overview_shows_messages_consumers_and_buckets() {
             max_attempts: 3,
             created_at: chrono::Utc::now(),
             queued_at: chrono::Utc::now(),
+            custom_fields: Default::default(),
         };
         ccm_core::nats::publish_dial(&js, &request)
             .await

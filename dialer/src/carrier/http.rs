@@ -1,7 +1,8 @@
 //! The old system's carrier contract.
 //!
 //! `POST {base_url}/api/initiate-call` with `{call_id, phone_number, campaign_id,
-//! campaign_name}` → 200 `{external_call_id, …}`. The outcome comes back to ingest's
+//! campaign_name}` (plus `custom_fields`, the contact's extra CSV columns as an object of
+//! strings, when it has any) → 200 `{external_call_id, …}`. The outcome comes back to ingest's
 //! `PUT /api/v1/callback/`. The attempt id travels as `Idempotency-Key`, which carriers that
 //! honour it (carrier-sim does) use to answer a repeated request without dialling again.
 
@@ -48,16 +49,21 @@ impl HttpCarrier {
             "{}/api/initiate-call",
             self.config.base_url.trim_end_matches('/')
         );
+        let mut body = json!({
+            "call_id": call.call_id,
+            "phone_number": call.phone_number,
+            "campaign_id": call.campaign_id,
+            "campaign_name": &*campaign.name,
+        });
+        // Left out when empty, so the body stays the old contract's for calls without fields.
+        if !call.custom_fields.is_empty() {
+            body["custom_fields"] = json!(call.custom_fields);
+        }
         let mut request = self
             .client
             .post(url)
             .header("Idempotency-Key", call.msg_id())
-            .json(&json!({
-                "call_id": call.call_id,
-                "phone_number": call.phone_number,
-                "campaign_id": call.campaign_id,
-                "campaign_name": &*campaign.name,
-            }));
+            .json(&body);
         if !self.config.api_token.expose().is_empty() {
             request = request.header("X-Auth-Token", self.config.api_token.expose());
         }

@@ -51,6 +51,7 @@ fn request() -> DialRequest {
         max_attempts: 3,
         created_at: now,
         queued_at: now,
+        custom_fields: Default::default(),
     }
 }
 

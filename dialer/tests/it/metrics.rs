@@ -50,6 +50,7 @@ fn dial(campaign: CampaignId, n: u32) -> DialRequest {
         max_attempts: 1,
         created_at: now,
         queued_at: now,
+        custom_fields: Default::default(),
     }
 }
 

@@ -245,6 +245,7 @@ mod tests {
             max_attempts: 3,
             created_at: Utc::now(),
             queued_at: Utc::now(),
+            custom_fields: Default::default(),
         }
     }
 
@@ -274,6 +275,7 @@ mod tests {
             phone_number: "+15550001234".parse().expect("phone"),
             max_attempts: 3,
             created_at: Utc::now(),
+            custom_fields: Default::default(),
         }
     }
 

@@ -35,6 +35,10 @@ pub struct CallView {
     pub external_call_id: Option<String>,
     pub error_message: Option<String>,
     pub raw_status: Option<String>,
+    /// The contact's custom fields (the extra columns of its CSV import); absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub custom_fields: Option<serde_json::Value>,
 }
 
 /// One recorded event of a call.
@@ -57,7 +61,7 @@ pub struct CallDetail {
 
 const COLUMNS: &str = "call_id, campaign_id, phone_number, status, attempt_count, max_attempts, \
     created_at, updated_at, last_attempt_at, next_retry_at, total_call_time, external_call_id, \
-    error_message, raw_status";
+    error_message, raw_status, custom_fields";
 
 fn read_error(e: sqlx::Error) -> AppError {
     AppError::unavailable(crate::readmodel::ReadError::Database(e))

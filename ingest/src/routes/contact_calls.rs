@@ -34,7 +34,13 @@ pub async fn call_all(state: &AppState, campaign: &Campaign) -> Result<Called, A
         ..Called::default()
     };
     for chunk in phones.chunks(CHUNK) {
-        for outcome in accept::accept_many(state, campaign, chunk.to_vec()).await {
+        // The contacts' custom fields travel in their dial requests, to the carrier and into
+        // the call's events.
+        let fields = crate::contacts::fields(state, campaign.id, chunk)
+            .await
+            .map_err(|e| AppError::unavailable(std::io::Error::other(e.to_string())))?;
+        let targets = chunk.iter().cloned().zip(fields).collect();
+        for outcome in accept::accept_many_with_fields(state, campaign, targets).await {
             match outcome {
                 Ok(_) => called.accepted += 1,
                 Err(AcceptError::DoNotCall(_)) => called.do_not_call += 1,

@@ -22,6 +22,7 @@ fn life(call: CallId) -> Vec<Item> {
         max_attempts: 3,
         created_at: at(0),
         queued_at: at(t),
+        custom_fields: Default::default(),
     };
     let event = |attempt: u32, t: i64, kind: EventKind| CallEvent {
         call_id: call,
@@ -34,6 +35,7 @@ fn life(call: CallId) -> Vec<Item> {
         phone_number: phone.clone(),
         max_attempts: 3,
         created_at: at(0),
+        custom_fields: Default::default(),
     };
     let outcome = |status, secs, id: &str, reason: Option<&str>| EventKind::Outcome {
         status,
@@ -166,4 +168,32 @@ fn metrics_count_each_event_once_by_kind() {
     let started: i64 = fold.concurrency.values().map(|(s, _)| s).sum();
     let ended: i64 = fold.concurrency.values().map(|(_, e)| e).sum();
     assert_eq!((started, ended), (2, 2));
+}
+
+#[test]
+fn custom_fields_come_from_the_dial_request_or_the_dialing_event_in_any_order() {
+    let fields: ccm_core::CustomFields = [("plan".to_owned(), "gold".to_owned())].into();
+    let mut items = life(CallId::new());
+    for item in &mut items {
+        match item {
+            Item::Queued { request, .. } => request.custom_fields = fields.clone(),
+            Item::Event { event, .. } => {
+                if let EventKind::Dialing { custom_fields, .. } = &mut event.kind {
+                    *custom_fields = fields.clone();
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(fold_all(&items).custom_fields.as_ref(), Some(&fields));
+    items.reverse();
+    assert_eq!(fold_all(&items).custom_fields.as_ref(), Some(&fields));
+    // Only the later events (no dial request, no Dialing): the row has none.
+    let later: Vec<Item> = items
+        .into_iter()
+        .filter(|i| {
+            matches!(i, Item::Event { event, .. } if !matches!(event.kind, EventKind::Dialing { .. }))
+        })
+        .collect();
+    assert_eq!(fold_all(&later).custom_fields, None);
 }

@@ -30,6 +30,7 @@ fn dial(campaign: u64, number: &str) -> DialRequest {
         max_attempts: 3,
         created_at: now,
         queued_at: now,
+        custom_fields: Default::default(),
     }
 }
 

@@ -66,6 +66,7 @@ pub fn life(index: usize, campaign: u64, start: DateTime<Utc>) -> Vec<Published>
         max_attempts: 3,
         created_at: start,
         queued_at: at,
+        custom_fields: Default::default(),
     };
     let event = |attempt: u32, at, kind| CallEvent {
         call_id: call,
@@ -78,6 +79,7 @@ pub fn life(index: usize, campaign: u64, start: DateTime<Utc>) -> Vec<Published>
         phone_number: phone.clone(),
         max_attempts: 3,
         created_at: start,
+        custom_fields: Default::default(),
     };
     let outcome = |status, secs: u32, attempt: u32| EventKind::Outcome {
         status,

@@ -7,3 +7,4 @@ mod outcomes;
 mod policy_file;
 mod retries;
 mod support;
+mod window;

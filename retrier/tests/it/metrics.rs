@@ -30,6 +30,7 @@ async fn outcome(js: &async_nats::jetstream::Context, dial: &DialRequest, status
             phone_number: dial.phone_number.clone(),
             max_attempts: dial.max_attempts,
             created_at: dial.created_at,
+            custom_fields: Default::default(),
         },
     };
     ccm_core::nats::publish_event(js, &dialing)

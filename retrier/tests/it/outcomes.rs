@@ -49,6 +49,7 @@ async fn an_outcome_delivered_twice_is_decided_once() {
             phone_number: dial.phone_number.clone(),
             max_attempts: 3,
             created_at: dial.created_at,
+            custom_fields: Default::default(),
         },
     };
     ccm_core::nats::publish_event(&js, &dialing)

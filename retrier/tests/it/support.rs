@@ -69,6 +69,7 @@ pub fn request(campaign: u64, number: &str, attempt: u32) -> DialRequest {
         max_attempts: 3,
         created_at: now,
         queued_at: now,
+        custom_fields: Default::default(),
     }
 }
 

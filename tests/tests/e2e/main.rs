@@ -6,6 +6,7 @@ mod campaign_states;
 mod carrier_stack;
 mod carriers;
 mod chaos;
+mod custom_fields;
 mod dashboard;
 mod do_not_call;
 mod frequency_cap;

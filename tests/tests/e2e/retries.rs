@@ -410,6 +410,7 @@ fn dial_request(campaign: CampaignId, number: &str) -> ccm_core::DialRequest {
         max_attempts: 3,
         created_at: now,
         queued_at: now,
+        custom_fields: Default::default(),
     }
 }
 
