@@ -52,7 +52,8 @@ pub async fn handle(ctx: &Shared, message: Message) {
             return;
         }
     };
-    match decide(ctx, &outcome).await {
+    let seq = message.info().ok().map(|info| info.stream_sequence);
+    match decide(ctx, &outcome, seq).await {
         Ok(()) => {
             if let Err(e) = message.ack().await {
                 tracing::warn!(error = %e, "ack failed; the decision is idempotent");
@@ -67,11 +68,19 @@ pub async fn handle(ctx: &Shared, message: Message) {
     }
 }
 
-async fn decide(ctx: &Shared, outcome: &CallEvent) -> Result<(), OutcomeError> {
+/// Decides outcome `outcome`, stored at stream sequence `seq` when known.
+async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(), OutcomeError> {
     let EventKind::Outcome { status, reason, .. } = &outcome.kind else {
         return Ok(());
     };
-    let history = CallHistory::read(&ctx.events, outcome.campaign_id, outcome.call_id).await?;
+    let history = CallHistory::read_for(
+        &ctx.events,
+        outcome.campaign_id,
+        outcome.call_id,
+        outcome.attempt,
+        seq,
+    )
+    .await?;
     let facts = history.facts();
     if history.settled(outcome.attempt).is_some() {
         // Decided before (this is a redelivery, or a stale outcome of an earlier attempt).

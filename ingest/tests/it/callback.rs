@@ -162,6 +162,7 @@ fn dialing() -> EventKind {
         phone_number: "+1234567890".parse().expect("number"),
         max_attempts: 3,
         created_at: Utc::now(),
+        custom_fields: Default::default(),
     }
 }
 

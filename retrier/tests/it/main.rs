@@ -2,6 +2,7 @@
 
 mod cli;
 mod dead_letters;
+mod history;
 mod metrics;
 mod outcomes;
 mod policy_file;
