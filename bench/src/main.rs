@@ -13,7 +13,8 @@
 //! 4. `live`: many calls held live at once: the dialer's and nats-server's memory
 //!    (`pipeline`);
 //! 5. `projection`: the projector's throughput on a backlog and its lag at a steady rate
-//!    (`projection`).
+//!    (`projection`);
+//! 6. `import`: one CSV upload of many contacts, streamed by ingest (`import`).
 //!
 //! Each figure is printed with its conditions and its ratio to the raw limit it depends on;
 //! the whole report goes to `target/bench/report.json`. Every phase is bounded in time and
@@ -22,6 +23,7 @@
 
 mod api;
 mod http;
+mod import;
 mod pipeline;
 mod projection;
 mod raw;
@@ -60,6 +62,7 @@ enum Phase {
     E2e,
     Live,
     Projection,
+    Import,
 }
 
 /// Sizes and durations of one run.
@@ -82,6 +85,8 @@ pub struct Scale {
     pub projection_events: u64,
     pub lag_rate: u64,
     pub lag_seconds: u64,
+    /// Rows of the contact import.
+    pub import_rows: usize,
 }
 
 impl Scale {
@@ -102,6 +107,7 @@ impl Scale {
             projection_events: 200_000,
             lag_rate: 10_000,
             lag_seconds: 10,
+            import_rows: 1_000_000,
         }
     }
 
@@ -122,6 +128,7 @@ impl Scale {
             projection_events: 50_000,
             lag_rate: 10_000,
             lag_seconds: 3,
+            import_rows: 100_000,
         }
     }
 }
@@ -142,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
             Phase::E2e,
             Phase::Live,
             Phase::Projection,
+            Phase::Import,
         ]
     } else {
         args.only.clone()
@@ -166,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
             Phase::E2e => pipeline::end_to_end(&root, &mut report, &scale, &bar).await,
             Phase::Live => pipeline::live_calls(&root, &mut report, &scale, &bar).await,
             Phase::Projection => projection::run(&root, &mut report, &scale, &bar).await,
+            Phase::Import => import::run(&root, &mut report, &scale, &bar).await,
         };
         if let Err(e) = result {
             bar.println(format!("{phase:?} not measured: {e:#}"));
