@@ -263,13 +263,7 @@ async fn a_burst_of_calls_reaches_the_browser_as_a_few_coalesced_updates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neither_the_token_nor_a_ticket_reaches_the_logs() {
     const VALID: &str = "tok-dashboard-3c9d41";
-    let logs = Captured::default();
-    tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(logs.clone())
-        .try_init()
-        .expect("the only subscriber of this process");
+    let logs = Captured::install();
     let env = TestEnv::start().await.expect("env");
     let mut config = env.config();
     config.ingest.auth_tokens = vec![Secret::new(VALID)];

@@ -10,6 +10,19 @@ use std::{
 pub struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Captured {
+    /// Captures everything logged at every level, as JSON like production. The test
+    /// process has this one subscriber (nextest runs each test in its own process).
+    pub fn install() -> Self {
+        let logs = Self::default();
+        tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(logs.clone())
+            .try_init()
+            .expect("the only subscriber of this process");
+        logs
+    }
+
     /// Everything logged so far.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()

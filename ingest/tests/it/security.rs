@@ -125,15 +125,7 @@ async fn tokens_and_the_database_password_never_reach_the_logs() {
     const PASSWORD: &str = "pw-secret-41c7d2";
     const TWILIO: &str = "twilio-secret-77ab";
 
-    let logs = Captured::default();
-    // Everything at every level, as JSON like production: the test process has this one
-    // subscriber (nextest runs each test in its own process).
-    tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(logs.clone())
-        .try_init()
-        .expect("the only subscriber of this process");
+    let logs = Captured::install();
 
     let env = TestEnv::start().await.expect("env");
     let mut config = env.config();
