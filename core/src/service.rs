@@ -1,10 +1,17 @@
-//! What every service binary shares: its command line and its shutdown signal.
+//! What every service shares: its command line, its shutdown signal, and the first steps of
+//! its `run` ([`start`]: metrics, NATS, topology).
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
+use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError};
+use crate::{
+    config::{Config, ConfigError},
+    metrics::{MetricsError, Readiness},
+    nats::NatsError,
+    topology::{Topology, TopologyError},
+};
 
 /// The options every service accepts.
 #[derive(Debug, Clone, clap::Args)]
@@ -56,4 +63,59 @@ pub fn shutdown_on_signal() -> CancellationToken {
         child.cancel();
     });
     token
+}
+
+/// What a background service has once [`start`] returned.
+#[derive(Debug)]
+pub struct Started {
+    /// The checks behind `/readyz`; NATS is already one of them, a service adds its own.
+    pub readiness: Readiness,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    /// The topology as configured (`streams`), provisioned when `provision` is on.
+    pub topology: Topology,
+}
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+}
+
+/// The start the dialer, the retrier and the webhooks deliverer share, in this order: the
+/// metrics recorder, served with `/healthz` and `/readyz` on `metrics_listen` when one is set
+/// (without one the metrics are still recorded, so an embedding process such as a test can
+/// render them); the NATS connection, named `ccm-<service>`, as a readiness check; then the
+/// topology, provisioned when `config.provision` says so. Metrics come first so that a
+/// service waiting for NATS already answers `/healthz` and reports itself not ready.
+pub async fn start(
+    service: &str,
+    config: &Config,
+    metrics_listen: Option<SocketAddr>,
+    shutdown: &CancellationToken,
+) -> Result<Started, StartError> {
+    let readiness = Readiness::new();
+    if let Some(addr) = metrics_listen {
+        crate::metrics::serve(addr, readiness.clone(), shutdown.clone()).await?;
+    } else {
+        crate::metrics::install()?;
+    }
+    let client = crate::nats::connect(&config.nats_url, service).await?;
+    readiness.add_nats(&client);
+    let js = crate::nats::jetstream(client.clone());
+    let topology = Topology::load(&config.streams)?;
+    if config.provision {
+        topology.provision(&js).await?;
+    }
+    Ok(Started {
+        readiness,
+        client,
+        js,
+        topology,
+    })
 }

@@ -32,6 +32,7 @@ use async_nats::jetstream::{self, kv};
 use ccm_core::{
     Campaign, CampaignId, Config,
     lifecycle::Dialling,
+    service::Started,
     topology::{Topology, names},
 };
 use futures::StreamExt;
@@ -62,24 +63,18 @@ pub enum DialerError {
     #[error("cannot open stream {0}")]
     Stream(&'static str, #[source] async_nats::Error),
     #[error(transparent)]
-    Metrics(#[from] ccm_core::metrics::MetricsError),
+    Start(#[from] ccm_core::service::StartError),
 }
 
 /// Runs the dialer until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DialerError> {
-    let readiness = ccm_core::metrics::Readiness::new();
-    if let Some(addr) = config.dialer.metrics_listen {
-        ccm_core::metrics::serve(addr, readiness.clone(), shutdown.clone()).await?;
-    } else {
-        ccm_core::metrics::install()?;
-    }
-    let client = ccm_core::nats::connect(&config.nats_url, "dialer").await?;
-    readiness.add_nats(&client);
-    let js = ccm_core::nats::jetstream(client.clone());
-    let topology = Topology::load(&config.streams)?;
-    if config.provision {
-        topology.provision(&js).await?;
-    }
+    let Started {
+        client,
+        js,
+        topology,
+        ..
+    } = ccm_core::service::start("dialer", &config, config.dialer.metrics_listen, &shutdown)
+        .await?;
     let events = js
         .get_stream(names::CALL_EVENTS)
         .await

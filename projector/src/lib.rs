@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use ccm_core::{
     Config,
+    service::Started,
     topology::{self, Topology},
 };
 use sqlx::{PgPool, postgres::PgPoolOptions};
@@ -61,7 +62,7 @@ pub enum ProjectorError {
     #[error("cannot pull messages")]
     Consume(#[source] async_nats::Error),
     #[error(transparent)]
-    Metrics(#[from] ccm_core::metrics::MetricsError),
+    Start(#[from] ccm_core::service::StartError),
     #[error("a projector task failed")]
     Task(#[source] tokio::task::JoinError),
 }
@@ -108,16 +109,21 @@ async fn provision_with(
 
 /// Runs the projector until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ProjectorError> {
-    let readiness = ccm_core::metrics::Readiness::new();
-    if let Some(addr) = config.projector.metrics_listen {
-        ccm_core::metrics::serve(addr, readiness.clone(), shutdown.clone()).await?;
-    } else {
-        // Record anyway, so an embedding process (tests, a combined binary) can render them.
-        ccm_core::metrics::install()?;
-    }
+    // The topology is provisioned here (when `provision` is on) and the migrations below,
+    // before any consumer starts.
+    let Started {
+        readiness,
+        client,
+        js,
+        ..
+    } = ccm_core::service::start(
+        "projector",
+        &config,
+        config.projector.metrics_listen,
+        &shutdown,
+    )
+    .await?;
     let pool = connect_db(config.database_url.expose(), &shutdown).await?;
-    let client = ccm_core::nats::connect(&config.nats_url, "projector").await?;
-    readiness.add_nats(&client);
     let probe = pool.clone();
     readiness.add("postgres", move || {
         let pool = probe.clone();
@@ -129,9 +135,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Proj
                 .map_err(|e| e.to_string())
         }
     });
-    let js = ccm_core::nats::jetstream(client.clone());
     if config.provision {
-        provision_with(&config, &pool, &js).await?;
+        MIGRATOR.run(&pool).await.map_err(ProjectorError::Migrate)?;
     }
 
     let settings = consume::Settings {

@@ -29,11 +29,7 @@ pub mod window;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, Message, consumer::PullConsumer, kv};
-use ccm_core::{
-    Config, RetryPolicy,
-    policy::PolicyError,
-    topology::{Topology, names},
-};
+use ccm_core::{Config, RetryPolicy, policy::PolicyError, service::Started, topology::names};
 use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +49,7 @@ pub enum RetrierError {
     #[error("a retrier task failed")]
     Task(#[source] tokio::task::JoinError),
     #[error(transparent)]
-    Metrics(#[from] ccm_core::metrics::MetricsError),
+    Start(#[from] ccm_core::service::StartError),
 }
 
 /// What the retrier's handlers share.
@@ -94,19 +90,9 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// Runs the retrier until `shutdown` is cancelled. A bad policy file stops it at start.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RetrierError> {
     let policy = RetryPolicy::load(&config.retrier.policy_file)?;
-    let readiness = ccm_core::metrics::Readiness::new();
-    if let Some(addr) = config.retrier.metrics_listen {
-        ccm_core::metrics::serve(addr, readiness.clone(), shutdown.clone()).await?;
-    } else {
-        ccm_core::metrics::install()?;
-    }
-    let client = ccm_core::nats::connect(&config.nats_url, "retrier").await?;
-    readiness.add_nats(&client);
-    let js = ccm_core::nats::jetstream(client.clone());
-    let topology = Topology::load(&config.streams)?;
-    if config.provision {
-        topology.provision(&js).await?;
-    }
+    let Started { client, js, .. } =
+        ccm_core::service::start("retrier", &config, config.retrier.metrics_listen, &shutdown)
+            .await?;
     tokio::spawn(sample::run(js.clone(), shutdown.clone()));
     let ctx = Arc::new(Shared::open(js, policy).await?);
     let mut tasks = JoinSet::new();

@@ -35,10 +35,7 @@ pub mod workers;
 use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, stream::Stream};
-use ccm_core::{
-    CallEvent, Config,
-    topology::{Topology, names},
-};
+use ccm_core::{CallEvent, Config, service::Started, topology::names};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -81,7 +78,7 @@ pub enum WebhooksError {
     #[error("cannot apply the database migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error(transparent)]
-    Metrics(#[from] ccm_core::metrics::MetricsError),
+    Start(#[from] ccm_core::service::StartError),
     #[error(
         "webhooks.lease_ttl_ms ({ttl} ms) must be at least 2 × (request_timeout_ms + 1000) \
          ({min} ms): a lane's lease must outlast a request between renewals"
@@ -118,19 +115,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Webh
         });
     }
     let lease_ttl = Duration::from_millis(config.webhooks.lease_ttl_ms);
-    let readiness = ccm_core::metrics::Readiness::new();
-    if let Some(addr) = config.webhooks.metrics_listen {
-        ccm_core::metrics::serve(addr, readiness.clone(), shutdown.clone()).await?;
-    } else {
-        ccm_core::metrics::install()?;
-    }
-    let client = ccm_core::nats::connect(&config.nats_url, "webhooks").await?;
-    readiness.add_nats(&client);
-    let js = ccm_core::nats::jetstream(client.clone());
-    let topology = Topology::load(&config.streams)?;
-    if config.provision {
-        topology.provision(&js).await?;
-    }
+    let Started {
+        readiness,
+        client,
+        js,
+        ..
+    } = ccm_core::service::start(
+        "webhooks",
+        &config,
+        config.webhooks.metrics_listen,
+        &shutdown,
+    )
+    .await?;
     let pg = sqlx::postgres::PgPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(Duration::from_secs(5))

@@ -7,7 +7,7 @@ use ccm_core::{CallEvent, EventKind, OutcomeSource, OutcomeStatus, RetryEntry};
 use ccm_tests::{TestEnv, eventually};
 use chrono::Utc;
 
-use crate::support::{Retrier, events, request};
+use crate::support::{Retrier, events, messages, request, retry_entry};
 
 const HOUR_LATER: &str = "status_retry_rules:\n  RNR: {should_retry: true, backoff: [1h]}\n";
 
@@ -22,15 +22,6 @@ async fn consumer_idle(js: &jetstream::Context, stream: &str, name: &str) -> boo
         .info()
         .await
         .is_ok_and(|i| i.num_pending == 0 && i.num_ack_pending == 0)
-}
-
-async fn messages(js: &jetstream::Context, stream: &str) -> u64 {
-    js.get_stream(stream)
-        .await
-        .expect("stream")
-        .cached_info()
-        .state
-        .messages
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,14 +88,7 @@ async fn an_outcome_delivered_twice_is_decided_once() {
         "an hour later: {wait}"
     );
     assert_eq!(messages(&js, "RETRIES").await, 1, "one entry");
-    let entry = js
-        .get_stream("RETRIES")
-        .await
-        .expect("RETRIES")
-        .get_raw_message(1)
-        .await
-        .expect("entry");
-    let entry: RetryEntry = serde_json::from_slice(&entry.payload).expect("entry");
+    let entry = retry_entry(&js, 1).await;
     assert_eq!((entry.request.attempt, entry.due_at), (2, next_retry_at));
     retrier.stop().await;
 }

@@ -7,7 +7,7 @@ use ccm_tests::TestEnv;
 use chrono::Utc;
 use futures::StreamExt;
 
-use crate::support::{Retrier, request};
+use crate::support::{Retrier, messages, request};
 
 const ANY_TIME: &str = "status_retry_rules:\n  RNR: {should_retry: true}\n";
 
@@ -15,15 +15,6 @@ async fn schedule(js: &async_nats::jetstream::Context, entry: &RetryEntry) {
     ccm_core::nats::publish_json(js, entry.subject(), &entry.msg_id(), None, entry)
         .await
         .expect("entry stored");
-}
-
-async fn messages(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
-    js.get_stream(stream)
-        .await
-        .expect("stream")
-        .cached_info()
-        .state
-        .messages
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,3 +88,25 @@ pub async fn events(js: &jetstream::Context, request: &DialRequest) -> Vec<CallE
     }
     found
 }
+
+/// How many messages `stream` holds.
+pub async fn messages(js: &jetstream::Context, stream: &str) -> u64 {
+    js.get_stream(stream)
+        .await
+        .expect("stream")
+        .cached_info()
+        .state
+        .messages
+}
+
+/// The `RETRIES` entry stored at `seq`.
+pub async fn retry_entry(js: &jetstream::Context, seq: u64) -> ccm_core::RetryEntry {
+    let message = js
+        .get_stream("RETRIES")
+        .await
+        .expect("RETRIES")
+        .get_raw_message(seq)
+        .await
+        .expect("entry");
+    serde_json::from_slice(&message.payload).expect("entry")
+}

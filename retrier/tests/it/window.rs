@@ -4,14 +4,13 @@
 use std::time::Duration;
 
 use ccm_core::{
-    CallEvent, Campaign, CustomFields, EventKind, OutcomeSource, OutcomeStatus, RetryEntry,
-    topology::names,
+    CallEvent, Campaign, CustomFields, EventKind, OutcomeSource, OutcomeStatus, topology::names,
 };
 use ccm_tests::{TestEnv, eventually};
 use chrono::{Days, Utc};
 use serde_json::json;
 
-use crate::support::{Retrier, events, request};
+use crate::support::{Retrier, events, request, retry_entry};
 
 const HOUR_LATER: &str = "status_retry_rules:\n  RNR: {should_retry: true, backoff: [1h]}\n";
 
@@ -92,14 +91,7 @@ async fn a_retry_due_in_a_blackout_moves_to_the_opening_and_keeps_the_custom_fie
     .expect("the outcome is decided");
     assert_eq!(retrying, opening, "the event shows the window's opening");
 
-    let entry = js
-        .get_stream("RETRIES")
-        .await
-        .expect("RETRIES")
-        .get_raw_message(1)
-        .await
-        .expect("entry");
-    let entry: RetryEntry = serde_json::from_slice(&entry.payload).expect("entry");
+    let entry = retry_entry(&js, 1).await;
     assert_eq!(entry.due_at, opening, "the entry is due at the opening");
     assert_eq!(entry.request.queued_at, opening);
     assert_eq!(entry.request.attempt, 2);

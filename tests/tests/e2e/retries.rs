@@ -33,22 +33,6 @@ fn carrier(rnr: u32, failed: u32) -> CarrierConfig {
     })
 }
 
-/// Starts the stack and waits until the dialer watches the campaigns bucket. The dialer's
-/// watch delivers only changes made after it starts (reported to its owner), so a campaign
-/// created earlier would never be dialled.
-async fn start(env: &TestEnv, config: ccm_core::Config) -> Stack {
-    let stack = Stack::start(env, config).await;
-    let js = env.jetstream().await.expect("jetstream");
-    let watching = eventually(Duration::from_secs(10), || async {
-        let stream = js.get_stream("KV_campaigns").await.ok()?;
-        // The projector's durable consumer, plus the dialer's watch.
-        (stream.cached_info().state.consumer_count >= 2).then_some(())
-    })
-    .await;
-    assert!(watching.is_some(), "the dialer watches the campaigns");
-    stack
-}
-
 async fn campaign(stack: &Stack, max_attempts: u32) -> u64 {
     let (status, body) = stack
         .send(
@@ -144,6 +128,24 @@ async fn history(js: &jetstream::Context, campaign: u64, call: CallId) -> Vec<Ca
     all
 }
 
+/// The call's history once it has ended `FAILED`, waiting at most `within`.
+async fn failed_history(
+    js: &jetstream::Context,
+    campaign: u64,
+    call: CallId,
+    within: Duration,
+) -> Vec<CallEvent> {
+    eventually(within, || async {
+        let events = history(js, campaign, call).await;
+        events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Failed { .. }))
+            .then_some(events)
+    })
+    .await
+    .expect("the call ends FAILED")
+}
+
 fn times(events: &[CallEvent], kind: &str) -> Vec<(u32, DateTime<Utc>)> {
     events
         .iter()
@@ -161,7 +163,7 @@ async fn an_rnr_call_is_retried_exactly_as_the_policy_says_then_fails_with_the_r
     let mut config = env.config();
     config.retrier.policy_file = file.path().to_owned();
     config.dialer.carrier = carrier(1, 0);
-    let stack = start(&env, config).await;
+    let stack = Stack::start(&env, config).await;
     let campaign = campaign(&stack, 3).await;
     let call = call(&stack, campaign, "+15550003001").await;
 
@@ -227,22 +229,14 @@ async fn failed_is_retried_as_its_status_rule_says() {
     let mut config = env.config();
     config.retrier.policy_file = file.path().to_owned();
     config.dialer.carrier = carrier(0, 1);
-    let stack = start(&env, config).await;
+    let stack = Stack::start(&env, config).await;
     let campaign = campaign(&stack, 5).await;
     let call = call(&stack, campaign, "+15550003002").await;
     // The decision is read from the stream: in Postgres an outcome FAILED and the terminal
     // FAILED event share a phase rank, so the terminal reason does not replace the outcome's
     // row (reported to the projector's owner).
     let js = env.jetstream().await.expect("jetstream");
-    let events = eventually(Duration::from_secs(30), || async {
-        let events = history(&js, campaign, call).await;
-        events
-            .iter()
-            .any(|e| matches!(e.kind, EventKind::Failed { .. }))
-            .then_some(events)
-    })
-    .await
-    .expect("the call ends FAILED");
+    let events = failed_history(&js, campaign, call, Duration::from_secs(30)).await;
     let attempts: Vec<u32> = times(&events, "dialing").iter().map(|d| d.0).collect();
     assert_eq!(
         attempts,
@@ -265,7 +259,7 @@ async fn an_exhausted_call_is_dead_lettered_and_redrive_completes_it() {
     let env = TestEnv::start().await.expect("test environment");
     let mut config = env.config();
     config.dialer.carrier = CarrierConfig::Sim(SimCarrierConfig::default());
-    let stack = start(&env, config.clone()).await;
+    let stack = Stack::start(&env, config.clone()).await;
     let js = env.jetstream().await.expect("jetstream");
     // A campaign no dialer serves yet: its calls are taken by a dialer whose carrier answers
     // every attempt with an error (played here: NAK each delivery) until max_deliver.
@@ -420,7 +414,7 @@ async fn a_campaign_policy_set_through_the_api_overrides_the_file() {
     // The shipped file retries RNR after 5 or 90 minutes; the campaign says 1 second.
     let mut config = env.config();
     config.dialer.carrier = carrier(1, 0);
-    let stack = start(&env, config).await;
+    let stack = Stack::start(&env, config).await;
     let (status, body) = stack
         .send(
             Method::POST,
@@ -455,15 +449,7 @@ async fn a_campaign_policy_set_through_the_api_overrides_the_file() {
     let campaign = body["id"].as_u64().expect("id");
     let call = call(&stack, campaign, "+15550003004").await;
     let js = env.jetstream().await.expect("jetstream");
-    let events = eventually(Duration::from_secs(20), || async {
-        let events = history(&js, campaign, call).await;
-        events
-            .iter()
-            .any(|e| matches!(e.kind, EventKind::Failed { .. }))
-            .then_some(events)
-    })
-    .await
-    .expect("the call ends");
+    let events = failed_history(&js, campaign, call, Duration::from_secs(20)).await;
     let outcome = times(&events, "outcome")[0].1;
     let due = events
         .iter()

@@ -105,13 +105,6 @@ async fn one_trace_follows_a_call_through_every_service() {
         call_ms: 20,
     });
     let stack = Stack::start(&env, config).await;
-    let js = env.jetstream().await.expect("jetstream");
-    let watching = eventually(Duration::from_secs(10), || async {
-        let stream = js.get_stream("KV_campaigns").await.ok()?;
-        (stream.cached_info().state.consumer_count >= 2).then_some(())
-    })
-    .await;
-    assert!(watching.is_some(), "the dialer watches the campaigns");
     let (status, body) = stack
         .send(
             Method::POST,
