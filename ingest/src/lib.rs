@@ -6,7 +6,7 @@
 //!
 //! - [`router`] builds the axum router from an [`AppState`]; [`run`] binds and serves it with
 //!   graceful shutdown; [`serve`] does the same on a listener the caller bound (tests bind
-//!   port 0).
+//!   port 0), [`serve_state`] with a state the caller connected.
 //! - [`routes`]: one module per resource; [`routes::compat`] is the old system's API, kept
 //!   exactly, with [`compat_error`] for its `{"error": …}` bodies. [`auth`]: the token check.
 //!   [`error`]: the problem JSON every error of the resource API is answered with.
@@ -315,6 +315,15 @@ pub async fn serve(
         tracing::warn!(error = %e, "metrics are not recorded");
     }
     let state = AppState::connect(&config).await?;
+    serve_state(state, listener, shutdown).await
+}
+
+/// As [`serve`], with a state the caller connected (tests keep a clone to look inside).
+pub async fn serve_state(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), IngestError> {
     let client = state.js.client();
     let watch_stop = shutdown.child_token();
     let watch = tokio::spawn(
