@@ -2,7 +2,7 @@
 //!
 //! Every accepted call must not be on the global list nor on its campaign's. Asking the bucket
 //! costs two reads per number, a large share of nats-server's work per call and of a bulk
-//! request's time, so, as [`crate::campaign_cache`] does for campaigns, a watch with history
+//! request's time, so, as [`crate::campaign_cache`] does for campaigns, a watch from the start
 //! delivers every listing and then every change, and once it has caught up the cache answers
 //! without a round trip. Until then, and whenever the watch failed (the cache is emptied and
 //! the watch restarted), [`DncCache::lookup`] answers "don't know" and the caller reads the
@@ -274,11 +274,19 @@ impl DncCache {
         bucket: &kv::Store,
         shutdown: &CancellationToken,
     ) -> Result<(), async_nats::Error> {
-        let mut watch = bucket.watch_with_history(">").await?;
-        // Asked once the watch exists: an empty bucket then means there was nothing before the
-        // watch started, and everything after it is delivered as it comes. (The stream denies
-        // deletes and a purge leaves a marker, so a bucket once written is never empty again.)
-        if bucket.status().await?.values() == 0 {
+        // Every message of the bucket's stream, in stream order: the bucket keeps one message
+        // per key, so this is the same set as the last-per-key history, and the order is what
+        // tells when the cache has caught up (below).
+        let mut watch = bucket.watch_all_from_revision(1).await?;
+        // The stream's state asked once the watch exists, so the watch delivers its last
+        // message, or one that replaced it: the cache is current once it has applied that
+        // revision. Asked of the server: `kv::Store::status` only returns the state cached
+        // when the handle was opened, which is stale by the time a watch restarts (an empty
+        // bucket then would make an empty cache current). Nothing to catch up with in an empty
+        // bucket.
+        let info = bucket.stream.get_info().await?;
+        let caught_up_at = info.state.last_sequence;
+        if info.state.messages == 0 {
             self.inner.current.store(true, Ordering::Release);
         }
         loop {
@@ -298,7 +306,7 @@ impl DncCache {
                     tracing::warn!(key = %entry.key, "ignoring a do-not-call key that names no list and number")
                 }
             }
-            if entry.delta == 0 {
+            if entry.revision >= caught_up_at {
                 self.inner.current.store(true, Ordering::Release);
             }
         }
