@@ -65,7 +65,7 @@ impl Digits {
         }
         // At most 15 digits: the value is below 2^50, so the shift cannot overflow.
         let len = u64::try_from(digits.len()).ok()?;
-        Some(Self(value << 4 | len))
+        Some(Self((value << 4) | len))
     }
 
     /// The digits of `phone`.
