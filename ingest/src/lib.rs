@@ -6,14 +6,15 @@
 //!
 //! - [`router`] builds the axum router from an [`AppState`]; [`run`] binds and serves it with
 //!   graceful shutdown; [`serve`] does the same on a listener the caller bound (tests bind
-//!   port 0).
+//!   port 0), [`serve_state`] with a state the caller connected.
 //! - [`routes`]: one module per resource; [`routes::compat`] is the old system's API, kept
 //!   exactly, with [`compat_error`] for its `{"error": …}` bodies. [`auth`]: the token check.
 //!   [`error`]: the problem JSON every error of the resource API is answered with.
 //! - [`accept`]: claim + publish + answer after the ack, one call or many (pipelined).
 //!   [`claim`]: duplicate prevention (scope and window) on the `active_calls` bucket.
 //! - [`contacts`]: campaigns' phone numbers in the `contacts` bucket (read-your-writes).
-//!   [`campaign_cache`]: the `campaigns` bucket in memory, kept current by a watch.
+//!   [`campaign_cache`]: the `campaigns` bucket in memory, kept current by a watch;
+//!   [`dnc_cache`]: the do-not-call lists likewise.
 //!   [`readmodel`]: reads of PostgreSQL. [`openapi`]: the OpenAPI document and docs page.
 //! - [`trace`]: a span per request, the root of a call's trace.
 //! - [`dashboard`]: the live dashboard page at `/` and its server-sent event stream.
@@ -26,6 +27,7 @@ pub mod claim;
 pub mod compat_error;
 pub mod contacts;
 pub mod dashboard;
+pub mod dnc_cache;
 pub mod error;
 pub mod http_metrics;
 pub mod lifecycle;
@@ -89,6 +91,8 @@ pub struct Shared {
     pub webhook_secret_grace_secs: u64,
     /// The `campaigns` bucket in memory (see [`campaign_cache`]).
     pub campaign_cache: campaign_cache::CampaignCache,
+    /// The `dnc` bucket in memory (see [`dnc_cache`]).
+    pub dnc_cache: dnc_cache::DncCache,
     /// The read model, for the GET endpoints. Connected lazily: ingest accepts calls while
     /// PostgreSQL is down, and only the reads answer 503.
     pub pg: sqlx::PgPool,
@@ -145,6 +149,7 @@ impl AppState {
             allow_private_webhook_targets: config.webhooks.allow_private_targets,
             webhook_secret_grace_secs: config.webhooks.secret_grace_secs,
             campaign_cache: campaign_cache::CampaignCache::default(),
+            dnc_cache: dnc_cache::DncCache::default(),
             pg: sqlx::postgres::PgPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(std::time::Duration::from_secs(5))
@@ -310,6 +315,15 @@ pub async fn serve(
         tracing::warn!(error = %e, "metrics are not recorded");
     }
     let state = AppState::connect(&config).await?;
+    serve_state(state, listener, shutdown).await
+}
+
+/// As [`serve`], with a state the caller connected (tests keep a clone to look inside).
+pub async fn serve_state(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), IngestError> {
     let client = state.js.client();
     let watch_stop = shutdown.child_token();
     let watch = tokio::spawn(
@@ -317,6 +331,12 @@ pub async fn serve(
             .campaign_cache
             .clone()
             .follow(state.campaigns.clone(), watch_stop.clone()),
+    );
+    let dnc_watch = tokio::spawn(
+        state
+            .dnc_cache
+            .clone()
+            .follow(state.dnc.clone(), watch_stop.clone()),
     );
     let lifecycle = tokio::spawn(lifecycle::run(state.clone(), watch_stop.clone()));
     if let Ok(addr) = listener.local_addr() {
@@ -335,6 +355,7 @@ pub async fn serve(
     watch_stop.cancel();
     dashboard.stop();
     let _ = watch.await;
+    let _ = dnc_watch.await;
     let _ = lifecycle.await;
     served?;
     // Every accepted call was acknowledged before its response; draining only flushes

@@ -1,8 +1,11 @@
 //! Do-not-call lists: `POST /api/v1/dnc` lists numbers (many at once: the bulk import),
 //! `GET|DELETE /api/v1/dnc/{phone}` reads or removes one listing. Without `campaign_id` the
 //! global list is meant, with it that campaign's. A listing applies at once: ingest refuses
-//! the number and dialers skip calls to it already queued (see [`ccm_core::dnc`]).
+//! the number and dialers skip calls to it already queued (see [`ccm_core::dnc`]). Each write
+//! is recorded in this replica's [`crate::dnc_cache`] as soon as the bucket took it, so the
+//! next call here sees it; other replicas see it when their watch delivers it.
 
+use async_nats::jetstream::kv;
 use axum::{
     extract::{Path, State},
     http::StatusCode,
@@ -133,8 +136,12 @@ pub async fn add(
     let listed = phones.len();
     stream::iter(phones)
         .map(|phone| {
-            let (dnc, value) = (&state.dnc, entry.clone());
-            async move { dnc.put(list.key(&phone), value.into()).await }
+            let (state, value) = (&state, entry.clone());
+            async move {
+                let revision = state.dnc.put(list.key(&phone), value.into()).await?;
+                state.dnc_cache.record(list, &phone, true, revision);
+                Ok::<_, kv::PutError>(())
+            }
         })
         .buffer_unordered(256)
         .try_collect::<Vec<_>>()
@@ -189,7 +196,27 @@ pub async fn remove(
     {
         return Err(not_listed(&phone));
     }
-    state.dnc.purge(key).await.map_err(AppError::unavailable)?;
+    state
+        .dnc
+        .purge(key.as_str())
+        .await
+        .map_err(AppError::unavailable)?;
+    // A purge does not return its revision, which the cache needs to order this removal
+    // against its watch; the purge marker (or whatever was written since) carries it.
+    match state.dnc.entry(key).await {
+        Ok(Some(entry)) => state.dnc_cache.record(
+            list,
+            &phone,
+            entry.operation == kv::Operation::Put,
+            entry.revision,
+        ),
+        // The number is unlisted either way; until the watch delivers the removal this
+        // replica keeps refusing it, the safe side.
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "cannot read back a do-not-call removal")
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

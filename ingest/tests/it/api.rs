@@ -39,6 +39,29 @@ impl Api {
             let s = shutdown.clone();
             tasks.spawn(async move { ccm_projector::run(config, s).await.expect("projector") });
         }
+        Self::ready(base, shutdown, tasks).await
+    }
+
+    /// Ingest alone, and its state, to look at what it holds in memory.
+    pub async fn with_state(env: &TestEnv) -> (Api, ccm_ingest::AppState) {
+        env.provision().await.expect("provision");
+        let state = ccm_ingest::AppState::connect(&env.config())
+            .await
+            .expect("connect");
+        let shutdown = CancellationToken::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let mut tasks = JoinSet::new();
+        let (st, s) = (state.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            ccm_ingest::serve_state(st, listener, s)
+                .await
+                .expect("ingest")
+        });
+        (Self::ready(base, shutdown, tasks).await, state)
+    }
+
+    async fn ready(base: String, shutdown: CancellationToken, tasks: JoinSet<()>) -> Api {
         let api = Api {
             base,
             http: reqwest::Client::new(),

@@ -10,6 +10,7 @@ mod campaigns;
 mod contact_import;
 mod dashboard;
 mod dnc;
+mod dnc_cache;
 mod duplicates;
 mod initiate;
 mod lifecycle;
