@@ -97,8 +97,9 @@ impl CampaignCache {
         bucket: &kv::Store,
         shutdown: &CancellationToken,
     ) -> Result<(), async_nats::Error> {
-        // An empty bucket sends no history: nothing to catch up with.
-        let empty = bucket.status().await?.values() == 0;
+        // An empty bucket sends no history: nothing to catch up with. Asked of the server:
+        // `kv::Store::status` answers from the stream info cached when the handle was opened.
+        let empty = bucket.stream.get_info().await?.state.messages == 0;
         if empty {
             self.inner.synced.store(true, Ordering::Release);
         }
