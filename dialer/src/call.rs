@@ -45,6 +45,8 @@ pub struct CallContext {
     pub pacing: crate::pacing::Pacing,
     /// Attempts per number per day.
     pub frequency: crate::frequency::FrequencyCap,
+    /// The carrier's ids of placed attempts, for callbacks that name only the call.
+    pub placements: crate::placements::Placements,
     pub carrier: Arc<dyn Carrier>,
     /// The adapter's name (`sim`, `http`, `twilio`): the `carrier` label of its metrics.
     pub carrier_kind: &'static str,
@@ -213,6 +215,7 @@ async fn run(
             match placed {
                 Ok(placement) => {
                     tracing::debug!(external = ?placement.external_call_id, "placed");
+                    ctx.placements.record(request, &placement).await;
                 }
                 Err(CarrierError::Ambiguous(e)) => {
                     tracing::warn!(error = %e, "placement unconfirmed; waiting for its outcome");
