@@ -111,13 +111,13 @@ async fn placed_attempt(
         }
         Ok(Some(placed)) => {
             tracing::warn!(%call, recorded_call = %placed.call_id, external_call_id = external,
-                "the carrier's id was placed for another call; crediting the callback by its call id");
+                "the carrier's id was placed for another call; ignored");
             None
         }
         Ok(None) => None,
         Err(e) => {
             tracing::warn!(%call, error = %crate::error_chain(&e),
-                "cannot read the carrier's id; crediting the callback to the call's latest attempt");
+                "cannot read the carrier's id; the call's latest attempt is credited");
             None
         }
     }
