@@ -12,7 +12,8 @@
 //!   and the start/end dates decide ([`ccm_core::lifecycle`]).
 //! - [`call`] is the life of one attempt: never dialled twice, the message kept un-acked for
 //!   the whole call, a synthetic FAILED outcome after the maximum call duration.
-//! - [`carrier`] holds the adapters that actually place calls.
+//! - [`carrier`] holds the adapters that actually place calls; [`dialing`] the `Dialing`
+//!   event published before each placement.
 //! - [`frequency`] caps the attempts placed to one number per day, across campaigns.
 //! - [`pacing`] spaces new calls per campaign and globally, shared by all replicas.
 //! - [`placements`] records the carrier's id of each placed attempt, for callbacks that name
@@ -21,6 +22,7 @@
 
 pub mod call;
 pub mod carrier;
+pub mod dialing;
 pub mod frequency;
 pub mod pacing;
 pub mod placements;

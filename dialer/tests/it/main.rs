@@ -2,5 +2,6 @@
 //! against a real NATS server; the carrier's ids recorded by a placement.
 
 mod adapters;
+mod concurrent_deliveries;
 mod metrics;
 mod placements;
