@@ -16,6 +16,8 @@
 //! - [`policy`]: the YAML retry policy (the old system's format plus extensions) and the
 //!   pure retry decision.
 //! - [`dnc`]: the do-not-call lists.
+//! - [`placements`]: the carrier's call id → the attempt it placed, for callbacks that name
+//!   only the call.
 //! - [`dlq`]: dead letters as stored in `DLQ`, and the operator's actions on them.
 //! - [`config`], [`telemetry`], [`service`]: layered configuration, `tracing` set-up, and
 //!   the command line and shutdown signal every binary shares.
@@ -36,6 +38,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod nats;
 pub mod phone;
+pub mod placements;
 pub mod policy;
 pub mod service;
 pub mod status;

@@ -46,6 +46,7 @@ pub const STREAMS: &[Definition] = definitions![
     "streams/KV_dnc.json",
     "streams/KV_pacing.json",
     "streams/KV_attempts.json",
+    "streams/KV_placements.json",
 ];
 
 /// Every fixed consumer definition, with its stream (the folder name).
@@ -90,6 +91,8 @@ pub mod names {
     pub const KV_PACING: &str = "pacing";
     /// Attempts per number per UTC day (`<digits>.<yyyymmdd>`), for the frequency cap.
     pub const KV_ATTEMPTS: &str = "attempts";
+    /// The carrier's call id (base64url) → the attempt it placed, see [`crate::placements`].
+    pub const KV_PLACEMENTS: &str = "placements";
 }
 
 /// What went wrong with the topology.

@@ -13,7 +13,10 @@
 //! record that the attempt *may* have been placed; such an attempt is never placed again and
 //! ends by its outcome or by the synthetic FAILED (`timeout`). Only when the carrier answered
 //! that it placed nothing (unreachable, 5xx) is the `Dialing` event withdrawn (deleted from
-//! the stream) before the message is handed back, so the redelivery places it.
+//! the stream) before the message is handed back, so the redelivery places it. Two
+//! deliveries of one attempt handled at once both find nothing placed; the one whose
+//! `Dialing` is stored second sees its de-duplication id taken by a `Dialing` that still
+//! stands, and only waits.
 
 use std::{sync::Arc, time::Duration};
 
@@ -28,7 +31,10 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::carrier::{CampaignInfo, Carrier, CarrierError};
+use crate::{
+    carrier::{CampaignInfo, Carrier, CarrierError},
+    dialing::Dialing,
+};
 
 /// What a call task needs; shared by all calls of a dialer.
 #[derive(Debug, Clone)]
@@ -45,6 +51,8 @@ pub struct CallContext {
     pub pacing: crate::pacing::Pacing,
     /// Attempts per number per day.
     pub frequency: crate::frequency::FrequencyCap,
+    /// The carrier's ids of placed attempts, for callbacks that name only the call.
+    pub placements: crate::placements::Placements,
     pub carrier: Arc<dyn Carrier>,
     /// The adapter's name (`sim`, `http`, `twilio`): the `carrier` label of its metrics.
     pub carrier_kind: &'static str,
@@ -115,6 +123,8 @@ enum CallError {
     #[error("NATS: {0}")]
     Nats(String),
     #[error(transparent)]
+    Dialing(crate::dialing::DialingError),
+    #[error(transparent)]
     Carrier(CarrierError),
     #[error("shutting down before the outcome arrived")]
     Shutdown,
@@ -157,7 +167,7 @@ async fn run(
             tracing::info!(call = %request.call_id, "attempt already placed; waiting");
             at
         }
-        Known::Nothing => {
+        Known::Nothing => 'nothing: {
             // Listed after it was queued: never dialled; the call ends CANCELLED.
             let listed =
                 ccm_core::dnc::listed(&ctx.dnc, request.campaign_id, &request.phone_number)
@@ -203,7 +213,17 @@ async fn run(
                     return Err(CallError::Shutdown);
                 }
             }
-            let dialing_seq = publish_dialing(ctx, request, message).await?;
+            let published = crate::dialing::publish(ctx, request, message)
+                .await
+                .map_err(CallError::Dialing)?;
+            let dialing_seq = match published {
+                Dialing::Published(sequence) => sequence,
+                Dialing::Elsewhere(at) => {
+                    tracing::info!(call = %request.call_id,
+                        "another delivery of the attempt placed it meanwhile; waiting");
+                    break 'nothing at;
+                }
+            };
             counter!("ccm_dialer_calls_placed_total",
                 "campaign" => request.campaign_id.to_string())
             .increment(1);
@@ -213,6 +233,7 @@ async fn run(
             match placed {
                 Ok(placement) => {
                     tracing::debug!(external = ?placement.external_call_id, "placed");
+                    ctx.placements.record(request, &placement).await;
                 }
                 Err(CarrierError::Ambiguous(e)) => {
                     tracing::warn!(error = %e, "placement unconfirmed; waiting for its outcome");
@@ -223,7 +244,7 @@ async fn run(
                     return Ok(());
                 }
                 Err(e @ CarrierError::Unavailable(_)) => {
-                    withdraw_dialing(ctx, dialing_seq).await;
+                    crate::dialing::withdraw(ctx, dialing_seq).await;
                     return Err(CallError::Carrier(e));
                 }
             }
@@ -302,50 +323,6 @@ async fn latest(ctx: &CallContext, subject: String) -> Result<Option<CallEvent>,
         Ok(message) => Ok(serde_json::from_slice(&message.payload).ok()),
         Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
         Err(e) => Err(CallError::Nats(e.to_string())),
-    }
-}
-
-/// Publishes `Dialing` and returns its stream sequence. When an earlier `Dialing` of this
-/// attempt was withdrawn inside the de-duplication window, the server would drop the usual
-/// id as a duplicate and nothing would record the placement, so the id names the delivery.
-async fn publish_dialing(
-    ctx: &CallContext,
-    request: &DialRequest,
-    message: &Message,
-) -> Result<u64, CallError> {
-    let dialing = CallEvent {
-        call_id: request.call_id,
-        campaign_id: request.campaign_id,
-        attempt: request.attempt,
-        at: Utc::now(),
-        kind: EventKind::Dialing {
-            phone_number: request.phone_number.clone(),
-            max_attempts: request.max_attempts,
-            created_at: request.created_at,
-            custom_fields: request.custom_fields.clone(),
-        },
-    };
-    let nats = |e: ccm_core::nats::NatsError| CallError::Nats(e.to_string());
-    let ack = ccm_core::nats::publish_event(&ctx.js, &dialing)
-        .await
-        .map_err(nats)?;
-    if !ack.duplicate {
-        return Ok(ack.sequence);
-    }
-    let delivered = message.info().map(|i| i.delivered).unwrap_or(0);
-    let msg_id = format!("{}/{delivered}", dialing.msg_id());
-    let ack = ccm_core::nats::publish_json(&ctx.js, dialing.subject(), &msg_id, None, &dialing)
-        .await
-        .map_err(nats)?;
-    Ok(ack.sequence)
-}
-
-/// Removes a `Dialing` event the carrier answered "not placed" to, so the redelivery places
-/// the attempt. If this fails the redelivery only waits: a FAILED (`timeout`) outcome, never a
-/// second placement.
-async fn withdraw_dialing(ctx: &CallContext, sequence: u64) {
-    if let Err(e) = ctx.events.delete_message(sequence).await {
-        tracing::warn!(error = %e, sequence, "cannot withdraw Dialing; the attempt will time out");
     }
 }
 

@@ -12,15 +12,20 @@
 //!   and the start/end dates decide ([`ccm_core::lifecycle`]).
 //! - [`call`] is the life of one attempt: never dialled twice, the message kept un-acked for
 //!   the whole call, a synthetic FAILED outcome after the maximum call duration.
-//! - [`carrier`] holds the adapters that actually place calls.
+//! - [`carrier`] holds the adapters that actually place calls; [`dialing`] the `Dialing`
+//!   event published before each placement.
 //! - [`frequency`] caps the attempts placed to one number per day, across campaigns.
 //! - [`pacing`] spaces new calls per campaign and globally, shared by all replicas.
+//! - [`placements`] records the carrier's id of each placed attempt, for callbacks that name
+//!   only the call.
 //! - [`window`] puts off an attempt whose callee is outside the campaign's calling window.
 
 pub mod call;
 pub mod carrier;
+pub mod dialing;
 pub mod frequency;
 pub mod pacing;
+pub mod placements;
 pub mod sample;
 pub mod scheduled;
 pub mod window;
@@ -80,6 +85,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
         .await
         .map_err(|e| DialerError::Stream(names::CALL_EVENTS, e.into()))?;
     let carrier = carrier::build(&config.dialer.carrier, &js)?;
+    let placements = placements::Placements {
+        bucket: if carrier.outcomes_name_the_attempt() {
+            None
+        } else {
+            Some(ccm_core::nats::bucket(&js, names::KV_PLACEMENTS).await?)
+        },
+    };
     // Calls in flight must survive the shutdown signal long enough to finish, so they watch
     // a token of their own that is cancelled only after the grace period.
     let calls_stop = CancellationToken::new();
@@ -100,6 +112,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
             bucket: ccm_core::nats::bucket(&js, names::KV_ATTEMPTS).await?,
             per_day: config.dialer.max_attempts_per_number_per_day,
         },
+        placements,
         carrier,
         carrier_kind: config.dialer.carrier.kind(),
         max_call_duration: Duration::from_secs(config.dialer.max_call_duration_secs),

@@ -85,6 +85,9 @@ pub struct Shared {
     pub webhooks: kv::Store,
     /// Do-not-call lists (see [`ccm_core::dnc`] and [`routes::dnc`]).
     pub dnc: kv::Store,
+    /// The carrier's call id → the attempt it placed (see [`ccm_core::placements`]), for
+    /// the old contract's callback.
+    pub placements: kv::Store,
     /// `webhooks.allow_private_targets`: accept endpoints on private addresses.
     pub allow_private_webhook_targets: bool,
     /// `webhooks.secret_grace_secs`: how long a rotated-out secret keeps signing.
@@ -146,6 +149,7 @@ impl AppState {
             idempotency: ccm_core::nats::bucket(&js, names::KV_IDEMPOTENCY).await?,
             webhooks: ccm_core::nats::bucket(&js, names::KV_WEBHOOKS).await?,
             dnc: ccm_core::nats::bucket(&js, names::KV_DNC).await?,
+            placements: ccm_core::nats::bucket(&js, names::KV_PLACEMENTS).await?,
             allow_private_webhook_targets: config.webhooks.allow_private_targets,
             webhook_secret_grace_secs: config.webhooks.secret_grace_secs,
             campaign_cache: campaign_cache::CampaignCache::default(),

@@ -62,6 +62,13 @@ pub trait Carrier: Send + Sync + std::fmt::Debug + 'static {
         call: &'a DialRequest,
         campaign: &'a CampaignInfo,
     ) -> BoxFuture<'a, Result<Placement, CarrierError>>;
+
+    /// Whether this carrier's outcomes say which attempt they end. When they name only the
+    /// call (the old contract), the dialer records the carrier's id of each placement so
+    /// ingest can tell the attempts apart ([`crate::placements`]).
+    fn outcomes_name_the_attempt(&self) -> bool {
+        false
+    }
 }
 
 /// Why an adapter could not be built.

@@ -94,4 +94,9 @@ impl Carrier for SimCarrier {
             })
         })
     }
+
+    /// The simulator publishes its outcomes itself, each with its attempt.
+    fn outcomes_name_the_attempt(&self) -> bool {
+        true
+    }
 }

@@ -107,4 +107,9 @@ impl Carrier for TwilioCarrier {
     ) -> BoxFuture<'a, Result<Placement, CarrierError>> {
         Box::pin(self.place_inner(call))
     }
+
+    /// The status callback's URL carries the attempt ([`TwilioCarrier::status_callback`]).
+    fn outcomes_name_the_attempt(&self) -> bool {
+        true
+    }
 }

@@ -1,5 +1,7 @@
 //! The dialer's carrier adapters against carrier-sim over HTTP, and its metrics and probes
-//! against a real NATS server.
+//! against a real NATS server; the carrier's ids recorded by a placement.
 
 mod adapters;
+mod concurrent_deliveries;
 mod metrics;
+mod placements;

@@ -12,7 +12,7 @@ use ccm_tests::{TestEnv, eventually};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-fn campaign(id: CampaignId, cap: u32) -> Campaign {
+pub(crate) fn campaign(id: CampaignId, cap: u32) -> Campaign {
     let now = Utc::now();
     Campaign {
         id,
@@ -39,7 +39,7 @@ fn campaign(id: CampaignId, cap: u32) -> Campaign {
     }
 }
 
-fn dial(campaign: CampaignId, n: u32) -> DialRequest {
+pub(crate) fn dial(campaign: CampaignId, n: u32) -> DialRequest {
     let now = Utc::now();
     DialRequest {
         call_id: CallId::new(),

@@ -287,3 +287,134 @@ async fn a_callback_is_credited_from_jetstream_while_postgres_is_down() {
     assert_eq!(status, 503);
     drop(api);
 }
+
+/// Records, as the dialer does once the carrier answered, that the carrier's id `external`
+/// was placed for `call`'s `attempt`.
+async fn record_placement(env: &TestEnv, external: &str, campaign: u64, call: &str, attempt: u32) {
+    let js = env.jetstream().await.expect("js");
+    let bucket = ccm_core::nats::bucket(&js, ccm_core::topology::names::KV_PLACEMENTS)
+        .await
+        .expect("placements bucket");
+    let placed = ccm_core::placements::PlacedAttempt {
+        call_id: call.parse().expect("call id"),
+        campaign_id: CampaignId::new(campaign).expect("campaign"),
+        attempt,
+    };
+    ccm_core::placements::record(&bucket, external, &placed)
+        .await
+        .expect("placement recorded");
+}
+
+/// Attempt 1 placed under the carrier's id `CA-one.1/x` (characters a KV key may not hold
+/// as they are), timed out and retried; attempt 2 placed: the call's latest attempt is 2.
+async fn retried_and_placed_again(env: &TestEnv, campaign: u64, call: &str) {
+    publish(env, campaign, call, 1, dialing()).await;
+    record_placement(env, "CA-one.1/x", campaign, call, 1).await;
+    let timeout = EventKind::Outcome {
+        status: OutcomeStatus::Failed,
+        source: OutcomeSource::Timeout,
+        raw_status: None,
+        duration_secs: None,
+        external_call_id: None,
+        reason: Some("timeout".into()),
+    };
+    publish(env, campaign, call, 1, timeout).await;
+    let retrying = EventKind::Retrying {
+        next_retry_at: Utc::now(),
+        reason: "FAILED".into(),
+    };
+    publish(env, campaign, call, 1, retrying).await;
+    publish(env, campaign, call, 2, dialing()).await;
+}
+
+// What the latest lifecycle event cannot tell: attempt 1's callback arrives after attempt 2
+// was placed. The carrier's id it carries names attempt 1, so it stays attempt 1's (a
+// duplicate of its decided outcome) and attempt 2 still waits for its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_after_the_next_attempt_was_placed_goes_to_its_carrier_ids_attempt() {
+    let env = TestEnv::start().await.expect("env");
+    let api = Api::with_projector(&env).await;
+    let (campaign, call) = projected_call(&env, &api).await;
+    retried_and_placed_again(&env, campaign, &call).await;
+
+    let (status, body) = api
+        .put(
+            CALLBACK,
+            json!({"call_id": call, "status": "PICKED", "call_duration": 30,
+                   "external_call_id": "CA-one.1/x"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        latest_outcome(&env, campaign, &call).await,
+        (1, "FAILED".to_owned()),
+        "attempt 1's late callback was credited to attempt 1 and dropped as its duplicate"
+    );
+
+    // Without the carrier's id (or with one never recorded) the call's latest attempt is
+    // all ingest knows, as before.
+    let (status, body) = api
+        .put(
+            CALLBACK,
+            json!({"call_id": call, "status": "RNR", "external_call_id": "CA-never-recorded"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        latest_outcome(&env, campaign, &call).await,
+        (2, "RNR".to_owned())
+    );
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_without_the_carriers_id_goes_to_the_latest_attempt() {
+    let env = TestEnv::start().await.expect("env");
+    let api = Api::with_projector(&env).await;
+    let (campaign, call) = projected_call(&env, &api).await;
+    retried_and_placed_again(&env, campaign, &call).await;
+    let (status, body) = api
+        .put(CALLBACK, json!({"call_id": call, "status": "PICKED"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        latest_outcome(&env, campaign, &call).await,
+        (2, "PICKED".to_owned())
+    );
+    api.stop().await;
+}
+
+// A carrier's id recorded for another call must not carry this call's outcome over to it:
+// the record is ignored and the callback goes to its own call's latest attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carrier_id_recorded_for_another_call_is_ignored() {
+    let env = TestEnv::start().await.expect("env");
+    let api = Api::with_projector(&env).await;
+    let (campaign, call) = projected_call(&env, &api).await;
+    let other = uuid::Uuid::now_v7().to_string();
+    publish(&env, campaign, &other, 1, dialing()).await;
+    record_placement(&env, "CA-other", campaign, &other, 1).await;
+    publish(&env, campaign, &call, 2, dialing()).await;
+
+    let (status, body) = api
+        .put(
+            CALLBACK,
+            json!({"call_id": call, "status": "DISCONNECTED", "external_call_id": "CA-other"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        latest_outcome(&env, campaign, &call).await,
+        (2, "DISCONNECTED".to_owned())
+    );
+    let js = env.jetstream().await.expect("js");
+    let events = js.get_stream("CALL_EVENTS").await.expect("stream");
+    assert!(
+        events
+            .direct_get_last_for_subject(format!("calls.outcome.{campaign}.{other}"))
+            .await
+            .is_err(),
+        "the other call got no outcome"
+    );
+    api.stop().await;
+}

@@ -4,9 +4,17 @@
 //! `<call>/<attempt>/outcome`, so a repeated callback is dropped by the server (and the
 //! retrier ignores an outcome for an attempt already decided). The answer comes only after
 //! JetStream stored it.
+//!
+//! The body names the call but not the attempt. When it carries the carrier's id of the call
+//! (`external_call_id`) and the dialer recorded that id for this same call when it placed
+//! the attempt ([`ccm_core::placements`]), the callback is credited to that attempt, so a
+//! callback of attempt n that arrives after attempt n+1 was placed stays n's. Otherwise (no
+//! id, an id never recorded or already expired, or the bucket unreadable) the attempt is
+//! the call's latest one ([`readmodel::locate_call`]), right for every callback that arrives
+//! before the next attempt is placed.
 
 use axum::extract::State;
-use ccm_core::{CallEvent, CallId, EventKind, OutcomeSource, OutcomeStatus};
+use ccm_core::{CallEvent, CallId, CampaignId, EventKind, OutcomeSource, OutcomeStatus};
 use chrono::Utc;
 use serde_json::{Value, json};
 use tracing::Instrument;
@@ -50,10 +58,17 @@ pub async fn callback(
         ),
     };
     let external_call_id = text(&body, "external_call_id").map(str::to_owned);
-    let (campaign_id, attempt) = readmodel::locate_call(&state, call)
-        .await
-        .map_err(CompatError::unavailable)?
-        .ok_or_else(not_found)?;
+    let placed = match &external_call_id {
+        Some(external) => placed_attempt(&state, call, external).await,
+        None => None,
+    };
+    let (campaign_id, attempt) = match placed {
+        Some(placed) => placed,
+        None => readmodel::locate_call(&state, call)
+            .await
+            .map_err(CompatError::unavailable)?
+            .ok_or_else(not_found)?,
+    };
     let event = CallEvent {
         call_id: call,
         campaign_id,
@@ -79,4 +94,31 @@ pub async fn callback(
     Ok(axum::Json(
         json!({"success": true, "call_id": call, "status": status.as_str()}),
     ))
+}
+
+/// The campaign and attempt the carrier's id `external` was placed for, when the dialer
+/// recorded it for this `call`. A record naming another call is ignored: a carrier's id must
+/// never move an outcome to a call the callback did not name. A failed read is no answer
+/// either: the call's latest attempt is then the best guess, as before the record existed.
+async fn placed_attempt(
+    state: &AppState,
+    call: CallId,
+    external: &str,
+) -> Option<(CampaignId, u32)> {
+    match ccm_core::placements::lookup(&state.placements, external).await {
+        Ok(Some(placed)) if placed.call_id == call => {
+            Some((placed.campaign_id, placed.attempt.max(1)))
+        }
+        Ok(Some(placed)) => {
+            tracing::warn!(%call, recorded_call = %placed.call_id, external_call_id = external,
+                "the carrier's id was placed for another call; ignored");
+            None
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(%call, error = %crate::error_chain(&e),
+                "cannot read the carrier's id; the call's latest attempt is credited");
+            None
+        }
+    }
 }
