@@ -2,9 +2,9 @@
 //!
 //! The dial message stays un-acknowledged for the whole call (in-progress acks keep it
 //! alive), so the campaign's `max_ack_pending` caps its live calls cluster-wide. Before
-//! placing, the dialer subscribes to the attempt's outcome subject and then reads the call's
-//! latest event and outcome: a redelivered message whose attempt was already placed is only
-//! waited on, never dialled again.
+//! placing, the call registers with the dialer's outcome router ([`crate::outcomes`]) and then
+//! reads the call's latest event and outcome: a redelivered message whose attempt was already
+//! placed is only waited on, never dialled again.
 //!
 //! A number put on a do-not-call list after its call was queued is caught here, just before
 //! placing: the attempt ends `CANCELLED` with the list named.
@@ -24,7 +24,6 @@ use ccm_core::{
     subjects,
 };
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -33,7 +32,8 @@ use crate::carrier::{CampaignInfo, Carrier, CarrierError};
 /// What a call task needs; shared by all calls of a dialer.
 #[derive(Debug, Clone)]
 pub struct CallContext {
-    pub client: async_nats::Client,
+    /// Wakes a call when its outcome is published.
+    pub outcomes: crate::outcomes::Outcomes,
     pub js: jetstream::Context,
     pub events: jetstream::stream::Stream,
     pub active_calls: kv::Store,
@@ -134,14 +134,12 @@ async fn run(
     mode: Mode,
     max_call_duration: Duration,
 ) -> Result<(), CallError> {
-    let outcome_subject = subjects::outcome(request.campaign_id, request.call_id);
-    // Subscribe before looking: an outcome published between the look and the subscription
-    // would otherwise be missed.
-    let mut outcomes = ctx
-        .client
-        .subscribe(outcome_subject.clone())
-        .await
-        .map_err(|e| CallError::Nats(e.to_string()))?;
+    // Registered before looking: an outcome published between the look and the registration
+    // would otherwise be missed. The dialer's one subscription has been at the server since
+    // it started, so the router either handles the outcome after this entry exists, or had
+    // already received it before the look-up below is sent (see `Outcomes::register`).
+    // Dropping the waiter, on whatever path leaves this function, unregisters it.
+    let mut waiter = ctx.outcomes.register(request.call_id, request.attempt);
     let known = known(ctx, request).await?;
     if let (Known::Nothing, Mode::Cancel(reason)) = (&known, mode) {
         cancel(ctx, request, reason).await?;
@@ -237,15 +235,10 @@ async fn run(
     progress.tick().await;
     loop {
         tokio::select! {
-            next = outcomes.next() => {
-                let Some(next) = next else {
-                    return Err(CallError::Nats("outcome subscription closed".into()));
-                };
-                match serde_json::from_slice::<CallEvent>(&next.payload) {
-                    Ok(event) if event.attempt == request.attempt => break,
-                    _ => continue,
-                }
-            }
+            woken = waiter.outcome() => match woken {
+                Ok(()) => break,
+                Err(closed) => return Err(CallError::Nats(closed.to_string())),
+            },
             _ = progress.tick() => {
                 let _ = message.ack_with(AckKind::Progress).await;
             }
