@@ -39,6 +39,13 @@ pub fn outcome(campaign: CampaignId, call: CallId) -> String {
     format!("calls.outcome.{campaign}.{call}")
 }
 
+/// The call of an outcome subject (`calls.outcome.<campaign>.<call>`), read without looking
+/// at the payload; `None` for any other subject.
+pub fn outcome_call(subject: &str) -> Option<CallId> {
+    let (_campaign, call) = subject.strip_prefix("calls.outcome.")?.split_once('.')?;
+    call.parse().ok()
+}
+
 /// `calls.retry.<campaign>`: attempts due later.
 pub fn retry(campaign: CampaignId) -> String {
     format!("calls.retry.{campaign}")
@@ -79,6 +86,9 @@ mod tests {
         assert_eq!(event(campaign, call), format!("calls.event.7.{call}"));
         assert_eq!(outcome(campaign, call), format!("calls.outcome.7.{call}"));
         assert_eq!(event_any_campaign(call), format!("calls.event.*.{call}"));
+        assert_eq!(outcome_call(&outcome(campaign, call)), Some(call));
+        assert_eq!(outcome_call(&event(campaign, call)), None);
+        assert_eq!(outcome_call("calls.outcome.7"), None);
         assert_eq!(retry(campaign), "calls.retry.7");
         assert_eq!(dlq("CALLS"), "calls.dlq.CALLS");
         assert_eq!(dial_consumer(campaign), "dial_7");

@@ -2,9 +2,9 @@
 //!
 //! The dial message stays un-acknowledged for the whole call (in-progress acks keep it
 //! alive), so the campaign's `max_ack_pending` caps its live calls cluster-wide. Before
-//! placing, the dialer subscribes to the attempt's outcome subject and then reads the call's
-//! latest event and outcome: a redelivered message whose attempt was already placed is only
-//! waited on, never dialled again.
+//! placing, the call registers with the dialer's outcome router ([`crate::outcomes`]) and then
+//! reads the call's latest event and outcome: a redelivered message whose attempt was already
+//! placed is only waited on, never dialled again.
 //!
 //! A number put on a do-not-call list after its call was queued is caught here, just before
 //! placing: the attempt ends `CANCELLED` with the list named.
@@ -27,7 +27,6 @@ use ccm_core::{
     subjects,
 };
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -39,7 +38,8 @@ use crate::{
 /// What a call task needs; shared by all calls of a dialer.
 #[derive(Debug, Clone)]
 pub struct CallContext {
-    pub client: async_nats::Client,
+    /// Wakes a call when its outcome is published.
+    pub outcomes: crate::outcomes::Outcomes,
     pub js: jetstream::Context,
     pub events: jetstream::stream::Stream,
     pub active_calls: kv::Store,
@@ -97,9 +97,8 @@ pub async fn handle(
         Err(e) => {
             // Let redelivery count it: after max_deliver the retrier dead-letters it.
             tracing::warn!(error = %e, subject = %message.subject, "undecodable dial message");
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                .await;
+            let nak = message.ack_with(AckKind::Nak(Some(Duration::from_secs(5))));
+            let _ = Box::pin(nak).await;
             return;
         }
     };
@@ -113,7 +112,7 @@ pub async fn handle(
     if let Err(e) = result {
         tracing::warn!(call = %request.call_id, error = %e, "call attempt handed back");
         let delay = jittered_backoff(message.info().map(|i| i.delivered).unwrap_or(1));
-        let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+        let _ = Box::pin(message.ack_with(AckKind::Nak(Some(delay)))).await;
     }
 }
 
@@ -144,28 +143,67 @@ async fn run(
     mode: Mode,
     max_call_duration: Duration,
 ) -> Result<(), CallError> {
-    let outcome_subject = subjects::outcome(request.campaign_id, request.call_id);
-    // Subscribe before looking: an outcome published between the look and the subscription
-    // would otherwise be missed.
-    let mut outcomes = ctx
-        .client
-        .subscribe(outcome_subject.clone())
-        .await
-        .map_err(|e| CallError::Nats(e.to_string()))?;
+    // Registered before looking: an outcome published between the look and the registration
+    // would otherwise be missed. The dialer's one subscription has been at the server since
+    // it started, so the router either handles the outcome after this entry exists, or had
+    // already received it before the look-up below is sent (see `Outcomes::register`).
+    // Dropping the waiter, on whatever path leaves this function, unregisters it.
+    let mut waiter = ctx.outcomes.register(request.call_id, request.attempt);
+    // Boxed: looking up and placing take several kilobytes of future state, which a call
+    // task would otherwise keep for as long as it waits for its outcome.
+    let Some(placed_at) = Box::pin(place(ctx, request, message, campaign, mode)).await? else {
+        return Ok(());
+    };
+    // The call's time runs from its placement, also when a redelivery picks it up later.
+    let elapsed = (Utc::now() - placed_at).to_std().unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + max_call_duration.saturating_sub(elapsed);
+    let mut progress = tokio::time::interval(ctx.progress_every);
+    progress.tick().await;
+    loop {
+        tokio::select! {
+            woken = waiter.outcome() => match woken {
+                Ok(()) => break,
+                Err(closed) => return Err(CallError::Nats(closed.to_string())),
+            },
+            _ = progress.tick() => {
+                let _ = Box::pin(message.ack_with(AckKind::Progress)).await;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let timeout = "timeout".into();
+                Box::pin(publish_outcome(ctx, request, OutcomeSource::Timeout, timeout)).await?;
+                counter!("ccm_dialer_outcome_timeouts_total").increment(1);
+                break;
+            }
+            _ = ctx.shutdown.cancelled() => return Err(CallError::Shutdown),
+        }
+    }
+    Box::pin(ack(message)).await;
+    Ok(())
+}
+
+/// Looks the attempt up and places it if it has not been: when it was placed (now or
+/// earlier), or `None` when nothing is left to wait for (the message is then acknowledged).
+async fn place(
+    ctx: &CallContext,
+    request: &DialRequest,
+    message: &Message,
+    campaign: &CampaignInfo,
+    mode: Mode,
+) -> Result<Option<DateTime<Utc>>, CallError> {
     let known = known(ctx, request).await?;
     if let (Known::Nothing, Mode::Cancel(reason)) = (&known, mode) {
         cancel(ctx, request, reason).await?;
         ack(message).await;
-        return Ok(());
+        return Ok(None);
     }
-    let placed_at = match known {
+    match known {
         Known::Done => {
             ack(message).await;
-            return Ok(());
+            Ok(None)
         }
         Known::Placed(at) => {
             tracing::info!(call = %request.call_id, "attempt already placed; waiting");
-            at
+            Ok(Some(at))
         }
         Known::Nothing => 'nothing: {
             // Listed after it was queued: never dialled; the call ends CANCELLED.
@@ -176,7 +214,7 @@ async fn run(
             if let Some(list) = listed {
                 cancel(ctx, request, &list.refusal(&request.phone_number)).await?;
                 ack(message).await;
-                return Ok(());
+                return Ok(None);
             }
             if let Some(window) = &campaign.window {
                 let opens = crate::window::opens_at(ctx, window, request, Utc::now())
@@ -187,7 +225,7 @@ async fn run(
                         .await
                         .map_err(CallError::Window)?;
                     ack(message).await;
-                    return Ok(());
+                    return Ok(None);
                 }
             }
             let capped = ctx
@@ -200,7 +238,7 @@ async fn run(
                     .await
                     .map_err(CallError::Window)?;
                 ack(message).await;
-                return Ok(());
+                return Ok(None);
             }
             let slot = ctx
                 .pacing
@@ -221,7 +259,7 @@ async fn run(
                 Dialing::Elsewhere(at) => {
                     tracing::info!(call = %request.call_id,
                         "another delivery of the attempt placed it meanwhile; waiting");
-                    break 'nothing at;
+                    break 'nothing Ok(Some(at));
                 }
             };
             counter!("ccm_dialer_calls_placed_total",
@@ -241,45 +279,16 @@ async fn run(
                 Err(CarrierError::Rejected(reason)) => {
                     publish_outcome(ctx, request, OutcomeSource::Rejected, reason).await?;
                     ack(message).await;
-                    return Ok(());
+                    return Ok(None);
                 }
                 Err(e @ CarrierError::Unavailable(_)) => {
                     crate::dialing::withdraw(ctx, dialing_seq).await;
                     return Err(CallError::Carrier(e));
                 }
             }
-            Utc::now()
-        }
-    };
-    // The call's time runs from its placement, also when a redelivery picks it up later.
-    let elapsed = (Utc::now() - placed_at).to_std().unwrap_or_default();
-    let deadline = tokio::time::Instant::now() + max_call_duration.saturating_sub(elapsed);
-    let mut progress = tokio::time::interval(ctx.progress_every);
-    progress.tick().await;
-    loop {
-        tokio::select! {
-            next = outcomes.next() => {
-                let Some(next) = next else {
-                    return Err(CallError::Nats("outcome subscription closed".into()));
-                };
-                match serde_json::from_slice::<CallEvent>(&next.payload) {
-                    Ok(event) if event.attempt == request.attempt => break,
-                    _ => continue,
-                }
-            }
-            _ = progress.tick() => {
-                let _ = message.ack_with(AckKind::Progress).await;
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                publish_outcome(ctx, request, OutcomeSource::Timeout, "timeout".into()).await?;
-                counter!("ccm_dialer_outcome_timeouts_total").increment(1);
-                break;
-            }
-            _ = ctx.shutdown.cancelled() => return Err(CallError::Shutdown),
+            Ok(Some(Utc::now()))
         }
     }
-    ack(message).await;
-    Ok(())
 }
 
 /// Records one placement request's duration and, when it failed, its kind.

@@ -15,6 +15,7 @@
 //! - [`carrier`] holds the adapters that actually place calls; [`dialing`] the `Dialing`
 //!   event published before each placement.
 //! - [`frequency`] caps the attempts placed to one number per day, across campaigns.
+//! - [`outcomes`] routes outcomes from the dialer's one subscription to the waiting calls.
 //! - [`pacing`] spaces new calls per campaign and globally, shared by all replicas.
 //! - [`placements`] records the carrier's id of each placed attempt, for callbacks that name
 //!   only the call.
@@ -24,6 +25,7 @@ pub mod call;
 pub mod carrier;
 pub mod dialing;
 pub mod frequency;
+pub mod outcomes;
 pub mod pacing;
 pub mod placements;
 pub mod sample;
@@ -69,6 +71,8 @@ pub enum DialerError {
     Stream(&'static str, #[source] async_nats::Error),
     #[error(transparent)]
     Start(#[from] ccm_core::service::StartError),
+    #[error(transparent)]
+    Outcomes(#[from] outcomes::StartError),
 }
 
 /// Runs the dialer until `shutdown` is cancelled.
@@ -95,10 +99,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
     // Calls in flight must survive the shutdown signal long enough to finish, so they watch
     // a token of their own that is cancelled only after the grace period.
     let calls_stop = CancellationToken::new();
+    let (outcomes, router) = outcomes::Outcomes::subscribe(&client).await?;
     // One shared context: every call task holds it, and cloning its JetStream handles (each
     // bucket carries its stream's whole info) for every call cost more than the call itself.
     let ctx = Arc::new(CallContext {
-        client: client.clone(),
+        outcomes,
         js: js.clone(),
         events,
         active_calls: ccm_core::nats::bucket(&js, names::KV_ACTIVE_CALLS).await?,
@@ -123,6 +128,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
         usize::try_from(config.dialer.max_calls).unwrap_or(usize::MAX),
     ));
     let campaigns = ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS).await?;
+    // The router outlives the calls, which may wait for outcomes through the grace period;
+    // it is stopped once they are all done.
+    let router_stop = CancellationToken::new();
+    let router = tokio::spawn(router.run(router_stop.clone()));
     let calls = TaskTracker::new();
     tokio::spawn(sample::run(js.clone(), trunk.clone(), shutdown.clone()));
     tracing::info!(carrier = config.dialer.carrier.kind(), "dialer running");
@@ -148,6 +157,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
         calls_stop.cancel();
         calls.wait().await;
     }
+    router_stop.cancel();
+    let _ = router.await;
     // Acks and NAKs are fire-and-forget publishes; flush them to the server before draining,
     // or a NAK sent just before shutdown can be lost and its message wait out AckWait.
     let _ = client.flush().await;

@@ -1,7 +1,8 @@
-//! The dialer's carrier adapters against carrier-sim over HTTP, and its metrics and probes
-//! against a real NATS server; the carrier's ids recorded by a placement.
+//! The dialer's carrier adapters against carrier-sim over HTTP, and its metrics, probes and
+//! outcome router against a real NATS server; the carrier's ids recorded by a placement.
 
 mod adapters;
 mod concurrent_deliveries;
 mod metrics;
+mod outcomes;
 mod placements;
