@@ -65,11 +65,17 @@ pub async fn list(
             format!("limit must be 1 to {MAX_LIMIT}"),
         ));
     }
-    if query
-        .stream
-        .as_deref()
-        .is_some_and(|s| s.is_empty() || s.contains(['.', '*', '>', ' ']))
-    {
+    // The name becomes a token of a subject filter (`calls.dlq.<stream>`). ccm's streams are
+    // named with ASCII letters, digits, `_` and `-` only; anything else (a dot, a wildcard,
+    // whitespace, a control character, non-ASCII text) is not a stream a letter came from,
+    // and nats-server would refuse the filter, which must not look like an outage.
+    if query.stream.as_deref().is_some_and(|s| {
+        s.is_empty()
+            || s.len() > 255
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    }) {
         return Err(AppError::bad_request(
             "invalid_stream",
             "stream must be a stream name",

@@ -9,6 +9,7 @@ mod calling_hours;
 mod campaigns;
 mod contact_import;
 mod dashboard;
+mod dead_letters;
 mod dnc;
 mod dnc_cache;
 mod duplicates;
