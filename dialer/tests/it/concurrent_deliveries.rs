@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use ccm_carrier_sim::{SimConfig, ledger::Stats};
+use ccm_carrier_sim::ledger::Stats;
 use ccm_core::{
     CallEvent, CampaignId, EventKind, OutcomeSource, OutcomeStatus,
     config::{CarrierConfig, HttpCarrierConfig},
@@ -16,10 +16,12 @@ use ccm_core::{
 };
 use ccm_tests::{TestEnv, eventually};
 use chrono::Utc;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{campaign, dial};
+use crate::{
+    metrics::{campaign, dial},
+    placements::silent_carrier,
+};
 
 async fn stats(http: &reqwest::Client, sim_url: &str) -> Option<Stats> {
     http.get(format!("{sim_url}/stats"))
@@ -39,14 +41,7 @@ async fn two_deliveries_of_one_attempt_at_once_place_it_once() {
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let sim_url = format!("http://{}", listener.local_addr().expect("addr"));
-    let sim = SimConfig {
-        callback_base: "http://127.0.0.1:9".into(),
-        call_ms: 60_000,
-        ..SimConfig::default()
-    };
-    tokio::spawn(ccm_carrier_sim::run(sim, listener, shutdown.clone()));
+    let sim_url = silent_carrier(&shutdown).await;
 
     // Two calls a second: the first call takes the first slot, so both deliveries of the
     // second wait half a second or more after looking.

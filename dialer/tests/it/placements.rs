@@ -25,15 +25,7 @@ async fn a_placement_records_the_carriers_id_against_its_attempt() {
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
 
-    // The call lasts a minute and its callback goes nowhere: only the placement matters.
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let sim_url = format!("http://{}", listener.local_addr().expect("addr"));
-    let sim = SimConfig {
-        callback_base: "http://127.0.0.1:9".into(),
-        call_ms: 60_000,
-        ..SimConfig::default()
-    };
-    tokio::spawn(ccm_carrier_sim::run(sim, listener, shutdown.clone()));
+    let sim_url = silent_carrier(&shutdown).await;
 
     let id = CampaignId::new(62).expect("id");
     let campaigns = ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS)
@@ -91,4 +83,18 @@ async fn a_placement_records_the_carriers_id_against_its_attempt() {
             attempt: 2,
         }
     );
+}
+
+/// Starts carrier-sim with calls that last a minute and callbacks that go nowhere: only the
+/// placement requests matter. Returns its URL.
+pub async fn silent_carrier(shutdown: &CancellationToken) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let sim = SimConfig {
+        callback_base: "http://127.0.0.1:9".into(),
+        call_ms: 60_000,
+        ..SimConfig::default()
+    };
+    tokio::spawn(ccm_carrier_sim::run(sim, listener, shutdown.clone()));
+    url
 }
