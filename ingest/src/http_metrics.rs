@@ -8,16 +8,12 @@
 use std::time::Instant;
 
 use axum::{
-    Router,
     extract::{MatchedPath, Request},
     http::{StatusCode, header},
-    middleware::{self, Next},
+    middleware::Next,
     response::{IntoResponse, Response},
-    routing::get,
 };
 use ccm_core::metrics::histogram;
-
-use crate::{AppState, auth};
 
 /// Records the request's duration under its route template, method and status class.
 pub async fn record(request: Request, next: Next) -> Response {
@@ -56,20 +52,9 @@ fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
-/// `GET /metrics`, behind the API token when `ingest.metrics_require_token` says so.
-pub fn routes(state: &AppState) -> Router<AppState> {
-    let router = Router::new().route("/metrics", get(render));
-    if state.config.metrics_require_token {
-        router.route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ))
-    } else {
-        router
-    }
-}
-
-async fn render() -> impl IntoResponse {
+/// `GET /metrics` (behind the API token when `ingest.metrics_require_token` says so; see
+/// [`crate::routes::table`]).
+pub(crate) async fn render() -> impl IntoResponse {
     (
         StatusCode::OK,
         [(

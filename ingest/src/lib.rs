@@ -41,10 +41,7 @@ pub use error::error_chain;
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, kv};
-use axum::{
-    Router, middleware,
-    routing::{get, post, put},
-};
+use axum::{Router, middleware};
 use ccm_core::{
     Config,
     config::IngestConfig,
@@ -112,6 +109,10 @@ pub enum IngestError {
     Topology(#[from] ccm_core::topology::TopologyError),
     #[error("refusing to start without an API token (set ingest.auth_tokens)")]
     NoToken,
+    #[error(
+        "refusing to start with an empty API token among ingest.auth_tokens: it would match a request that sends an empty header"
+    )]
+    EmptyToken,
     #[error("cannot listen on {addr}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -133,6 +134,14 @@ impl AppState {
             .all(|t| t.expose().is_empty())
         {
             return Err(IngestError::NoToken);
+        }
+        if config
+            .ingest
+            .auth_tokens
+            .iter()
+            .any(|t| t.expose().trim().is_empty())
+        {
+            return Err(IngestError::EmptyToken);
         }
         let client = ccm_core::nats::connect(&config.nats_url, "ingest").await?;
         let js = ccm_core::nats::jetstream(client);
@@ -166,123 +175,10 @@ impl AppState {
     }
 }
 
-/// The whole HTTP API.
+/// The whole HTTP API: the routes of [`routes::table`], each with its access rule.
 pub fn router(state: AppState) -> Router {
-    use routes::compat;
     let body_limit = state.config.max_body_bytes;
-    let api = Router::new()
-        // The compatible API: the old system's paths, trailing slashes included.
-        .route("/api/v1/initiate-call/", post(compat::calls::initiate))
-        .route("/api/v1/bulk-initiate-calls/", post(compat::calls::bulk))
-        .route("/api/v1/callback/", put(compat::callback::callback))
-        .route(
-            "/api/v1/campaigns/",
-            get(compat::campaigns::list).post(compat::campaigns::create),
-        )
-        .route("/api/v1/campaigns/{id}/", get(compat::campaigns::get))
-        .route(
-            "/api/v1/phone-numbers/",
-            post(compat::campaigns::add_phone_numbers),
-        )
-        .route("/api/v1/metrics/", get(compat::metrics::metrics))
-        // The resource API.
-        .route(
-            "/api/v1/calls",
-            post(routes::calls::create).get(routes::call_queries::list),
-        )
-        .route("/api/v1/calls/{id}", get(routes::call_queries::get))
-        .route("/api/v1/calls/bulk", post(routes::bulk::create))
-        .route(
-            "/api/v1/campaigns",
-            post(routes::campaigns::create).get(routes::campaigns::list),
-        )
-        .route(
-            "/api/v1/campaigns/{id}",
-            get(routes::campaigns::get).patch(routes::campaign_admin::patch),
-        )
-        .route("/api/v1/dnc", post(routes::dnc::add))
-        .route(
-            "/api/v1/dnc/{phone}",
-            get(routes::dnc::get).delete(routes::dnc::remove),
-        )
-        .route(
-            "/api/v1/campaigns/{id}/contacts",
-            post(routes::contacts::add),
-        )
-        .route(
-            "/api/v1/campaigns/{id}/contacts/import",
-            post(routes::contact_import::import),
-        )
-        .route(
-            "/api/v1/campaigns/{id}/start",
-            post(routes::campaign_admin::start),
-        )
-        .route(
-            "/api/v1/campaigns/{id}/pause",
-            post(routes::campaign_admin::pause),
-        )
-        .route(
-            "/api/v1/campaigns/{id}/resume",
-            post(routes::campaign_admin::resume),
-        )
-        .route(
-            "/api/v1/campaigns/{id}/cancel",
-            post(routes::campaign_admin::cancel),
-        )
-        .route(
-            "/api/v1/campaigns/{id}/stats",
-            get(routes::campaign_admin::stats),
-        )
-        .route("/api/v1/dead-letters", get(routes::dlq::list))
-        .route(
-            "/api/v1/dead-letters/{seq}",
-            get(routes::dlq::show).delete(routes::dlq::discard),
-        )
-        .route(
-            "/api/v1/dead-letters/{seq}/redrive",
-            post(routes::dlq::redrive),
-        )
-        .route(
-            "/api/v1/webhooks",
-            post(routes::webhooks::create).get(routes::webhooks::list),
-        )
-        .route(
-            "/api/v1/webhooks/{id}",
-            get(routes::webhooks::get)
-                .patch(routes::webhooks::patch)
-                .delete(routes::webhooks::delete),
-        )
-        .route("/api/v1/dashboard/ticket", post(dashboard::ticket))
-        .route(
-            "/api/v1/webhooks/{id}/rotate-secret",
-            post(routes::webhooks::rotate_secret),
-        )
-        .route(
-            "/api/v1/webhooks/{id}/deliveries",
-            get(routes::webhook_deliveries::list),
-        )
-        .route(
-            "/api/v1/webhooks/{id}/deliveries/{msg_id}/redeliver",
-            post(routes::webhook_deliveries::redeliver),
-        )
-        .route(
-            "/api/v1/webhooks/{id}/replay",
-            post(routes::webhook_deliveries::replay),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ));
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        // The API's description is public, like the old system's docs.
-        .route("/api/v1/openapi.json", get(openapi::document))
-        .route("/api/v1/docs", get(openapi::page))
-        .route("/api/v1/callbacks/twilio", post(routes::callbacks::twilio))
-        .merge(dashboard::public_routes())
-        .merge(api)
-        .merge(http_metrics::routes(&state))
+    routes::table::router(&state)
         .layer(middleware::from_fn(http_metrics::record))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(trace::request_span))
@@ -290,7 +186,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Ready when NATS is connected: without it nothing can be accepted.
-async fn ready(
+pub(crate) async fn ready(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> axum::http::StatusCode {
     match state.js.client().connection_state() {

@@ -26,14 +26,12 @@ use std::{
 };
 
 use axum::{
-    Router,
     extract::{Query, State, rejection::QueryRejection},
     http::{HeaderMap, HeaderValue, header},
     response::{
         Html, IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
     },
-    routing::get,
 };
 use ccm_core::config::Secret;
 use serde::{Deserialize, Serialize};
@@ -95,14 +93,6 @@ impl Dashboard {
             })
             .clone()
     }
-}
-
-/// The routes that check credentials themselves (or need none): the page and the stream.
-/// The ticket route goes with the API, behind the token check.
-pub fn public_routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(page))
-        .route("/api/v1/dashboard/events", get(events))
 }
 
 /// `GET /`: the page. It holds no data; it fetches everything with the token the operator

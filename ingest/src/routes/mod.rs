@@ -12,5 +12,6 @@ pub mod contact_import;
 pub mod contacts;
 pub mod dlq;
 pub mod dnc;
+pub mod table;
 pub mod webhook_deliveries;
 pub mod webhooks;

@@ -209,3 +209,135 @@ async fn tokens_and_the_database_password_never_reach_the_logs() {
         assert!(!text.contains(secret), "the logs contain {secret}");
     }
 }
+
+/// Every method a client can send, including one no route knows.
+fn every_method() -> Vec<reqwest::Method> {
+    let mut methods = vec![
+        reqwest::Method::GET,
+        reqwest::Method::HEAD,
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::PATCH,
+        reqwest::Method::DELETE,
+        reqwest::Method::OPTIONS,
+        reqwest::Method::TRACE,
+    ];
+    methods.push(reqwest::Method::from_bytes(b"PROPFIND").expect("method"));
+    methods.push(reqwest::Method::from_bytes(b"XYZZY").expect("method"));
+    methods
+}
+
+/// A concrete path for a template: any value fits, the token is checked before the handler.
+fn concrete(template: &str) -> String {
+    template
+        .split('/')
+        .map(|s| if s.starts_with('{') { "1" } else { s })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The router's own table, walked with every method: without a valid token, every route
+/// but the public ones answers 401 and nothing else (HEAD once answered 200 with the GET
+/// handler's length, and `HEAD /api/v1/dnc/<number>` told who is listed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_of_the_table_refuses_every_method_without_a_token() {
+    use ccm_ingest::routes::table::{Access, table};
+
+    let env = TestEnv::start().await.expect("env");
+    let api = Api::start(&env).await;
+    let entries = table(false);
+    assert!(entries.len() >= 35, "only {} routes", entries.len());
+    let mut failures = Vec::new();
+    let mut walked = 0;
+    for entry in &entries {
+        let url = format!("{}{}", api.base, concrete(entry.path));
+        for method in every_method() {
+            let requests = [
+                ("no token", api.http.request(method.clone(), &url)),
+                (
+                    "empty token",
+                    api.http
+                        .request(method.clone(), &url)
+                        .header("X-Auth-Token", ""),
+                ),
+                (
+                    "wrong token",
+                    api.http
+                        .request(method.clone(), &url)
+                        .bearer_auth("wrong-token"),
+                ),
+            ];
+            for (what, request) in requests {
+                let response = request
+                    .header("Content-Type", "application/json")
+                    .body(r#"{"phone_number": "+15550001234", "campaign_id": 1}"#)
+                    .send()
+                    .await
+                    .expect("request");
+                let status = response.status().as_u16();
+                let ok = match entry.access {
+                    Access::Token => status == 401,
+                    // Its own credential is missing: refused, never served.
+                    Access::OwnCheck(_) => (400..500).contains(&status) && status != 404,
+                    Access::Public => true,
+                };
+                if !ok {
+                    failures.push(format!("{method} {} with {what}: {status}", entry.path));
+                }
+                walked += 1;
+            }
+        }
+    }
+    assert!(walked >= 35 * 10 * 3, "walked {walked} requests");
+    assert!(
+        failures.is_empty(),
+        "answered without a token:\n{}",
+        failures.join("\n")
+    );
+
+    // The table is the whole router: every documented operation is one of its rows.
+    let doc: Value = api
+        .http
+        .get(format!("{}/api/v1/openapi.json", api.base))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    for path in doc["paths"].as_object().expect("paths").keys() {
+        assert!(
+            entries.iter().any(|e| e.path == path),
+            "{path} is documented but not in the route table"
+        );
+    }
+    api.stop().await;
+}
+
+/// An empty token among real ones would match a request that sends an empty header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_token_next_to_real_ones_is_refused_at_start() {
+    let env = TestEnv::start().await.expect("env");
+    for tokens in [
+        vec![TEST_TOKEN, ""],
+        vec!["", TEST_TOKEN],
+        vec![TEST_TOKEN, "  "],
+    ] {
+        let mut config = env.config();
+        config.ingest.auth_tokens = tokens.iter().map(|t| Secret::new(*t)).collect();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let result = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            ccm_ingest::serve(config, listener, shutdown.clone()),
+        )
+        .await;
+        shutdown.cancel();
+        assert!(
+            matches!(result, Ok(Err(ccm_ingest::IngestError::EmptyToken))),
+            "{tokens:?}: {result:?}"
+        );
+    }
+}
