@@ -41,12 +41,89 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A URL that may carry credentials (`nats://user:password@host`, `https://token@host`,
+/// `?key=…`). It prints with the user information and the query replaced by `***`, so logs
+/// and `Debug` keep the host and port an operator needs and never the secret.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The URL itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL as it may be logged.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl From<&str> for SecretUrl {
+    fn from(value: &str) -> Self {
+        Self::new(value)
+    }
+}
+
+impl From<String> for SecretUrl {
+    fn from(value: String) -> Self {
+        Self::new(value)
+    }
+}
+
+/// `url` (or a comma-separated list of them, as NATS takes) with every user information part
+/// and query replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let (scheme, rest) = match one.split_once("://") {
+                Some((scheme, rest)) => (Some(scheme), rest),
+                None => (None, one),
+            };
+            let (authority, tail) = match rest.find(['/', '?', '#']) {
+                Some(at) => rest.split_at(at),
+                None => (rest, ""),
+            };
+            let authority = match authority.rsplit_once('@') {
+                Some((_, host)) => format!("***@{host}"),
+                None => authority.to_owned(),
+            };
+            let tail = match tail.split_once('?') {
+                Some((path, _)) => format!("{path}?***"),
+                None => tail.to_owned(),
+            };
+            match scheme {
+                Some(scheme) => format!("{scheme}://{authority}{tail}"),
+                None => format!("{authority}{tail}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The whole configuration of a ccm deployment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// NATS server URL(s), comma separated.
-    pub nats_url: String,
+    /// NATS server URL(s), comma separated; may carry credentials.
+    pub nats_url: SecretUrl,
     /// PostgreSQL URL of the read model.
     pub database_url: Secret,
     pub streams: StreamSettings,
@@ -65,7 +142,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            nats_url: "nats://127.0.0.1:4222".into(),
+            nats_url: SecretUrl::new("nats://127.0.0.1:4222"),
             database_url: Secret::new("postgres://ccm@127.0.0.1:5432/ccm"),
             streams: StreamSettings::default(),
             ingest: IngestConfig::default(),
@@ -296,8 +373,8 @@ pub enum CarrierConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpCarrierConfig {
-    /// Where the carrier listens, e.g. `http://127.0.0.1:9000`.
-    pub base_url: String,
+    /// Where the carrier listens, e.g. `http://127.0.0.1:9000`; may carry credentials.
+    pub base_url: SecretUrl,
     /// Sent as `X-Auth-Token` when not empty.
     pub api_token: Secret,
     /// How long one placement request may take before it counts as ambiguous.
@@ -307,7 +384,7 @@ pub struct HttpCarrierConfig {
 impl Default for HttpCarrierConfig {
     fn default() -> Self {
         Self {
-            base_url: "http://127.0.0.1:9000".into(),
+            base_url: SecretUrl::new("http://127.0.0.1:9000"),
             api_token: Secret::default(),
             request_timeout_ms: 5000,
         }
@@ -320,7 +397,7 @@ impl Default for HttpCarrierConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct TwilioCarrierConfig {
     /// `https://api.twilio.com`, or carrier-sim's address.
-    pub base_url: String,
+    pub base_url: SecretUrl,
     pub account_sid: String,
     pub auth_token: Secret,
     /// The caller id (`From`), an E.164 number of the account.
@@ -340,7 +417,7 @@ pub struct TwilioCarrierConfig {
 impl Default for TwilioCarrierConfig {
     fn default() -> Self {
         Self {
-            base_url: "https://api.twilio.com".into(),
+            base_url: SecretUrl::new("https://api.twilio.com"),
             account_sid: String::new(),
             auth_token: Secret::default(),
             from: String::new(),
@@ -645,7 +722,7 @@ mod tests {
             ]),
         )
         .expect("loads");
-        assert_eq!(loaded.config.nats_url, "nats://file:4222");
+        assert_eq!(loaded.config.nats_url.expose(), "nats://file:4222");
         assert_eq!(loaded.config.ingest.default_max_attempts, 7);
         assert_eq!(
             loaded.config.ingest.auth_tokens,
@@ -689,7 +766,7 @@ mod tests {
     #[test]
     fn string_settings_stay_strings() {
         let loaded = Config::load_from(None, env(&[("CCM_NATS_URL", "1234")])).expect("loads");
-        assert_eq!(loaded.config.nats_url, "1234");
+        assert_eq!(loaded.config.nats_url.expose(), "1234");
     }
 
     #[test]
@@ -732,5 +809,31 @@ mod tests {
                 .map(ToString::to_string)
                 .unwrap_or_default()
         }
+    }
+    /// User names, passwords and tokens in the NATS and carrier URLs never print: the URLs
+    /// print with `***` in their place, host and port kept for the operator.
+    #[test]
+    fn credentials_in_urls_never_print() {
+        let file = "nats_url: 'nats://ccm:nats-pw-5e1@10.0.0.1:4222,tls://tok-9f2c@10.0.0.2:4222'\n\
+                    dialer:\n  carrier: {kind: http, base_url: 'https://carrier:http-pw-77@carrier.example:8443/v1?key=q-secret-3'}\n";
+        let mut tmp = tempfile::NamedTempFile::new().expect("temp file");
+        write!(tmp, "{file}").expect("write");
+        let mut config = Config::load_from(Some(tmp.path()), Vec::new())
+            .expect("loads")
+            .config;
+        let debug = format!("{config:?}");
+        for secret in ["nats-pw-5e1", "tok-9f2c", "http-pw-77", "q-secret-3"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("10.0.0.1:4222") && debug.contains("carrier.example:8443"));
+        assert_eq!(
+            config.nats_url.expose(),
+            "nats://ccm:nats-pw-5e1@10.0.0.1:4222,tls://tok-9f2c@10.0.0.2:4222"
+        );
+        config.dialer.carrier = CarrierConfig::Twilio(TwilioCarrierConfig {
+            base_url: SecretUrl::new("https://AC1:tw-pw-31@api.twilio.example"),
+            ..TwilioCarrierConfig::default()
+        });
+        assert!(!format!("{config:?}").contains("tw-pw-31"));
     }
 }

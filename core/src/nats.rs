@@ -39,17 +39,73 @@ pub enum NatsError {
 
 /// Connects with a client name that identifies the service in server monitoring. The client
 /// reconnects on its own; the retry on the first connect covers a server still starting.
+///
+/// A user and password (or a token) in the URL are taken out of it and given to the client
+/// as options: async-nats logs the server address it dials, password included, at debug level.
 pub async fn connect(url: &str, service: &str) -> Result<async_nats::Client, NatsError> {
-    async_nats::ConnectOptions::new()
+    let (servers, credentials) = split_credentials(url);
+    let options = match credentials {
+        Some(Credentials::UserPassword(user, password)) => {
+            async_nats::ConnectOptions::with_user_and_password(user, password)
+        }
+        Some(Credentials::Token(token)) => async_nats::ConnectOptions::with_token(token),
+        None => async_nats::ConnectOptions::new(),
+    };
+    let url = servers.as_str();
+    options
         .name(format!("ccm-{service}"))
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .connect(url)
         .await
         .map_err(|source| NatsError::Connect {
-            url: url.to_owned(),
+            // The URL may hold a user and password; the error is logged.
+            url: crate::config::redact_url(url),
             source,
         })
+}
+
+/// Credentials found in a NATS URL.
+#[derive(Debug, PartialEq, Eq)]
+enum Credentials {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// The server URLs without their user information, and the first credentials found in them
+/// (percent-decoded). The servers of one cluster share their credentials.
+fn split_credentials(urls: &str) -> (String, Option<Credentials>) {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut found = None;
+    let servers = urls
+        .split(',')
+        .map(|one| {
+            let one = one.trim();
+            let Some((scheme, rest)) = one.split_once("://") else {
+                return one.to_owned();
+            };
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let (authority, tail) = rest.split_at(end);
+            let Some((userinfo, host)) = authority.rsplit_once('@') else {
+                return one.to_owned();
+            };
+            if found.is_none() {
+                found = Some(match userinfo.split_once(':') {
+                    Some((user, password)) => {
+                        Credentials::UserPassword(decode(user), decode(password))
+                    }
+                    None => Credentials::Token(decode(userinfo)),
+                });
+            }
+            format!("{scheme}://{host}{tail}")
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    (servers, found)
 }
 
 /// A JetStream context whose publish acknowledgements time out instead of hanging forever.
@@ -123,4 +179,34 @@ pub async fn publish_event(
     event: &CallEvent,
 ) -> Result<jetstream::publish::PublishAck, NatsError> {
     publish_json(js, event.subject(), &event.msg_id(), None, event).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_taken_out_of_the_urls() {
+        let cases = [
+            ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222", None),
+            (
+                "nats://ccm:p%40ss@h1:4222, tls://ccm:p%40ss@h2:4222",
+                "nats://h1:4222,tls://h2:4222",
+                Some(Credentials::UserPassword("ccm".into(), "p@ss".into())),
+            ),
+            (
+                "nats://s3cr3t@h:4222/x?y",
+                "nats://h:4222/x?y",
+                Some(Credentials::Token("s3cr3t".into())),
+            ),
+            ("h:4222", "h:4222", None),
+        ];
+        for (url, servers, credentials) in cases {
+            assert_eq!(
+                split_credentials(url),
+                (servers.to_owned(), credentials),
+                "{url}"
+            );
+        }
+    }
 }

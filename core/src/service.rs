@@ -105,7 +105,7 @@ pub async fn start(
     } else {
         crate::metrics::install()?;
     }
-    let client = crate::nats::connect(&config.nats_url, service).await?;
+    let client = crate::nats::connect(config.nats_url.expose(), service).await?;
     readiness.add_nats(&client);
     let js = crate::nats::jetstream(client.clone());
     let topology = Topology::load(&config.streams)?;

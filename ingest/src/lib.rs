@@ -143,7 +143,7 @@ impl AppState {
         {
             return Err(IngestError::EmptyToken);
         }
-        let client = ccm_core::nats::connect(&config.nats_url, "ingest").await?;
+        let client = ccm_core::nats::connect(config.nats_url.expose(), "ingest").await?;
         let js = ccm_core::nats::jetstream(client);
         let topology = Topology::load(&config.streams)?;
         if config.provision {

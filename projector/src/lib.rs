@@ -90,7 +90,7 @@ pub async fn provision(config: &Config) -> Result<topology::Report, ProjectorErr
         .connect(config.database_url.expose())
         .await
         .map_err(ProjectorError::Database)?;
-    let client = ccm_core::nats::connect(&config.nats_url, "projector-provision").await?;
+    let client = ccm_core::nats::connect(config.nats_url.expose(), "projector-provision").await?;
     let js = ccm_core::nats::jetstream(client.clone());
     let report = provision_with(config, &pool, &js).await;
     pool.close().await;

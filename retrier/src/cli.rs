@@ -67,7 +67,7 @@ impl Cli {
             Some(Command::Status { json }) => return status(&config, json).await,
             Some(Command::Dlq(command)) => command,
         };
-        let client = ccm_core::nats::connect(&config.nats_url, "retrier-cli").await?;
+        let client = ccm_core::nats::connect(config.nats_url.expose(), "retrier-cli").await?;
         let dlq = Dlq::open(ccm_core::nats::jetstream(client.clone()))
             .await
             .context("cannot open the DLQ")?
@@ -100,7 +100,7 @@ impl Cli {
 }
 
 async fn status(config: &ccm_core::Config, json: bool) -> anyhow::Result<()> {
-    let client = ccm_core::nats::connect(&config.nats_url, "retrier-cli").await?;
+    let client = ccm_core::nats::connect(config.nats_url.expose(), "retrier-cli").await?;
     let overview = ccm_core::inspect::overview(&ccm_core::nats::jetstream(client))
         .await
         .context("cannot read the JetStream state")?;

@@ -173,7 +173,7 @@ impl TestEnv {
     /// quick (short call durations); tests adjust it further as they need.
     pub fn config(&self) -> Config {
         let mut config = Config {
-            nats_url: self.nats_url.clone(),
+            nats_url: ccm_core::config::SecretUrl::new(&self.nats_url),
             database_url: Secret::new(&self.database_url),
             ..Config::default()
         };

@@ -47,7 +47,7 @@ impl HttpCarrier {
     ) -> Result<Placement, CarrierError> {
         let url = format!(
             "{}/api/initiate-call",
-            self.config.base_url.trim_end_matches('/')
+            self.config.base_url.expose().trim_end_matches('/')
         );
         let mut body = json!({
             "call_id": call.call_id,

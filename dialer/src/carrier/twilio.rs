@@ -63,7 +63,7 @@ impl TwilioCarrier {
         let c = &self.config;
         let url = format!(
             "{}/2010-04-01/Accounts/{}/Calls.json",
-            c.base_url.trim_end_matches('/'),
+            c.base_url.expose().trim_end_matches('/'),
             c.account_sid
         );
         let mut form: Vec<(&str, String)> = vec![

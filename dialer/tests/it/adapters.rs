@@ -161,7 +161,7 @@ async fn the_http_adapter_sorts_refusals_outages_and_timeouts() {
 async fn the_twilio_adapter_authenticates_and_names_the_attempt_in_its_callback() {
     let sim = sim(SimConfig::default()).await;
     let config = TwilioCarrierConfig {
-        base_url: sim.url.clone(),
+        base_url: sim.url.clone().into(),
         account_sid: "ACsimulator".into(),
         auth_token: Secret::new("sim-auth-token"),
         from: "+15550009999".into(),

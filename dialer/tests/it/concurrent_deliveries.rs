@@ -71,7 +71,7 @@ async fn two_deliveries_of_one_attempt_at_once_place_it_once() {
 
     let mut config = env.config();
     config.dialer.carrier = CarrierConfig::Http(HttpCarrierConfig {
-        base_url: sim_url.clone(),
+        base_url: sim_url.clone().into(),
         ..HttpCarrierConfig::default()
     });
     tokio::spawn(ccm_dialer::run(config, shutdown.clone()));

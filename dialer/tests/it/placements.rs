@@ -45,7 +45,7 @@ async fn a_placement_records_the_carriers_id_against_its_attempt() {
         .expect("publish");
     let mut config = env.config();
     config.dialer.carrier = CarrierConfig::Http(HttpCarrierConfig {
-        base_url: sim_url.clone(),
+        base_url: sim_url.clone().into(),
         ..HttpCarrierConfig::default()
     });
     tokio::spawn(ccm_dialer::run(config, shutdown.clone()));

@@ -60,7 +60,7 @@ impl CarrierStack {
         config.ingest.twilio.auth_token = Secret::new(AUTH_TOKEN);
         config.dialer.max_call_duration_secs = 10;
         config.dialer.carrier = CarrierConfig::Twilio(TwilioCarrierConfig {
-            base_url: sim_url.clone(),
+            base_url: sim_url.clone().into(),
             account_sid: ACCOUNT_SID.into(),
             auth_token: Secret::new(AUTH_TOKEN),
             from: "+15550009999".into(),

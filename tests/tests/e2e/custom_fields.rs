@@ -49,7 +49,7 @@ async fn imported_custom_fields_reach_the_carrier_the_calls_row_and_webhooks() {
     let sim_url = format!("http://{}", sim_listener.local_addr().expect("addr"));
     let mut config = env.config();
     config.dialer.carrier = CarrierConfig::Http(HttpCarrierConfig {
-        base_url: sim_url.clone(),
+        base_url: sim_url.clone().into(),
         ..HttpCarrierConfig::default()
     });
     config.webhooks.allow_private_targets = true;

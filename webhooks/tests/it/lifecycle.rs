@@ -287,7 +287,7 @@ async fn an_endpoint_failing_for_the_whole_horizon_is_disabled_and_the_operator_
     let receiver = Receiver::start(Behaviour::always(StatusCode::SERVICE_UNAVAILABLE)).await;
     let created = ingest.subscribe(json!({"url": receiver.url})).await;
     let id = created["id"].as_str().expect("id").to_owned();
-    let nats = async_nats::connect(env.config().nats_url)
+    let nats = async_nats::connect(env.config().nats_url.expose())
         .await
         .expect("nats");
     let mut notices = nats
