@@ -21,6 +21,7 @@
 //! - [`dlq`]: dead letters as stored in `DLQ`, and the operator's actions on them.
 //! - [`config`], [`telemetry`], [`service`]: layered configuration, `tracing` set-up, and
 //!   the command line and shutdown signal every binary shares.
+//! - [`ssrf`]: which addresses a webhook may be sent to.
 //! - [`window`]: calling windows in the callee's time zone.
 //! - [`twilio`]: Twilio's request signature and call statuses, shared by the dialer's
 //!   adapter, ingest's callback route and carrier-sim.
@@ -41,6 +42,7 @@ pub mod phone;
 pub mod placements;
 pub mod policy;
 pub mod service;
+pub mod ssrf;
 pub mod status;
 pub mod subjects;
 pub mod telemetry;

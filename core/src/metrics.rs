@@ -34,7 +34,7 @@
 //! | `ccm_retrier_retry_backlog_messages` | gauge | | entries waiting in `RETRIES` (stream info, polled every 5 s) |
 //! | `ccm_retrier_dlq_messages` | gauge | | letters in `DLQ` (stream info, polled every 5 s) |
 //! | `ccm_retrier_dead_letters_total` | counter | `stream` | letters created by this replica, by source stream |
-//! | `ccm_webhooks_deliveries_total` | counter | `outcome` | messages settled per endpoint: `delivered`, `refused` (final 4xx or redirect), `exhausted` (retry horizon reached), `endpoint_disabled` (queued as skipped because the endpoint is disabled; delivered only if replayed) |
+//! | `ccm_webhooks_deliveries_total` | counter | `outcome` | messages settled per endpoint: `delivered`, `refused` (final 4xx, redirect, or a target that is not public), `exhausted` (retry horizon reached), `endpoint_disabled` (queued as skipped because the endpoint is disabled; delivered only if replayed) |
 //! | `ccm_webhooks_request_duration_seconds` | histogram | `result` | one delivery request: `success`, `retry` (408, 429, 5xx or no answer), `final` |
 //! | `ccm_webhooks_endpoints` | gauge | `state` | subscriptions known, `enabled` / `disabled` |
 //! | `ccm_webhooks_endpoints_disabled_total` | counter | `reason` | endpoints disabled automatically: `gone` (answered 410), `horizon` (failing for the whole retry horizon) |

@@ -3,8 +3,9 @@
 //! in the order they were consumed, and a slow or dead endpoint only delays itself.
 //!
 //! A message is retried with jittered exponential backoff (honouring a clamped
-//! `Retry-After`) until it is delivered, refused for good (a 4xx other than 408/429), or has
-//! been failing for the retry horizon. Every attempt goes to the delivery log.
+//! `Retry-After`) until it is delivered, refused for good (a 4xx other than 408/429, or a
+//! target that is not public, see [`crate::target`]), or has been failing for the retry
+//! horizon. Every attempt goes to the delivery log.
 //!
 //! A worker runs only while its replica holds the lane's lease ([`crate::lease`]): it makes
 //! an attempt only when the lease certainly outlasts it (the request timeout plus a margin),
@@ -33,6 +34,7 @@ use crate::{
     queue::{self, AttemptRecord, Lane, LogWriter, Queued, State, pause},
     sign,
     subscriptions::Subscriptions,
+    target,
 };
 
 /// What every worker shares.
@@ -75,6 +77,9 @@ enum Attempt {
     Retry(StatusCode, Option<Duration>),
     /// No answer (refused, reset, timed out).
     NoAnswer(String),
+    /// Not sent: the target is not a public address (why, for the log). Final for the
+    /// message, like a 4xx: the same URL resolving the same way would be refused again.
+    TargetRefused(String),
 }
 
 impl Worker {
@@ -212,14 +217,14 @@ impl Worker {
         };
         let started = Instant::now();
         let result = tokio::select! {
-            result = send(&self.shared.http, &sub.url, &keys, message) => result,
+            result = send(&self.shared.http, config, &sub.url, &keys, message) => result,
             _ = shutdown.cancelled() => return Ok(false),
         };
         let latency = started.elapsed();
         // A missing answer is labelled `retry`: it is retried just like a 5xx.
         let label = match result {
             Attempt::Delivered(_) => "success",
-            Attempt::Final(_) => "final",
+            Attempt::Final(_) | Attempt::TargetRefused(_) => "final",
             Attempt::Retry(..) | Attempt::NoAnswer(_) => "retry",
         };
         histogram!("ccm_webhooks_request_duration_seconds", "result" => label)
@@ -230,7 +235,7 @@ impl Worker {
             Attempt::Delivered(s) | Attempt::Final(s) | Attempt::Retry(s, _) => {
                 (Some(s.as_u16()), None)
             }
-            Attempt::NoAnswer(e) => (None, Some(e.clone())),
+            Attempt::NoAnswer(e) | Attempt::TargetRefused(e) => (None, Some(e.clone())),
         };
         let succeeded = matches!(result, Attempt::Delivered(_));
         self.shared.log.record(AttemptRecord {
@@ -265,6 +270,15 @@ impl Worker {
                 tracing::warn!(endpoint = %self.endpoint, id = %message.msg_id, %code, "webhook refused; not retried");
                 outcome = Some("refused");
                 (State::Failed, Some(format!("refused with {code}")))
+            }
+            Attempt::TargetRefused(reason) => {
+                // Counts towards the endpoint's run of failures, so a URL that keeps
+                // resolving inside is disabled after the horizon; not at once, since a
+                // name's answers can change.
+                self.health().failure(now);
+                tracing::warn!(endpoint = %self.endpoint, id = %message.msg_id, %reason, "webhook target refused; not retried");
+                outcome = Some("refused");
+                (State::Failed, Some(reason))
             }
             Attempt::Retry(..) | Attempt::NoAnswer(_)
                 if (now - first).to_std().unwrap_or_default() >= horizon =>
@@ -342,7 +356,16 @@ fn next_delay(config: &WebhooksConfig, attempts: i32, retry_after: Option<Durati
     retry_after.map_or(delay, |r| r.min(max_retry_after).max(delay))
 }
 
-async fn send(client: &reqwest::Client, url: &str, keys: &[Vec<u8>], message: &Queued) -> Attempt {
+async fn send(
+    client: &reqwest::Client,
+    config: &WebhooksConfig,
+    url: &str,
+    keys: &[Vec<u8>],
+    message: &Queued,
+) -> Attempt {
+    if let Err(refused) = target::check_literal(url, config) {
+        return Attempt::TargetRefused(refused.to_string());
+    }
     let timestamp = Utc::now().timestamp();
     let response = client
         .post(url)
@@ -363,7 +386,10 @@ async fn send(client: &reqwest::Client, url: &str, keys: &[Vec<u8>], message: &Q
         ),
         Err(e) => {
             tracing::debug!(%url, error = %e, "webhook attempt failed");
-            Attempt::NoAnswer(crate::error_chain(&e))
+            match target::refusal(&e) {
+                Some(refused) => Attempt::TargetRefused(refused.to_string()),
+                None => Attempt::NoAnswer(crate::error_chain(&e)),
+            }
         }
     }
 }

@@ -10,7 +10,8 @@
 //! acks the batch. Each endpoint has two workers ([`deliver`]): one drains its live queue,
 //! one the redeliveries asked for through the API, each in order, signing every attempt as
 //! Standard Webhooks ([`sign`]), retrying with jittered exponential backoff over the retry
-//! horizon, and logging every attempt. [`health`] disables endpoints that are gone or have
+//! horizon, and logging every attempt; [`target`] refuses, when connecting, targets that are
+//! not public. [`health`] disables endpoints that are gone or have
 //! failed for the whole horizon.
 //!
 //! Several replicas can run side by side: leases in PostgreSQL ([`lease`]) let exactly one
@@ -30,6 +31,7 @@ pub mod payload;
 pub mod queue;
 pub mod sign;
 pub mod subscriptions;
+pub mod target;
 pub mod workers;
 
 use std::{sync::Arc, time::Duration};
@@ -169,13 +171,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Webh
         .get_stream(names::CALL_EVENTS)
         .await
         .map_err(|e| WebhooksError::Open(names::CALL_EVENTS, e.into()))?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_millis(config.webhooks.request_timeout_ms))
-        // A redirect could lead to a target the URL check refused; it counts as a refusal.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("ccm-webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(WebhooksError::Client)?;
+    let http = target::client(&config.webhooks).map_err(WebhooksError::Client)?;
     let (log, log_task) = LogWriter::start(pg.clone());
     let shared = Arc::new(Shared {
         pg: pg.clone(),

@@ -6,11 +6,9 @@
 //! creation and to a rotation. After a rotation the previous secret keeps signing beside the
 //! new one for `webhooks.secret_grace_secs`, so receivers can switch without a gap.
 //! Target URLs must be http(s) and, unless `webhooks.allow_private_targets` is set, must not
-//! name a loopback, private, link-local or unspecified address: otherwise any API user could
-//! make ccm send requests into its own network. Host names are not resolved here (see the
-//! README's limits).
-
-use std::net::{IpAddr, Ipv4Addr};
+//! name an address that is not public ([`ccm_core::ssrf`]) nor `localhost`: otherwise any API
+//! user could make ccm send requests into its own network. Host names are not resolved here
+//! (their answers can change); ccm-webhooks judges the addresses when it connects.
 
 use async_nats::jetstream::kv;
 use axum::{
@@ -372,51 +370,28 @@ pub fn check_url(raw: &str, allow_private: bool) -> Result<String, AppError> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(invalid("url must not carry credentials".into()));
     }
-    let private = match url.host() {
+    let refused = match url.host() {
         None => return Err(invalid("url has no host".into())),
-        Some(url::Host::Ipv4(ip)) => is_private(IpAddr::V4(ip)),
-        Some(url::Host::Ipv6(ip)) => is_private(IpAddr::V6(ip)),
+        Some(url::Host::Ipv4(ip)) => ccm_core::ssrf::check(ip.into())
+            .err()
+            .map(|r| r.to_string()),
+        Some(url::Host::Ipv6(ip)) => ccm_core::ssrf::check(ip.into())
+            .err()
+            .map(|r| r.to_string()),
         Some(url::Host::Domain(name)) => {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
-            name == "localhost" || name.ends_with(".localhost")
+            (name == "localhost" || name.ends_with(".localhost"))
+                .then(|| format!("{name} is a loopback name"))
         }
     };
-    if private && !allow_private {
+    if let Some(refused) = refused.filter(|_| !allow_private) {
         return Err(AppError::Client {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             code: "private_target",
-            detail: "url points at a loopback, private or link-local address, which is refused"
-                .into(),
+            detail: format!("url must point at a public address: {refused}"),
         });
     }
     Ok(url.to_string())
-}
-
-fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(ip) => is_private_v4(ip),
-        IpAddr::V6(ip) => {
-            if let Some(v4) = ip.to_ipv4_mapped() {
-                return is_private_v4(v4);
-            }
-            let first = ip.segments()[0];
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
-                || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
-        }
-    }
-}
-
-fn is_private_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
-    ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        // Carrier-grade NAT, 100.64.0.0/10: inside some provider networks.
-        || (a == 100 && (64..128).contains(&b))
 }
 
 #[cfg(test)]
@@ -435,6 +410,14 @@ mod tests {
             "http://[::ffff:127.0.0.1]/",
             "http://localhost/",
             "http://0.0.0.0/",
+            "http://[64:ff9b::7f00:1]/",
+            "http://[2002:a00:1::]/",
+            "http://[::127.0.0.1]/",
+            "http://[fec0::1]/",
+            "http://198.18.0.1/",
+            "http://240.0.0.1/",
+            "http://224.0.0.1/",
+            "http://0.1.2.3/",
         ] {
             assert!(check_url(url, false).is_err(), "{url} accepted");
             assert!(check_url(url, true).is_ok(), "{url} refused though allowed");

@@ -7,3 +7,4 @@ mod lifecycle;
 mod metrics;
 mod replicas;
 mod support;
+mod targets;
