@@ -40,6 +40,7 @@ pub mod nats;
 pub mod phone;
 pub mod placements;
 pub mod policy;
+pub mod server_version;
 pub mod service;
 pub mod status;
 pub mod subjects;
