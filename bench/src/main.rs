@@ -215,17 +215,20 @@ fn machine() -> report::Machine {
                 .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         })
         .unwrap_or(0.0);
-    let version = |program: &'static str, flag: &str| {
-        ccm_tests::process::find_program(program)
-            .ok()
-            .and_then(|p| Command::new(p).arg(flag).output().ok())
+    let version = |program: Option<std::path::PathBuf>, name: &str| {
+        program
+            .and_then(|p| Command::new(p).arg("--version").output().ok())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_else(|| format!("{program} not found"))
+            .unwrap_or_else(|| format!("{name} not found"))
     };
     report::Machine {
         cores: std::thread::available_parallelism().map_or(0, usize::from),
         memory_gib: memory_kib / 1024.0 / 1024.0,
-        nats_server: version("nats-server", "--version"),
-        postgres: version("postgres", "--version"),
+        // The binary the stack runs (the pinned one), not whichever is on PATH.
+        nats_server: version(ccm_tests::nats_server::program().ok(), "nats-server"),
+        postgres: version(
+            ccm_tests::process::find_program("postgres").ok(),
+            "postgres",
+        ),
     }
 }

@@ -41,6 +41,7 @@ pub mod nats;
 pub mod phone;
 pub mod placements;
 pub mod policy;
+pub mod server_version;
 pub mod service;
 pub mod ssrf;
 pub mod status;

@@ -8,14 +8,20 @@
 //!
 //! Provisioning is idempotent: an absent stream or consumer is created, a compatible
 //! difference is updated in place, and an incompatible one (retention, storage, a consumer's
-//! filter or policies) is reported as drift and left alone: nothing is ever deleted.
+//! filter or policies) is reported as drift and left alone: nothing is ever deleted. A server
+//! older than [`crate::server_version::MINIMUM`] is refused before anything is touched.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use serde::Serialize;
 
-use crate::{config::StreamSettings, ids::CampaignId, subjects};
+use crate::{
+    config::StreamSettings,
+    ids::CampaignId,
+    server_version::{UnsupportedServer, require_supported},
+    subjects,
+};
 
 /// A definition file as embedded: its path below `nats/` and its text.
 #[derive(Debug, Clone, Copy)]
@@ -119,6 +125,10 @@ pub enum TopologyError {
         consumer: String,
         source: async_nats::Error,
     },
+    #[error("no answer from the NATS server in {0:?}, so its version is unknown")]
+    NoServerInfo(Duration),
+    #[error(transparent)]
+    UnsupportedServer(#[from] UnsupportedServer),
 }
 
 /// One difference that provisioning may not fix on its own.
@@ -188,6 +198,7 @@ impl Topology {
 
     /// Creates or updates every stream and fixed consumer; reports what it did.
     pub async fn provision(&self, js: &jetstream::Context) -> Result<Report, TopologyError> {
+        require_supported(&server_version(&js.client()).await?)?;
         let mut report = Report::default();
         for wanted in &self.streams {
             provision_stream(js, wanted, &mut report).await?;
@@ -210,6 +221,22 @@ impl Topology {
         provision_consumer(js, names::CALLS, &wanted, &mut report).await?;
         Ok(report)
     }
+}
+
+/// How long provisioning waits for the first connection to learn the server's version.
+const SERVER_INFO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The version the server announced in its `INFO`. The client may still be connecting
+/// (`retry_on_initial_connect`), so a flush (a round trip) comes first.
+async fn server_version(client: &async_nats::Client) -> Result<String, TopologyError> {
+    if let Some(info) = client.try_server_info() {
+        return Ok(info.version);
+    }
+    let _ = tokio::time::timeout(SERVER_INFO_TIMEOUT, client.flush()).await;
+    client
+        .try_server_info()
+        .map(|info| info.version)
+        .ok_or(TopologyError::NoServerInfo(SERVER_INFO_TIMEOUT))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(def: &Definition) -> Result<T, TopologyError> {

@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 
 use crate::{
     HarnessError,
-    process::{Guard, find_program, free_port, spawn, wait_for_port},
+    process::{Guard, free_port, spawn, wait_for_port},
 };
 
 /// The shipped configuration of node 1, the template of every node.
@@ -75,7 +75,7 @@ impl NatsCluster {
     }
 
     fn start_node(&mut self, i: usize) -> Result<(), HarnessError> {
-        let program = find_program("nats-server")?;
+        let program = crate::nats_server::program()?;
         let node = &mut self.nodes[i];
         let child = spawn(
             "nats-server",

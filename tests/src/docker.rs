@@ -20,7 +20,7 @@ pub(crate) struct Containers {
 impl Containers {
     pub(crate) async fn start() -> Result<Self, HarnessError> {
         let fail = |e: testcontainers::TestcontainersError| HarnessError::Setup(e.to_string());
-        let nats = GenericImage::new("nats", "2.9")
+        let nats = GenericImage::new("nats", crate::nats_server::CURRENT.version)
             .with_exposed_port(4222.tcp())
             .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
             .with_cmd(["-js"])

@@ -6,13 +6,13 @@
 //! of its own; there are no mocks of either. Where they come from depends on
 //! `CCM_TEST_BACKEND`:
 //!
-//! - `local` (default): a `nats-server -js` and a PostgreSQL cluster started as local processes
+//! - `local` (default): a `nats-server -js` (the pinned release, see [`nats_server`]) and a PostgreSQL cluster started as local processes
 //!   on free ports with temporary directories ([`nats::LocalNats`], [`postgres::LocalPostgres`]),
 //!   stopped and removed when the `TestEnv` is dropped.
 //! - `env`: the servers at `CCM_TEST_NATS_URL` and `CCM_TEST_DATABASE_URL`; each test gets a
 //!   fresh database on that server (dropped afterwards). The NATS server is shared, so run
 //!   such a suite with one test at a time.
-//! - `docker`: the official `nats:2.9` and `postgres:15` images through testcontainers (build
+//! - `docker`: the official `nats` image of the pinned release and `postgres:15` through testcontainers (build
 //!   with `--features docker`; needs a Docker engine).
 
 pub mod chaos;
@@ -20,6 +20,7 @@ pub mod cluster;
 #[cfg(feature = "docker")]
 mod docker;
 pub mod nats;
+pub mod nats_server;
 pub mod postgres;
 pub mod process;
 
@@ -35,9 +36,7 @@ pub use postgres::LocalPostgres;
 /// Why the harness could not provide a test environment.
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
-    #[error(
-        "{program} not found; install it first (Debian: apt-get install -y nats-server postgresql)"
-    )]
+    #[error("{program} not found; install it first (`cargo xtask deps`)")]
     Missing { program: &'static str },
     #[error("cannot start {name}")]
     Spawn {

@@ -5,8 +5,8 @@ use std::{path::PathBuf, process::Command, process::Stdio, time::Duration};
 use nix::sys::signal::Signal;
 
 use crate::{
-    HarnessError,
-    process::{Guard, find_program, free_port, spawn, wait_for_port},
+    HarnessError, nats_server,
+    process::{Guard, free_port, spawn, wait_for_port},
 };
 
 /// A local nats-server. The store directory outlives [`LocalNats::stop`], so a test can
@@ -59,7 +59,7 @@ impl LocalNats {
     /// Starts the server again (after [`LocalNats::stop`] or [`LocalNats::kill`]) on the same
     /// port and store.
     pub fn restart(&mut self) -> Result<(), HarnessError> {
-        let program = find_program("nats-server")?;
+        let program = nats_server::program()?;
         let child = spawn(
             "nats-server",
             Command::new(program)

@@ -4,6 +4,8 @@
 //!
 //! - `up`: runs the whole system locally (NATS, PostgreSQL, the four services), installing
 //!   the servers first on a fresh Debian/Ubuntu machine when run as root.
+//! - `deps`: installs the pinned nats-server (and the minimum supported one for CI's
+//!   compatibility run) under `target/tools`, without root; PostgreSQL with apt as root.
 //! - `ci`: what CI checks: formatting, clippy with `-D warnings`, the test suite, the old
 //!   system's Postman collection, and schemathesis against the OpenAPI document.
 //! - `provision`: creates or updates the JetStream topology on a server and reports drift.
@@ -41,6 +43,9 @@ enum Task {
     Up(up::UpArgs),
     /// Format check, clippy -D warnings, and the tests.
     Ci,
+    /// Install the pinned nats-server (and the minimum supported one) under target/tools,
+    /// and PostgreSQL when missing (as root).
+    Deps,
     /// Create or update streams, consumers and buckets on CCM_NATS_URL; report drift.
     Provision,
     /// Streams, consumers and KV buckets on CCM_NATS_URL, as tables (`--json` for JSON).
@@ -68,6 +73,7 @@ fn main() -> anyhow::Result<()> {
     match cli.task {
         Task::Up(args) => up::run(args),
         Task::Ci => ci::run(),
+        Task::Deps => deps::run(),
         Task::Provision => provision(),
         Task::Status { json } => status(json),
         Task::Postman => postman::run(),

@@ -91,7 +91,7 @@ impl Stack {
         let (nats_url, nats) = match std::env::var("CCM_NATS_URL") {
             Ok(url) => (url, None),
             Err(_) => {
-                crate::deps::ensure_servers()?;
+                crate::deps::ensure_nats_server()?;
                 let nats = LocalNats::start_in(state.join("nats"), None)
                     .context("starting nats-server")?;
                 (nats.url(), Some(nats))
@@ -100,7 +100,7 @@ impl Stack {
         let (database_url, postgres) = match std::env::var("CCM_DATABASE_URL") {
             Ok(url) => (url, None),
             Err(_) => {
-                crate::deps::ensure_servers()?;
+                crate::deps::ensure_postgres()?;
                 let pg = LocalPostgres::start_persistent(state.join("pg/data"), None)
                     .context("starting PostgreSQL")?;
                 (pg.url(DATABASE), Some(pg))

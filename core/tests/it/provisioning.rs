@@ -140,3 +140,69 @@ async fn a_campaigns_dial_consumer_follows_its_cap() {
     assert_eq!(info.config.max_ack_pending, 7);
     assert_eq!(info.config.filter_subject, "calls.dial.5");
 }
+
+/// Provisioning reads the version from the server's `INFO` and refuses one older than the
+/// minimum before it sends a single JetStream request. No release older than 2.11 is
+/// installed here, so the "server" is the start of the NATS protocol as 2.9.10 speaks it:
+/// its `INFO`, then `PONG` to every `PING`; every other line is recorded.
+#[tokio::test]
+async fn a_server_older_than_the_minimum_is_refused_naming_both_versions() {
+    use tokio::{
+        io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+        net::TcpListener,
+    };
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.expect("accept");
+        let (read, mut write) = socket.into_split();
+        let info = format!(
+            "INFO {{\"server_id\":\"OLD\",\"version\":\"2.9.10\",\"proto\":1,\"headers\":true,\
+             \"jetstream\":true,\"max_payload\":1048576,\"host\":\"127.0.0.1\",\"port\":{port}}}\r\n"
+        );
+        write.write_all(info.as_bytes()).await.expect("info");
+        let mut lines = BufReader::new(read).lines();
+        let mut requests = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line == "PING" {
+                write.write_all(b"PONG\r\n").await.expect("pong");
+            } else if line.starts_with("PUB ") || line.starts_with("HPUB ") {
+                requests.push(line);
+            }
+        }
+        requests
+    });
+
+    let client = ccm_core::nats::connect(&format!("nats://127.0.0.1:{port}"), "test")
+        .await
+        .expect("connect");
+    let js = ccm_core::nats::jetstream(client.clone());
+    let err = Topology::load(&StreamSettings::default())
+        .expect("topology")
+        .provision(&js)
+        .await
+        .expect_err("2.9.10 is refused");
+    let message = err.to_string();
+    assert!(
+        matches!(
+            err,
+            ccm_core::topology::TopologyError::UnsupportedServer(
+                ccm_core::server_version::UnsupportedServer::TooOld { .. }
+            )
+        ),
+        "{err:?}"
+    );
+    assert!(
+        message.contains("2.9.10") && message.contains("2.11.0"),
+        "{message}"
+    );
+
+    drop(js);
+    drop(client);
+    let requests = tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .expect("the client disconnects")
+        .expect("fake server");
+    assert!(requests.is_empty(), "provisioning sent {requests:?}");
+}
