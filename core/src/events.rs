@@ -228,6 +228,12 @@ impl CallEvent {
 const OUTCOME_RANK: u8 = 3;
 const TERMINAL_RANK: u8 = 5;
 
+/// The read model's test for "this call has not ended", for every query that decides a
+/// campaign is finished (ingest's completion, webhooks' `campaign.completed`). It is the phase,
+/// not the status: a retryable FAILED *outcome* is stored with status `FAILED` and an outcome's
+/// phase, and only the terminal phase is an end.
+pub const CALL_IS_OPEN_SQL: &str = "phase_rank < 5";
+
 /// The order of states within one attempt. The projector lets a state replace the stored one
 /// only when `(attempt, phase_rank)` is greater, which makes applying events idempotent and
 /// insensitive to order. `FAILED` here is the terminal state; for events use
@@ -248,6 +254,24 @@ pub fn phase_rank(status: CallStatus) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_open_call_test_is_the_terminal_phase() {
+        assert_eq!(CALL_IS_OPEN_SQL, format!("phase_rank < {TERMINAL_RANK}"));
+        let failed_outcome = EventKind::Outcome {
+            status: crate::OutcomeStatus::Failed,
+            source: OutcomeSource::Carrier,
+            raw_status: None,
+            duration_secs: None,
+            external_call_id: None,
+            reason: None,
+        };
+        assert_eq!(failed_outcome.status(), CallStatus::Failed);
+        assert!(
+            failed_outcome.phase_rank() < TERMINAL_RANK,
+            "an outcome is not an end"
+        );
+    }
 
     fn event(kind: EventKind) -> CallEvent {
         CallEvent {

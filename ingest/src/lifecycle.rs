@@ -129,10 +129,10 @@ pub async fn no_call_left(state: &AppState, id: CampaignId) -> Result<bool, Chec
     if projector.ack_floor.stream_sequence < last_dial {
         return Ok(false);
     }
-    let open: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM calls WHERE campaign_id = $1 \
-         AND status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED', 'DEAD_LETTERED')",
-    )
+    let open: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM calls WHERE campaign_id = $1 AND {}",
+        ccm_core::events::CALL_IS_OPEN_SQL
+    ))
     .bind(id.as_i64())
     .fetch_one(&state.pg)
     .await

@@ -33,8 +33,6 @@ use crate::{payload::VERSION, queue::NewMessage};
 /// The event type, as subscriptions name it.
 pub const CAMPAIGN_COMPLETED: &str = "campaign.completed";
 
-const TERMINAL: &[&str] = &["COMPLETED", "FAILED", "CANCELLED", "DEAD_LETTERED"];
-
 /// The campaign's totals when it completed.
 #[derive(Debug, Serialize, sqlx::FromRow)]
 struct Totals {
@@ -166,20 +164,20 @@ async fn totals(
     calls: &HashSet<Uuid>,
 ) -> Result<Totals, sqlx::Error> {
     let calls: Vec<Uuid> = calls.iter().copied().collect();
-    let terminal: Vec<String> = TERMINAL.iter().map(|s| (*s).to_owned()).collect();
-    sqlx::query_as(
+    // A FAILED outcome awaiting the retrier has status FAILED but is open: the phase decides.
+    let open = ccm_core::events::CALL_IS_OPEN_SQL;
+    sqlx::query_as(&format!(
         "SELECT count(*) AS calls,
              count(*) FILTER (WHERE status = 'COMPLETED') AS completed,
-             count(*) FILTER (WHERE status = 'FAILED') AS failed,
+             count(*) FILTER (WHERE status = 'FAILED' AND NOT ({open})) AS failed,
              count(*) FILTER (WHERE status = 'CANCELLED') AS cancelled,
              count(*) FILTER (WHERE status = 'DEAD_LETTERED') AS dead_lettered,
-             count(*) FILTER (WHERE status <> ALL($3)) AS open,
-             count(*) FILTER (WHERE call_id = ANY($2) AND status = ANY($3)) AS seen
-         FROM calls WHERE campaign_id = $1",
-    )
+             count(*) FILTER (WHERE {open}) AS open,
+             count(*) FILTER (WHERE call_id = ANY($2) AND NOT ({open})) AS seen
+         FROM calls WHERE campaign_id = $1"
+    ))
     .bind(campaign.as_i64())
     .bind(calls)
-    .bind(terminal)
     .fetch_one(pg)
     .await
 }

@@ -168,3 +168,109 @@ async fn a_campaign_completes_when_its_end_date_passes_and_then_refuses_calls() 
     );
     api.stop().await;
 }
+
+/// A started draft must not complete while a call waits between its retryable FAILED outcome
+/// and the retrier's decision: the outcome is not the call's end. The read model stores that
+/// outcome with status FAILED (the carrier's word) but an outcome's phase; completion once took
+/// the status for the end. No retrier runs here, so the call stays between the two stages, and
+/// this test plays the dialer: it takes the attempt, publishes `Dialing` and the outcome, and
+/// acks the attempt, as the dialer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_draft_does_not_complete_while_a_failed_outcome_awaits_its_retry() {
+    use async_nats::jetstream::consumer::pull;
+    use ccm_core::{CallEvent, CallId, CampaignId, EventKind, OutcomeSource, OutcomeStatus};
+    use futures::StreamExt;
+
+    let env = TestEnv::start().await.expect("env");
+    let api = Api::with_projector(&env).await;
+    let (status, draft) = api
+        .post(
+            "/api/v1/campaigns",
+            json!({"name": "retry pending", "draft": true, "max_attempts": 3}),
+        )
+        .await;
+    assert_eq!(status, 201, "{draft}");
+    let id = draft["id"].as_u64().expect("id");
+    let (status, accepted) = api
+        .post(
+            "/api/v1/calls",
+            json!({"campaign_id": id, "phone_number": "+15550001077"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let call: CallId = accepted["call_id"]
+        .as_str()
+        .expect("call_id")
+        .parse()
+        .expect("call id");
+    let (status, _) = api
+        .post(&format!("/api/v1/campaigns/{id}/start"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+
+    // The dialer's part.
+    let js = env.jetstream().await.expect("jetstream");
+    let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = js
+        .get_consumer_from_stream(
+            ccm_core::subjects::dial_consumer(CampaignId::new(id).expect("id")),
+            "CALLS",
+        )
+        .await
+        .expect("dial consumer");
+    let mut consumer = consumer.messages().await.expect("pull");
+    let message = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("the attempt is delivered")
+        .expect("a message")
+        .expect("no error");
+    let request: ccm_core::DialRequest =
+        serde_json::from_slice(&message.payload).expect("a dial request");
+    assert_eq!(request.call_id, call);
+    let event = |kind| CallEvent {
+        call_id: call,
+        campaign_id: request.campaign_id,
+        attempt: 1,
+        at: Utc::now(),
+        kind,
+    };
+    ccm_core::nats::publish_event(
+        &js,
+        &event(EventKind::Dialing {
+            phone_number: request.phone_number.clone(),
+            max_attempts: request.max_attempts,
+            created_at: request.created_at,
+            custom_fields: request.custom_fields.clone(),
+        }),
+    )
+    .await
+    .expect("dialing");
+    ccm_core::nats::publish_event(
+        &js,
+        &event(EventKind::Outcome {
+            status: OutcomeStatus::Failed,
+            source: OutcomeSource::Carrier,
+            raw_status: Some("failed".into()),
+            duration_secs: None,
+            external_call_id: None,
+            reason: Some("carrier failed".into()),
+        }),
+    )
+    .await
+    .expect("outcome");
+    message.double_ack().await.expect("ack");
+
+    // The read model shows the outcome; the completion check runs every 2 s.
+    let shown = eventually(Duration::from_secs(10), || async {
+        let (_, calls) = api.get(&format!("/api/v1/calls/{call}")).await;
+        (calls["status"] == "FAILED").then_some(())
+    })
+    .await;
+    assert!(shown.is_some(), "the outcome reached the read model");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, campaign) = api.get(&format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!(
+        campaign["state"], "running",
+        "completed while attempt 2 of 3 was still to be scheduled: {campaign}"
+    );
+    api.stop().await;
+}
