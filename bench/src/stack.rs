@@ -85,6 +85,10 @@ impl Services {
                 .env("CCM_DATABASE_URL", servers.database_url())
                 .env("CCM_INGEST__LISTEN", format!("127.0.0.1:{port}"))
                 .env("CCM_INGEST__AUTH_TOKENS", format!("[\"{TOKEN}\"]"))
+                // One token sends every bulk back to back: the per-token limit of the
+                // expensive routes stays on (its cost is measured) but far above the load.
+                .env("CCM_INGEST__RATE_LIMITS__EXPENSIVE_PER_MINUTE", "1000000")
+                .env("CCM_INGEST__RATE_LIMITS__BURST", "100000")
                 .envs(env.0.iter().map(|(k, v)| (k, v)))
                 .stdout(log.try_clone()?)
                 .stderr(log)

@@ -207,6 +207,52 @@ pub struct IngestConfig {
     /// (labels are route templates, status classes and campaign ids). Turn it on when the
     /// listener is reachable by untrusted clients.
     pub metrics_require_token: bool,
+    /// The live dashboard's tickets and event streams.
+    pub dashboard: DashboardConfig,
+    /// Per-token limits on the expensive routes.
+    pub rate_limits: RateLimitConfig,
+}
+
+/// The live dashboard's tickets and event streams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// The key that signs the event stream's tickets, at least 32 characters, the same on
+    /// every ingest replica (a load balancer may send the stream to another replica than
+    /// the ticket request). Empty: 32 random bytes drawn at start, so a ticket opens a stream
+    /// only on the replica that issued it.
+    pub ticket_key: Secret,
+    /// Event streams open at once per API token; 0: no limit.
+    pub max_streams_per_token: u32,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        Self {
+            ticket_key: Secret::default(),
+            max_streams_per_token: 4,
+        }
+    }
+}
+
+/// A token bucket per API token over the expensive routes (bulk calls, contact import, list
+/// queries, dashboard tickets and streams), per ingest replica.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Requests per minute the bucket refills with; 0: no limit.
+    pub expensive_per_minute: u32,
+    /// Requests a token may make at once before the refill rate applies (at least 1).
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            expensive_per_minute: 600,
+            burst: 60,
+        }
+    }
 }
 
 /// What ingest needs to verify Twilio's signed status callbacks.
@@ -267,6 +313,8 @@ impl Default for IngestConfig {
             max_body_bytes: 8 * 1024 * 1024,
             twilio: TwilioWebhookConfig::default(),
             metrics_require_token: false,
+            dashboard: DashboardConfig::default(),
+            rate_limits: RateLimitConfig::default(),
         }
     }
 }

@@ -9,6 +9,7 @@
 //!   port 0), [`serve_state`] with a state the caller connected.
 //! - [`routes`]: one module per resource; [`routes::compat`] is the old system's API, kept
 //!   exactly, with [`compat_error`] for its `{"error": …}` bodies. [`auth`]: the token check.
+//!   [`limits`]: per-token rate limits of the expensive routes.
 //!   [`error`]: the problem JSON every error of the resource API is answered with.
 //! - [`accept`]: claim + publish + answer after the ack, one call or many (pipelined).
 //!   [`claim`]: duplicate prevention (scope and window) on the `active_calls` bucket.
@@ -31,6 +32,7 @@ pub mod dnc_cache;
 pub mod error;
 pub mod http_metrics;
 pub mod lifecycle;
+pub mod limits;
 pub mod openapi;
 pub mod readmodel;
 pub mod routes;
@@ -98,6 +100,10 @@ pub struct Shared {
     pub pg: sqlx::PgPool,
     /// The live dashboard's tickets and feed (see [`dashboard`]).
     pub dashboard: dashboard::Dashboard,
+    /// The configured API tokens and their ids (see [`auth`]).
+    pub tokens: auth::Tokens,
+    /// The per-token buckets of the expensive routes (see [`limits`]).
+    pub limits: limits::RateLimits,
 }
 
 /// Why ingest could not start or stopped.
@@ -113,6 +119,8 @@ pub enum IngestError {
         "refusing to start with an empty API token among ingest.auth_tokens: it would match a request that sends an empty header"
     )]
     EmptyToken,
+    #[error(transparent)]
+    TicketKey(#[from] dashboard::ticket::ShortKey),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -143,6 +151,9 @@ impl AppState {
         {
             return Err(IngestError::EmptyToken);
         }
+        // Not derived from the tokens: a ticket must give nothing to test token guesses on.
+        let ticket_key =
+            dashboard::ticket::TicketKey::from_config(&config.ingest.dashboard.ticket_key)?;
         let client = ccm_core::nats::connect(config.nats_url.expose(), "ingest").await?;
         let js = ccm_core::nats::jetstream(client);
         let topology = Topology::load(&config.streams)?;
@@ -168,7 +179,15 @@ impl AppState {
                 .acquire_timeout(std::time::Duration::from_secs(5))
                 .connect_lazy(config.database_url.expose())
                 .map_err(IngestError::Database)?,
-            dashboard: dashboard::Dashboard::new(&config.ingest.auth_tokens),
+            dashboard: dashboard::Dashboard::new(
+                &ticket_key,
+                config.ingest.dashboard.max_streams_per_token,
+            ),
+            tokens: auth::Tokens::new(
+                &config.ingest.auth_tokens,
+                &ticket_key.derive(b"ccm token fingerprint v1"),
+            ),
+            limits: limits::RateLimits::new(&config.ingest.rate_limits),
             topology: Arc::new(topology),
             js,
         })))

@@ -24,7 +24,8 @@ pub struct Problem {
     status: u16,
     /// Stable, machine-readable: `malformed_json`, `invalid_type`, `unknown_field`,
     /// `missing_field`, `body_too_large`, `unsupported_media_type`, `invalid_phone_number`,
-    /// `campaign_not_found`, `call_in_progress`, `duplicate_within_window`, `unavailable`, …
+    /// `campaign_not_found`, `call_in_progress`, `duplicate_within_window`, `unavailable`,
+    /// `rate_limited`, `too_many_streams`, …
     code: String,
     detail: String,
 }

@@ -179,6 +179,11 @@ impl TestEnv {
         config.ingest.listen = ([127, 0, 0, 1], 0).into();
         config.ingest.auth_tokens = vec![Secret::new(TEST_TOKEN)];
         config.dialer.max_call_duration_secs = 30;
+        // Tests poll list routes in loops and send bulks back to back; the per-token limit of
+        // the expensive routes stays on (so every test passes through it) but far above them.
+        // The tests of the limit set their own.
+        config.ingest.rate_limits.expensive_per_minute = 1_000_000;
+        config.ingest.rate_limits.burst = 100_000;
         // The shipped policy, found wherever the test runs from.
         config.retrier.policy_file =
             concat!(env!("CARGO_MANIFEST_DIR"), "/../config/retry.yaml").into();

@@ -142,6 +142,17 @@ impl Stack {
                 .env("CCM_DATABASE_URL", &database_url)
                 .env("CCM_INGEST__LISTEN", format!("127.0.0.1:{port}"))
                 .env("CCM_INGEST__AUTH_TOKENS", format!("[\"{}\"]", args.token));
+            // One development token drives the Postman collection and schemathesis, which
+            // send the expensive routes far faster than a client should: the per-token limit
+            // stays on but well above them, unless the caller's environment sets it.
+            for (var, value) in [
+                ("CCM_INGEST__RATE_LIMITS__EXPENSIVE_PER_MINUTE", "1000000"),
+                ("CCM_INGEST__RATE_LIMITS__BURST", "100000"),
+            ] {
+                if std::env::var_os(var).is_none() {
+                    cmd.env(var, value);
+                }
+            }
             match args.carrier {
                 Carrier::Sim => {}
                 Carrier::Http => {

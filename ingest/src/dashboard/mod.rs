@@ -14,8 +14,12 @@
 //! per process, started by the first stream, which follows JetStream and aggregates in
 //! [`tally`]. A browser that falls behind gets a fresh snapshot instead of the updates it
 //! missed.
+//!
+//! A token holds at most `ingest.dashboard.max_streams_per_token` streams at once
+//! ([`streams`]), and opening one counts against its rate limit ([`crate::limits`]).
 
 pub mod hub;
+pub mod streams;
 pub mod tally;
 pub mod ticket;
 
@@ -33,14 +37,23 @@ use axum::{
         sse::{Event, KeepAlive, Sse},
     },
 };
-use ccm_core::config::Secret;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::{AppState, auth, error::ApiJson};
+use crate::{
+    AppState,
+    auth::{self, TokenId},
+    error::ApiJson,
+    limits,
+};
 use hub::{Frame, Shared, Sources};
-use ticket::Tickets;
+use streams::StreamCounts;
+use ticket::{Refused, TicketKey, Tickets};
+
+/// The `Retry-After` of a stream refused for its token's cap: streams end when their
+/// browser leaves, which no one can predict, so a page retries now and then.
+const STREAM_CAP_RETRY_SECS: u64 = 10;
 
 /// How long a new stream waits for the feed's first reading of the read model before it
 /// sends what it has (a snapshot marked not ready).
@@ -55,16 +68,19 @@ pub struct Dashboard {
 #[derive(Debug)]
 struct Inner {
     tickets: Tickets,
+    streams: StreamCounts,
     stop: CancellationToken,
     feed: OnceLock<Arc<Shared>>,
 }
 
 impl Dashboard {
-    /// The dashboard of an ingest accepting these tokens.
-    pub fn new(tokens: &[Secret]) -> Self {
+    /// The dashboard of an ingest whose tickets are signed with `key`, and whose tokens hold
+    /// at most `max_streams_per_token` streams each (0: no cap).
+    pub fn new(key: &TicketKey, max_streams_per_token: u32) -> Self {
         Self {
             inner: Arc::new(Inner {
-                tickets: Tickets::new(tokens),
+                tickets: Tickets::new(key),
+                streams: StreamCounts::new(max_streams_per_token),
                 stop: CancellationToken::new(),
                 feed: OnceLock::new(),
             }),
@@ -120,17 +136,26 @@ pub struct IssuedTicket {
     pub expires_in_secs: i64,
 }
 
-/// Issues a short-lived ticket that opens the dashboard's event stream (for browsers,
-/// whose `EventSource` cannot send the token in a header).
+/// Issues a short-lived ticket that opens the dashboard's event stream once (for browsers,
+/// whose `EventSource` cannot send the token in a header). The stream it opens counts
+/// against this token's stream cap.
 #[utoipa::path(post, path = "/api/v1/dashboard/ticket", tag = "dashboard",
-    responses((status = 200, body = IssuedTicket), (status = 401, body = crate::openapi::CompatError)))]
-pub async fn ticket(State(state): State<AppState>) -> ApiJson<IssuedTicket> {
+    responses(
+        (status = 200, body = IssuedTicket),
+        (status = 401, body = crate::openapi::CompatError),
+        (status = 429, description = "Over the token's rate limit; see `Retry-After`", body = crate::openapi::Problem,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
+pub async fn ticket(
+    State(state): State<AppState>,
+    axum::Extension(token): axum::Extension<TokenId>,
+) -> ApiJson<IssuedTicket> {
     ApiJson(IssuedTicket {
         ticket: state
             .dashboard
             .inner
             .tickets
-            .issue(chrono::Utc::now().timestamp()),
+            .issue(token, chrono::Utc::now().timestamp()),
         expires_in_secs: ticket::TICKET_TTL_SECS,
     })
 }
@@ -155,12 +180,15 @@ pub struct SseEvent {
 
 /// Live progress as server-sent events: `snapshot` (the whole view) first, then `update`
 /// (the campaigns that changed), at most twice a second. Needs a ticket from
-/// `POST /api/v1/dashboard/ticket` in the query, or the token in a header.
+/// `POST /api/v1/dashboard/ticket` in the query (each ticket opens one stream), or the token
+/// in a header. A token holds a few streams at once (`ingest.dashboard.max_streams_per_token`).
 #[utoipa::path(get, path = "/api/v1/dashboard/events", tag = "dashboard",
     params(("ticket" = Option<String>, Query, description = "A ticket from POST /api/v1/dashboard/ticket")),
     responses(
         (status = 200, description = "`text/event-stream` of `snapshot` and `update` events", content_type = "text/event-stream", body = SseEvent),
         (status = 401, body = crate::openapi::CompatError),
+        (status = 429, description = "Over the token's rate limit (`rate_limited`) or its cap of open streams (`too_many_streams`); see `Retry-After`",
+            body = crate::openapi::Problem, headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
 pub async fn events(
     State(state): State<AppState>,
@@ -170,24 +198,30 @@ pub async fn events(
     // The credential is checked before anything else, so a malformed query without a valid
     // credential is a 401 like any other unauthenticated request.
     let ticket = query.ok().and_then(|Query(q)| q.ticket);
-    let allowed = match (auth::token(&headers), ticket) {
-        (Some(token), _) => auth::is_known(&state, token),
-        (None, Some(ticket)) => state
-            .dashboard
-            .inner
-            .tickets
-            .verify(&ticket, chrono::Utc::now().timestamp()),
-        (None, None) => false,
+    let token = match (auth::token(&headers), ticket) {
+        (Some(token), _) => state.tokens.identify(token),
+        (None, Some(ticket)) => redeem(&state, &ticket),
+        (None, None) => None,
     };
-    if !allowed {
+    let Some(token) = token else {
         return auth::unauthorized("A valid ticket or token is required");
+    };
+    if let Err(too_many) = state.limits.check(token) {
+        return too_many.into_response();
     }
+    let Some(guard) = state.dashboard.inner.streams.open(token) else {
+        return too_many_streams();
+    };
     let feed = state.dashboard.feed(&state);
     let stop = state.dashboard.inner.stop.clone();
     let (tx, mut rx) = mpsc::channel::<Event>(4);
     tokio::spawn(forward(feed, tx, stop));
-    let stream =
-        futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|e| e.map(Ok::<_, Infallible>)));
+    // The guard lives in the response body: the stream's place is freed when hyper drops the
+    // body, however the stream ended.
+    let stream = futures::stream::poll_fn(move |cx| {
+        let _held = &guard;
+        rx.poll_recv(cx).map(|e| e.map(Ok::<_, Infallible>))
+    });
     let mut response = Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response();
@@ -196,6 +230,32 @@ pub async fn events(
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// The token whose ticket this is, once: a ticket opens one stream, and none once its token
+/// was removed from the configuration.
+fn redeem(state: &AppState, ticket: &str) -> Option<TokenId> {
+    match state
+        .dashboard
+        .inner
+        .tickets
+        .redeem(ticket, chrono::Utc::now().timestamp())
+    {
+        Ok(claim) => state.tokens.contains(claim.token).then_some(claim.token),
+        Err(Refused::Busy) => {
+            tracing::warn!("too many dashboard tickets redeemed within a minute; refusing more");
+            None
+        }
+        Err(Refused::Invalid | Refused::Used) => None,
+    }
+}
+
+fn too_many_streams() -> Response {
+    limits::too_many_requests(
+        "too_many_streams",
+        "This token holds as many dashboard streams as it may; close one or retry later.".into(),
+        STREAM_CAP_RETRY_SECS,
+    )
 }
 
 /// Feeds one browser until it goes away or ingest stops.

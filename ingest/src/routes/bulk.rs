@@ -79,6 +79,8 @@ fn rejected(index: usize, input: String, code: &'static str, detail: String) -> 
     request_body(description = "A JSON array of numbers (strings or {\"phone_number\": …}), or text/csv with one number per line or a phone_number column",
         content((Vec<String> = "application/json"), (String = "text/csv"))),
     responses(
+        (status = 429, description = "Over the token's rate limit (`rate_limited`); see `Retry-After`", body = crate::openapi::Problem,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 200, description = "Per-item results in input order", body = BulkResult),
         (status = 400, description = "Malformed body or no items", body = crate::openapi::Problem),
         (status = 404, description = "Unknown campaign", body = crate::openapi::Problem),

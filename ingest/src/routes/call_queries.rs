@@ -124,6 +124,8 @@ pub struct CallPage {
 /// Calls, oldest first, filtered, in keyset pages.
 #[utoipa::path(get, path = "/api/v1/calls", tag = "calls", params(ListQuery),
     responses(
+        (status = 429, description = "Over the token's rate limit (`rate_limited`); see `Retry-After`", body = crate::openapi::Problem,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 200, body = CallPage),
         (status = 400, description = "Invalid filter, limit or cursor", body = crate::openapi::Problem),
     ))]

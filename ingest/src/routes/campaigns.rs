@@ -168,7 +168,11 @@ pub(crate) async fn create_campaign(
 
 /// Every campaign (the resource API's list).
 #[utoipa::path(get, path = "/api/v1/campaigns", tag = "campaigns",
-    responses((status = 200, body = Vec<crate::openapi::Campaign>)))]
+    responses(
+        (status = 200, body = Vec<crate::openapi::Campaign>),
+        (status = 429, description = "Over the token's rate limit (`rate_limited`); see `Retry-After`", body = crate::openapi::Problem,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
 pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<Campaign>>, AppError> {
     load_all(&state).await.map(ApiJson)
 }

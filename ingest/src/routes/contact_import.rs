@@ -63,6 +63,8 @@ pub struct ImportResult {
     request_body(content = String, content_type = "text/csv",
         description = "Header line with a phone_number column, optional time_zone, any custom columns"),
     responses(
+        (status = 429, description = "Over the token's rate limit (`rate_limited`); see `Retry-After`", body = crate::openapi::Problem,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 200, body = ImportResult),
         (status = 400, description = "No header, no phone_number column, not UTF-8, or a line too long", body = crate::openapi::Problem),
         (status = 404, body = crate::openapi::Problem),

@@ -39,6 +39,8 @@ pub struct ListQuery {
 /// Lists letters, oldest first.
 #[utoipa::path(get, path = "/api/v1/dead-letters", tag = "dead-letters", params(ListQuery),
     responses(
+        (status = 429, description = "Over the token's rate limit (`rate_limited`); see `Retry-After`", body = crate::openapi::Problem,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 200, body = Vec<crate::openapi::DeadLetter>),
         (status = 400, description = "Invalid filter or limit", body = crate::openapi::Problem),
         (status = 503, description = "NATS unavailable", body = crate::openapi::Problem),

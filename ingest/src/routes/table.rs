@@ -8,14 +8,24 @@
 //! handler, so a check that skipped HEAD once let anyone read every GET route's status and
 //! length; wrapping the whole method router leaves no method outside the check.
 //!
-//! Tests walk [`table`] with every method (`ingest/tests/it/security.rs`).
+//! A row may also mark methods as expensive (bulk calls, contact import, list queries,
+//! dashboard tickets): those count against their token's rate limit ([`crate::limits`]),
+//! checked after the token, before the handler.
+//!
+//! Tests walk [`table`] with every method (`ingest/tests/it/security.rs`) and every
+//! expensive route over its limit (`ingest/tests/it/limits.rs`).
 
 use axum::{
-    Router, middleware,
+    Router,
+    http::Method,
+    middleware,
     routing::{MethodRouter, get, post, put},
 };
 
-use crate::{AppState, auth, dashboard, http_metrics, openapi, routes};
+use crate::{AppState, auth, dashboard, http_metrics, limits, openapi, routes};
+
+const GET: &[Method] = &[Method::GET];
+const POST: &[Method] = &[Method::POST];
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +42,20 @@ pub enum Access {
 pub struct Entry {
     pub path: &'static str,
     pub access: Access,
+    /// Methods limited per token ([`crate::limits`]); HEAD counts as GET.
+    pub expensive: &'static [Method],
     pub(crate) methods: MethodRouter<AppState>,
+}
+
+impl Entry {
+    /// Marks `methods` of this route as expensive. Only a token route can be: the limit is
+    /// the token's. (The dashboard's stream, which checks its own credential, checks the
+    /// limit itself once it knows the token.)
+    fn expensive(mut self, methods: &'static [Method]) -> Self {
+        assert_eq!(self.access, Access::Token, "{}", self.path);
+        self.expensive = methods;
+        self
+    }
 }
 
 impl std::fmt::Debug for Entry {
@@ -40,6 +63,7 @@ impl std::fmt::Debug for Entry {
         f.debug_struct("Entry")
             .field("path", &self.path)
             .field("access", &self.access)
+            .field("expensive", &self.expensive)
             .finish_non_exhaustive()
     }
 }
@@ -48,6 +72,7 @@ fn token(path: &'static str, methods: MethodRouter<AppState>) -> Entry {
     Entry {
         path,
         access: Access::Token,
+        expensive: &[],
         methods,
     }
 }
@@ -56,6 +81,7 @@ fn public(path: &'static str, methods: MethodRouter<AppState>) -> Entry {
     Entry {
         path,
         access: Access::Public,
+        expensive: &[],
         methods,
     }
 }
@@ -64,6 +90,7 @@ fn own(path: &'static str, credential: &'static str, methods: MethodRouter<AppSt
     Entry {
         path,
         access: Access::OwnCheck(credential),
+        expensive: &[],
         methods,
     }
 }
@@ -93,6 +120,7 @@ pub fn table(metrics_require_token: bool) -> Vec<Entry> {
             "Twilio's signature",
             post(callbacks::twilio),
         ),
+        // Limited per token too, by the handler once it knows the token (see `expensive`).
         own(
             "/api/v1/dashboard/events",
             "a dashboard ticket or the API token",
@@ -100,7 +128,7 @@ pub fn table(metrics_require_token: bool) -> Vec<Entry> {
         ),
         // The compatible API: the old system's paths, trailing slashes included.
         token("/api/v1/initiate-call/", post(compat::calls::initiate)),
-        token("/api/v1/bulk-initiate-calls/", post(compat::calls::bulk)),
+        token("/api/v1/bulk-initiate-calls/", post(compat::calls::bulk)).expensive(POST),
         token("/api/v1/callback/", put(compat::callback::callback)),
         token(
             "/api/v1/campaigns/",
@@ -113,13 +141,15 @@ pub fn table(metrics_require_token: bool) -> Vec<Entry> {
         ),
         token("/api/v1/metrics/", get(compat::metrics::metrics)),
         // The resource API.
-        token("/api/v1/calls", post(calls::create).get(call_queries::list)),
+        // Creating a call is the hot path and stays unlimited; listing is a query.
+        token("/api/v1/calls", post(calls::create).get(call_queries::list)).expensive(GET),
         token("/api/v1/calls/{id}", get(call_queries::get)),
-        token("/api/v1/calls/bulk", post(bulk::create)),
+        token("/api/v1/calls/bulk", post(bulk::create)).expensive(POST),
         token(
             "/api/v1/campaigns",
             post(campaigns::create).get(campaigns::list),
-        ),
+        )
+        .expensive(GET),
         token(
             "/api/v1/campaigns/{id}",
             get(campaigns::get).patch(campaign_admin::patch),
@@ -130,7 +160,8 @@ pub fn table(metrics_require_token: bool) -> Vec<Entry> {
         token(
             "/api/v1/campaigns/{id}/contacts/import",
             post(contact_import::import),
-        ),
+        )
+        .expensive(POST),
         token("/api/v1/campaigns/{id}/start", post(campaign_admin::start)),
         token("/api/v1/campaigns/{id}/pause", post(campaign_admin::pause)),
         token(
@@ -142,7 +173,7 @@ pub fn table(metrics_require_token: bool) -> Vec<Entry> {
             post(campaign_admin::cancel),
         ),
         token("/api/v1/campaigns/{id}/stats", get(campaign_admin::stats)),
-        token("/api/v1/dead-letters", get(dlq::list)),
+        token("/api/v1/dead-letters", get(dlq::list)).expensive(GET),
         token(
             "/api/v1/dead-letters/{seq}",
             get(dlq::show).delete(dlq::discard),
@@ -158,7 +189,7 @@ pub fn table(metrics_require_token: bool) -> Vec<Entry> {
                 .patch(webhooks::patch)
                 .delete(webhooks::delete),
         ),
-        token("/api/v1/dashboard/ticket", post(dashboard::ticket)),
+        token("/api/v1/dashboard/ticket", post(dashboard::ticket)).expensive(POST),
         token(
             "/api/v1/webhooks/{id}/rotate-secret",
             post(webhooks::rotate_secret),
@@ -166,7 +197,8 @@ pub fn table(metrics_require_token: bool) -> Vec<Entry> {
         token(
             "/api/v1/webhooks/{id}/deliveries",
             get(webhook_deliveries::list),
-        ),
+        )
+        .expensive(GET),
         token(
             "/api/v1/webhooks/{id}/deliveries/{msg_id}/redeliver",
             post(webhook_deliveries::redeliver),
@@ -178,16 +210,31 @@ pub fn table(metrics_require_token: bool) -> Vec<Entry> {
     ]
 }
 
-/// The router of `table`: the token check wraps every method of every token route.
+/// The router of `table`: the token check wraps every method of every token route, and the
+/// rate limit, inside it, the expensive ones.
 pub(crate) fn router(state: &AppState) -> Router<AppState> {
     table(state.config.metrics_require_token)
         .into_iter()
         .fold(Router::new(), |router, entry| {
             let methods = match entry.access {
-                Access::Token => entry.methods.layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    auth::require_token,
-                )),
+                Access::Token => {
+                    let methods = if entry.expensive.is_empty() {
+                        entry.methods
+                    } else {
+                        entry.methods.layer(middleware::from_fn_with_state(
+                            limits::Limited {
+                                state: state.clone(),
+                                methods: entry.expensive,
+                            },
+                            limits::expensive,
+                        ))
+                    };
+                    // Added last, so it runs first: the limit counts by the token it found.
+                    methods.layer(middleware::from_fn_with_state(
+                        state.clone(),
+                        auth::require_token,
+                    ))
+                }
                 Access::Public | Access::OwnCheck(_) => entry.methods,
             };
             router.route(entry.path, methods)

@@ -95,6 +95,8 @@ fn status_filter(status: Option<&str>) -> Result<Option<StatusFilter>, AppError>
 #[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries", tag = "webhooks",
     params(("id" = String, Path, description = "The webhook id"), DeliveryQuery),
     responses(
+        (status = 429, description = "Over the token's rate limit (`rate_limited`); see `Retry-After`", body = crate::openapi::Problem,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 200, body = DeliveryPage),
         (status = 400, description = "Invalid filter, limit or cursor", body = crate::openapi::Problem),
         (status = 404, description = "No such webhook", body = crate::openapi::Problem),

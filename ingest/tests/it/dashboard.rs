@@ -305,3 +305,152 @@ async fn neither_the_token_nor_a_ticket_reaches_the_logs() {
         assert!(!text.contains(secret), "the logs contain {secret}");
     }
 }
+
+/// A ticket opens one stream, once: seen in a proxy log after use, it opens nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_opens_one_stream_once() {
+    let env = TestEnv::start().await.expect("env");
+    let api = Api::start(&env).await;
+    let ticket = ticket(&api).await;
+    let url = format!("{}/api/v1/dashboard/events?ticket={ticket}", api.base);
+    let first = api.http.get(&url).send().await.expect("request");
+    assert_eq!(first.status(), 200);
+    let again = api.http.get(&url).send().await.expect("request");
+    assert_eq!(again.status(), 401, "the same ticket again, stream open");
+    drop(first);
+    let again = api.http.get(&url).send().await.expect("request");
+    assert_eq!(again.status(), 401, "the same ticket again, stream closed");
+    api.stop().await;
+}
+
+async fn open_with_token(api: &Api, token: &str) -> reqwest::Response {
+    api.http
+        .get(format!("{}/api/v1/dashboard/events", api.base))
+        .header("X-Auth-Token", token)
+        .send()
+        .await
+        .expect("request")
+}
+
+async fn ticket_for(api: &Api, token: &str) -> String {
+    let response = api
+        .http
+        .post(format!("{}/api/v1/dashboard/ticket", api.base))
+        .header("X-Auth-Token", token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    response.json::<Value>().await.expect("json")["ticket"]
+        .as_str()
+        .expect("ticket")
+        .to_owned()
+}
+
+/// A client could hold any number of streams; each token may hold
+/// `ingest.dashboard.max_streams_per_token`, and a stream opened with a ticket counts
+/// against the token that obtained the ticket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_over_the_cap_of_their_token_get_429_until_one_ends() {
+    const A: &str = "tok-streams-a";
+    const B: &str = "tok-streams-b";
+    let env = TestEnv::start().await.expect("env");
+    let mut config = env.config();
+    config.ingest.auth_tokens = vec![Secret::new(A), Secret::new(B)];
+    config.ingest.dashboard.max_streams_per_token = 2;
+    let api = Api::start_with(&env, config, false).await;
+
+    let first = open_with_token(&api, A).await;
+    assert_eq!(first.status(), 200);
+    let by_ticket = api
+        .http
+        .get(format!(
+            "{}/api/v1/dashboard/events?ticket={}",
+            api.base,
+            ticket_for(&api, A).await
+        ))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(by_ticket.status(), 200, "a ticket of A counts against A");
+    for over in [
+        open_with_token(&api, A).await,
+        api.http
+            .get(format!(
+                "{}/api/v1/dashboard/events?ticket={}",
+                api.base,
+                ticket_for(&api, A).await
+            ))
+            .send()
+            .await
+            .expect("request"),
+    ] {
+        assert_eq!(over.status(), 429, "a third stream of A");
+        let retry_after = over.headers()["retry-after"].to_str().expect("ascii");
+        assert!(retry_after.parse::<u64>().is_ok(), "{retry_after}");
+        let problem: Value = over.json().await.expect("json");
+        assert_eq!(problem["code"], "too_many_streams", "{problem}");
+    }
+    let other = open_with_token(&api, B).await;
+    assert_eq!(other.status(), 200, "B has its own cap");
+
+    // When a stream ends, its place is free again.
+    drop(by_ticket);
+    let mut reopened = None;
+    for _ in 0..100 {
+        let response = open_with_token(&api, A).await;
+        if response.status() == 200 {
+            reopened = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 429);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reopened.is_some(), "A's place was not freed");
+    drop((first, other, reopened));
+    api.stop().await;
+}
+
+/// Replicas sharing `ingest.dashboard.ticket_key` accept each other's tickets; a ticket of a
+/// token that is no longer configured opens nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_ticket_key_crosses_replicas_and_a_removed_token_voids_its_tickets() {
+    const KEPT: &str = "tok-kept-0001";
+    const REMOVED: &str = "tok-removed-02";
+    let env = TestEnv::start().await.expect("env");
+    let mut config = env.config();
+    config.ingest.dashboard.ticket_key = Secret::new("k".repeat(40));
+    config.ingest.auth_tokens = vec![Secret::new(KEPT), Secret::new(REMOVED)];
+    let old = Api::start_with(&env, config.clone(), false).await;
+    config.ingest.auth_tokens = vec![Secret::new(KEPT)];
+    let new = Api::start_with(&env, config, false).await;
+    let open = |api: &Api, ticket: String| {
+        api.http
+            .get(format!(
+                "{}/api/v1/dashboard/events?ticket={ticket}",
+                api.base
+            ))
+            .send()
+    };
+    let kept = open(&new, ticket_for(&old, KEPT).await)
+        .await
+        .expect("request");
+    assert_eq!(kept.status(), 200, "the other replica's ticket");
+    let removed = open(&new, ticket_for(&old, REMOVED).await)
+        .await
+        .expect("request");
+    assert_eq!(removed.status(), 401, "a ticket of a removed token");
+
+    // Without a shared key, a replica's tickets open streams only there.
+    let mut config = env.config();
+    config.ingest.auth_tokens = vec![Secret::new(KEPT)];
+    let unshared = Api::start_with(&env, config, false).await;
+    let refused = open(&unshared, ticket_for(&new, KEPT).await)
+        .await
+        .expect("request");
+    assert_eq!(refused.status(), 401, "another key's ticket");
+    drop(kept);
+    for api in [old, new, unshared] {
+        api.stop().await;
+    }
+}

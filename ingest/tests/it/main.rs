@@ -15,6 +15,7 @@ mod dnc_cache;
 mod duplicates;
 mod initiate;
 mod lifecycle;
+mod limits;
 mod logs;
 mod metrics;
 mod openapi;

@@ -91,6 +91,8 @@ pub async fn initiate(
 /// stored for the campaign. Duplicates are reported per number and the rest go on.
 #[utoipa::path(post, path = "/api/v1/bulk-initiate-calls/", tag = "compatible", request_body = crate::openapi::BulkInitiate,
     responses(
+        (status = 429, description = "Over the token's rate limit (`rate_limited`); see `Retry-After`", body = crate::openapi::Problem,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 201, description = "success, batch_id, counts, call_ids, queue_info, failed_numbers", body = Object),
         (status = 400, description = "Missing campaign_id, no numbers, or invalid numbers (up to 5 named)", body = crate::openapi::CompatError),
         (status = 404, description = "Campaign not found or inactive", body = crate::openapi::CompatError),
