@@ -75,7 +75,7 @@ async fn decisions_retries_and_dead_letters_are_exported() {
     ccm_core::nats::publish_dial(&js, &dead)
         .await
         .expect("dial");
-    exhaust(&js, "CALLS", "calls.dial.6", "failing_dialer", 2).await;
+    exhaust(&js, "CALLS", "calls.dial.6", "dial_6", 2).await;
 
     let expected: [Expected; 6] = [
         (
