@@ -280,7 +280,7 @@ async fn a_reader_other_than_a_dial_consumer_parks_the_message_and_leaves_the_ca
         limit: 10,
         ..Default::default()
     };
-    let records = eventually(Duration::from_secs(15), || async {
+    eventually(Duration::from_secs(15), || async {
         dlq.list(&filter).await.ok().filter(|l| l.len() >= 3)
     })
     .await
