@@ -17,6 +17,7 @@ mod initiate;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod nul_text;
 mod openapi;
 mod prometheus;
 mod resource_calls;
