@@ -10,6 +10,12 @@
 //! [`store`]. A redriven dial letter becomes a fresh attempt of its call (the
 //! next attempt number, so its dial id has never been used), once: the letter is deleted after
 //! the re-publish. Each action on a call's letter is recorded as an event of that call.
+//!
+//! A *parked* record ([`header::PARKED`]) is not a letter of a call: a reader other than a
+//! dial consumer (the projector, the retrier, webhooks) gave up on a message that stays in its
+//! stream, and the call goes on. Acting on it never ends, frees or re-dials a call:
+//! redriving it makes that one consumer see the message again (see [`replay`]), discarding it
+//! only deletes the record.
 
 use std::collections::BTreeMap;
 
@@ -44,6 +50,37 @@ pub mod header {
     /// On the call event an operator's redrive (`Retrying`) or discard (`Failed`) publishes:
     /// the DLQ sequence of the letter it resolved, so the read model can mark the letter.
     pub const RESOLVED: &str = "Ccm-Dlq-Resolved";
+    /// `true` on a parked record: the message was kept in its stream (see the module docs).
+    pub const PARKED: &str = "Ccm-Dlq-Parked";
+}
+
+/// How a parked message is replayed to the consumer that gave up on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Reset the consumer to the message's sequence: it is delivered again, and so is every
+    /// later message of that consumer, which the projector applies idempotently.
+    Reset,
+    /// The consumer does not apply a message twice harmlessly (a second retry decision, a
+    /// second webhook): no automatic replay; the operator follows the README's procedure.
+    Manual,
+}
+
+/// The consumers whose every message can be applied again without effect: the projector's.
+const IDEMPOTENT_CONSUMERS: &[&str] = &[
+    "projector_calls",
+    "projector_events",
+    "projector_campaigns",
+    "projector_contacts",
+    "projector_dlq",
+];
+
+/// How a message parked by `consumer` is replayed.
+pub fn replay(consumer: &str) -> Replay {
+    if IDEMPOTENT_CONSUMERS.contains(&consumer) {
+        Replay::Reset
+    } else {
+        Replay::Manual
+    }
 }
 
 /// Where a letter came from and why it died.
@@ -59,6 +96,8 @@ pub struct Source<'a> {
     pub published: String,
     pub headers: Option<&'a HeaderMap>,
     pub payload: Bytes,
+    /// A parked record (the message stays in its stream) rather than a dead letter.
+    pub parked: bool,
 }
 
 /// What went wrong with a dead letter.
@@ -82,15 +121,39 @@ pub enum DlqError {
     Claim(#[source] async_nats::Error),
     #[error("dead letter #{0} is not a dial message of a call")]
     NotACall(u64),
+    #[error(
+        "record #{seq} is {stream} #{source_seq} parked by consumer {consumer}, which cannot \
+         apply a message twice harmlessly: replay it by hand (see the README), then discard \
+         the record"
+    )]
+    ReplayByHand {
+        seq: u64,
+        stream: String,
+        source_seq: u64,
+        consumer: String,
+    },
+    #[error("cannot reset consumer {consumer} of {stream} to #{source_seq}")]
+    Reset {
+        stream: String,
+        consumer: String,
+        source_seq: u64,
+        source: async_nats::Error,
+    },
     #[error(transparent)]
     Publish(#[from] crate::nats::NatsError),
 }
 
 /// Copies a message into `DLQ`.
 pub async fn store(js: &jetstream::Context, source: Source<'_>) -> Result<(), DlqError> {
+    // A message two consumers park gets one record per consumer.
+    let id = if source.parked {
+        format!("park/{}/{}/{}", source.stream, source.seq, source.consumer)
+    } else {
+        format!("dlq/{}/{}", source.stream, source.seq)
+    };
     let mut publish = PublishMessage::build()
         .payload(source.payload.clone())
-        .message_id(format!("dlq/{}/{}", source.stream, source.seq));
+        .message_id(id);
     if let Some(headers) = source.headers {
         for (name, values) in headers.iter() {
             for value in values {
@@ -113,6 +176,9 @@ pub async fn store(js: &jetstream::Context, source: Source<'_>) -> Result<(), Dl
         .header(header::REASON, source.reason)
         .header(header::PUBLISHED, source.published.as_str())
         .header(header::DEAD_AT, Utc::now().to_rfc3339());
+    if source.parked {
+        publish = publish.header(header::PARKED, "true");
+    }
     if let Some(call) = call {
         publish = publish
             .header(header::CALL, call.call_id.to_string())
@@ -167,6 +233,8 @@ pub struct DeadLetter {
     pub dead_at: Option<String>,
     pub call_id: Option<CallId>,
     pub campaign_id: Option<CampaignId>,
+    /// A parked record: the message is still in `stream` at `source_seq`, the call goes on.
+    pub parked: bool,
     /// Every header of the letter, the original ones included.
     pub headers: BTreeMap<String, Vec<String>>,
     /// The payload as JSON when it is JSON, else as text.
@@ -201,6 +269,7 @@ impl DeadLetter {
             dead_at: get(header::DEAD_AT),
             call_id: get(header::CALL).and_then(|s| s.parse().ok()),
             campaign_id: get(header::CAMPAIGN).and_then(|s| s.parse().ok()),
+            parked: get(header::PARKED).is_some_and(|v| v == "true"),
             headers,
             payload,
         }
@@ -320,6 +389,9 @@ impl Dlq {
     pub async fn redrive(&self, seq: u64) -> Result<Redriven, DlqError> {
         let message = self.raw(seq).await?;
         let letter = DeadLetter::from_message(&message);
+        if letter.parked {
+            return self.replay_parked(letter).await;
+        }
         if letter.stream == names::CALLS {
             let mut request: DialRequest =
                 serde_json::from_slice(&message.payload).map_err(|_| DlqError::NotACall(seq))?;
@@ -384,11 +456,56 @@ impl Dlq {
         })
     }
 
+    /// Makes the consumer that parked a message see it again ([`replay`]), then deletes the
+    /// record. Nothing is re-published, so no other consumer sees the message twice.
+    async fn replay_parked(&self, letter: DeadLetter) -> Result<Redriven, DlqError> {
+        let (Some(source_seq), Some(consumer)) = (letter.source_seq, letter.consumer.clone())
+        else {
+            return Err(DlqError::NotFound(letter.seq));
+        };
+        if replay(&consumer) == Replay::Manual {
+            return Err(DlqError::ReplayByHand {
+                seq: letter.seq,
+                stream: letter.stream,
+                source_seq,
+                consumer,
+            });
+        }
+        let err = |e: async_nats::Error| DlqError::Reset {
+            stream: letter.stream.clone(),
+            consumer: consumer.clone(),
+            source_seq,
+            source: e,
+        };
+        // ADR-60 (nats-server 2.14+): the consumer's ack floor becomes `source_seq - 1`. Sent
+        // raw: async-nats has it behind a feature that would rebuild the whole workspace.
+        let answer: serde_json::Value = self
+            .js
+            .request(
+                format!("CONSUMER.RESET.{}.{consumer}", letter.stream),
+                &serde_json::json!({ "seq": source_seq }),
+            )
+            .await
+            .map_err(|e| err(e.into()))?;
+        if let Some(error) = answer.get("error") {
+            return Err(err(error.to_string().into()));
+        }
+        self.delete(letter.seq).await?;
+        tracing::info!(letter = letter.seq, %consumer, stream = %letter.stream, source_seq,
+            "parked message replayed");
+        Ok(Redriven {
+            letter: letter.seq,
+            subject: letter.subject,
+            attempt: None,
+        })
+    }
+
     /// Deletes a letter for good; a call's letter ends the call `FAILED`, recorded as an event.
+    /// A parked record is only deleted: its call was never ended and is not ended now.
     pub async fn discard(&self, seq: u64) -> Result<DeadLetter, DlqError> {
         let message = self.raw(seq).await?;
         let letter = DeadLetter::from_message(&message);
-        if letter.stream == names::CALLS {
+        if letter.stream == names::CALLS && !letter.parked {
             if let Ok(request) = serde_json::from_slice::<DialRequest>(&message.payload) {
                 let event = CallEvent {
                     call_id: request.call_id,
@@ -441,6 +558,29 @@ impl Dlq {
                 }
             }
             Err(e) => Err(DlqError::Claim(e.into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_projectors_consumers_are_replayed_by_a_reset() {
+        for consumer in IDEMPOTENT_CONSUMERS {
+            assert_eq!(replay(consumer), Replay::Reset, "{consumer}");
+        }
+        for consumer in [
+            "retrier_outcomes",
+            "retrier_retries",
+            "retrier_advisories",
+            "webhooks",
+            "dial_7",
+            "projector_calls_2",
+            "",
+        ] {
+            assert_eq!(replay(consumer), Replay::Manual, "{consumer}");
         }
     }
 }

@@ -61,6 +61,14 @@ pub fn dial_consumer(campaign: CampaignId) -> String {
     format!("dial_{campaign}")
 }
 
+/// The campaign whose dial consumer `name` is: `Some` only for a name [`dial_consumer`]
+/// builds exactly (no sign, no leading zero, no space), so a look-alike such as `dial_07`
+/// or `dial_7_test` is not taken for one.
+pub fn dial_consumer_campaign(name: &str) -> Option<CampaignId> {
+    let campaign: CampaignId = name.strip_prefix("dial_")?.parse().ok()?;
+    (dial_consumer(campaign) == name).then_some(campaign)
+}
+
 /// The `Nats-Msg-Id` of a dial message: one per call attempt, so a retried publish (by ingest
 /// or by the retrier after a crash) can never create a second attempt.
 pub fn dial_msg_id(call: CallId, attempt: u32) -> String {
@@ -92,6 +100,23 @@ mod tests {
         assert_eq!(retry(campaign), "calls.retry.7");
         assert_eq!(dlq("CALLS"), "calls.dlq.CALLS");
         assert_eq!(dial_consumer(campaign), "dial_7");
+        assert_eq!(dial_consumer_campaign("dial_7"), Some(campaign));
+        for not_dial in [
+            "dial_",
+            "dial_0",
+            "dial_07",
+            "dial_+7",
+            "dial_ 7",
+            "dial_7 ",
+            "dial_7_x",
+            "Dial_7",
+            "dial-7",
+            "xdial_7",
+            "projector_calls",
+            "",
+        ] {
+            assert_eq!(dial_consumer_campaign(not_dial), None, "{not_dial:?}");
+        }
         assert_eq!(dial_msg_id(call, 2), format!("{call}/2"));
         assert_eq!(
             event_msg_id(call, 2, "dialing"),

@@ -65,8 +65,15 @@ impl<S: Send + Sync> FromRequest<S> for CompatJson {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(Value::Object(Default::default())));
         }
-        serde_json::from_slice(&bytes)
-            .map(Self)
-            .map_err(|e| CompatError::bad_request(format!("Invalid JSON: {e}")))
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| CompatError::bad_request(format!("Invalid JSON: {e}")))?;
+        // PostgreSQL stores no NUL: refused here rather than for ever downstream.
+        if let Some(path) = crate::error::nul_path(&value) {
+            return Err(CompatError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{path} contains the NUL character (U+0000), which cannot be stored"),
+            ));
+        }
+        Ok(Self(value))
     }
 }

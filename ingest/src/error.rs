@@ -160,6 +160,7 @@ where
                     detail: rejection.body_text(),
                 })?;
         let is_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        let checked = bytes.clone();
         let req = Request::from_parts(parts, axum::body::Body::from(bytes));
         match axum::Json::<T>::from_request(req, state).await {
             Ok(_) if !is_object => Err(AppError::Client {
@@ -167,10 +168,64 @@ where
                 code: "invalid_type",
                 detail: "the request body must be a JSON object".into(),
             }),
-            Ok(axum::Json(value)) => Ok(Self(value)),
+            Ok(axum::Json(value)) => match nul_in_body(&checked) {
+                Some(refused) => Err(refused),
+                None => Ok(Self(value)),
+            },
             Err(rejection) => Err(rejection_error(rejection)),
         }
     }
+}
+
+/// The 422 for a body with a NUL in some string or key, if it has one. PostgreSQL stores no
+/// NUL (`text` refuses the character, `jsonb` its escape), so such a value would be refused
+/// downstream for ever. JSON can only write a NUL as the escape `\u0000`, so bodies without
+/// that text (nearly all) are not parsed a second time.
+fn nul_in_body(bytes: &[u8]) -> Option<AppError> {
+    if !bytes.windows(6).any(|w| w == b"\\u0000") {
+        return None;
+    }
+    let value = serde_json::from_slice::<serde_json::Value>(bytes).ok()?;
+    nul_path(&value).map(|path| nul_error(&path))
+}
+
+/// The refusal of a NUL in the field at `path`.
+pub(crate) fn nul_error(path: &str) -> AppError {
+    AppError::Client {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        code: "invalid_text",
+        detail: format!(
+            "{path} contains the NUL character (U+0000), which cannot be stored; remove it"
+        ),
+    }
+}
+
+/// The path (`contacts[2].fields.note`) of the first string or key holding a NUL.
+pub(crate) fn nul_path(value: &serde_json::Value) -> Option<String> {
+    fn walk(value: &serde_json::Value) -> Option<String> {
+        use serde_json::Value;
+        match value {
+            Value::String(s) => s.contains('\0').then(String::new),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| walk(item).map(|rest| format!("[{i}]{rest}"))),
+            Value::Object(map) => map.iter().find_map(|(key, item)| {
+                if key.contains('\0') {
+                    let shown = key.replace('\0', "\\u0000");
+                    return Some(format!(".{shown} (a key)"));
+                }
+                walk(item).map(|rest| format!(".{key}{rest}"))
+            }),
+            Value::Null | Value::Bool(_) | Value::Number(_) => None,
+        }
+    }
+    let path = walk(value)?;
+    Some(match path.strip_prefix('.') {
+        Some(rest) => rest.to_owned(),
+        None if path.is_empty() => "the body".to_owned(),
+        None => path,
+    })
 }
 
 fn rejection_error(rejection: JsonRejection) -> AppError {
@@ -229,5 +284,32 @@ where
 impl<T: Serialize> IntoResponse for ApiJson<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nul_is_found_in_any_string_or_key_and_named() {
+        let cases = [
+            (serde_json::json!({"name": "a\u{0}b"}), Some("name")),
+            (
+                serde_json::json!({"contacts": [{"fields": {}}, {"fields": {"note": "\u{0}"}}]}),
+                Some("contacts[1].fields.note"),
+            ),
+            (
+                serde_json::json!({"fields": {"k\u{0}": "v"}}),
+                Some("fields.k\\u0000 (a key)"),
+            ),
+            (serde_json::json!({"name": "\\u0000 is text", "n": 0}), None),
+            (serde_json::json!(["\u{0}"]), Some("[0]")),
+        ];
+        for (value, want) in cases {
+            assert_eq!(nul_path(&value).as_deref(), want, "{value}");
+        }
+        assert!(nul_in_body(br#"{"a":"\\u0000 is text"}"#).is_none());
+        assert!(nul_in_body(br#"{"a":"x\u0000"}"#).is_some());
     }
 }

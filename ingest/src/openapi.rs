@@ -149,6 +149,9 @@ pub struct DeadLetter {
     dead_at: Option<String>,
     call_id: Option<uuid::Uuid>,
     campaign_id: Option<u64>,
+    /// A parked record: a reader other than a dial consumer gave up on the message, which
+    /// stays in its stream; the call goes on. Redrive replays it to that reader only.
+    parked: bool,
     /// Every header of the letter, the original ones included.
     #[schema(value_type = Object)]
     headers: std::collections::BTreeMap<String, Vec<String>>,

@@ -7,7 +7,9 @@
 //!
 //! - A message that cannot be decoded is NAKed with `poison_delay_ms`: it no longer holds up
 //!   anything, and after the consumer's `max_deliver` the server emits the MAX_DELIVERIES
-//!   advisory that the retrier turns into a dead letter.
+//!   advisory that the retrier turns into a parked record (the message stays in its stream
+//!   and its call goes on; an operator's redrive replays it here). Text Postgres cannot
+//!   store (a NUL) is not poison: it is replaced before decoding ([`crate::nul`]).
 //! - Postgres being down is not the messages' fault: the batch is kept, in-progress acks stop
 //!   the server from redelivering it, and the write is retried until it succeeds.
 
@@ -184,7 +186,7 @@ async fn apply_batch(
         let items: Vec<&Item> = batch.iter().filter_map(|(_, item)| item.as_ref()).collect();
         match crate::store::write_batch(pool, label, &items).await {
             Ok(written) => break written,
-            // The data itself is refused (e.g. a `\u0000` Postgres cannot store): find the
+            // The data itself is refused (e.g. a value too large for an index): find the
             // culprits one by one, set them aside as poison, and write the rest.
             Err(e) if is_data_error(&e) => {
                 tracing::warn!(error = %e, "batch refused by the database; isolating the culprit");
@@ -253,7 +255,7 @@ async fn isolate(
 }
 
 /// Offers a message that cannot be applied again later; after `max_deliver` deliveries the
-/// server gives up on it and emits the advisory the retrier dead-letters it from.
+/// server gives up on it and emits the advisory the retrier parks it from.
 async fn poison(label: &'static str, message: &Message, settings: Settings) {
     counter!("ccm_projector_poison_total", "source" => label).increment(1);
     if let Err(e) = message
@@ -336,6 +338,9 @@ pub fn decode_payload(
     payload: &[u8],
     is_put: bool,
 ) -> Result<Option<Item>, String> {
+    // Postgres stores no NUL: replace it before anything is decoded, so every column and the
+    // stored payload are free of it and the row is written instead of refused for ever.
+    let payload: &[u8] = &crate::nul::replaced(payload);
     match source {
         Source::Calls => {
             let request =

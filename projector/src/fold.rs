@@ -137,10 +137,8 @@ pub fn letter(
         campaign_id: header(h::CAMPAIGN).and_then(|s| s.parse().ok()),
         reason: header(h::REASON).unwrap_or_default(),
         deliveries: header(h::DELIVERIES).and_then(|s| s.parse().ok()),
-        // Postgres' jsonb refuses `\u0000`; such a payload stays in the DLQ, not in the table.
-        payload: serde_json::from_slice::<serde_json::Value>(payload)
-            .ok()
-            .filter(|v| !v.to_string().contains("\\u0000")),
+        // Postgres' jsonb refuses `\u0000`: stored with its NULs replaced (see `crate::nul`).
+        payload: serde_json::from_slice::<serde_json::Value>(&crate::nul::replaced(payload)).ok(),
         created_at,
     }
 }

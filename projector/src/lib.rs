@@ -13,8 +13,9 @@
 //! - [`consume`] pulls and batches (up to `batch_size` messages or `batch_wait_ms`), writes
 //!   each batch in one transaction, then acknowledges it. A database outage holds the batch
 //!   and retries; a message that cannot be decoded (or that Postgres refuses) is NAKed with a
-//!   delay until the server gives up on it and the retrier dead-letters it, so it never
-//!   blocks the messages behind it.
+//!   delay until the server gives up on it and the retrier parks it (kept in its stream,
+//!   recorded in `DLQ`, replayable; its call goes on), so it never blocks the messages
+//!   behind it. NULs, which Postgres cannot store, are replaced first ([`nul`]).
 //! - [`fold`] folds a batch per call in memory; [`store`] writes it with a few set-based
 //!   statements. Applying a message twice, messages in any order, or several replicas at once
 //!   leaves the same rows.
@@ -27,6 +28,7 @@
 
 pub mod consume;
 pub mod fold;
+pub mod nul;
 pub mod store;
 pub mod sweep;
 

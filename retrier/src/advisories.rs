@@ -1,11 +1,20 @@
-//! Dead-lettering messages that exhausted `max_deliver`, from the server's advisories.
+//! Dead-lettering and parking messages that exhausted `max_deliver`, from the server's
+//! advisories.
 //!
 //! The `ADVISORIES` stream captures every MAX_DELIVERIES advisory, so none is missed while
-//! the retrier is down. On nats-server 2.9 the message itself stays in its stream, so for each
-//! advisory the retrier copies the original by `stream_seq` into `DLQ`, emits a
-//! `DeadLettered` event for a dial message's call and releases its number, and only then
-//! deletes the original. Every step tolerates being repeated, so a crash anywhere is repaired
-//! by the advisory's redelivery; an original already gone means the work was done.
+//! the retrier is down. The message itself stays in its stream. What happens next depends on
+//! who gave up ([`plan`]):
+//!
+//! - a campaign's dial consumer: the attempt can never be placed. The retrier copies the
+//!   original by `stream_seq` into `DLQ`, emits a `DeadLettered` event for its call, releases
+//!   its number, and only then deletes the original.
+//! - any other reader (the projector, the retrier, webhooks, anything): its trouble says
+//!   nothing about the call, which may be live. The message is *parked*: kept where it is,
+//!   recorded in `DLQ` as parked (consumer and sequence), counted, and nothing is ended,
+//!   freed or deleted. `Dlq::redrive` of the record replays it to that consumer.
+//!
+//! Every step tolerates being repeated, so a crash anywhere is repaired by the advisory's
+//! redelivery; an original already gone means the work was done.
 
 use std::time::Duration;
 
@@ -23,6 +32,53 @@ pub struct MaxDeliveries {
     pub consumer: String,
     pub stream_seq: u64,
     pub deliveries: u64,
+}
+
+/// What an advisory leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// About `DLQ` or `ADVISORIES` themselves: a record of a record would loop.
+    Ignore,
+    /// A dial consumer gave up on a dial message: the call is dead-lettered.
+    DeadLetter,
+    /// Anyone else gave up: the message is parked and the call left alone.
+    Park,
+}
+
+/// Decides what an advisory leads to. Only a campaign's dial consumer (`dial_<campaign>`,
+/// exactly as the topology names it) reading `CALLS` may end a call.
+pub fn plan(advisory: &MaxDeliveries) -> Plan {
+    if advisory.stream == names::DLQ || advisory.stream == names::ADVISORIES {
+        Plan::Ignore
+    } else if advisory.stream == names::CALLS
+        && ccm_core::subjects::dial_consumer_campaign(&advisory.consumer).is_some()
+    {
+        Plan::DeadLetter
+    } else {
+        Plan::Park
+    }
+}
+
+/// The consumer as a metric label: the fixed consumers by name, a campaign's dial consumer as
+/// `dial`, anything else as `other`, so a forged advisory cannot add series.
+pub(crate) fn consumer_label(consumer: &str) -> &'static str {
+    if ccm_core::subjects::dial_consumer_campaign(consumer).is_some() {
+        return "dial";
+    }
+    [
+        "projector_calls",
+        "projector_events",
+        "projector_campaigns",
+        "projector_contacts",
+        "projector_dlq",
+        "retrier_outcomes",
+        "retrier_retries",
+        "retrier_advisories",
+        "webhooks",
+    ]
+    .into_iter()
+    .find(|known| *known == consumer)
+    .unwrap_or("other")
 }
 
 /// Why an advisory could not be handled now (it is redelivered).
@@ -88,10 +144,11 @@ pub(crate) fn stream_label(stream: &str) -> &'static str {
     .unwrap_or("other")
 }
 
-/// Moves the message named by `advisory` into `DLQ`.
+/// Dead-letters or parks the message named by `advisory`, as [`plan`] decides.
 pub async fn dead_letter(ctx: &Shared, advisory: &MaxDeliveries) -> Result<(), AdvisoryError> {
     use jetstream::stream::LastRawMessageErrorKind as Kind;
-    if advisory.stream == names::DLQ || advisory.stream == names::ADVISORIES {
+    let plan = plan(advisory);
+    if plan == Plan::Ignore {
         return Ok(());
     }
     let (name, seq) = (advisory.stream.clone(), advisory.stream_seq);
@@ -116,6 +173,9 @@ pub async fn dead_letter(ctx: &Shared, advisory: &MaxDeliveries) -> Result<(), A
             }
         },
     };
+    if plan == Plan::Park {
+        return park(ctx, advisory, &original).await;
+    }
     let reason = format!(
         "Delivered {} times to consumer {} without success (max_deliver reached)",
         advisory.deliveries, advisory.consumer
@@ -132,6 +192,7 @@ pub async fn dead_letter(ctx: &Shared, advisory: &MaxDeliveries) -> Result<(), A
             published: original.time.to_string(),
             headers: Some(&original.headers),
             payload: original.payload.clone(),
+            parked: false,
         },
     )
     .await?;
@@ -177,4 +238,122 @@ pub async fn dead_letter(ctx: &Shared, advisory: &MaxDeliveries) -> Result<(), A
     tracing::warn!(stream = %advisory.stream, seq, consumer = %advisory.consumer,
         "message dead-lettered");
     Ok(())
+}
+
+/// Records a message a non-dial consumer gave up on, and leaves it, its call and its number
+/// as they are.
+async fn park(
+    ctx: &Shared,
+    advisory: &MaxDeliveries,
+    original: &jetstream::message::StreamMessage,
+) -> Result<(), AdvisoryError> {
+    let reason = format!(
+        "Delivered {} times to consumer {} without success (max_deliver reached); parked: \
+         the message stays in {} #{} and its call goes on",
+        advisory.deliveries, advisory.consumer, advisory.stream, advisory.stream_seq
+    );
+    dlq::store(
+        &ctx.js,
+        dlq::Source {
+            stream: &advisory.stream,
+            subject: original.subject.as_str(),
+            seq: advisory.stream_seq,
+            consumer: &advisory.consumer,
+            deliveries: advisory.deliveries,
+            reason: &reason,
+            published: original.time.to_string(),
+            headers: Some(&original.headers),
+            payload: original.payload.clone(),
+            parked: true,
+        },
+    )
+    .await?;
+    counter!("ccm_retrier_parked_total",
+        "stream" => stream_label(&advisory.stream),
+        "consumer" => consumer_label(&advisory.consumer))
+    .increment(1);
+    tracing::warn!(stream = %advisory.stream, seq = advisory.stream_seq,
+        consumer = %advisory.consumer, "message parked");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn advisory(stream: &str, consumer: &str) -> MaxDeliveries {
+        MaxDeliveries {
+            stream: stream.into(),
+            consumer: consumer.into(),
+            stream_seq: 1,
+            deliveries: 10,
+        }
+    }
+
+    /// Every shape a consumer name takes: only a campaign's dial consumer on `CALLS` ends a
+    /// call; the projector, the retrier, webhooks, operators' own consumers and look-alikes
+    /// park; advisories about `DLQ` and `ADVISORIES` are ignored.
+    #[test]
+    fn only_a_dial_consumer_dead_letters_a_call() {
+        let streams = [
+            names::CALLS,
+            names::CALL_EVENTS,
+            names::RETRIES,
+            names::DLQ,
+            names::ADVISORIES,
+            "KV_contacts",
+            "KV_campaigns",
+            "OTHER",
+        ];
+        let consumers = [
+            "dial_1",
+            "dial_77",
+            "dial_18446744073709551615",
+            "dial_0",
+            "dial_07",
+            "dial_",
+            "dial_x",
+            "dial_7_copy",
+            "dial-7",
+            "DIAL_7",
+            "projector_calls",
+            "projector_events",
+            "projector_contacts",
+            "projector_campaigns",
+            "projector_dlq",
+            "retrier_outcomes",
+            "retrier_retries",
+            "retrier_advisories",
+            "webhooks",
+            "failing_dialer",
+            "ephemeral0ABC",
+            "",
+        ];
+        for stream in streams {
+            for consumer in consumers {
+                let want = if stream == names::DLQ || stream == names::ADVISORIES {
+                    Plan::Ignore
+                } else if stream == names::CALLS
+                    && ["dial_1", "dial_77", "dial_18446744073709551615"].contains(&consumer)
+                {
+                    Plan::DeadLetter
+                } else {
+                    Plan::Park
+                };
+                assert_eq!(
+                    plan(&advisory(stream, consumer)),
+                    want,
+                    "{stream} {consumer}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn consumer_labels_are_bounded() {
+        assert_eq!(consumer_label("dial_12"), "dial");
+        assert_eq!(consumer_label("projector_events"), "projector_events");
+        assert_eq!(consumer_label("dial_012"), "other");
+        assert_eq!(consumer_label("anything"), "other");
+    }
 }

@@ -35,6 +35,7 @@ pub async fn store_message(
             published: String::new(),
             headers: message.headers.as_ref(),
             payload: message.payload.clone(),
+            parked: false,
         },
     )
     .await?;

@@ -169,7 +169,18 @@ impl Import<'_> {
                 return Ok(());
             }
         };
+        // PostgreSQL stores no NUL: a field holding one is refused here, not for ever later.
+        let nul = fields.iter().position(|f| f.contains('\0'));
         let Some(header) = &self.header else {
+            if let Some(column) = nul {
+                return Err(AppError::bad_request(
+                    "invalid_csv",
+                    format!(
+                        "header column {} contains the NUL character (U+0000)",
+                        column + 1
+                    ),
+                ));
+            }
             let names: Vec<String> = fields.iter().map(|f| f.trim().to_owned()).collect();
             let phone = names
                 .iter()
@@ -187,6 +198,14 @@ impl Import<'_> {
                 "{} fields where the header has {}",
                 fields.len(),
                 header.names.len()
+            );
+            self.reject(reason);
+            return Ok(());
+        }
+        if let Some(column) = nul {
+            let reason = format!(
+                "field {} contains the NUL character (U+0000), which cannot be stored",
+                header.names[column]
             );
             self.reject(reason);
             return Ok(());

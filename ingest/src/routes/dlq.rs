@@ -120,7 +120,7 @@ pub async fn show(
         (status = 200, body = crate::openapi::Redriven),
         (status = 400, description = "Not a letter number, or not a call's letter", body = crate::openapi::Problem),
         (status = 404, description = "No such letter", body = crate::openapi::Problem),
-        (status = 409, description = "The call's number is in another live call", body = crate::openapi::Problem),
+        (status = 409, description = "The call's number is in another live call, or a parked message must be replayed by hand", body = crate::openapi::Problem),
         (status = 503, description = "NATS unavailable", body = crate::openapi::Problem),
     ))]
 pub async fn redrive(
@@ -172,6 +172,7 @@ fn problem(e: DlqError) -> AppError {
         }
         e @ DlqError::NumberBusy { .. } => AppError::conflict("number_busy", e.to_string()),
         e @ DlqError::NotACall(_) => AppError::bad_request("not_a_call", e.to_string()),
+        e @ DlqError::ReplayByHand { .. } => AppError::conflict("replay_by_hand", e.to_string()),
         e => AppError::unavailable(e),
     }
 }

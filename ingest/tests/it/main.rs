@@ -18,6 +18,7 @@ mod lifecycle;
 mod limits;
 mod logs;
 mod metrics;
+mod nul_text;
 mod openapi;
 mod prometheus;
 mod resource_calls;

@@ -52,6 +52,7 @@ async fn dead_letter(js: &jetstream::Context, request: &DialRequest) {
             published: Utc::now().to_rfc3339(),
             headers: None,
             payload: payload.into(),
+            parked: false,
         },
     )
     .await
@@ -287,6 +288,7 @@ async fn a_letter_that_leaves_the_dlq_without_an_event_is_marked_removed() {
             published: Utc::now().to_rfc3339(),
             headers: None,
             payload: "not json".into(),
+            parked: false,
         },
     )
     .await

@@ -19,9 +19,10 @@ async fn poison_events_do_not_block_later_events_and_reach_the_advisory_stream()
 
     let good_before = support::lives(20, 4, Utc::now());
     support::publish_all(&js, &good_before).await;
-    // Not JSON at all, and valid JSON that Postgres refuses (a NUL character in jsonb).
+    // Not JSON at all: poison. Beside it, valid JSON Postgres would refuse as it is (a NUL
+    // character, in jsonb and text): stored with the NUL replaced, not poison (issue 16).
     let garbage = CallId::new();
-    let refused = CallEvent {
+    let with_nul = CallEvent {
         call_id: CallId::new(),
         campaign_id: CampaignId::new(4).expect("id"),
         attempt: 1,
@@ -37,12 +38,12 @@ async fn poison_events_do_not_block_later_events_and_reach_the_advisory_stream()
             payload: b"{not json".to_vec(),
         },
         Published {
-            subject: refused.subject(),
-            msg_id: refused.msg_id(),
-            payload: serde_json::to_vec(&refused).expect("encode"),
+            subject: with_nul.subject(),
+            msg_id: with_nul.msg_id(),
+            payload: serde_json::to_vec(&with_nul).expect("encode"),
         },
     ];
-    let mut poison_seqs = Vec::new();
+    let mut seqs = Vec::new();
     for p in &poison {
         let publish = jetstream::message::PublishMessage::build()
             .payload(p.payload.clone().into())
@@ -51,13 +52,14 @@ async fn poison_events_do_not_block_later_events_and_reach_the_advisory_stream()
             .send_publish(p.subject.clone(), publish)
             .await
             .expect("publish");
-        poison_seqs.push(ack.await.expect("ack").sequence);
+        seqs.push(ack.await.expect("ack").sequence);
     }
+    let (poison_seqs, nul_seq) = (vec![seqs[0]], seqs[1]);
     let good_after = support::lives(20, 4, Utc::now());
     support::publish_all(&js, &good_after).await;
 
     let projector = Running::start(support::config(&env));
-    let good = good_before.len() + good_after.len();
+    let good = good_before.len() + good_after.len() + 1;
     // Every good message is projected although the poison ones sit in the middle.
     support::wait_for_rows(&pool, good, Duration::from_secs(30)).await;
 
@@ -114,5 +116,13 @@ async fn poison_events_do_not_block_later_events_and_reach_the_advisory_stream()
     .await
     .expect("query");
     assert_eq!(poisoned, 0);
+    let stored: String = sqlx::query_scalar(
+        "SELECT payload::text FROM call_events WHERE stream = 'CALL_EVENTS' AND seq = $1",
+    )
+    .bind(i64::try_from(nul_seq).expect("seq"))
+    .fetch_one(&pool)
+    .await
+    .expect("the event with a NUL is stored");
+    assert!(stored.contains("nul \u{fffd} inside"), "{stored}");
     projector.stop().await;
 }

@@ -44,7 +44,7 @@ async fn list_show_and_discard_from_the_command_line() {
     ccm_core::nats::publish_dial(&js, &dial)
         .await
         .expect("published");
-    exhaust(&js, "CALLS", "calls.dial.66", "failing_66", 2).await;
+    exhaust(&js, "CALLS", "calls.dial.66", "dial_66", 2).await;
     let letters = eventually(std::time::Duration::from_secs(15), || async {
         let listed = json(&cli(&env, &["dlq", "list", "--campaign", "66"]).await);
         listed.as_array().filter(|l| !l.is_empty()).cloned()

@@ -75,9 +75,11 @@ async fn decisions_retries_and_dead_letters_are_exported() {
     ccm_core::nats::publish_dial(&js, &dead)
         .await
         .expect("dial");
-    exhaust(&js, "CALLS", "calls.dial.6", "failing_dialer", 2).await;
+    // The same message given up on first by another reader: parked, counted apart.
+    exhaust(&js, "CALLS", "calls.dial.6", "audit_reader", 2).await;
+    exhaust(&js, "CALLS", "calls.dial.6", "dial_6", 2).await;
 
-    let expected: [Expected; 6] = [
+    let expected: [Expected; 7] = [
         (
             "ccm_retrier_decisions_total",
             &[("decision", "retrying"), ("status", "RNR")],
@@ -99,8 +101,13 @@ async fn decisions_retries_and_dead_letters_are_exported() {
             &[("stream", "CALLS")],
             1.0,
         ),
-        // Sampled from the DLQ stream's info.
-        ("ccm_retrier_dlq_messages", &[], 1.0),
+        (
+            "ccm_retrier_parked_total",
+            &[("consumer", "other"), ("stream", "CALLS")],
+            1.0,
+        ),
+        // Sampled from the DLQ stream's info: the letter and the parked record.
+        ("ccm_retrier_dlq_messages", &[], 2.0),
     ];
     let text = eventually(Duration::from_secs(30), || async {
         let (status, text) = get(addr, "/metrics").await.ok()?;

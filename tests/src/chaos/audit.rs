@@ -434,6 +434,15 @@ async fn check_dlq(
             let Ok(message) = stream.get_raw_message(seq).await else {
                 continue;
             };
+            // A parked record (a non-dial reader gave up; the message and its call go on) is
+            // not a dead letter: the calls' own checks cover its call.
+            if message
+                .headers
+                .get(ccm_core::dlq::header::PARKED)
+                .is_some_and(|v| v.as_str() == "true")
+            {
+                continue;
+            }
             audit.dlq_letters += 1;
             let request: Option<DialRequest> = serde_json::from_slice(&message.payload).ok();
             let intact = request.as_ref().is_some_and(|r| {

@@ -261,6 +261,7 @@ async fn the_dashboard_shows_calls_progress_live_in_a_browser() {
             published: Utc::now().to_rfc3339(),
             headers: None,
             payload: serde_json::to_vec(&request).expect("json").into(),
+            parked: false,
         },
     )
     .await

@@ -284,12 +284,14 @@ async fn an_exhausted_call_is_dead_lettered_and_redrive_completes_it() {
     ccm_core::nats::publish_dial(&js, &request)
         .await
         .expect("queued");
-    let failing = js
-        .get_stream("CALLS")
-        .await
-        .expect("CALLS")
+    // Only the campaign's dial consumer may dead-letter a call (any other reader's trouble
+    // parks the message), so the failing dialer is played under that name.
+    let dial_consumer = ccm_core::subjects::dial_consumer(campaign_id);
+    let calls = js.get_stream("CALLS").await.expect("CALLS");
+    let _ = calls.delete_consumer(&dial_consumer).await;
+    let failing = calls
         .create_consumer(pull::Config {
-            durable_name: Some("failing_carrier".into()),
+            durable_name: Some(dial_consumer.clone()),
             filter_subject: request.subject(),
             max_deliver: 4,
             ..Default::default()
@@ -319,6 +321,11 @@ async fn an_exhausted_call_is_dead_lettered_and_redrive_completes_it() {
     )
     .await;
     assert!(error.unwrap_or_default().contains("4 times"));
+    // The real dialer provisions its own consumer when the campaign is activated.
+    calls
+        .delete_consumer(&dial_consumer)
+        .await
+        .expect("the played consumer");
     // The operator finds it through the API.
     let (status, letters) = stack
         .send(
