@@ -101,8 +101,9 @@ enum Stored {
 }
 
 /// SHA-256 (hex) of the canonical request: the campaign and the number as normalised, so
-/// spelling the same number differently is the same request.
-pub(crate) fn request_digest(campaign: CampaignId, phone: &PhoneNumber) -> String {
+/// spelling the same number differently is the same request. Public for tests that write
+/// the record a crashed handler leaves.
+pub fn request_digest(campaign: CampaignId, phone: &PhoneNumber) -> String {
     let canonical = serde_json::json!({"campaign_id": campaign, "phone_number": phone.to_string()});
     Sha256::digest(canonical.to_string().as_bytes())
         .iter()
@@ -171,7 +172,7 @@ pub(crate) fn accept_error(phone: &PhoneNumber, e: AcceptError, window: u32) -> 
 /// Validates, claims the number, publishes the first attempt and answers only after
 /// JetStream has stored it: a 202 means the call is durable.
 #[utoipa::path(post, path = "/api/v1/calls", tag = "calls", request_body = NewCall,
-    params(("Idempotency-Key" = Option<String>, Header, description = "A repeat with the same key returns the same call")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "A repeat of the same request with the same key returns the same call; another request with it is 422")),
     responses(
         (status = 202, description = "Accepted and durably queued", body = AcceptedCall),
         (status = 400, description = "Malformed JSON or invalid number", body = crate::openapi::Problem),
@@ -180,8 +181,8 @@ pub(crate) fn accept_error(phone: &PhoneNumber, e: AcceptError, window: u32) -> 
         (status = 409, description = "Number already live, within the duplicate window, or campaign inactive", body = crate::openapi::Problem),
         (status = 413, description = "Body too large", body = crate::openapi::Problem),
         (status = 415, description = "Not application/json", body = crate::openapi::Problem),
-        (status = 422, description = "Wrong types, unknown or missing fields", body = crate::openapi::Problem),
-        (status = 503, description = "Broker unavailable; nothing accepted", body = crate::openapi::Problem),
+        (status = 422, description = "Wrong types, unknown or missing fields, or `idempotency_key_reused` (the key was used with another request)", body = crate::openapi::Problem),
+        (status = 503, description = "Broker unavailable, nothing accepted; or `outcome_unknown`: the call may be queued, retry with the same Idempotency-Key to learn its outcome", body = crate::openapi::Problem),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -332,5 +333,69 @@ async fn reserve(
                 Err(e) => Err(AppError::unavailable(e)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(id: CallId) -> AcceptedCall {
+        AcceptedCall {
+            call_id: id,
+            campaign_id: CampaignId::new(1).expect("id"),
+            phone_number: PhoneNumber::parse("+15550001234", ccm_core::phone::PhoneRule::Lenient)
+                .expect("phone"),
+            status: CallStatus::Queued,
+            attempt: 1,
+            max_attempts: 1,
+        }
+    }
+
+    #[test]
+    fn a_key_replays_its_own_request_refuses_another_and_resumes_a_stale_pending_one() {
+        let (mine, other, now) = ("a".to_owned(), "b", 1_000_000);
+        let id = CallId::new();
+        let done = |request: Option<String>| Stored::Done {
+            request,
+            call: call(id),
+        };
+        let pending = |since: i64, touched: i64| Stored::Pending {
+            request: mine.clone(),
+            call_id: id,
+            since,
+            touched,
+        };
+        let d = |stored, digest: &str| format!("{:?}", decide(stored, digest, now));
+        let replay = format!("{:?}", KeyDecision::Replay(call(id)));
+        assert_eq!(d(done(Some(mine.clone())), &mine), replay);
+        assert_eq!(
+            d(done(None), other),
+            replay,
+            "records from before binding replay"
+        );
+        assert_eq!(d(done(Some(mine.clone())), other), "Reused");
+        assert_eq!(d(pending(now, now), other), "Reused");
+        assert_eq!(d(pending(now - 5, now - 5), &mine), "InUse");
+        assert_eq!(
+            d(
+                pending(now - PENDING_STALE_SECS, now - PENDING_STALE_SECS),
+                &mine
+            ),
+            format!("Resume({id:?})")
+        );
+        assert_eq!(
+            d(pending(now - RESUME_LIMIT_SECS, now - 5), &mine),
+            "InUse",
+            "a live handler is never raced, however old the key"
+        );
+        assert_eq!(
+            d(
+                pending(now - RESUME_LIMIT_SECS, now - PENDING_STALE_SECS),
+                &mine
+            ),
+            "Unresolvable",
+            "past the duplicate window a re-send could place a second call"
+        );
     }
 }
