@@ -390,14 +390,24 @@ async fn settle(
         (p.index, p.request, p.claim, acked)
     }))
     .await;
-    for (index, request, claim, acked) in acks {
-        results[index] = Some(match acked {
-            Ok(_) => Ok(request),
-            Err(e) => {
-                let (plan, error) = publish_until_definite(&state.js, &request, Some(Err(e))).await;
-                conclude(state, &claim, request, plan, error).await
-            }
-        });
+    // Unanswered acks are re-sent together, so a stalled server costs the window one
+    // publish budget, not one per message.
+    let settled = futures::future::join_all(acks.into_iter().map(
+        |(index, request, claim, acked)| async move {
+            let result = match acked {
+                Ok(_) => Ok(request),
+                Err(e) => {
+                    let (plan, error) =
+                        publish_until_definite(&state.js, &request, Some(Err(e))).await;
+                    conclude(state, &claim, request, plan, error).await
+                }
+            };
+            (index, result)
+        },
+    ))
+    .await;
+    for (index, result) in settled {
+        results[index] = Some(result);
     }
 }
 

@@ -203,11 +203,12 @@ pub async fn create(
     let key = idempotency_key(&headers)?;
     let digest = request_digest(campaign.id, &phone);
     let mut call_id = CallId::new();
+    let mut since = 0;
     if let Some(key) = &key {
         match reserve(&state, key, &digest, call_id).await? {
-            Reserved::Fresh => {}
+            Reserved::Fresh(at) => since = at,
             Reserved::Replay(call) => return Ok((StatusCode::ACCEPTED, ApiJson(call))),
-            Reserved::Resume(id) => call_id = id,
+            Reserved::Resume(id, at) => (call_id, since) = (id, at),
         }
     }
     let window = state.config.duplicate_call_window_minutes;
@@ -216,7 +217,22 @@ pub async fn create(
         Ok(request) => AcceptedCall::from(request),
         // The call may exist: the key stays pending so that a retry with it resumes this
         // very call instead of starting another.
-        Err(e @ AcceptError::OutcomeUnknown(_)) => return Err(accept_error(&phone, e, window)),
+        Err(e @ AcceptError::OutcomeUnknown(_)) => {
+            if let Some(key) = &key {
+                // No handler holds the request any more (`touched` 0), so the client's retry
+                // resumes it at once rather than waiting out the staleness bound.
+                let open = Stored::Pending {
+                    request: digest,
+                    call_id,
+                    since,
+                    touched: 0,
+                };
+                if let Ok(open) = serde_json::to_vec(&open) {
+                    let _ = state.idempotency.put(key, open.into()).await;
+                }
+            }
+            return Err(accept_error(&phone, e, window));
+        }
         Err(e) => {
             if let Some(key) = &key {
                 // The request definitely failed: the key is free for the client's retry.
@@ -261,12 +277,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
 
 /// What [`reserve`] found.
 enum Reserved {
-    /// The key is this request's now.
-    Fresh,
+    /// The key is this request's now, taken at this time (unix seconds).
+    Fresh(i64),
     /// The key's call, to answer with.
     Replay(AcceptedCall),
-    /// This request took over a pending one: carry on with its call.
-    Resume(CallId),
+    /// This request took over a pending one taken at the given time: carry on with its call.
+    Resume(CallId, i64),
 }
 
 /// Reserves the key for the request with `digest`, or settles what its record says.
@@ -285,7 +301,7 @@ async fn reserve(
     };
     let fresh = serde_json::to_vec(&pending(call_id, now)).map_err(AppError::internal)?;
     match state.idempotency.create(key, fresh.into()).await {
-        Ok(_) => return Ok(Reserved::Fresh),
+        Ok(_) => return Ok(Reserved::Fresh(now)),
         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
         Err(e) => return Err(AppError::unavailable(e)),
     }
@@ -328,7 +344,7 @@ async fn reserve(
                 .update(key, touched.into(), entry.revision)
                 .await
             {
-                Ok(_) => Ok(Reserved::Resume(id)),
+                Ok(_) => Ok(Reserved::Resume(id, since)),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(in_use()),
                 Err(e) => Err(AppError::unavailable(e)),
             }
@@ -383,6 +399,11 @@ mod tests {
                 &mine
             ),
             format!("Resume({id:?})")
+        );
+        assert_eq!(
+            d(pending(now - 1, 0), &mine),
+            format!("Resume({id:?})"),
+            "a request answered outcome_unknown is resumed at once"
         );
         assert_eq!(
             d(pending(now - RESUME_LIMIT_SECS, now - 5), &mine),
