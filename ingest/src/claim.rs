@@ -60,6 +60,11 @@ pub async fn claim(
         return take(state, &key, value, 0).await;
     };
     if entry.operation == kv::Operation::Put {
+        // A claim already held by this very call is this call's: a request resumed under
+        // the same Idempotency-Key after an unanswered publish kept it.
+        if entry.value == value {
+            return Ok(Claim { key });
+        }
         return Err(ClaimError::InProgress);
     }
     let window_secs = i64::from(state.config.duplicate_call_window_minutes) * 60;

@@ -3,8 +3,16 @@
 //! With a key, the first request reserves it in the `idempotency` bucket (create-if-absent)
 //! before anything else happens, and stores the accepted call under it afterwards. A repeat
 //! gets the stored call back (same status, same body) and publishes nothing; a repeat that
-//! arrives while the first is still being handled gets 409; a first request that fails gives
-//! the key back so the client can retry it.
+//! arrives while the first is still being handled gets 409; a first request that definitely
+//! failed gives the key back so the client can retry it.
+//!
+//! The key is bound to the request: its record holds a SHA-256 of the canonical request
+//! (campaign and normalised number), and the same key with another request is refused with
+//! 422 `idempotency_key_reused` (as Stripe and the IETF Idempotency-Key draft do). The record
+//! also holds the call id chosen up front, so a request whose publish went unanswered (503
+//! `outcome_unknown`) or whose handler died is resumed by a retry with the same key: once the
+//! record is older than [`PENDING_STALE_SECS`], the retry re-sends the same call (same claim,
+//! same `Nats-Msg-Id`, so JetStream keeps one message) and answers with it.
 
 use async_nats::jetstream::kv;
 use axum::{
@@ -13,6 +21,7 @@ use axum::{
 };
 use ccm_core::{CallId, CallStatus, CampaignId, DialRequest, PhoneNumber};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::{
     AppState,
@@ -24,6 +33,12 @@ use crate::{
 
 /// Longest `Idempotency-Key` accepted.
 const MAX_KEY_CHARS: usize = 255;
+/// A pending record untouched this long has no live handler: a first request's publish
+/// budget (15 s) plus its claim round trip ends before this.
+const PENDING_STALE_SECS: i64 = 20;
+/// A pending call may be re-sent only while JetStream would still de-duplicate it against
+/// the first send (the `CALLS` duplicate window is 120 s; the margin covers clock skew).
+const RESUME_LIMIT_SECS: i64 = 100;
 
 /// The body of a call request.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -66,11 +81,65 @@ impl From<DialRequest> for AcceptedCall {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 enum Stored {
-    /// The first request with this key is being handled.
-    Pending,
+    /// The first request with this key is being handled (or its outcome is unknown).
+    Pending {
+        /// [`request_digest`] of the request that took the key.
+        request: String,
+        /// The call the request publishes, chosen before anything is claimed.
+        call_id: CallId,
+        /// When the key was taken (unix seconds): the first send is no earlier.
+        since: i64,
+        /// When a handler last took the request on (unix seconds).
+        touched: i64,
+    },
     Done {
+        /// Absent in records written before keys were bound to requests.
+        #[serde(default)]
+        request: Option<String>,
         call: AcceptedCall,
     },
+}
+
+/// SHA-256 (hex) of the canonical request: the campaign and the number as normalised, so
+/// spelling the same number differently is the same request. Public for tests that write
+/// the record a crashed handler leaves.
+pub fn request_digest(campaign: CampaignId, phone: &PhoneNumber) -> String {
+    let canonical = serde_json::json!({"campaign_id": campaign, "phone_number": phone.to_string()});
+    Sha256::digest(canonical.to_string().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What a request does with a key that already has a record.
+#[derive(Debug)]
+enum KeyDecision {
+    /// Answer with the stored call.
+    Replay(AcceptedCall),
+    /// The key belongs to another request: 422.
+    Reused,
+    /// The first request is still being handled: 409.
+    InUse,
+    /// The first request's handler is gone or its publish went unanswered: take the
+    /// request over and re-send the same call.
+    Resume(CallId),
+    /// Pending past JetStream's duplicate window: re-sending could place a second call.
+    Unresolvable,
+}
+
+fn decide(stored: Stored, digest: &str, now: i64) -> KeyDecision {
+    match stored {
+        Stored::Done {
+            request: Some(r), ..
+        } if r != digest => KeyDecision::Reused,
+        Stored::Done { call, .. } => KeyDecision::Replay(call),
+        Stored::Pending { request, .. } if request != digest => KeyDecision::Reused,
+        Stored::Pending { touched, .. } if now - touched < PENDING_STALE_SECS => KeyDecision::InUse,
+        Stored::Pending { since, call_id, .. } if now - since < RESUME_LIMIT_SECS => {
+            KeyDecision::Resume(call_id)
+        }
+        Stored::Pending { .. } => KeyDecision::Unresolvable,
+    }
 }
 
 /// Maps a refused claim or failed publish to the resource API's errors.
@@ -89,6 +158,11 @@ pub(crate) fn accept_error(phone: &PhoneNumber, e: AcceptError, window: u32) -> 
             code: "do_not_call",
             detail: list.refusal(phone),
         },
+        AcceptError::OutcomeUnknown(_) => AppError::Client {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "outcome_unknown",
+            detail: "the broker did not confirm whether the call was queued; retry with the same Idempotency-Key to get its outcome".into(),
+        },
         AcceptError::Claim(ClaimError::Unavailable(e))
         | AcceptError::Publish(e)
         | AcceptError::DncUnavailable(e) => AppError::Unavailable(e),
@@ -98,7 +172,7 @@ pub(crate) fn accept_error(phone: &PhoneNumber, e: AcceptError, window: u32) -> 
 /// Validates, claims the number, publishes the first attempt and answers only after
 /// JetStream has stored it: a 202 means the call is durable.
 #[utoipa::path(post, path = "/api/v1/calls", tag = "calls", request_body = NewCall,
-    params(("Idempotency-Key" = Option<String>, Header, description = "A repeat with the same key returns the same call")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "A repeat of the same request with the same key returns the same call; another request with it is 422")),
     responses(
         (status = 202, description = "Accepted and durably queued", body = AcceptedCall),
         (status = 400, description = "Malformed JSON or invalid number", body = crate::openapi::Problem),
@@ -107,8 +181,8 @@ pub(crate) fn accept_error(phone: &PhoneNumber, e: AcceptError, window: u32) -> 
         (status = 409, description = "Number already live, within the duplicate window, or campaign inactive", body = crate::openapi::Problem),
         (status = 413, description = "Body too large", body = crate::openapi::Problem),
         (status = 415, description = "Not application/json", body = crate::openapi::Problem),
-        (status = 422, description = "Wrong types, unknown or missing fields", body = crate::openapi::Problem),
-        (status = 503, description = "Broker unavailable; nothing accepted", body = crate::openapi::Problem),
+        (status = 422, description = "Wrong types, unknown or missing fields, or `idempotency_key_reused` (the key was used with another request)", body = crate::openapi::Problem),
+        (status = 503, description = "Broker unavailable, nothing accepted; or `outcome_unknown`: the call may be queued, retry with the same Idempotency-Key to learn its outcome", body = crate::openapi::Problem),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -127,26 +201,52 @@ pub async fn create(
         ));
     }
     let key = idempotency_key(&headers)?;
+    let digest = request_digest(campaign.id, &phone);
+    let mut call_id = CallId::new();
+    let mut since = 0;
     if let Some(key) = &key {
-        if let Some(call) = reserve(&state, key).await? {
-            return Ok((StatusCode::ACCEPTED, ApiJson(call)));
+        match reserve(&state, key, &digest, call_id).await? {
+            Reserved::Fresh(at) => since = at,
+            Reserved::Replay(call) => return Ok((StatusCode::ACCEPTED, ApiJson(call))),
+            Reserved::Resume(id, at) => (call_id, since) = (id, at),
         }
     }
     let window = state.config.duplicate_call_window_minutes;
-    let accepted = accept::accept_one(&state, &campaign, phone.clone(), CallId::new()).await;
+    let accepted = accept::accept_one(&state, &campaign, phone.clone(), call_id).await;
     let call = match accepted {
         Ok(request) => AcceptedCall::from(request),
+        // The call may exist: the key stays pending so that a retry with it resumes this
+        // very call instead of starting another.
+        Err(e @ AcceptError::OutcomeUnknown(_)) => {
+            if let Some(key) = &key {
+                // No handler holds the request any more (`touched` 0), so the client's retry
+                // resumes it at once rather than waiting out the staleness bound.
+                let open = Stored::Pending {
+                    request: digest,
+                    call_id,
+                    since,
+                    touched: 0,
+                };
+                if let Ok(open) = serde_json::to_vec(&open) {
+                    let _ = state.idempotency.put(key, open.into()).await;
+                }
+            }
+            return Err(accept_error(&phone, e, window));
+        }
         Err(e) => {
             if let Some(key) = &key {
-                // The request failed: the key is free for the client's retry.
+                // The request definitely failed: the key is free for the client's retry.
                 let _ = state.idempotency.purge(key).await;
             }
             return Err(accept_error(&phone, e, window));
         }
     };
     if let Some(key) = &key {
-        let stored =
-            serde_json::to_vec(&Stored::Done { call: call.clone() }).map_err(AppError::internal)?;
+        let stored = serde_json::to_vec(&Stored::Done {
+            request: Some(digest),
+            call: call.clone(),
+        })
+        .map_err(AppError::internal)?;
         if let Err(e) = state.idempotency.put(key, stored.into()).await {
             // The call is accepted and durable; only a repeat of this request could now be
             // accepted twice (as a 409 duplicate, since the number is claimed).
@@ -175,25 +275,148 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
     Ok(Some(text.bytes().map(|b| format!("{b:02x}")).collect()))
 }
 
-/// Reserves the key; returns the stored call when the key was used before.
-async fn reserve(state: &AppState, key: &str) -> Result<Option<AcceptedCall>, AppError> {
-    let pending = serde_json::to_vec(&Stored::Pending).map_err(AppError::internal)?;
-    match state.idempotency.create(key, pending.into()).await {
-        Ok(_) => Ok(None),
-        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-            let stored = state
+/// What [`reserve`] found.
+enum Reserved {
+    /// The key is this request's now, taken at this time (unix seconds).
+    Fresh(i64),
+    /// The key's call, to answer with.
+    Replay(AcceptedCall),
+    /// This request took over a pending one taken at the given time: carry on with its call.
+    Resume(CallId, i64),
+}
+
+/// Reserves the key for the request with `digest`, or settles what its record says.
+async fn reserve(
+    state: &AppState,
+    key: &str,
+    digest: &str,
+    call_id: CallId,
+) -> Result<Reserved, AppError> {
+    let now = chrono::Utc::now().timestamp();
+    let pending = |call_id, since| Stored::Pending {
+        request: digest.to_owned(),
+        call_id,
+        since,
+        touched: now,
+    };
+    let fresh = serde_json::to_vec(&pending(call_id, now)).map_err(AppError::internal)?;
+    match state.idempotency.create(key, fresh.into()).await {
+        Ok(_) => return Ok(Reserved::Fresh(now)),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => return Err(AppError::unavailable(e)),
+    }
+    let in_use = || {
+        AppError::conflict(
+            "idempotency_key_in_use",
+            "a request with this Idempotency-Key is still being handled; retry shortly",
+        )
+    };
+    let Some(entry) = state
+        .idempotency
+        .entry(key)
+        .await
+        .map_err(AppError::unavailable)?
+    else {
+        return Err(in_use());
+    };
+    let stored = serde_json::from_slice::<Stored>(&entry.value).map_err(|_| in_use())?;
+    let since = match &stored {
+        Stored::Pending { since, .. } => *since,
+        Stored::Done { .. } => now,
+    };
+    match decide(stored, digest, now) {
+        KeyDecision::Replay(call) => Ok(Reserved::Replay(call)),
+        KeyDecision::Reused => Err(AppError::Client {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "idempotency_key_reused",
+            detail: "this Idempotency-Key was used with a different request".into(),
+        }),
+        KeyDecision::InUse => Err(in_use()),
+        KeyDecision::Unresolvable => Err(AppError::conflict(
+            "idempotency_key_unresolved",
+            "the request with this Idempotency-Key never completed and can no longer be resumed safely",
+        )),
+        KeyDecision::Resume(id) => {
+            // Taking the record over with its revision lets one retry resume at a time.
+            let touched = serde_json::to_vec(&pending(id, since)).map_err(AppError::internal)?;
+            match state
                 .idempotency
-                .get(key)
+                .update(key, touched.into(), entry.revision)
                 .await
-                .map_err(AppError::unavailable)?;
-            match stored.map(|b| serde_json::from_slice::<Stored>(&b)) {
-                Some(Ok(Stored::Done { call })) => Ok(Some(call)),
-                _ => Err(AppError::conflict(
-                    "idempotency_key_in_use",
-                    "a request with this Idempotency-Key is still being handled; retry shortly",
-                )),
+            {
+                Ok(_) => Ok(Reserved::Resume(id, since)),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(in_use()),
+                Err(e) => Err(AppError::unavailable(e)),
             }
         }
-        Err(e) => Err(AppError::unavailable(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(id: CallId) -> AcceptedCall {
+        AcceptedCall {
+            call_id: id,
+            campaign_id: CampaignId::new(1).expect("id"),
+            phone_number: PhoneNumber::parse("+15550001234", ccm_core::phone::PhoneRule::Lenient)
+                .expect("phone"),
+            status: CallStatus::Queued,
+            attempt: 1,
+            max_attempts: 1,
+        }
+    }
+
+    #[test]
+    fn a_key_replays_its_own_request_refuses_another_and_resumes_a_stale_pending_one() {
+        let (mine, other, now) = ("a".to_owned(), "b", 1_000_000);
+        let id = CallId::new();
+        let done = |request: Option<String>| Stored::Done {
+            request,
+            call: call(id),
+        };
+        let pending = |since: i64, touched: i64| Stored::Pending {
+            request: mine.clone(),
+            call_id: id,
+            since,
+            touched,
+        };
+        let d = |stored, digest: &str| format!("{:?}", decide(stored, digest, now));
+        let replay = format!("{:?}", KeyDecision::Replay(call(id)));
+        assert_eq!(d(done(Some(mine.clone())), &mine), replay);
+        assert_eq!(
+            d(done(None), other),
+            replay,
+            "records from before binding replay"
+        );
+        assert_eq!(d(done(Some(mine.clone())), other), "Reused");
+        assert_eq!(d(pending(now, now), other), "Reused");
+        assert_eq!(d(pending(now - 5, now - 5), &mine), "InUse");
+        assert_eq!(
+            d(
+                pending(now - PENDING_STALE_SECS, now - PENDING_STALE_SECS),
+                &mine
+            ),
+            format!("Resume({id:?})")
+        );
+        assert_eq!(
+            d(pending(now - 1, 0), &mine),
+            format!("Resume({id:?})"),
+            "a request answered outcome_unknown is resumed at once"
+        );
+        assert_eq!(
+            d(pending(now - RESUME_LIMIT_SECS, now - 5), &mine),
+            "InUse",
+            "a live handler is never raced, however old the key"
+        );
+        assert_eq!(
+            d(
+                pending(now - RESUME_LIMIT_SECS, now - PENDING_STALE_SECS),
+                &mine
+            ),
+            "Unresolvable",
+            "past the duplicate window a re-send could place a second call"
+        );
     }
 }

@@ -13,6 +13,7 @@ mod dead_letters;
 mod dnc;
 mod dnc_cache;
 mod duplicates;
+mod idempotency;
 mod initiate;
 mod lifecycle;
 mod limits;
