@@ -104,10 +104,10 @@ async fn publish_pipelined(js: &jetstream::Context, n: u64) -> anyhow::Result<Du
             js.send_publish(format!("bench.p.{}", i % 64), message)
                 .await?,
         );
-        if acks.len() >= 2048 {
-            if let Some(ack) = acks.pop_front() {
-                ack.await?;
-            }
+        if acks.len() >= 2048
+            && let Some(ack) = acks.pop_front()
+        {
+            ack.await?;
         }
     }
     for ack in acks {

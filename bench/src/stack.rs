@@ -196,21 +196,19 @@ pub fn cpu_seconds(pid: Option<u32>, children: bool) -> f64 {
         return 0.0;
     };
     let mut total = ticks(&own, 11, if children { 14 } else { 12 });
-    if children {
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for entry in entries.flatten() {
-                let Some(child) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<u32>().ok())
-                else {
-                    continue;
-                };
-                if let Some(f) = fields(child) {
-                    if f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
-                        total += ticks(&f, 11, 12);
-                    }
-                }
+    if children && let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(f) = fields(child)
+                && f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid)
+            {
+                total += ticks(&f, 11, 12);
             }
         }
     }

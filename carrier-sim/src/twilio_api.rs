@@ -115,10 +115,8 @@ pub async fn create_call(
         Placement::New { external_call_id } => (external_call_id, true),
         Placement::Repeat { external_call_id } => (external_call_id, false),
     };
-    if new {
-        if let Some(url) = status_callback {
-            schedule_callbacks(&state, key, &form, &call_sid, url);
-        }
+    if new && let Some(url) = status_callback {
+        schedule_callbacks(&state, key, &form, &call_sid, url);
     }
     (
         StatusCode::CREATED,

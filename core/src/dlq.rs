@@ -505,19 +505,20 @@ impl Dlq {
     pub async fn discard(&self, seq: u64) -> Result<DeadLetter, DlqError> {
         let message = self.raw(seq).await?;
         let letter = DeadLetter::from_message(&message);
-        if letter.stream == names::CALLS && !letter.parked {
-            if let Ok(request) = serde_json::from_slice::<DialRequest>(&message.payload) {
-                let event = CallEvent {
-                    call_id: request.call_id,
-                    campaign_id: request.campaign_id,
-                    attempt: request.attempt,
-                    at: Utc::now(),
-                    kind: EventKind::Failed {
-                        reason: format!("Dead letter #{seq} discarded by an operator"),
-                    },
-                };
-                publish_resolution(&self.js, &event, seq).await?;
-            }
+        if letter.stream == names::CALLS
+            && !letter.parked
+            && let Ok(request) = serde_json::from_slice::<DialRequest>(&message.payload)
+        {
+            let event = CallEvent {
+                call_id: request.call_id,
+                campaign_id: request.campaign_id,
+                attempt: request.attempt,
+                at: Utc::now(),
+                kind: EventKind::Failed {
+                    reason: format!("Dead letter #{seq} discarded by an operator"),
+                },
+            };
+            publish_resolution(&self.js, &event, seq).await?;
         }
         self.delete(seq).await?;
         tracing::info!(letter = seq, "dead letter discarded");

@@ -110,19 +110,19 @@ fn provider(
 /// Sends the spans buffered so far (no-op without an exporter). Tests call it before looking
 /// at what was exported.
 pub fn flush() {
-    if let Some(provider) = PROVIDER.get() {
-        if let Err(e) = provider.force_flush() {
-            tracing::warn!(error = %e, "cannot flush spans");
-        }
+    if let Some(provider) = PROVIDER.get()
+        && let Err(e) = provider.force_flush()
+    {
+        tracing::warn!(error = %e, "cannot flush spans");
     }
 }
 
 /// Flushes and stops the exporter; binaries call it last, so the spans of the final seconds
 /// are not lost at exit.
 pub fn shutdown() {
-    if let Some(provider) = PROVIDER.get() {
-        if let Err(e) = provider.shutdown() {
-            eprintln!("cannot flush spans at exit: {e}");
-        }
+    if let Some(provider) = PROVIDER.get()
+        && let Err(e) = provider.shutdown()
+    {
+        eprintln!("cannot flush spans at exit: {e}");
     }
 }

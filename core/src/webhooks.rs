@@ -73,10 +73,10 @@ impl Subscription {
     /// one while its grace period lasts. None when the current secret is unreadable.
     pub fn signing_keys(&self, now: DateTime<Utc>) -> Option<Vec<Vec<u8>>> {
         let mut keys = vec![self.key()?];
-        if let (Some(previous), Some(until)) = (&self.previous_secret, self.previous_secret_until) {
-            if now < until {
-                keys.extend(secret_key(previous));
-            }
+        if let (Some(previous), Some(until)) = (&self.previous_secret, self.previous_secret_until)
+            && now < until
+        {
+            keys.extend(secret_key(previous));
         }
         Some(keys)
     }

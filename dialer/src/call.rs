@@ -245,11 +245,10 @@ async fn place(
                 .reserve(request.campaign_id, campaign.max_calls_per_second)
                 .await
                 .map_err(CallError::Pacing)?;
-            if let Some(at) = slot {
-                if !crate::pacing::wait_until(at, message, ctx.progress_every, &ctx.shutdown).await
-                {
-                    return Err(CallError::Shutdown);
-                }
+            if let Some(at) = slot
+                && !crate::pacing::wait_until(at, message, ctx.progress_every, &ctx.shutdown).await
+            {
+                return Err(CallError::Shutdown);
             }
             let published = crate::dialing::publish(ctx, request, message)
                 .await
@@ -365,16 +364,15 @@ pub(crate) async fn cancel_attempt(
         ccm_core::config::DuplicateScope::all_claim_keys(request.campaign_id, &request.phone_number)
     {
         // Only this call's claim is released, and only if nobody re-claimed it meanwhile.
-        if let Ok(Some(entry)) = ctx.active_calls.entry(key.clone()).await {
-            if entry.operation == kv::Operation::Put && entry.value.as_ref() == call.as_bytes() {
-                if let Err(e) = ctx
-                    .active_calls
-                    .delete_expect_revision(&key, Some(entry.revision))
-                    .await
-                {
-                    tracing::warn!(error = %e, key, "cannot release the number's claim");
-                }
-            }
+        if let Ok(Some(entry)) = ctx.active_calls.entry(key.clone()).await
+            && entry.operation == kv::Operation::Put
+            && entry.value.as_ref() == call.as_bytes()
+            && let Err(e) = ctx
+                .active_calls
+                .delete_expect_revision(&key, Some(entry.revision))
+                .await
+        {
+            tracing::warn!(error = %e, key, "cannot release the number's claim");
         }
     }
     Ok(())

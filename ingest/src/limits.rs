@@ -119,10 +119,10 @@ pub(crate) async fn expensive(
     };
     if limited.methods.contains(method) {
         // Always there: the table layers this inside `auth::require_token`.
-        if let Some(token) = request.extensions().get::<TokenId>().copied() {
-            if let Err(too_many) = limited.state.limits.check(token) {
-                return too_many.into_response();
-            }
+        if let Some(token) = request.extensions().get::<TokenId>().copied()
+            && let Err(too_many) = limited.state.limits.check(token)
+        {
+            return too_many.into_response();
         }
     }
     next.run(request).await

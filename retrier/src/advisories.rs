@@ -197,26 +197,26 @@ pub async fn dead_letter(ctx: &Shared, advisory: &MaxDeliveries) -> Result<(), A
     )
     .await?;
     counter!("ccm_retrier_dead_letters_total", "stream" => stream_label(&name)).increment(1);
-    if name == names::CALLS {
-        if let Ok(request) = serde_json::from_slice::<DialRequest>(&original.payload) {
-            let event = CallEvent {
-                call_id: request.call_id,
-                campaign_id: request.campaign_id,
-                attempt: request.attempt,
-                at: Utc::now(),
-                kind: EventKind::DeadLettered {
-                    reason: reason.clone(),
-                },
-            };
-            ccm_core::nats::publish_event(&ctx.js, &event).await?;
-            outcome::release(
-                &ctx.active_calls,
-                request.campaign_id,
-                &request.phone_number,
-                request.call_id,
-            )
-            .await?;
-        }
+    if name == names::CALLS
+        && let Ok(request) = serde_json::from_slice::<DialRequest>(&original.payload)
+    {
+        let event = CallEvent {
+            call_id: request.call_id,
+            campaign_id: request.campaign_id,
+            attempt: request.attempt,
+            at: Utc::now(),
+            kind: EventKind::DeadLettered {
+                reason: reason.clone(),
+            },
+        };
+        ccm_core::nats::publish_event(&ctx.js, &event).await?;
+        outcome::release(
+            &ctx.active_calls,
+            request.campaign_id,
+            &request.phone_number,
+            request.call_id,
+        )
+        .await?;
     }
     // KV streams deny deletes: their letter is a copy, and the key keeps its value.
     if !name.starts_with("KV_") {

@@ -72,20 +72,19 @@ impl CallHistory {
     ) -> Result<Self, HistoryError> {
         if let (1, Some(seq)) = (attempt, seq) {
             let subject = subjects::event(campaign, call);
-            if let Some((dialing_seq, last)) = last_on(events, subject).await? {
-                if last.attempt == 1
-                    && matches!(last.kind, EventKind::Dialing { .. })
-                    && dialing_seq < seq
-                {
-                    let outcomes = walk(
-                        events,
-                        subjects::outcome(campaign, call),
-                        Some(dialing_seq + 1),
-                        Some(seq),
-                    )
-                    .await?;
-                    return Ok(Self::assemble(vec![last], outcomes));
-                }
+            if let Some((dialing_seq, last)) = last_on(events, subject).await?
+                && last.attempt == 1
+                && matches!(last.kind, EventKind::Dialing { .. })
+                && dialing_seq < seq
+            {
+                let outcomes = walk(
+                    events,
+                    subjects::outcome(campaign, call),
+                    Some(dialing_seq + 1),
+                    Some(seq),
+                )
+                .await?;
+                return Ok(Self::assemble(vec![last], outcomes));
             }
         }
         Self::read(events, campaign, call).await

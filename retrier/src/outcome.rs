@@ -87,16 +87,16 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
         // Only when the call still ends with this attempt is the release repeated: a call
         // redriven since holds its number again.
         let last = history.events.last();
-        if last.is_some_and(|e| e.kind.is_terminal() && e.attempt == outcome.attempt) {
-            if let Some(facts) = &facts {
-                release(
-                    &ctx.active_calls,
-                    outcome.campaign_id,
-                    &facts.phone_number,
-                    outcome.call_id,
-                )
-                .await?;
-            }
+        if last.is_some_and(|e| e.kind.is_terminal() && e.attempt == outcome.attempt)
+            && let Some(facts) = &facts
+        {
+            release(
+                &ctx.active_calls,
+                outcome.campaign_id,
+                &facts.phone_number,
+                outcome.call_id,
+            )
+            .await?;
         }
         return Ok(());
     }
@@ -214,16 +214,14 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
     // every decision is already an event in CALL_EVENTS and a row in PostgreSQL.
     tracing::debug!(call = %event.call_id, attempt = event.attempt, kind = event.kind.name(),
         "outcome {status} decided");
-    if terminal {
-        if let Some(facts) = &facts {
-            release(
-                &ctx.active_calls,
-                outcome.campaign_id,
-                &facts.phone_number,
-                outcome.call_id,
-            )
-            .await?;
-        }
+    if terminal && let Some(facts) = &facts {
+        release(
+            &ctx.active_calls,
+            outcome.campaign_id,
+            &facts.phone_number,
+            outcome.call_id,
+        )
+        .await?;
     }
     Ok(())
 }

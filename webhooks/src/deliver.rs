@@ -320,8 +320,8 @@ impl Worker {
         if let Some(outcome) = outcome {
             counter!("ccm_webhooks_deliveries_total", "outcome" => outcome).increment(1);
         }
-        if let Some(reason) = disable {
-            if let Err(e) = health::disable(
+        if let Some(reason) = disable
+            && let Err(e) = health::disable(
                 &self.shared.store,
                 &self.shared.subscriptions,
                 &self.shared.nats,
@@ -330,9 +330,8 @@ impl Worker {
                 horizon,
             )
             .await
-            {
-                tracing::error!(endpoint = %self.endpoint, error = %e, "cannot disable the webhook endpoint");
-            }
+        {
+            tracing::error!(endpoint = %self.endpoint, error = %e, "cannot disable the webhook endpoint");
         }
         Ok(state != State::Pending)
     }

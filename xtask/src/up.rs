@@ -198,11 +198,11 @@ impl Stack {
         ] {
             let mut up = false;
             for _ in 0..300 {
-                if let Ok(r) = http.get(&url).send().await {
-                    if r.status().is_success() {
-                        up = true;
-                        break;
-                    }
+                if let Ok(r) = http.get(&url).send().await
+                    && r.status().is_success()
+                {
+                    up = true;
+                    break;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

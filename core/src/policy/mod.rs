@@ -267,10 +267,10 @@ impl RetryPolicy {
                 .to_owned();
             // Errors about a top-level key are marked at the document's start; point at the
             // key itself instead.
-            if line <= 1 {
-                if let Some(found) = top_level_key_line(text, &message) {
-                    (line, column) = (found, 1);
-                }
+            if line <= 1
+                && let Some(found) = top_level_key_line(text, &message)
+            {
+                (line, column) = (found, 1);
             }
             PolicyError::Invalid {
                 path: origin.to_owned(),

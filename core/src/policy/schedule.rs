@@ -66,12 +66,12 @@ impl RetryPolicy {
         };
         let history = dedup(history);
         let of_status = history.iter().filter(|o| o.status == status).count() as u32;
-        if let Some(limit) = rule.max_attempts {
-            if of_status > limit {
-                return Decision::Fail {
-                    reason: format!("Max retry attempts for {status} reached ({limit})"),
-                };
-            }
+        if let Some(limit) = rule.max_attempts
+            && of_status > limit
+        {
+            return Decision::Fail {
+                reason: format!("Max retry attempts for {status} reached ({limit})"),
+            };
         }
         let max_attempts = if max_attempts == 0 {
             self.defaults.max_attempts

@@ -267,23 +267,20 @@ fn parse_csv(body: &[u8]) -> Result<Vec<String>, AppError> {
         .peekable();
     // A header names the column; without one the first column holds the numbers.
     let mut column = 0;
-    if let Some(first) = lines.peek() {
-        if first.chars().any(|c| c.is_ascii_alphabetic()) {
-            let header: Vec<&str> = first
-                .split(',')
-                .map(|h| h.trim().trim_matches('"'))
-                .collect();
-            column = header
-                .iter()
-                .position(|h| h.eq_ignore_ascii_case("phone_number"))
-                .ok_or_else(|| {
-                    AppError::bad_request(
-                        "invalid_csv",
-                        "the CSV header has no phone_number column",
-                    )
-                })?;
-            lines.next();
-        }
+    if let Some(first) = lines.peek()
+        && first.chars().any(|c| c.is_ascii_alphabetic())
+    {
+        let header: Vec<&str> = first
+            .split(',')
+            .map(|h| h.trim().trim_matches('"'))
+            .collect();
+        column = header
+            .iter()
+            .position(|h| h.eq_ignore_ascii_case("phone_number"))
+            .ok_or_else(|| {
+                AppError::bad_request("invalid_csv", "the CSV header has no phone_number column")
+            })?;
+        lines.next();
     }
     Ok(lines
         .map(|line| {

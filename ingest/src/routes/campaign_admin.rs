@@ -82,21 +82,21 @@ pub(crate) fn apply_dates(
 ) -> Result<(), AppError> {
     let starts = starts_at.or(campaign.starts_at);
     let ends = ends_at.or(campaign.ends_at);
-    if let Some(end) = ends_at {
-        if end <= now {
-            return Err(AppError::bad_request(
-                "invalid_dates",
-                "ends_at must be in the future",
-            ));
-        }
+    if let Some(end) = ends_at
+        && end <= now
+    {
+        return Err(AppError::bad_request(
+            "invalid_dates",
+            "ends_at must be in the future",
+        ));
     }
-    if let (Some(start), Some(end)) = (starts, ends) {
-        if start >= end {
-            return Err(AppError::bad_request(
-                "invalid_dates",
-                "starts_at must be before ends_at",
-            ));
-        }
+    if let (Some(start), Some(end)) = (starts, ends)
+        && start >= end
+    {
+        return Err(AppError::bad_request(
+            "invalid_dates",
+            "starts_at must be before ends_at",
+        ));
     }
     campaign.starts_at = starts;
     campaign.ends_at = ends;

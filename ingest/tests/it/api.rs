@@ -69,10 +69,10 @@ impl Api {
             tasks,
         };
         for _ in 0..500 {
-            if let Ok(r) = api.http.get(format!("{}/readyz", api.base)).send().await {
-                if r.status().is_success() {
-                    return api;
-                }
+            if let Ok(r) = api.http.get(format!("{}/readyz", api.base)).send().await
+                && r.status().is_success()
+            {
+                return api;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -190,7 +190,7 @@ async fn drive(
         tokio::spawn(async move {
             let every = (u64::from(plan.calls_per_campaign) * campaigns.len() as u64 / 5).max(1);
             let progress: load::Progress = std::sync::Arc::new(move |done: u64, total: u64| {
-                if verbose && done % every == 0 {
+                if verbose && done.is_multiple_of(every) {
                     eprintln!("[{name}] sent {done}/{total}");
                 }
             });

@@ -52,10 +52,10 @@ impl Stack {
 
     async fn wait_ready(&self) {
         for _ in 0..500 {
-            if let Ok(r) = self.http.get(format!("{}/readyz", self.api)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.api)).send().await
+                && r.status().is_success()
+            {
+                return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
