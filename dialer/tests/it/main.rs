@@ -6,3 +6,4 @@ mod concurrent_deliveries;
 mod metrics;
 mod outcomes;
 mod placements;
+mod recheck;
