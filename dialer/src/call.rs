@@ -67,6 +67,10 @@ pub struct CallContext {
     pub shutdown: CancellationToken,
 }
 
+/// How often a waiting call reads its outcome from the stream, in case its delivery was
+/// missed during a disconnection too short for the router to notice.
+const OUTCOME_RECHECK: Duration = Duration::from_secs(30);
+
 /// What to do with a dial message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -166,12 +170,27 @@ async fn run(
     let deadline = tokio::time::Instant::now() + max_call_duration.saturating_sub(elapsed);
     let mut progress = tokio::time::interval(ctx.progress_every);
     progress.tick().await;
+    // An outcome published while the dialer was disconnected never reaches the router: look
+    // for it in the stream after each reconnect, and every so often.
+    let mut reconnects = ctx.outcomes.reconnects();
+    let mut recheck = tokio::time::interval(OUTCOME_RECHECK);
+    recheck.tick().await;
     loop {
         tokio::select! {
             woken = waiter.outcome() => match woken {
                 Ok(()) => break,
                 Err(closed) => return Err(CallError::Nats(closed.to_string())),
             },
+            Ok(()) = reconnects.changed() => {
+                if Box::pin(outcome_stored(ctx, request)).await {
+                    break;
+                }
+            }
+            _ = recheck.tick() => {
+                if Box::pin(outcome_stored(ctx, request)).await {
+                    break;
+                }
+            }
             _ = progress.tick() => {
                 let _ = Box::pin(message.ack_with(AckKind::Progress)).await;
             }
@@ -335,7 +354,7 @@ fn record_placement(
 /// Reads the latest lifecycle event and outcome of the call (direct get by subject).
 async fn known(ctx: &CallContext, request: &DialRequest) -> Result<Known, CallError> {
     let outcome = latest(ctx, subjects::outcome(request.campaign_id, request.call_id)).await?;
-    if outcome.is_some_and(|o| o.attempt >= request.attempt) {
+    if ends(outcome.as_ref(), request) {
         return Ok(Known::Done);
     }
     let event = latest(ctx, subjects::event(request.campaign_id, request.call_id)).await?;
@@ -344,6 +363,22 @@ async fn known(ctx: &CallContext, request: &DialRequest) -> Result<Known, CallEr
         Some(e) if e.attempt == request.attempt => Known::Placed(e.at),
         _ => Known::Nothing,
     })
+}
+
+/// Whether the call's latest outcome ends this attempt.
+fn ends(outcome: Option<&CallEvent>, request: &DialRequest) -> bool {
+    outcome.is_some_and(|o| o.attempt >= request.attempt)
+}
+
+/// Whether the attempt's outcome is stored (a failed read counts as not yet).
+async fn outcome_stored(ctx: &CallContext, request: &DialRequest) -> bool {
+    match latest(ctx, subjects::outcome(request.campaign_id, request.call_id)).await {
+        Ok(outcome) => ends(outcome.as_ref(), request),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the outcome yet");
+            false
+        }
+    }
 }
 
 async fn latest(ctx: &CallContext, subject: String) -> Result<Option<CallEvent>, CallError> {

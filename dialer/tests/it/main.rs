@@ -3,6 +3,7 @@
 
 mod adapters;
 mod concurrent_deliveries;
+mod lost_outcome;
 mod metrics;
 mod outcomes;
 mod placements;
