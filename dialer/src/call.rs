@@ -6,8 +6,11 @@
 //! reads the call's latest event and outcome: a redelivered message whose attempt was already
 //! placed is only waited on, never dialled again.
 //!
-//! A number put on a do-not-call list after its call was queued is caught here, just before
-//! placing: the attempt ends `CANCELLED` with the list named.
+//! Whether the attempt may go ([`crate::admission`]: the campaign's state, a do-not-call
+//! listing, the calling window, the daily attempt cap) is decided before a paced call waits
+//! for its slot and again, on fresh reads, right before placing: a pause, cancel or listing
+//! made during the wait stops it. A number listed after its call was queued ends `CANCELLED`
+//! with the list named.
 //!
 //! `Dialing` is published before the carrier is asked, so a crash between the two leaves a
 //! record that the attempt *may* have been placed; such an attempt is never placed again and
@@ -40,6 +43,8 @@ use crate::{
 pub struct CallContext {
     /// Wakes a call when its outcome is published.
     pub outcomes: crate::outcomes::Outcomes,
+    /// Campaign documents, read again right before a call that waited for its slot is placed.
+    pub campaigns: kv::Store,
     pub js: jetstream::Context,
     pub events: jetstream::stream::Stream,
     pub active_calls: kv::Store,
@@ -61,6 +66,10 @@ pub struct CallContext {
     pub progress_every: Duration,
     pub shutdown: CancellationToken,
 }
+
+/// How often a waiting call reads its outcome from the stream, in case its delivery was
+/// missed during a disconnection too short for the router to notice.
+const OUTCOME_RECHECK: Duration = Duration::from_secs(30);
 
 /// What to do with a dial message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +142,8 @@ enum CallError {
     Pacing(crate::pacing::PacingError),
     #[error(transparent)]
     Frequency(crate::frequency::CapError),
+    #[error(transparent)]
+    Check(crate::admission::CheckError),
 }
 
 async fn run(
@@ -159,12 +170,27 @@ async fn run(
     let deadline = tokio::time::Instant::now() + max_call_duration.saturating_sub(elapsed);
     let mut progress = tokio::time::interval(ctx.progress_every);
     progress.tick().await;
+    // An outcome published while the dialer was disconnected never reaches the router: look
+    // for it in the stream after each reconnect, and every so often.
+    let mut reconnects = ctx.outcomes.reconnects();
+    let mut recheck = tokio::time::interval(OUTCOME_RECHECK);
+    recheck.tick().await;
     loop {
         tokio::select! {
             woken = waiter.outcome() => match woken {
                 Ok(()) => break,
                 Err(closed) => return Err(CallError::Nats(closed.to_string())),
             },
+            Ok(()) = reconnects.changed() => {
+                if Box::pin(outcome_stored(ctx, request)).await {
+                    break;
+                }
+            }
+            _ = recheck.tick() => {
+                if Box::pin(outcome_stored(ctx, request)).await {
+                    break;
+                }
+            }
             _ = progress.tick() => {
                 let _ = Box::pin(message.ack_with(AckKind::Progress)).await;
             }
@@ -190,13 +216,7 @@ async fn place(
     campaign: &CampaignInfo,
     mode: Mode,
 ) -> Result<Option<DateTime<Utc>>, CallError> {
-    let known = known(ctx, request).await?;
-    if let (Known::Nothing, Mode::Cancel(reason)) = (&known, mode) {
-        cancel(ctx, request, reason).await?;
-        ack(message).await;
-        return Ok(None);
-    }
-    match known {
+    match known(ctx, request).await? {
         Known::Done => {
             ack(message).await;
             Ok(None)
@@ -206,38 +226,15 @@ async fn place(
             Ok(Some(at))
         }
         Known::Nothing => 'nothing: {
-            // Listed after it was queued: never dialled; the call ends CANCELLED.
-            let listed =
-                ccm_core::dnc::listed(&ctx.dnc, request.campaign_id, &request.phone_number)
-                    .await
-                    .map_err(|e| CallError::Nats(e.to_string()))?;
-            if let Some(list) = listed {
-                cancel(ctx, request, &list.refusal(&request.phone_number)).await?;
-                ack(message).await;
-                return Ok(None);
-            }
-            if let Some(window) = &campaign.window {
-                let opens = crate::window::opens_at(ctx, window, request, Utc::now())
-                    .await
-                    .map_err(CallError::Window)?;
-                if let Some(due) = opens {
-                    crate::window::defer(ctx, request, message, due)
-                        .await
-                        .map_err(CallError::Window)?;
-                    ack(message).await;
-                    return Ok(None);
-                }
-            }
-            let capped = ctx
-                .frequency
-                .take(&request.phone_number, Utc::now())
+            use crate::admission::{Seen, decide, gather};
+            let pulled = Seen::Pulled {
+                mode,
+                info: campaign,
+            };
+            let mut facts = gather(ctx, request, pulled)
                 .await
-                .map_err(CallError::Frequency)?;
-            if let Some(next_day) = capped {
-                crate::window::defer(ctx, request, message, next_day)
-                    .await
-                    .map_err(CallError::Window)?;
-                ack(message).await;
+                .map_err(CallError::Check)?;
+            if settle(ctx, request, message, decide(&facts)).await? {
                 return Ok(None);
             }
             let slot = ctx
@@ -245,10 +242,33 @@ async fn place(
                 .reserve(request.campaign_id, campaign.max_calls_per_second)
                 .await
                 .map_err(CallError::Pacing)?;
-            if let Some(at) = slot
-                && !crate::pacing::wait_until(at, message, ctx.progress_every, &ctx.shutdown).await
-            {
-                return Err(CallError::Shutdown);
+            if let Some(at) = slot.filter(|at| *at > Utc::now()) {
+                if !crate::pacing::wait_until(at, message, ctx.progress_every, &ctx.shutdown).await
+                {
+                    return Err(CallError::Shutdown);
+                }
+                // Anything may have changed while it waited: the decision that counts is
+                // made again on what is stored now.
+                let stored = Seen::Stored {
+                    mode,
+                    info: campaign,
+                };
+                facts = gather(ctx, request, stored)
+                    .await
+                    .map_err(CallError::Check)?;
+                if settle(ctx, request, message, decide(&facts)).await? {
+                    return Ok(None);
+                }
+            }
+            // Counted only now that it goes; another attempt to the number may have taken
+            // the day's last one since the look.
+            facts.capped_until = ctx
+                .frequency
+                .take(&request.phone_number, Utc::now())
+                .await
+                .map_err(CallError::Frequency)?;
+            if settle(ctx, request, message, decide(&facts)).await? {
+                return Ok(None);
             }
             let published = crate::dialing::publish(ctx, request, message)
                 .await
@@ -290,6 +310,26 @@ async fn place(
     }
 }
 
+/// Carries out a decision not to place: true when the attempt was ended or put off (and
+/// its message acknowledged), false when it is to be placed.
+async fn settle(
+    ctx: &CallContext,
+    request: &DialRequest,
+    message: &Message,
+    decision: crate::admission::Decision,
+) -> Result<bool, CallError> {
+    use crate::admission::Decision;
+    match decision {
+        Decision::Place => return Ok(false),
+        Decision::End(reason) => cancel(ctx, request, &reason).await?,
+        Decision::Defer(until) => crate::window::defer(ctx, request, message, until)
+            .await
+            .map_err(CallError::Window)?,
+    }
+    ack(message).await;
+    Ok(true)
+}
+
 /// Records one placement request's duration and, when it failed, its kind.
 fn record_placement(
     carrier: &'static str,
@@ -314,7 +354,7 @@ fn record_placement(
 /// Reads the latest lifecycle event and outcome of the call (direct get by subject).
 async fn known(ctx: &CallContext, request: &DialRequest) -> Result<Known, CallError> {
     let outcome = latest(ctx, subjects::outcome(request.campaign_id, request.call_id)).await?;
-    if outcome.is_some_and(|o| o.attempt >= request.attempt) {
+    if ends(outcome.as_ref(), request) {
         return Ok(Known::Done);
     }
     let event = latest(ctx, subjects::event(request.campaign_id, request.call_id)).await?;
@@ -323,6 +363,22 @@ async fn known(ctx: &CallContext, request: &DialRequest) -> Result<Known, CallEr
         Some(e) if e.attempt == request.attempt => Known::Placed(e.at),
         _ => Known::Nothing,
     })
+}
+
+/// Whether the call's latest outcome ends this attempt.
+fn ends(outcome: Option<&CallEvent>, request: &DialRequest) -> bool {
+    outcome.is_some_and(|o| o.attempt >= request.attempt)
+}
+
+/// Whether the attempt's outcome is stored (a failed read counts as not yet).
+async fn outcome_stored(ctx: &CallContext, request: &DialRequest) -> bool {
+    match latest(ctx, subjects::outcome(request.campaign_id, request.call_id)).await {
+        Ok(outcome) => ends(outcome.as_ref(), request),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the outcome yet");
+            false
+        }
+    }
 }
 
 async fn latest(ctx: &CallContext, subject: String) -> Result<Option<CallEvent>, CallError> {

@@ -41,7 +41,50 @@ pub fn next_day(now: DateTime<Utc>) -> DateTime<Utc> {
     tomorrow.and_time(chrono::NaiveTime::MIN).and_utc()
 }
 
+/// When the count starts again if `count` attempts today use up the cap; `None` while some
+/// are left.
+pub fn used_up(count: u32, per_day: u32, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    (per_day > 0 && count >= per_day).then(|| next_day(now))
+}
+
+fn key(phone: &PhoneNumber, now: DateTime<Utc>) -> String {
+    format!("{}.{}", phone.digits(), now.format("%Y%m%d"))
+}
+
+fn count_of(entry: Option<&kv::Entry>) -> (u32, Option<u64>) {
+    match entry {
+        Some(e) if e.operation == kv::Operation::Put => (
+            std::str::from_utf8(&e.value)
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0),
+            Some(e.revision),
+        ),
+        Some(e) => (0, Some(e.revision)),
+        None => (0, None),
+    }
+}
+
 impl FrequencyCap {
+    /// Looks without counting: the instant the next day's count starts when today's is used
+    /// up, else `None`.
+    pub async fn peek(
+        &self,
+        phone: &PhoneNumber,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, CapError> {
+        if self.per_day == 0 {
+            return Ok(None);
+        }
+        let key = key(phone, now);
+        let entry = self
+            .bucket
+            .entry(key.as_str())
+            .await
+            .map_err(|e| CapError::Kv(key.clone(), e.into()))?;
+        Ok(used_up(count_of(entry.as_ref()).0, self.per_day, now))
+    }
+
     /// Counts one attempt to `phone` at `now`: `None` when counted (place it), or the instant
     /// the next day's count starts when today's is used up.
     pub async fn take(
@@ -52,7 +95,7 @@ impl FrequencyCap {
         if self.per_day == 0 {
             return Ok(None);
         }
-        let key = format!("{}.{}", phone.digits(), now.format("%Y%m%d"));
+        let key = key(phone, now);
         let kv_error = |e: async_nats::Error| CapError::Kv(key.clone(), e);
         for _ in 0..MAX_ROUNDS {
             let entry = self
@@ -60,19 +103,9 @@ impl FrequencyCap {
                 .entry(key.as_str())
                 .await
                 .map_err(|e| kv_error(e.into()))?;
-            let (count, revision) = match &entry {
-                Some(e) if e.operation == kv::Operation::Put => (
-                    std::str::from_utf8(&e.value)
-                        .ok()
-                        .and_then(|v| v.parse::<u32>().ok())
-                        .unwrap_or(0),
-                    Some(e.revision),
-                ),
-                Some(e) => (0, Some(e.revision)),
-                None => (0, None),
-            };
-            if count >= self.per_day {
-                return Ok(Some(next_day(now)));
+            let (count, revision) = count_of(entry.as_ref());
+            if let Some(next) = used_up(count, self.per_day, now) {
+                return Ok(Some(next));
             }
             let value = (count + 1).to_string();
             let written = match revision {

@@ -21,6 +21,7 @@
 //!   only the call.
 //! - [`window`] puts off an attempt whose callee is outside the campaign's calling window.
 
+mod admission;
 pub mod call;
 pub mod carrier;
 pub mod dialing;
@@ -102,8 +103,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
     let (outcomes, router) = outcomes::Outcomes::subscribe(&client).await?;
     // One shared context: every call task holds it, and cloning its JetStream handles (each
     // bucket carries its stream's whole info) for every call cost more than the call itself.
+    let campaigns = ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS).await?;
     let ctx = Arc::new(CallContext {
         outcomes,
+        campaigns: campaigns.clone(),
         js: js.clone(),
         events,
         active_calls: ccm_core::nats::bucket(&js, names::KV_ACTIVE_CALLS).await?,
@@ -127,7 +130,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
     let trunk = Arc::new(Trunk::new(
         usize::try_from(config.dialer.max_calls).unwrap_or(usize::MAX),
     ));
-    let campaigns = ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS).await?;
     // The router outlives the calls, which may wait for outcomes through the grace period;
     // it is stopped once they are all done.
     let router_stop = CancellationToken::new();
@@ -293,12 +295,7 @@ impl Supervisor<'_> {
             mode: mode.unwrap_or(Mode::Dial),
             info: CampaignInfo {
                 name: campaign.name.as_str().into(),
-                window: ccm_core::window::Schedule::of(&campaign).map(|schedule| {
-                    Arc::new(window::Window {
-                        schedule,
-                        campaign_zone: campaign.time_zone.clone(),
-                    })
-                }),
+                window: window::Window::of(&campaign),
                 max_calls_per_second: campaign.max_calls_per_second,
             },
             max_call_duration: campaign

@@ -19,8 +19,10 @@
 //! call hands its dial message back instead of waiting for an outcome it could never see.
 //! A reconnect does not end the subscription: the client subscribes again on the new
 //! connection and the same stream of messages continues, so waiters keep waiting. An outcome
-//! published while the connection was down is not delivered, as it was not to a per-call
-//! subscription; its call then ends by its deadline, like any call whose outcome never came.
+//! published while the connection was down is not delivered, though it is stored in
+//! `CALL_EVENTS`: so the router announces each reconnect ([`Outcomes::reconnects`]), and a
+//! waiting call then reads its outcome from the stream (and also every so often, for a
+//! disconnection too short to be noticed), rather than holding its slot until its deadline.
 //!
 //! The client buffers up to 65,536 messages of a subscription (async-nats' default) and
 //! drops what is past that. The router does no I/O and takes a lock only for a map look-up,
@@ -35,20 +37,26 @@ use std::{
 use async_nats::{Client, Subscriber};
 use ccm_core::{CallEvent, CallId, subjects};
 use futures::StreamExt;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 /// The registry of waiting calls, shared by every call task of the dialer (cloning shares it).
 #[derive(Clone)]
 pub struct Outcomes {
     state: Arc<Mutex<State>>,
+    /// Counts the reconnects seen by the router.
+    reconnects: Arc<watch::Sender<u64>>,
 }
+
+/// How often the router looks at the connection, to notice a reconnect.
+const CONNECTION_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Reads the dialer's outcome subscription and wakes the registered waiters.
 #[derive(Debug)]
 pub struct Router {
     outcomes: Outcomes,
     subscriber: Subscriber,
+    client: Client,
 }
 
 /// Waits for one attempt's outcome; dropping it unregisters it, whatever the exit path.
@@ -106,10 +114,12 @@ impl Outcomes {
         client.flush().await.map_err(StartError::Flush)?;
         let outcomes = Self {
             state: Arc::default(),
+            reconnects: Arc::new(watch::Sender::new(0)),
         };
         let router = Router {
             outcomes: outcomes.clone(),
             subscriber,
+            client: client.clone(),
         };
         Ok((outcomes, router))
     }
@@ -138,6 +148,12 @@ impl Outcomes {
             woken,
             result: None,
         }
+    }
+
+    /// Changes on every reconnect of the dialer's connection: outcomes published while it was
+    /// down were not delivered and must be read from the stream.
+    pub fn reconnects(&self) -> watch::Receiver<u64> {
+        self.reconnects.subscribe()
     }
 
     /// How many waiters are registered.
@@ -209,9 +225,21 @@ impl Router {
     /// Delivers outcomes until `stop` is cancelled or the subscription ends, then wakes every
     /// waiter with [`Closed`]. Dropping the subscriber at the end unsubscribes.
     pub async fn run(mut self, stop: CancellationToken) {
+        use async_nats::connection::State as Connection;
+        let mut poll = tokio::time::interval(CONNECTION_POLL);
+        let mut was_connected = true;
         loop {
             let message = tokio::select! {
                 () = stop.cancelled() => break,
+                _ = poll.tick() => {
+                    let connected = self.client.connection_state() == Connection::Connected;
+                    if connected && !was_connected {
+                        tracing::info!("reconnected; waiting calls look for missed outcomes");
+                        self.outcomes.reconnects.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                    was_connected = connected;
+                    continue;
+                }
                 next = self.subscriber.next() => match next {
                     Some(message) => message,
                     None => {

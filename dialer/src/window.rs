@@ -25,6 +25,18 @@ pub struct Window {
     pub campaign_zone: Option<String>,
 }
 
+impl Window {
+    /// The campaign's window, when it has one.
+    pub fn of(campaign: &ccm_core::Campaign) -> Option<std::sync::Arc<Self>> {
+        Schedule::of(campaign).map(|schedule| {
+            std::sync::Arc::new(Self {
+                schedule,
+                campaign_zone: campaign.time_zone.clone(),
+            })
+        })
+    }
+}
+
 /// Why the window could not be checked or the attempt not put off (the message is handed
 /// back and tried again).
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +75,9 @@ pub async fn opens_at(
         .filter(|opens| *opens > now))
 }
 
-/// Parks the attempt in `RETRIES` until `due` (its window opens, or the daily attempt cap of
-/// its number resets); the caller then acknowledges the message.
+/// Parks the attempt in `RETRIES` until `due` (its window opens, the daily attempt cap of its
+/// number resets, or at once when its campaign is held); the caller then acknowledges the
+/// message.
 pub async fn defer(
     ctx: &CallContext,
     request: &DialRequest,
@@ -89,6 +102,6 @@ pub async fn defer(
         .await
         .map_err(WindowError::Publish)?;
     tracing::info!(call = %request.call_id, attempt = request.attempt, %due,
-        "not callable now (calling window or daily cap); put off");
+        "not callable now (campaign held, calling window or daily cap); put off");
     Ok(())
 }

@@ -1,8 +1,11 @@
 //! The dialer's carrier adapters against carrier-sim over HTTP, and its metrics, probes and
-//! outcome router against a real NATS server; the carrier's ids recorded by a placement.
+//! outcome router against a real NATS server; the carrier's ids recorded by a placement; the
+//! check made again right before a paced call is placed; an outcome missed while disconnected.
 
 mod adapters;
 mod concurrent_deliveries;
+mod lost_outcome;
 mod metrics;
 mod outcomes;
 mod placements;
+mod recheck;
