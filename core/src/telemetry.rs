@@ -61,10 +61,19 @@ fn install(service: &str, config: &LogConfig, endpoint: Option<Endpoint>) {
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("ccm")));
     let registry = tracing_subscriber::registry().with(filter).with(layer);
+    // Logs go to stderr: stdout is the commands' output (`ccm-projector provision` and
+    // `ccm-retrier dlq --json` print JSON there), which a warning must never corrupt.
     let result = match config.format {
-        LogFormat::Text => registry.with(fmt::layer().with_target(true)).try_init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_target(true).with_writer(std::io::stderr))
+            .try_init(),
         LogFormat::Json => registry
-            .with(fmt::layer().json().with_current_span(false))
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_current_span(false)
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
     if result.is_err() {

@@ -15,7 +15,9 @@ async fn cli(env: &TestEnv, args: &[&str]) -> Output {
     command
         .args(args)
         .env("CCM_NATS_URL", &env.nats_url)
-        .env("CCM_LOG__FILTER", "warn");
+        .env("CCM_LOG__FILTER", "warn")
+        // Warned about; the warning must stay out of stdout, which is the command's output.
+        .env("CCM_NOT_A_SETTING", "x");
     tokio::time::timeout(std::time::Duration::from_secs(20), command.output())
         .await
         .expect("the command ends in time")
@@ -28,7 +30,12 @@ fn json(output: &Output) -> serde_json::Value {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_json::from_slice(&output.stdout).expect("JSON output")
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "JSON output: {e}: {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,11 +161,13 @@ async fn ccm_log_format_json_writes_log_lines_as_json() {
         .expect("the command ends in time")
         .expect("the command runs");
     assert!(output.status.success());
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let warning = stdout
+    // Logs go to stderr; stdout is the command's JSON and nothing else.
+    let _: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warning = stderr
         .lines()
         .find(|l| l.contains("CCM_NO_SUCH_SETTING"))
-        .unwrap_or_else(|| panic!("the warning is logged: {stdout}"));
+        .unwrap_or_else(|| panic!("the warning is logged: {stderr}"));
     let line: serde_json::Value = serde_json::from_str(warning).expect("a JSON log line");
     assert_eq!(line["level"], "WARN");
     assert_eq!(line["fields"]["var"], "CCM_NO_SUCH_SETTING");

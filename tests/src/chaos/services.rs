@@ -241,7 +241,7 @@ impl Services {
             .env("CCM_STREAMS__REPLICAS", s.replicas.to_string())
             .env("CCM_LOG__FILTER", "warn")
             .stdin(Stdio::null())
-            // The services log to stdout.
+            // The services log to stderr; both go to the log file.
             .stdout(log_file(self.logs.path(), service.binary())?)
             .stderr(log_file(self.logs.path(), service.binary())?);
         let child = command.spawn().map_err(|source| HarnessError::Spawn {
