@@ -470,6 +470,19 @@ mod tests {
         }
     }
 
+    /// An advisory that stopped being redelivered would strand its call: the dial message
+    /// sits in `CALLS` undelivered, never terminal, its number claimed. The advisories'
+    /// consumer retries for ever (with a growing delay, see the retrier).
+    #[test]
+    fn the_advisories_consumer_never_gives_up() {
+        let def = CONSUMERS
+            .iter()
+            .find(|d| d.path.ends_with("retrier_advisories.json"))
+            .expect("defined");
+        let config: pull::Config = parse(def).expect("parses");
+        assert_eq!(config.max_deliver, -1, "{}", def.path);
+    }
+
     #[test]
     fn settings_apply_retention_and_replicas() {
         let settings = StreamSettings {

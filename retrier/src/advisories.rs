@@ -121,12 +121,21 @@ pub async fn handle(ctx: &Shared, message: Message) {
             let _ = message.ack().await;
         }
         Err(e) => {
-            tracing::warn!(error = %e, ?advisory, "dead-lettering failed; retrying");
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
-                .await;
+            let delivered = message.info().map_or(1, |info| info.delivered);
+            let delay = retry_delay(delivered);
+            tracing::warn!(error = ?e, ?advisory, delivered, ?delay,
+                "dead-lettering failed; retrying");
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
         }
     }
+}
+
+/// How long a failed advisory waits before its next try: 2 s doubling to a minute. The
+/// consumer never gives up (`max_deliver: -1`), because an advisory dropped would leave its
+/// call stranded; the growing delay keeps a long DLQ outage cheap.
+pub(crate) fn retry_delay(delivered: i64) -> Duration {
+    let doublings = u32::try_from(delivered.saturating_sub(1).clamp(0, 5)).unwrap_or(5);
+    Duration::from_secs(2u64 << doublings).min(Duration::from_secs(60))
 }
 
 /// The stream as a metric label: the known streams by name, anything else as `other`, so a
@@ -280,6 +289,14 @@ async fn park(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failing_advisory_waits_longer_each_time_up_to_a_minute() {
+        let delays: Vec<u64> = (0..12).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [2, 2, 4, 8, 16, 32, 60, 60, 60, 60, 60, 60]);
+        assert_eq!(retry_delay(i64::MAX), Duration::from_secs(60));
+        assert_eq!(retry_delay(-5), Duration::from_secs(2));
+    }
 
     fn advisory(stream: &str, consumer: &str) -> MaxDeliveries {
         MaxDeliveries {
