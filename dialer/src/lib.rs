@@ -307,6 +307,14 @@ impl Supervisor<'_> {
             .workers
             .get(&id)
             .is_none_or(|k| k.settings.borrow().cap != settings.cap);
+        // A pause stops the pulls first: the consumer's change below takes a round trip, and
+        // a call queued meanwhile must not be pulled for a campaign already paused.
+        if mode.is_none()
+            && let Some(stop) = self.workers.get_mut(&id).and_then(|k| k.stop.take())
+        {
+            tracing::info!(%id, "campaign paused; stop pulling");
+            stop.cancel();
+        }
         // The consumer follows the cap even while paused, so calls queue against the right
         // limit the moment the campaign resumes.
         if cap_changed || (mode.is_some() && !running) {
@@ -324,10 +332,6 @@ impl Supervisor<'_> {
         ccm_core::metrics::gauge!("ccm_dialer_concurrency_cap", "campaign" => id.to_string())
             .set(f64::from(campaign.max_concurrent_calls));
         if mode.is_none() {
-            if let Some(stop) = known.stop.take() {
-                tracing::info!(%id, "campaign paused; stop pulling");
-                stop.cancel();
-            }
             return Ok(());
         }
         if running {

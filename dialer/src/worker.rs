@@ -205,6 +205,8 @@ async fn pull(
         // this pull until it expires; those few messages come back after AckWait, which is
         // better than dialling a paused campaign or NAKing them into `max_deliver`.
         let next = tokio::select! {
+            // Biased: a message that arrives together with the pause is not taken.
+            biased;
             _ = stop.cancelled() => break,
             next = messages.next() => next,
         };
