@@ -88,31 +88,56 @@ impl From<String> for SecretUrl {
     }
 }
 
+/// One URL split where credentials can hide: `scheme://userinfo@host/path?query`. The one
+/// parser behind [`redact_url`] and the NATS connection's credential split.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct UrlParts<'a> {
+    pub scheme: Option<&'a str>,
+    pub userinfo: Option<&'a str>,
+    /// Host and port.
+    pub host: &'a str,
+    /// Path, query and fragment, from the first `/`, `?` or `#` on.
+    pub tail: &'a str,
+}
+
+impl<'a> UrlParts<'a> {
+    pub(crate) fn of(url: &'a str) -> Self {
+        let (scheme, rest) = match url.split_once("://") {
+            Some((scheme, rest)) => (Some(scheme), rest),
+            None => (None, url),
+        };
+        let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+        let (userinfo, host) = match authority.rsplit_once('@') {
+            Some((userinfo, host)) => (Some(userinfo), host),
+            None => (None, authority),
+        };
+        Self {
+            scheme,
+            userinfo,
+            host,
+            tail,
+        }
+    }
+
+    /// The URL again, with `userinfo` in place of the user information.
+    pub(crate) fn with_userinfo(&self, userinfo: Option<&str>, tail: &str) -> String {
+        let scheme = self.scheme.map(|s| format!("{s}://")).unwrap_or_default();
+        let userinfo = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+        format!("{scheme}{userinfo}{}{tail}", self.host)
+    }
+}
+
 /// `url` (or a comma-separated list of them, as NATS takes) with every user information part
 /// and query replaced by `***`.
 pub fn redact_url(url: &str) -> String {
     url.split(',')
         .map(|one| {
-            let (scheme, rest) = match one.split_once("://") {
-                Some((scheme, rest)) => (Some(scheme), rest),
-                None => (None, one),
-            };
-            let (authority, tail) = match rest.find(['/', '?', '#']) {
-                Some(at) => rest.split_at(at),
-                None => (rest, ""),
-            };
-            let authority = match authority.rsplit_once('@') {
-                Some((_, host)) => format!("***@{host}"),
-                None => authority.to_owned(),
-            };
-            let tail = match tail.split_once('?') {
+            let parts = UrlParts::of(one);
+            let tail = match parts.tail.split_once('?') {
                 Some((path, _)) => format!("{path}?***"),
-                None => tail.to_owned(),
+                None => parts.tail.to_owned(),
             };
-            match scheme {
-                Some(scheme) => format!("{scheme}://{authority}{tail}"),
-                None => format!("{authority}{tail}"),
-            }
+            parts.with_userinfo(parts.userinfo.map(|_| "***"), &tail)
         })
         .collect::<Vec<_>>()
         .join(",")

@@ -85,12 +85,8 @@ fn split_credentials(urls: &str) -> (String, Option<Credentials>) {
         .split(',')
         .map(|one| {
             let one = one.trim();
-            let Some((scheme, rest)) = one.split_once("://") else {
-                return one.to_owned();
-            };
-            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            let (authority, tail) = rest.split_at(end);
-            let Some((userinfo, host)) = authority.rsplit_once('@') else {
+            let parts = crate::config::UrlParts::of(one);
+            let (Some(_), Some(userinfo)) = (parts.scheme, parts.userinfo) else {
                 return one.to_owned();
             };
             if found.is_none() {
@@ -101,7 +97,7 @@ fn split_credentials(urls: &str) -> (String, Option<Credentials>) {
                     None => Credentials::Token(decode(userinfo)),
                 });
             }
-            format!("{scheme}://{host}{tail}")
+            parts.with_userinfo(None, parts.tail)
         })
         .collect::<Vec<_>>()
         .join(",");
