@@ -77,6 +77,18 @@ impl Item {
         }
     }
 
+    /// The fact this message counts in the counters (`total_call_time`, daily metrics,
+    /// concurrency): `(call, attempt, kind)`. A fact is counted once however many messages
+    /// state it (`store::counted` keeps the first); `None` for messages that count nothing.
+    pub fn counted_fact(&self) -> Option<(Uuid, i32, &'static str)> {
+        let (call, _, attempt, kind, _) = self.event_columns()?;
+        matches!(
+            kind,
+            "queued" | "dialing" | "outcome" | "retrying" | "dead_lettered"
+        )
+        .then_some((call, attempt, kind))
+    }
+
     /// The payload as published (`None` for a campaign document, stored parsed instead).
     pub fn payload(&self) -> Option<&str> {
         match self {
@@ -385,12 +397,13 @@ pub struct Fold {
 }
 
 impl Fold {
-    /// Adds one message that was new in `call_events`.
-    pub fn add(&mut self, item: &Item) {
-        let (row, campaign, at) = match item {
+    /// Adds one message that was new in `call_events`; `counts` when it is the first message
+    /// of its [`Item::counted_fact`] (a repeat only merges its state, which is idempotent).
+    pub fn add(&mut self, item: &Item, counts: bool) {
+        let (mut row, campaign, at) = match item {
             Item::Queued { request, .. } => {
                 let row = CallRow::queued(request);
-                if request.attempt == 1 {
+                if counts && request.attempt == 1 {
                     self.counters(request.queued_at, row.campaign_id).initiated += 1;
                 }
                 (row, request.campaign_id.as_i64(), request.queued_at)
@@ -402,6 +415,9 @@ impl Fold {
             ),
             Item::Campaign { .. } | Item::Contact { .. } | Item::DeadLetter { .. } => return,
         };
+        if !counts {
+            row.total_call_time = 0;
+        }
         *self
             .statuses
             .entry((campaign, row.status.as_str()))
@@ -410,7 +426,9 @@ impl Fold {
             event, resolves, ..
         } = item
         {
-            self.count_event(event, campaign, at);
+            if counts {
+                self.count_event(event, campaign, at);
+            }
             // A redrive records the next attempt as `Retrying`, a discard ends the call
             // `Failed` (`ccm_core::dlq`).
             let state = match event.kind {

@@ -4,7 +4,8 @@
 //!    DO NOTHING RETURNING seq`: what comes back is what this transaction recorded first.
 //! 2. Only those new messages are folded per call in memory ([`crate::fold`]), and the folded
 //!    rows are merged into `calls` with one upsert whose `SET` applies the same join rules
-//!    against the stored row. Counters therefore count each message once.
+//!    against the stored row. Counters therefore count each message once, and each fact
+//!    (call, attempt, kind) once however many messages state it ([`counted`]).
 //! 3. The daily counters and per-second concurrency are added with one upsert each.
 //! 4. Dead letters and operators' actions on them go to `dead_letters` ([`dead_letters`]).
 //!
@@ -21,6 +22,7 @@ use uuid::Uuid;
 
 use crate::fold::{CallRow, Fold, Item};
 
+mod counted;
 pub mod dead_letters;
 
 /// What a batch did.
@@ -83,12 +85,15 @@ pub async fn write(
         insert_contact(contact, conn).await?;
     }
     let new = record_events(stream, &events, conn).await?;
-    let mut fold = Fold::default();
-    for item in events
+    let fresh: Vec<&Item> = events
         .iter()
         .filter(|item| new.contains(&to_i64(item.seq())))
-    {
-        fold.add(item);
+        .copied()
+        .collect();
+    let counts = counted::record(&fresh, conn).await?;
+    let mut fold = Fold::default();
+    for item in &fresh {
+        fold.add(item, counts.contains(&to_i64(item.seq())));
     }
     upsert_calls(fold.calls.values(), conn).await?;
     add_daily(&fold.daily, conn).await?;

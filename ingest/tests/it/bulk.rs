@@ -228,3 +228,46 @@ async fn added_numbers_are_mirrored_into_the_read_model() {
     assert_eq!(rows, ["+1555000001", "+1555000002"]);
     api.stop().await;
 }
+
+/// Every refused number is listed (the old API listed ten: a client with more failures could
+/// not tell which numbers to retry), and each accepted id is paired with its number in
+/// `calls`, beside the old `call_ids`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_lists_every_failure_and_pairs_each_call_id_with_its_number() {
+    let env = TestEnv::start().await.expect("env");
+    let api = Api::start(&env).await;
+    let campaign = api.campaign("bulk pairs").await;
+    let live: Vec<String> = (1..=13).map(|n| format!("+1888100{n:03}")).collect();
+    let (status, body) = api
+        .post(BULK, json!({"campaign_id": campaign, "phone_numbers": live}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    let fresh = ["+1888200001", "+1888200002"];
+    let mut numbers = vec![fresh[0].to_owned()];
+    numbers.extend(live.iter().cloned());
+    numbers.push(fresh[1].to_owned());
+    let (status, body) = api
+        .post(
+            BULK,
+            json!({"campaign_id": campaign, "phone_numbers": numbers}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["failed"], 13);
+    assert_eq!(body["failed_count"], 13);
+    let failed: Vec<&str> = body["failed_numbers"]
+        .as_array()
+        .expect("failed_numbers")
+        .iter()
+        .map(|f| f["phone_number"].as_str().expect("number"))
+        .collect();
+    assert_eq!(failed, live, "every failure, in input order");
+    let ids = body["call_ids"].as_array().expect("call_ids");
+    let pairs = body["calls"].as_array().expect("calls");
+    assert_eq!(pairs.len(), ids.len());
+    for ((pair, id), phone) in pairs.iter().zip(ids).zip(fresh) {
+        assert_eq!(pair, &json!({"call_id": id, "phone_number": phone}));
+    }
+    api.stop().await;
+}

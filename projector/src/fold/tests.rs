@@ -93,7 +93,7 @@ fn life(call: CallId) -> Vec<Item> {
 fn fold_all(items: &[Item]) -> CallRow {
     let mut fold = Fold::default();
     for item in items {
-        fold.add(item);
+        fold.add(item, true);
     }
     fold.calls.into_values().next().expect("one call")
 }
@@ -145,7 +145,7 @@ fn any_order_and_any_grouping_gives_the_same_row() {
 fn metrics_count_each_event_once_by_kind() {
     let mut fold = Fold::default();
     for item in life(CallId::new()) {
-        fold.add(&item);
+        fold.add(&item, true);
     }
     let counters = fold
         .daily

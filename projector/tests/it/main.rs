@@ -2,6 +2,7 @@
 
 mod crash;
 mod dead_letters;
+mod duplicates;
 mod free_text;
 mod outage;
 mod poison;
