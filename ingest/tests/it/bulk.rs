@@ -239,7 +239,10 @@ async fn bulk_lists_every_failure_and_pairs_each_call_id_with_its_number() {
     let campaign = api.campaign("bulk pairs").await;
     let live: Vec<String> = (1..=13).map(|n| format!("+1888100{n:03}")).collect();
     let (status, body) = api
-        .post(BULK, json!({"campaign_id": campaign, "phone_numbers": live}))
+        .post(
+            BULK,
+            json!({"campaign_id": campaign, "phone_numbers": live}),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
 

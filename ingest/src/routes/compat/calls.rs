@@ -16,8 +16,6 @@ use crate::{
     contacts,
 };
 
-/// How many failed numbers a bulk answer lists, as the old API did.
-const FAILED_LISTED: usize = 10;
 /// How many invalid numbers a bulk 400 names.
 const INVALID_NAMED: usize = 5;
 
@@ -93,7 +91,7 @@ pub async fn initiate(
     responses(
         (status = 429, description = "Over the token's rate limit (`rate_limited`); see `Retry-After`", body = crate::openapi::Problem,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 201, description = "success, batch_id, counts, call_ids, queue_info, failed_numbers", body = Object),
+        (status = 201, description = "success, batch_id, counts, call_ids, calls (each call_id with its phone_number), queue_info, failed_numbers (every failure)", body = Object),
         (status = 400, description = "Missing campaign_id, no numbers, or invalid numbers (up to 5 named)", body = crate::openapi::CompatError),
         (status = 404, description = "Campaign not found or inactive", body = crate::openapi::CompatError),
     ))]
@@ -143,10 +141,16 @@ pub async fn bulk(
     let results = accept::accept_many(&state, &campaign, phones.clone()).await;
 
     let mut call_ids = Vec::new();
+    // Each accepted id with its number: `call_ids` alone cannot say which number got which id
+    // once some numbers failed.
+    let mut calls = Vec::new();
     let mut failed = Vec::new();
     for (phone, result) in phones.iter().zip(results) {
         match result {
-            Ok(request) => call_ids.push(request.call_id),
+            Ok(request) => {
+                call_ids.push(request.call_id);
+                calls.push(json!({"call_id": request.call_id, "phone_number": phone}));
+            }
             Err(AcceptError::DoNotCall(list)) => {
                 failed.push(json!({"phone_number": phone, "reason": list.refusal(phone)}));
             }
@@ -178,6 +182,7 @@ pub async fn bulk(
         "queued_for_later": queued,
         "failed": failed.len(),
         "call_ids": call_ids,
+        "calls": calls,
         "queue_info": {
             "available_slots": available_slots,
             "immediate_processed": immediate,
@@ -188,9 +193,10 @@ pub async fn bulk(
             ),
         },
     });
+    // Every failure is listed (the old API listed ten, so a client could not tell which of the
+    // others to retry); old clients read the same field with the same items.
     if !failed.is_empty() {
         answer["failed_count"] = json!(failed.len());
-        failed.truncate(FAILED_LISTED);
         answer["failed_numbers"] = Value::Array(failed);
     }
     Ok((StatusCode::CREATED, axum::Json(answer)))
