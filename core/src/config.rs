@@ -12,6 +12,7 @@ use std::{
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
@@ -189,8 +190,21 @@ pub struct StreamSettings {
     pub max_age_days: u32,
     /// How long dead letters are kept.
     pub dlq_max_age_days: u32,
+    /// When set, how long dial messages and events are kept, in seconds, instead of
+    /// `max_age_days` (tests make retention seconds long).
+    pub max_age_secs: Option<u64>,
     /// Replicas of every stream (3 on a 3-node cluster).
     pub replicas: usize,
+}
+
+impl StreamSettings {
+    /// The retention of `CALLS` and `CALL_EVENTS` (zero: unlimited).
+    pub fn calls_max_age(&self) -> Duration {
+        self.max_age_secs.map_or_else(
+            || Duration::from_secs(86_400 * u64::from(self.max_age_days)),
+            Duration::from_secs,
+        )
+    }
 }
 
 impl Default for StreamSettings {
@@ -198,6 +212,7 @@ impl Default for StreamSettings {
         Self {
             max_age_days: 7,
             dlq_max_age_days: 30,
+            max_age_secs: None,
             replicas: 1,
         }
     }
@@ -555,6 +570,12 @@ pub struct RetrierConfig {
     /// Where `/metrics`, `/healthz` and `/readyz` are served; none by default (see
     /// `projector.metrics_listen`).
     pub metrics_listen: Option<SocketAddr>,
+    /// The longest an attempt may wait in `CALLS` undialled before it ends `EXPIRED` (six days,
+    /// below the seven of `CALLS`' retention). With one sweep interval it must stay below that
+    /// retention, or a call could age out unseen: [`Config::validate`] refuses it.
+    pub max_queue_age_secs: u64,
+    /// How often the expiry sweep runs.
+    pub expiry_sweep_ms: u64,
 }
 
 impl Default for RetrierConfig {
@@ -562,6 +583,8 @@ impl Default for RetrierConfig {
         Self {
             policy_file: PathBuf::from("config/retry.yaml"),
             metrics_listen: None,
+            max_queue_age_secs: 6 * 86_400,
+            expiry_sweep_ms: 60_000,
         }
     }
 }
@@ -642,6 +665,8 @@ pub enum ConfigError {
         var: String,
         source: serde_yaml_ng::Error,
     },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
 }
 
 /// A loaded configuration and the environment variables that named no setting.
@@ -655,6 +680,30 @@ impl Config {
     /// Loads defaults, then `file` (when given), then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Loaded, ConfigError> {
         Self::load_from(file, std::env::vars())
+    }
+
+    /// Rules between settings. A queued call must be expired (one sweep after its maximum
+    /// queue age at worst) before `CALLS` retention drops its message.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let retention = self.streams.calls_max_age();
+        let queue = Duration::from_secs(self.retrier.max_queue_age_secs);
+        let sweep = Duration::from_millis(self.retrier.expiry_sweep_ms);
+        if self.retrier.max_queue_age_secs == 0 || self.retrier.expiry_sweep_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "retrier.max_queue_age_secs and retrier.expiry_sweep_ms must be above zero".into(),
+            ));
+        }
+        if !retention.is_zero() && queue + sweep >= retention {
+            return Err(ConfigError::Invalid(format!(
+                "retrier.max_queue_age_secs ({}s) plus one expiry sweep ({}ms) must be below the \
+                 retention of CALLS ({}s, streams.max_age_days or streams.max_age_secs): a queued \
+                 call would age out without a terminal state",
+                queue.as_secs(),
+                sweep.as_millis(),
+                retention.as_secs()
+            )));
+        }
+        Ok(())
     }
 
     /// As [`Config::load`], with the environment given explicitly (for tests).
@@ -688,6 +737,7 @@ impl Config {
             })
             .collect();
         if overrides.is_empty() {
+            config.validate()?;
             return Ok(Loaded {
                 config,
                 unknown_env,
@@ -712,6 +762,7 @@ impl Config {
                     source,
                 })?;
         }
+        config.validate()?;
         Ok(Loaded {
             config,
             unknown_env,

@@ -153,6 +153,9 @@ pub enum EventKind {
     Cancelled { reason: String },
     /// Terminal: technical failures exhausted redelivery; the message is in the DLQ.
     DeadLettered { reason: String },
+    /// Terminal: the attempt waited in `CALLS` longer than the maximum queue age and was
+    /// ended before retention could drop it (`reason` says how long it waited and the limit).
+    Expired { reason: String },
 }
 
 impl EventKind {
@@ -166,6 +169,7 @@ impl EventKind {
             Self::Failed { .. } => "failed",
             Self::Cancelled { .. } => "cancelled",
             Self::DeadLettered { .. } => "dead_lettered",
+            Self::Expired { .. } => "expired",
         }
     }
 
@@ -179,6 +183,7 @@ impl EventKind {
             Self::Failed { .. } => CallStatus::Failed,
             Self::Cancelled { .. } => CallStatus::Cancelled,
             Self::DeadLettered { .. } => CallStatus::DeadLettered,
+            Self::Expired { .. } => CallStatus::Expired,
         }
     }
 
@@ -247,7 +252,8 @@ pub fn phase_rank(status: CallStatus) -> u8 {
         CallStatus::Failed
         | CallStatus::Completed
         | CallStatus::Cancelled
-        | CallStatus::DeadLettered => TERMINAL_RANK,
+        | CallStatus::DeadLettered
+        | CallStatus::Expired => TERMINAL_RANK,
     }
 }
 

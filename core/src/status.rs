@@ -30,11 +30,14 @@ pub enum CallStatus {
     Cancelled,
     /// Terminal: technical failures exhausted `max_deliver`; the message is in the DLQ.
     DeadLettered,
+    /// Terminal: queued longer than the maximum queue age (`retrier.max_queue_age_secs`),
+    /// ended before `CALLS` retention could drop its message.
+    Expired,
 }
 
 impl CallStatus {
     /// All statuses, for iteration in metrics and filters.
-    pub const ALL: [CallStatus; 11] = [
+    pub const ALL: [CallStatus; 12] = [
         Self::Initiated,
         Self::Queued,
         Self::Processing,
@@ -46,6 +49,7 @@ impl CallStatus {
         Self::Completed,
         Self::Cancelled,
         Self::DeadLettered,
+        Self::Expired,
     ];
 
     /// The wire spelling.
@@ -62,6 +66,7 @@ impl CallStatus {
             Self::Completed => "COMPLETED",
             Self::Cancelled => "CANCELLED",
             Self::DeadLettered => "DEAD_LETTERED",
+            Self::Expired => "EXPIRED",
         }
     }
 }

@@ -168,7 +168,12 @@ impl Topology {
             config.num_replicas = settings.replicas;
             match config.name.as_str() {
                 names::CALLS | names::CALL_EVENTS => {
-                    config.max_age = day * settings.max_age_days;
+                    config.max_age = settings.calls_max_age();
+                    // The server refuses a duplicate window longer than the retention (only a
+                    // test's seconds-long retention comes near it).
+                    if !config.max_age.is_zero() {
+                        config.duplicate_window = config.duplicate_window.min(config.max_age);
+                    }
                 }
                 names::DLQ => config.max_age = day * settings.dlq_max_age_days,
                 _ => {}
@@ -488,6 +493,7 @@ mod tests {
         let settings = StreamSettings {
             max_age_days: 2,
             dlq_max_age_days: 9,
+            max_age_secs: None,
             replicas: 3,
         };
         let topology = Topology::load(&settings).expect("loads");

@@ -300,7 +300,8 @@ impl CallRow {
             }
             EventKind::Failed { reason: why }
             | EventKind::Cancelled { reason: why }
-            | EventKind::DeadLettered { reason: why } => reason = Some(why.clone()),
+            | EventKind::DeadLettered { reason: why }
+            | EventKind::Expired { reason: why } => reason = Some(why.clone()),
             EventKind::Completed => {}
         }
         if reason.is_some() {
@@ -474,7 +475,10 @@ impl Fold {
             }
             EventKind::Retrying { .. } => self.counters(at, campaign).retries += 1,
             EventKind::DeadLettered { .. } => self.counters(at, campaign).dlq_entries += 1,
-            EventKind::Completed | EventKind::Failed { .. } | EventKind::Cancelled { .. } => {}
+            EventKind::Completed
+            | EventKind::Failed { .. }
+            | EventKind::Cancelled { .. }
+            | EventKind::Expired { .. } => {}
         }
     }
 

@@ -15,11 +15,15 @@
 //! - `retrier_advisories` (`ADVISORIES`): [`advisories`] moves messages that exhausted
 //!   `max_deliver` into `DLQ`.
 //!
+//! Beside them, [`expiry`] ends `EXPIRED` every attempt left undialled in `CALLS` longer than
+//! `retrier.max_queue_age_secs`, before the stream's retention could drop it.
+//!
 //! [`dlq`] also holds the operator's actions (list, show, redrive, discard) that the
 //! `ccm-retrier dlq` subcommands run.
 
 pub mod advisories;
 pub mod dlq;
+pub mod expiry;
 pub mod history;
 pub mod outcome;
 pub mod retries;
@@ -50,6 +54,8 @@ pub enum RetrierError {
     Task(#[source] tokio::task::JoinError),
     #[error(transparent)]
     Start(#[from] ccm_core::service::StartError),
+    #[error(transparent)]
+    Config(#[from] ccm_core::config::ConfigError),
 }
 
 /// What the retrier's handlers share.
@@ -89,6 +95,7 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 /// Runs the retrier until `shutdown` is cancelled. A bad policy file stops it at start.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RetrierError> {
+    config.validate()?;
     let policy = RetryPolicy::load(&config.retrier.policy_file)?;
     let Started { client, js, .. } =
         ccm_core::service::start("retrier", &config, config.retrier.metrics_listen, &shutdown)
@@ -124,6 +131,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Retr
     });
     let (c, s) = (ctx.clone(), shutdown.clone());
     tasks.spawn(retries::run(c, s));
+    let (c, s) = (ctx.clone(), shutdown.clone());
+    let (max_age, every) = (
+        Duration::from_secs(config.retrier.max_queue_age_secs),
+        Duration::from_millis(config.retrier.expiry_sweep_ms),
+    );
+    tasks.spawn(async move {
+        expiry::run(c, max_age, every, s).await;
+        Ok(())
+    });
     tracing::info!(policy = %config.retrier.policy_file.display(), "retrier running");
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {

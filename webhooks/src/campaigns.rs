@@ -41,6 +41,8 @@ struct Totals {
     failed: i64,
     cancelled: i64,
     dead_lettered: i64,
+    /// Ended `EXPIRED`: queued past the maximum queue age.
+    expired: i64,
     #[serde(skip)]
     open: i64,
     #[serde(skip)]
@@ -172,6 +174,7 @@ async fn totals(
              count(*) FILTER (WHERE status = 'FAILED' AND NOT ({open})) AS failed,
              count(*) FILTER (WHERE status = 'CANCELLED') AS cancelled,
              count(*) FILTER (WHERE status = 'DEAD_LETTERED') AS dead_lettered,
+             count(*) FILTER (WHERE status = 'EXPIRED') AS expired,
              count(*) FILTER (WHERE {open}) AS open,
              count(*) FILTER (WHERE call_id = ANY($2) AND NOT ({open})) AS seen
          FROM calls WHERE campaign_id = $1"

@@ -33,6 +33,8 @@ impl Bucket {
             (CallStatus::Completed, _) => Bucket::Completed,
             (CallStatus::Cancelled, _) => Bucket::Cancelled,
             (CallStatus::DeadLettered, _) => Bucket::DeadLettered,
+            // Ended without being placed: a failure as far as the progress bar goes.
+            (CallStatus::Expired, _) => Bucket::Failed,
             (CallStatus::Failed, 5..) => Bucket::Failed,
             (CallStatus::Retrying, _) => Bucket::Retrying,
             (_, 0..=1) => Bucket::Queued,

@@ -197,3 +197,36 @@ fn custom_fields_come_from_the_dial_request_or_the_dialing_event_in_any_order() 
         .collect();
     assert_eq!(fold_all(&later).custom_fields, None);
 }
+
+#[test]
+fn an_expired_call_ends_expired_with_its_reason() {
+    let mut items = life(CallId::new());
+    // Queued, then expired instead of dialled.
+    items.truncate(1);
+    let Item::Queued { request, .. } = &items[0] else {
+        panic!("queued first");
+    };
+    let expired = CallEvent {
+        call_id: request.call_id,
+        campaign_id: request.campaign_id,
+        attempt: 1,
+        at: at(5),
+        kind: EventKind::Expired {
+            reason: "queued 7s without being dialled".into(),
+        },
+    };
+    items.push(Item::Event {
+        seq: 9,
+        event: expired,
+        payload: String::new(),
+        resolves: None,
+    });
+    let row = fold_all(&items);
+    assert_eq!(row.status, CallStatus::Expired);
+    assert_eq!(row.status.as_str(), "EXPIRED");
+    assert_eq!(
+        row.error_message.as_deref(),
+        Some("queued 7s without being dialled")
+    );
+    assert!(row.phase_rank >= 5, "terminal: the campaign can finish");
+}

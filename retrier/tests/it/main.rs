@@ -2,6 +2,7 @@
 
 mod cli;
 mod dead_letters;
+mod expiry;
 mod history;
 mod metrics;
 mod outcomes;

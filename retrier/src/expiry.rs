@@ -1,0 +1,223 @@
+//! No call vanishes by age: an attempt left waiting in `CALLS` (a draft, paused, not yet
+//! started or slowly paced campaign) longer than `retrier.max_queue_age_secs` ends `EXPIRED`,
+//! with its reason, before the stream's retention (`streams.max_age_*`, checked to be longer at
+//! config load) could drop its message unseen.
+//!
+//! A sweep reads `CALLS` by sequence from its first message up to the first one stored after
+//! the cut-off (now - max queue age), at most [`PER_ROUND`] messages a round, resuming where
+//! the last round stopped. Each old dial message is judged by [`verdict`] and, when it still
+//! waits, gets an `Expired` event (published expecting the call's last event sequence read, so
+//! a dialer's `Dialing` that lands first wins) and the number's claim is released. The dial
+//! message stays: a dialer that reaches it later finds the call ended and acks it.
+//!
+//! Several replicas may sweep at once: the event's `Nats-Msg-Id` and the expected sequence make
+//! the second publish a no-op, and the release only deletes a claim this call still holds.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use async_nats::{
+    HeaderMap,
+    jetstream::stream::{DirectGetErrorKind, Stream},
+};
+use ccm_core::{
+    CallEvent, CampaignId, DialRequest, EventKind, metrics::counter, subjects, topology::names,
+};
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::Shared;
+
+/// Dial messages read per round at most: bounded work whatever the backlog.
+pub(crate) const PER_ROUND: u64 = 1000;
+
+/// Why a round stopped early (the next round resumes at the same message).
+#[derive(Debug, thiserror::Error)]
+pub enum ExpiryError {
+    #[error("cannot read {0}")]
+    Read(&'static str, #[source] async_nats::Error),
+    #[error(transparent)]
+    Publish(#[from] ccm_core::nats::NatsError),
+    #[error(transparent)]
+    Release(#[from] crate::outcome::OutcomeError),
+}
+
+/// What to do with an old dial message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Still waiting: end the call `EXPIRED`.
+    Expire,
+    /// Delivered to a dialer, dialled, or ended: not waiting.
+    Leave,
+}
+
+/// Judges dial message `seq` of `attempt`: `delivered` is the stream sequence its campaign's
+/// dial consumer last delivered (`None`: no consumer), `latest` the call's latest lifecycle
+/// event. Only a message its consumer never delivered is surely still waiting: a delivered one
+/// is in a dialer's hands, acked, or NAKed back with a bounded delay (and dead-lettered after
+/// `max_deliver`). The event catches a call already dialled or ended meanwhile.
+pub fn verdict(
+    seq: u64,
+    attempt: u32,
+    delivered: Option<u64>,
+    latest: Option<&CallEvent>,
+) -> Verdict {
+    if delivered.is_some_and(|d| seq <= d) {
+        return Verdict::Leave;
+    }
+    match latest {
+        Some(e) if e.kind.is_terminal() || e.attempt >= attempt => Verdict::Leave,
+        _ => Verdict::Expire,
+    }
+}
+
+/// The reason recorded on the event.
+pub fn reason(waited: chrono::TimeDelta, max_queue_age: Duration) -> String {
+    format!(
+        "queued {}s without being dialled, over the maximum queue age of {}s",
+        waited.num_seconds(),
+        max_queue_age.as_secs()
+    )
+}
+
+/// Sweeps every `every` until `shutdown`.
+pub async fn run(
+    ctx: Arc<Shared>,
+    max_queue_age: Duration,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut next = 0_u64;
+    loop {
+        match round(&ctx, max_queue_age, next).await {
+            Ok(resume) => next = resume,
+            Err(e) => tracing::warn!(error = %e, "expiry sweep stopped early; next round resumes"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// One round from sequence `next`; returns where the next round resumes.
+pub async fn round(ctx: &Shared, max_queue_age: Duration, next: u64) -> Result<u64, ExpiryError> {
+    let mut calls = ctx
+        .js
+        .get_stream(names::CALLS)
+        .await
+        .map_err(|e| ExpiryError::Read(names::CALLS, e.into()))?;
+    let state = calls
+        .info()
+        .await
+        .map_err(|e| ExpiryError::Read(names::CALLS, e.into()))?
+        .state
+        .clone();
+    let now = Utc::now();
+    let cutoff = now - chrono::TimeDelta::from_std(max_queue_age).unwrap_or(chrono::TimeDelta::MAX);
+    let mut seq = next.max(state.first_sequence);
+    let end = seq.saturating_add(PER_ROUND);
+    let mut delivered: HashMap<CampaignId, Option<u64>> = HashMap::new();
+    while seq <= state.last_sequence && seq < end {
+        let message = match calls.get_raw_message(seq).await {
+            Ok(message) => message,
+            // Deleted (dead-lettered) or already gone: nothing waits there.
+            Err(e) if e.to_string().contains("no message found") => {
+                seq += 1;
+                continue;
+            }
+            Err(e) => return Err(ExpiryError::Read(names::CALLS, e.into())),
+        };
+        let stored =
+            DateTime::<Utc>::from_timestamp(message.time.unix_timestamp(), 0).unwrap_or(now);
+        if stored > cutoff {
+            break;
+        }
+        if let Ok(request) = serde_json::from_slice::<DialRequest>(&message.payload) {
+            let campaign = request.campaign_id;
+            let delivered = match delivered.get(&campaign) {
+                Some(d) => *d,
+                None => {
+                    let d = delivered_seq(&mut calls, campaign).await?;
+                    delivered.insert(campaign, d);
+                    d
+                }
+            };
+            expire_if_waiting(ctx, &request, seq, delivered, now - stored, max_queue_age).await?;
+        }
+        seq += 1;
+    }
+    Ok(seq)
+}
+
+/// The stream sequence the campaign's dial consumer last delivered; `None` without one.
+async fn delivered_seq(
+    calls: &mut Stream,
+    campaign: CampaignId,
+) -> Result<Option<u64>, ExpiryError> {
+    match calls.consumer_info(subjects::dial_consumer(campaign)).await {
+        Ok(info) => Ok(Some(info.delivered.stream_sequence)),
+        Err(e) if e.to_string().contains("consumer not found") => Ok(None),
+        Err(e) => Err(ExpiryError::Read("a dial consumer", e.into())),
+    }
+}
+
+async fn expire_if_waiting(
+    ctx: &Shared,
+    request: &DialRequest,
+    seq: u64,
+    delivered: Option<u64>,
+    waited: chrono::TimeDelta,
+    max_queue_age: Duration,
+) -> Result<(), ExpiryError> {
+    let subject = subjects::event(request.campaign_id, request.call_id);
+    let latest = match ctx
+        .events
+        .direct_get_last_for_subject(subject.clone())
+        .await
+    {
+        Ok(m) => Some((
+            m.sequence,
+            serde_json::from_slice::<CallEvent>(&m.payload).ok(),
+        )),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => None,
+        Err(e) => return Err(ExpiryError::Read(names::CALL_EVENTS, e.into())),
+    };
+    let event = latest.as_ref().and_then(|(_, e)| e.as_ref());
+    if verdict(seq, request.attempt, delivered, event) == Verdict::Leave {
+        return Ok(());
+    }
+    let expired = CallEvent {
+        call_id: request.call_id,
+        campaign_id: request.campaign_id,
+        attempt: request.attempt,
+        at: Utc::now(),
+        kind: EventKind::Expired {
+            reason: reason(waited, max_queue_age),
+        },
+    };
+    // Only if nothing happened to the call since it was read: a Dialing that lands first wins.
+    let mut headers = HeaderMap::new();
+    let last = latest.map_or(0, |(s, _)| s);
+    headers.insert(
+        async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+        last.to_string().as_str(),
+    );
+    ccm_core::nats::publish_json(
+        &ctx.js,
+        expired.subject(),
+        &expired.msg_id(),
+        Some(headers),
+        &expired,
+    )
+    .await?;
+    counter!("ccm_retrier_expired_total").increment(1);
+    tracing::info!(call = %request.call_id, attempt = request.attempt, "queued too long; expired");
+    crate::outcome::release(
+        &ctx.active_calls,
+        request.campaign_id,
+        &request.phone_number,
+        request.call_id,
+    )
+    .await?;
+    Ok(())
+}
