@@ -5,23 +5,18 @@
 //!
 //! A sweep reads `CALLS` by sequence from its first message up to the first one stored after
 //! the cut-off (now - max queue age), at most [`PER_ROUND`] messages a round, resuming where
-//! the last round stopped. Each old dial message is judged by [`verdict`] and, when it still
-//! waits, gets an `Expired` event (published expecting the call's last event sequence read, so
+//! the last round stopped. Each old dial message is judged by [`verdict`] (from the call's
+//! latest lifecycle event, one direct get) and, when its attempt still waits, gets an `Expired` event (published expecting the call's last event sequence read, so
 //! a dialer's `Dialing` that lands first wins) and the number's claim is released. The dial
 //! message stays: a dialer that reaches it later finds the call ended and acks it.
 //!
 //! Several replicas may sweep at once: the event's `Nats-Msg-Id` and the expected sequence make
 //! the second publish a no-op, and the release only deletes a claim this call still holds.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use async_nats::{
-    HeaderMap,
-    jetstream::stream::{DirectGetErrorKind, Stream},
-};
-use ccm_core::{
-    CallEvent, CampaignId, DialRequest, EventKind, metrics::counter, subjects, topology::names,
-};
+use async_nats::{HeaderMap, jetstream::stream::DirectGetErrorKind};
+use ccm_core::{CallEvent, DialRequest, EventKind, metrics::counter, subjects, topology::names};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
@@ -50,20 +45,13 @@ pub enum Verdict {
     Leave,
 }
 
-/// Judges dial message `seq` of `attempt`: `delivered` is the stream sequence its campaign's
-/// dial consumer last delivered (`None`: no consumer), `latest` the call's latest lifecycle
-/// event. Only a message its consumer never delivered is surely still waiting: a delivered one
-/// is in a dialer's hands, acked, or NAKed back with a bounded delay (and dead-lettered after
-/// `max_deliver`). The event catches a call already dialled or ended meanwhile.
-pub fn verdict(
-    seq: u64,
-    attempt: u32,
-    delivered: Option<u64>,
-    latest: Option<&CallEvent>,
-) -> Verdict {
-    if delivered.is_some_and(|d| seq <= d) {
-        return Verdict::Leave;
-    }
+/// Judges an old dial message of `attempt` by the call's latest lifecycle event `latest`: the
+/// attempt still waits unless the call ended or has an event of this attempt or a later one
+/// (`Dialing` or after). Whether the dial consumer delivered the message does not matter: a
+/// message taken as the campaign paused is left un-acked and is not redelivered while it stays
+/// paused, and one put off (held campaign, calling window, daily cap) came back as a newer
+/// message of an attempt that has been waiting, undialled, since this one was stored.
+pub fn verdict(attempt: u32, latest: Option<&CallEvent>) -> Verdict {
     match latest {
         Some(e) if e.kind.is_terminal() || e.attempt >= attempt => Verdict::Leave,
         _ => Verdict::Expire,
@@ -90,7 +78,7 @@ pub async fn run(
     loop {
         match round(&ctx, max_queue_age, next).await {
             Ok(resume) => next = resume,
-            Err(e) => tracing::warn!(error = %e, "expiry sweep stopped early; next round resumes"),
+            Err(e) => tracing::warn!(error = ?e, "expiry sweep stopped early; next round resumes"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -114,9 +102,8 @@ pub async fn round(ctx: &Shared, max_queue_age: Duration, next: u64) -> Result<u
         .clone();
     let now = Utc::now();
     let cutoff = now - chrono::TimeDelta::from_std(max_queue_age).unwrap_or(chrono::TimeDelta::MAX);
-    let mut seq = next.max(state.first_sequence);
+    let mut seq = next.max(state.first_sequence).max(1);
     let end = seq.saturating_add(PER_ROUND);
-    let mut delivered: HashMap<CampaignId, Option<u64>> = HashMap::new();
     while seq <= state.last_sequence && seq < end {
         let message = match calls.get_raw_message(seq).await {
             Ok(message) => message,
@@ -133,39 +120,16 @@ pub async fn round(ctx: &Shared, max_queue_age: Duration, next: u64) -> Result<u
             break;
         }
         if let Ok(request) = serde_json::from_slice::<DialRequest>(&message.payload) {
-            let campaign = request.campaign_id;
-            let delivered = match delivered.get(&campaign) {
-                Some(d) => *d,
-                None => {
-                    let d = delivered_seq(&mut calls, campaign).await?;
-                    delivered.insert(campaign, d);
-                    d
-                }
-            };
-            expire_if_waiting(ctx, &request, seq, delivered, now - stored, max_queue_age).await?;
+            expire_if_waiting(ctx, &request, now - stored, max_queue_age).await?;
         }
         seq += 1;
     }
     Ok(seq)
 }
 
-/// The stream sequence the campaign's dial consumer last delivered; `None` without one.
-async fn delivered_seq(
-    calls: &mut Stream,
-    campaign: CampaignId,
-) -> Result<Option<u64>, ExpiryError> {
-    match calls.consumer_info(subjects::dial_consumer(campaign)).await {
-        Ok(info) => Ok(Some(info.delivered.stream_sequence)),
-        Err(e) if e.to_string().contains("consumer not found") => Ok(None),
-        Err(e) => Err(ExpiryError::Read("a dial consumer", e.into())),
-    }
-}
-
 async fn expire_if_waiting(
     ctx: &Shared,
     request: &DialRequest,
-    seq: u64,
-    delivered: Option<u64>,
     waited: chrono::TimeDelta,
     max_queue_age: Duration,
 ) -> Result<(), ExpiryError> {
@@ -183,7 +147,7 @@ async fn expire_if_waiting(
         Err(e) => return Err(ExpiryError::Read(names::CALL_EVENTS, e.into())),
     };
     let event = latest.as_ref().and_then(|(_, e)| e.as_ref());
-    if verdict(seq, request.attempt, delivered, event) == Verdict::Leave {
+    if verdict(request.attempt, event) == Verdict::Leave {
         return Ok(());
     }
     let expired = CallEvent {

@@ -9,6 +9,7 @@ mod chaos;
 mod custom_fields;
 mod dashboard;
 mod do_not_call;
+mod expiry;
 mod frequency_cap;
 mod lifecycle;
 mod pacing;
