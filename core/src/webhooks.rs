@@ -14,6 +14,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "retrying",
     "cancelled",
     "dead_lettered",
+    "expired",
     "campaign.completed",
 ];
 

@@ -37,7 +37,7 @@ const MAX_DESCRIPTION_CHARS: usize = 500;
 pub struct NewWebhook {
     /// http or https; private and loopback addresses are refused unless allowed in config.
     pub url: String,
-    /// Event types (`completed`, `failed`, `retrying`, `cancelled`, `dead_lettered`);
+    /// Event types (`completed`, `failed`, `retrying`, `cancelled`, `dead_lettered`, `expired`);
     /// absent means all.
     pub events: Option<Vec<String>>,
     /// Only events of these campaigns; empty or absent means every campaign.
