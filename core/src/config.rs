@@ -770,6 +770,40 @@ mod tests {
         assert!(!loaded.config.provision);
     }
 
+    /// `config/ccm.example.yaml` is the commented reference operators copy: it must load, hold
+    /// exactly the defaults, and name every setting (a setting added without it fails here).
+    #[test]
+    fn the_example_configuration_names_every_setting_with_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/ccm.example.yaml");
+        let loaded = Config::load_from(Some(&path), env(&[])).expect("the example loads");
+        assert_eq!(loaded.config, Config::default(), "the example's values are the defaults");
+
+        let text = std::fs::read_to_string(&path).expect("reads");
+        let example: Value = serde_yaml_ng::from_str(&text).expect("yaml");
+        let defaults = serde_yaml_ng::to_value(Config::default()).expect("serialises");
+        let mut missing = Vec::new();
+        key_paths(&defaults, "", &mut |key| {
+            if lookup(&example, key).is_none() {
+                missing.push(key.to_owned());
+            }
+        });
+        assert!(missing.is_empty(), "settings missing from the example: {missing:?}");
+    }
+
+    fn key_paths(value: &Value, prefix: &str, found: &mut impl FnMut(&str)) {
+        if let Value::Mapping(map) = value {
+            for (key, child) in map {
+                let key = format!("{prefix}{}", key.as_str().unwrap_or_default());
+                found(&key);
+                key_paths(child, &format!("{key}."), found);
+            }
+        }
+    }
+
+    fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+        path.split('.').try_fold(value, |value, key| value.get(key))
+    }
+
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()

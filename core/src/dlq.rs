@@ -61,7 +61,7 @@ pub enum Replay {
     /// later message of that consumer, which the projector applies idempotently.
     Reset,
     /// The consumer does not apply a message twice harmlessly (a second retry decision, a
-    /// second webhook): no automatic replay; the operator follows the README's procedure.
+    /// second webhook): no automatic replay; the operator follows the procedure in `docs/retries.md`.
     Manual,
 }
 
@@ -123,7 +123,7 @@ pub enum DlqError {
     NotACall(u64),
     #[error(
         "record #{seq} is {stream} #{source_seq} parked by consumer {consumer}, which cannot \
-         apply a message twice harmlessly: replay it by hand (see the README), then discard \
+         apply a message twice harmlessly: replay it by hand (see `docs/retries.md`), then discard \
          the record"
     )]
     ReplayByHand {

@@ -14,7 +14,7 @@
 //! series count stays bounded. The one open-ended label is `campaign`: it is bounded by the
 //! number of campaigns an operator creates (tens to thousands), not by traffic.
 //!
-//! Every metric (the README's "Metrics" section has the same table):
+//! Every metric (`docs/operations.md`'s "Metrics" section has the same table):
 //!
 //! | name | type | labels | what |
 //! |---|---|---|---|
