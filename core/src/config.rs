@@ -776,7 +776,11 @@ mod tests {
     fn the_example_configuration_names_every_setting_with_its_default() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/ccm.example.yaml");
         let loaded = Config::load_from(Some(&path), env(&[])).expect("the example loads");
-        assert_eq!(loaded.config, Config::default(), "the example's values are the defaults");
+        assert_eq!(
+            loaded.config,
+            Config::default(),
+            "the example's values are the defaults"
+        );
 
         let text = std::fs::read_to_string(&path).expect("reads");
         let example: Value = serde_yaml_ng::from_str(&text).expect("yaml");
@@ -787,7 +791,10 @@ mod tests {
                 missing.push(key.to_owned());
             }
         });
-        assert!(missing.is_empty(), "settings missing from the example: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "settings missing from the example: {missing:?}"
+        );
     }
 
     fn key_paths(value: &Value, prefix: &str, found: &mut impl FnMut(&str)) {

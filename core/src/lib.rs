@@ -30,6 +30,7 @@
 
 pub mod campaign;
 pub mod config;
+pub mod contacts;
 pub mod dlq;
 pub mod dnc;
 pub mod events;

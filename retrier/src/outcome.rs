@@ -36,7 +36,7 @@ pub enum OutcomeError {
     #[error("cannot release the number's claim")]
     Release(#[source] async_nats::Error),
     #[error(transparent)]
-    Contact(#[from] crate::window::ContactError),
+    Contact(#[from] ccm_core::contacts::ContactReadError),
 }
 
 /// Handles one outcome message and acknowledges it.
