@@ -38,6 +38,7 @@ pub mod ids;
 pub mod inspect;
 pub mod lifecycle;
 pub mod metrics;
+pub mod mirror;
 pub mod nats;
 pub mod phone;
 pub mod placements;

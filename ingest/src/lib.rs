@@ -249,7 +249,7 @@ pub async fn serve_state(
         state
             .campaign_cache
             .clone()
-            .follow(state.campaigns.clone(), watch_stop.clone()),
+            .follow(state.js.clone(), watch_stop.clone()),
     );
     let dnc_watch = tokio::spawn(
         state
