@@ -3,7 +3,7 @@
 //! A contact is one number of a campaign, kept under `<campaign>.<digits>` (written by ingest,
 //! mirrored into `phone_numbers` by the projector). The dialer and the retrier read it for the
 //! callee's time zone, and must find the same zone, or a retry scheduled at a window's opening
-//! would be put off again at dial time: both go through [`callee_zone`].
+//! would be put off again at dial time: both go through [`callee_zones`].
 
 use async_nats::jetstream::kv;
 use chrono_tz::Tz;
@@ -44,18 +44,18 @@ pub async fn get(
     }
 }
 
-/// The zone a call to `phone` in `campaign` is timed in: the contact's own zone, else the
-/// number's region's when it has one, else the campaign's (`campaign_zone`), else UTC
-/// ([`crate::window::callee_zone`]).
-pub async fn callee_zone(
+/// The zones a call to `phone` in `campaign` is timed in (never empty): the contact's own
+/// zone, else the number's prefix's, else its region's, else the campaign's (`campaign_zone`),
+/// else UTC ([`crate::window::callee_zones`]).
+pub async fn callee_zones(
     contacts: &kv::Store,
     campaign: CampaignId,
     campaign_zone: Option<&str>,
     phone: &PhoneNumber,
-) -> Result<Tz, ContactReadError> {
+) -> Result<Vec<Tz>, ContactReadError> {
     let contact = get(contacts, campaign, phone).await?;
     let own = contact.and_then(|c| c.time_zone);
-    Ok(crate::window::callee_zone(
+    Ok(crate::window::callee_zones(
         own.as_deref(),
         phone,
         campaign_zone,

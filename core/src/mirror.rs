@@ -214,7 +214,10 @@ impl<V> Mirror<V> {
     }
 
     fn building(&self) -> std::sync::MutexGuard<'_, Option<HashMap<String, Held<V>>>> {
-        self.inner.building.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .building
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn observe(&self, entries: &HashMap<String, Held<V>>) {
@@ -228,7 +231,10 @@ impl<V> Mirror<V> {
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Held<V>>> {
-        self.inner.entries.write().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -8,7 +8,7 @@
 //! stays `QUEUED` (it is waiting), and its next `Dialing` is of the same attempt. First
 //! attempts and retries pass through here alike, so retries honour the window too.
 //!
-//! The callee's zone ([`ccm_core::contacts::callee_zone`], shared with the retrier) needs the
+//! The callee's zone ([`ccm_core::contacts::callee_zones`], shared with the retrier) needs the
 //! contact's own zone, read from the `contacts` bucket only for campaigns that have a window.
 
 use async_nats::jetstream::Message;
@@ -55,7 +55,7 @@ pub async fn opens_at(
     request: &DialRequest,
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, WindowError> {
-    let zone = ccm_core::contacts::callee_zone(
+    let zones = ccm_core::contacts::callee_zones(
         &ctx.contacts,
         request.campaign_id,
         window.campaign_zone.as_deref(),
@@ -65,7 +65,7 @@ pub async fn opens_at(
     .map_err(WindowError::Contact)?;
     Ok(window
         .schedule
-        .next_open(zone, now)
+        .next_open_in_all(&zones, now)
         .filter(|opens| *opens > now))
 }
 

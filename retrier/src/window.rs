@@ -4,7 +4,7 @@
 //! the window would wait in any case. Moving its time to the window's opening here makes the
 //! `RETRIES` entry and the `Retrying` event (its `next_retry_at`, which operators and webhook
 //! receivers read) say when the attempt will really be placed. The callee's zone is found by
-//! the dialer's rule ([`ccm_core::contacts::callee_zone`]), so both agree on the opening.
+//! the dialer's rule ([`ccm_core::contacts::callee_zones`]), so both agree on the opening.
 
 use async_nats::jetstream::kv;
 use ccm_core::{Campaign, PhoneNumber, window::Schedule};
@@ -22,12 +22,12 @@ pub async fn retry_time(
     let Some((campaign, schedule)) = campaign.and_then(|c| Schedule::of(c).map(|s| (c, s))) else {
         return Ok(at);
     };
-    let zone = ccm_core::contacts::callee_zone(
+    let zones = ccm_core::contacts::callee_zones(
         contacts,
         campaign.id,
         campaign.time_zone.as_deref(),
         phone,
     )
     .await?;
-    Ok(schedule.next_open(zone, at).unwrap_or(at))
+    Ok(schedule.next_open_in_all(&zones, at).unwrap_or(at))
 }

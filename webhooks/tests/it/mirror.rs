@@ -50,7 +50,10 @@ async fn the_subscription_mirror_follows_the_bucket_across_a_nats_restart() {
         .await
         .expect("follow");
     put(&store, "before").await;
-    assert!(seen(&subs, "before").await, "a subscription made while following");
+    assert!(
+        seen(&subs, "before").await,
+        "a subscription made while following"
+    );
 
     let nats = env.local_nats.as_mut().expect("local nats");
     tokio::task::block_in_place(|| {
