@@ -181,6 +181,41 @@ impl Default for Config {
     }
 }
 
+/// An API token as configured: the token itself (a string, as before roles existed: an
+/// `admin` token), or an entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TokenConfig {
+    Plain(Secret),
+    Entry(TokenEntry),
+}
+
+impl From<Secret> for TokenConfig {
+    fn from(token: Secret) -> Self {
+        Self::Plain(token)
+    }
+}
+
+/// A token with its role: `{sha256: <hex>, role: viewer, name: grafana, expires_at: …}`.
+/// Exactly one of `token` and `sha256` is given; `sha256` (the hex SHA-256 of the token)
+/// keeps the token itself out of the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub role: crate::access::Role,
+    /// Who holds it, for logs (never the token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// After this instant the token is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// Retention of the streams; applied on top of the definitions in `nats/` when provisioning.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -208,8 +243,10 @@ impl Default for StreamSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
     pub listen: SocketAddr,
-    /// Accepted API tokens (`X-Auth-Token` or `Authorization: Bearer`).
-    pub auth_tokens: Vec<Secret>,
+    /// Accepted API tokens (`X-Auth-Token` or `Authorization: Bearer`): a bare string is an
+    /// `admin` token; an entry gives a role, a name, an expiry, and the token or only its
+    /// SHA-256 ([`TokenConfig`]).
+    pub auth_tokens: Vec<TokenConfig>,
     pub phone_validation: PhoneRule,
     /// Concurrency cap of a campaign created without one.
     pub default_max_concurrent_calls: u32,
@@ -840,7 +877,7 @@ mod tests {
         assert_eq!(loaded.config.ingest.default_max_attempts, 7);
         assert_eq!(
             loaded.config.ingest.auth_tokens,
-            vec![Secret::new("a"), Secret::new("b")]
+            vec![Secret::new("a").into(), Secret::new("b").into()]
         );
         assert_eq!(loaded.config.projector, ProjectorConfig::default());
         assert_eq!(loaded.unknown_env, vec!["CCM_TEST_BACKEND".to_owned()]);
@@ -906,10 +943,37 @@ mod tests {
     }
 
     #[test]
+    fn a_token_is_a_string_or_an_entry_with_a_role() {
+        let yaml = "ingest:\n  auth_tokens:\n    - plain-token\n    - {sha256: 5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8, role: viewer, name: grafana}\n    - {token: carrier-token, role: carrier, expires_at: 2027-01-01T00:00:00Z}\n";
+        let mut file = tempfile::NamedTempFile::new().expect("file");
+        file.write_all(yaml.as_bytes()).expect("write");
+        let loaded = Config::load_from(Some(file.path()), env(&[])).expect("loads");
+        let tokens = &loaded.config.ingest.auth_tokens;
+        assert_eq!(tokens[0], TokenConfig::Plain(Secret::new("plain-token")));
+        let TokenConfig::Entry(viewer) = &tokens[1] else {
+            panic!("an entry: {:?}", tokens[1]);
+        };
+        assert_eq!(viewer.role, crate::access::Role::Viewer);
+        assert_eq!(viewer.name.as_deref(), Some("grafana"));
+        let TokenConfig::Entry(carrier) = &tokens[2] else {
+            panic!("an entry: {:?}", tokens[2]);
+        };
+        assert_eq!(carrier.role, crate::access::Role::Carrier);
+        assert!(carrier.expires_at.is_some());
+        let bad = "ingest:\n  auth_tokens:\n    - {token: t, role: superuser}\n";
+        let mut file = tempfile::NamedTempFile::new().expect("file");
+        file.write_all(bad.as_bytes()).expect("write");
+        assert!(
+            Config::load_from(Some(file.path()), env(&[])).is_err(),
+            "an unknown role"
+        );
+    }
+
+    #[test]
     fn secrets_are_not_printed() {
         let config = Config {
             ingest: IngestConfig {
-                auth_tokens: vec![Secret::new("hunter2")],
+                auth_tokens: vec![Secret::new("hunter2").into()],
                 ..Default::default()
             },
             ..Default::default()

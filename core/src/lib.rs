@@ -28,6 +28,7 @@
 //!
 //! Services never depend on each other; whatever two of them must agree on lives here.
 
+pub mod access;
 pub mod campaign;
 pub mod config;
 pub mod contacts;

@@ -177,7 +177,7 @@ impl TestEnv {
             ..Config::default()
         };
         config.ingest.listen = ([127, 0, 0, 1], 0).into();
-        config.ingest.auth_tokens = vec![Secret::new(TEST_TOKEN)];
+        config.ingest.auth_tokens = vec![Secret::new(TEST_TOKEN).into()];
         config.dialer.max_call_duration_secs = 30;
         // Tests poll list routes in loops and send bulks back to back; the per-token limit of
         // the expensive routes stays on (so every test passes through it) but far above them.

@@ -24,4 +24,5 @@ mod openapi;
 mod prometheus;
 mod resource_calls;
 mod resource_campaigns;
+mod roles;
 mod security;
