@@ -4,15 +4,14 @@
 //! HEAD, and a few POSTs that change nothing, such as a dashboard ticket), writing (every other
 //! method), or reporting a call's outcome (the old carrier contract's callback). Roles hold:
 //!
-//! | role | read | write | callback |
-//! |---|---|---|---|
-//! | `admin` | yes | yes | yes |
-//! | `operator` | yes | yes | yes |
-//! | `viewer` | yes | no | no |
-//! | `carrier` | no | no | yes |
+//! | role | read | write | callback | admin (tokens) |
+//! |---|---|---|---|---|
+//! | `admin` | yes | yes | yes | yes |
+//! | `operator` | yes | yes | yes | no |
+//! | `viewer` | yes | no | no | no |
+//! | `carrier` | no | no | yes | no |
 //!
-//! `admin` is also the only role that will manage tokens and tenants once the API does; a
-//! token configured as a bare string is `admin`, as every token was before roles existed.
+//! A token configured as a bare string is `admin`, as every token was before roles existed.
 
 use serde::{Deserialize, Serialize};
 
@@ -45,12 +44,28 @@ impl Role {
     /// Whether a token of this role may do what `need` says.
     pub fn allows(self, need: Need) -> bool {
         match (self, need) {
-            (Self::Admin | Self::Operator, _) => true,
+            (Self::Admin, _) => true,
+            (Self::Operator, Need::Admin) => false,
+            (Self::Operator, _) => true,
             (Self::Viewer, Need::Read) => true,
             (Self::Carrier, Need::Callback) => true,
             (Self::Viewer | Self::Carrier, _) => false,
         }
     }
+}
+
+/// A token made through the API, as the `tokens` bucket keeps it: its SHA-256, never itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredToken {
+    /// The key in the bucket (a UUID v7).
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What a request needs.
@@ -59,6 +74,8 @@ pub enum Need {
     Read,
     Write,
     Callback,
+    /// Managing tokens (and, later, tenants).
+    Admin,
 }
 
 impl Need {
@@ -67,6 +84,7 @@ impl Need {
             Self::Read => "read",
             Self::Write => "write",
             Self::Callback => "report call outcomes",
+            Self::Admin => "manage tokens",
         }
     }
 }
@@ -79,13 +97,14 @@ mod tests {
     #[test]
     fn each_role_may_do_exactly_what_the_table_says() {
         let table = [
-            (Role::Admin, [true, true, true]),
-            (Role::Operator, [true, true, true]),
-            (Role::Viewer, [true, false, false]),
-            (Role::Carrier, [false, false, true]),
+            (Role::Admin, [true, true, true, true]),
+            (Role::Operator, [true, true, true, false]),
+            (Role::Viewer, [true, false, false, false]),
+            (Role::Carrier, [false, false, true, false]),
         ];
         for (role, expected) in table {
-            let got = [Need::Read, Need::Write, Need::Callback].map(|need| role.allows(need));
+            let got = [Need::Read, Need::Write, Need::Callback, Need::Admin]
+                .map(|need| role.allows(need));
             assert_eq!(got, expected, "{role:?}");
         }
     }

@@ -53,6 +53,7 @@ pub const STREAMS: &[Definition] = definitions![
     "streams/KV_pacing.json",
     "streams/KV_attempts.json",
     "streams/KV_placements.json",
+    "streams/KV_tokens.json",
 ];
 
 /// Every fixed consumer definition, with its stream (the folder name).
@@ -99,6 +100,8 @@ pub mod names {
     pub const KV_ATTEMPTS: &str = "attempts";
     /// The carrier's call id (base64url) → the attempt it placed, see [`crate::placements`].
     pub const KV_PLACEMENTS: &str = "placements";
+    /// API tokens made through the API: id → [`crate::access::StoredToken`] (never the token).
+    pub const KV_TOKENS: &str = "tokens";
 }
 
 /// What went wrong with the topology.

@@ -11,8 +11,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use ccm_core::{
-    access::{Need, Role},
+    access::{Need, Role, StoredToken},
     config::TokenConfig,
+    mirror::Mirror,
+    topology::names,
 };
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
@@ -30,6 +32,8 @@ pub enum Rule {
     Reads,
     /// A carrier reporting an outcome (the old contract's callback).
     Callback,
+    /// Administration (tokens): every method.
+    Admin,
 }
 
 impl Rule {
@@ -40,6 +44,7 @@ impl Rule {
             Self::ByMethod => Need::Write,
             Self::Reads => Need::Read,
             Self::Callback => Need::Callback,
+            Self::Admin => Need::Admin,
         }
     }
 }
@@ -140,9 +145,12 @@ struct Known {
     expires_at: Option<DateTime<Utc>>,
 }
 
-/// The configured tokens with their [`TokenId`]s and roles.
+/// The configured tokens with their [`TokenId`]s and roles, and those made through the API
+/// (`routes::tokens`), followed in the `tokens` bucket.
 pub struct Tokens {
     known: Vec<Known>,
+    key: [u8; 32],
+    managed: Mirror<StoredToken>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -164,7 +172,16 @@ impl Tokens {
             .enumerate()
             .map(|(index, token)| parse(index, token, key))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { known })
+        Ok(Self {
+            known,
+            key: *key,
+            managed: Mirror::new(names::KV_TOKENS),
+        })
+    }
+
+    /// The tokens made through the API, in memory (a watch on the bucket keeps it current).
+    pub fn managed(&self) -> &Mirror<StoredToken> {
+        &self.managed
     }
 
     /// The identity of `given` if it is one of the configured tokens and has not expired at
@@ -180,34 +197,67 @@ impl Tokens {
         let mut found = 0u8;
         for (index, known) in self.known.iter().enumerate() {
             let this = known.digest.ct_eq(&digest);
-            // At most 256 tokens are told apart; a deployment has a handful.
+            // At most 256 tokens are told apart; a deployment configures a handful.
             found.conditional_assign(&(index as u8), this);
             hit |= this;
         }
-        if !bool::from(hit) {
-            return Err(Refused::Unknown);
-        }
-        let known = &self.known[usize::from(found)];
-        if known.expires_at.is_some_and(|at| at <= now) {
+        let known = if bool::from(hit) {
+            let known = &self.known[usize::from(found)];
+            (known.id, known.role, known.expires_at)
+        } else {
+            let managed = self.find_managed(&digest).ok_or(Refused::Unknown)?;
+            (self.id_of(&digest), managed.role, managed.expires_at)
+        };
+        let (id, role, expires_at) = known;
+        if expires_at.is_some_and(|at| at <= now) {
             return Err(Refused::Expired);
         }
-        Ok(Identity {
-            id: known.id,
-            role: known.role,
-        })
+        Ok(Identity { id, role })
     }
 
-    /// Whether `id` names a token that is still configured and valid at `now` (a ticket of a
-    /// removed or expired token opens nothing).
+    /// The token made through the API whose SHA-256 is `digest`; every one is compared, in
+    /// constant time.
+    fn find_managed(&self, digest: &[u8; 32]) -> Option<std::sync::Arc<StoredToken>> {
+        let mut found = None;
+        for token in self.managed.values() {
+            let stored = decode_hex(&token.sha256).unwrap_or_default();
+            if bool::from(stored.ct_eq(digest)) {
+                found = Some(token);
+            }
+        }
+        found
+    }
+
+    fn id_of(&self, digest: &[u8; 32]) -> TokenId {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length works");
+        mac.update(digest);
+        TokenId(
+            mac.finalize().into_bytes()[..16]
+                .try_into()
+                .expect("32 bytes"),
+        )
+    }
+
+    /// Whether `id` names a token that is still known and valid at `now` (a ticket of a
+    /// removed, revoked or expired token opens nothing).
     pub fn contains(&self, id: TokenId, now: DateTime<Utc>) -> bool {
-        self.known
-            .iter()
-            .any(|k| k.id == id && k.expires_at.is_none_or(|at| at > now))
+        self.lookup(id)
+            .is_some_and(|(_, expires_at)| expires_at.is_none_or(|at| at > now))
     }
 
-    /// The role of the token `id`, if configured.
+    /// The role of the token `id`, if known.
     pub fn role(&self, id: TokenId) -> Option<Role> {
-        self.known.iter().find(|k| k.id == id).map(|k| k.role)
+        self.lookup(id).map(|(role, _)| role)
+    }
+
+    fn lookup(&self, id: TokenId) -> Option<(Role, Option<DateTime<Utc>>)> {
+        if let Some(k) = self.known.iter().find(|k| k.id == id) {
+            return Some((k.role, k.expires_at));
+        }
+        self.managed.values().into_iter().find_map(|t| {
+            let digest = decode_hex(&t.sha256)?;
+            (self.id_of(&digest) == id).then_some((t.role, t.expires_at))
+        })
     }
 }
 
@@ -248,7 +298,8 @@ fn parse(index: usize, token: &TokenConfig, key: &[u8; 32]) -> Result<Known, Tok
     })
 }
 
-fn decode_hex(hex: &str) -> Option<[u8; 32]> {
+/// The 32 bytes written as 64 hexadecimal digits.
+pub(crate) fn decode_hex(hex: &str) -> Option<[u8; 32]> {
     let hex = hex.trim();
     if hex.len() != 64 {
         return None;

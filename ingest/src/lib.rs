@@ -87,6 +87,8 @@ pub struct Shared {
     /// The carrier's call id → the attempt it placed (see [`ccm_core::placements`]), for
     /// the old contract's callback.
     pub placements: kv::Store,
+    /// API tokens made through the API (see [`routes::tokens`]).
+    pub api_tokens: kv::Store,
     /// `webhooks.allow_private_targets`: accept endpoints on private addresses.
     pub allow_private_webhook_targets: bool,
     /// `webhooks.secret_grace_secs`: how long a rotated-out secret keeps signing.
@@ -154,6 +156,7 @@ impl AppState {
             webhooks: ccm_core::nats::bucket(&js, names::KV_WEBHOOKS).await?,
             dnc: ccm_core::nats::bucket(&js, names::KV_DNC).await?,
             placements: ccm_core::nats::bucket(&js, names::KV_PLACEMENTS).await?,
+            api_tokens: ccm_core::nats::bucket(&js, names::KV_TOKENS).await?,
             allow_private_webhook_targets: config.webhooks.allow_private_targets,
             webhook_secret_grace_secs: config.webhooks.secret_grace_secs,
             campaign_cache: campaign_cache::CampaignCache::default(),
@@ -232,6 +235,13 @@ pub async fn serve_state(
             .clone()
             .follow(state.js.clone(), watch_stop.clone()),
     );
+    let tokens_watch = tokio::spawn(
+        state
+            .tokens
+            .managed()
+            .clone()
+            .follow(state.js.clone(), watch_stop.clone()),
+    );
     let dnc_watch = tokio::spawn(
         state
             .dnc_cache
@@ -256,6 +266,7 @@ pub async fn serve_state(
     dashboard.stop();
     let _ = watch.await;
     let _ = dnc_watch.await;
+    let _ = tokens_watch.await;
     let _ = lifecycle.await;
     served?;
     // Every accepted call was acknowledged before its response; draining only flushes

@@ -19,7 +19,7 @@ use axum::{
     Router,
     http::Method,
     middleware,
-    routing::{MethodRouter, get, post, put},
+    routing::{MethodRouter, delete, get, post, put},
 };
 
 use crate::{AppState, auth, dashboard, http_metrics, limits, openapi, routes};
@@ -62,6 +62,13 @@ impl Entry {
     fn reads(mut self) -> Self {
         assert!(matches!(self.access, Access::Token(_)), "{}", self.path);
         self.access = Access::Token(auth::Rule::Reads);
+        self
+    }
+
+    /// Every method of this token route administers (tokens): only an admin token may call it.
+    fn admin(mut self) -> Self {
+        assert!(matches!(self.access, Access::Token(_)), "{}", self.path);
+        self.access = Access::Token(auth::Rule::Admin);
         self
     }
 
@@ -114,7 +121,7 @@ fn own(path: &'static str, credential: &'static str, methods: MethodRouter<AppSt
 pub fn table(metrics_require_token: bool) -> Vec<Entry> {
     use routes::{
         bulk, call_queries, callbacks, calls, campaign_admin, campaigns, compat, contact_import,
-        contacts, dlq, dnc, webhook_deliveries, webhooks,
+        contacts, dlq, dnc, tokens, webhook_deliveries, webhooks,
     };
     let metrics = get(http_metrics::render);
     vec![
@@ -224,6 +231,8 @@ pub fn table(metrics_require_token: bool) -> Vec<Entry> {
             "/api/v1/webhooks/{id}/replay",
             post(webhook_deliveries::replay),
         ),
+        token("/api/v1/tokens", post(tokens::create).get(tokens::list)).admin(),
+        token("/api/v1/tokens/{id}", delete(tokens::revoke)).admin(),
     ]
 }
 

@@ -143,3 +143,127 @@ async fn a_token_given_by_its_hash_works_and_an_expired_one_is_refused() {
     assert_eq!(body["error"]["message"], "Authentication token expired");
     api.stop().await;
 }
+
+/// Tokens made through the API (issue 24 item 3): an admin makes one, it works at once on this
+/// replica and within the watch's latency on another, the bucket never holds it, and once
+/// revoked it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_made_through_the_api_works_everywhere_until_it_is_revoked() {
+    use ccm_tests::{TEST_TOKEN, eventually};
+    use std::time::Duration;
+
+    let env = TestEnv::start().await.expect("env");
+    let mut config = env.config();
+    config.ingest.auth_tokens = vec![
+        Secret::new(TEST_TOKEN).into(),
+        entry(OPERATOR, Role::Operator),
+    ];
+    let one = Api::start_with(&env, config.clone(), false).await;
+    let two = Api::start_with(&env, config, false).await;
+    let send = |api: &Api, method: reqwest::Method, path: &str, token: &str| {
+        api.http
+            .request(method, format!("{}{path}", api.base))
+            .header("X-Auth-Token", token)
+            .header("Content-Type", "application/json")
+    };
+
+    // Only an admin token manages tokens.
+    let refused = send(&one, reqwest::Method::POST, "/api/v1/tokens", OPERATOR)
+        .body(r#"{"name": "grafana", "role": "viewer"}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(refused.status(), 403);
+
+    let created = send(&one, reqwest::Method::POST, "/api/v1/tokens", TEST_TOKEN)
+        .body(r#"{"name": "grafana", "role": "viewer"}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(created.status(), 201);
+    let created: serde_json::Value = created.json().await.expect("json");
+    let token = created["token"]
+        .as_str()
+        .expect("the token, once")
+        .to_owned();
+    let id = created["id"].as_str().expect("id").to_owned();
+
+    let status = |api: &Api, method: reqwest::Method, path: &str| {
+        let request = send(api, method, path, &token).body("{}");
+        async move { request.send().await.expect("request").status().as_u16() }
+    };
+    assert_eq!(
+        status(&one, reqwest::Method::GET, "/api/v1/campaigns").await,
+        200
+    );
+    assert_eq!(
+        status(&one, reqwest::Method::POST, "/api/v1/campaigns").await,
+        403
+    );
+    assert_eq!(
+        status(&one, reqwest::Method::GET, "/api/v1/tokens").await,
+        403
+    );
+    let seen_by_two = eventually(Duration::from_secs(10), || async {
+        (status(&two, reqwest::Method::GET, "/api/v1/campaigns").await == 200).then_some(())
+    })
+    .await;
+    assert!(
+        seen_by_two.is_some(),
+        "the other replica honours the new token"
+    );
+
+    // The bucket holds the token's SHA-256, never the token.
+    let js = env.jetstream().await.expect("js");
+    let bucket = js
+        .get_key_value(ccm_core::topology::names::KV_TOKENS)
+        .await
+        .expect("bucket");
+    let stored = bucket.get(&id).await.expect("get").expect("stored");
+    let stored = String::from_utf8_lossy(&stored);
+    assert!(!stored.contains(&token), "the token itself is not stored");
+    assert!(stored.contains("\"role\":\"viewer\""), "{stored}");
+
+    let list: serde_json::Value = send(&one, reqwest::Method::GET, "/api/v1/tokens", TEST_TOKEN)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list[0]["id"], id.as_str());
+    assert!(list[0].get("token").is_none(), "never shown again: {list}");
+
+    let revoked = send(
+        &one,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/tokens/{id}"),
+        TEST_TOKEN,
+    )
+    .send()
+    .await
+    .expect("request");
+    assert_eq!(revoked.status(), 204);
+    assert_eq!(
+        status(&one, reqwest::Method::GET, "/api/v1/campaigns").await,
+        401,
+        "refused at once by the replica that revoked it"
+    );
+    let refused_by_two = eventually(Duration::from_secs(10), || async {
+        (status(&two, reqwest::Method::GET, "/api/v1/campaigns").await == 401).then_some(())
+    })
+    .await;
+    assert!(refused_by_two.is_some(), "the other replica refuses it too");
+    let again = send(
+        &one,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/tokens/{id}"),
+        TEST_TOKEN,
+    )
+    .send()
+    .await
+    .expect("request");
+    assert_eq!(again.status(), 404);
+    one.stop().await;
+    two.stop().await;
+}
