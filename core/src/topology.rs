@@ -43,6 +43,7 @@ pub const STREAMS: &[Definition] = definitions![
     "streams/RETRIES.json",
     "streams/DLQ.json",
     "streams/ADVISORIES.json",
+    "streams/AUDIT.json",
     "streams/KV_campaigns.json",
     "streams/KV_active_calls.json",
     "streams/KV_counters.json",
@@ -82,6 +83,8 @@ pub mod names {
     pub const RETRIES: &str = "RETRIES";
     pub const DLQ: &str = "DLQ";
     pub const ADVISORIES: &str = "ADVISORIES";
+    /// The API's audit log (`audit.<role>`), written by ingest.
+    pub const AUDIT: &str = "AUDIT";
     /// KV bucket names (their streams are `KV_<bucket>`).
     pub const KV_CAMPAIGNS: &str = "campaigns";
     pub const KV_ACTIVE_CALLS: &str = "active_calls";

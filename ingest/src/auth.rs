@@ -37,6 +37,12 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// Whether a request with `method` may change something (and so is audited): GET and
+    /// HEAD never do, nor a route that only reads.
+    pub fn changes(self, method: &Method) -> bool {
+        self != Self::Reads && method != Method::GET && method != Method::HEAD
+    }
+
     /// What a request with `method` needs.
     pub fn need(self, method: &Method) -> Need {
         match self {
@@ -80,10 +86,19 @@ pub(crate) async fn require_token(
     if !identity.role.allows(need) {
         return forbidden(identity.role, need);
     }
+    // Anything but a read is recorded, with how it ended ([`crate::audit`]).
+    let audit = guard
+        .rule
+        .changes(request.method())
+        .then(|| crate::audit::Pending::of(&request));
     let mut request = request;
     request.extensions_mut().insert(identity.id);
     request.extensions_mut().insert(identity);
-    next.run(request).await
+    let response = next.run(request).await;
+    if let Some(audit) = audit {
+        audit.finish(&guard.state, identity, response.status());
+    }
+    response
 }
 
 /// A token that passed: its id and role.

@@ -22,6 +22,7 @@
 //! - [`lifecycle`]: completes campaigns whose end date passed or whose calls are all done.
 
 pub mod accept;
+pub mod audit;
 pub mod auth;
 pub mod campaign_cache;
 pub mod claim;
@@ -254,14 +255,17 @@ pub async fn serve_state(
     }
     let dashboard = state.dashboard.clone();
     let stop_streams = dashboard.clone();
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.cancelled_owned().await;
-            // Event streams never end by themselves; the graceful shutdown waits for them.
-            stop_streams.stop();
-        })
-        .await
-        .map_err(IngestError::Serve);
+    let served = axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.cancelled_owned().await;
+        // Event streams never end by themselves; the graceful shutdown waits for them.
+        stop_streams.stop();
+    })
+    .await
+    .map_err(IngestError::Serve);
     watch_stop.cancel();
     dashboard.stop();
     let _ = watch.await;

@@ -267,3 +267,99 @@ async fn a_token_made_through_the_api_works_everywhere_until_it_is_revoked() {
     one.stop().await;
     two.stop().await;
 }
+
+/// The audit log (issue 24 item 3): a change is recorded with who (the token's fingerprint and
+/// role), what (method, route, path, status), when and from where; a read is not; only an admin
+/// reads the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_are_recorded_in_the_audit_log_and_reads_are_not() {
+    use ccm_tests::{TEST_TOKEN, eventually};
+    use std::time::Duration;
+
+    let env = TestEnv::start().await.expect("env");
+    let mut config = env.config();
+    config.ingest.auth_tokens = vec![
+        Secret::new(TEST_TOKEN).into(),
+        entry(OPERATOR, Role::Operator),
+    ];
+    let api = Api::start_with(&env, config, false).await;
+    let send = |method: reqwest::Method, path: &str, token: &str| {
+        api.http
+            .request(method, format!("{}{path}", api.base))
+            .header("X-Auth-Token", token)
+            .header("X-Forwarded-For", "203.0.113.7, 10.0.0.1")
+            .header("Content-Type", "application/json")
+    };
+    let created = send(reqwest::Method::POST, "/api/v1/campaigns", OPERATOR)
+        .body(r#"{"name": "audited"}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(created.status(), 201);
+    let id = created.json::<serde_json::Value>().await.expect("json")["id"].clone();
+    let read = send(reqwest::Method::GET, "/api/v1/campaigns", OPERATOR)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(read.status(), 200);
+    let paused = send(
+        reqwest::Method::POST,
+        &format!("/api/v1/campaigns/{id}/pause"),
+        OPERATOR,
+    )
+    .send()
+    .await
+    .expect("request");
+    let paused = paused.status().as_u16();
+
+    let denied = send(reqwest::Method::GET, "/api/v1/audit", OPERATOR)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(denied.status(), 403, "only an admin reads the audit log");
+
+    let records = eventually(Duration::from_secs(10), || async {
+        let records: Vec<serde_json::Value> =
+            send(reqwest::Method::GET, "/api/v1/audit", TEST_TOKEN)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+        (records.len() >= 2).then_some(records)
+    })
+    .await
+    .expect("two records");
+    assert_eq!(records.len(), 2, "the reads are not recorded: {records:?}");
+    assert_eq!(records[0]["method"], "POST");
+    assert_eq!(records[0]["route"], "/api/v1/campaigns");
+    assert_eq!(records[0]["status"], 201);
+    assert_eq!(records[0]["role"], "operator");
+    assert_eq!(records[0]["from"], "203.0.113.7");
+    assert_eq!(records[1]["route"], "/api/v1/campaigns/{id}/pause");
+    assert_eq!(records[1]["path"], format!("/api/v1/campaigns/{id}/pause"));
+    assert_eq!(records[1]["status"], paused);
+    assert_eq!(records[0]["token"], records[1]["token"], "the same token");
+    assert!(
+        !records[0]["token"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("operator"),
+        "a fingerprint, not the token"
+    );
+    let after = records[0]["seq"].as_u64().expect("seq");
+    let rest: Vec<serde_json::Value> = send(
+        reqwest::Method::GET,
+        &format!("/api/v1/audit?after={after}"),
+        TEST_TOKEN,
+    )
+    .send()
+    .await
+    .expect("request")
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(rest.len(), 1, "paged by sequence");
+    api.stop().await;
+}
