@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 
 use axum::{
-    extract::{ConnectInfo, MatchedPath, Query, Request, State},
+    extract::{ConnectInfo, MatchedPath, Request, State},
     http::{HeaderMap, StatusCode},
 };
 use ccm_core::{access::Role, metrics::counter, topology::names};
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     AppState,
     auth::Identity,
-    error::{ApiJson, AppError},
+    error::{ApiJson, ApiQuery, AppError},
 };
 
 /// One recorded request.
@@ -121,6 +121,7 @@ fn forwarded_for(headers: &HeaderMap) -> Option<String> {
 /// `after` and `limit` of `GET /api/v1/audit`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Records after this sequence (0: from the oldest kept).
     pub after: Option<u64>,
@@ -132,12 +133,12 @@ pub struct AuditQuery {
 #[utoipa::path(get, path = "/api/v1/audit", tag = "tokens", params(AuditQuery),
     responses(
         (status = 200, body = Vec<Record>),
-        (status = 400, description = "A limit out of range", body = crate::openapi::Problem),
+        (status = 400, description = "A limit out of range, or a malformed query", body = crate::openapi::Problem),
         (status = 403, description = "Only an admin token may read the audit log"),
     ))]
 pub async fn list(
     State(state): State<AppState>,
-    Query(query): Query<AuditQuery>,
+    ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<ApiJson<Vec<Record>>, AppError> {
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
