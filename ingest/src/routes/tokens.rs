@@ -28,7 +28,7 @@ const MAX_NAME_CHARS: usize = 100;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
-    /// Who or what holds it (1-100 characters), shown in lists and logs.
+    /// Who or what holds it (1-100 characters, no control characters), shown in lists and logs.
     pub name: String,
     /// `admin`, `operator`, `viewer` (read only) or `carrier` (outcome callbacks only).
     #[schema(value_type = String)]
@@ -78,10 +78,17 @@ pub async fn create(
     ApiJson(body): ApiJson<NewToken>,
 ) -> Result<(StatusCode, ApiJson<TokenView>), AppError> {
     let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.contains('\0') {
+    // Control characters are refused: the name is written to logs, where a line break would
+    // let a token's holder forge a log line.
+    if name.is_empty()
+        || name.chars().count() > MAX_NAME_CHARS
+        || name.chars().any(char::is_control)
+    {
         return Err(AppError::bad_request(
             "invalid_name",
-            format!("name must be 1 to {MAX_NAME_CHARS} characters"),
+            format!(
+                "name must be 1 to {MAX_NAME_CHARS} characters, none of them control characters"
+            ),
         ));
     }
     let now = Utc::now();

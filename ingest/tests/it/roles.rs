@@ -175,6 +175,13 @@ async fn a_token_made_through_the_api_works_everywhere_until_it_is_revoked() {
         .expect("request");
     assert_eq!(refused.status(), 403);
 
+    let forged = send(&one, reqwest::Method::POST, "/api/v1/tokens", TEST_TOKEN)
+        .body(r#"{"name": "x\nINFO forged line", "role": "viewer"}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(forged.status(), 400, "a control character in the name");
+
     let created = send(&one, reqwest::Method::POST, "/api/v1/tokens", TEST_TOKEN)
         .body(r#"{"name": "grafana", "role": "viewer"}"#)
         .send()
