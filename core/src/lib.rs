@@ -29,12 +29,14 @@
 //! Services never depend on each other; whatever two of them must agree on lives here.
 
 pub mod campaign;
+pub mod claims;
 pub mod config;
 pub mod dlq;
 pub mod dnc;
 pub mod events;
 pub mod ids;
 pub mod inspect;
+pub mod kv_ttl;
 pub mod lifecycle;
 pub mod metrics;
 pub mod nats;
