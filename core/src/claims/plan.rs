@@ -106,8 +106,11 @@ pub enum ReapStep {
     Purge,
 }
 
-/// The reaper's decision for `record` at `now`, given `facts` gathered so far. A pending claim
-/// is never freed here (its TTL does that); a bound claim is freed only when its call ended.
+/// The reaper's decision for `record` at `now`, given `facts` gathered so far. A claim is freed
+/// only when its call ended (its latest event is terminal, and for a pending claim newer than
+/// the claim: an older one is a redrive in flight), or, for a claim written before claims had
+/// TTLs, when its call was never published; a pending claim of a call never published is
+/// left to its TTL.
 /// The write that follows expects `record.revision`, so any change since makes it a no-op.
 pub(crate) fn reap_step(
     record: &Record,
@@ -139,6 +142,11 @@ pub(crate) fn reap_step(
                     ReapStep::Release { ended: l.at }
                 }
                 (Phase::Bound, _) => ReapStep::Keep,
+                // Ended after it was claimed: the writer died between its publish and its
+                // bind, and the call is over since.
+                (Phase::Pending, Some(l)) if l.terminal && l.at > *at => {
+                    ReapStep::Release { ended: l.at }
+                }
                 (Phase::Pending | Phase::Legacy, Some(l)) if !l.terminal => ReapStep::Bind,
                 // No event yet (a queued call), or, for a pending claim, an event that ended the
                 // call before this claim (a redrive in flight): only a dial message in `CALLS`

@@ -106,6 +106,11 @@ impl Record {
     pub(crate) fn held_by(&self, call: &str) -> bool {
         matches!(&self.slot, Slot::Held { call: c, .. } if c == call)
     }
+
+    /// Whether `call` holds the key.
+    pub fn held_by_call(&self, call: crate::CallId) -> bool {
+        self.held_by(&call.to_string())
+    }
 }
 
 /// Reads a claim key.
