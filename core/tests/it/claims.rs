@@ -362,3 +362,42 @@ async fn the_reaper_binds_a_published_calls_claim_and_frees_it_when_the_call_end
         "released with a window marker: {record:?}"
     );
 }
+
+/// A deployment upgraded from buckets with a 48 h `max_age` and no per-message TTLs gets
+/// both changed in place by provisioning (the server turns TTLs on for an existing stream).
+#[tokio::test]
+async fn provisioning_turns_an_old_claims_bucket_into_one_with_per_key_ttls() {
+    let env = TestEnv::start().await.expect("env");
+    let js = env.jetstream().await.expect("js");
+    let topology = Topology::load(&StreamSettings::default()).expect("topology");
+    for name in ["KV_active_calls", "KV_idempotency"] {
+        let mut old = topology
+            .streams
+            .iter()
+            .find(|s| s.name == name)
+            .expect("defined")
+            .clone();
+        old.allow_message_ttl = false;
+        old.max_age = Duration::from_secs(48 * 3600);
+        js.create_stream(old).await.expect("old bucket");
+    }
+    let report = topology.provision(&js).await.expect("provision");
+    assert!(report.drift.is_empty(), "{report:?}");
+    for name in ["KV_active_calls", "KV_idempotency"] {
+        assert!(
+            report.updated.contains(&format!("stream {name}")),
+            "{report:?}"
+        );
+        let config = js
+            .get_stream(name)
+            .await
+            .expect("stream")
+            .cached_info()
+            .config
+            .clone();
+        assert!(
+            config.allow_message_ttl && config.max_age == Duration::ZERO,
+            "{config:?}"
+        );
+    }
+}
