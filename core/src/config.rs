@@ -158,6 +158,8 @@ pub struct Config {
     pub projector: ProjectorConfig,
     pub webhooks: WebhooksConfig,
     pub log: LogConfig,
+    /// Number claims and Idempotency-Keys: their per-key TTLs and the claim reaper.
+    pub claims: ClaimsConfig,
     /// Whether each service creates or updates the JetStream topology (and the projector runs
     /// the migrations) when it starts. Turned off (`CCM_PROVISION=false`) where a separate
     /// step does it once, as the Helm chart's provisioning Job does.
@@ -176,6 +178,7 @@ impl Default for Config {
             projector: ProjectorConfig::default(),
             webhooks: WebhooksConfig::default(),
             log: LogConfig::default(),
+            claims: ClaimsConfig::default(),
             provision: true,
         }
     }
@@ -338,27 +341,6 @@ pub enum DuplicateScope {
     Global,
     /// One live call per number within each campaign.
     Campaign,
-}
-
-impl DuplicateScope {
-    /// The `active_calls` key that claims `phone` under this scope: its digits, prefixed by
-    /// the campaign when the scope is per campaign. The retrier must release the same key.
-    pub fn claim_key(&self, campaign: crate::CampaignId, phone: &crate::PhoneNumber) -> String {
-        match self {
-            Self::Global => phone.digits().to_owned(),
-            Self::Campaign => format!("{campaign}.{}", phone.digits()),
-        }
-    }
-
-    /// Every key a call of `campaign` to `phone` may hold, whatever the scope was when it
-    /// claimed: a release checks both (and deletes only a claim holding its own call id), so a
-    /// change of scope between claim and release never strands a number.
-    pub fn all_claim_keys(campaign: crate::CampaignId, phone: &crate::PhoneNumber) -> [String; 2] {
-        [
-            Self::Global.claim_key(campaign, phone),
-            Self::Campaign.claim_key(campaign, phone),
-        ]
-    }
 }
 
 impl Default for IngestConfig {
@@ -579,6 +561,30 @@ impl Default for SimCarrierConfig {
             rnr: 0,
             failed: 0,
             call_ms: 50,
+        }
+    }
+}
+
+/// Number claims (`active_calls`) and Idempotency-Keys (`idempotency`), see [`crate::claims`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClaimsConfig {
+    /// How long a claim or an Idempotency-Key lives before its call's publish is definite: a
+    /// writer that dies in between leaves a number blocked, or a key pending, no longer.
+    pub pending_ttl_secs: u64,
+    /// How often the retrier's reaper walks the claims, freeing those of ended or never
+    /// published calls (a few requests per claim; every replica may run it).
+    pub reap_interval_secs: u64,
+    /// How long a completed Idempotency-Key answers with its call.
+    pub idempotency_ttl_secs: u64,
+}
+
+impl Default for ClaimsConfig {
+    fn default() -> Self {
+        Self {
+            pending_ttl_secs: 120,
+            reap_interval_secs: 60,
+            idempotency_ttl_secs: 86_400,
         }
     }
 }

@@ -30,6 +30,7 @@
 
 pub mod access;
 pub mod campaign;
+pub mod claims;
 pub mod config;
 pub mod contacts;
 pub mod dlq;
@@ -37,6 +38,7 @@ pub mod dnc;
 pub mod events;
 pub mod ids;
 pub mod inspect;
+pub mod kv_ttl;
 pub mod lifecycle;
 pub mod metrics;
 pub mod mirror;

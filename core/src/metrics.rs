@@ -32,6 +32,7 @@
 //! | `ccm_retrier_decisions_total` | counter | `decision`, `status` | outcomes decided: `completed`, `retrying`, `failed`, by outcome status |
 //! | `ccm_retrier_retries_scheduled_total` | counter | `reason` | retries scheduled in `RETRIES`, by the outcome status that caused them (`RNR`, `DISCONNECTED`, `FAILED`) |
 //! | `ccm_retrier_retries_fired_total` | counter | | retries re-published to `CALLS` when due |
+//! | `ccm_retrier_claims_reaped_total` | counter | `action` | number claims the reaper freed (`released`: call ended, `purged`: never published or a stale marker) or `bound` (published, writer died before binding) |
 //! | `ccm_retrier_retry_backlog_messages` | gauge | | entries waiting in `RETRIES` (stream info, polled every 5 s) |
 //! | `ccm_retrier_dlq_messages` | gauge | | letters in `DLQ` (stream info, polled every 5 s) |
 //! | `ccm_retrier_dead_letters_total` | counter | `stream` | letters created by this replica, by source stream |

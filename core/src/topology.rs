@@ -330,6 +330,10 @@ fn stream_drift(wanted: &stream::Config, actual: &stream::Config) -> Vec<Drift> 
         format!("{:?}", wanted.storage),
         format!("{:?}", actual.storage),
     );
+    // The server turns per-message TTLs on in place but never off again.
+    if actual.allow_message_ttl && !wanted.allow_message_ttl {
+        check("allow_msg_ttl", "false".into(), "true".into());
+    }
     drift
 }
 
@@ -349,6 +353,7 @@ fn stream_differs(wanted: &stream::Config, actual: &stream::Config) -> bool {
         || wanted.discard != actual.discard
         || wanted.num_replicas != actual.num_replicas
         || wanted.description != actual.description
+        || wanted.allow_message_ttl != actual.allow_message_ttl
 }
 
 async fn provision_consumer(

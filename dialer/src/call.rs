@@ -47,7 +47,8 @@ pub struct CallContext {
     pub campaigns: kv::Store,
     pub js: jetstream::Context,
     pub events: jetstream::stream::Stream,
-    pub active_calls: kv::Store,
+    /// Number claims, released when an attempt is cancelled (see [`ccm_core::claims`]).
+    pub claims: ccm_core::claims::Claims,
     /// Contacts, for the callee's own time zone.
     pub contacts: kv::Store,
     /// Do-not-call lists, checked just before placing.
@@ -415,22 +416,14 @@ pub(crate) async fn cancel_attempt(
         },
     };
     ccm_core::nats::publish_event(&ctx.js, &event).await?;
-    let call = request.call_id.to_string();
-    for key in
-        ccm_core::config::DuplicateScope::all_claim_keys(request.campaign_id, &request.phone_number)
-    {
-        // Only this call's claim is released, and only if nobody re-claimed it meanwhile.
-        if let Ok(Some(entry)) = ctx.active_calls.entry(key.clone()).await
-            && entry.operation == kv::Operation::Put
-            && entry.value.as_ref() == call.as_bytes()
-            && let Err(e) = ctx
-                .active_calls
-                .delete_expect_revision(&key, Some(entry.revision))
-                .await
-        {
-            tracing::warn!(error = %e, key, "cannot release the number's claim");
-        }
-    }
+    ctx.claims
+        .release(
+            request.campaign_id,
+            &request.phone_number,
+            request.call_id,
+            event.at,
+        )
+        .await;
     Ok(())
 }
 

@@ -109,7 +109,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
         campaigns: campaigns.clone(),
         js: js.clone(),
         events,
-        active_calls: ccm_core::nats::bucket(&js, names::KV_ACTIVE_CALLS).await?,
+        claims: ccm_core::claims::Claims::open(
+            js.clone(),
+            ccm_core::claims::ClaimSettings::of(&config),
+        )
+        .await?,
         contacts: ccm_core::nats::bucket(&js, names::KV_CONTACTS).await?,
         dnc: ccm_core::nats::bucket(&js, names::KV_DNC).await?,
         pacing: pacing::Pacing {

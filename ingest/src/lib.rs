@@ -12,7 +12,7 @@
 //!   [`limits`]: per-token rate limits of the expensive routes.
 //!   [`error`]: the problem JSON every error of the resource API is answered with.
 //! - [`accept`]: claim + publish + answer after the ack, one call or many (pipelined).
-//!   [`claim`]: duplicate prevention (scope and window) on the `active_calls` bucket.
+//!   Duplicate prevention (scope and window) is [`ccm_core::claims`].
 //! - [`contacts`]: campaigns' phone numbers in the `contacts` bucket (read-your-writes).
 //!   [`campaign_cache`]: the `campaigns` bucket in memory, kept current by a watch;
 //!   [`dnc_cache`]: the do-not-call lists likewise.
@@ -25,7 +25,6 @@ pub mod accept;
 pub mod audit;
 pub mod auth;
 pub mod campaign_cache;
-pub mod claim;
 pub mod compat_error;
 pub mod contacts;
 pub mod dashboard;
@@ -78,9 +77,13 @@ pub struct Shared {
     pub topology: Arc<Topology>,
     pub campaigns: kv::Store,
     pub active_calls: kv::Store,
+    /// Number claims (see [`ccm_core::claims`]).
+    pub claims: ccm_core::claims::Claims,
     pub counters: kv::Store,
     pub contacts: kv::Store,
     pub idempotency: kv::Store,
+    /// How long a pending and a completed Idempotency-Key live.
+    pub idempotency_ttl: routes::calls::IdempotencyTtl,
     /// Outbound webhook subscriptions (see [`routes::webhooks`]).
     pub webhooks: kv::Store,
     /// Do-not-call lists (see [`ccm_core::dnc`] and [`routes::dnc`]).
@@ -151,6 +154,12 @@ impl AppState {
             config: Arc::new(config.ingest.clone()),
             campaigns: ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS).await?,
             active_calls: ccm_core::nats::bucket(&js, names::KV_ACTIVE_CALLS).await?,
+            claims: ccm_core::claims::Claims::open(
+                js.clone(),
+                ccm_core::claims::ClaimSettings::of(config),
+            )
+            .await?,
+            idempotency_ttl: routes::calls::IdempotencyTtl::of(config),
             counters: ccm_core::nats::bucket(&js, names::KV_COUNTERS).await?,
             contacts: ccm_core::nats::bucket(&js, names::KV_CONTACTS).await?,
             idempotency: ccm_core::nats::bucket(&js, names::KV_IDEMPOTENCY).await?,

@@ -45,7 +45,8 @@ pub async fn call_all(state: &AppState, campaign: &Campaign) -> Result<Called, A
                 Ok(_) => called.accepted += 1,
                 Err(AcceptError::DoNotCall(_)) => called.do_not_call += 1,
                 Err(AcceptError::Claim(
-                    crate::claim::ClaimError::InProgress | crate::claim::ClaimError::WithinWindow,
+                    ccm_core::claims::ClaimError::InProgress
+                    | ccm_core::claims::ClaimError::WithinWindow,
                 )) => called.duplicates += 1,
                 Err(e) => return Err(AppError::unavailable(e)),
             }
