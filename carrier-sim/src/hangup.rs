@@ -7,7 +7,8 @@
 //!
 //! A live call ends at once: its final callback is sent now, reporting the time it lasted, as
 //! a carrier reports a call it hung up. Hanging up a call that already ended is answered 200
-//! (nothing is live), an unknown one 404; every request is counted in the ledger and a live
+//! (nothing is live), an unknown one 404 (the `hangup_error_rate` fault answers 503 and leaves
+//! the call live); every request is counted in the ledger and a live
 //! call hung up is marked `hung_up`, so a test sees that the dialer ended it.
 
 use std::{
@@ -60,8 +61,17 @@ impl LiveCalls {
     }
 }
 
-/// Ends the call under `key`, if known: 200 when it is (or was) placed, 404 otherwise.
+/// Ends the call under `key`, if known: 200 when it is (or was) placed, 404 otherwise; 503
+/// with the call left live under the `hangup_error_rate` fault.
 fn end(state: &SimState, key: Option<String>) -> Response {
+    if crate::chance(state.faults().hangup_error_rate) {
+        state.ledger.hang_up(None, false);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "simulated hang-up failure"})),
+        )
+            .into_response();
+    }
     let live = key.as_deref().is_some_and(|k| state.live.hang_up(k));
     if state.ledger.hang_up(key.as_deref(), live) {
         tracing::info!(?key, live, "hung up");

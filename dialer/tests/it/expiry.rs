@@ -116,3 +116,78 @@ async fn a_call_past_its_maximum_duration_is_hung_up_before_it_ends() {
         (OutcomeSource::Timeout, Some("timeout"))
     );
 }
+
+/// While the carrier does not confirm the hang-up the call stays held: no outcome, so no
+/// retry and no free slot, and the hang-up is asked again until the carrier confirms it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_hang_up_is_not_confirmed_stays_held_until_it_is() {
+    let env = TestEnv::start().await.expect("env");
+    env.provision().await.expect("provision");
+    let js = env.jetstream().await.expect("js");
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let sim_url = carrier(
+        SimConfig {
+            call_ms: 60_000,
+            ..SimConfig::default()
+        },
+        &shutdown,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let faults = |rate: f64| {
+        http.put(format!("{sim_url}/faults"))
+            .json(&serde_json::json!({"hangup_error_rate": rate}))
+            .send()
+    };
+    assert!(faults(1.0).await.expect("faults").status().is_success());
+    let id = CampaignId::new(67).expect("id");
+    let mut doc = campaign(id, 1);
+    doc.max_call_duration_secs = Some(1);
+    ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS)
+        .await
+        .expect("bucket")
+        .put(
+            id.to_string(),
+            serde_json::to_vec(&doc).expect("json").into(),
+        )
+        .await
+        .expect("put campaign");
+    let request = dial(id, 1);
+    ccm_core::nats::publish_dial(&js, &request)
+        .await
+        .expect("publish");
+    let mut config = env.config();
+    config.dialer.carrier = CarrierConfig::Http(HttpCarrierConfig {
+        base_url: sim_url.clone().into(),
+        ..HttpCarrierConfig::default()
+    });
+    config.dialer.hangup_grace_ms = 300;
+    tokio::spawn(ccm_dialer::run(config, shutdown.clone()));
+
+    // The hang-up is refused again and again (0.5 s, then 1 s apart): three refusals take
+    // 1.5 s past the one-second maximum, and all the while the attempt has no outcome.
+    let events = js.get_stream(names::CALL_EVENTS).await.expect("events");
+    eventually(Duration::from_secs(20), || async {
+        let now = stats(&http, &sim_url).await?;
+        assert!(
+            outcome(&events, id, request.call_id).await.is_none(),
+            "an outcome while the carrier had not confirmed the hang-up: {now:?}"
+        );
+        (now.hangup_requests >= 3).then_some(())
+    })
+    .await
+    .expect("the hang-up is asked again");
+    let held = stats(&http, &sim_url).await.expect("stats");
+    assert_eq!(held.live, 1, "the call is still live: {held:?}");
+
+    assert!(faults(0.0).await.expect("faults").status().is_success());
+    eventually(Duration::from_secs(20), || {
+        outcome(&events, id, request.call_id)
+    })
+    .await
+    .expect("the attempt ends once the hang-up is confirmed");
+    let ended = stats(&http, &sim_url).await.expect("stats");
+    assert!(ended.attempts[&request.msg_id()].hung_up, "{ended:?}");
+    assert_eq!(ended.live, 0, "{ended:?}");
+}
