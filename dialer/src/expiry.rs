@@ -23,8 +23,9 @@ use async_nats::jetstream::{AckKind, Message};
 use ccm_core::{DialRequest, OutcomeSource, metrics::counter};
 
 use crate::{
-    call::{CallContext, CallError, Placed, outcome_stored, publish_outcome},
+    call::{CallContext, CallError, Placed, publish_outcome},
     carrier::HangUp,
+    known::outcome_stored,
     outcomes::Waiter,
 };
 

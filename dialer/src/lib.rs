@@ -27,6 +27,7 @@ pub mod carrier;
 pub mod dialing;
 mod expiry;
 pub mod frequency;
+mod known;
 pub mod outcomes;
 pub mod pacing;
 pub mod placements;
