@@ -24,6 +24,10 @@ pub struct Attempt {
     pub external_call_id: String,
     /// Placement requests seen with this key: more than one means the dialer asked twice.
     pub requests: u32,
+    /// Whether the dialer asked the carrier to hang the call up (its maximum duration was
+    /// reached), and the call was still live then.
+    #[serde(default)]
+    pub hung_up: bool,
     /// The custom fields the placement request carried (the old contract's
     /// `custom_fields`), so a test can see what reached the carrier.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -52,6 +56,9 @@ pub struct Stats {
     /// Callbacks delivered (2xx) and failed (other status or unreachable after retries).
     pub callbacks_sent: u64,
     pub callbacks_failed: u64,
+    /// Hang-up requests received (for live, ended or unknown calls alike).
+    #[serde(default)]
+    pub hangup_requests: u64,
     /// Live calls of all campaigns now, and their peak (a dialer's trunk limit).
     pub live: u64,
     pub peak: u64,
@@ -106,6 +113,7 @@ impl Ledger {
                     to: to.to_owned(),
                     external_call_id: external_call_id.clone(),
                     requests: 1,
+                    hung_up: false,
                     fields: BTreeMap::new(),
                 },
             );
@@ -167,6 +175,30 @@ impl Ledger {
                 stats.live = stats.live.saturating_sub(1);
             }
         });
+    }
+
+    /// The key of the attempt the carrier placed as `external_call_id`.
+    pub fn key_of(&self, external_call_id: &str) -> Option<String> {
+        self.with(|stats| {
+            stats
+                .attempts
+                .values()
+                .find(|a| a.external_call_id == external_call_id)
+                .map(|a| a.key.clone())
+        })
+    }
+
+    /// Records a hang-up request for the attempt under `key` (if any), marking it hung up
+    /// when it was still `live`; whether the attempt exists.
+    pub fn hang_up(&self, key: Option<&str>, live: bool) -> bool {
+        self.with(|stats| {
+            stats.hangup_requests += 1;
+            let Some(attempt) = key.and_then(|k| stats.attempts.get_mut(k)) else {
+                return false;
+            };
+            attempt.hung_up |= live;
+            true
+        })
     }
 
     pub fn count_injected_error(&self) {

@@ -422,8 +422,12 @@ impl Default for WebhooksConfig {
 pub struct DialerConfig {
     /// Trunk capacity of one dialer replica: live calls it carries at most, all campaigns.
     pub max_calls: u32,
-    /// A call with no outcome after this long gets a synthetic FAILED outcome.
+    /// A call with no outcome after this long is hung up at the carrier and, unless the
+    /// carrier's own outcome follows, ends with a synthetic FAILED outcome.
     pub max_call_duration_secs: u64,
+    /// How long a call hung up at its maximum duration waits for the carrier's own outcome
+    /// (which a carrier sends right after a hang-up) before the synthetic one is published.
+    pub hangup_grace_ms: u64,
     pub carrier: CarrierConfig,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; none by default (see
     /// `projector.metrics_listen`).
@@ -440,6 +444,7 @@ impl Default for DialerConfig {
         Self {
             max_calls: 1000,
             max_call_duration_secs: 600,
+            hangup_grace_ms: 15_000,
             carrier: CarrierConfig::default(),
             metrics_listen: None,
             max_calls_per_second: 0,

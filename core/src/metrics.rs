@@ -26,8 +26,10 @@
 //! | `ccm_dialer_queued_calls` | gauge | `campaign` | dial messages waiting for a dialer (the campaign consumer's `num_pending`, polled every 5 s) |
 //! | `ccm_dialer_calls_placed_total` | counter | `campaign` | attempts handed to the carrier |
 //! | `ccm_dialer_carrier_request_duration_seconds` | histogram | `carrier`, `result` | one placement request; `result`: `placed`, `rejected`, `unavailable`, `ambiguous` |
-//! | `ccm_dialer_carrier_errors_total` | counter | `carrier`, `kind` | failed placements: `rejected` (4xx, call ends FAILED), `unavailable` (retried), `ambiguous` (timeout after sending) |
+//! | `ccm_dialer_carrier_errors_total` | counter | `carrier`, `kind` | failed placements: `rejected` (4xx, call ends FAILED), `unavailable` (retried), `ambiguous` (a timeout after sending, 409, a 5xx other than 503: never placed again) |
 //! | `ccm_dialer_outcome_timeouts_total` | counter | | calls ended by the synthetic FAILED (`timeout`) |
+//! | `ccm_dialer_hang_ups_total` | counter | `carrier` | calls past their maximum duration ended at the carrier (the hang-up confirmed) |
+//! | `ccm_dialer_hang_up_failures_total` | counter | `carrier` | hang-up requests the carrier did not confirm (the call stays held and it is asked again) |
 //! | `ccm_dialer_trunk_lines_busy` | gauge | | trunk lines of this replica in use |
 //! | `ccm_retrier_decisions_total` | counter | `decision`, `status` | outcomes decided: `completed`, `retrying`, `failed`, by outcome status |
 //! | `ccm_retrier_retries_scheduled_total` | counter | `reason` | retries scheduled in `RETRIES`, by the outcome status that caused them (`RNR`, `DISCONNECTED`, `FAILED`) |

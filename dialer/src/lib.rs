@@ -25,7 +25,9 @@ mod admission;
 pub mod call;
 pub mod carrier;
 pub mod dialing;
+mod expiry;
 pub mod frequency;
+mod known;
 pub mod outcomes;
 pub mod pacing;
 pub mod placements;
@@ -90,12 +92,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
         .await
         .map_err(|e| DialerError::Stream(names::CALL_EVENTS, e.into()))?;
     let carrier = carrier::build(&config.dialer.carrier, &js)?;
+    let by_external = !carrier.outcomes_name_the_attempt();
+    let by_attempt = carrier.reports_hang_ups();
     let placements = placements::Placements {
-        bucket: if carrier.outcomes_name_the_attempt() {
-            None
-        } else {
+        bucket: if by_external || by_attempt {
             Some(ccm_core::nats::bucket(&js, names::KV_PLACEMENTS).await?)
+        } else {
+            None
         },
+        by_external,
+        by_attempt,
     };
     // Calls in flight must survive the shutdown signal long enough to finish, so they watch
     // a token of their own that is cancelled only after the grace period.
@@ -128,6 +134,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
         carrier,
         carrier_kind: config.dialer.carrier.kind(),
         max_call_duration: Duration::from_secs(config.dialer.max_call_duration_secs),
+        hangup_grace: Duration::from_millis(config.dialer.hangup_grace_ms),
         progress_every: Duration::from_secs(10),
         shutdown: calls_stop.clone(),
     });

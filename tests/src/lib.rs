@@ -179,6 +179,8 @@ impl TestEnv {
         config.ingest.listen = ([127, 0, 0, 1], 0).into();
         config.ingest.auth_tokens = vec![Secret::new(TEST_TOKEN).into()];
         config.dialer.max_call_duration_secs = 30;
+        // A call hung up at its maximum duration waits this long for the carrier's report.
+        config.dialer.hangup_grace_ms = 1000;
         // Tests poll list routes in loops and send bulks back to back; the per-token limit of
         // the expensive routes stays on (so every test passes through it) but far above them.
         // The tests of the limit set their own.

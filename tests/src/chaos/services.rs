@@ -237,6 +237,8 @@ impl Services {
                 "CCM_DIALER__MAX_CALL_DURATION_SECS",
                 s.max_call_duration_secs.to_string(),
             )
+            // A call hung up at its maximum duration waits this long for the carrier's report.
+            .env("CCM_DIALER__HANGUP_GRACE_MS", "1000")
             .env("CCM_RETRIER__POLICY_FILE", &s.policy_file)
             .env("CCM_STREAMS__REPLICAS", s.replicas.to_string())
             .env("CCM_LOG__FILTER", "warn")

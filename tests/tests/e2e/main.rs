@@ -1,6 +1,7 @@
 //! Cross-service tests: the whole pipeline against a real NATS JetStream and PostgreSQL.
 
 mod answering_machine;
+mod call_expiry;
 mod calling_window;
 mod campaign_states;
 mod carrier_stack;
