@@ -47,6 +47,7 @@ pub fn schedule(
     let reorder = chance(faults.reorder_rate);
     let drop_last = chance(faults.drop_rate);
     let duplicate = chance(faults.duplicate_rate);
+    let length = length + Duration::from_millis(faults.extra_call_ms);
     tokio::spawn(async move {
         if !reorder {
             for callback in &intermediate {

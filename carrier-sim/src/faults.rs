@@ -22,6 +22,8 @@ pub struct Faults {
     pub duplicate_rate: f64,
     /// Share of calls whose callbacks are sent out of order.
     pub reorder_rate: f64,
+    /// Added length of every call placed from now on, in milliseconds (long calls).
+    pub extra_call_ms: u64,
 }
 
 impl Faults {
@@ -33,6 +35,7 @@ impl Faults {
             drop_rate: config.drop_rate,
             duplicate_rate: config.duplicate_rate,
             reorder_rate: config.reorder_rate,
+            extra_call_ms: 0,
         }
     }
 

@@ -62,6 +62,15 @@ pub struct CarrierStats {
 pub struct CarrierAttempt {
     /// Placement requests with this attempt's key; more than one is a double-dial request.
     pub requests: u32,
+    #[serde(default)]
+    pub campaign: String,
+    #[serde(default)]
+    pub to: String,
+    /// When the call was live at the carrier (Unix ms); `ended_ms` none: still live.
+    #[serde(default)]
+    pub placed_ms: u64,
+    #[serde(default)]
+    pub ended_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -99,6 +108,8 @@ pub struct Audit {
     pub finals: BTreeMap<String, u64>,
     /// The first few violations, spelled out.
     pub problems: Vec<String>,
+    /// The first few retry-policy violations (also in `problems`).
+    pub retry_problems: Vec<String>,
     /// From the first request to the last call's terminal state.
     pub elapsed: Duration,
 }
@@ -114,6 +125,13 @@ impl Audit {
             && self.dlq_mismatches == 0
             && (!self.dlq_expected || self.dlq_letters > 0)
             && !self.refused.keys().any(|s| (200..300).contains(s))
+    }
+
+    fn retry_problem(&mut self, text: String) {
+        if self.retry_problems.len() < 10 {
+            self.retry_problems.push(text.clone());
+        }
+        self.problem(text);
     }
 
     fn problem(&mut self, text: String) {
@@ -178,7 +196,7 @@ impl Audit {
 }
 
 /// The terminal kinds of `call_events.kind`.
-const TERMINAL: [&str; 4] = ["completed", "failed", "cancelled", "dead_lettered"];
+pub(crate) const TERMINAL: [&str; 4] = ["completed", "failed", "cancelled", "dead_lettered"];
 
 /// Calls of `accepted` that have a terminal event in PostgreSQL.
 pub async fn terminal_count(pg: &PgPool, accepted: &[Accepted]) -> Result<u64, HarnessError> {
@@ -282,7 +300,7 @@ pub async fn audit(
 }
 
 /// Every event of the accepted calls, per call, in event-time order.
-async fn histories(
+pub(crate) async fn histories(
     pg: &PgPool,
     accepted: &[Accepted],
 ) -> Result<BTreeMap<CallId, Vec<CallEvent>>, HarnessError> {
@@ -320,7 +338,7 @@ fn check_retries(audit: &mut Audit, call: CallId, events: &[CallEvent], expect: 
     };
     if dialled.len() as u32 != last_attempt || last_attempt > expect.max_attempts {
         audit.retry_violations += 1;
-        audit.problem(format!(
+        audit.retry_problem(format!(
             "call {call}: attempts {dialled:?}, limit {}; history {:?}",
             expect.max_attempts,
             history()
@@ -352,7 +370,7 @@ fn check_retries(audit: &mut Audit, call: CallId, events: &[CallEvent], expect: 
         audit.retries += 1;
         let (Some((status, at)), Some(due)) = (outcome(attempt), retry(attempt)) else {
             audit.retry_violations += 1;
-            audit.problem(format!(
+            audit.retry_problem(format!(
                 "call {call}: attempt {} dialled without an outcome and a retry of {attempt}",
                 attempt + 1
             ));
@@ -360,7 +378,7 @@ fn check_retries(audit: &mut Audit, call: CallId, events: &[CallEvent], expect: 
         };
         if status == OutcomeStatus::Picked {
             audit.retry_violations += 1;
-            audit.problem(format!("call {call}: retried after PICKED"));
+            audit.retry_problem(format!("call {call}: retried after PICKED"));
         }
         let scheduled = (due - at).to_std().unwrap_or_default();
         // The retrier computes the due time from the outcome's own time: exactly the
@@ -369,7 +387,7 @@ fn check_retries(audit: &mut Audit, call: CallId, events: &[CallEvent], expect: 
             || scheduled > expect.backoff + Duration::from_millis(5)
         {
             audit.retry_violations += 1;
-            audit.problem(format!(
+            audit.retry_problem(format!(
                 "call {call}: retry of attempt {attempt} due {scheduled:?} after its outcome, policy {:?}",
                 expect.backoff
             ));
@@ -378,7 +396,7 @@ fn check_retries(audit: &mut Audit, call: CallId, events: &[CallEvent], expect: 
             // Dialled before it was due: the scheduler's tolerance is a few milliseconds.
             if next + chrono::Duration::milliseconds(50) < due {
                 audit.retry_violations += 1;
-                audit.problem(format!(
+                audit.retry_problem(format!(
                     "call {call}: attempt {} dialled {} ms before due",
                     attempt + 1,
                     (due - next).num_milliseconds()
@@ -403,7 +421,7 @@ fn check_retries(audit: &mut Audit, call: CallId, events: &[CallEvent], expect: 
     };
     if !consistent {
         audit.retry_violations += 1;
-        audit.problem(format!(
+        audit.retry_problem(format!(
             "call {call}: ended {} after attempt {last_attempt} with outcome {final_outcome:?}; history {:?}",
             end.kind.name(),
             history()
