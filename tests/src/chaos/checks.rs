@@ -50,7 +50,10 @@ impl Check {
     pub fn table(checks: &[Check]) -> String {
         let mut out = String::from("| check | violations | measured |\n|---|---|---|");
         for c in checks {
-            out.push_str(&format!("\n| {} | {} | {} |", c.name, c.violations, c.measured));
+            out.push_str(&format!(
+                "\n| {} | {} | {} |",
+                c.name, c.violations, c.measured
+            ));
         }
         for c in checks.iter().filter(|c| !c.passed()) {
             out.push_str(&format!("\n\n{} FAILED:", c.name));
@@ -111,9 +114,9 @@ pub fn lost(
         if events.iter().any(|e| e.kind.is_terminal()) {
             continue;
         }
-        let last = events
-            .last()
-            .map_or("no event".into(), |e| format!("{}@{}", e.kind.name(), e.attempt));
+        let last = events.last().map_or("no event".into(), |e| {
+            format!("{}@{}", e.kind.name(), e.attempt)
+        });
         let state = states.get(&call.campaign).map_or("?", String::as_str);
         check.violation(format!(
             "call {} ({} in campaign {} [{state}]): last {last}",
@@ -144,21 +147,56 @@ fn live_at(b: &super::audit::CarrierAttempt, t: u64) -> bool {
     b.placed_ms <= t && b.ended_ms.is_none_or(|end| end > t)
 }
 
+/// Attempts (`<call>/<attempt>`) the dialer ended with a synthetic timeout outcome, and when
+/// (Unix ms): still live at the carrier after it, they are issue 16 item 2's signature.
+pub type TimedOut = BTreeMap<String, u64>;
+
+/// The attempts of `histories` ended by the dialer's timeout.
+pub fn timed_out(histories: &BTreeMap<CallId, Vec<CallEvent>>) -> TimedOut {
+    histories
+        .iter()
+        .flat_map(|(id, events)| {
+            events.iter().filter_map(move |e| match &e.kind {
+                EventKind::Outcome {
+                    source: ccm_core::OutcomeSource::Timeout,
+                    ..
+                } => Some((
+                    format!("{id}/{}", e.attempt),
+                    u64::try_from(e.at.timestamp_millis()).unwrap_or(0),
+                )),
+                _ => None,
+            })
+        })
+        .collect()
+}
+
+fn ended_by_timeout(timed_out: &TimedOut, key: &str, t: u64) -> bool {
+    timed_out.get(key).is_some_and(|at| *at <= t)
+}
+
 /// No number is in two live calls at once (the duplicate rule is global), per the ledger.
-pub fn number_overlap(carrier: &CarrierStats) -> Check {
+pub fn number_overlap(carrier: &CarrierStats, timed_out: &TimedOut) -> Check {
     let mut check = Check::new("number overlap");
     let mut by_number: BTreeMap<&str, Vec<(&String, &super::audit::CarrierAttempt)>> =
         BTreeMap::new();
     for (key, attempt) in &carrier.attempts {
-        by_number.entry(&attempt.to).or_default().push((key, attempt));
+        by_number
+            .entry(&attempt.to)
+            .or_default()
+            .push((key, attempt));
     }
     for (number, mut attempts) in by_number {
         attempts.sort_by_key(|(_, a)| a.placed_ms);
         for (i, (key, a)) in attempts.iter().enumerate() {
             for (other, b) in &attempts[..i] {
                 if live_at(b, a.placed_ms) {
+                    let why = if ended_by_timeout(timed_out, other, a.placed_ms) {
+                        "; the dialer had ended it by its timeout (issue 16 item 2)"
+                    } else {
+                        ""
+                    };
                     check.violation(format!(
-                        "{number}: {key} placed at {} while {other} was live ({}..{:?})",
+                        "{number}: {key} placed at {} while {other} was live ({}..{:?}){why}",
                         a.placed_ms, b.placed_ms, b.ended_ms
                     ));
                 }
@@ -176,6 +214,7 @@ pub fn cap_over_time(
     carrier: &CarrierStats,
     caps: &BTreeMap<u64, CapHistory>,
     grace_ms: u64,
+    timed_out: &TimedOut,
 ) -> Check {
     let mut check = Check::new("cap exceeded");
     let mut worst = (0usize, 0u32);
@@ -188,13 +227,19 @@ pub fn cap_over_time(
         for (key, a) in &attempts {
             let t = a.placed_ms;
             let live = attempts.iter().filter(|(_, b)| live_at(b, t)).count();
+            let stale = attempts
+                .iter()
+                .filter(|(k, b)| live_at(b, t) && ended_by_timeout(timed_out, k, t))
+                .count();
             let allowed = history.allowed(t.saturating_sub(grace_ms), t);
             if live * (worst.1.max(1) as usize) > worst.0 * allowed.max(1) as usize {
                 worst = (live, allowed);
             }
             if live > allowed as usize {
                 check.violation(format!(
-                    "campaign {campaign}: {live} live calls at {t} when {key} was placed, cap {allowed}"
+                    "campaign {campaign}: {live} live calls at {t} when {key} was placed, cap \
+                     {allowed}; {stale} of them already ended by the dialer's timeout (issue 16 \
+                     item 2)"
                 ));
             }
         }
@@ -241,7 +286,10 @@ pub fn campaign_completion(
         let ended_ms = u64::try_from(ended.timestamp_millis()).unwrap_or(0);
         for call in accepted.iter().filter(|a| a.campaign == *id) {
             // Accepted after the completion (by the client's clock, same host): not held to it.
-            if accepted_ms.get(&call.call_id).is_none_or(|at| *at >= ended_ms) {
+            if accepted_ms
+                .get(&call.call_id)
+                .is_none_or(|at| *at >= ended_ms)
+            {
                 continue;
             }
             let events = histories.get(&call.call_id).map_or(&[][..], Vec::as_slice);
@@ -313,9 +361,15 @@ pub async fn claims_without_live_call(
     .map_err(HarnessError::Database)?;
     let known: BTreeMap<uuid::Uuid, bool> = rows.into_iter().collect();
     for (key, value) in &claims {
-        match value.parse::<uuid::Uuid>().ok().and_then(|id| known.get(&id)) {
+        match value
+            .parse::<uuid::Uuid>()
+            .ok()
+            .and_then(|id| known.get(&id))
+        {
             Some(false) => {}
-            Some(true) => check.violation(format!("{key} claimed by call {value}, which is terminal")),
+            Some(true) => {
+                check.violation(format!("{key} claimed by call {value}, which is terminal"))
+            }
             None => check.violation(format!(
                 "{key} claimed by {value:?}, a call the read model does not know (never published?)"
             )),
@@ -328,6 +382,82 @@ pub async fn claims_without_live_call(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chaos::audit::CarrierAttempt;
+
+    /// Key, campaign, number, placed, ended, requests.
+    type Row<'a> = (&'a str, &'a str, &'a str, u64, Option<u64>, u32);
+
+    fn ledger(attempts: &[Row<'_>]) -> CarrierStats {
+        CarrierStats {
+            attempts: attempts
+                .iter()
+                .map(|(key, campaign, to, placed, ended, requests)| {
+                    let attempt = CarrierAttempt {
+                        requests: *requests,
+                        campaign: (*campaign).into(),
+                        to: (*to).into(),
+                        placed_ms: *placed,
+                        ended_ms: *ended,
+                    };
+                    ((*key).to_owned(), attempt)
+                })
+                .collect(),
+            ..CarrierStats::default()
+        }
+    }
+
+    #[test]
+    fn the_ledger_checks_find_overlaps_repeats_and_a_cap_exceeded() {
+        let clean = ledger(&[
+            ("a/1", "7", "+1", 100, Some(200), 1),
+            ("b/1", "7", "+1", 200, Some(300), 1),
+            ("c/1", "7", "+2", 150, None, 1),
+        ]);
+        let caps = BTreeMap::from([(
+            7,
+            CapHistory {
+                initial: 2,
+                changes: vec![],
+            },
+        )]);
+        let none = TimedOut::new();
+        assert!(number_overlap(&clean, &none).passed());
+        assert!(placed_twice(&clean).passed());
+        assert!(cap_over_time(&clean, &caps, 0, &none).passed());
+
+        let broken = ledger(&[
+            ("a/1", "7", "+1", 100, Some(200), 2),
+            ("b/1", "7", "+1", 150, Some(300), 1),
+            ("c/1", "7", "+2", 160, None, 1),
+        ]);
+        let overlap = number_overlap(&broken, &none);
+        assert_eq!(overlap.violations, 1, "{overlap:?}");
+        assert!(overlap.evidence[0].contains("b/1"), "{overlap:?}");
+        assert_eq!(placed_twice(&broken).violations, 1);
+        let cap = cap_over_time(&broken, &caps, 0, &none);
+        assert_eq!(cap.violations, 1, "{cap:?}");
+        // Lowered from 3 to 2 just before: within the grace the old cap still counts.
+        let lowered = BTreeMap::from([(
+            7,
+            CapHistory {
+                initial: 3,
+                changes: vec![CapChange {
+                    sent_ms: 155,
+                    answered_ms: 158,
+                    cap: 2,
+                }],
+            },
+        )]);
+        assert!(cap_over_time(&broken, &lowered, 10, &none).passed());
+        assert!(!cap_over_time(&broken, &lowered, 0, &none).passed());
+        // Still a violation when the dialer had timed the first call out, but named as such.
+        let timed = TimedOut::from([("a/1".to_owned(), 120)]);
+        let overlap = number_overlap(&broken, &timed);
+        assert!(
+            overlap.evidence[0].contains("issue 16 item 2"),
+            "{overlap:?}"
+        );
+    }
 
     #[test]
     fn the_allowed_cap_covers_a_change_in_flight_and_the_grace() {
@@ -351,6 +481,13 @@ mod tests {
         assert_eq!(h.allowed(150, 160), 2);
         assert_eq!(h.allowed(120, 201), 8);
         assert_eq!(h.allowed(300, 300), 8);
-        assert_eq!(CapHistory { initial: 3, changes: vec![] }.allowed(0, 10), 3);
+        assert_eq!(
+            CapHistory {
+                initial: 3,
+                changes: vec![]
+            }
+            .allowed(0, 10),
+            3
+        );
     }
 }

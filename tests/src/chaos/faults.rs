@@ -43,7 +43,11 @@ impl Fault {
     pub fn label(&self) -> String {
         match self {
             Fault::Kill { service, down } => {
-                format!("kill -9 {} (down {:.1} s)", service.name(), down.as_secs_f64())
+                format!(
+                    "kill -9 {} (down {:.1} s)",
+                    service.name(),
+                    down.as_secs_f64()
+                )
             }
             Fault::NatsRestart { down } => {
                 format!("nats-server restart (down {:.1} s)", down.as_secs_f64())

@@ -87,19 +87,31 @@ pub struct CarrierKnobs {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     /// `POST /api/v1/calls` to number `number` of the pool.
-    Call { campaign: usize, number: u32 },
+    Call {
+        campaign: usize,
+        number: u32,
+    },
     /// `POST /api/v1/calls/bulk`: pool numbers and hostile strings mixed.
-    Bulk { campaign: usize, items: Vec<BulkItem> },
+    Bulk {
+        campaign: usize,
+        items: Vec<BulkItem>,
+    },
     Pause(usize),
     Resume(usize),
     Cancel(usize),
     /// Starts a draft.
     Start(usize),
     /// `PATCH` of the concurrency cap.
-    Cap { campaign: usize, cap: u32 },
+    Cap {
+        campaign: usize,
+        cap: u32,
+    },
     /// A calling window that is closed now and opens `opens_in` later (UTC, the campaigns'
     /// zone).
-    CloseWindow { campaign: usize, opens_in: Duration },
+    CloseWindow {
+        campaign: usize,
+        opens_in: Duration,
+    },
     /// A calling window open all day.
     OpenWindow(usize),
     DncAdd(Vec<u32>),
@@ -310,7 +322,12 @@ fn callback(rng: &mut StdRng) -> Op {
         _ => hostile(rng),
     };
     let mut fields = BTreeMap::new();
-    for name in ["external_call_id", "call_duration", "phone_number", "campaign_id"] {
+    for name in [
+        "external_call_id",
+        "call_duration",
+        "phone_number",
+        "campaign_id",
+    ] {
         if rng.random_bool(0.4) {
             let value = match rng.random_range(0..4) {
                 0 => serde_json::json!(rng.random::<i64>()),
@@ -453,7 +470,11 @@ mod tests {
     #[test]
     fn the_same_seed_gives_the_same_schedule() {
         for seed in [0, 1, 42, u64::MAX] {
-            assert_eq!(schedule(seed, &knobs()), schedule(seed, &knobs()), "seed {seed}");
+            assert_eq!(
+                schedule(seed, &knobs()),
+                schedule(seed, &knobs()),
+                "seed {seed}"
+            );
         }
         assert_ne!(schedule(1, &knobs()).steps, schedule(2, &knobs()).steps);
     }
@@ -462,8 +483,14 @@ mod tests {
     fn a_schedule_is_sorted_bounded_and_mixes_operations_with_faults() {
         for seed in 0..50 {
             let s = schedule(seed, &knobs());
-            assert!(s.steps.windows(2).all(|w| w[0].at <= w[1].at), "seed {seed}");
-            assert!(s.steps.iter().all(|st| st.at < knobs().duration), "seed {seed}");
+            assert!(
+                s.steps.windows(2).all(|w| w[0].at <= w[1].at),
+                "seed {seed}"
+            );
+            assert!(
+                s.steps.iter().all(|st| st.at < knobs().duration),
+                "seed {seed}"
+            );
             let faults: Vec<(Duration, Duration)> = s
                 .steps
                 .iter()

@@ -71,8 +71,18 @@ pub fn replay_command(seed: u64, secs: u64) -> String {
 /// carrier-sim's starting mix: short and medium calls, every outcome.
 fn sim_args() -> Vec<String> {
     [
-        "--picked", "50", "--disconnected", "15", "--rnr", "25", "--failed", "10",
-        "--call-ms", "200", "--call-jitter-ms", "1500",
+        "--picked",
+        "50",
+        "--disconnected",
+        "15",
+        "--rnr",
+        "25",
+        "--failed",
+        "10",
+        "--call-ms",
+        "200",
+        "--call-jitter-ms",
+        "1500",
     ]
     .map(String::from)
     .to_vec()
@@ -122,9 +132,11 @@ pub async fn run(
             .await
             .map_err(|e| HarnessError::Setup(format!("creating a campaign: {e}")))?;
         let body: Value = response.json().await.unwrap_or(Value::Null);
-        campaigns.push(body["id"].as_u64().ok_or_else(|| {
-            HarnessError::Setup(format!("creating a campaign: {body}"))
-        })?);
+        campaigns.push(
+            body["id"]
+                .as_u64()
+                .ok_or_else(|| HarnessError::Setup(format!("creating a campaign: {body}")))?,
+        );
     }
     let client = Client {
         http: http.clone(),
@@ -158,7 +170,11 @@ pub async fn run(
     for step in &schedule.steps {
         if let Action::Fault(fault) = &step.action {
             tokio::time::sleep_until(started + step.at).await;
-            say(&format!("{:.1} s fault: {}", step.at.as_secs_f64(), fault.label()));
+            say(&format!(
+                "{:.1} s fault: {}",
+                step.at.as_secs_f64(),
+                fault.label()
+            ));
             faults::inject(fault, &mut targets).await?;
         }
     }
@@ -169,7 +185,10 @@ pub async fn run(
     let crashed = targets.services.exited();
 
     let pg = targets.env.pg().await?;
-    let accepted = client.record.lock().map_or_else(|e| e.into_inner().accepted.clone(), |r| r.accepted.clone());
+    let accepted = client
+        .record
+        .lock()
+        .map_or_else(|e| e.into_inner().accepted.clone(), |r| r.accepted.clone());
     let deadline = tokio::time::Instant::now() + settle;
     loop {
         let done = audit::terminal_count(&pg, &accepted).await.unwrap_or(0);
@@ -177,7 +196,10 @@ pub async fn run(
             break;
         }
         if tokio::time::Instant::now() >= deadline {
-            say(&format!("time is up: {done}/{} calls ended", accepted.len()));
+            say(&format!(
+                "time is up: {done}/{} calls ended",
+                accepted.len()
+            ));
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -246,7 +268,10 @@ async fn audit_run(
     elapsed: Duration,
 ) -> Result<Report, HarnessError> {
     let record = {
-        let r = client.record.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let r = client
+            .record
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         (
             r.accepted.clone(),
             r.accepted_ms.clone(),
@@ -254,9 +279,11 @@ async fn audit_run(
             r.answers.clone(),
             r.caps.clone(),
             r.callbacks_taken.clone(),
+            r.window_opens.clone(),
         )
     };
-    let (accepted, accepted_ms, refused, answers, cap_changes, callbacks_taken) = record;
+    let (accepted, accepted_ms, refused, answers, cap_changes, callbacks_taken, window_opens) =
+        record;
     let carrier: CarrierStats = client
         .http
         .get(format!("{}/stats", client.sim))
@@ -270,23 +297,39 @@ async fn audit_run(
     for (i, id) in campaigns.iter().enumerate() {
         let mut changes = cap_changes.get(id).cloned().unwrap_or_default();
         changes.sort_by_key(|c| c.sent_ms);
-        caps.insert(*id, CapHistory { initial: schedule.campaigns[i].cap, changes });
+        caps.insert(
+            *id,
+            CapHistory {
+                initial: schedule.campaigns[i].cap,
+                changes,
+            },
+        );
     }
     let most: BTreeMap<u64, u32> = caps
         .iter()
-        .map(|(id, h)| (*id, h.changes.iter().map(|c| c.cap).fold(h.initial, u32::max)))
+        .map(|(id, h)| {
+            (
+                *id,
+                h.changes.iter().map(|c| c.cap).fold(h.initial, u32::max),
+            )
+        })
         .collect();
-    let load = LoadReport { accepted: accepted.clone(), refused };
+    let load = LoadReport {
+        accepted: accepted.clone(),
+        refused,
+    };
     let expect = Expectation {
         max_attempts: MAX_ATTEMPTS,
         backoff: POLICY_BACKOFF,
         caps: most,
         expect_dead_letters: false,
+        window_opens,
     };
     let name = format!("generated seed {}", schedule.seed);
     let mut audit = audit::audit(&name, &load, &expect, &carrier, pg, js).await?;
     audit.elapsed = elapsed;
     let histories = audit::histories(pg, &accepted).await?;
+    let timed_out = checks::timed_out(&histories);
     let mut docs = BTreeMap::new();
     for id in campaigns {
         let doc: Value = client
@@ -309,23 +352,36 @@ async fn audit_run(
     let mut edge = Check {
         name: "forged callbacks refused",
         violations: callbacks_taken.len() as u64,
-        measured: format!("{} callbacks", answers.get("callback").map_or(0, |a| a.values().sum::<u64>())),
+        measured: format!(
+            "{} callbacks",
+            answers
+                .get("callback")
+                .map_or(0, |a| a.values().sum::<u64>())
+        ),
         evidence: callbacks_taken.into_iter().take(8).collect(),
     };
     edge.evidence.truncate(8);
     let mut dlq = Check {
         name: "DLQ matches dead-lettered calls",
         violations: audit.dlq_mismatches,
-        measured: format!("{} letters, {} dead-lettered", audit.dlq_letters, audit.dead_lettered),
-        evidence: audit.problems.iter().filter(|p| p.contains("DLQ")).cloned().collect(),
+        measured: format!(
+            "{} letters, {} dead-lettered",
+            audit.dlq_letters, audit.dead_lettered
+        ),
+        evidence: audit
+            .problems
+            .iter()
+            .filter(|p| p.contains("DLQ"))
+            .cloned()
+            .collect(),
     };
     dlq.evidence.truncate(8);
     let names: Vec<&str> = crashed.iter().map(|s| s.name()).collect();
     let checks = vec![
         checks::lost(&accepted, &histories, &states),
         checks::placed_twice(&carrier),
-        checks::number_overlap(&carrier),
-        checks::cap_over_time(&carrier, &caps, CAP_GRACE_MS),
+        checks::number_overlap(&carrier, &timed_out),
+        checks::cap_over_time(&carrier, &caps, CAP_GRACE_MS, &timed_out),
         checks::retries_per_policy(audit.retries, audit.retry_violations, &audit.retry_problems),
         checks::campaign_completion(&docs, &accepted, &accepted_ms, &histories),
         checks::claims_without_live_call(js, pg).await?,
@@ -335,7 +391,11 @@ async fn audit_run(
             name: "no service exited on its own",
             violations: crashed.len() as u64,
             measured: "4 services".into(),
-            evidence: if names.is_empty() { vec![] } else { vec![format!("{names:?}")] },
+            evidence: if names.is_empty() {
+                vec![]
+            } else {
+                vec![format!("{names:?}")]
+            },
         },
     ];
     Ok(Report {

@@ -302,6 +302,7 @@ async fn drive(
         backoff: POLICY_BACKOFF,
         caps,
         expect_dead_letters: scenario.expect_dead_letters,
+        window_opens: BTreeMap::new(),
     };
     let mut audit = audit::audit(&scenario.name, &load, &expect, &carrier, &pg, js).await?;
     audit.elapsed = elapsed;

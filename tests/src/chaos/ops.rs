@@ -31,6 +31,8 @@ pub struct Record {
     pub answers: BTreeMap<&'static str, BTreeMap<u16, u64>>,
     /// Cap changes per campaign id, in the order they were sent.
     pub caps: BTreeMap<u64, Vec<CapChange>>,
+    /// When the calling windows set by the run open, per campaign id.
+    pub window_opens: BTreeMap<u64, Vec<chrono::DateTime<Utc>>>,
     /// Forged callbacks ingest took (2xx) or failed on (500): neither may happen.
     pub callbacks_taken: Vec<String>,
 }
@@ -98,6 +100,17 @@ impl Client {
             .or_default()
             .entry(status)
             .or_default() += 1;
+        if let Op::CloseWindow { campaign, opens_in } = op
+            && !(400..500).contains(&status)
+        {
+            // The window starts at the whole second (as `send` wrote it).
+            let opens_ms = sent + u64::try_from(opens_in.as_millis()).unwrap_or(0);
+            let opens =
+                chrono::DateTime::from_timestamp(i64::try_from(opens_ms / 1000).unwrap_or(0), 0)
+                    .unwrap_or_default();
+            let id = self.campaign(*campaign);
+            record.window_opens.entry(id).or_default().push(opens);
+        }
         if let Op::Cap { campaign, cap } = op {
             // A definite refusal changed nothing; an unanswered change may have been made
             // (either cap may hold for a minute).
@@ -118,7 +131,10 @@ impl Client {
     async fn send(&self, op: &Op) -> u16 {
         let token = |r: reqwest::RequestBuilder| r.header("X-Auth-Token", TEST_TOKEN);
         match op {
-            Op::Call { campaign, number: n } => {
+            Op::Call {
+                campaign,
+                number: n,
+            } => {
                 let (campaign, phone) = (self.campaign(*campaign), number(*n));
                 let request = token(self.http.post(self.url("/api/v1/calls")))
                     .json(&json!({"campaign_id": campaign, "phone_number": phone}));
@@ -232,7 +248,8 @@ impl Client {
     /// A calling window open all day (but the day's last second).
     pub async fn open_window(&self, campaign: usize) -> u16 {
         let window = json!({"start": "00:00", "end": "23:59:59"});
-        self.patch(campaign, json!({"calling_window": window})).await
+        self.patch(campaign, json!({"calling_window": window}))
+            .await
     }
 
     async fn callback(
@@ -254,10 +271,8 @@ impl Client {
             CallbackTarget::Unknown(id) => uuid::Uuid::from_u128(*id).to_string(),
             CallbackTarget::Garbage(text) => text.clone(),
         };
-        let mut body: serde_json::Map<String, Value> = fields
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut body: serde_json::Map<String, Value> =
+            fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         body.insert("call_id".into(), json!(call_id));
         body.insert("status".into(), json!(status));
         let request = self
