@@ -67,6 +67,7 @@ pub fn schedule(
     let hung_up = state.live.start(&key);
     let started = std::time::Instant::now();
     let mut last = last;
+    let length = length + Duration::from_millis(faults.extra_call_ms);
     tokio::spawn(async move {
         if !reorder {
             for callback in &intermediate {

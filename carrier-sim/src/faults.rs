@@ -24,6 +24,8 @@ pub struct Faults {
     pub reorder_rate: f64,
     /// Share of hang-up requests answered 503 with the call left live.
     pub hangup_error_rate: f64,
+    /// Added length of every call placed from now on, in milliseconds (long calls).
+    pub extra_call_ms: u64,
 }
 
 impl Faults {
@@ -36,6 +38,7 @@ impl Faults {
             duplicate_rate: config.duplicate_rate,
             reorder_rate: config.reorder_rate,
             hangup_error_rate: 0.0,
+            extra_call_ms: 0,
         }
     }
 

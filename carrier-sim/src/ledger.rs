@@ -32,6 +32,19 @@ pub struct Attempt {
     /// `custom_fields`), so a test can see what reached the carrier.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, String>,
+    /// When the call was placed and when it ended at the carrier (Unix milliseconds), so an
+    /// auditor can rebuild who was live at any moment (caps that change, a number's calls).
+    #[serde(default)]
+    pub placed_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<u64>,
+}
+
+/// Now in Unix milliseconds.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Live and peak calls of one campaign.
@@ -115,6 +128,8 @@ impl Ledger {
                     requests: 1,
                     hung_up: false,
                     fields: BTreeMap::new(),
+                    placed_ms: now_ms(),
+                    ended_ms: None,
                 },
             );
             stats.placed += 1;
@@ -159,9 +174,13 @@ impl Ledger {
     /// for its number.
     pub fn end_attempt(&self, key: &str) {
         self.with(|stats| {
-            let Some(attempt) = stats.attempts.get(key) else {
+            let Some(attempt) = stats.attempts.get_mut(key) else {
                 return;
             };
+            if attempt.ended_ms.is_some() {
+                return;
+            }
+            attempt.ended_ms = Some(now_ms());
             let pair = format!("{}/{}", attempt.campaign, attempt.to);
             let campaign = attempt.campaign.clone();
             if let Some(live) = stats.live_numbers.get_mut(&pair) {
@@ -281,5 +300,21 @@ mod tests {
         assert_eq!(stats.number_peak, 2);
         assert_eq!(stats.number_overlaps, ["7/+15550000001"]);
         assert_eq!(stats.campaigns["7"].live, 2);
+    }
+
+    #[test]
+    fn an_attempt_records_when_it_was_live_and_ends_once() {
+        let ledger = Ledger::default();
+        ledger.place("c1/1", "7", "+15550000001");
+        ledger.place("c2/1", "7", "+15550000002");
+        ledger.end_attempt("c1/1");
+        ledger.end_attempt("c1/1");
+        let stats = ledger.snapshot();
+        let first = &stats.attempts["c1/1"];
+        assert!(first.placed_ms > 0);
+        assert!(first.ended_ms.is_some_and(|end| end >= first.placed_ms));
+        assert_eq!(stats.attempts["c2/1"].ended_ms, None);
+        // Ending twice does not free a second slot.
+        assert_eq!(stats.campaigns["7"].live, 1);
     }
 }

@@ -19,6 +19,7 @@
 
 mod bench;
 mod chaos;
+mod chaos_generated;
 mod ci;
 mod dashboard;
 mod deps;

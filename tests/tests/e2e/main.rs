@@ -7,6 +7,7 @@ mod campaign_states;
 mod carrier_stack;
 mod carriers;
 mod chaos;
+mod chaos_generated;
 mod custom_fields;
 mod dashboard;
 mod do_not_call;
