@@ -4,6 +4,7 @@
 
 mod adapters;
 mod concurrent_deliveries;
+mod consumer_reconcile;
 mod lost_outcome;
 mod metrics;
 mod outcomes;

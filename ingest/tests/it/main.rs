@@ -7,6 +7,7 @@ mod bulk;
 mod callback;
 mod calling_hours;
 mod campaigns;
+mod consumer_pause;
 mod contact_import;
 mod dashboard;
 mod dead_letters;
