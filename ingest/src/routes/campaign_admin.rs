@@ -389,7 +389,14 @@ pub async fn start(
                 format!("campaign {campaign_id}: {e}"),
             ));
         }
-        contacts_called = Some(crate::routes::contact_calls::call_all(&state, &campaign).await?);
+        // Only a draft's start calls its contacts: a start repeated once the campaign runs
+        // (a client retrying after a lost answer) must not call them again. A start that
+        // failed half-way left it a draft, and its retry finishes the job (see
+        // `contact_calls`: each contact's call keeps its id, so none is doubled).
+        if campaign.state == CampaignState::Draft {
+            contacts_called =
+                Some(crate::routes::contact_calls::call_all(&state, &campaign).await?);
+        }
     }
     let ApiJson(campaign) = set_state(&state, &id, Action::Start).await?;
     Ok(ApiJson(Started {

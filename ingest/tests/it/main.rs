@@ -26,3 +26,4 @@ mod prometheus;
 mod resource_calls;
 mod resource_campaigns;
 mod security;
+mod start_resumed;
