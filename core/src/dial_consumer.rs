@@ -226,20 +226,16 @@ impl DialConsumers {
         Ok(Applied { plan, drift })
     }
 
-    /// Brings the consumer in line with the campaign's stored document, starting from
-    /// `entry` when the caller has just read or written it. Stops when the document read
-    /// after the change is the one applied. `None`: the campaign is gone.
+    /// Brings the consumer in line with the campaign's stored document, read afresh (never
+    /// a caller's possibly stale copy). Stops when the document read after the change is
+    /// the one applied. `None`: the campaign is gone (or its document undecodable).
     pub async fn reconcile(
         &self,
         campaigns: &kv::Store,
         id: CampaignId,
-        entry: Option<kv::Entry>,
     ) -> Result<Option<Applied>, DialConsumerError> {
         let read = |e: kv::EntryError| DialConsumerError::Document(id, e.into());
-        let mut entry = match entry {
-            Some(entry) => Some(entry),
-            None => campaigns.entry(id.to_string()).await.map_err(read)?,
-        };
+        let mut entry = campaigns.entry(id.to_string()).await.map_err(read)?;
         let mut applied = None;
         for _ in 0..RECONCILE_ROUNDS {
             let Some(current) = entry.filter(|e| e.operation == kv::Operation::Put) else {

@@ -317,10 +317,7 @@ impl Supervisor<'_> {
         // The reconciler: on every change and every rescan the consumer (cap, server-side
         // pause) is brought in line with the stored document, whoever failed to write it
         // (a writer that crashed between the document and the consumer, a lost update).
-        let applied = self
-            .consumers
-            .reconcile(&self.campaigns, id, Some(entry))
-            .await?;
+        let applied = self.consumers.reconcile(&self.campaigns, id).await?;
         if let Some(applied) = applied.filter(|a| !a.plan.is_empty()) {
             tracing::info!(%id, plan = ?applied.plan, "dial consumer brought in line");
         }

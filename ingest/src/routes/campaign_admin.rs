@@ -211,11 +211,7 @@ async fn update(
                 state.campaign_cache.put(revision, campaign.clone());
                 // The document is the truth and is written: the change stands even if the
                 // consumer cannot follow now (the dialer's reconcile brings it in line).
-                if let Err(e) = state
-                    .dial_consumers
-                    .reconcile(&state.campaigns, id, None)
-                    .await
-                {
+                if let Err(e) = state.dial_consumers.reconcile(&state.campaigns, id).await {
                     tracing::warn!(%id, error = %e, "dial consumer not brought in line yet");
                 }
                 return Ok(campaign);
