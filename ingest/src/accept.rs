@@ -313,25 +313,25 @@ pub async fn accept_many(
 ) -> Vec<Result<DialRequest, AcceptError>> {
     let targets = phones
         .into_iter()
-        .map(|phone| (phone, CustomFields::new()))
+        .map(|phone| (phone, CustomFields::new(), CallId::new()))
         .collect();
     accept_many_with_fields(state, campaign, targets).await
 }
 
-/// As [`accept_many`], each number with the custom fields its dial request carries (a
-/// campaign's contacts, called at its start).
+/// As [`accept_many`], each number with the custom fields its dial request carries and the
+/// id its call is accepted as (a campaign's contacts, called at its start: a retried start
+/// gives each contact the id it had, so a call already accepted is found, not doubled).
 pub async fn accept_many_with_fields(
     state: &AppState,
     campaign: &Campaign,
-    targets: Vec<(PhoneNumber, CustomFields)>,
+    targets: Vec<(PhoneNumber, CustomFields, CallId)>,
 ) -> Vec<Result<DialRequest, AcceptError>> {
     let total = targets.len();
     // Claims stream into publishes: a number's dial message is sent as soon as its claim (and
     // every claim before it, so the campaign is dialled in the order given) is back, which
     // overlaps the two round trips instead of running all claims first.
     let mut claims = stream::iter(targets)
-        .map(|(phone, fields)| async move {
-            let call_id = CallId::new();
+        .map(|(phone, fields, call_id)| async move {
             let claimed = check_and_claim(state, campaign, &phone, call_id).await;
             (phone, fields, call_id, claimed)
         })

@@ -74,7 +74,8 @@ impl std::ops::Deref for AppState {
 pub struct Shared {
     pub config: Arc<IngestConfig>,
     pub js: jetstream::Context,
-    pub topology: Arc<Topology>,
+    /// Every campaign's dial consumer (see [`ccm_core::dial_consumer`]).
+    pub dial_consumers: ccm_core::dial_consumer::DialConsumers,
     pub campaigns: kv::Store,
     pub active_calls: kv::Store,
     /// Number claims (see [`ccm_core::claims`]).
@@ -182,7 +183,7 @@ impl AppState {
             ),
             tokens,
             limits: limits::RateLimits::new(&config.ingest.rate_limits),
-            topology: Arc::new(topology),
+            dial_consumers: ccm_core::dial_consumer::DialConsumers::new(&js, &topology).await,
             js,
         })))
     }

@@ -6,6 +6,7 @@
 mod adapters;
 mod answers;
 mod concurrent_deliveries;
+mod consumer_reconcile;
 mod expiry;
 mod lost_outcome;
 mod metrics;
