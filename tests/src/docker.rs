@@ -100,31 +100,32 @@ impl Containers {
     }
 }
 
-/// The ids of the containers, running or not, whose [`TEST_LABEL`] is `value`.
-pub(crate) fn labelled(value: &str) -> Result<Vec<String>, HarnessError> {
-    let output = std::process::Command::new("docker")
-        .args(["ps", "--all", "--quiet", "--filter"])
-        .arg(format!("label={TEST_LABEL}={value}"))
-        .output()
-        .map_err(|source| HarnessError::Spawn {
-            name: "docker",
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(HarnessError::Setup(format!(
-            "docker ps failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{Containers, labelled};
+    use super::Containers;
+    use crate::images::TEST_LABEL;
+
+    /// The ids of the containers, running or not, whose [`TEST_LABEL`] is `value`.
+    fn labelled(value: &str) -> Result<Vec<String>, crate::HarnessError> {
+        let output = std::process::Command::new("docker")
+            .args(["ps", "--all", "--quiet", "--filter"])
+            .arg(format!("label={TEST_LABEL}={value}"))
+            .output()
+            .map_err(|source| crate::HarnessError::Spawn {
+                name: "docker",
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(crate::HarnessError::Setup(format!(
+                "docker ps failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect())
+    }
 
     async fn connects(containers: &Containers) {
         ccm_core::nats::connect(&containers.nats_url, "test")

@@ -25,6 +25,14 @@ const SOURCES: &str = "deb http://deb.debian.org/debian bookworm main\n\
     deb http://deb.debian.org/debian bookworm-updates main\n\
     deb http://deb.debian.org/debian-security bookworm-security main\n";
 
+/// Documentation, manual pages and translations are left out of every image (as Debian's
+/// slim images do), in the base and in whatever apt installs later; licences stay.
+const DPKG_EXCLUDES: &str = "path-exclude=/usr/share/doc/*\n\
+    path-include=/usr/share/doc/*/copyright\n\
+    path-exclude=/usr/share/man/*\n\
+    path-exclude=/usr/share/info/*\n\
+    path-exclude=/usr/share/locale/*\n";
+
 /// The binaries the ccm image carries.
 pub(crate) const BINARIES: &[&str] = &[
     "ccm-ingest",
@@ -43,6 +51,7 @@ pub(crate) fn base_inputs() -> Vec<(String, Vec<u8>)> {
         ("variant", "minbase"),
         ("include", INCLUDE),
         ("sources", SOURCES),
+        ("dpkg-excludes", DPKG_EXCLUDES),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.as_bytes().to_vec()))
@@ -76,6 +85,8 @@ pub(crate) fn build_base(work: &Path, inputs: &str) -> anyhow::Result<()> {
         .arg(MIRROR))
     .context("debootstrap failed")?;
     std::fs::write(rootfs.join("etc/apt/sources.list"), SOURCES)?;
+    std::fs::write(rootfs.join("etc/dpkg/dpkg.cfg.d/ccm-slim"), DPKG_EXCLUDES)?;
+    slim(&rootfs)?;
     // What debootstrap downloaded: apt-get update fetches fresh lists in the images built on top.
     for cache in ["var/cache/apt/archives", "var/lib/apt/lists"] {
         for entry in std::fs::read_dir(rootfs.join(cache))? {
@@ -108,6 +119,35 @@ pub(crate) fn build_base(work: &Path, inputs: &str) -> anyhow::Result<()> {
     std::fs::write(label.join("Dockerfile"), format!("FROM {imported}\n"))?;
     build(&BASE, &label, None, None, inputs)?;
     docker_output(&["image", "rm", &imported])?;
+    Ok(())
+}
+
+/// Removes what [`DPKG_EXCLUDES`] keeps out of later installs from what debootstrap installed.
+fn slim(rootfs: &Path) -> anyhow::Result<()> {
+    for dir in ["usr/share/man", "usr/share/info", "usr/share/locale"] {
+        let dir = rootfs.join(dir);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+            std::fs::create_dir(&dir)?;
+        }
+    }
+    for package in std::fs::read_dir(rootfs.join("usr/share/doc"))? {
+        let package = package?.path();
+        if !package.is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(&package)? {
+            let path = entry?.path();
+            if path.file_name().is_some_and(|n| n == "copyright") {
+                continue;
+            }
+            if path.is_dir() && !path.is_symlink() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -167,6 +207,9 @@ pub(crate) fn release_binaries(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .collect()
 }
 
+/// How the binaries are staged (part of the ccm image's inputs).
+pub(crate) const STAGING: &str = "objcopy --compress-debug-sections=zlib";
+
 /// The ccm image's context: the binaries under bin/ and the default retry policy.
 pub(crate) fn ccm_context(
     root: &Path,
@@ -185,7 +228,7 @@ pub(crate) fn ccm_context(
         // The release profile keeps line tables for backtraces; compressed they take about
         // 40% of the space (114 MB → 45 MB for ingest) and backtraces still read them.
         let compressed = Command::new("objcopy")
-            .arg("--compress-debug-sections=zlib")
+            .args(STAGING.split_whitespace().skip(1))
             .arg(binary)
             .arg(&staged)
             .status()
