@@ -12,49 +12,55 @@ use anyhow::{Context, bail};
 
 use crate::up::UpArgs;
 
-/// The compose project's name: its containers, network and volumes are `ccm_…`.
-const PROJECT: &str = "ccm";
-
 pub fn run(args: &UpArgs) -> anyhow::Result<()> {
     crate::images::run(&crate::images::ImagesArgs { rebuild: false })?;
-    let compose = Compose::find()?;
-    let port = args.port.unwrap_or(8000);
+    // The check runs beside whatever else this machine runs (a developer's stack, other
+    // checks): its own project name and free ports.
+    let (project, port, carrier_port) = if args.check {
+        let free = ccm_tests::process::free_port;
+        ("ccm-check", free()?, free()?)
+    } else {
+        (
+            "ccm",
+            crate::up::pick_port(args.port, 8000)?,
+            crate::up::pick_port(args.carrier_port, 8001)?,
+        )
+    };
+    let compose = Compose::find(project, port, carrier_port, &args.token)?;
     let api = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
     if args.fresh || args.check {
-        compose.run(
-            &["down", "--volumes", "--remove-orphans"],
-            port,
-            &args.token,
-        )?;
+        compose.run(&["down", "--volumes", "--remove-orphans"])?;
     }
-    compose.run(&["up", "--detach"], port, &args.token)?;
     let rt = tokio::runtime::Runtime::new()?;
-    let result = rt.block_on(async {
-        wait_ready(&api).await?;
-        let campaign = crate::up::demo_campaign(&api, &args.token).await?;
-        eprintln!(
-            "the compose stack answers at {api} after {:.1} s (campaign {campaign})",
-            started.elapsed().as_secs_f64()
-        );
-        if args.check {
-            check_a_call(&compose, &api, &args.token, campaign).await?;
-        }
-        Ok::<_, anyhow::Error>(campaign)
+    let result = compose.run(&["up", "--detach"]).and_then(|()| {
+        rt.block_on(async {
+            wait_ready(&api).await?;
+            let campaign = crate::up::demo_campaign(&api, &args.token).await?;
+            eprintln!(
+                "the compose stack answers at {api} after {:.1} s (campaign {campaign})",
+                started.elapsed().as_secs_f64()
+            );
+            if args.check {
+                check_a_call(&compose, &api, &args.token, campaign).await?;
+            }
+            Ok::<_, anyhow::Error>(campaign)
+        })
     });
     if args.check || result.is_err() {
         if result.is_err() {
-            let _ = compose.run(&["logs", "--tail", "40"], port, &args.token);
+            let _ = compose.run(&["logs", "--tail", "40"]);
         }
-        compose.run(&["down", "--volumes"], port, &args.token)?;
+        compose.run(&["down", "--volumes"])?;
     }
     let campaign = result?;
     if !args.check {
         println!(
-            "\nccm runs in Docker (compose project {PROJECT}).\n\
-             \n  API       {api}    (token {}, campaign {campaign})\
-             \n  logs      {} logs -f\
-             \n  stop      {} down    (add --volumes to forget the data)\n",
+            "\nccm runs in Docker (compose project {project}).\n\
+             \n  API          {api}    (token {}, campaign {campaign})\
+             \n  carrier-sim  http://127.0.0.1:{carrier_port}\
+             \n  logs         {} logs -f\
+             \n  stop         {} down    (add --volumes to forget the data)\n",
             args.token,
             compose.describe(),
             compose.describe()
@@ -67,10 +73,20 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
 struct Compose {
     program: Vec<String>,
     file: PathBuf,
+    /// Its containers, network and volumes are `<project>_…`.
+    project: &'static str,
+    port: u16,
+    carrier_port: u16,
+    token: String,
 }
 
 impl Compose {
-    fn find() -> anyhow::Result<Self> {
+    fn find(
+        project: &'static str,
+        port: u16,
+        carrier_port: u16,
+        token: &str,
+    ) -> anyhow::Result<Self> {
         let file = crate::up::workspace_root().join("deploy/compose.yaml");
         let works = |program: &[&str]| {
             Command::new(program[0])
@@ -94,36 +110,39 @@ impl Compose {
         Ok(Self {
             program: program.iter().map(|s| (*s).to_owned()).collect(),
             file,
+            project,
+            port,
+            carrier_port,
+            token: token.to_owned(),
         })
     }
 
     fn describe(&self) -> String {
         format!(
-            "{} -f {} -p {PROJECT}",
+            "{} -f {} -p {}",
             self.program.join(" "),
-            self.file.display()
+            self.file.display(),
+            self.project
         )
     }
 
-    fn command(&self, args: &[&str], port: u16, token: &str) -> Command {
+    fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.program[0]);
         command
             .args(&self.program[1..])
             .arg("-f")
             .arg(&self.file)
-            .args(["-p", PROJECT])
+            .args(["-p", self.project])
             .args(args)
-            .env("CCM_API_PORT", port.to_string())
-            .env("CCM_TOKEN", token);
+            .env("CCM_API_PORT", self.port.to_string())
+            .env("CCM_CARRIER_PORT", self.carrier_port.to_string())
+            .env("CCM_TOKEN", &self.token);
         command
     }
 
-    fn run(&self, args: &[&str], port: u16, token: &str) -> anyhow::Result<()> {
+    fn run(&self, args: &[&str]) -> anyhow::Result<()> {
         eprintln!("$ {} {}", self.describe(), args.join(" "));
-        let status = self
-            .command(args, port, token)
-            .status()
-            .context("cannot run compose")?;
+        let status = self.command(args).status().context("cannot run compose")?;
         if !status.success() {
             bail!("{} {} failed", self.describe(), args.join(" "));
         }
@@ -133,13 +152,9 @@ impl Compose {
     /// One value from PostgreSQL, through psql in the postgres container.
     fn sql(&self, query: &str) -> anyhow::Result<String> {
         let output = self
-            .command(
-                &[
-                    "exec", "-T", "postgres", "psql", "-U", "ccm", "-d", "ccm", "-tAc", query,
-                ],
-                0,
-                "",
-            )
+            .command(&[
+                "exec", "-T", "postgres", "psql", "-U", "ccm", "-d", "ccm", "-tAc", query,
+            ])
             .output()
             .context("cannot run compose exec")?;
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())

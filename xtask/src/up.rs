@@ -244,7 +244,7 @@ impl Stack {
     }
 }
 
-fn pick_port(wanted: Option<u16>, preferred: u16) -> anyhow::Result<u16> {
+pub(crate) fn pick_port(wanted: Option<u16>, preferred: u16) -> anyhow::Result<u16> {
     Ok(match wanted {
         Some(port) => port,
         None if std::net::TcpListener::bind(("127.0.0.1", preferred)).is_ok() => preferred,
