@@ -69,6 +69,9 @@ enum Task {
     /// The long fault-injection run: services as processes, faults one at a time then
     /// together, a 3-node NATS cluster; prints the auditor's table.
     Chaos(chaos::ChaosArgs),
+    /// CI's docker stage alone: images, the core tests on the docker backend, no container
+    /// left, the compose stack completing a call.
+    DockerStage,
     /// Build the container images (Debian base, NATS, PostgreSQL 15, ccm) without a registry;
     /// images whose inputs are unchanged are reused.
     Images(images::ImagesArgs),
@@ -91,6 +94,9 @@ fn main() -> anyhow::Result<()> {
         Task::Chaos(args) => chaos::run(args),
         Task::Schemathesis => schemathesis::run(),
         Task::Images(args) => images::run(&args),
+        Task::DockerStage => ci_docker::run(&deps::install_nats_server(
+            &ccm_tests::nats_server::CURRENT,
+        )?),
     }
 }
 
