@@ -121,7 +121,10 @@ pub fn run(args: &ImagesArgs) -> anyhow::Result<()> {
     let dockerfile = root.join("Dockerfile");
     step(&CCM, ccm_parts, &mut |hash| {
         let context = recipes::ccm_context(&root, &work, &binaries)?;
-        recipes::build(&CCM, &context, Some(&dockerfile), Some(&base_ref), hash)
+        let built = recipes::build(&CCM, &context, Some(&dockerfile), Some(&base_ref), hash);
+        // 200 MB of staged binaries, needed only for the build.
+        std::fs::remove_dir_all(&context)?;
+        built
     })?;
     smoke_test()?;
 
