@@ -12,13 +12,15 @@
 //! - `env`: the servers at `CCM_TEST_NATS_URL` and `CCM_TEST_DATABASE_URL`; each test gets a
 //!   fresh database on that server (dropped afterwards). The NATS server is shared, so run
 //!   such a suite with one test at a time.
-//! - `docker`: the official `nats` image of the pinned release and `postgres:15` through testcontainers (build
-//!   with `--features docker`; needs a Docker engine).
+//! - `docker`: the pinned nats-server and PostgreSQL 15 as containers through testcontainers,
+//!   from the images `cargo xtask images` builds locally ([`images`]; no registry needed).
+//!   Build with `--features docker`; needs a Docker engine.
 
 pub mod chaos;
 pub mod cluster;
 #[cfg(feature = "docker")]
 mod docker;
+pub mod images;
 pub mod nats;
 pub mod nats_server;
 pub mod postgres;
