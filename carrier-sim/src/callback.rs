@@ -30,6 +30,23 @@ pub enum Callback {
     },
 }
 
+impl Callback {
+    /// Reports a call hung up after `lasted`: a talk time it reported is cut to that (at
+    /// least a second, so an answered call still shows as answered).
+    pub fn shorten(&mut self, lasted: Duration) {
+        let secs = lasted.as_secs().max(1);
+        match self {
+            Self::Json { body, .. } => {
+                if body["call_duration"].as_u64().is_some_and(|d| d > secs) {
+                    body["call_duration"] = secs.into();
+                }
+            }
+            // The signature covers the parameters: a Twilio callback is left as drawn.
+            Self::Form { .. } => {}
+        }
+    }
+}
+
 /// Deliveries tried per callback before giving up.
 const DELIVERY_TRIES: u32 = 5;
 
@@ -47,6 +64,10 @@ pub fn schedule(
     let reorder = chance(faults.reorder_rate);
     let drop_last = chance(faults.drop_rate);
     let duplicate = chance(faults.duplicate_rate);
+    let hung_up = state.live.start(&key);
+    let started = std::time::Instant::now();
+    let mut last = last;
+    let length = length + Duration::from_millis(faults.extra_call_ms);
     tokio::spawn(async move {
         if !reorder {
             for callback in &intermediate {
@@ -54,7 +75,9 @@ pub fn schedule(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(length) => {}
+            _ = tokio::time::sleep(length) => state.live.end(&key),
+            // Ended early: the callback reports the time it lasted.
+            () = hung_up.cancelled() => last.shorten(started.elapsed()),
             _ = state.shutdown.cancelled() => return,
         }
         state.ledger.end_attempt(&key);

@@ -22,6 +22,10 @@ pub struct Faults {
     pub duplicate_rate: f64,
     /// Share of calls whose callbacks are sent out of order.
     pub reorder_rate: f64,
+    /// Share of hang-up requests answered 503 with the call left live.
+    pub hangup_error_rate: f64,
+    /// Added length of every call placed from now on, in milliseconds (long calls).
+    pub extra_call_ms: u64,
 }
 
 impl Faults {
@@ -33,6 +37,8 @@ impl Faults {
             drop_rate: config.drop_rate,
             duplicate_rate: config.duplicate_rate,
             reorder_rate: config.reorder_rate,
+            hangup_error_rate: 0.0,
+            extra_call_ms: 0,
         }
     }
 
@@ -43,6 +49,7 @@ impl Faults {
             ("drop_rate", self.drop_rate),
             ("duplicate_rate", self.duplicate_rate),
             ("reorder_rate", self.reorder_rate),
+            ("hangup_error_rate", self.hangup_error_rate),
         ]
         .into_iter()
         .find(|(_, rate)| !(0.0..=1.0).contains(rate))

@@ -61,10 +61,16 @@ pub async fn initiate_call(
     if body.call_id.is_empty() || body.phone_number.is_empty() {
         return bad_request("call_id and phone_number are required");
     }
-    if let Some(fault) = crate::inject_faults(&state).await {
+    let scripted = state.script.next();
+    if let Some(scripted) = scripted.filter(|s| !s.placed) {
+        return crate::script::answer(scripted, StatusCode::OK.into_response()).await;
+    }
+    if scripted.is_none()
+        && let Some(fault) = crate::inject_faults(&state).await
+    {
         return fault;
     }
-    if chance(state.config.reject_rate) {
+    if scripted.is_none() && chance(state.config.reject_rate) {
         state.ledger.count_rejected();
         return bad_request(format!("number {} is not reachable", body.phone_number));
     }
@@ -104,11 +110,15 @@ pub async fn initiate_call(
         }),
     };
     callback::schedule(&state, key, state.config.call_length(), Vec::new(), last);
-    Json(json!({
+    let placed = Json(json!({
         "external_call_id": external_call_id,
         "call_id": body.call_id,
         "campaign_name": body.campaign_name,
         "status": "initiated",
     }))
-    .into_response()
+    .into_response();
+    match scripted {
+        Some(scripted) => crate::script::answer(scripted, placed).await,
+        None => placed,
+    }
 }

@@ -24,10 +24,27 @@ pub struct Attempt {
     pub external_call_id: String,
     /// Placement requests seen with this key: more than one means the dialer asked twice.
     pub requests: u32,
+    /// Whether the dialer asked the carrier to hang the call up (its maximum duration was
+    /// reached), and the call was still live then.
+    #[serde(default)]
+    pub hung_up: bool,
     /// The custom fields the placement request carried (the old contract's
     /// `custom_fields`), so a test can see what reached the carrier.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, String>,
+    /// When the call was placed and when it ended at the carrier (Unix milliseconds), so an
+    /// auditor can rebuild who was live at any moment (caps that change, a number's calls).
+    #[serde(default)]
+    pub placed_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<u64>,
+}
+
+/// Now in Unix milliseconds.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Live and peak calls of one campaign.
@@ -52,6 +69,9 @@ pub struct Stats {
     /// Callbacks delivered (2xx) and failed (other status or unreachable after retries).
     pub callbacks_sent: u64,
     pub callbacks_failed: u64,
+    /// Hang-up requests received (for live, ended or unknown calls alike).
+    #[serde(default)]
+    pub hangup_requests: u64,
     /// Live calls of all campaigns now, and their peak (a dialer's trunk limit).
     pub live: u64,
     pub peak: u64,
@@ -106,7 +126,10 @@ impl Ledger {
                     to: to.to_owned(),
                     external_call_id: external_call_id.clone(),
                     requests: 1,
+                    hung_up: false,
                     fields: BTreeMap::new(),
+                    placed_ms: now_ms(),
+                    ended_ms: None,
                 },
             );
             stats.placed += 1;
@@ -151,9 +174,13 @@ impl Ledger {
     /// for its number.
     pub fn end_attempt(&self, key: &str) {
         self.with(|stats| {
-            let Some(attempt) = stats.attempts.get(key) else {
+            let Some(attempt) = stats.attempts.get_mut(key) else {
                 return;
             };
+            if attempt.ended_ms.is_some() {
+                return;
+            }
+            attempt.ended_ms = Some(now_ms());
             let pair = format!("{}/{}", attempt.campaign, attempt.to);
             let campaign = attempt.campaign.clone();
             if let Some(live) = stats.live_numbers.get_mut(&pair) {
@@ -167,6 +194,30 @@ impl Ledger {
                 stats.live = stats.live.saturating_sub(1);
             }
         });
+    }
+
+    /// The key of the attempt the carrier placed as `external_call_id`.
+    pub fn key_of(&self, external_call_id: &str) -> Option<String> {
+        self.with(|stats| {
+            stats
+                .attempts
+                .values()
+                .find(|a| a.external_call_id == external_call_id)
+                .map(|a| a.key.clone())
+        })
+    }
+
+    /// Records a hang-up request for the attempt under `key` (if any), marking it hung up
+    /// when it was still `live`; whether the attempt exists.
+    pub fn hang_up(&self, key: Option<&str>, live: bool) -> bool {
+        self.with(|stats| {
+            stats.hangup_requests += 1;
+            let Some(attempt) = key.and_then(|k| stats.attempts.get_mut(k)) else {
+                return false;
+            };
+            attempt.hung_up |= live;
+            true
+        })
     }
 
     pub fn count_injected_error(&self) {
@@ -249,5 +300,21 @@ mod tests {
         assert_eq!(stats.number_peak, 2);
         assert_eq!(stats.number_overlaps, ["7/+15550000001"]);
         assert_eq!(stats.campaigns["7"].live, 2);
+    }
+
+    #[test]
+    fn an_attempt_records_when_it_was_live_and_ends_once() {
+        let ledger = Ledger::default();
+        ledger.place("c1/1", "7", "+15550000001");
+        ledger.place("c2/1", "7", "+15550000002");
+        ledger.end_attempt("c1/1");
+        ledger.end_attempt("c1/1");
+        let stats = ledger.snapshot();
+        let first = &stats.attempts["c1/1"];
+        assert!(first.placed_ms > 0);
+        assert!(first.ended_ms.is_some_and(|end| end >= first.placed_ms));
+        assert_eq!(stats.attempts["c2/1"].ended_ms, None);
+        // Ending twice does not free a second slot.
+        assert_eq!(stats.campaigns["7"].live, 1);
     }
 }

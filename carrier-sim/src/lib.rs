@@ -10,15 +10,19 @@
 //! - [`ledger`]: every placed attempt (by idempotency key) and the peak of live calls per
 //!   campaign, served at `GET /stats`, so tests can audit "placed at most once" and "cap never
 //!   exceeded". `GET /health` answers 200.
+//! - [`hangup`]: ending a live call early (both APIs), as the dialer does at its maximum
+//!   duration; [`script`]: a sequence of scripted answers to placement requests.
 //! - [`faults`]: 5xx, latency and callback faults changed at run time (`GET|PUT /faults`).
 //! - [`outcome`]: the outcome mix; [`callback`]: delivery with the configured faults
 //!   (dropped, duplicated, out-of-order callbacks).
 
 pub mod callback;
 pub mod faults;
+pub mod hangup;
 pub mod http_api;
 pub mod ledger;
 pub mod outcome;
+pub mod script;
 pub mod twilio_api;
 
 use std::{
@@ -168,6 +172,10 @@ pub struct SimState {
     pub shutdown: CancellationToken,
     /// The faults in force, starting from the command line's; `PUT /faults` changes them.
     pub faults: Arc<RwLock<Faults>>,
+    /// The calls live now, so a hang-up can end them.
+    pub live: hangup::LiveCalls,
+    /// Scripted answers still to give.
+    pub script: script::Script,
 }
 
 impl SimState {
@@ -198,10 +206,16 @@ pub fn router(state: SimState) -> Router {
         )
         .route("/stats", get(stats))
         .route("/faults", get(get_faults).put(put_faults))
+        .route("/script", axum::routing::put(script::put))
         .route("/api/initiate-call", post(http_api::initiate_call))
+        .route("/api/hangup-call", post(hangup::http))
         .route(
             "/2010-04-01/Accounts/{sid}/Calls.json",
             post(twilio_api::create_call),
+        )
+        .route(
+            "/2010-04-01/Accounts/{sid}/Calls/{call}",
+            post(hangup::twilio),
         )
         .with_state(state)
 }
@@ -261,6 +275,8 @@ pub async fn run(
         http,
         requests: Arc::new(AtomicU64::new(0)),
         shutdown: shutdown.clone(),
+        live: hangup::LiveCalls::default(),
+        script: script::Script::default(),
     };
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "carrier-sim listening");

@@ -27,7 +27,7 @@ use crate::{
     outcome,
 };
 
-fn twilio_error(status: StatusCode, code: u32, message: impl Into<String>) -> Response {
+pub(crate) fn twilio_error(status: StatusCode, code: u32, message: impl Into<String>) -> Response {
     let message = message.into();
     (
         status,
@@ -36,7 +36,7 @@ fn twilio_error(status: StatusCode, code: u32, message: impl Into<String>) -> Re
         .into_response()
 }
 
-fn authorised(state: &SimState, sid: &str, headers: &HeaderMap) -> bool {
+pub(crate) fn authorised(state: &SimState, sid: &str, headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -82,10 +82,16 @@ pub async fn create_call(
     if field(&form, "Url").is_none() && field(&form, "Twiml").is_none() {
         return twilio_error(StatusCode::BAD_REQUEST, 21205, "Url or Twiml is required");
     }
-    if let Some(fault) = crate::inject_faults(&state).await {
+    let scripted = state.script.next();
+    if let Some(scripted) = scripted.filter(|s| !s.placed) {
+        return crate::script::answer(scripted, StatusCode::CREATED.into_response()).await;
+    }
+    if scripted.is_none()
+        && let Some(fault) = crate::inject_faults(&state).await
+    {
         return fault;
     }
-    if chance(state.config.reject_rate) {
+    if scripted.is_none() && chance(state.config.reject_rate) {
         state.ledger.count_rejected();
         return twilio_error(
             StatusCode::BAD_REQUEST,
@@ -118,7 +124,7 @@ pub async fn create_call(
     if new && let Some(url) = status_callback {
         schedule_callbacks(&state, key, &form, &call_sid, url);
     }
-    (
+    let created = (
         StatusCode::CREATED,
         Json(json!({
             "sid": call_sid,
@@ -131,7 +137,11 @@ pub async fn create_call(
             "uri": format!("/2010-04-01/Accounts/{sid}/Calls/{call_sid}.json"),
         })),
     )
-        .into_response()
+        .into_response();
+    match scripted {
+        Some(scripted) => crate::script::answer(scripted, created).await,
+        None => created,
+    }
 }
 
 fn schedule_callbacks(

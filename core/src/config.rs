@@ -159,6 +159,8 @@ pub struct Config {
     pub projector: ProjectorConfig,
     pub webhooks: WebhooksConfig,
     pub log: LogConfig,
+    /// Number claims and Idempotency-Keys: their per-key TTLs and the claim reaper.
+    pub claims: ClaimsConfig,
     /// Whether each service creates or updates the JetStream topology (and the projector runs
     /// the migrations) when it starts. Turned off (`CCM_PROVISION=false`) where a separate
     /// step does it once, as the Helm chart's provisioning Job does.
@@ -177,9 +179,45 @@ impl Default for Config {
             projector: ProjectorConfig::default(),
             webhooks: WebhooksConfig::default(),
             log: LogConfig::default(),
+            claims: ClaimsConfig::default(),
             provision: true,
         }
     }
+}
+
+/// An API token as configured: the token itself (a string, as before roles existed: an
+/// `admin` token), or an entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TokenConfig {
+    Plain(Secret),
+    Entry(TokenEntry),
+}
+
+impl From<Secret> for TokenConfig {
+    fn from(token: Secret) -> Self {
+        Self::Plain(token)
+    }
+}
+
+/// A token with its role: `{sha256: <hex>, role: viewer, name: grafana, expires_at: …}`.
+/// Exactly one of `token` and `sha256` is given; `sha256` (the hex SHA-256 of the token)
+/// keeps the token itself out of the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub role: crate::access::Role,
+    /// Who holds it, for logs (never the token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// After this instant the token is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Retention of the streams; applied on top of the definitions in `nats/` when provisioning.
@@ -223,8 +261,10 @@ impl Default for StreamSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
     pub listen: SocketAddr,
-    /// Accepted API tokens (`X-Auth-Token` or `Authorization: Bearer`).
-    pub auth_tokens: Vec<Secret>,
+    /// Accepted API tokens (`X-Auth-Token` or `Authorization: Bearer`): a bare string is an
+    /// `admin` token; an entry gives a role, a name, an expiry, and the token or only its
+    /// SHA-256 ([`TokenConfig`]).
+    pub auth_tokens: Vec<TokenConfig>,
     pub phone_validation: PhoneRule,
     /// Concurrency cap of a campaign created without one.
     pub default_max_concurrent_calls: u32,
@@ -318,27 +358,6 @@ pub enum DuplicateScope {
     Campaign,
 }
 
-impl DuplicateScope {
-    /// The `active_calls` key that claims `phone` under this scope: its digits, prefixed by
-    /// the campaign when the scope is per campaign. The retrier must release the same key.
-    pub fn claim_key(&self, campaign: crate::CampaignId, phone: &crate::PhoneNumber) -> String {
-        match self {
-            Self::Global => phone.digits().to_owned(),
-            Self::Campaign => format!("{campaign}.{}", phone.digits()),
-        }
-    }
-
-    /// Every key a call of `campaign` to `phone` may hold, whatever the scope was when it
-    /// claimed: a release checks both (and deletes only a claim holding its own call id), so a
-    /// change of scope between claim and release never strands a number.
-    pub fn all_claim_keys(campaign: crate::CampaignId, phone: &crate::PhoneNumber) -> [String; 2] {
-        [
-            Self::Global.claim_key(campaign, phone),
-            Self::Campaign.claim_key(campaign, phone),
-        ]
-    }
-}
-
 impl Default for IngestConfig {
     fn default() -> Self {
         Self {
@@ -418,8 +437,12 @@ impl Default for WebhooksConfig {
 pub struct DialerConfig {
     /// Trunk capacity of one dialer replica: live calls it carries at most, all campaigns.
     pub max_calls: u32,
-    /// A call with no outcome after this long gets a synthetic FAILED outcome.
+    /// A call with no outcome after this long is hung up at the carrier and, unless the
+    /// carrier's own outcome follows, ends with a synthetic FAILED outcome.
     pub max_call_duration_secs: u64,
+    /// How long a call hung up at its maximum duration waits for the carrier's own outcome
+    /// (which a carrier sends right after a hang-up) before the synthetic one is published.
+    pub hangup_grace_ms: u64,
     pub carrier: CarrierConfig,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; none by default (see
     /// `projector.metrics_listen`).
@@ -436,6 +459,7 @@ impl Default for DialerConfig {
         Self {
             max_calls: 1000,
             max_call_duration_secs: 600,
+            hangup_grace_ms: 15_000,
             carrier: CarrierConfig::default(),
             metrics_listen: None,
             max_calls_per_second: 0,
@@ -557,6 +581,30 @@ impl Default for SimCarrierConfig {
             rnr: 0,
             failed: 0,
             call_ms: 50,
+        }
+    }
+}
+
+/// Number claims (`active_calls`) and Idempotency-Keys (`idempotency`), see [`crate::claims`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClaimsConfig {
+    /// How long a claim or an Idempotency-Key lives before its call's publish is definite: a
+    /// writer that dies in between leaves a number blocked, or a key pending, no longer.
+    pub pending_ttl_secs: u64,
+    /// How often the retrier's reaper walks the claims, freeing those of ended or never
+    /// published calls (a few requests per claim; every replica may run it).
+    pub reap_interval_secs: u64,
+    /// How long a completed Idempotency-Key answers with its call.
+    pub idempotency_ttl_secs: u64,
+}
+
+impl Default for ClaimsConfig {
+    fn default() -> Self {
+        Self {
+            pending_ttl_secs: 120,
+            reap_interval_secs: 60,
+            idempotency_ttl_secs: 86_400,
         }
     }
 }
@@ -821,6 +869,47 @@ mod tests {
         assert!(!loaded.config.provision);
     }
 
+    /// `config/ccm.example.yaml` is the commented reference operators copy: it must load, hold
+    /// exactly the defaults, and name every setting (a setting added without it fails here).
+    #[test]
+    fn the_example_configuration_names_every_setting_with_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/ccm.example.yaml");
+        let loaded = Config::load_from(Some(&path), env(&[])).expect("the example loads");
+        assert_eq!(
+            loaded.config,
+            Config::default(),
+            "the example's values are the defaults"
+        );
+
+        let text = std::fs::read_to_string(&path).expect("reads");
+        let example: Value = serde_yaml_ng::from_str(&text).expect("yaml");
+        let defaults = serde_yaml_ng::to_value(Config::default()).expect("serialises");
+        let mut missing = Vec::new();
+        key_paths(&defaults, "", &mut |key| {
+            if lookup(&example, key).is_none() {
+                missing.push(key.to_owned());
+            }
+        });
+        assert!(
+            missing.is_empty(),
+            "settings missing from the example: {missing:?}"
+        );
+    }
+
+    fn key_paths(value: &Value, prefix: &str, found: &mut impl FnMut(&str)) {
+        if let Value::Mapping(map) = value {
+            for (key, child) in map {
+                let key = format!("{prefix}{}", key.as_str().unwrap_or_default());
+                found(&key);
+                key_paths(child, &format!("{key}."), found);
+            }
+        }
+    }
+
+    fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+        path.split('.').try_fold(value, |value, key| value.get(key))
+    }
+
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
@@ -850,7 +939,7 @@ mod tests {
         assert_eq!(loaded.config.ingest.default_max_attempts, 7);
         assert_eq!(
             loaded.config.ingest.auth_tokens,
-            vec![Secret::new("a"), Secret::new("b")]
+            vec![Secret::new("a").into(), Secret::new("b").into()]
         );
         assert_eq!(loaded.config.projector, ProjectorConfig::default());
         assert_eq!(loaded.unknown_env, vec!["CCM_TEST_BACKEND".to_owned()]);
@@ -916,10 +1005,37 @@ mod tests {
     }
 
     #[test]
+    fn a_token_is_a_string_or_an_entry_with_a_role() {
+        let yaml = "ingest:\n  auth_tokens:\n    - plain-token\n    - {sha256: 5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8, role: viewer, name: grafana}\n    - {token: carrier-token, role: carrier, expires_at: 2027-01-01T00:00:00Z}\n";
+        let mut file = tempfile::NamedTempFile::new().expect("file");
+        file.write_all(yaml.as_bytes()).expect("write");
+        let loaded = Config::load_from(Some(file.path()), env(&[])).expect("loads");
+        let tokens = &loaded.config.ingest.auth_tokens;
+        assert_eq!(tokens[0], TokenConfig::Plain(Secret::new("plain-token")));
+        let TokenConfig::Entry(viewer) = &tokens[1] else {
+            panic!("an entry: {:?}", tokens[1]);
+        };
+        assert_eq!(viewer.role, crate::access::Role::Viewer);
+        assert_eq!(viewer.name.as_deref(), Some("grafana"));
+        let TokenConfig::Entry(carrier) = &tokens[2] else {
+            panic!("an entry: {:?}", tokens[2]);
+        };
+        assert_eq!(carrier.role, crate::access::Role::Carrier);
+        assert!(carrier.expires_at.is_some());
+        let bad = "ingest:\n  auth_tokens:\n    - {token: t, role: superuser}\n";
+        let mut file = tempfile::NamedTempFile::new().expect("file");
+        file.write_all(bad.as_bytes()).expect("write");
+        assert!(
+            Config::load_from(Some(file.path()), env(&[])).is_err(),
+            "an unknown role"
+        );
+    }
+
+    #[test]
     fn secrets_are_not_printed() {
         let config = Config {
             ingest: IngestConfig {
-                auth_tokens: vec![Secret::new("hunter2")],
+                auth_tokens: vec![Secret::new("hunter2").into()],
                 ..Default::default()
             },
             ..Default::default()

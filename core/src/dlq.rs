@@ -19,6 +19,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::claims::{self, Claim, ClaimError, ClaimSettings, Claims};
 use crate::config::DuplicateScope;
 use crate::{
     events::{CallEvent, DialRequest, EventKind},
@@ -28,7 +29,7 @@ use crate::{
 };
 use async_nats::{
     HeaderMap,
-    jetstream::{self, kv, message::PublishMessage, stream::Stream},
+    jetstream::{self, message::PublishMessage, stream::Stream},
 };
 use bytes::Bytes;
 use chrono::Utc;
@@ -61,7 +62,7 @@ pub enum Replay {
     /// later message of that consumer, which the projector applies idempotently.
     Reset,
     /// The consumer does not apply a message twice harmlessly (a second retry decision, a
-    /// second webhook): no automatic replay; the operator follows the README's procedure.
+    /// second webhook): no automatic replay; the operator follows the procedure in `docs/retries.md`.
     Manual,
 }
 
@@ -117,13 +118,17 @@ pub enum DlqError {
     Delete(u64, #[source] async_nats::Error),
     #[error("number of call {call} is live in call {other}; redrive it once that call ends")]
     NumberBusy { call: CallId, other: String },
+    #[error(
+        "number of call {0} ended another call less than the duplicate window ago; redrive it later"
+    )]
+    NumberInWindow(CallId),
     #[error("cannot claim the call's number")]
     Claim(#[source] async_nats::Error),
     #[error("dead letter #{0} is not a dial message of a call")]
     NotACall(u64),
     #[error(
         "record #{seq} is {stream} #{source_seq} parked by consumer {consumer}, which cannot \
-         apply a message twice harmlessly: replay it by hand (see the README), then discard \
+         apply a message twice harmlessly: replay it by hand (see `docs/retries.md`), then discard \
          the record"
     )]
     ReplayByHand {
@@ -302,7 +307,7 @@ pub struct Redriven {
 pub struct Dlq {
     js: jetstream::Context,
     stream: Stream,
-    active_calls: kv::Store,
+    claims: Claims,
     /// The duplicate scope a redriven call claims its number under.
     scope: DuplicateScope,
 }
@@ -314,11 +319,12 @@ impl Dlq {
             .get_stream(names::DLQ)
             .await
             .map_err(|e| DlqError::Read(e.into()))?;
-        let active_calls = crate::nats::bucket(&js, names::KV_ACTIVE_CALLS).await?;
+        let settings = ClaimSettings::of(&crate::Config::default());
+        let claims = Claims::open(js.clone(), settings).await?;
         Ok(Self {
             js,
             stream,
-            active_calls,
+            claims,
             scope: DuplicateScope::default(),
         })
     }
@@ -326,6 +332,13 @@ impl Dlq {
     /// Claims numbers of redriven calls under `scope` (ingest's `duplicate_scope`).
     pub fn with_scope(mut self, scope: DuplicateScope) -> Self {
         self.scope = scope;
+        self
+    }
+
+    /// Claims with these TTLs and duplicate window (the deployment's, see
+    /// [`ClaimSettings::of`]) instead of the defaults.
+    pub fn with_claim_settings(mut self, settings: ClaimSettings) -> Self {
+        self.claims = self.claims.with_settings(settings);
         self
     }
 
@@ -395,7 +408,7 @@ impl Dlq {
         if letter.stream == names::CALLS {
             let mut request: DialRequest =
                 serde_json::from_slice(&message.payload).map_err(|_| DlqError::NotACall(seq))?;
-            self.claim(&request).await?;
+            let claim = self.claim(&request).await?;
             let now = Utc::now();
             let event = CallEvent {
                 call_id: request.call_id,
@@ -411,6 +424,9 @@ impl Dlq {
             request.attempt += 1;
             request.queued_at = now;
             crate::nats::publish_dial(&self.js, &request).await?;
+            if let Err(e) = self.claims.bind(&claim).await {
+                tracing::warn!(error = %e, call = %request.call_id, "cannot bind the redriven call's claim yet; the reaper will");
+            }
             self.delete(seq).await?;
             tracing::info!(letter = seq, call = %request.call_id, attempt = request.attempt,
                 "dead letter redriven");
@@ -533,32 +549,30 @@ impl Dlq {
             .map_err(|e| DlqError::Delete(seq, e.into()))
     }
 
-    /// Claims the call's number again (it was released when the call was dead-lettered).
-    async fn claim(&self, request: &DialRequest) -> Result<(), DlqError> {
-        let key = self
-            .scope
-            .claim_key(request.campaign_id, &request.phone_number);
-        let key = key.as_str();
-        let call = request.call_id.to_string();
-        match self.active_calls.create(key, call.clone().into()).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let held = self
-                    .active_calls
-                    .get(key)
-                    .await
-                    .map_err(|e| DlqError::Claim(e.into()))?;
-                match held {
-                    Some(value) if value.as_ref() == call.as_bytes() => Ok(()),
-                    Some(value) => Err(DlqError::NumberBusy {
-                        call: request.call_id,
-                        other: String::from_utf8_lossy(&value).into_owned(),
-                    }),
-                    // Released between the two reads: try once more from the top.
-                    None => Box::pin(self.claim(request)).await,
-                }
+    /// Claims the call's number again (it was released when the call was dead-lettered),
+    /// pending until the new attempt is published; the call's own release marker does not
+    /// count against it, another call's does.
+    async fn claim(&self, request: &DialRequest) -> Result<Claim, DlqError> {
+        let (campaign, phone) = (request.campaign_id, &request.phone_number);
+        match self
+            .claims
+            .claim(self.scope, campaign, phone, request.call_id)
+            .await
+        {
+            Ok(claim) => Ok(claim),
+            Err(ClaimError::InProgress) => {
+                let key = claims::key(self.scope, campaign, phone);
+                let other = match self.claims.read(&key).await.map(|r| r.slot) {
+                    Ok(claims::Slot::Held { call, .. }) => call,
+                    _ => "another call".into(),
+                };
+                Err(DlqError::NumberBusy {
+                    call: request.call_id,
+                    other,
+                })
             }
-            Err(e) => Err(DlqError::Claim(e.into())),
+            Err(ClaimError::WithinWindow) => Err(DlqError::NumberInWindow(request.call_id)),
+            Err(ClaimError::Unavailable(e)) => Err(DlqError::Claim(e)),
         }
     }
 }

@@ -11,6 +11,7 @@
 //!   idempotent provisioning.
 //! - [`nats`]: connecting and publishing with `Nats-Msg-Id`. [`trace_context`]: the W3C
 //!   trace context carried in NATS headers.
+//! - [`dial_consumer`]: a campaign's dial consumer (cap, pause) derived from its document.
 //! - [`inspect`]: streams, consumers and buckets as the operator's `status` command shows them.
 //! - [`metrics`]: the Prometheus recorder and a minimal `/metrics` server.
 //! - [`policy`]: the YAML retry policy (the old system's format plus extensions) and the
@@ -28,15 +29,21 @@
 //!
 //! Services never depend on each other; whatever two of them must agree on lives here.
 
+pub mod access;
 pub mod campaign;
+pub mod claims;
 pub mod config;
+pub mod contacts;
+pub mod dial_consumer;
 pub mod dlq;
 pub mod dnc;
 pub mod events;
 pub mod ids;
 pub mod inspect;
+pub mod kv_ttl;
 pub mod lifecycle;
 pub mod metrics;
+pub mod mirror;
 pub mod nats;
 pub mod phone;
 pub mod placements;

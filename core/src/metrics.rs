@@ -14,23 +14,27 @@
 //! series count stays bounded. The one open-ended label is `campaign`: it is bounded by the
 //! number of campaigns an operator creates (tens to thousands), not by traffic.
 //!
-//! Every metric (the README's "Metrics" section has the same table):
+//! Every metric (`docs/operations.md`'s "Metrics" section has the same table):
 //!
 //! | name | type | labels | what |
 //! |---|---|---|---|
 //! | `ccm_ingest_http_request_duration_seconds` | histogram | `method`, `route`, `status` | API latency; `route` is the route template (`/api/v1/calls/{id}`, `unmatched` for no route), `status` the class (`2xx`…`5xx`); its `_count` is requests |
 //! | `ccm_ingest_calls_accepted_total` | counter | | calls accepted (dial message stored by JetStream) |
 //! | `ccm_ingest_calls_refused_total` | counter | `reason` | calls refused after validation: `in_progress`, `within_window` (duplicates, 429), `claim_unavailable`, `publish_failed` (503); invalid input shows as `4xx` in the latency histogram |
+//! | `ccm_ingest_audit_failures_total` | counter | | audit records that could not be stored (each is logged at error level with the record) |
 //! | `ccm_dialer_live_calls` | gauge | `campaign` | calls in flight in this replica (dial message held un-acked) |
 //! | `ccm_dialer_queued_calls` | gauge | `campaign` | dial messages waiting for a dialer (the campaign consumer's `num_pending`, polled every 5 s) |
 //! | `ccm_dialer_calls_placed_total` | counter | `campaign` | attempts handed to the carrier |
 //! | `ccm_dialer_carrier_request_duration_seconds` | histogram | `carrier`, `result` | one placement request; `result`: `placed`, `rejected`, `unavailable`, `ambiguous` |
-//! | `ccm_dialer_carrier_errors_total` | counter | `carrier`, `kind` | failed placements: `rejected` (4xx, call ends FAILED), `unavailable` (retried), `ambiguous` (timeout after sending) |
+//! | `ccm_dialer_carrier_errors_total` | counter | `carrier`, `kind` | failed placements: `rejected` (4xx, call ends FAILED), `unavailable` (retried), `ambiguous` (a timeout after sending, 409, a 5xx other than 503: never placed again) |
 //! | `ccm_dialer_outcome_timeouts_total` | counter | | calls ended by the synthetic FAILED (`timeout`) |
+//! | `ccm_dialer_hang_ups_total` | counter | `carrier` | calls past their maximum duration ended at the carrier (the hang-up confirmed) |
+//! | `ccm_dialer_hang_up_failures_total` | counter | `carrier` | hang-up requests the carrier did not confirm (the call stays held and it is asked again) |
 //! | `ccm_dialer_trunk_lines_busy` | gauge | | trunk lines of this replica in use |
 //! | `ccm_retrier_decisions_total` | counter | `decision`, `status` | outcomes decided: `completed`, `retrying`, `failed`, by outcome status |
 //! | `ccm_retrier_retries_scheduled_total` | counter | `reason` | retries scheduled in `RETRIES`, by the outcome status that caused them (`RNR`, `DISCONNECTED`, `FAILED`) |
 //! | `ccm_retrier_retries_fired_total` | counter | | retries re-published to `CALLS` when due |
+//! | `ccm_retrier_claims_reaped_total` | counter | `action` | number claims the reaper freed (`released`: call ended, `purged`: never published or a stale marker) or `bound` (published, writer died before binding) |
 //! | `ccm_retrier_retry_backlog_messages` | gauge | | entries waiting in `RETRIES` (stream info, polled every 5 s) |
 //! | `ccm_retrier_dlq_messages` | gauge | | letters in `DLQ` (stream info, polled every 5 s) |
 //! | `ccm_retrier_dead_letters_total` | counter | `stream` | letters created by this replica, by source stream |

@@ -67,6 +67,45 @@ pub async fn record(
         .map_err(PlacementError::Put)
 }
 
+/// The key under which an attempt's carrier id is kept, for the dialer to hang the call up
+/// when a redelivery of its message finds it past its maximum duration. It holds a `.`,
+/// which no key of [`key`] (base64url) does, so the two kinds never meet.
+pub fn attempt_key(call: CallId, attempt: u32) -> String {
+    format!("attempt.{call}.{attempt}")
+}
+
+/// Records the carrier's id of `placed`'s attempt under [`attempt_key`].
+pub async fn record_attempt(
+    bucket: &kv::Store,
+    placed: &PlacedAttempt,
+    external_call_id: &str,
+) -> Result<(), PlacementError> {
+    if external_call_id.is_empty() || external_call_id.len() > MAX_ID_LEN {
+        return Ok(());
+    }
+    bucket
+        .put(
+            attempt_key(placed.call_id, placed.attempt),
+            external_call_id.to_owned().into_bytes().into(),
+        )
+        .await
+        .map(|_| ())
+        .map_err(PlacementError::Put)
+}
+
+/// The carrier's id recorded for an attempt, if any.
+pub async fn attempt_external_id(
+    bucket: &kv::Store,
+    call: CallId,
+    attempt: u32,
+) -> Result<Option<String>, PlacementError> {
+    let value = bucket
+        .get(attempt_key(call, attempt))
+        .await
+        .map_err(PlacementError::Get)?;
+    Ok(value.and_then(|v| String::from_utf8(v.to_vec()).ok()))
+}
+
 /// The attempt `external_call_id` was placed for, if it was recorded (and is still kept). A
 /// value that does not parse counts as none.
 pub async fn lookup(
@@ -108,5 +147,10 @@ mod tests {
         assert_eq!(key(""), None);
         assert_eq!(key(&"x".repeat(MAX_ID_LEN + 1)), None);
         assert!(key(&"x".repeat(MAX_ID_LEN)).is_some());
+        let attempt = attempt_key(CallId::new(), 3);
+        assert!(
+            attempt.contains('.') && !keys.contains(&attempt),
+            "{attempt}"
+        );
     }
 }

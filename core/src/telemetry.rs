@@ -135,3 +135,42 @@ pub fn shutdown() {
         eprintln!("cannot flush spans at exit: {e}");
     }
 }
+
+/// An error with its whole `source()` chain, `outer: inner: root`, for log fields:
+/// `tracing::warn!(error = %chain(&e), "…")`. Logging `%e` alone prints only the outermost
+/// message ("cannot read the contact"), which hides the cause an operator needs.
+pub fn chain<'a>(error: &'a (dyn std::error::Error + 'a)) -> Chain<'a> {
+    Chain(error)
+}
+
+/// See [`chain`].
+#[derive(Debug)]
+pub struct Chain<'a>(&'a (dyn std::error::Error + 'a));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Inner);
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner")]
+    struct Inner(#[source] std::io::Error);
+
+    #[test]
+    fn the_chain_prints_every_source() {
+        let e = Outer(Inner(std::io::Error::other("root")));
+        assert_eq!(super::chain(&e).to_string(), "outer: inner: root");
+    }
+}

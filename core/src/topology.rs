@@ -18,9 +18,7 @@ use serde::Serialize;
 
 use crate::{
     config::StreamSettings,
-    ids::CampaignId,
     server_version::{UnsupportedServer, require_supported},
-    subjects,
 };
 
 /// A definition file as embedded: its path below `nats/` and its text.
@@ -43,6 +41,7 @@ pub const STREAMS: &[Definition] = definitions![
     "streams/RETRIES.json",
     "streams/DLQ.json",
     "streams/ADVISORIES.json",
+    "streams/AUDIT.json",
     "streams/KV_campaigns.json",
     "streams/KV_active_calls.json",
     "streams/KV_counters.json",
@@ -53,6 +52,7 @@ pub const STREAMS: &[Definition] = definitions![
     "streams/KV_pacing.json",
     "streams/KV_attempts.json",
     "streams/KV_placements.json",
+    "streams/KV_tokens.json",
 ];
 
 /// Every fixed consumer definition, with its stream (the folder name).
@@ -81,6 +81,8 @@ pub mod names {
     pub const RETRIES: &str = "RETRIES";
     pub const DLQ: &str = "DLQ";
     pub const ADVISORIES: &str = "ADVISORIES";
+    /// The API's audit log (`audit.<role>`), written by ingest.
+    pub const AUDIT: &str = "AUDIT";
     /// KV bucket names (their streams are `KV_<bucket>`).
     pub const KV_CAMPAIGNS: &str = "campaigns";
     pub const KV_ACTIVE_CALLS: &str = "active_calls";
@@ -99,6 +101,8 @@ pub mod names {
     pub const KV_ATTEMPTS: &str = "attempts";
     /// The carrier's call id (base64url) → the attempt it placed, see [`crate::placements`].
     pub const KV_PLACEMENTS: &str = "placements";
+    /// API tokens made through the API: id → [`crate::access::StoredToken`] (never the token).
+    pub const KV_TOKENS: &str = "tokens";
 }
 
 /// What went wrong with the topology.
@@ -192,13 +196,9 @@ impl Topology {
         })
     }
 
-    /// The dial consumer of `campaign`, with its concurrency cap as `max_ack_pending`.
-    pub fn dial_consumer(&self, campaign: CampaignId, max_concurrent_calls: u32) -> pull::Config {
-        let mut config = self.dial_template.clone();
-        config.durable_name = Some(subjects::dial_consumer(campaign));
-        config.filter_subject = subjects::dial(campaign);
-        config.max_ack_pending = i64::from(max_concurrent_calls.max(1));
-        config
+    /// The template of every campaign's dial consumer; [`crate::dial_consumer`] fills it in.
+    pub(crate) fn dial_template(&self) -> &pull::Config {
+        &self.dial_template
     }
 
     /// Creates or updates every stream and fixed consumer; reports what it did.
@@ -211,19 +211,6 @@ impl Topology {
         for (stream, wanted) in &self.consumers {
             provision_consumer(js, stream, wanted, &mut report).await?;
         }
-        Ok(report)
-    }
-
-    /// Creates or updates the dial consumer of a campaign (its cap may have changed).
-    pub async fn ensure_dial_consumer(
-        &self,
-        js: &jetstream::Context,
-        campaign: CampaignId,
-        max_concurrent_calls: u32,
-    ) -> Result<Report, TopologyError> {
-        let mut report = Report::default();
-        let wanted = self.dial_consumer(campaign, max_concurrent_calls);
-        provision_consumer(js, names::CALLS, &wanted, &mut report).await?;
         Ok(report)
     }
 }
@@ -329,6 +316,10 @@ fn stream_drift(wanted: &stream::Config, actual: &stream::Config) -> Vec<Drift> 
         format!("{:?}", wanted.storage),
         format!("{:?}", actual.storage),
     );
+    // The server turns per-message TTLs on in place but never off again.
+    if actual.allow_message_ttl && !wanted.allow_message_ttl {
+        check("allow_msg_ttl", "false".into(), "true".into());
+    }
     drift
 }
 
@@ -348,6 +339,7 @@ fn stream_differs(wanted: &stream::Config, actual: &stream::Config) -> bool {
         || wanted.discard != actual.discard
         || wanted.num_replicas != actual.num_replicas
         || wanted.description != actual.description
+        || wanted.allow_message_ttl != actual.allow_message_ttl
 }
 
 async fn provision_consumer(
@@ -407,7 +399,7 @@ fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
 }
 
 /// Differences the server cannot apply to an existing consumer.
-fn consumer_drift(
+pub(crate) fn consumer_drift(
     object: &str,
     wanted: &pull::Config,
     actual: &jetstream::consumer::Config,
@@ -441,7 +433,11 @@ fn consumer_drift(
     drift
 }
 
-fn consumer_differs(wanted: &pull::Config, actual: &jetstream::consumer::Config) -> bool {
+/// Whether an editable field other than the pause differs (the pause has its own API).
+pub(crate) fn consumer_differs(
+    wanted: &pull::Config,
+    actual: &jetstream::consumer::Config,
+) -> bool {
     wanted.max_ack_pending != actual.max_ack_pending
         || wanted.ack_wait != actual.ack_wait
         || wanted.max_deliver != actual.max_deliver
@@ -517,20 +513,5 @@ mod tests {
             .find(|s| s.name == names::RETRIES)
             .expect("RETRIES");
         assert_eq!(retries.retention, stream::RetentionPolicy::WorkQueue);
-    }
-
-    #[test]
-    fn dial_consumer_is_the_template_with_the_campaign_filled_in() {
-        let topology = Topology::load(&StreamSettings::default()).expect("loads");
-        let campaign = CampaignId::new(12).expect("valid");
-        let config = topology.dial_consumer(campaign, 20);
-        assert_eq!(config.durable_name.as_deref(), Some("dial_12"));
-        assert_eq!(config.filter_subject, "calls.dial.12");
-        assert_eq!(config.max_ack_pending, 20);
-        assert!(
-            !serde_json::to_string(&config)
-                .expect("json")
-                .contains("{campaign}")
-        );
     }
 }

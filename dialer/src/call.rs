@@ -14,12 +14,13 @@
 //!
 //! `Dialing` is published before the carrier is asked, so a crash between the two leaves a
 //! record that the attempt *may* have been placed; such an attempt is never placed again and
-//! ends by its outcome or by the synthetic FAILED (`timeout`). Only when the carrier answered
-//! that it placed nothing (unreachable, 5xx) is the `Dialing` event withdrawn (deleted from
-//! the stream) before the message is handed back, so the redelivery places it. Two
-//! deliveries of one attempt handled at once both find nothing placed; the one whose
-//! `Dialing` is stored second sees its de-duplication id taken by a `Dialing` that still
-//! stands, and only waits.
+//! ends by its outcome or at its maximum duration ([`crate::expiry`]: hung up at the carrier,
+//! then the carrier's own outcome or a synthetic FAILED). Only when the carrier's answer
+//! proves it created nothing ([`crate::carrier::classify`]) is the `Dialing` event withdrawn
+//! (deleted from the stream) before the message is handed back, so the redelivery places it;
+//! an answer that proves nothing (a 502, a timeout) leaves the attempt placed with its
+//! outcome unknown. Of two deliveries of one attempt that both found nothing placed, only the
+//! first `Dialing` is stored ([`crate::dialing`]); the other looks again and only waits.
 
 use std::{sync::Arc, time::Duration};
 
@@ -27,7 +28,6 @@ use async_nats::jetstream::{self, AckKind, Message, kv};
 use ccm_core::{
     CallEvent, DialRequest, EventKind, OutcomeSource, OutcomeStatus,
     metrics::{counter, histogram},
-    subjects,
 };
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,7 @@ use tracing::Instrument;
 use crate::{
     carrier::{CampaignInfo, Carrier, CarrierError},
     dialing::Dialing,
+    known::{Known, known, outcome_stored},
 };
 
 /// What a call task needs; shared by all calls of a dialer.
@@ -47,7 +48,8 @@ pub struct CallContext {
     pub campaigns: kv::Store,
     pub js: jetstream::Context,
     pub events: jetstream::stream::Stream,
-    pub active_calls: kv::Store,
+    /// Number claims, released when an attempt is cancelled (see [`ccm_core::claims`]).
+    pub claims: ccm_core::claims::Claims,
     /// Contacts, for the callee's own time zone.
     pub contacts: kv::Store,
     /// Do-not-call lists, checked just before placing.
@@ -62,6 +64,8 @@ pub struct CallContext {
     /// The adapter's name (`sim`, `http`, `twilio`): the `carrier` label of its metrics.
     pub carrier_kind: &'static str,
     pub max_call_duration: Duration,
+    /// How long a call hung up at its maximum duration waits for the carrier's own outcome.
+    pub hangup_grace: Duration,
     /// How often the dial message is kept alive while the call lasts (well under AckWait).
     pub progress_every: Duration,
     pub shutdown: CancellationToken,
@@ -79,17 +83,6 @@ pub enum Mode {
     /// The campaign is over (cancelled, completed, past its end date): end the attempt
     /// `CANCELLED` with this reason unless it was already placed.
     Cancel(&'static str),
-}
-
-/// What the stream already knows about this attempt.
-#[derive(Debug, PartialEq, Eq)]
-enum Known {
-    /// Nothing: the attempt has not been placed.
-    Nothing,
-    /// Placed at this time (a `Dialing` event exists); its outcome has not arrived.
-    Placed(DateTime<Utc>),
-    /// The outcome exists, or the call moved past this attempt: nothing left to do.
-    Done,
 }
 
 /// Handles one dial message to the end; `limit` is the campaign's own bound on a call's
@@ -127,7 +120,7 @@ pub async fn handle(
 
 /// Errors that hand the dial message back for redelivery.
 #[derive(Debug, thiserror::Error)]
-enum CallError {
+pub(crate) enum CallError {
     #[error("NATS: {0}")]
     Nats(String),
     #[error(transparent)]
@@ -162,11 +155,12 @@ async fn run(
     let mut waiter = ctx.outcomes.register(request.call_id, request.attempt);
     // Boxed: looking up and placing take several kilobytes of future state, which a call
     // task would otherwise keep for as long as it waits for its outcome.
-    let Some(placed_at) = Box::pin(place(ctx, request, message, campaign, mode)).await? else {
+    let placing = place(ctx, request, message, campaign, mode, max_call_duration);
+    let Some(placed) = Box::pin(placing).await? else {
         return Ok(());
     };
     // The call's time runs from its placement, also when a redelivery picks it up later.
-    let elapsed = (Utc::now() - placed_at).to_std().unwrap_or_default();
+    let elapsed = (Utc::now() - placed.at).to_std().unwrap_or_default();
     let deadline = tokio::time::Instant::now() + max_call_duration.saturating_sub(elapsed);
     let mut progress = tokio::time::interval(ctx.progress_every);
     progress.tick().await;
@@ -195,9 +189,8 @@ async fn run(
                 let _ = Box::pin(message.ack_with(AckKind::Progress)).await;
             }
             _ = tokio::time::sleep_until(deadline) => {
-                let timeout = "timeout".into();
-                Box::pin(publish_outcome(ctx, request, OutcomeSource::Timeout, timeout)).await?;
-                counter!("ccm_dialer_outcome_timeouts_total").increment(1);
+                // Ended at the carrier first: the line is free before the attempt ends.
+                Box::pin(crate::expiry::expire(ctx, request, message, &mut waiter, placed)).await?;
                 break;
             }
             _ = ctx.shutdown.cancelled() => return Err(CallError::Shutdown),
@@ -207,15 +200,35 @@ async fn run(
     Ok(())
 }
 
-/// Looks the attempt up and places it if it has not been: when it was placed (now or
-/// earlier), or `None` when nothing is left to wait for (the message is then acknowledged).
+/// A placed attempt, as the call that waits for its outcome knows it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Placed {
+    pub at: DateTime<Utc>,
+    /// The carrier's id of the call, when this delivery placed it and was told.
+    pub external_call_id: Option<String>,
+    /// Why the placement's result is unknown, when the carrier's answer proved nothing.
+    pub unknown: Option<String>,
+}
+
+impl Placed {
+    fn at(at: DateTime<Utc>) -> Self {
+        Self {
+            at,
+            ..Self::default()
+        }
+    }
+}
+
+/// Looks the attempt up and places it if it has not been: the placement (now or earlier),
+/// or `None` when nothing is left to wait for (the message is then acknowledged).
 async fn place(
     ctx: &CallContext,
     request: &DialRequest,
     message: &Message,
     campaign: &CampaignInfo,
     mode: Mode,
-) -> Result<Option<DateTime<Utc>>, CallError> {
+    max_call_duration: Duration,
+) -> Result<Option<Placed>, CallError> {
     match known(ctx, request).await? {
         Known::Done => {
             ack(message).await;
@@ -223,9 +236,9 @@ async fn place(
         }
         Known::Placed(at) => {
             tracing::info!(call = %request.call_id, "attempt already placed; waiting");
-            Ok(Some(at))
+            Ok(Some(Placed::at(at)))
         }
-        Known::Nothing => 'nothing: {
+        Known::Nothing(last_sequence) => 'nothing: {
             use crate::admission::{Seen, decide, gather};
             let pulled = Seen::Pulled {
                 mode,
@@ -270,30 +283,49 @@ async fn place(
             if settle(ctx, request, message, decide(&facts)).await? {
                 return Ok(None);
             }
-            let published = crate::dialing::publish(ctx, request, message)
+            let published = crate::dialing::publish(ctx, request, message, last_sequence)
                 .await
                 .map_err(CallError::Dialing)?;
             let dialing_seq = match published {
                 Dialing::Published(sequence) => sequence,
-                Dialing::Elsewhere(at) => {
-                    tracing::info!(call = %request.call_id,
-                        "another delivery of the attempt placed it meanwhile; waiting");
-                    break 'nothing Ok(Some(at));
-                }
+                Dialing::Elsewhere(at) => break 'nothing Ok(Some(Placed::at(at))),
+                Dialing::Raced => match known(ctx, request).await? {
+                    Known::Done => {
+                        ack(message).await;
+                        break 'nothing Ok(None);
+                    }
+                    Known::Placed(at) => {
+                        tracing::info!(call = %request.call_id,
+                            "another delivery of the attempt placed it meanwhile; waiting");
+                        break 'nothing Ok(Some(Placed::at(at)));
+                    }
+                    // Placed and withdrawn meanwhile: the redelivery decides afresh.
+                    Known::Nothing(_) => {
+                        break 'nothing Err(CallError::Nats("the call changed; look again".into()));
+                    }
+                },
             };
             counter!("ccm_dialer_calls_placed_total",
                 "campaign" => request.campaign_id.to_string())
             .increment(1);
             let started = std::time::Instant::now();
-            let placed = ctx.carrier.place(request, campaign).await;
+            let placed = ctx
+                .carrier
+                .place(request, campaign, max_call_duration)
+                .await;
             record_placement(ctx.carrier_kind, started.elapsed(), &placed);
+            let mut result = Placed::at(Utc::now());
             match placed {
                 Ok(placement) => {
                     tracing::debug!(external = ?placement.external_call_id, "placed");
                     ctx.placements.record(request, &placement).await;
+                    result.external_call_id = placement.external_call_id;
                 }
                 Err(CarrierError::Ambiguous(e)) => {
+                    // Never placed again: it may be ringing. It ends by its outcome, or is
+                    // hung up at its maximum duration and ends with the reason shown.
                     tracing::warn!(error = %e, "placement unconfirmed; waiting for its outcome");
+                    result.unknown = Some(e);
                 }
                 Err(CarrierError::Rejected(reason)) => {
                     publish_outcome(ctx, request, OutcomeSource::Rejected, reason).await?;
@@ -305,7 +337,7 @@ async fn place(
                     return Err(CallError::Carrier(e));
                 }
             }
-            Ok(Some(Utc::now()))
+            Ok(Some(result))
         }
     }
 }
@@ -351,45 +383,6 @@ fn record_placement(
     }
 }
 
-/// Reads the latest lifecycle event and outcome of the call (direct get by subject).
-async fn known(ctx: &CallContext, request: &DialRequest) -> Result<Known, CallError> {
-    let outcome = latest(ctx, subjects::outcome(request.campaign_id, request.call_id)).await?;
-    if ends(outcome.as_ref(), request) {
-        return Ok(Known::Done);
-    }
-    let event = latest(ctx, subjects::event(request.campaign_id, request.call_id)).await?;
-    Ok(match event {
-        Some(e) if e.attempt > request.attempt || e.kind.is_terminal() => Known::Done,
-        Some(e) if e.attempt == request.attempt => Known::Placed(e.at),
-        _ => Known::Nothing,
-    })
-}
-
-/// Whether the call's latest outcome ends this attempt.
-fn ends(outcome: Option<&CallEvent>, request: &DialRequest) -> bool {
-    outcome.is_some_and(|o| o.attempt >= request.attempt)
-}
-
-/// Whether the attempt's outcome is stored (a failed read counts as not yet).
-async fn outcome_stored(ctx: &CallContext, request: &DialRequest) -> bool {
-    match latest(ctx, subjects::outcome(request.campaign_id, request.call_id)).await {
-        Ok(outcome) => ends(outcome.as_ref(), request),
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot read the outcome yet");
-            false
-        }
-    }
-}
-
-async fn latest(ctx: &CallContext, subject: String) -> Result<Option<CallEvent>, CallError> {
-    use jetstream::stream::DirectGetErrorKind;
-    match ctx.events.direct_get_last_for_subject(subject).await {
-        Ok(message) => Ok(serde_json::from_slice(&message.payload).ok()),
-        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-        Err(e) => Err(CallError::Nats(e.to_string())),
-    }
-}
-
 /// Ends an attempt of a campaign that is over: a `Cancelled` event, and the callee's number
 /// is free again (the retrier, which releases claims on outcomes, never sees this attempt).
 async fn cancel(ctx: &CallContext, request: &DialRequest, reason: &str) -> Result<(), CallError> {
@@ -415,26 +408,18 @@ pub(crate) async fn cancel_attempt(
         },
     };
     ccm_core::nats::publish_event(&ctx.js, &event).await?;
-    let call = request.call_id.to_string();
-    for key in
-        ccm_core::config::DuplicateScope::all_claim_keys(request.campaign_id, &request.phone_number)
-    {
-        // Only this call's claim is released, and only if nobody re-claimed it meanwhile.
-        if let Ok(Some(entry)) = ctx.active_calls.entry(key.clone()).await
-            && entry.operation == kv::Operation::Put
-            && entry.value.as_ref() == call.as_bytes()
-            && let Err(e) = ctx
-                .active_calls
-                .delete_expect_revision(&key, Some(entry.revision))
-                .await
-        {
-            tracing::warn!(error = %e, key, "cannot release the number's claim");
-        }
-    }
+    ctx.claims
+        .release(
+            request.campaign_id,
+            &request.phone_number,
+            request.call_id,
+            event.at,
+        )
+        .await;
     Ok(())
 }
 
-async fn publish_outcome(
+pub(crate) async fn publish_outcome(
     ctx: &CallContext,
     request: &DialRequest,
     source: OutcomeSource,

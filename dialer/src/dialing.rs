@@ -2,16 +2,26 @@
 //! the attempt may have been placed.
 //!
 //! A redelivery that finds it only waits for the outcome; it is withdrawn only when the
-//! carrier answered that it placed nothing. Its de-duplication id (`<call>/<attempt>/dialing`)
-//! also settles a race: two deliveries of one attempt handled at once (a dial message
-//! redelivered after AckWait while the first delivery still waited for its pacing slot, or a
-//! second message of the attempt) both found nothing placed, and the one whose `Dialing`
-//! comes second finds the id taken by a `Dialing` that still stands: it must not ask the
-//! carrier again.
+//! carrier's answer proved that nothing was created ([`crate::carrier::classify`]).
+//!
+//! Whether this delivery may place the attempt is settled by the stream, not by the
+//! de-duplication window: `Dialing` is published expecting the last message on the call's
+//! event subject to be the one this delivery looked at (`Nats-Expected-Last-Subject-Sequence`).
+//! Two deliveries of one attempt that both found nothing placed (a dial message redelivered
+//! after AckWait while the first delivery still waited for its pacing slot, a second message
+//! of the attempt, two redeliveries after a withdrawn `Dialing`) expect the same sequence, so
+//! only the first `Dialing` is stored, however far apart they publish; the other is refused
+//! and only waits. Each delivery's `Dialing` carries its own de-duplication id
+//! (`<call>/<attempt>/dialing/<dial message sequence>.<delivery>`), so a withdrawn one never
+//! makes the server drop the next as a duplicate.
 
-use async_nats::jetstream::{
-    Message,
-    stream::{DirectGetError, DirectGetErrorKind},
+use async_nats::{
+    HeaderMap,
+    jetstream::{
+        Message,
+        context::{PublishError, PublishErrorKind},
+        stream::{DirectGetError, DirectGetErrorKind},
+    },
 };
 use ccm_core::{CallEvent, DialRequest, EventKind};
 use chrono::{DateTime, Utc};
@@ -32,25 +42,21 @@ pub enum DialingError {
 pub enum Dialing {
     /// Stored at this stream sequence: this delivery places the attempt.
     Published(u64),
-    /// Another delivery of the attempt published its `Dialing` (at this time) after this one
-    /// looked, and it stands: that delivery places the attempt, this one only waits.
+    /// Something was stored on the call's event subject since this delivery looked (another
+    /// delivery's `Dialing`, or the call ended): look again, never place on this look.
+    Raced,
+    /// This very `Dialing` was stored before (a repeated publish), at this time: the attempt
+    /// may have been placed, so this delivery only waits.
     Elsewhere(DateTime<Utc>),
 }
 
-/// Publishes `Dialing`, unless another delivery of the attempt did so since this one found
-/// nothing placed.
-///
-/// The server drops the usual id as a duplicate in two cases. An earlier `Dialing` of the
-/// attempt was withdrawn (the carrier placed nothing): the id then names this delivery, so the
-/// placement is recorded. Or another delivery of the same attempt (a dial message redelivered
-/// after AckWait, or a second message of the attempt) found nothing placed at the same time and
-/// published first, which is likelier the longer the wait between the two (a pacing slot):
-/// its `Dialing` still stands, and placing here would ring the callee twice. Only the stored
-/// message tells the two apart.
+/// Publishes `Dialing`, provided the last message on the call's event subject is still the
+/// one at `last_sequence` (0: none), as this delivery found it.
 pub async fn publish(
     ctx: &CallContext,
     request: &DialRequest,
     message: &Message,
+    last_sequence: u64,
 ) -> Result<Dialing, DialingError> {
     let dialing = CallEvent {
         call_id: request.call_id,
@@ -64,14 +70,6 @@ pub async fn publish(
             custom_fields: request.custom_fields.clone(),
         },
     };
-    let ack = ccm_core::nats::publish_event(&ctx.js, &dialing).await?;
-    if !ack.duplicate {
-        return Ok(Dialing::Published(ack.sequence));
-    }
-    // A duplicate's ack carries the sequence of the message first stored under the id.
-    if let Some(at) = standing(ctx, ack.sequence).await? {
-        return Ok(Dialing::Elsewhere(at));
-    }
     // The dial message's own sequence and delivery: two messages of one attempt never share
     // the id, nor two deliveries of one message.
     let (sequence, delivered) = message
@@ -79,9 +77,32 @@ pub async fn publish(
         .map(|i| (i.stream_sequence, i.delivered))
         .unwrap_or_default();
     let msg_id = format!("{}/{sequence}.{delivered}", dialing.msg_id());
-    let ack =
-        ccm_core::nats::publish_json(&ctx.js, dialing.subject(), &msg_id, None, &dialing).await?;
-    Ok(Dialing::Published(ack.sequence))
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+        last_sequence.to_string().as_str(),
+    );
+    match ccm_core::nats::publish_json(&ctx.js, dialing.subject(), &msg_id, Some(headers), &dialing)
+        .await
+    {
+        Ok(ack) if !ack.duplicate => Ok(Dialing::Published(ack.sequence)),
+        // The id names this delivery: only its own earlier publish can hold it.
+        Ok(ack) => Ok(Dialing::Elsewhere(
+            standing(ctx, ack.sequence).await?.unwrap_or_else(Utc::now),
+        )),
+        Err(e) if raced(&e) => Ok(Dialing::Raced),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether the server refused the publish because the subject moved on.
+fn raced(e: &ccm_core::nats::NatsError) -> bool {
+    let ccm_core::nats::NatsError::Publish { source, .. } = e else {
+        return false;
+    };
+    source
+        .downcast_ref::<PublishError>()
+        .is_some_and(|e| e.kind() == PublishErrorKind::WrongLastSequence)
 }
 
 /// The time of the `Dialing` event stored at `sequence`, or `None` when it was withdrawn.
@@ -96,8 +117,8 @@ async fn standing(ctx: &CallContext, sequence: u64) -> Result<Option<DateTime<Ut
     }
 }
 
-/// Removes a `Dialing` event the carrier answered "not placed" to, so the redelivery places
-/// the attempt. If this fails the redelivery only waits: a FAILED (`timeout`) outcome, never a
+/// Removes a `Dialing` event whose placement the carrier proved it did not create, so the
+/// redelivery places the attempt. If this fails the redelivery only waits: a FAILED (`timeout`) outcome, never a
 /// second placement.
 pub async fn withdraw(ctx: &CallContext, sequence: u64) {
     if let Err(e) = ctx.events.delete_message(sequence).await {

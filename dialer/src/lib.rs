@@ -3,10 +3,12 @@
 //! Places call attempts with a carrier at each campaign's concurrency cap.
 //!
 //! - [`run`] connects, watches the `campaigns` bucket and keeps one pull loop ([`worker`]) per
-//!   active or cancelled campaign, on the campaign's durable consumer `dial_<campaign>`. The
-//!   consumer's `max_ack_pending` is the campaign's cap, updated in place when the cap
-//!   changes; a dialer replica's own trunk capacity (`dialer.max_calls`) is shared fairly by
-//!   all its campaigns. A paused (or inactive) campaign is not pulled; a cancelled one is
+//!   active or cancelled campaign, on the campaign's durable consumer `dial_<campaign>`. It
+//!   is also the reconciler of those consumers: on every change and every rescan the
+//!   consumer's cap (`max_ack_pending`) and server-side pause are brought in line with the
+//!   stored document ([`ccm_core::dial_consumer`]), so a held campaign's consumer delivers to
+//!   no replica. A dialer replica's own trunk capacity (`dialer.max_calls`) is shared fairly
+//!   by all its campaigns. A paused (or inactive) campaign is not pulled; a cancelled one is
 //!   drained, each queued attempt ending `CANCELLED`, and its attempts scheduled in `RETRIES`
 //!   are cancelled and purged ([`scheduled`]); a deleted one loses its consumer. The state
 //!   and the start/end dates decide ([`ccm_core::lifecycle`]).
@@ -25,7 +27,9 @@ mod admission;
 pub mod call;
 pub mod carrier;
 pub mod dialing;
+mod expiry;
 pub mod frequency;
+mod known;
 pub mod outcomes;
 pub mod pacing;
 pub mod placements;
@@ -36,12 +40,10 @@ pub mod worker;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use ccm_core::{
-    Campaign, CampaignId, Config,
-    lifecycle::Dialling,
-    service::Started,
-    topology::{Topology, names},
+    Campaign, CampaignId, Config, dial_consumer::DialConsumers, lifecycle::Dialling,
+    service::Started, topology::names,
 };
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -67,6 +69,8 @@ pub enum DialerError {
     #[error(transparent)]
     Topology(#[from] ccm_core::topology::TopologyError),
     #[error(transparent)]
+    DialConsumer(#[from] ccm_core::dial_consumer::DialConsumerError),
+    #[error(transparent)]
     Carrier(#[from] carrier::BuildError),
     #[error("cannot open stream {0}")]
     Stream(&'static str, #[source] async_nats::Error),
@@ -90,12 +94,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
         .await
         .map_err(|e| DialerError::Stream(names::CALL_EVENTS, e.into()))?;
     let carrier = carrier::build(&config.dialer.carrier, &js)?;
+    let by_external = !carrier.outcomes_name_the_attempt();
+    let by_attempt = carrier.reports_hang_ups();
     let placements = placements::Placements {
-        bucket: if carrier.outcomes_name_the_attempt() {
-            None
-        } else {
+        bucket: if by_external || by_attempt {
             Some(ccm_core::nats::bucket(&js, names::KV_PLACEMENTS).await?)
+        } else {
+            None
         },
+        by_external,
+        by_attempt,
     };
     // Calls in flight must survive the shutdown signal long enough to finish, so they watch
     // a token of their own that is cancelled only after the grace period.
@@ -109,7 +117,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
         campaigns: campaigns.clone(),
         js: js.clone(),
         events,
-        active_calls: ccm_core::nats::bucket(&js, names::KV_ACTIVE_CALLS).await?,
+        claims: ccm_core::claims::Claims::open(
+            js.clone(),
+            ccm_core::claims::ClaimSettings::of(&config),
+        )
+        .await?,
         contacts: ccm_core::nats::bucket(&js, names::KV_CONTACTS).await?,
         dnc: ccm_core::nats::bucket(&js, names::KV_DNC).await?,
         pacing: pacing::Pacing {
@@ -124,6 +136,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
         carrier,
         carrier_kind: config.dialer.carrier.kind(),
         max_call_duration: Duration::from_secs(config.dialer.max_call_duration_secs),
+        hangup_grace: Duration::from_millis(config.dialer.hangup_grace_ms),
         progress_every: Duration::from_secs(10),
         shutdown: calls_stop.clone(),
     });
@@ -138,8 +151,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
     tokio::spawn(sample::run(js.clone(), trunk.clone(), shutdown.clone()));
     tracing::info!(carrier = config.dialer.carrier.kind(), "dialer running");
     let supervisor = Supervisor {
-        topology: &topology,
-        js: &js,
+        consumers: DialConsumers::new(&js, &topology).await,
+        campaigns: campaigns.clone(),
         trunk,
         ctx,
         calls: calls.clone(),
@@ -178,8 +191,9 @@ struct Known {
 
 /// Keeps one worker per campaign that needs one, following the bucket's changes.
 struct Supervisor<'a> {
-    topology: &'a Topology,
-    js: &'a jetstream::Context,
+    consumers: DialConsumers,
+    /// The documents the consumers are reconciled with.
+    campaigns: kv::Store,
     trunk: Arc<Trunk>,
     ctx: Arc<CallContext>,
     calls: TaskTracker,
@@ -303,10 +317,6 @@ impl Supervisor<'_> {
                 .map(|secs| Duration::from_secs(u64::from(secs))),
         };
         let running = self.workers.get(&id).is_some_and(|k| k.stop.is_some());
-        let cap_changed = self
-            .workers
-            .get(&id)
-            .is_none_or(|k| k.settings.borrow().cap != settings.cap);
         // A pause stops the pulls first: the consumer's change below takes a round trip, and
         // a call queued meanwhile must not be pulled for a campaign already paused.
         if mode.is_none()
@@ -315,12 +325,12 @@ impl Supervisor<'_> {
             tracing::info!(%id, "campaign paused; stop pulling");
             stop.cancel();
         }
-        // The consumer follows the cap even while paused, so calls queue against the right
-        // limit the moment the campaign resumes.
-        if cap_changed || (mode.is_some() && !running) {
-            self.topology
-                .ensure_dial_consumer(self.js, id, campaign.max_concurrent_calls)
-                .await?;
+        // The reconciler: on every change and every rescan the consumer (cap, server-side
+        // pause) is brought in line with the stored document, whoever failed to write it
+        // (a writer that crashed between the document and the consumer, a lost update).
+        let applied = self.consumers.reconcile(&self.campaigns, id).await?;
+        if let Some(applied) = applied.filter(|a| !a.plan.is_empty()) {
+            tracing::info!(%id, plan = ?applied.plan, "dial consumer brought in line");
         }
         let known = self.workers.entry(id).or_insert_with(|| Known {
             settings: watch::Sender::new(settings.clone()),
@@ -337,11 +347,7 @@ impl Supervisor<'_> {
         if running {
             return Ok(());
         }
-        let consumer = self
-            .js
-            .get_consumer_from_stream(ccm_core::subjects::dial_consumer(id), names::CALLS)
-            .await
-            .map_err(|e| DialerError::Stream(names::CALLS, e.into()))?;
+        let consumer = self.consumers.consumer(id).await?;
         let Some(known) = self.workers.get_mut(&id) else {
             return Ok(());
         };
@@ -384,22 +390,14 @@ impl Supervisor<'_> {
         if let Some(stop) = self.workers.remove(&id).and_then(|k| k.stop) {
             stop.cancel();
         }
-        let name = ccm_core::subjects::dial_consumer(id);
-        let Ok(stream) = self.js.get_stream(names::CALLS).await else {
-            return;
-        };
-        match stream.consumer_info(&name).await {
-            Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => {
-                if let Err(e) = stream.delete_consumer(&name).await {
-                    tracing::debug!(%id, error = %e, "dial consumer not removed");
-                }
-            }
-            Ok(info) => tracing::warn!(
+        match self.consumers.remove_if_idle(id).await {
+            Ok(0) => {}
+            Ok(queued) => tracing::warn!(
                 %id,
-                queued = info.num_pending + info.num_ack_pending as u64,
+                queued,
                 "campaign deleted with calls still queued; its dial consumer is kept"
             ),
-            Err(e) => tracing::debug!(%id, error = %e, "no dial consumer to remove"),
+            Err(e) => tracing::debug!(%id, error = %e, "dial consumer not removed"),
         }
     }
 }

@@ -8,10 +8,10 @@
 //! stays `QUEUED` (it is waiting), and its next `Dialing` is of the same attempt. First
 //! attempts and retries pass through here alike, so retries honour the window too.
 //!
-//! The callee's zone ([`ccm_core::window::callee_zone`]) needs the contact's own zone, read
-//! from the `contacts` bucket only for campaigns that have a window.
+//! The callee's zone ([`ccm_core::contacts::callee_zones`], shared with the retrier) needs the
+//! contact's own zone, read from the `contacts` bucket only for campaigns that have a window.
 
-use async_nats::jetstream::{Message, kv};
+use async_nats::jetstream::Message;
 use ccm_core::{DialRequest, RetryEntry, window::Schedule};
 use chrono::{DateTime, Utc};
 
@@ -42,7 +42,7 @@ impl Window {
 #[derive(Debug, thiserror::Error)]
 pub enum WindowError {
     #[error("cannot read the contact")]
-    Contact(#[source] async_nats::Error),
+    Contact(#[source] ccm_core::contacts::ContactReadError),
     #[error("cannot schedule the attempt")]
     Publish(#[source] ccm_core::nats::NatsError),
 }
@@ -55,23 +55,17 @@ pub async fn opens_at(
     request: &DialRequest,
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, WindowError> {
-    let key = format!("{}.{}", request.campaign_id, request.phone_number.digits());
-    let contact_zone = match ctx.contacts.get(key).await {
-        Ok(Some(value)) => serde_json::from_slice::<ccm_core::campaign::Contact>(&value)
-            .ok()
-            .and_then(|c| c.time_zone),
-        Ok(None) => None,
-        Err(e) if e.kind() == kv::EntryErrorKind::InvalidKey => None,
-        Err(e) => return Err(WindowError::Contact(e.into())),
-    };
-    let zone = ccm_core::window::callee_zone(
-        contact_zone.as_deref(),
-        &request.phone_number,
+    let zones = ccm_core::contacts::callee_zones(
+        &ctx.contacts,
+        request.campaign_id,
         window.campaign_zone.as_deref(),
-    );
+        &request.phone_number,
+    )
+    .await
+    .map_err(WindowError::Contact)?;
     Ok(window
         .schedule
-        .next_open(zone, now)
+        .next_open_in_all(&zones, now)
         .filter(|opens| *opens > now))
 }
 

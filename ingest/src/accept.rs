@@ -20,10 +20,9 @@ use ccm_core::{
 use chrono::Utc;
 use futures::{StreamExt, stream};
 
-use crate::{
-    AppState,
-    claim::{self, Claim, ClaimError},
-};
+use ccm_core::claims::{Claim, ClaimError};
+
+use crate::AppState;
 
 /// How many claims are in flight at once during a bulk request. Each is one JetStream round
 /// trip, so a bulk request's speed is this many round trips at a time.
@@ -66,12 +65,12 @@ async fn check_and_claim(
 ) -> Result<Claim, AcceptError> {
     match state.dnc_cache.lookup(campaign.id, phone) {
         Some(Some(list)) => return Err(AcceptError::DoNotCall(list)),
-        Some(None) => return Ok(claim::claim(state, campaign.id, phone, call_id).await?),
+        Some(None) => return Ok(claim(state, campaign.id, phone, call_id).await?),
         None => {}
     }
     let (listed, claimed) = tokio::join!(
         ccm_core::dnc::listed(&state.dnc, campaign.id, phone),
-        claim::claim(state, campaign.id, phone, call_id)
+        claim(state, campaign.id, phone, call_id)
     );
     let refusal = match listed {
         Ok(None) => None,
@@ -81,10 +80,29 @@ async fn check_and_claim(
     match (refusal, claimed) {
         (None, claimed) => Ok(claimed?),
         (Some(refusal), Ok(claim)) => {
-            claim::release(state, &claim).await;
+            state.claims.give_back(&claim).await;
             Err(refusal)
         }
         (Some(refusal), Err(_)) => Err(refusal),
+    }
+}
+
+async fn claim(
+    state: &AppState,
+    campaign: ccm_core::CampaignId,
+    phone: &PhoneNumber,
+    call_id: CallId,
+) -> Result<Claim, ClaimError> {
+    let scope = state.config.duplicate_scope;
+    state.claims.claim(scope, campaign, phone, call_id).await
+}
+
+/// Makes an accepted call's claim last as long as the call. A failure leaves the claim
+/// pending, for the reaper to bind from the call's dial message: the call is accepted
+/// either way.
+async fn bind(state: &AppState, claim: &Claim) {
+    if let Err(e) = state.claims.bind(claim).await {
+        tracing::warn!(key = %claim.key, call = %claim.call, error = %e, "cannot bind the claim yet; the reaper will");
     }
 }
 
@@ -247,9 +265,12 @@ async fn conclude(
 ) -> Result<DialRequest, AcceptError> {
     let error = || error.unwrap_or_else(|| "publish failed".into());
     match plan {
-        Plan::Accept => Ok(request),
+        Plan::Accept => {
+            bind(state, claim).await;
+            Ok(request)
+        }
         Plan::Release => {
-            claim::release(state, claim).await;
+            state.claims.give_back(claim).await;
             Err(AcceptError::Publish(error()))
         }
         Plan::KeepUnknown | Plan::Resend(_) => {
@@ -292,25 +313,25 @@ pub async fn accept_many(
 ) -> Vec<Result<DialRequest, AcceptError>> {
     let targets = phones
         .into_iter()
-        .map(|phone| (phone, CustomFields::new()))
+        .map(|phone| (phone, CustomFields::new(), CallId::new()))
         .collect();
     accept_many_with_fields(state, campaign, targets).await
 }
 
-/// As [`accept_many`], each number with the custom fields its dial request carries (a
-/// campaign's contacts, called at its start).
+/// As [`accept_many`], each number with the custom fields its dial request carries and the
+/// id its call is accepted as (a campaign's contacts, called at its start: a retried start
+/// gives each contact the id it had, so a call already accepted is found, not doubled).
 pub async fn accept_many_with_fields(
     state: &AppState,
     campaign: &Campaign,
-    targets: Vec<(PhoneNumber, CustomFields)>,
+    targets: Vec<(PhoneNumber, CustomFields, CallId)>,
 ) -> Vec<Result<DialRequest, AcceptError>> {
     let total = targets.len();
     // Claims stream into publishes: a number's dial message is sent as soon as its claim (and
     // every claim before it, so the campaign is dialled in the order given) is back, which
     // overlaps the two round trips instead of running all claims first.
     let mut claims = stream::iter(targets)
-        .map(|(phone, fields)| async move {
-            let call_id = CallId::new();
+        .map(|(phone, fields, call_id)| async move {
             let claimed = check_and_claim(state, campaign, &phone, call_id).await;
             (phone, fields, call_id, claimed)
         })
@@ -395,7 +416,10 @@ async fn settle(
     let settled = futures::future::join_all(acks.into_iter().map(
         |(index, request, claim, acked)| async move {
             let result = match acked {
-                Ok(_) => Ok(request),
+                Ok(_) => {
+                    bind(state, &claim).await;
+                    Ok(request)
+                }
                 Err(e) => {
                     let (plan, error) =
                         publish_until_definite(&state.js, &request, Some(Err(e))).await;
@@ -493,11 +517,11 @@ mod tests {
             .timeout(Duration::from_millis(150))
             .build(client);
         let call_id = CallId::new();
-        let key = state.config.duplicate_scope.claim_key(campaign.id, &phone);
+        let key = ccm_core::claims::key(state.config.duplicate_scope, campaign.id, &phone);
 
         // Claim with the server up, then freeze it for the publish; resume it only once
         // the publish has given its answer.
-        let claim = claim::claim(&state, campaign.id, &phone, call_id)
+        let claim = claim(&state, campaign.id, &phone, call_id)
             .await
             .expect("claim");
         let request = dial_request(&campaign, phone.clone(), call_id, CustomFields::new());

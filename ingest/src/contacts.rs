@@ -14,9 +14,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 
 use crate::AppState;
 
-fn key(campaign: CampaignId, phone: &PhoneNumber) -> String {
-    format!("{campaign}.{}", phone.digits())
-}
+use ccm_core::contacts::key;
 
 /// Adds numbers to a campaign; returns those that were not there before, in input order.
 pub async fn add(

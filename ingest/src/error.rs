@@ -75,14 +75,7 @@ struct Problem<'a> {
 
 /// An error and all its sources, for logs.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
+    ccm_core::telemetry::chain(error).to_string()
 }
 
 impl IntoResponse for AppError {

@@ -12,7 +12,7 @@
 //!   [`limits`]: per-token rate limits of the expensive routes.
 //!   [`error`]: the problem JSON every error of the resource API is answered with.
 //! - [`accept`]: claim + publish + answer after the ack, one call or many (pipelined).
-//!   [`claim`]: duplicate prevention (scope and window) on the `active_calls` bucket.
+//!   Duplicate prevention (scope and window) is [`ccm_core::claims`].
 //! - [`contacts`]: campaigns' phone numbers in the `contacts` bucket (read-your-writes).
 //!   [`campaign_cache`]: the `campaigns` bucket in memory, kept current by a watch;
 //!   [`dnc_cache`]: the do-not-call lists likewise.
@@ -22,9 +22,9 @@
 //! - [`lifecycle`]: completes campaigns whose end date passed or whose calls are all done.
 
 pub mod accept;
+pub mod audit;
 pub mod auth;
 pub mod campaign_cache;
-pub mod claim;
 pub mod compat_error;
 pub mod contacts;
 pub mod dashboard;
@@ -74,12 +74,17 @@ impl std::ops::Deref for AppState {
 pub struct Shared {
     pub config: Arc<IngestConfig>,
     pub js: jetstream::Context,
-    pub topology: Arc<Topology>,
+    /// Every campaign's dial consumer (see [`ccm_core::dial_consumer`]).
+    pub dial_consumers: ccm_core::dial_consumer::DialConsumers,
     pub campaigns: kv::Store,
     pub active_calls: kv::Store,
+    /// Number claims (see [`ccm_core::claims`]).
+    pub claims: ccm_core::claims::Claims,
     pub counters: kv::Store,
     pub contacts: kv::Store,
     pub idempotency: kv::Store,
+    /// How long a pending and a completed Idempotency-Key live.
+    pub idempotency_ttl: routes::calls::IdempotencyTtl,
     /// Outbound webhook subscriptions (see [`routes::webhooks`]).
     pub webhooks: kv::Store,
     /// Do-not-call lists (see [`ccm_core::dnc`] and [`routes::dnc`]).
@@ -87,6 +92,8 @@ pub struct Shared {
     /// The carrier's call id → the attempt it placed (see [`ccm_core::placements`]), for
     /// the old contract's callback.
     pub placements: kv::Store,
+    /// API tokens made through the API (see [`routes::tokens`]).
+    pub api_tokens: kv::Store,
     /// `webhooks.allow_private_targets`: accept endpoints on private addresses.
     pub allow_private_webhook_targets: bool,
     /// `webhooks.secret_grace_secs`: how long a rotated-out secret keeps signing.
@@ -113,12 +120,8 @@ pub enum IngestError {
     Nats(#[from] ccm_core::nats::NatsError),
     #[error(transparent)]
     Topology(#[from] ccm_core::topology::TopologyError),
-    #[error("refusing to start without an API token (set ingest.auth_tokens)")]
-    NoToken,
-    #[error(
-        "refusing to start with an empty API token among ingest.auth_tokens: it would match a request that sends an empty header"
-    )]
-    EmptyToken,
+    #[error(transparent)]
+    Tokens(#[from] auth::TokenConfigError),
     #[error(transparent)]
     TicketKey(#[from] dashboard::ticket::ShortKey),
     #[error("cannot listen on {addr}")]
@@ -135,25 +138,13 @@ pub enum IngestError {
 impl AppState {
     /// Connects to NATS, provisions the topology, and opens the buckets.
     pub async fn connect(config: &Config) -> Result<Self, IngestError> {
-        if config
-            .ingest
-            .auth_tokens
-            .iter()
-            .all(|t| t.expose().is_empty())
-        {
-            return Err(IngestError::NoToken);
-        }
-        if config
-            .ingest
-            .auth_tokens
-            .iter()
-            .any(|t| t.expose().trim().is_empty())
-        {
-            return Err(IngestError::EmptyToken);
-        }
         // Not derived from the tokens: a ticket must give nothing to test token guesses on.
         let ticket_key =
             dashboard::ticket::TicketKey::from_config(&config.ingest.dashboard.ticket_key)?;
+        let tokens = auth::Tokens::new(
+            &config.ingest.auth_tokens,
+            &ticket_key.derive(b"ccm token fingerprint v2"),
+        )?;
         let client = ccm_core::nats::connect(config.nats_url.expose(), "ingest").await?;
         let js = ccm_core::nats::jetstream(client);
         let topology = Topology::load(&config.streams)?;
@@ -164,12 +155,19 @@ impl AppState {
             config: Arc::new(config.ingest.clone()),
             campaigns: ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS).await?,
             active_calls: ccm_core::nats::bucket(&js, names::KV_ACTIVE_CALLS).await?,
+            claims: ccm_core::claims::Claims::open(
+                js.clone(),
+                ccm_core::claims::ClaimSettings::of(config),
+            )
+            .await?,
+            idempotency_ttl: routes::calls::IdempotencyTtl::of(config),
             counters: ccm_core::nats::bucket(&js, names::KV_COUNTERS).await?,
             contacts: ccm_core::nats::bucket(&js, names::KV_CONTACTS).await?,
             idempotency: ccm_core::nats::bucket(&js, names::KV_IDEMPOTENCY).await?,
             webhooks: ccm_core::nats::bucket(&js, names::KV_WEBHOOKS).await?,
             dnc: ccm_core::nats::bucket(&js, names::KV_DNC).await?,
             placements: ccm_core::nats::bucket(&js, names::KV_PLACEMENTS).await?,
+            api_tokens: ccm_core::nats::bucket(&js, names::KV_TOKENS).await?,
             allow_private_webhook_targets: config.webhooks.allow_private_targets,
             webhook_secret_grace_secs: config.webhooks.secret_grace_secs,
             campaign_cache: campaign_cache::CampaignCache::default(),
@@ -183,12 +181,9 @@ impl AppState {
                 &ticket_key,
                 config.ingest.dashboard.max_streams_per_token,
             ),
-            tokens: auth::Tokens::new(
-                &config.ingest.auth_tokens,
-                &ticket_key.derive(b"ccm token fingerprint v1"),
-            ),
+            tokens,
             limits: limits::RateLimits::new(&config.ingest.rate_limits),
-            topology: Arc::new(topology),
+            dial_consumers: ccm_core::dial_consumer::DialConsumers::new(&js, &topology).await,
             js,
         })))
     }
@@ -249,7 +244,14 @@ pub async fn serve_state(
         state
             .campaign_cache
             .clone()
-            .follow(state.campaigns.clone(), watch_stop.clone()),
+            .follow(state.js.clone(), watch_stop.clone()),
+    );
+    let tokens_watch = tokio::spawn(
+        state
+            .tokens
+            .managed()
+            .clone()
+            .follow(state.js.clone(), watch_stop.clone()),
     );
     let dnc_watch = tokio::spawn(
         state
@@ -263,18 +265,22 @@ pub async fn serve_state(
     }
     let dashboard = state.dashboard.clone();
     let stop_streams = dashboard.clone();
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.cancelled_owned().await;
-            // Event streams never end by themselves; the graceful shutdown waits for them.
-            stop_streams.stop();
-        })
-        .await
-        .map_err(IngestError::Serve);
+    let served = axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.cancelled_owned().await;
+        // Event streams never end by themselves; the graceful shutdown waits for them.
+        stop_streams.stop();
+    })
+    .await
+    .map_err(IngestError::Serve);
     watch_stop.cancel();
     dashboard.stop();
     let _ = watch.await;
     let _ = dnc_watch.await;
+    let _ = tokens_watch.await;
     let _ = lifecycle.await;
     served?;
     // Every accepted call was acknowledged before its response; draining only flushes

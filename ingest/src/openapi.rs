@@ -243,6 +243,10 @@ impl Modify for Security {
         routes::webhooks::patch,
         routes::webhooks::delete,
         routes::webhooks::rotate_secret,
+        routes::tokens::create,
+        routes::tokens::list,
+        routes::tokens::revoke,
+        crate::audit::list,
         routes::webhook_deliveries::list,
         routes::webhook_deliveries::redeliver,
         routes::webhook_deliveries::replay,
@@ -257,6 +261,7 @@ impl Modify for Security {
         (name = "dead-letters", description = "Dead letters: list, show, redrive, discard"),
         (name = "carrier callbacks", description = "Status callbacks from carriers, authenticated by their signatures"),
         (name = "webhooks", description = "Outbound webhooks: subscriptions, delivery log, redelivery, secret rotation"),
+        (name = "tokens", description = "API tokens made and revoked without a restart, and the audit log (an admin token's)"),
     )
 )]
 pub struct ApiDoc;

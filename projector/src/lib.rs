@@ -20,7 +20,7 @@
 //!   statements. Applying a message twice, messages in any order, or several replicas at once
 //!   leaves the same rows.
 //!
-//! The read model (`migrations/`, documented in the README's "Read model" section):
+//! The read model (`migrations/`, documented in `projector/README.md` and `docs/operations.md`):
 //! `calls` (current state per call), `call_events` (every applied message, keyed by
 //! `(stream, seq)`), `campaigns` (mirror of the KV bucket), `phone_numbers`, `dead_letters`,
 //! `daily_metrics` + `call_concurrency` and the view `call_metrics_daily` (the old

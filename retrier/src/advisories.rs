@@ -219,13 +219,14 @@ pub async fn dead_letter(ctx: &Shared, advisory: &MaxDeliveries) -> Result<(), A
             },
         };
         ccm_core::nats::publish_event(&ctx.js, &event).await?;
-        outcome::release(
-            &ctx.active_calls,
-            request.campaign_id,
-            &request.phone_number,
-            request.call_id,
-        )
-        .await?;
+        ctx.claims
+            .release(
+                request.campaign_id,
+                &request.phone_number,
+                request.call_id,
+                event.at,
+            )
+            .await;
     }
     // KV streams deny deletes: their letter is a copy, and the key keeps its value.
     if !name.starts_with("KV_") {

@@ -71,7 +71,8 @@ impl Cli {
         let dlq = Dlq::open(ccm_core::nats::jetstream(client.clone()))
             .await
             .context("cannot open the DLQ")?
-            .with_scope(config.ingest.duplicate_scope);
+            .with_scope(config.ingest.duplicate_scope)
+            .with_claim_settings(ccm_core::claims::ClaimSettings::of(&config));
         let output = match command {
             DlqCommand::List {
                 stream,

@@ -176,8 +176,14 @@ async fn expire_if_waiting(
     .await?;
     counter!("ccm_retrier_expired_total").increment(1);
     tracing::info!(call = %request.call_id, attempt = request.attempt, "queued too long; expired");
-    let (claims, phone) = (&ctx.active_calls, &request.phone_number);
-    // The claim's owner (one line, to follow the claims module when it moves).
-    crate::outcome::release(claims, request.campaign_id, phone, request.call_id).await?;
+    // Released through the claims' owner, retried there until definite.
+    ctx.claims
+        .release(
+            request.campaign_id,
+            &request.phone_number,
+            request.call_id,
+            expired.at,
+        )
+        .await;
     Ok(())
 }

@@ -26,6 +26,7 @@ pub mod dlq;
 pub mod expiry;
 pub mod history;
 pub mod outcome;
+pub mod reaper;
 pub mod retries;
 pub mod sample;
 pub mod window;
@@ -63,7 +64,8 @@ pub enum RetrierError {
 pub struct Shared {
     pub js: jetstream::Context,
     pub events: jetstream::stream::Stream,
-    pub active_calls: kv::Store,
+    /// Number claims: released when a call ends, and reaped (see [`ccm_core::claims`]).
+    pub claims: ccm_core::claims::Claims,
     pub campaigns: kv::Store,
     /// Contacts, for the callee's own time zone when a retry meets a calling window.
     pub contacts: kv::Store,
@@ -72,13 +74,17 @@ pub struct Shared {
 
 impl Shared {
     /// Opens what the handlers use, on a provisioned topology.
-    pub async fn open(js: jetstream::Context, policy: RetryPolicy) -> Result<Self, RetrierError> {
+    pub async fn open(
+        js: jetstream::Context,
+        policy: RetryPolicy,
+        claims: ccm_core::claims::ClaimSettings,
+    ) -> Result<Self, RetrierError> {
         Ok(Self {
             events: js
                 .get_stream(names::CALL_EVENTS)
                 .await
                 .map_err(|e| RetrierError::Open(names::CALL_EVENTS, e.into()))?,
-            active_calls: ccm_core::nats::bucket(&js, names::KV_ACTIVE_CALLS).await?,
+            claims: ccm_core::claims::Claims::open(js.clone(), claims).await?,
             campaigns: ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS).await?,
             contacts: ccm_core::nats::bucket(&js, names::KV_CONTACTS).await?,
             js,
@@ -101,7 +107,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Retr
         ccm_core::service::start("retrier", &config, config.retrier.metrics_listen, &shutdown)
             .await?;
     tokio::spawn(sample::run(js.clone(), shutdown.clone()));
-    let ctx = Arc::new(Shared::open(js, policy).await?);
+    let ctx =
+        Arc::new(Shared::open(js, policy, ccm_core::claims::ClaimSettings::of(&config)).await?);
     let mut tasks = JoinSet::new();
     let (c, s) = (ctx.clone(), shutdown.clone());
     tasks.spawn(async move {
@@ -140,6 +147,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Retr
         expiry::run(c, max_age, every, s).await;
         Ok(())
     });
+    let interval = Duration::from_secs(config.claims.reap_interval_secs.max(1));
+    tasks.spawn(reaper::run(ctx.claims.clone(), interval, shutdown.clone()));
     tracing::info!(policy = %config.retrier.policy_file.display(), "retrier running");
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {

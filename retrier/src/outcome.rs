@@ -14,8 +14,8 @@ use std::hash::{Hash, Hasher};
 
 use async_nats::jetstream::{AckKind, Message, kv};
 use ccm_core::{
-    CallEvent, CallId, Campaign, CampaignId, DialRequest, EventKind, OutcomeStatus, PhoneNumber,
-    RetryEntry, config::DuplicateScope, metrics::counter, policy::Decision,
+    CallEvent, CallId, Campaign, DialRequest, EventKind, OutcomeStatus, RetryEntry,
+    metrics::counter, policy::Decision,
 };
 use chrono::Utc;
 
@@ -36,7 +36,7 @@ pub enum OutcomeError {
     #[error("cannot release the number's claim")]
     Release(#[source] async_nats::Error),
     #[error(transparent)]
-    Contact(#[from] crate::window::ContactError),
+    Contact(#[from] ccm_core::contacts::ContactReadError),
 }
 
 /// Handles one outcome message and acknowledges it.
@@ -87,16 +87,17 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
         // Only when the call still ends with this attempt is the release repeated: a call
         // redriven since holds its number again.
         let last = history.events.last();
-        if last.is_some_and(|e| e.kind.is_terminal() && e.attempt == outcome.attempt)
+        if let Some(last) = last.filter(|e| e.kind.is_terminal() && e.attempt == outcome.attempt)
             && let Some(facts) = &facts
         {
-            release(
-                &ctx.active_calls,
-                outcome.campaign_id,
-                &facts.phone_number,
-                outcome.call_id,
-            )
-            .await?;
+            ctx.claims
+                .release(
+                    outcome.campaign_id,
+                    &facts.phone_number,
+                    outcome.call_id,
+                    last.at,
+                )
+                .await;
         }
         return Ok(());
     }
@@ -215,13 +216,14 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
     tracing::debug!(call = %event.call_id, attempt = event.attempt, kind = event.kind.name(),
         "outcome {status} decided");
     if terminal && let Some(facts) = &facts {
-        release(
-            &ctx.active_calls,
-            outcome.campaign_id,
-            &facts.phone_number,
-            outcome.call_id,
-        )
-        .await?;
+        ctx.claims
+            .release(
+                outcome.campaign_id,
+                &facts.phone_number,
+                outcome.call_id,
+                event.at,
+            )
+            .await;
     }
     Ok(())
 }
@@ -252,37 +254,6 @@ pub fn jitter_sample(call: CallId, attempt: u32) -> f64 {
     call.hash(&mut hasher);
     attempt.hash(&mut hasher);
     (hasher.finish() as f64 / u64::MAX as f64) * 2.0 - 1.0
-}
-
-/// Releases the claim on `phone` if this call still holds it, under whichever duplicate scope
-/// it was claimed.
-pub async fn release(
-    active_calls: &kv::Store,
-    campaign: CampaignId,
-    phone: &PhoneNumber,
-    call: CallId,
-) -> Result<(), OutcomeError> {
-    for key in DuplicateScope::all_claim_keys(campaign, phone) {
-        let entry = active_calls
-            .entry(key.as_str())
-            .await
-            .map_err(|e| OutcomeError::Release(e.into()))?;
-        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-            continue;
-        };
-        if entry.value.as_ref() != call.to_string().as_bytes() {
-            continue;
-        }
-        // Expecting the revision read makes the delete a no-op if the claim changed hands
-        // since.
-        if let Err(e) = active_calls
-            .delete_expect_revision(key.as_str(), Some(entry.revision))
-            .await
-        {
-            tracing::debug!(error = %e, "claim changed before release");
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

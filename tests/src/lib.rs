@@ -12,13 +12,15 @@
 //! - `env`: the servers at `CCM_TEST_NATS_URL` and `CCM_TEST_DATABASE_URL`; each test gets a
 //!   fresh database on that server (dropped afterwards). The NATS server is shared, so run
 //!   such a suite with one test at a time.
-//! - `docker`: the official `nats` image of the pinned release and `postgres:15` through testcontainers (build
-//!   with `--features docker`; needs a Docker engine).
+//! - `docker`: the pinned nats-server and PostgreSQL 15 as containers through testcontainers,
+//!   from the images `cargo xtask images` builds locally ([`images`]; no registry needed).
+//!   Build with `--features docker`; needs a Docker engine.
 
 pub mod chaos;
 pub mod cluster;
 #[cfg(feature = "docker")]
 mod docker;
+pub mod images;
 pub mod nats;
 pub mod nats_server;
 pub mod postgres;
@@ -177,8 +179,10 @@ impl TestEnv {
             ..Config::default()
         };
         config.ingest.listen = ([127, 0, 0, 1], 0).into();
-        config.ingest.auth_tokens = vec![Secret::new(TEST_TOKEN)];
+        config.ingest.auth_tokens = vec![Secret::new(TEST_TOKEN).into()];
         config.dialer.max_call_duration_secs = 30;
+        // A call hung up at its maximum duration waits this long for the carrier's report.
+        config.dialer.hangup_grace_ms = 1000;
         // Tests poll list routes in loops and send bulks back to back; the per-token limit of
         // the expensive routes stays on (so every test passes through it) but far above them.
         // The tests of the limit set their own.

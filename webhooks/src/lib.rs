@@ -160,9 +160,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Webh
         }
     }
     let store = ccm_core::nats::bucket(&js, names::KV_WEBHOOKS).await?;
-    let subscriptions = Subscriptions::follow(store.clone(), shutdown.child_token())
+    let subscriptions = Subscriptions::follow(js.clone(), shutdown.child_token())
         .await
-        .map_err(|e| WebhooksError::Open(names::KV_WEBHOOKS, e))?;
+        .map_err(|e| WebhooksError::Open(names::KV_WEBHOOKS, e.into()))?;
     let consumer: PullConsumer = js
         .get_consumer_from_stream(CONSUMER, names::CALL_EVENTS)
         .await

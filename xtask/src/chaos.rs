@@ -35,6 +35,22 @@ pub struct ChaosArgs {
     /// which the auditor then requires); it takes about three minutes.
     #[arg(long)]
     pub outage: bool,
+    /// Instead of the scripted scenarios, a generated schedule of operations and faults
+    /// (see `--seed`, `--minutes`).
+    #[arg(long)]
+    pub generated: bool,
+    /// The generated schedule's seed (default: drawn from the clock, and printed).
+    #[arg(long, requires = "generated")]
+    pub seed: Option<u64>,
+    /// How long the generated operations and faults last, in minutes.
+    #[arg(long, default_value_t = 5, requires = "generated")]
+    pub minutes: u64,
+    /// The same in seconds (overrides `--minutes`; the replay command uses it).
+    #[arg(long, requires = "generated")]
+    pub seconds: Option<u64>,
+    /// Generated runs one after another, with seeds `seed`, `seed + 1`, ...
+    #[arg(long, default_value_t = 1, requires = "generated")]
+    pub runs: u64,
 }
 
 fn secs(s: u64) -> Duration {
@@ -171,6 +187,9 @@ fn scenario(args: &ChaosArgs, name: &str, calls: u32, faults: Vec<Fault>) -> Sce
 
 pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     crate::deps::ensure_servers()?;
+    if args.generated {
+        return crate::chaos_generated::run(&args);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -55,6 +55,8 @@ pub fn run() -> anyhow::Result<()> {
             ],
             &minimum,
         )?;
+        // The same core tests on the docker backend, the images they need, and compose.
+        crate::ci_docker::run(&current).context("the docker stage failed")?;
     } else {
         eprintln!("cargo-nextest not installed; using cargo test (no compatibility subset)");
         cargo_with(
@@ -73,7 +75,7 @@ pub fn run() -> anyhow::Result<()> {
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
     eprintln!("$ cargo {}", args.join(" "));
-    let status = Command::new("cargo")
+    let status = crate::cargo_cmd::cargo()
         .args(args)
         .status()
         .context("cannot run cargo")?;
@@ -91,7 +93,7 @@ fn cargo_with(args: &[&str], nats: &Path) -> anyhow::Result<()> {
         nats.display(),
         args.join(" ")
     );
-    let status = Command::new("cargo")
+    let status = crate::cargo_cmd::cargo()
         .args(args)
         .env(nats_server::ENV, nats)
         .status()

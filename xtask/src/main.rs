@@ -15,15 +15,22 @@
 //! - `chaos`: the long fault-injection run (every fault alone, then together; 3-node cluster)
 //!   with the auditor's table.
 //! - `schemathesis`: fuzzes ingest's OpenAPI document (no 5xx, responses as documented).
+//! - `images`: builds the container images (Debian base, NATS, PostgreSQL, ccm) without a
+//!   registry, reusing those whose inputs are unchanged; needs a Docker engine (started as root).
 //! - `helm`: validates the Helm chart (schema, values, Chart.yaml; `helm lint` where installed).
 
 mod bench;
+mod cargo_cmd;
 mod chaos;
+mod chaos_generated;
 mod ci;
+mod ci_docker;
+mod compose;
 mod dashboard;
 mod deps;
 mod helm;
 mod helm_lint;
+mod images;
 mod postman;
 mod schemathesis;
 mod up;
@@ -63,6 +70,12 @@ enum Task {
     /// The long fault-injection run: services as processes, faults one at a time then
     /// together, a 3-node NATS cluster; prints the auditor's table.
     Chaos(chaos::ChaosArgs),
+    /// CI's docker stage alone: images, the core tests on the docker backend, no container
+    /// left, the compose stack completing a call.
+    DockerStage,
+    /// Build the container images (Debian base, NATS, PostgreSQL 15, ccm) without a registry;
+    /// images whose inputs are unchanged are reused.
+    Images(images::ImagesArgs),
     /// Fuzz ingest's OpenAPI document with schemathesis against a fresh stack: no 5xx, no
     /// response outside the document.
     Schemathesis,
@@ -81,6 +94,10 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(args) => bench::run(&args),
         Task::Chaos(args) => chaos::run(args),
         Task::Schemathesis => schemathesis::run(),
+        Task::Images(args) => images::run(&args),
+        Task::DockerStage => ci_docker::run(&deps::install_nats_server(
+            &ccm_tests::nats_server::CURRENT,
+        )?),
     }
 }
 

@@ -14,6 +14,8 @@ pub fn run() -> anyhow::Result<()> {
         token: "dev-token-12345".into(),
         carrier: Carrier::Sim,
         fresh: true,
+        docker: false,
+        check: false,
     };
     let stack = Stack::start(&args, "ccm-postman")?;
     let rt = tokio::runtime::Runtime::new()?;

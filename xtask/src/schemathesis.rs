@@ -58,6 +58,8 @@ pub fn run() -> anyhow::Result<()> {
         token: TOKEN.into(),
         carrier: Carrier::Sim,
         fresh: true,
+        docker: false,
+        check: false,
     };
     let stack = Stack::start(&args, "ccm-schemathesis")?;
     let rt = tokio::runtime::Runtime::new()?;

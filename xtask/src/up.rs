@@ -39,6 +39,14 @@ pub struct UpArgs {
     /// Start from empty streams and tables instead of the previous run's data.
     #[arg(long)]
     pub fresh: bool,
+    /// Run the stack in Docker from the local images (`deploy/compose.yaml`), building them
+    /// first (`cargo xtask images`); returns once it is up.
+    #[arg(long)]
+    pub docker: bool,
+    /// With --docker: place one call, wait for it to be COMPLETED in PostgreSQL, then
+    /// remove the stack (what CI checks).
+    #[arg(long, requires = "docker")]
+    pub check: bool,
 }
 
 const SERVICES: &[&str] = &[
@@ -55,6 +63,9 @@ const SIM_AUTH_TOKEN: &str = "sim-auth-token";
 
 /// Runs the stack until Ctrl-C.
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
+    if args.docker {
+        return crate::compose::run(&args);
+    }
     let rt = tokio::runtime::Runtime::new()?;
     let stack = Stack::start(&args, "ccm-up")?;
     let result = rt.block_on(async {
@@ -233,7 +244,7 @@ impl Stack {
     }
 }
 
-fn pick_port(wanted: Option<u16>, preferred: u16) -> anyhow::Result<u16> {
+pub(crate) fn pick_port(wanted: Option<u16>, preferred: u16) -> anyhow::Result<u16> {
     Ok(match wanted {
         Some(port) => port,
         None if std::net::TcpListener::bind(("127.0.0.1", preferred)).is_ok() => preferred,

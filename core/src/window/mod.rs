@@ -8,11 +8,16 @@
 //! local opening time that does not exist (spring forward) opens at the first local time
 //! after the gap, one that exists twice (fall back) opens at the earlier.
 //!
-//! The callee's zone is [`callee_zone`]: the contact's own IANA zone, else the zone of the
-//! number's region when that region has exactly one (libphonenumber gives the region,
-//! [`zones`] the tzdata region table), else the campaign's zone, else UTC.
+//! The callee's zones are [`callee_zones`]: the contact's own IANA zone, else the zones of the
+//! number's prefix ([`number_zones`]: `+1 206` is Pacific time whatever the campaign's zone),
+//! else the zone of the number's region when that region has exactly one, else the campaign's
+//! zone, else UTC. A prefix that spans zones gives several, and the window must be open in all
+//! of them at once ([`Schedule::next_open_in_all`]), the most restrictive reading.
 
+mod number_zones;
 mod zones;
+
+pub use number_zones::number_zones;
 
 #[cfg(test)]
 mod tests;
@@ -181,7 +186,34 @@ impl Schedule {
     pub fn is_open(&self, zone: Tz, now: DateTime<Utc>) -> bool {
         self.next_open(zone, now) == Some(now)
     }
+
+    /// The first instant at or after `now` at which the window is open in every one of
+    /// `zones` (a callee who may be in any of them). When the zones' windows never overlap
+    /// (a window narrower than the hours between them), the instant at which the last of them
+    /// opens: no zone is called before its own opening. `None` if some zone never opens.
+    pub fn next_open_in_all(&self, zones: &[Tz], now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let latest_opening = |at: DateTime<Utc>| {
+            zones
+                .iter()
+                .map(|zone| self.next_open(*zone, at))
+                .try_fold(at, |latest, opens| opens.map(|o| o.max(latest)))
+        };
+        let first = latest_opening(now)?;
+        let mut at = first;
+        // Each round moves `at` to a later opening; overlapping windows settle in two rounds.
+        for _ in 0..MAX_ROUNDS {
+            let next = latest_opening(at)?;
+            if next == at {
+                return Some(at);
+            }
+            at = next;
+        }
+        Some(first)
+    }
 }
+
+/// Rounds of [`Schedule::next_open_in_all`] before windows are taken not to overlap.
+const MAX_ROUNDS: usize = 16;
 
 /// The instant of `second` (0 to 86,400) of local `date` in `zone`: the earlier of two when
 /// the clock went back, the first valid local minute after the gap when it went forward.
@@ -206,12 +238,21 @@ pub fn region_zone(region: &str) -> Option<Tz> {
     zones::SINGLE_ZONE[at].1.parse().ok()
 }
 
-/// The callee's zone: the contact's (if a valid IANA name), else the number's region's when
-/// it has one zone, else the campaign's, else UTC.
-pub fn callee_zone(contact: Option<&str>, phone: &PhoneNumber, campaign: Option<&str>) -> Tz {
-    contact
-        .and_then(|z| z.parse().ok())
-        .or_else(|| phone.region().as_deref().and_then(region_zone))
+/// The zones the callee may be in (never empty): the contact's (if a valid IANA name), else
+/// the number's prefix's, else its region's when it has one zone, else the campaign's, else
+/// UTC.
+pub fn callee_zones(contact: Option<&str>, phone: &PhoneNumber, campaign: Option<&str>) -> Vec<Tz> {
+    if let Some(zone) = contact.and_then(|z| z.parse().ok()) {
+        return vec![zone];
+    }
+    if let Some(zones) = number_zones(phone) {
+        return zones;
+    }
+    let zone = phone
+        .region()
+        .as_deref()
+        .and_then(region_zone)
         .or_else(|| campaign.and_then(|z| z.parse().ok()))
-        .unwrap_or(Tz::UTC)
+        .unwrap_or(Tz::UTC);
+    vec![zone]
 }

@@ -162,21 +162,106 @@ fn calling_hours_are_validated() {
 fn the_callee_zone_comes_from_the_contact_then_the_number_then_the_campaign() {
     let paris = PhoneNumber::parse("+33 1 42 68 53 00", PhoneRule::Strict).expect("FR");
     let us = PhoneNumber::parse("+1 212 555 0100", PhoneRule::Lenient).expect("US");
+    let unknown_area = PhoneNumber::parse("+1 555 000 0001", PhoneRule::Lenient).expect("+1");
     assert_eq!(
-        callee_zone(Some("Asia/Tokyo"), &paris, Some("UTC")),
-        chrono_tz::Asia::Tokyo
+        callee_zones(Some("Asia/Tokyo"), &paris, Some("UTC")),
+        [chrono_tz::Asia::Tokyo]
     );
     assert_eq!(
-        callee_zone(None, &paris, Some("America/Chicago")),
-        chrono_tz::Europe::Paris,
+        callee_zones(None, &paris, Some("America/Chicago")),
+        [chrono_tz::Europe::Paris],
         "France has one zone"
     );
     assert_eq!(
-        callee_zone(None, &us, Some("America/Chicago")),
-        chrono_tz::America::Chicago,
-        "the US has several: the campaign's"
+        callee_zones(None, &us, Some("America/Chicago")),
+        [NEW_YORK],
+        "212 is New York, whatever the campaign's zone"
     );
-    assert_eq!(callee_zone(Some("Not/AZone"), &us, None), Tz::UTC);
+    assert_eq!(
+        callee_zones(None, &unknown_area, Some("America/Chicago")),
+        [chrono_tz::America::Chicago],
+        "an area code the map does not know: the campaign's"
+    );
+    assert_eq!(
+        callee_zones(Some("Not/AZone"), &unknown_area, None),
+        [Tz::UTC]
+    );
     assert_eq!(region_zone("JP"), Some(chrono_tz::Asia::Tokyo));
     assert_eq!(region_zone("US"), None);
+}
+
+/// Issue 21 item 3: a `+1` contact without a zone was timed in the campaign's zone, so a
+/// New York campaign's 9:00 rang at 6:00 in Seattle.
+#[test]
+fn a_seattle_number_in_a_new_york_campaign_is_called_in_pacific_time() {
+    let seattle = PhoneNumber::parse("+1 206 555 0100", PhoneRule::Lenient).expect("US");
+    let schedule = Schedule::new(Some(&weekdays(hm(9, 0), hm(17, 0))), None, &[]).expect("hours");
+    let zones = callee_zones(None, &seattle, Some("America/New_York"));
+    assert_eq!(zones, [chrono_tz::America::Los_Angeles]);
+    // Wednesday 2026-01-14 14:00 UTC is 9:00 in New York and 6:00 in Seattle.
+    let nine_in_new_york = utc(2026, 1, 14, 14, 0);
+    assert_eq!(
+        schedule.next_open_in_all(&zones, nine_in_new_york),
+        Some(utc(2026, 1, 14, 17, 0)),
+        "opens at 9:00 Pacific"
+    );
+}
+
+/// An area code across two zones (208 2…: Boise, Mountain, and Los Angeles, Pacific): the
+/// window holds in both, so 9:00-17:00 becomes 9:00 Pacific to 17:00 Mountain.
+#[test]
+fn an_area_code_across_two_zones_is_called_only_when_both_are_inside_the_window() {
+    let idaho = PhoneNumber::parse("+1 208 299 0100", PhoneRule::Lenient).expect("US");
+    let zones = callee_zones(None, &idaho, Some("America/New_York"));
+    assert_eq!(
+        zones,
+        [chrono_tz::America::Boise, chrono_tz::America::Los_Angeles]
+    );
+    let schedule = Schedule::new(Some(&weekdays(hm(9, 0), hm(17, 0))), None, &[]).expect("hours");
+    // 16:00 UTC: 9:00 Mountain, 8:00 Pacific: not yet.
+    assert_eq!(
+        schedule.next_open_in_all(&zones, utc(2026, 1, 14, 16, 0)),
+        Some(utc(2026, 1, 14, 17, 0))
+    );
+    // 23:30 UTC: 16:30 Mountain, 15:30 Pacific: open.
+    let inside = utc(2026, 1, 14, 23, 30);
+    assert_eq!(schedule.next_open_in_all(&zones, inside), Some(inside));
+    // 00:30 UTC Thursday: 17:30 Mountain (closed), 16:30 Pacific (open): Thursday 9:00 Pacific.
+    assert_eq!(
+        schedule.next_open_in_all(&zones, utc(2026, 1, 15, 0, 30)),
+        Some(utc(2026, 1, 15, 17, 0))
+    );
+}
+
+const POOL: [Tz; 6] = [
+    NEW_YORK,
+    chrono_tz::America::Chicago,
+    chrono_tz::America::Denver,
+    chrono_tz::America::Los_Angeles,
+    chrono_tz::America::Phoenix,
+    chrono_tz::Europe::London,
+];
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, failure_persistence: None, ..Default::default() })]
+
+    /// Generated: for random sets of zones and instants over a year (DST changes included),
+    /// the answer is open in every zone and no earlier minute is.
+    #[test]
+    fn the_opening_in_all_zones_is_open_everywhere_and_the_earliest_such_minute(
+        picks in proptest::collection::vec(0..POOL.len(), 1..=3),
+        minute in 0i64..525_600,
+    ) {
+        let zones: Vec<Tz> = picks.iter().map(|i| POOL[*i]).collect();
+        let schedule = Schedule::new(Some(&weekdays(hm(8, 0), hm(21, 0))), None, &[]).expect("hours");
+        let now = utc(2026, 1, 1, 0, 0) + chrono::Duration::minutes(minute);
+        let at = schedule.next_open_in_all(&zones, now).expect("an opening");
+        let all_open = |t| zones.iter().all(|z| schedule.is_open(*z, t));
+        proptest::prop_assert!(all_open(at), "{:?} at {}", zones, at);
+        let mut t = now;
+        while t < at {
+            proptest::prop_assert!(!all_open(t), "{:?} open at {} before {}", zones, t, at);
+            t += chrono::Duration::minutes(1);
+        }
+    }
 }

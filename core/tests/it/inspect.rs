@@ -5,6 +5,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::PullConsumer;
 use ccm_core::{
     CallId, CampaignId, DialRequest, PhoneNumber, PhoneRule,
+    dial_consumer::DialConsumers,
     inspect::{self, StreamSummary},
     topology::{Topology, names},
 };
@@ -26,7 +27,9 @@ async fn overview_shows_messages_consumers_and_buckets() {
     let js = env.jetstream().await.expect("js");
     let campaign = CampaignId::new(5).expect("id");
     let topology = Topology::load(&env.config().streams).expect("topology");
-    js.create_consumer_on_stream(topology.dial_consumer(campaign, 2), names::CALLS)
+    DialConsumers::new(&js, &topology)
+        .await
+        .ensure(&crate::provisioning::campaign(5, 2))
         .await
         .expect("dial consumer");
     for n in 0..3u32 {

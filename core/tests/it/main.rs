@@ -1,4 +1,5 @@
 //! ccm-core against a real nats-server.
 
+mod claims;
 mod inspect;
 mod provisioning;

@@ -3,8 +3,9 @@
 
 use async_nats::jetstream::stream;
 use ccm_core::{
-    CampaignId,
+    Campaign, CampaignId, CampaignState,
     config::StreamSettings,
+    dial_consumer::DialConsumers,
     topology::{Topology, names},
 };
 use ccm_tests::TestEnv;
@@ -116,29 +117,68 @@ async fn incompatible_drift_is_reported_and_left_alone() {
     assert_eq!(info.state.messages, 1, "nothing deleted");
 }
 
+pub(crate) fn campaign(id: u64, cap: u32) -> Campaign {
+    let now = chrono::Utc::now();
+    Campaign {
+        id: CampaignId::new(id).expect("id"),
+        name: "c".into(),
+        description: String::new(),
+        is_active: true,
+        state: CampaignState::Running,
+        max_concurrent_calls: cap,
+        max_attempts: 1,
+        retry_policy: None,
+        created_at: now,
+        updated_at: now,
+        time_zone: None,
+        calling_window: None,
+        calling_hours: None,
+        blackout_dates: Vec::new(),
+        max_call_duration_secs: None,
+        starts_at: None,
+        ends_at: None,
+        complete_when_empty: false,
+        answering_machine: Default::default(),
+        max_calls_per_second: None,
+        ended_at: None,
+    }
+}
+
+/// The cap and the pause follow the document; a cap change while paused keeps the pause
+/// (an update of the consumer must never resume a held campaign).
 #[tokio::test]
-async fn a_campaigns_dial_consumer_follows_its_cap() {
+async fn a_campaigns_dial_consumer_follows_its_cap_and_pause() {
     let env = TestEnv::start().await.expect("env");
     let js = env.jetstream().await.expect("js");
     let topology = Topology::load(&StreamSettings::default()).expect("topology");
     topology.provision(&js).await.expect("provision");
-    let campaign = CampaignId::new(5).expect("id");
-
-    let created = topology
-        .ensure_dial_consumer(&js, campaign, 20)
-        .await
-        .expect("create");
-    assert_eq!(created.created, vec!["consumer CALLS/dial_5".to_owned()]);
-    let updated = topology
-        .ensure_dial_consumer(&js, campaign, 7)
-        .await
-        .expect("update");
-    assert_eq!(updated.updated, vec!["consumer CALLS/dial_5".to_owned()]);
-
+    let consumers = DialConsumers::new(&js, &topology).await;
     let stream = js.get_stream(names::CALLS).await.expect("CALLS");
+
+    let mut doc = campaign(5, 20);
+    doc.state = CampaignState::Paused;
+    let created = consumers.ensure(&doc).await.expect("create");
+    assert!(created.plan.create, "{created:?}");
+    let info = stream.consumer_info("dial_5").await.expect("consumer");
+    assert!(info.paused, "born paused");
+    assert_eq!(info.config.filter_subject, "calls.dial.5");
+
+    doc.max_concurrent_calls = 7;
+    let updated = consumers.ensure(&doc).await.expect("update");
+    assert!(
+        updated.plan.update && updated.plan.pause.is_none(),
+        "{updated:?}"
+    );
     let info = stream.consumer_info("dial_5").await.expect("consumer");
     assert_eq!(info.config.max_ack_pending, 7);
-    assert_eq!(info.config.filter_subject, "calls.dial.5");
+    assert!(info.paused, "still paused after the cap change");
+
+    doc.state = CampaignState::Running;
+    consumers.ensure(&doc).await.expect("resume");
+    let info = stream.consumer_info("dial_5").await.expect("consumer");
+    assert!(!info.paused);
+    let again = consumers.ensure(&doc).await.expect("again");
+    assert!(again.plan.is_empty(), "nothing left to do: {again:?}");
 }
 
 /// Provisioning reads the version from the server's `INFO` and refuses one older than the

@@ -5,8 +5,15 @@
 //! strings, when it has any) → 200 `{external_call_id, …}`. The outcome comes back to ingest's
 //! `PUT /api/v1/callback/`. The attempt id travels as `Idempotency-Key`, which carriers that
 //! honour it (carrier-sim does) use to answer a repeated request without dialling again.
+//!
+//! The old contract had no way to end a call. A call that outlives its maximum duration is
+//! hung up with `POST {base_url}/api/hangup-call` and `{call_id, external_call_id}`, the
+//! attempt again as `Idempotency-Key` (carrier-sim serves it); until the carrier confirms
+//! (2xx, or 404: no such call) the dialer holds the call as live and asks again.
 
 use std::time::Duration;
+
+use reqwest::RequestBuilder;
 
 use ccm_core::{DialRequest, config::HttpCarrierConfig};
 use futures::future::BoxFuture;
@@ -14,8 +21,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    BuildError, CampaignInfo, Carrier, CarrierError, Placement, classify_send_error,
-    classify_status,
+    BuildError, CampaignInfo, Carrier, CarrierError, HangUp, Placement, classify_send_error,
+    classify_status, hang_up_confirmed,
 };
 
 /// The adapter.
@@ -45,10 +52,6 @@ impl HttpCarrier {
         call: &DialRequest,
         campaign: &CampaignInfo,
     ) -> Result<Placement, CarrierError> {
-        let url = format!(
-            "{}/api/initiate-call",
-            self.config.base_url.expose().trim_end_matches('/')
-        );
         let mut body = json!({
             "call_id": call.call_id,
             "phone_number": call.phone_number,
@@ -59,14 +62,7 @@ impl HttpCarrier {
         if !call.custom_fields.is_empty() {
             body["custom_fields"] = json!(call.custom_fields);
         }
-        let mut request = self
-            .client
-            .post(url)
-            .header("Idempotency-Key", call.msg_id())
-            .json(&body);
-        if !self.config.api_token.expose().is_empty() {
-            request = request.header("X-Auth-Token", self.config.api_token.expose());
-        }
+        let request = self.request("initiate-call", call).json(&body);
         let response = request.send().await.map_err(|e| classify_send_error(&e))?;
         if !response.status().is_success() {
             return Err(classify_status(response).await);
@@ -77,6 +73,37 @@ impl HttpCarrier {
             external_call_id: answer.and_then(|a| a.external_call_id),
         })
     }
+
+    /// A request to `/api/<route>` about `call`'s attempt, authenticated.
+    fn request(&self, route: &str, call: &DialRequest) -> RequestBuilder {
+        let url = format!(
+            "{}/api/{route}",
+            self.config.base_url.expose().trim_end_matches('/')
+        );
+        let mut request = self
+            .client
+            .post(url)
+            .header("Idempotency-Key", call.msg_id());
+        if !self.config.api_token.expose().is_empty() {
+            request = request.header("X-Auth-Token", self.config.api_token.expose());
+        }
+        request
+    }
+
+    async fn hang_up_inner(
+        &self,
+        call: &DialRequest,
+        external_call_id: Option<&str>,
+    ) -> Result<HangUp, CarrierError> {
+        let body = json!({"call_id": call.call_id, "external_call_id": external_call_id});
+        let response = self
+            .request("hangup-call", call)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| CarrierError::Unavailable(e.to_string()))?;
+        hang_up_confirmed(response.status())
+    }
 }
 
 impl Carrier for HttpCarrier {
@@ -84,7 +111,16 @@ impl Carrier for HttpCarrier {
         &'a self,
         call: &'a DialRequest,
         campaign: &'a CampaignInfo,
+        _time_limit: Duration,
     ) -> BoxFuture<'a, Result<Placement, CarrierError>> {
         Box::pin(self.place_inner(call, campaign))
+    }
+
+    fn hang_up<'a>(
+        &'a self,
+        call: &'a DialRequest,
+        external_call_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<HangUp, CarrierError>> {
+        Box::pin(self.hang_up_inner(call, external_call_id))
     }
 }

@@ -13,7 +13,7 @@ pub mod http;
 pub mod sim;
 pub mod twilio;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream;
 use ccm_core::{DialRequest, config::CarrierConfig};
@@ -29,18 +29,72 @@ pub struct Placement {
 /// Why a placement failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CarrierError {
-    /// The carrier could not be reached, answered 5xx, or refused our credentials: the call
-    /// was certainly not placed.
-    /// A technical failure, retried by redelivery and dead-lettered after `max_deliver`.
+    /// The answer proves the carrier created nothing (the connection was refused, the
+    /// credentials or the route were refused, the carrier said it cannot take requests now):
+    /// a technical failure, retried by redelivery and dead-lettered after `max_deliver`.
     #[error("carrier unavailable: {0}")]
     Unavailable(String),
     /// The carrier refused this call (4xx): the attempt ends FAILED with this reason.
     #[error("carrier rejected the call: {0}")]
     Rejected(String),
-    /// The request may or may not have reached the carrier (a timeout after sending): the
-    /// call is treated as placed, never placed again, and ends by its outcome or the timeout.
+    /// The call may have been created (a timeout after sending, a 5xx other than 503, a
+    /// 409): the attempt is treated as placed, never placed again, and ends by its outcome
+    /// or, at its maximum duration, as outcome-unknown.
     #[error("carrier answer unknown: {0}")]
     Ambiguous(String),
+}
+
+/// How a carrier's failed answer to a placement request is taken ([`classify`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing was created: the `Dialing` record may be withdrawn and the attempt retried.
+    NotPlaced,
+    /// Nothing was created and the carrier refused this very call.
+    Refused,
+    /// The call may exist: never placed again.
+    Unknown,
+}
+
+/// What came back from a placement request that did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// No connection was made (refused, DNS, TLS), or the request was never built: the
+    /// carrier saw nothing.
+    NotSent,
+    /// The request may have been sent but no answer was read (a timeout, a reset).
+    NoAnswer,
+    /// The carrier (or a proxy in front of it) answered this status.
+    Status(u16),
+}
+
+/// Sorts a failed answer. Only answers that prove nothing was created may be retried:
+/// - no connection; 401, 403 and 404 (our credentials, account or route are refused: a
+///   configuration mistake, so redelivery and then the DLQ keep the calls for a redrive
+///   instead of burning their attempts); 408 (the request was not received in full); 429 and
+///   503 (the server says it is not taking requests now).
+/// - any other 4xx but 409 refuses this call.
+/// - everything else may follow a created call: a timeout or reset after sending, 409 (an
+///   idempotency conflict: a placement may exist), 500 (the carrier failed while handling
+///   it), 502 and 504 (a proxy lost or timed out the carrier's answer), any other status.
+pub fn classify(answer: Answer) -> Verdict {
+    match answer {
+        Answer::NotSent => Verdict::NotPlaced,
+        Answer::NoAnswer => Verdict::Unknown,
+        Answer::Status(401 | 403 | 404 | 408 | 429 | 503) => Verdict::NotPlaced,
+        Answer::Status(409) => Verdict::Unknown,
+        Answer::Status(400..=499) => Verdict::Refused,
+        Answer::Status(_) => Verdict::Unknown,
+    }
+}
+
+/// What a hang-up achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HangUp {
+    /// The call is over at the carrier (hung up now, ended before, or never created).
+    Ended,
+    /// The adapter cannot name the call, but the carrier ends it by itself (a time limit
+    /// given when it was placed) at the latest this long after its maximum duration.
+    EndsWithin(Duration),
 }
 
 /// The campaign a call belongs to, as the carrier is told about it.
@@ -56,12 +110,29 @@ pub struct CampaignInfo {
 /// A carrier adapter.
 pub trait Carrier: Send + Sync + std::fmt::Debug + 'static {
     /// Places `call` with the carrier. Adapters send the attempt's id (`<call>/<attempt>`) as
-    /// the carrier's idempotency key where the carrier has one.
+    /// the carrier's idempotency key where the carrier has one, and `time_limit` (the call's
+    /// maximum duration) where the carrier can end a call by itself.
     fn place<'a>(
         &'a self,
         call: &'a DialRequest,
         campaign: &'a CampaignInfo,
+        time_limit: Duration,
     ) -> BoxFuture<'a, Result<Placement, CarrierError>>;
+
+    /// Ends the attempt's call at the carrier, whatever state it is in; `external_call_id`
+    /// is the carrier's id of it, when known. An error means the carrier did not confirm:
+    /// the call may still be live, and the hang-up is tried again.
+    fn hang_up<'a>(
+        &'a self,
+        call: &'a DialRequest,
+        external_call_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<HangUp, CarrierError>>;
+
+    /// Whether the carrier reports a call it hung up (its final callback follows the
+    /// hang-up), so the dialer waits a moment for that outcome before making one up.
+    fn reports_hang_ups(&self) -> bool {
+        true
+    }
 
     /// Whether this carrier's outcomes say which attempt they end. When they name only the
     /// call (the old contract), the dialer records the carrier's id of each placement so
@@ -92,21 +163,17 @@ pub fn build(
     })
 }
 
-/// Sorts a failed HTTP exchange: refused connections certainly placed nothing; anything that
-/// may have reached the carrier (a timeout after sending) is ambiguous.
+/// Sorts a failed HTTP exchange by [`classify`].
 pub(crate) fn classify_send_error(e: &reqwest::Error) -> CarrierError {
-    if e.is_connect() || e.is_builder() {
-        CarrierError::Unavailable(e.to_string())
+    let answer = if e.is_connect() || e.is_builder() {
+        Answer::NotSent
     } else {
-        CarrierError::Ambiguous(e.to_string())
-    }
+        Answer::NoAnswer
+    };
+    error(classify(answer), e.to_string())
 }
 
-/// Sorts a carrier's non-success answer. 5xx, 408 and 429 are unavailability. So are 401,
-/// 403 and 404: they say our credentials or account are wrong, not that this call is, and
-/// ending every call of a campaign FAILED for a configuration mistake would burn its
-/// attempts; redelivery and then the DLQ keep them for a redrive once it is fixed. Any other
-/// 4xx refuses this call.
+/// Sorts a carrier's non-success answer by [`classify`], with the reason the carrier gave.
 pub(crate) async fn classify_status(response: reqwest::Response) -> CarrierError {
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
@@ -125,17 +192,61 @@ pub(crate) async fn classify_status(response: reqwest::Response) -> CarrierError
         status.as_u16(),
         reason.chars().take(300).collect::<String>()
     );
-    use reqwest::StatusCode;
-    let technical = [
-        StatusCode::UNAUTHORIZED,
-        StatusCode::FORBIDDEN,
-        StatusCode::NOT_FOUND,
-        StatusCode::REQUEST_TIMEOUT,
-        StatusCode::TOO_MANY_REQUESTS,
-    ];
-    if status.is_server_error() || technical.contains(&status) {
-        CarrierError::Unavailable(reason)
+    error(classify(Answer::Status(status.as_u16())), reason)
+}
+
+fn error(verdict: Verdict, reason: String) -> CarrierError {
+    match verdict {
+        Verdict::NotPlaced => CarrierError::Unavailable(reason),
+        Verdict::Refused => CarrierError::Rejected(reason),
+        Verdict::Unknown => CarrierError::Ambiguous(reason),
+    }
+}
+
+/// Sorts the answer to a hang-up request: 2xx, and 404 (the carrier knows no such call: it
+/// ended long ago, or was never created), confirm that nothing is live.
+pub(crate) fn hang_up_confirmed(status: reqwest::StatusCode) -> Result<HangUp, CarrierError> {
+    if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
+        Ok(HangUp::Ended)
     } else {
-        CarrierError::Rejected(reason)
+        Err(CarrierError::Unavailable(format!(
+            "hang-up answered {status}"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Answer, Verdict, classify};
+
+    #[test]
+    fn only_answers_that_prove_nothing_was_created_are_retried() {
+        use Verdict::{NotPlaced, Refused, Unknown};
+        let table = [
+            (Answer::NotSent, NotPlaced),
+            (Answer::NoAnswer, Unknown),
+            (Answer::Status(400), Refused),
+            (Answer::Status(401), NotPlaced),
+            (Answer::Status(403), NotPlaced),
+            (Answer::Status(404), NotPlaced),
+            (Answer::Status(405), Refused),
+            (Answer::Status(408), NotPlaced),
+            (Answer::Status(409), Unknown),
+            (Answer::Status(422), Refused),
+            (Answer::Status(429), NotPlaced),
+            (Answer::Status(500), Unknown),
+            (Answer::Status(501), Unknown),
+            (Answer::Status(502), Unknown),
+            (Answer::Status(503), NotPlaced),
+            (Answer::Status(504), Unknown),
+            (Answer::Status(520), Unknown),
+            (Answer::Status(599), Unknown),
+            // Not a failure a carrier sends, but never taken as proof of anything.
+            (Answer::Status(302), Unknown),
+            (Answer::Status(100), Unknown),
+        ];
+        for (answer, verdict) in table {
+            assert_eq!(classify(answer), verdict, "{answer:?}");
+        }
     }
 }

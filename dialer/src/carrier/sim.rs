@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use rand::Rng;
 use tracing::Instrument;
 
-use super::{CampaignInfo, Carrier, CarrierError, Placement};
+use super::{CampaignInfo, Carrier, CarrierError, HangUp, Placement};
 
 /// The simulator.
 #[derive(Debug, Clone)]
@@ -54,6 +54,7 @@ impl Carrier for SimCarrier {
         &'a self,
         call: &'a DialRequest,
         _campaign: &'a CampaignInfo,
+        _time_limit: Duration,
     ) -> BoxFuture<'a, Result<Placement, CarrierError>> {
         let status = self.draw();
         let external_call_id = format!("sim-{}-{}", call.call_id, call.attempt);
@@ -98,5 +99,20 @@ impl Carrier for SimCarrier {
     /// The simulator publishes its outcomes itself, each with its attempt.
     fn outcomes_name_the_attempt(&self) -> bool {
         true
+    }
+
+    /// No line is held: there is nothing to end. A simulated outcome still due is published
+    /// later under the attempt's outcome id, which the synthetic one has taken.
+    fn hang_up<'a>(
+        &'a self,
+        _call: &'a DialRequest,
+        _external_call_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<HangUp, CarrierError>> {
+        Box::pin(async { Ok(HangUp::Ended) })
+    }
+
+    /// A simulated call reports nothing when it is hung up.
+    fn reports_hang_ups(&self) -> bool {
+        false
     }
 }

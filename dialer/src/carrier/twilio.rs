@@ -7,6 +7,12 @@
 //! query, so the signed callback says which attempt it ends without any lookup. Twilio has no
 //! idempotency key for call creation; the attempt id is still sent as `Idempotency-Key` for
 //! carriers (and carrier-sim) that honour one, and a timeout is never retried.
+//!
+//! `TimeLimit` is the call's maximum duration, so Twilio ends a call the dialer could not
+//! hang up; at that duration the dialer hangs it up itself with `POST …/Calls/{CallSid}.json`
+//! and `Status=completed` (which also cancels a call still ringing). Without the call's sid
+//! (a placement whose answer was lost) only the time limit ends it: a call rings for at most
+//! `Timeout` and then talks for at most `TimeLimit`.
 
 use std::time::Duration;
 
@@ -15,8 +21,8 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 
 use super::{
-    BuildError, CampaignInfo, Carrier, CarrierError, Placement, classify_send_error,
-    classify_status,
+    BuildError, CampaignInfo, Carrier, CarrierError, HangUp, Placement, classify_send_error,
+    classify_status, hang_up_confirmed,
 };
 
 /// The path of ingest's Twilio callback route.
@@ -59,7 +65,11 @@ impl TwilioCarrier {
         )
     }
 
-    async fn place_inner(&self, call: &DialRequest) -> Result<Placement, CarrierError> {
+    async fn place_inner(
+        &self,
+        call: &DialRequest,
+        time_limit: Duration,
+    ) -> Result<Placement, CarrierError> {
         let c = &self.config;
         let url = format!(
             "{}/2010-04-01/Accounts/{}/Calls.json",
@@ -73,6 +83,7 @@ impl TwilioCarrier {
             ("StatusCallback", self.status_callback(call)),
             ("StatusCallbackMethod", "POST".into()),
             ("Timeout", c.ring_timeout_secs.to_string()),
+            ("TimeLimit", time_limit.as_secs().max(1).to_string()),
         ];
         for event in ["initiated", "ringing", "answered", "completed"] {
             form.push(("StatusCallbackEvent", event.into()));
@@ -97,6 +108,31 @@ impl TwilioCarrier {
             external_call_id: created.map(|c| c.sid),
         })
     }
+
+    async fn hang_up_inner(&self, sid: Option<&str>) -> Result<HangUp, CarrierError> {
+        let c = &self.config;
+        let Some(sid) = sid else {
+            // Ringing is bounded by `Timeout` and talk by `TimeLimit`, which ends at the
+            // deadline or earlier.
+            return Ok(HangUp::EndsWithin(Duration::from_secs(
+                u64::from(c.ring_timeout_secs) + 1,
+            )));
+        };
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}/Calls/{sid}.json",
+            c.base_url.expose().trim_end_matches('/'),
+            c.account_sid
+        );
+        let response = self
+            .client
+            .post(url)
+            .basic_auth(&c.account_sid, Some(c.auth_token.expose()))
+            .form(&[("Status", "completed")])
+            .send()
+            .await
+            .map_err(|e| CarrierError::Unavailable(e.to_string()))?;
+        hang_up_confirmed(response.status())
+    }
 }
 
 impl Carrier for TwilioCarrier {
@@ -104,8 +140,17 @@ impl Carrier for TwilioCarrier {
         &'a self,
         call: &'a DialRequest,
         _campaign: &'a CampaignInfo,
+        time_limit: Duration,
     ) -> BoxFuture<'a, Result<Placement, CarrierError>> {
-        Box::pin(self.place_inner(call))
+        Box::pin(self.place_inner(call, time_limit))
+    }
+
+    fn hang_up<'a>(
+        &'a self,
+        _call: &'a DialRequest,
+        external_call_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<HangUp, CarrierError>> {
+        Box::pin(self.hang_up_inner(external_call_id))
     }
 
     /// The status callback's URL carries the attempt ([`TwilioCarrier::status_callback`]).

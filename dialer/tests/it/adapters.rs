@@ -16,6 +16,9 @@ use chrono::Utc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// The calls' maximum duration, Twilio's `TimeLimit`.
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 struct Sim {
     url: String,
     shutdown: CancellationToken,
@@ -86,7 +89,7 @@ async fn the_http_adapter_places_with_the_attempt_as_idempotency_key() {
     let sim = sim(SimConfig::default()).await;
     let call = request();
     let placement = http(&sim.url, 2000)
-        .place(&call, &campaign())
+        .place(&call, &campaign(), LIMIT)
         .await
         .expect("placed");
     let stats = stats(&sim.url).await;
@@ -110,7 +113,7 @@ async fn the_http_adapter_sorts_refusals_outages_and_timeouts() {
     })
     .await;
     let err = http(&refusing.url, 2000)
-        .place(&request(), &campaign())
+        .place(&request(), &campaign(), LIMIT)
         .await
         .expect_err("4xx");
     assert!(
@@ -124,7 +127,7 @@ async fn the_http_adapter_sorts_refusals_outages_and_timeouts() {
     })
     .await;
     let err = http(&failing.url, 2000)
-        .place(&request(), &campaign())
+        .place(&request(), &campaign(), LIMIT)
         .await
         .expect_err("5xx");
     assert!(
@@ -140,7 +143,7 @@ async fn the_http_adapter_sorts_refusals_outages_and_timeouts() {
         .local_addr()
         .expect("addr");
     let err = http(&format!("http://{closed}"), 2000)
-        .place(&request(), &campaign())
+        .place(&request(), &campaign(), LIMIT)
         .await
         .expect_err("unreachable");
     assert!(matches!(err, CarrierError::Unavailable(_)), "{err:?}");
@@ -151,7 +154,7 @@ async fn the_http_adapter_sorts_refusals_outages_and_timeouts() {
     })
     .await;
     let err = http(&slow.url, 100)
-        .place(&request(), &campaign())
+        .place(&request(), &campaign(), LIMIT)
         .await
         .expect_err("timeout");
     assert!(matches!(err, CarrierError::Ambiguous(_)), "{err:?}");
@@ -178,7 +181,10 @@ async fn the_twilio_adapter_authenticates_and_names_the_attempt_in_its_callback(
             call.call_id
         )
     );
-    let placement = twilio.place(&call, &campaign()).await.expect("placed");
+    let placement = twilio
+        .place(&call, &campaign(), LIMIT)
+        .await
+        .expect("placed");
     assert!(
         placement
             .external_call_id
@@ -193,7 +199,10 @@ async fn the_twilio_adapter_authenticates_and_names_the_attempt_in_its_callback(
     })
     .expect("adapter");
     // Wrong credentials are the dialer's problem, not the call's: redelivered, not FAILED.
-    let err = wrong.place(&request(), &campaign()).await.expect_err("401");
+    let err = wrong
+        .place(&request(), &campaign(), LIMIT)
+        .await
+        .expect_err("401");
     assert!(
         matches!(&err, CarrierError::Unavailable(r) if r.starts_with("401")),
         "{err:?}"

@@ -37,6 +37,7 @@ use axum::{
         sse::{Event, KeepAlive, Sse},
     },
 };
+use ccm_core::access::Need;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -199,13 +200,21 @@ pub async fn events(
     // credential is a 401 like any other unauthenticated request.
     let ticket = query.ok().and_then(|Query(q)| q.ticket);
     let token = match (auth::token(&headers), ticket) {
-        (Some(token), _) => state.tokens.identify(token),
+        (Some(token), _) => state
+            .tokens
+            .identify(token, chrono::Utc::now())
+            .ok()
+            .map(|identity| identity.id),
         (None, Some(ticket)) => redeem(&state, &ticket),
         (None, None) => None,
     };
     let Some(token) = token else {
         return auth::unauthorized("A valid ticket or token is required");
     };
+    // A carrier's token reads nothing (its ticket could not have been issued either).
+    if let Some(role) = state.tokens.role(token).filter(|r| !r.allows(Need::Read)) {
+        return auth::forbidden(role, Need::Read);
+    }
     if let Err(too_many) = state.limits.check(token) {
         return too_many.into_response();
     }
@@ -241,7 +250,10 @@ fn redeem(state: &AppState, ticket: &str) -> Option<TokenId> {
         .tickets
         .redeem(ticket, chrono::Utc::now().timestamp())
     {
-        Ok(claim) => state.tokens.contains(claim.token).then_some(claim.token),
+        Ok(claim) => state
+            .tokens
+            .contains(claim.token, chrono::Utc::now())
+            .then_some(claim.token),
         Err(Refused::Busy) => {
             tracing::warn!("too many dashboard tickets redeemed within a minute; refusing more");
             None

@@ -12,6 +12,7 @@ use axum::{
     extract::State,
     http::{HeaderMap, StatusCode, header},
 };
+use ccm_core::claims::ClaimError;
 use ccm_core::{CallId, CampaignId, PhoneNumber};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -19,7 +20,6 @@ use serde_json::Value;
 use crate::{
     AppState,
     accept::{self, AcceptError},
-    claim::ClaimError,
     error::{ApiJson, ApiQuery, AppError},
     routes::campaigns,
 };

@@ -14,11 +14,14 @@
 //! record is older than [`PENDING_STALE_SECS`], the retry re-sends the same call (same claim,
 //! same `Nats-Msg-Id`, so JetStream keeps one message) and answers with it.
 
+use std::time::Duration;
+
 use async_nats::jetstream::kv;
 use axum::{
     extract::State,
     http::{HeaderMap, StatusCode},
 };
+use ccm_core::claims::ClaimError;
 use ccm_core::{CallId, CallStatus, CampaignId, DialRequest, PhoneNumber};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -26,7 +29,6 @@ use sha2::{Digest, Sha256};
 use crate::{
     AppState,
     accept::{self, AcceptError},
-    claim::ClaimError,
     error::{ApiJson, AppError},
     routes::campaigns,
 };
@@ -75,6 +77,56 @@ impl From<DialRequest> for AcceptedCall {
             max_attempts: r.max_attempts,
         }
     }
+}
+
+/// How long an Idempotency-Key lives, per key (the bucket has no age of its own): a pending
+/// key only as long as a number's pending claim (`claims.pending_ttl_secs`), so a handler that
+/// died leaves it for no longer; a completed key for `claims.idempotency_ttl_secs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyTtl {
+    pub pending: Duration,
+    pub done: Duration,
+}
+
+impl IdempotencyTtl {
+    pub fn of(config: &ccm_core::Config) -> Self {
+        Self {
+            pending: Duration::from_secs(config.claims.pending_ttl_secs.max(1)),
+            done: Duration::from_secs(config.claims.idempotency_ttl_secs.max(1)),
+        }
+    }
+}
+
+/// Writes a key's record with its TTL, if its last revision is `expect` (when given).
+async fn write(
+    state: &AppState,
+    key: &str,
+    record: &Stored,
+    expect: Option<u64>,
+) -> Result<u64, async_nats::jetstream::context::PublishError> {
+    let ttl = match record {
+        Stored::Pending { .. } => state.idempotency_ttl.pending,
+        Stored::Done { .. } => state.idempotency_ttl.done,
+    };
+    let value = serde_json::to_vec(record).map_err(|e| {
+        async_nats::jetstream::context::PublishError::with_source(
+            async_nats::jetstream::context::PublishErrorKind::Other,
+            e,
+        )
+    })?;
+    ccm_core::kv_ttl::put(
+        &state.js,
+        ccm_core::topology::names::KV_IDEMPOTENCY,
+        key,
+        value.into(),
+        expect,
+        Some(ttl),
+    )
+    .await
+}
+
+fn conflict(e: &async_nats::jetstream::context::PublishError) -> bool {
+    e.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence
 }
 
 /// What the idempotency bucket holds for a key.
@@ -227,27 +279,28 @@ pub async fn create(
                     since,
                     touched: 0,
                 };
-                if let Ok(open) = serde_json::to_vec(&open) {
-                    let _ = state.idempotency.put(key, open.into()).await;
-                }
+                let _ = write(&state, key, &open, None).await;
             }
             return Err(accept_error(&phone, e, window));
         }
         Err(e) => {
             if let Some(key) = &key {
                 // The request definitely failed: the key is free for the client's retry.
-                let _ = state.idempotency.purge(key).await;
+                // A purge marker that goes by itself; the pending TTL covers a failed purge.
+                let _ = state
+                    .idempotency
+                    .purge_with_ttl(key, Duration::from_secs(1))
+                    .await;
             }
             return Err(accept_error(&phone, e, window));
         }
     };
     if let Some(key) = &key {
-        let stored = serde_json::to_vec(&Stored::Done {
+        let stored = Stored::Done {
             request: Some(digest),
             call: call.clone(),
-        })
-        .map_err(AppError::internal)?;
-        if let Err(e) = state.idempotency.put(key, stored.into()).await {
+        };
+        if let Err(e) = write(&state, key, &stored, None).await {
             // The call is accepted and durable; only a repeat of this request could now be
             // accepted twice (as a 409 duplicate, since the number is claimed).
             tracing::warn!(error = %e, "cannot record the idempotency key");
@@ -299,10 +352,11 @@ async fn reserve(
         since,
         touched: now,
     };
-    let fresh = serde_json::to_vec(&pending(call_id, now)).map_err(AppError::internal)?;
-    match state.idempotency.create(key, fresh.into()).await {
+    let fresh = pending(call_id, now);
+    // Revision 0: the key has no message (never used, or its TTL ran out).
+    match write(state, key, &fresh, Some(0)).await {
         Ok(_) => return Ok(Reserved::Fresh(now)),
-        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) if conflict(&e) => {}
         Err(e) => return Err(AppError::unavailable(e)),
     }
     let in_use = || {
@@ -319,6 +373,14 @@ async fn reserve(
     else {
         return Err(in_use());
     };
+    if entry.operation != kv::Operation::Put {
+        // Given back by a request that definitely failed: the key is free again.
+        return match write(state, key, &fresh, Some(entry.revision)).await {
+            Ok(_) => Ok(Reserved::Fresh(now)),
+            Err(e) if conflict(&e) => Err(in_use()),
+            Err(e) => Err(AppError::unavailable(e)),
+        };
+    }
     let stored = serde_json::from_slice::<Stored>(&entry.value).map_err(|_| in_use())?;
     let since = match &stored {
         Stored::Pending { since, .. } => *since,
@@ -338,14 +400,9 @@ async fn reserve(
         )),
         KeyDecision::Resume(id) => {
             // Taking the record over with its revision lets one retry resume at a time.
-            let touched = serde_json::to_vec(&pending(id, since)).map_err(AppError::internal)?;
-            match state
-                .idempotency
-                .update(key, touched.into(), entry.revision)
-                .await
-            {
+            match write(state, key, &pending(id, since), Some(entry.revision)).await {
                 Ok(_) => Ok(Reserved::Resume(id, since)),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(in_use()),
+                Err(e) if conflict(&e) => Err(in_use()),
                 Err(e) => Err(AppError::unavailable(e)),
             }
         }

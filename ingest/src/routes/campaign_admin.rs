@@ -4,8 +4,9 @@
 //! Changes are compare-and-set updates of the campaign document in the `campaigns` bucket,
 //! so two concurrent edits never lose one. Ingest only changes the document: the dialer
 //! watches the bucket and reacts (stops pulling when paused, terminates queued calls when
-//! cancelled). A new concurrency cap is applied to the campaign's dial consumer
-//! (`max_ack_pending`, editable in place) before the document says so.
+//! cancelled). The document is written first, then the campaign's dial consumer is brought
+//! in line with it (cap, server-side pause; [`ccm_core::dial_consumer`]); a crash between
+//! the two is repaired by the dialer's reconcile, never the other way round.
 
 use std::collections::BTreeMap;
 
@@ -198,16 +199,8 @@ async fn update(
         };
         let mut campaign: Campaign =
             serde_json::from_slice(&entry.value).map_err(AppError::internal)?;
-        let before = campaign.max_concurrent_calls;
         change(&mut campaign)?;
         campaign.updated_at = Utc::now();
-        if campaign.max_concurrent_calls != before {
-            state
-                .topology
-                .ensure_dial_consumer(&state.js, id, campaign.max_concurrent_calls)
-                .await
-                .map_err(AppError::unavailable)?;
-        }
         let document = serde_json::to_vec(&campaign).map_err(AppError::internal)?;
         match state
             .campaigns
@@ -216,6 +209,11 @@ async fn update(
         {
             Ok(revision) => {
                 state.campaign_cache.put(revision, campaign.clone());
+                // The document is the truth and is written: the change stands even if the
+                // consumer cannot follow now (the dialer's reconcile brings it in line).
+                if let Err(e) = state.dial_consumers.reconcile(&state.campaigns, id).await {
+                    tracing::warn!(%id, error = %e, "dial consumer not brought in line yet");
+                }
                 return Ok(campaign);
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
@@ -387,7 +385,14 @@ pub async fn start(
                 format!("campaign {campaign_id}: {e}"),
             ));
         }
-        contacts_called = Some(crate::routes::contact_calls::call_all(&state, &campaign).await?);
+        // Only a draft's start calls its contacts: a start repeated once the campaign runs
+        // (a client retrying after a lost answer) must not call them again. A start that
+        // failed half-way left it a draft, and its retry finishes the job (see
+        // `contact_calls`: each contact's call keeps its id, so none is doubled).
+        if campaign.state == CampaignState::Draft {
+            contacts_called =
+                Some(crate::routes::contact_calls::call_all(&state, &campaign).await?);
+        }
     }
     let ApiJson(campaign) = set_state(&state, &id, Action::Start).await?;
     Ok(ApiJson(Started {

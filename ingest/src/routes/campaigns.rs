@@ -150,10 +150,10 @@ pub(crate) async fn create_campaign(
         body.retry_policy,
     )?;
     // The consumer first: a campaign visible in the bucket must already have somewhere for
-    // its calls to go.
+    // its calls to go (paused already if the campaign is held).
     state
-        .topology
-        .ensure_dial_consumer(&state.js, id, max_concurrent_calls)
+        .dial_consumers
+        .ensure(&campaign)
         .await
         .map_err(AppError::unavailable)?;
     let document = serde_json::to_vec(&campaign).map_err(AppError::internal)?;

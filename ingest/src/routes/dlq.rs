@@ -161,7 +161,10 @@ fn parse_seq(seq: &str) -> Result<u64, AppError> {
 async fn open(state: &AppState) -> Result<Dlq, AppError> {
     Dlq::open(state.js.clone())
         .await
-        .map(|dlq| dlq.with_scope(state.config.duplicate_scope))
+        .map(|dlq| {
+            dlq.with_scope(state.config.duplicate_scope)
+                .with_claim_settings(state.claims.settings())
+        })
         .map_err(AppError::unavailable)
 }
 
@@ -171,6 +174,7 @@ fn problem(e: DlqError) -> AppError {
             AppError::not_found("dead_letter_not_found", format!("no dead letter #{seq}"))
         }
         e @ DlqError::NumberBusy { .. } => AppError::conflict("number_busy", e.to_string()),
+        e @ DlqError::NumberInWindow(_) => AppError::conflict("number_in_window", e.to_string()),
         e @ DlqError::NotACall(_) => AppError::bad_request("not_a_call", e.to_string()),
         e @ DlqError::ReplayByHand { .. } => AppError::conflict("replay_by_hand", e.to_string()),
         e => AppError::unavailable(e),

@@ -13,5 +13,6 @@ pub mod contacts;
 pub mod dlq;
 pub mod dnc;
 pub mod table;
+pub mod tokens;
 pub mod webhook_deliveries;
 pub mod webhooks;

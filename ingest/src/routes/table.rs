@@ -19,7 +19,7 @@ use axum::{
     Router,
     http::Method,
     middleware,
-    routing::{MethodRouter, get, post, put},
+    routing::{MethodRouter, delete, get, post, put},
 };
 
 use crate::{AppState, auth, dashboard, http_metrics, limits, openapi, routes};
@@ -32,8 +32,9 @@ const POST: &[Method] = &[Method::POST];
 pub enum Access {
     /// Anyone: the route holds no data (health, the API's description, the dashboard page).
     Public,
-    /// A configured API token, checked before any handler runs, for every method.
-    Token,
+    /// A configured API token whose role allows what the rule says the method needs, checked
+    /// before any handler runs, for every method.
+    Token(auth::Rule),
     /// The handler checks a credential of its own; the text names it.
     OwnCheck(&'static str),
 }
@@ -52,8 +53,29 @@ impl Entry {
     /// the token's. (The dashboard's stream, which checks its own credential, checks the
     /// limit itself once it knows the token.)
     fn expensive(mut self, methods: &'static [Method]) -> Self {
-        assert_eq!(self.access, Access::Token, "{}", self.path);
+        assert!(matches!(self.access, Access::Token(_)), "{}", self.path);
         self.expensive = methods;
+        self
+    }
+
+    /// Every method of this token route only reads: a viewer may call it.
+    fn reads(mut self) -> Self {
+        assert!(matches!(self.access, Access::Token(_)), "{}", self.path);
+        self.access = Access::Token(auth::Rule::Reads);
+        self
+    }
+
+    /// Every method of this token route administers (tokens): only an admin token may call it.
+    fn admin(mut self) -> Self {
+        assert!(matches!(self.access, Access::Token(_)), "{}", self.path);
+        self.access = Access::Token(auth::Rule::Admin);
+        self
+    }
+
+    /// This token route reports call outcomes: a carrier's token may call it.
+    fn callback(mut self) -> Self {
+        assert!(matches!(self.access, Access::Token(_)), "{}", self.path);
+        self.access = Access::Token(auth::Rule::Callback);
         self
     }
 }
@@ -71,7 +93,7 @@ impl std::fmt::Debug for Entry {
 fn token(path: &'static str, methods: MethodRouter<AppState>) -> Entry {
     Entry {
         path,
-        access: Access::Token,
+        access: Access::Token(auth::Rule::ByMethod),
         expensive: &[],
         methods,
     }
@@ -99,7 +121,7 @@ fn own(path: &'static str, credential: &'static str, methods: MethodRouter<AppSt
 pub fn table(metrics_require_token: bool) -> Vec<Entry> {
     use routes::{
         bulk, call_queries, callbacks, calls, campaign_admin, campaigns, compat, contact_import,
-        contacts, dlq, dnc, webhook_deliveries, webhooks,
+        contacts, dlq, dnc, tokens, webhook_deliveries, webhooks,
     };
     let metrics = get(http_metrics::render);
     vec![
@@ -129,7 +151,7 @@ pub fn table(metrics_require_token: bool) -> Vec<Entry> {
         // The compatible API: the old system's paths, trailing slashes included.
         token("/api/v1/initiate-call/", post(compat::calls::initiate)),
         token("/api/v1/bulk-initiate-calls/", post(compat::calls::bulk)).expensive(POST),
-        token("/api/v1/callback/", put(compat::callback::callback)),
+        token("/api/v1/callback/", put(compat::callback::callback)).callback(),
         token(
             "/api/v1/campaigns/",
             get(compat::campaigns::list).post(compat::campaigns::create),
@@ -189,7 +211,9 @@ pub fn table(metrics_require_token: bool) -> Vec<Entry> {
                 .patch(webhooks::patch)
                 .delete(webhooks::delete),
         ),
-        token("/api/v1/dashboard/ticket", post(dashboard::ticket)).expensive(POST),
+        token("/api/v1/dashboard/ticket", post(dashboard::ticket))
+            .expensive(POST)
+            .reads(),
         token(
             "/api/v1/webhooks/{id}/rotate-secret",
             post(webhooks::rotate_secret),
@@ -207,6 +231,11 @@ pub fn table(metrics_require_token: bool) -> Vec<Entry> {
             "/api/v1/webhooks/{id}/replay",
             post(webhook_deliveries::replay),
         ),
+        token("/api/v1/tokens", post(tokens::create).get(tokens::list)).admin(),
+        token("/api/v1/tokens/{id}", delete(tokens::revoke)).admin(),
+        token("/api/v1/audit", get(crate::audit::list))
+            .admin()
+            .expensive(GET),
     ]
 }
 
@@ -217,7 +246,7 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         .into_iter()
         .fold(Router::new(), |router, entry| {
             let methods = match entry.access {
-                Access::Token => {
+                Access::Token(rule) => {
                     let methods = if entry.expensive.is_empty() {
                         entry.methods
                     } else {
@@ -231,7 +260,10 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
                     };
                     // Added last, so it runs first: the limit counts by the token it found.
                     methods.layer(middleware::from_fn_with_state(
-                        state.clone(),
+                        auth::Guard {
+                            state: state.clone(),
+                            rule,
+                        },
                         auth::require_token,
                     ))
                 }

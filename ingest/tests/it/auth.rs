@@ -67,7 +67,7 @@ async fn missing_and_wrong_tokens_get_the_old_401_bodies_and_open_routes_need_no
 async fn ingest_refuses_to_start_without_a_token() {
     let env = TestEnv::start().await.expect("env");
     let mut config = env.config();
-    config.ingest.auth_tokens = vec![ccm_core::config::Secret::new("")];
+    config.ingest.auth_tokens = vec![ccm_core::config::Secret::new("").into()];
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -79,7 +79,12 @@ async fn ingest_refuses_to_start_without_a_token() {
     .await
     .expect("returns at once");
     assert!(
-        matches!(result, Err(ccm_ingest::IngestError::NoToken)),
+        matches!(
+            result,
+            Err(ccm_ingest::IngestError::Tokens(
+                ccm_ingest::auth::TokenConfigError::NoToken
+            ))
+        ),
         "{result:?}"
     );
 }

@@ -266,7 +266,7 @@ async fn neither_the_token_nor_a_ticket_reaches_the_logs() {
     let logs = Captured::install();
     let env = TestEnv::start().await.expect("env");
     let mut config = env.config();
-    config.ingest.auth_tokens = vec![Secret::new(VALID)];
+    config.ingest.auth_tokens = vec![Secret::new(VALID).into()];
     // With the projector, whose migrations give the feed its tables to read.
     let api = Api::start_with(&env, config, true).await;
     let response = api
@@ -356,7 +356,7 @@ async fn streams_over_the_cap_of_their_token_get_429_until_one_ends() {
     const B: &str = "tok-streams-b";
     let env = TestEnv::start().await.expect("env");
     let mut config = env.config();
-    config.ingest.auth_tokens = vec![Secret::new(A), Secret::new(B)];
+    config.ingest.auth_tokens = vec![Secret::new(A).into(), Secret::new(B).into()];
     config.ingest.dashboard.max_streams_per_token = 2;
     let api = Api::start_with(&env, config, false).await;
 
@@ -420,9 +420,9 @@ async fn a_shared_ticket_key_crosses_replicas_and_a_removed_token_voids_its_tick
     let env = TestEnv::start().await.expect("env");
     let mut config = env.config();
     config.ingest.dashboard.ticket_key = Secret::new("k".repeat(40));
-    config.ingest.auth_tokens = vec![Secret::new(KEPT), Secret::new(REMOVED)];
+    config.ingest.auth_tokens = vec![Secret::new(KEPT).into(), Secret::new(REMOVED).into()];
     let old = Api::start_with(&env, config.clone(), false).await;
-    config.ingest.auth_tokens = vec![Secret::new(KEPT)];
+    config.ingest.auth_tokens = vec![Secret::new(KEPT).into()];
     let new = Api::start_with(&env, config, false).await;
     let open = |api: &Api, ticket: String| {
         api.http
@@ -443,7 +443,7 @@ async fn a_shared_ticket_key_crosses_replicas_and_a_removed_token_voids_its_tick
 
     // Without a shared key, a replica's tickets open streams only there.
     let mut config = env.config();
-    config.ingest.auth_tokens = vec![Secret::new(KEPT)];
+    config.ingest.auth_tokens = vec![Secret::new(KEPT).into()];
     let unshared = Api::start_with(&env, config, false).await;
     let refused = open(&unshared, ticket_for(&new, KEPT).await)
         .await

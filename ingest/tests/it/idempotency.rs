@@ -152,3 +152,55 @@ async fn a_key_left_pending_by_a_dead_handler_resolves_to_its_call() {
     assert_eq!((status, &again), (202, &body), "now settled");
     api.stop().await;
 }
+
+/// A key lives by its own TTL, not the bucket's 24 h (issue 18 item 3): with the completed
+/// key's TTL made small, the key is free for another request once it has passed. (A pending
+/// key is written by the same path with `claims.pending_ttl_secs`.)
+#[tokio::test]
+async fn a_key_expires_by_its_own_ttl_completed_or_left_pending() {
+    let env = TestEnv::start().await.expect("env");
+    let mut config = env.config();
+    config.claims.pending_ttl_secs = 1;
+    config.claims.idempotency_ttl_secs = 2;
+    let api = Api::start_with(&env, config, false).await;
+    let campaign = api.campaign("ttl").await;
+    let body = |n: u32| json!({"campaign_id": campaign, "phone_number": format!("+1555700{n:04}")});
+    let key = format!("key-{}", uuid::Uuid::new_v4());
+
+    let (first, answer) = post(&api, &key, &body(1)).await;
+    assert_eq!(first, 202, "{answer}");
+    let (reused, answer) = post(&api, &key, &body(2)).await;
+    assert_eq!(
+        reused, 422,
+        "within its TTL the key is bound to its request: {answer}"
+    );
+    let freed = ccm_tests::eventually(std::time::Duration::from_secs(8), || async {
+        let (status, _) = post(&api, &key, &body(3)).await;
+        (status == 202).then_some(())
+    })
+    .await;
+    assert!(
+        freed.is_some(),
+        "the completed key expired after its own TTL"
+    );
+
+    let js = env.jetstream().await.expect("js");
+    let dead = format!("key-{}", uuid::Uuid::new_v4());
+    let hex: String = dead.bytes().map(|b| format!("{b:02x}")).collect();
+    let (status, answer) = post(&api, &dead, &body(4)).await;
+    assert_eq!(status, 202, "{answer}");
+    let stream = js.get_stream("KV_idempotency").await.expect("stream");
+    let record = stream
+        .direct_get_last_for_subject(format!("$KV.idempotency.{hex}"))
+        .await
+        .expect("record");
+    assert_eq!(
+        record
+            .headers
+            .get("Nats-TTL")
+            .map(|v| v.as_str().to_owned())
+            .as_deref(),
+        Some("2"),
+        "a completed key carries the completed TTL"
+    );
+}

@@ -63,7 +63,10 @@ async fn a_token_over_its_burst_gets_429_while_other_tokens_and_cheap_routes_go_
     let tokens: Vec<String> = (0..2 * EXPENSIVE.len())
         .map(|i| format!("limit-token-{i}"))
         .collect();
-    config.ingest.auth_tokens = tokens.iter().map(Secret::new).collect();
+    config.ingest.auth_tokens = tokens
+        .iter()
+        .map(|t| Secret::new(t.clone()).into())
+        .collect();
     // The burst, then one request a minute: the test never waits for a refill.
     config.ingest.rate_limits.expensive_per_minute = 1;
     config.ingest.rate_limits.burst = BURST;

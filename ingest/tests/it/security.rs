@@ -126,7 +126,7 @@ async fn tokens_and_the_database_password_never_reach_the_logs() {
 
     let env = TestEnv::start().await.expect("env");
     let mut config = env.config();
-    config.ingest.auth_tokens = vec![Secret::new(VALID)];
+    config.ingest.auth_tokens = vec![Secret::new(VALID).into()];
     config.ingest.twilio.auth_token = Secret::new(TWILIO);
     // A server without authentication accepts any user and password, so the URL still works.
     config.nats_url = config
@@ -284,7 +284,7 @@ async fn every_route_of_the_table_refuses_every_method_without_a_token() {
                     .expect("request");
                 let status = response.status().as_u16();
                 let ok = match entry.access {
-                    Access::Token => status == 401,
+                    Access::Token(_) => status == 401,
                     // Its own credential is missing: refused, never served.
                     Access::OwnCheck(_) => (400..500).contains(&status) && status != 404,
                     Access::Public => true,
@@ -332,7 +332,7 @@ async fn an_empty_token_next_to_real_ones_is_refused_at_start() {
         vec![TEST_TOKEN, "  "],
     ] {
         let mut config = env.config();
-        config.ingest.auth_tokens = tokens.iter().map(|t| Secret::new(*t)).collect();
+        config.ingest.auth_tokens = tokens.iter().map(|t| Secret::new(*t).into()).collect();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -344,7 +344,12 @@ async fn an_empty_token_next_to_real_ones_is_refused_at_start() {
         .await;
         shutdown.cancel();
         assert!(
-            matches!(result, Ok(Err(ccm_ingest::IngestError::EmptyToken))),
+            matches!(
+                result,
+                Ok(Err(ccm_ingest::IngestError::Tokens(
+                    ccm_ingest::auth::TokenConfigError::EmptyToken
+                )))
+            ),
             "{tokens:?}: {result:?}"
         );
     }

@@ -31,7 +31,11 @@ async fn publish(js: &jetstream::Context, request: &DialRequest) {
 }
 
 async fn claim(active: &jetstream::kv::Store, request: &DialRequest) -> String {
-    let key = DuplicateScope::Global.claim_key(request.campaign_id, &request.phone_number);
+    let key = ccm_core::claims::key(
+        DuplicateScope::Global,
+        request.campaign_id,
+        &request.phone_number,
+    );
     active
         .create(key.as_str(), request.call_id.to_string().into())
         .await
@@ -53,8 +57,14 @@ async fn a_call_queued_past_the_max_queue_age_ends_expired_and_frees_its_number(
     // Campaign 41 is paused: its consumer exists and is never pulled.
     for campaign in [41, 42] {
         let id = ccm_core::CampaignId::new(campaign).expect("id");
-        calls
-            .create_consumer(topology.dial_consumer(id, 10))
+        let campaign: ccm_core::Campaign = serde_json::from_value(serde_json::json!({
+            "id": id, "name": "expiry", "is_active": true, "max_concurrent_calls": 10,
+            "max_attempts": 3, "created_at": chrono::Utc::now(), "updated_at": chrono::Utc::now(),
+        }))
+        .expect("campaign");
+        ccm_core::dial_consumer::DialConsumers::new(&js, &topology)
+            .await
+            .ensure(&campaign)
             .await
             .expect("dial consumer");
     }

@@ -45,8 +45,9 @@ async fn a_retry_due_in_a_blackout_moves_to_the_opening_and_keeps_the_custom_fie
         .expect("campaign stored");
     let retrier = Retrier::start(&env, HOUR_LATER);
 
-    // A US number: its region has several zones, so the campaign's zone (UTC) applies.
-    let dial = request(12, "+12125550123", 1);
+    // A +1 number of an area code the prefix map does not place: the campaign's zone (UTC)
+    // applies.
+    let dial = request(12, "+15550000123", 1);
     let fields: CustomFields = [("first_name".to_owned(), "Jeanne".to_owned())].into();
     let dialing = CallEvent {
         call_id: dial.call_id,

@@ -39,6 +39,9 @@ pub struct Expectation {
     /// The faults exhaust technical retries, so the DLQ check must see letters: a run with
     /// none would pass it without checking anything.
     pub expect_dead_letters: bool,
+    /// Moments a calling window of the campaign opened: the retrier moves a retry due while
+    /// the window is closed to its opening, later than the backoff.
+    pub window_opens: BTreeMap<u64, Vec<DateTime<Utc>>>,
 }
 
 /// The subset of carrier-sim's `GET /stats` the auditor reads.
@@ -62,6 +65,15 @@ pub struct CarrierStats {
 pub struct CarrierAttempt {
     /// Placement requests with this attempt's key; more than one is a double-dial request.
     pub requests: u32,
+    #[serde(default)]
+    pub campaign: String,
+    #[serde(default)]
+    pub to: String,
+    /// When the call was live at the carrier (Unix ms); `ended_ms` none: still live.
+    #[serde(default)]
+    pub placed_ms: u64,
+    #[serde(default)]
+    pub ended_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -99,6 +111,8 @@ pub struct Audit {
     pub finals: BTreeMap<String, u64>,
     /// The first few violations, spelled out.
     pub problems: Vec<String>,
+    /// The first few retry-policy violations (also in `problems`).
+    pub retry_problems: Vec<String>,
     /// From the first request to the last call's terminal state.
     pub elapsed: Duration,
 }
@@ -114,6 +128,13 @@ impl Audit {
             && self.dlq_mismatches == 0
             && (!self.dlq_expected || self.dlq_letters > 0)
             && !self.refused.keys().any(|s| (200..300).contains(s))
+    }
+
+    fn retry_problem(&mut self, text: String) {
+        if self.retry_problems.len() < 10 {
+            self.retry_problems.push(text.clone());
+        }
+        self.problem(text);
     }
 
     fn problem(&mut self, text: String) {
@@ -178,7 +199,7 @@ impl Audit {
 }
 
 /// The terminal kinds of `call_events.kind`.
-const TERMINAL: [&str; 4] = ["completed", "failed", "cancelled", "dead_lettered"];
+pub(crate) const TERMINAL: [&str; 4] = ["completed", "failed", "cancelled", "dead_lettered"];
 
 /// Calls of `accepted` that have a terminal event in PostgreSQL.
 pub async fn terminal_count(pg: &PgPool, accepted: &[Accepted]) -> Result<u64, HarnessError> {
@@ -282,7 +303,7 @@ pub async fn audit(
 }
 
 /// Every event of the accepted calls, per call, in event-time order.
-async fn histories(
+pub(crate) async fn histories(
     pg: &PgPool,
     accepted: &[Accepted],
 ) -> Result<BTreeMap<CallId, Vec<CallEvent>>, HarnessError> {
@@ -320,7 +341,7 @@ fn check_retries(audit: &mut Audit, call: CallId, events: &[CallEvent], expect: 
     };
     if dialled.len() as u32 != last_attempt || last_attempt > expect.max_attempts {
         audit.retry_violations += 1;
-        audit.problem(format!(
+        audit.retry_problem(format!(
             "call {call}: attempts {dialled:?}, limit {}; history {:?}",
             expect.max_attempts,
             history()
@@ -352,7 +373,7 @@ fn check_retries(audit: &mut Audit, call: CallId, events: &[CallEvent], expect: 
         audit.retries += 1;
         let (Some((status, at)), Some(due)) = (outcome(attempt), retry(attempt)) else {
             audit.retry_violations += 1;
-            audit.problem(format!(
+            audit.retry_problem(format!(
                 "call {call}: attempt {} dialled without an outcome and a retry of {attempt}",
                 attempt + 1
             ));
@@ -360,16 +381,26 @@ fn check_retries(audit: &mut Audit, call: CallId, events: &[CallEvent], expect: 
         };
         if status == OutcomeStatus::Picked {
             audit.retry_violations += 1;
-            audit.problem(format!("call {call}: retried after PICKED"));
+            audit.retry_problem(format!("call {call}: retried after PICKED"));
         }
         let scheduled = (due - at).to_std().unwrap_or_default();
+        let at_window_opening = scheduled > expect.backoff
+            && expect
+                .window_opens
+                .get(&events[0].campaign_id.get())
+                .is_some_and(|opens| {
+                    opens
+                        .iter()
+                        .any(|o| (due - *o).num_milliseconds().abs() <= 1_000)
+                });
         // The retrier computes the due time from the outcome's own time: exactly the
-        // backoff, give or take clock rounding.
-        if scheduled + Duration::from_millis(5) < expect.backoff
-            || scheduled > expect.backoff + Duration::from_millis(5)
+        // backoff, give or take clock rounding; or the opening of a window closed then.
+        if !at_window_opening
+            && (scheduled + Duration::from_millis(5) < expect.backoff
+                || scheduled > expect.backoff + Duration::from_millis(5))
         {
             audit.retry_violations += 1;
-            audit.problem(format!(
+            audit.retry_problem(format!(
                 "call {call}: retry of attempt {attempt} due {scheduled:?} after its outcome, policy {:?}",
                 expect.backoff
             ));
@@ -378,7 +409,7 @@ fn check_retries(audit: &mut Audit, call: CallId, events: &[CallEvent], expect: 
             // Dialled before it was due: the scheduler's tolerance is a few milliseconds.
             if next + chrono::Duration::milliseconds(50) < due {
                 audit.retry_violations += 1;
-                audit.problem(format!(
+                audit.retry_problem(format!(
                     "call {call}: attempt {} dialled {} ms before due",
                     attempt + 1,
                     (due - next).num_milliseconds()
@@ -403,7 +434,7 @@ fn check_retries(audit: &mut Audit, call: CallId, events: &[CallEvent], expect: 
     };
     if !consistent {
         audit.retry_violations += 1;
-        audit.problem(format!(
+        audit.retry_problem(format!(
             "call {call}: ended {} after attempt {last_attempt} with outcome {final_outcome:?}; history {:?}",
             end.kind.name(),
             history()

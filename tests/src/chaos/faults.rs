@@ -15,6 +15,8 @@ pub enum Fault {
     Kill { service: Service, down: Duration },
     /// nats-server stopped and started again (a rolling restart of a single server).
     NatsRestart { down: Duration },
+    /// nats-server frozen with SIGSTOP (connections open, nothing answered), then SIGCONT.
+    NatsPause { hold: Duration },
     /// One node of the NATS cluster killed (`kill -9`), started again after `down`.
     NatsNodeKill { node: usize, down: Duration },
     /// PostgreSQL stopped for `down`, then started again.
@@ -41,16 +43,23 @@ impl Fault {
     pub fn label(&self) -> String {
         match self {
             Fault::Kill { service, down } => {
-                format!("kill -9 {} (down {} s)", service.name(), down.as_secs())
+                format!(
+                    "kill -9 {} (down {:.1} s)",
+                    service.name(),
+                    down.as_secs_f64()
+                )
             }
             Fault::NatsRestart { down } => {
-                format!("nats-server restart (down {} s)", down.as_secs())
+                format!("nats-server restart (down {:.1} s)", down.as_secs_f64())
+            }
+            Fault::NatsPause { hold } => {
+                format!("nats-server SIGSTOP {:.1} s", hold.as_secs_f64())
             }
             Fault::NatsNodeKill { node, down } => {
                 format!("kill -9 NATS node {node} (down {} s)", down.as_secs())
             }
             Fault::PostgresOutage { down } => {
-                format!("PostgreSQL stopped {} s", down.as_secs())
+                format!("PostgreSQL stopped {:.1} s", down.as_secs_f64())
             }
             Fault::CarrierErrors { rate, hold } => {
                 format!("carrier 503 x{rate} for {} s", hold.as_secs())
@@ -124,6 +133,22 @@ pub async fn inject(fault: &Fault, t: &mut Targets<'_>) -> Result<(), HarnessErr
             tokio::task::block_in_place(|| nats.stop());
             tokio::time::sleep(*down).await;
             tokio::task::block_in_place(|| nats.restart())?;
+        }
+        Fault::NatsPause { hold } => {
+            let pid = t
+                .env
+                .local_nats
+                .as_ref()
+                .and_then(|n| n.pid())
+                .ok_or_else(|| HarnessError::Setup("no local nats-server to pause".into()))?;
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+            let signal = |s| {
+                nix::sys::signal::kill(pid, s)
+                    .map_err(|e| HarnessError::Setup(format!("signalling nats-server: {e}")))
+            };
+            signal(nix::sys::signal::Signal::SIGSTOP)?;
+            tokio::time::sleep(*hold).await;
+            signal(nix::sys::signal::Signal::SIGCONT)?;
         }
         Fault::NatsNodeKill { node, down } => {
             let cluster = t

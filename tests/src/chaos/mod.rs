@@ -8,8 +8,12 @@
 //! returns a table row. The e2e suite runs short scenarios; `cargo xtask chaos` long ones.
 
 pub mod audit;
+pub mod checks;
 pub mod faults;
+pub mod generate;
+pub mod generated;
 pub mod load;
+pub mod ops;
 pub mod services;
 
 use std::{collections::BTreeMap, io::Write as _, path::PathBuf, time::Duration};
@@ -119,33 +123,20 @@ pub async fn run(
     env: &mut TestEnv,
     cluster: Option<&mut NatsCluster>,
 ) -> Result<Audit, HarnessError> {
-    tokio::task::block_in_place(services::ensure_built)?;
-    let mut policy = tempfile::NamedTempFile::new().map_err(HarnessError::Io)?;
-    policy
-        .write_all(POLICY.as_bytes())
-        .map_err(HarnessError::Io)?;
-    let (nats_url, replicas) = match cluster.as_deref() {
-        Some(cluster) => (cluster.url(), 3),
-        None => (env.nats_url.clone(), 1),
-    };
-    let settings = StreamSettings {
-        replicas,
-        ..StreamSettings::default()
-    };
-    let client = ccm_core::nats::connect(&nats_url, "chaos").await?;
-    let js = ccm_core::nats::jetstream(client);
-    Topology::load(&settings)?.provision(&js).await?;
-
-    let mut services = Services::start(ServiceSettings {
-        nats_url,
-        database_url: env.database_url.clone(),
-        policy_file: PathBuf::from(policy.path()),
-        max_call_duration_secs: scenario.max_call_duration_secs,
-        replicas,
-        sim_args: scenario.sim_args.clone(),
-        carrier: scenario.carrier,
-    })
+    let stack = Stack::start(
+        env,
+        cluster.as_deref(),
+        scenario.sim_args.clone(),
+        scenario.carrier,
+        scenario.max_call_duration_secs,
+    )
     .await?;
+    // The policy file lives as long as the run: a restarted retrier reads it again.
+    let Stack {
+        mut services,
+        js,
+        _policy,
+    } = stack;
     let result = drive(scenario, env, cluster, &mut services, &js).await;
     if result.as_ref().map_or(true, |a| !a.passed()) {
         for service in Service::ALL {
@@ -158,6 +149,58 @@ pub async fn run(
     }
     tokio::task::block_in_place(|| services.stop());
     result
+}
+
+/// The services started against the test's servers, with the streams provisioned.
+pub(crate) struct Stack {
+    pub services: Services,
+    pub js: async_nats::jetstream::Context,
+    /// The retry policy file the retrier reads; removed when the run ends.
+    pub _policy: tempfile::NamedTempFile,
+}
+
+impl Stack {
+    /// Builds the binaries (when stale), provisions the streams and starts carrier-sim and
+    /// the services.
+    pub(crate) async fn start(
+        env: &TestEnv,
+        cluster: Option<&NatsCluster>,
+        sim_args: Vec<String>,
+        carrier: CarrierApi,
+        max_call_duration_secs: u64,
+    ) -> Result<Self, HarnessError> {
+        tokio::task::block_in_place(services::ensure_built)?;
+        let mut policy = tempfile::NamedTempFile::new().map_err(HarnessError::Io)?;
+        policy
+            .write_all(POLICY.as_bytes())
+            .map_err(HarnessError::Io)?;
+        let (nats_url, replicas) = match cluster {
+            Some(cluster) => (cluster.url(), 3),
+            None => (env.nats_url.clone(), 1),
+        };
+        let settings = StreamSettings {
+            replicas,
+            ..StreamSettings::default()
+        };
+        let client = ccm_core::nats::connect(&nats_url, "chaos").await?;
+        let js = ccm_core::nats::jetstream(client);
+        Topology::load(&settings)?.provision(&js).await?;
+        let services = Services::start(ServiceSettings {
+            nats_url,
+            database_url: env.database_url.clone(),
+            policy_file: PathBuf::from(policy.path()),
+            max_call_duration_secs,
+            replicas,
+            sim_args,
+            carrier,
+        })
+        .await?;
+        Ok(Self {
+            services,
+            js,
+            _policy: policy,
+        })
+    }
 }
 
 async fn drive(
@@ -259,6 +302,7 @@ async fn drive(
         backoff: POLICY_BACKOFF,
         caps,
         expect_dead_letters: scenario.expect_dead_letters,
+        window_opens: BTreeMap::new(),
     };
     let mut audit = audit::audit(&scenario.name, &load, &expect, &carrier, &pg, js).await?;
     audit.elapsed = elapsed;
@@ -281,7 +325,7 @@ const SETTLING: [(&str, &str); 4] = [
 ];
 
 /// Whether the projector and the retrier have nothing left to do.
-async fn settled(js: &async_nats::jetstream::Context) -> bool {
+pub(crate) async fn settled(js: &async_nats::jetstream::Context) -> bool {
     for (stream, consumer) in SETTLING {
         let Ok(stream) = js.get_stream(stream).await else {
             return false;

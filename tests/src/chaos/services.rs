@@ -168,11 +168,23 @@ impl Services {
             .prefix("ccm-chaos-logs-")
             .tempdir()
             .map_err(HarnessError::Io)?;
+        // The run's own copy of the binaries: a build by someone else sharing the target
+        // directory cannot swap a binary between a kill -9 and its restart.
+        let bin = logs.path().join("bin");
+        std::fs::create_dir_all(&bin).map_err(HarnessError::Io)?;
+        for binary in Service::ALL.iter().map(|s| s.binary()).chain([CARRIER_SIM]) {
+            // A hard link keeps this build's file even when cargo links a new one in its
+            // place; a copy where the temporary directory is on another file system.
+            let (from, to) = (bin_dir().join(binary), bin.join(binary));
+            if std::fs::hard_link(&from, &to).is_err() {
+                std::fs::copy(&from, &to).map_err(HarnessError::Io)?;
+            }
+        }
         let api_port = free_port()?;
         let sim_port = free_port()?;
         let api = format!("http://127.0.0.1:{api_port}");
         let sim = format!("http://127.0.0.1:{sim_port}");
-        let mut command = Command::new(bin_dir().join(CARRIER_SIM));
+        let mut command = Command::new(bin.join(CARRIER_SIM));
         command
             .args(["--listen", &format!("127.0.0.1:{sim_port}")])
             .args(["--callback-base", &api, "--callback-token", TEST_TOKEN])
@@ -225,7 +237,7 @@ impl Services {
                 self.sim
             ),
         };
-        let mut command = Command::new(bin_dir().join(service.binary()));
+        let mut command = Command::new(self.logs.path().join("bin").join(service.binary()));
         command
             .env("CCM_NATS_URL", &s.nats_url)
             .env("CCM_DATABASE_URL", &s.database_url)
@@ -237,6 +249,8 @@ impl Services {
                 "CCM_DIALER__MAX_CALL_DURATION_SECS",
                 s.max_call_duration_secs.to_string(),
             )
+            // A call hung up at its maximum duration waits this long for the carrier's report.
+            .env("CCM_DIALER__HANGUP_GRACE_MS", "1000")
             .env("CCM_RETRIER__POLICY_FILE", &s.policy_file)
             .env("CCM_STREAMS__REPLICAS", s.replicas.to_string())
             .env("CCM_LOG__FILTER", "warn")

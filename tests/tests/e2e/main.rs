@@ -1,11 +1,13 @@
 //! Cross-service tests: the whole pipeline against a real NATS JetStream and PostgreSQL.
 
 mod answering_machine;
+mod call_expiry;
 mod calling_window;
 mod campaign_states;
 mod carrier_stack;
 mod carriers;
 mod chaos;
+mod chaos_generated;
 mod custom_fields;
 mod dashboard;
 mod do_not_call;

@@ -5,6 +5,7 @@ mod api;
 mod delivery;
 mod lifecycle;
 mod metrics;
+mod mirror;
 mod replicas;
 mod support;
 mod targets;

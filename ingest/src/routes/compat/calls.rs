@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 
 use axum::{extract::State, http::StatusCode};
+use ccm_core::claims::ClaimError;
 use ccm_core::{CallStatus, Campaign, DialRequest, PhoneNumber};
 use chrono::Utc;
 use serde_json::{Value, json};
@@ -11,7 +12,6 @@ use super::{active_campaign, campaign_id};
 use crate::{
     AppState,
     accept::{self, AcceptError},
-    claim::ClaimError,
     compat_error::{CompatError, CompatJson},
     contacts,
 };

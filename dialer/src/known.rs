@@ -1,0 +1,71 @@
+//! What the stream already knows about an attempt: its call's latest lifecycle event and
+//! outcome, read by subject (direct get), and the sequence a `Dialing` publish expects.
+
+use async_nats::jetstream;
+use ccm_core::{CallEvent, DialRequest, subjects};
+use chrono::{DateTime, Utc};
+
+use crate::call::{CallContext, CallError};
+
+/// What the stream already knows about this attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Known {
+    /// Nothing: the attempt has not been placed. The last message on the call's event
+    /// subject is at this sequence (0: none), which `Dialing` expects.
+    Nothing(u64),
+    /// Placed at this time (a `Dialing` event exists); its outcome has not arrived.
+    Placed(DateTime<Utc>),
+    /// The outcome exists, or the call moved past this attempt: nothing left to do.
+    Done,
+}
+
+/// Reads the latest lifecycle event and outcome of the call (direct get by subject).
+pub(crate) async fn known(ctx: &CallContext, request: &DialRequest) -> Result<Known, CallError> {
+    let outcome = latest(ctx, subjects::outcome(request.campaign_id, request.call_id)).await?;
+    if ends(outcome.as_ref(), request) {
+        return Ok(Known::Done);
+    }
+    let subject = subjects::event(request.campaign_id, request.call_id);
+    let (event, sequence) = latest_at(ctx, subject).await?;
+    Ok(match event {
+        Some(e) if e.attempt > request.attempt || e.kind.is_terminal() => Known::Done,
+        Some(e) if e.attempt == request.attempt => Known::Placed(e.at),
+        _ => Known::Nothing(sequence),
+    })
+}
+
+/// Whether the call's latest outcome ends this attempt.
+fn ends(outcome: Option<&CallEvent>, request: &DialRequest) -> bool {
+    outcome.is_some_and(|o| o.attempt >= request.attempt)
+}
+
+/// Whether the attempt's outcome is stored (a failed read counts as not yet).
+pub(crate) async fn outcome_stored(ctx: &CallContext, request: &DialRequest) -> bool {
+    match latest(ctx, subjects::outcome(request.campaign_id, request.call_id)).await {
+        Ok(outcome) => ends(outcome.as_ref(), request),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the outcome yet");
+            false
+        }
+    }
+}
+
+async fn latest(ctx: &CallContext, subject: String) -> Result<Option<CallEvent>, CallError> {
+    Ok(latest_at(ctx, subject).await?.0)
+}
+
+/// The last message on `subject` and its stream sequence (0 when there is none).
+async fn latest_at(
+    ctx: &CallContext,
+    subject: String,
+) -> Result<(Option<CallEvent>, u64), CallError> {
+    use jetstream::stream::DirectGetErrorKind;
+    match ctx.events.direct_get_last_for_subject(subject).await {
+        Ok(message) => Ok((
+            serde_json::from_slice(&message.payload).ok(),
+            message.sequence,
+        )),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok((None, 0)),
+        Err(e) => Err(CallError::Nats(e.to_string())),
+    }
+}

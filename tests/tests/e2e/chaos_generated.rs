@@ -1,0 +1,44 @@
+//! Generated fault scenarios (see `ccm_tests::chaos::generate`): a seeded schedule of client
+//! operations mixed with kill -9 of the services, nats-server stopped or frozen and
+//! PostgreSQL down, against the services as real processes; then every invariant is
+//! audited. A failure prints its seed and the command that replays it; `cargo xtask chaos
+//! --generated --seed N --minutes M` runs long ones.
+
+use std::time::Duration;
+
+use ccm_tests::{
+    TestEnv,
+    chaos::{
+        generate::{Knobs, schedule},
+        generated,
+    },
+};
+
+/// Each seed's operations and faults last this long; the calls then have `SETTLE` to end.
+const RUN: Duration = Duration::from_secs(60);
+const SETTLE: Duration = Duration::from_secs(120);
+
+async fn check(seed: u64) {
+    let schedule = schedule(seed, &Knobs::new(RUN));
+    let mut env = TestEnv::start().await.expect("test environment");
+    let report = generated::run(&schedule, &mut env, SETTLE, true)
+        .await
+        .expect("the generated run ran");
+    eprintln!("{}", report.render());
+    assert!(report.audit.accepted > 0, "no call was accepted");
+    assert!(
+        report.passed(),
+        "seed {seed} broke an invariant; replay: {}",
+        generated::replay_command(seed, RUN.as_secs())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_generated_seed_1() {
+    check(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_generated_seed_2() {
+    check(2).await;
+}
