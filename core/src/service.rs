@@ -119,3 +119,56 @@ pub async fn start(
         topology,
     })
 }
+
+/// How long a service's tasks may go on once its shutdown is asked: in-flight work usually
+/// ends in milliseconds, but a task waiting on a server that is gone would wait for its
+/// time-outs (tens of seconds), and an orchestrator or `cargo xtask up` waits for the process.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Waits for every task of `tasks`, giving each result to `done`; once `shutdown` is
+/// cancelled, waits at most `grace` more, then aborts what is left. An aborted handler leaves
+/// its message un-acknowledged, so the server delivers it again: nothing is lost by it.
+pub async fn join_tasks<T: 'static>(
+    tasks: &mut tokio::task::JoinSet<T>,
+    shutdown: &CancellationToken,
+    grace: std::time::Duration,
+    mut done: impl FnMut(Result<T, tokio::task::JoinError>),
+) {
+    loop {
+        let joined = tokio::select! {
+            joined = tasks.join_next() => joined,
+            _ = shutdown.cancelled() => break,
+        };
+        match joined {
+            Some(result) => done(result),
+            None => return,
+        }
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    loop {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(Some(result)) => done(result),
+            Ok(None) => return,
+            Err(_) => {
+                tracing::warn!(
+                    tasks = tasks.len(),
+                    "tasks still running {grace:?} after shutdown; aborting them"
+                );
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                return;
+            }
+        }
+    }
+}
+
+/// Flushes the client's pending publishes (acks and NAKs are fire-and-forget) and drains it,
+/// each for at most `limit`: a server that is gone must not hold the process.
+pub async fn close_nats(client: &async_nats::Client, limit: std::time::Duration) {
+    if tokio::time::timeout(limit, client.flush()).await.is_err() {
+        tracing::warn!(
+            "NATS flush at shutdown did not complete; unsettled messages return after their ack wait"
+        );
+    }
+    let _ = tokio::time::timeout(limit, client.drain()).await;
+}

@@ -151,20 +151,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Retr
     tasks.spawn(reaper::run(ctx.claims.clone(), interval, shutdown.clone()));
     tracing::info!(policy = %config.retrier.policy_file.display(), "retrier running");
     let mut result = Ok(());
-    while let Some(joined) = tasks.join_next().await {
-        let outcome = joined.map_err(RetrierError::Task).and_then(|r| r);
-        if let Err(e) = outcome {
-            // One loop failing stops the others: a replica that half works hides the fault.
-            shutdown.cancel();
-            if result.is_ok() {
-                result = Err(e);
+    let stop = shutdown.clone();
+    ccm_core::service::join_tasks(
+        &mut tasks,
+        &shutdown,
+        ccm_core::service::SHUTDOWN_GRACE,
+        |joined| {
+            // A task aborted at the end of the grace is no failure of the replica.
+            let outcome = match joined {
+                Err(e) if e.is_cancelled() => Ok(()),
+                joined => joined.map_err(RetrierError::Task).and_then(|r| r),
+            };
+            if let Err(e) = outcome {
+                // One loop failing stops the others: a replica that half works hides the fault.
+                stop.cancel();
+                if result.is_ok() {
+                    result = Err(e);
+                }
             }
-        }
-    }
+        },
+    )
+    .await;
     // Acks and NAKs are fire-and-forget publishes; flush them to the server before draining,
     // or a NAK sent just before shutdown can be lost and its message wait out AckWait.
-    let _ = client.flush().await;
-    let _ = client.drain().await;
+    ccm_core::service::close_nats(&client, std::time::Duration::from_secs(1)).await;
     result
 }
 

@@ -197,81 +197,107 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Webh
     let mut last_check = tokio::time::Instant::now();
     let mut dispatch: Option<Lease> = None;
     let mut last_dispatch_try: Option<tokio::time::Instant> = None;
-    while !shutdown.is_cancelled() {
-        dispatcher.workers.sync(&dispatcher.subscriptions).await;
-        if dispatch.as_ref().is_some_and(|l| l.lost().is_cancelled()) {
-            dispatch = None;
-        }
-        if dispatch.is_none() && last_dispatch_try.is_none_or(|t| t.elapsed() >= ACQUIRE_EVERY) {
-            last_dispatch_try = Some(tokio::time::Instant::now());
-            match leases.acquire(&[lease::DISPATCH.to_owned()]).await {
-                Ok(mut taken) => {
-                    dispatch = taken.pop();
-                    if dispatch.is_some() {
-                        tracing::info!("dispatching: this replica queues the events");
+    // Bounded: a pull or a dispatch waiting on a server that is gone would hold the process
+    // for its time-outs. Abandoned after the grace, a pull strands its messages until
+    // `ack_wait` at worst; nothing is lost.
+    {
+        let pull_loop = async {
+            while !shutdown.is_cancelled() {
+                dispatcher.workers.sync(&dispatcher.subscriptions).await;
+                if dispatch.as_ref().is_some_and(|l| l.lost().is_cancelled()) {
+                    dispatch = None;
+                }
+                if dispatch.is_none()
+                    && last_dispatch_try.is_none_or(|t| t.elapsed() >= ACQUIRE_EVERY)
+                {
+                    last_dispatch_try = Some(tokio::time::Instant::now());
+                    match leases.acquire(&[lease::DISPATCH.to_owned()]).await {
+                        Ok(mut taken) => {
+                            dispatch = taken.pop();
+                            if dispatch.is_some() {
+                                tracing::info!("dispatching: this replica queues the events");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot take the dispatch lease"),
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot take the dispatch lease"),
-            }
-        }
-        // Only the holder of the dispatch lease pulls, and only while the lease certainly
-        // outlasts the pull (queueing what it brought checks the lease again, in the same
-        // transaction); the others keep working their lanes and wait to take over.
-        let Some(lease) = dispatch.clone().filter(|l| l.remaining() > PULL_EXPIRES) else {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(IDLE_TICK) => continue,
-            }
-        };
-        if last_check.elapsed() >= COMPLETION_CHECK_EVERY {
-            dispatcher.check_completions(&lease).await;
-            last_check = tokio::time::Instant::now();
-        }
-        // Checked between pulls rather than raced against them: dropping a pull whose request
-        // was already sent would strand its messages until `ack_wait`.
-        let batch = consumer
-            .fetch()
-            .max_messages(BATCH)
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(batch) => batch,
-            Err(e) => {
-                tracing::warn!(error = %e, "pull failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                // Only the holder of the dispatch lease pulls, and only while the lease certainly
+                // outlasts the pull (queueing what it brought checks the lease again, in the same
+                // transaction); the others keep working their lanes and wait to take over.
+                let Some(lease) = dispatch.clone().filter(|l| l.remaining() > PULL_EXPIRES) else {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(IDLE_TICK) => continue,
+                    }
+                };
+                if last_check.elapsed() >= COMPLETION_CHECK_EVERY {
+                    dispatcher.check_completions(&lease).await;
+                    last_check = tokio::time::Instant::now();
+                }
+                // Checked between pulls rather than raced against them: dropping a pull whose request
+                // was already sent would strand its messages until `ack_wait`.
+                let batch = consumer
+                    .fetch()
+                    .max_messages(BATCH)
+                    .expires(PULL_EXPIRES)
+                    .messages()
+                    .await;
+                let mut batch = match batch {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pull failed");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        }
+                    }
+                };
+                let mut messages = Vec::new();
+                while let Some(message) = batch.next().await {
+                    match message {
+                        Ok(message) => messages.push(message),
+                        Err(e) => tracing::warn!(error = %e, "pull error"),
+                    }
+                }
+                if !messages.is_empty() {
+                    dispatcher.dispatch(messages, &lease).await;
                 }
             }
         };
-        let mut messages = Vec::new();
-        while let Some(message) = batch.next().await {
-            match message {
-                Ok(message) => messages.push(message),
-                Err(e) => tracing::warn!(error = %e, "pull error"),
-            }
-        }
-        if !messages.is_empty() {
-            dispatcher.dispatch(messages, &lease).await;
+        tokio::pin!(pull_loop);
+        tokio::select! {
+            () = &mut pull_loop => {}
+            () = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(SHUTDOWN_STEP).await;
+            } => tracing::warn!("the pull loop was still busy {SHUTDOWN_STEP:?} after shutdown; abandoned"),
         }
     }
-    dispatcher.workers.stop().await;
-    // Every worker (and its copy of the log writer) is gone: the log task writes what it
-    // holds and ends.
-    drop(dispatcher.workers);
-    let _ = log_task.await;
-    // Nothing uses the leases any more: give them up so the other replicas take the lanes
-    // over at once rather than after they expire.
-    keeper_stop.cancel();
-    let _ = keeper.await;
-    leases.release_all().await;
-    if let Err(e) = client.flush().await {
-        tracing::warn!(error = %e, "flush at shutdown failed; unsettled events return after ack_wait");
+    let finish = async {
+        dispatcher.workers.stop().await;
+        // Every worker (and its copy of the log writer) is gone: the log task writes what it
+        // holds and ends.
+        drop(dispatcher.workers);
+        let _ = log_task.await;
+        // Nothing uses the leases any more: give them up so the other replicas take the lanes
+        // over at once rather than after they expire.
+        keeper_stop.cancel();
+        let _ = keeper.await;
+        leases.release_all().await;
+    };
+    if tokio::time::timeout(SHUTDOWN_STEP, finish).await.is_err() {
+        tracing::warn!(
+            "workers, delivery log or leases not done {SHUTDOWN_STEP:?} after shutdown; left to their time-outs and lease expiry"
+        );
     }
-    let _ = client.drain().await;
+    ccm_core::service::close_nats(&client, Duration::from_secs(1)).await;
     Ok(())
 }
+
+/// How long each step of the shutdown (the pull loop, then the workers, log and leases) may
+/// take before it is abandoned: every service exits within seconds of its signal, whatever
+/// its servers do.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(2);
 
 /// Queues pulled events for their endpoints.
 struct Dispatcher {

@@ -22,7 +22,7 @@ pub struct BenchArgs {
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let root = crate::up::workspace_root();
     eprintln!("building the services and the benchmark with --release…");
-    let status = Command::new("cargo")
+    let status = crate::cargo_cmd::cargo()
         .current_dir(&root)
         .args(["build", "--release", "--locked", "--bins"])
         .args(["-p", "ccm-ingest", "-p", "ccm-dialer", "-p", "ccm-retrier"])
@@ -32,7 +32,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if !status.success() {
         bail!("the release build failed");
     }
-    let status = Command::new("cargo")
+    let status = crate::cargo_cmd::cargo()
         .current_dir(&root)
         .args([
             "build",

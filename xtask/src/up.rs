@@ -119,9 +119,10 @@ impl Stack {
         };
         eprintln!("NATS       {nats_url}\nPostgreSQL {database_url}");
 
+        // Not quiet: on a fresh machine this compiles for minutes, and cargo's progress shows it.
         eprintln!("building the services…");
-        let mut build = Command::new("cargo");
-        build.current_dir(&root).args(["build", "--quiet"]);
+        let mut build = crate::cargo_cmd::cargo();
+        build.current_dir(&root).arg("build");
         for package in SERVICES.iter().chain([&CARRIER_SIM]) {
             build.args(["-p", package]);
         }

@@ -8,5 +8,6 @@ mod metrics;
 mod outcomes;
 mod policy_file;
 mod retries;
+mod shutdown;
 mod support;
 mod window;

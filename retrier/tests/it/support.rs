@@ -36,6 +36,12 @@ impl Retrier {
         }
     }
 
+    /// Cancels it and waits at most `limit`; whether it ended in time.
+    pub async fn stop_within(self, limit: Duration) -> bool {
+        self.shutdown.cancel();
+        tokio::time::timeout(limit, self.task).await.is_ok()
+    }
+
     /// Stops it and checks it ended cleanly.
     pub async fn stop(self) {
         self.shutdown.cancel();

@@ -7,5 +7,6 @@ mod lifecycle;
 mod metrics;
 mod mirror;
 mod replicas;
+mod shutdown;
 mod support;
 mod targets;

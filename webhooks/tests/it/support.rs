@@ -253,6 +253,14 @@ impl Webhooks {
     }
 }
 
+impl Webhooks {
+    /// Cancels it and waits at most `limit`; whether it ended in time.
+    pub async fn stop_within(mut self, limit: std::time::Duration) -> bool {
+        self.stop.cancel();
+        tokio::time::timeout(limit, &mut self.task).await.is_ok()
+    }
+}
+
 impl Drop for Webhooks {
     fn drop(&mut self) {
         self.stop.cancel();
