@@ -172,3 +172,24 @@ pub async fn close_nats(client: &async_nats::Client, limit: std::time::Duration)
     }
     let _ = tokio::time::timeout(limit, client.drain()).await;
 }
+
+/// Runs `work` (a service's whole `run`) and, once `shutdown` is cancelled, gives it at most
+/// `grace` to return; `None` if it had to be abandoned. What it was waiting on (a server that
+/// is gone, a time-out of tens of seconds) is dropped with it; messages it held return to
+/// their streams after their ack wait.
+pub async fn bounded<F: std::future::Future>(
+    work: F,
+    shutdown: &CancellationToken,
+    grace: std::time::Duration,
+) -> Option<F::Output> {
+    tokio::select! {
+        output = work => Some(output),
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("still stopping {grace:?} after the shutdown signal; abandoned");
+            None
+        }
+    }
+}

@@ -82,6 +82,16 @@ pub enum DialerError {
 
 /// Runs the dialer until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DialerError> {
+    // Live calls get `SHUTDOWN_GRACE` to end; anything else waiting on a server that is gone
+    // (a pull, a consumer request, the flush) is abandoned a few seconds after that.
+    let stop = shutdown.clone();
+    let grace = SHUTDOWN_GRACE + Duration::from_secs(3);
+    ccm_core::service::bounded(run_until_stopped(config, shutdown), &stop, grace)
+        .await
+        .unwrap_or(Ok(()))
+}
+
+async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Result<(), DialerError> {
     let Started {
         client,
         js,

@@ -215,8 +215,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Inge
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| IngestError::Bind { addr, source })?;
-    serve(config, listener, shutdown).await
+    // Requests in flight and the caches' watches usually end in milliseconds; with NATS or
+    // PostgreSQL gone they would wait for their time-outs.
+    let stop = shutdown.clone();
+    ccm_core::service::bounded(serve(config, listener, shutdown), &stop, STOP_GRACE)
+        .await
+        .unwrap_or(Ok(()))
 }
+
+/// How long ingest may take to stop once its signal came.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Serves on `listener` until `shutdown`, then finishes the requests in flight.
 pub async fn serve(

@@ -109,8 +109,22 @@ async fn provision_with(
     Ok(Topology::load(&config.streams)?.provision(js).await?)
 }
 
-/// Runs the projector until `shutdown` is cancelled.
+/// Runs the projector until `shutdown` is cancelled; it returns within a few seconds of it,
+/// whatever NATS and PostgreSQL do (a batch not committed is delivered again).
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ProjectorError> {
+    let stop = shutdown.clone();
+    ccm_core::service::bounded(run_until_stopped(config, shutdown), &stop, STOP_GRACE)
+        .await
+        .unwrap_or(Ok(()))
+}
+
+/// How long the projector may take to stop once its signal came.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+async fn run_until_stopped(
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), ProjectorError> {
     // The topology is provisioned here (when `provision` is on) and the migrations below,
     // before any consumer starts.
     let Started {

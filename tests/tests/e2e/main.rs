@@ -16,6 +16,7 @@ mod frequency_cap;
 mod lifecycle;
 mod pacing;
 mod retries;
+mod shutdown;
 mod stack;
 mod traces;
 mod walking_skeleton;
