@@ -10,7 +10,7 @@ use ccm_ingest::routes::table::{Access, table};
 use ccm_tests::TestEnv;
 use sha2::{Digest, Sha256};
 
-use crate::api::Api;
+use crate::{api::Api, security::concrete};
 
 const VIEWER: &str = "tok-viewer-2c41";
 const OPERATOR: &str = "tok-operator-93aa";
@@ -40,12 +40,14 @@ fn methods() -> [reqwest::Method; 6] {
     ]
 }
 
-fn concrete(template: &str) -> String {
-    template
-        .split('/')
-        .map(|s| if s.starts_with('{') { "1" } else { s })
-        .collect::<Vec<_>>()
-        .join("/")
+/// The test's configuration with two tokens: the harness's (an admin's) and an operator's.
+fn admin_and_operator(env: &TestEnv) -> ccm_core::Config {
+    let mut config = env.config();
+    config.ingest.auth_tokens = vec![
+        Secret::new(ccm_tests::TEST_TOKEN).into(),
+        entry(OPERATOR, Role::Operator),
+    ];
+    config
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,11 +155,7 @@ async fn a_token_made_through_the_api_works_everywhere_until_it_is_revoked() {
     use std::time::Duration;
 
     let env = TestEnv::start().await.expect("env");
-    let mut config = env.config();
-    config.ingest.auth_tokens = vec![
-        Secret::new(TEST_TOKEN).into(),
-        entry(OPERATOR, Role::Operator),
-    ];
+    let config = admin_and_operator(&env);
     let one = Api::start_with(&env, config.clone(), false).await;
     let two = Api::start_with(&env, config, false).await;
     let send = |api: &Api, method: reqwest::Method, path: &str, token: &str| {
@@ -284,11 +282,7 @@ async fn changes_are_recorded_in_the_audit_log_and_reads_are_not() {
     use std::time::Duration;
 
     let env = TestEnv::start().await.expect("env");
-    let mut config = env.config();
-    config.ingest.auth_tokens = vec![
-        Secret::new(TEST_TOKEN).into(),
-        entry(OPERATOR, Role::Operator),
-    ];
+    let config = admin_and_operator(&env);
     let api = Api::start_with(&env, config, false).await;
     let send = |method: reqwest::Method, path: &str, token: &str| {
         api.http

@@ -236,7 +236,7 @@ fn every_method() -> Vec<reqwest::Method> {
 }
 
 /// A concrete path for a template: any value fits, the token is checked before the handler.
-fn concrete(template: &str) -> String {
+pub(crate) fn concrete(template: &str) -> String {
     template
         .split('/')
         .map(|s| if s.starts_with('{') { "1" } else { s })
