@@ -33,6 +33,7 @@ pub mod access;
 pub mod campaign;
 pub mod claims;
 pub mod config;
+pub mod consumer;
 pub mod contacts;
 pub mod dial_consumer;
 pub mod dlq;
