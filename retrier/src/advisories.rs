@@ -404,4 +404,34 @@ mod tests {
         assert_eq!(consumer_label("dial_012"), "other");
         assert_eq!(consumer_label("anything"), "other");
     }
+
+    /// Both advisories the `ADVISORIES` stream captures decode to the same fields; a TERM's
+    /// reason is what its letter or parked record states, and a dial consumer's TERM still
+    /// dead-letters the call.
+    #[test]
+    fn a_terminated_advisory_is_handled_like_max_deliveries_with_its_reason() {
+        let terminated: MaxDeliveries = serde_json::from_str(
+            r#"{"type":"io.nats.jetstream.advisory.v1.terminated","id":"x",
+                "timestamp":"2026-12-05T19:00:00Z","stream":"CALL_EVENTS",
+                "consumer":"projector_events","consumer_seq":3,"stream_seq":7,
+                "deliveries":1,"reason":"undecodable: eof"}"#,
+        )
+        .expect("terminated advisory");
+        assert_eq!(plan(&terminated), Plan::Park);
+        assert_eq!(
+            terminated.why(),
+            "Terminated by consumer projector_events after 1 deliveries: undecodable: eof"
+        );
+        let exhausted: MaxDeliveries = serde_json::from_str(
+            r#"{"type":"io.nats.jetstream.advisory.v1.max_deliver","stream":"CALLS",
+                "consumer":"dial_7","stream_seq":9,"deliveries":5}"#,
+        )
+        .expect("max deliveries advisory");
+        assert!(exhausted.why().contains("max_deliver reached"));
+        let dial_term = MaxDeliveries {
+            kind: terminated.kind.clone(),
+            ..exhausted
+        };
+        assert_eq!(plan(&dial_term), Plan::DeadLetter);
+    }
 }
