@@ -29,6 +29,7 @@ pub mod compat_error;
 pub mod contacts;
 pub mod dashboard;
 pub mod dnc_cache;
+pub mod erase;
 pub mod error;
 pub mod http_metrics;
 pub mod lifecycle;
