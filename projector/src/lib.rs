@@ -29,6 +29,7 @@
 pub mod consume;
 pub mod fold;
 pub mod nul;
+pub mod retention;
 pub mod store;
 pub mod sweep;
 
@@ -163,6 +164,12 @@ async fn run_until_stopped(
     };
     let mut tasks = JoinSet::new();
     tokio::spawn(sweep::run(js.clone(), pool.clone(), shutdown.clone()));
+    tokio::spawn(retention::run(
+        pool.clone(),
+        config.projector.retention_days,
+        Duration::from_secs(config.projector.retention_every_secs.max(1)),
+        shutdown.clone(),
+    ));
     for (stream, consumer, source) in [
         ("CALLS", "projector_calls", Source::Calls),
         ("CALL_EVENTS", "projector_events", Source::Events),

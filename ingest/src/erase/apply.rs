@@ -68,9 +68,7 @@ pub(crate) async fn apply(
                 // The server's default for a message delete is a secure erase: the bytes are
                 // overwritten with random data, not only unlinked.
                 let s = get(js, stream).await?;
-                let erased = s
-                    .delete_message(*seq)
-                    .await
+                let erased = gone_is_done(s.delete_message(*seq).await)
                     .map_err(failed("erase a message", stream))?;
                 counts.add("stream", stream, "erased", u64::from(erased));
             }
@@ -79,11 +77,7 @@ pub(crate) async fn apply(
                 let message = match s.get_raw_message(*seq).await {
                     Ok(m) => m,
                     // Gone since it was read (its age, another erase).
-                    Err(e)
-                        if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
-                    {
-                        continue;
-                    }
+                    Err(e) if super::scan::is_gone(&e) => continue,
                     Err(e) => return Err(failed("read a record", stream)(e)),
                 };
                 let text = String::from_utf8_lossy(&message.payload);
@@ -105,8 +99,7 @@ pub(crate) async fn apply(
                 .map_err(failed("copy a record", stream))?
                 .await
                 .map_err(failed("copy a record", stream))?;
-                s.delete_message(*seq)
-                    .await
+                gone_is_done(s.delete_message(*seq).await)
                     .map_err(failed("erase a record", stream))?;
                 counts.add("stream", stream, "anonymised", 1);
             }
@@ -154,6 +147,21 @@ pub(crate) async fn apply(
         }
     }
     Ok(())
+}
+
+/// A message already gone (its age, an erase running at the same time) is as good as erased.
+fn gone_is_done(
+    result: Result<bool, jetstream::stream::DeleteMessageError>,
+) -> Result<bool, jetstream::stream::DeleteMessageError> {
+    match result {
+        Err(e)
+            if matches!(e.kind(), jetstream::stream::DeleteMessageErrorKind::JetStream(ref j)
+                if j.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND) =>
+        {
+            Ok(false)
+        }
+        other => other,
+    }
 }
 
 async fn get(

@@ -212,9 +212,20 @@ async fn by_sequence(
                 needles,
             )),
             // Deleted, consumed or expired since the stream's state was read.
-            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
+            Err(e) if is_gone(&e) => {}
             Err(e) => return Err(failed(name)(e.into())),
         }
     }
     Ok(hits)
+}
+
+/// The message is not there (deleted, consumed or expired).
+pub(crate) fn is_gone(e: &jetstream::stream::RawMessageError) -> bool {
+    match e.kind() {
+        jetstream::stream::RawMessageErrorKind::NoMessageFound => true,
+        jetstream::stream::RawMessageErrorKind::JetStream(j) => {
+            j.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND
+        }
+        _ => false,
+    }
 }
