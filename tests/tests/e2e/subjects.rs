@@ -20,7 +20,7 @@ use crate::{
 
 /// The person, in E.164 and national forms, and a neighbour whose data must stay.
 const PERSON: &str = "+14155550123";
-const PERSON_FORMS: &[&str] = &[PERSON, "4155550123", "(415) 555-0123"];
+const PERSON_FORMS: &[&str] = &[PERSON, "14155550123", "4155550123", "(415) 555-0123"];
 const NEIGHBOUR: &str = "+14155550199";
 
 const CSV: &str = "phone_number,first_name,plan\n\
@@ -138,10 +138,19 @@ async fn setup() -> Setup {
         .fetch_one(&pg)
         .await
         .ok()?;
-        (n >= 3).then_some(())
+        (n >= 2).then_some(())
     })
     .await;
-    assert!(delivered.is_some(), "the person's call events are delivered");
+    let rows: Vec<(String, String, i32, Option<String>)> = sqlx::query_as(
+        "SELECT event_type, state, attempts, last_error FROM webhook_messages",
+    )
+    .fetch_all(&pg)
+    .await
+    .expect("deliveries");
+    assert!(
+        delivered.is_some(),
+        "the person's call events are delivered: {rows:?}"
+    );
     let (status, body) = stack
         .send(
             Method::POST,
@@ -187,7 +196,7 @@ fn check_export(export: &Value, setup: &Setup) {
     let deliveries = export["tables"]["webhook_messages"]
         .as_array()
         .expect("deliveries");
-    assert!(deliveries.len() >= 3, "{deliveries:?}");
+    assert!(deliveries.len() >= 2, "{deliveries:?}");
     assert!(
         deliveries
             .iter()
@@ -313,7 +322,7 @@ async fn after_an_erase_the_number_is_nowhere_but_where_the_report_says_it_was_k
     assert_eq!(after[0].what, "global.14155550123");
 
     // The neighbour is untouched, and the person is never called again.
-    let neighbour = walk(&js, &pg, &Forms::new(&[NEIGHBOUR])).await;
+    let neighbour = walk(&js, &pg, &Forms::new(&[NEIGHBOUR, "14155550199"])).await;
     assert!(
         neighbour.iter().any(|f| f.name == "calls") && neighbour.iter().any(|f| f.name == "contacts"),
         "{neighbour:?}"

@@ -150,7 +150,7 @@ async fn erasures_mixed_with_calls_in_flight_lose_and_repeat_no_call() {
         .await;
         assert!(erased.is_some(), "seed {seed}: {} never erases", number(i));
         let digits = number(i)[1..].to_owned();
-        let left = walk(&js, &pg, &Forms::new(&[&number(i), &digits[1..]])).await;
+        let left = walk(&js, &pg, &Forms::new(&[&number(i), &digits, &digits[1..]])).await;
         assert!(
             left.iter()
                 .all(|f| f.name == "dnc" && f.what == format!("global.{digits}")),
