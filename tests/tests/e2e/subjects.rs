@@ -151,6 +151,44 @@ async fn setup() -> Setup {
         delivered.is_some(),
         "the person's call events are delivered: {rows:?}"
     );
+    // A consumer gave up on the person's first dial message: its parked record names them.
+    let seq: i64 = sqlx::query_scalar(
+        "SELECT seq FROM call_events WHERE call_id = $1 AND stream = 'CALLS' ORDER BY seq LIMIT 1",
+    )
+    .bind(person_call)
+    .fetch_one(&pg)
+    .await
+    .expect("the dial message");
+    let js = env.jetstream().await.expect("jetstream");
+    let calls = js.get_stream("CALLS").await.expect("CALLS");
+    let message = calls.get_raw_message(seq as u64).await.expect("dial message");
+    ccm_core::dlq::store(
+        &js,
+        ccm_core::dlq::Source {
+            stream: "CALLS",
+            subject: message.subject.as_str(),
+            seq: seq as u64,
+            consumer: "projector_calls",
+            deliveries: 5,
+            reason: "max deliveries",
+            published: chrono::Utc::now().to_rfc3339(),
+            headers: Some(&message.headers),
+            payload: message.payload.clone(),
+            parked: true,
+        },
+    )
+    .await
+    .expect("park");
+    let projected = eventually(Duration::from_secs(30), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE call_id = $1")
+            .bind(person_call)
+            .fetch_one(&pg)
+            .await
+            .ok()?;
+        (n == 1).then_some(())
+    })
+    .await;
+    assert!(projected.is_some(), "the parked record is projected");
     let (status, body) = stack
         .send(
             Method::POST,
@@ -203,7 +241,9 @@ fn check_export(export: &Value, setup: &Setup) {
             .all(|d| d["call_id"] == setup.person_call.as_str())
     );
     assert!(!export["tables"]["webhook_attempts"].as_array().expect("attempts").is_empty());
-    for stream in ["CALLS", "CALL_EVENTS", "KV_contacts", "KV_dnc"] {
+    let letters = export["tables"]["dead_letters"].as_array().expect("letters");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    for stream in ["CALLS", "CALL_EVENTS", "DLQ", "KV_contacts", "KV_dnc"] {
         assert!(
             export["held_in"][stream].as_u64().unwrap_or(0) > 0,
             "{stream}: {}",
@@ -264,6 +304,8 @@ async fn after_an_erase_the_number_is_nowhere_but_where_the_report_says_it_was_k
     for (store, name) in [
         ("stream", "CALLS"),
         ("stream", "CALL_EVENTS"),
+        ("stream", "DLQ"),
+        ("table", "dead_letters"),
         ("bucket", "contacts"),
         ("bucket", "dnc"),
         ("table", "calls"),
