@@ -80,7 +80,10 @@ impl PhoneNumber {
         };
         let mut forms = vec![
             parsed.national().value().to_string(),
-            parsed.format().mode(phonenumber::Mode::National).to_string(),
+            parsed
+                .format()
+                .mode(phonenumber::Mode::National)
+                .to_string(),
         ];
         forms.retain(|f| !f.is_empty() && f.as_str() != self.digits());
         forms.dedup();

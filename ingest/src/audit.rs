@@ -216,7 +216,10 @@ mod tests {
         let phone = "+14155552671".parse().expect("phone");
         assert_eq!(
             path,
-            format!("/api/v1/subjects/subject:{}/erase", crate::erase::fingerprint(&phone))
+            format!(
+                "/api/v1/subjects/subject:{}/erase",
+                crate::erase::fingerprint(&phone)
+            )
         );
         assert_eq!(
             super::pseudonymised("/api/v1/campaigns/{id}", "/api/v1/campaigns/7"),

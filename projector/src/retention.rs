@@ -79,8 +79,7 @@ pub async fn round(pool: &PgPool, days: u32) -> Result<(u64, u64), sqlx::Error> 
             .rows_affected();
         tx.commit().await?;
         counter!("ccm_projector_retention_anonymised_total", "table" => "calls").increment(c);
-        counter!("ccm_projector_retention_anonymised_total", "table" => "call_events")
-            .increment(e);
+        counter!("ccm_projector_retention_anonymised_total", "table" => "call_events").increment(e);
         calls += c;
         events += e;
         if ids.len() < usize::try_from(BATCH).unwrap_or(usize::MAX) {

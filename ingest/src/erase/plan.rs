@@ -127,7 +127,10 @@ pub(crate) fn plan(
         by_subject.entry(&hit.subject).or_default().push(hit);
     }
     for (_, group) in by_subject {
-        let last = group.iter().max_by_key(|h| h.seq).expect("a group is never empty");
+        let last = group
+            .iter()
+            .max_by_key(|h| h.seq)
+            .expect("a group is never empty");
         let (bucket, key) = last.kv_key().expect("a KV hit");
         if (bucket, key) == kept_key {
             keep("bucket", bucket, key, DNC_KEPT);
@@ -220,19 +223,34 @@ mod tests {
         let ended: CallId = "0193a000-0000-7000-8000-000000000001".parse().expect("id");
         let live: CallId = "0193a000-0000-7000-8000-000000000002".parse().expect("id");
         let hits = [
-            hit("CALLS", 1, "calls.dial.7", &format!(r#"{{"call_id":"{ended}"}}"#), false),
-            hit("CALLS", 2, "calls.dial.7", &format!(r#"{{"call_id":"{live}"}}"#), false),
+            hit(
+                "CALLS",
+                1,
+                "calls.dial.7",
+                &format!(r#"{{"call_id":"{ended}"}}"#),
+                false,
+            ),
+            hit(
+                "CALLS",
+                2,
+                "calls.dial.7",
+                &format!(r#"{{"call_id":"{live}"}}"#),
+                false,
+            ),
             hit("KV_dnc", 3, "$KV.dnc.global.15550001", "{}", false),
             hit("KV_contacts", 4, "$KV.contacts.7.15550001", "{}", false),
             hit("KV_active_calls", 5, "$KV.active_calls.15550001", "", true),
-            hit("AUDIT", 6, "audit.admin", r#"{"path":"/api/v1/dnc/+15550001"}"#, false),
+            hit(
+                "AUDIT",
+                6,
+                "audit.admin",
+                r#"{"path":"/api/v1/dnc/+15550001"}"#,
+                false,
+            ),
         ];
-        let (steps, kept) = plan(
-            &hits,
-            &[ended].into(),
-            ("dnc", "global.15550001"),
-            |s| s.to_owned(),
-        );
+        let (steps, kept) = plan(&hits, &[ended].into(), ("dnc", "global.15550001"), |s| {
+            s.to_owned()
+        });
         assert_eq!(
             steps,
             [
@@ -262,7 +280,10 @@ mod tests {
                 },
             ]
         );
-        let kept: Vec<_> = kept.iter().map(|k| (k.name.as_str(), k.what.as_str())).collect();
+        let kept: Vec<_> = kept
+            .iter()
+            .map(|k| (k.name.as_str(), k.what.as_str()))
+            .collect();
         assert_eq!(
             kept,
             [("CALLS", "calls.dial.7"), ("dnc", "global.15550001")]
@@ -272,7 +293,13 @@ mod tests {
     #[test]
     fn a_held_claim_or_an_unprojected_call_is_live() {
         let id: CallId = "0193a000-0000-7000-8000-000000000003".parse().expect("id");
-        let claim = hit("KV_active_calls", 9, "$KV.active_calls.15550001", "{}", false);
+        let claim = hit(
+            "KV_active_calls",
+            9,
+            "$KV.active_calls.15550001",
+            "{}",
+            false,
+        );
         let live = live(&[(id, None)].into(), &[claim], |s| s.to_owned());
         assert_eq!(live.calls, [id]);
         assert_eq!(live.claims, ["15550001"]);

@@ -46,7 +46,10 @@ pub async fn export(
     Path(input): Path<String>,
 ) -> Result<ApiJson<erase::Export>, AppError> {
     let phone = phone(&state, &input)?;
-    erase::export(&state, &phone).await.map(ApiJson).map_err(answer)
+    erase::export(&state, &phone)
+        .await
+        .map(ApiJson)
+        .map_err(answer)
 }
 
 /// Erases a number from every stream, bucket and table, but its do-not-call entry.
@@ -63,5 +66,8 @@ pub async fn erase(
     Path(input): Path<String>,
 ) -> Result<ApiJson<erase::Report>, AppError> {
     let phone = phone(&state, &input)?;
-    erase::erase(&state, &phone).await.map(ApiJson).map_err(answer)
+    erase::erase(&state, &phone)
+        .await
+        .map(ApiJson)
+        .map_err(answer)
 }

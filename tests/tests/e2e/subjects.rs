@@ -141,12 +141,11 @@ async fn setup() -> Setup {
         (n >= 2).then_some(())
     })
     .await;
-    let rows: Vec<(String, String, i32, Option<String>)> = sqlx::query_as(
-        "SELECT event_type, state, attempts, last_error FROM webhook_messages",
-    )
-    .fetch_all(&pg)
-    .await
-    .expect("deliveries");
+    let rows: Vec<(String, String, i32, Option<String>)> =
+        sqlx::query_as("SELECT event_type, state, attempts, last_error FROM webhook_messages")
+            .fetch_all(&pg)
+            .await
+            .expect("deliveries");
     assert!(
         delivered.is_some(),
         "the person's call events are delivered: {rows:?}"
@@ -161,7 +160,10 @@ async fn setup() -> Setup {
     .expect("the dial message");
     let js = env.jetstream().await.expect("jetstream");
     let calls = js.get_stream("CALLS").await.expect("CALLS");
-    let message = calls.get_raw_message(seq as u64).await.expect("dial message");
+    let message = calls
+        .get_raw_message(seq as u64)
+        .await
+        .expect("dial message");
     ccm_core::dlq::store(
         &js,
         ccm_core::dlq::Source {
@@ -222,7 +224,10 @@ fn check_export(export: &Value, setup: &Setup) {
     assert_eq!(calls[0]["custom_fields"]["plan"], "gold");
     let events = export["tables"]["call_events"].as_array().expect("events");
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
-    assert!(kinds.contains(&"retrying"), "the retry is in the history: {kinds:?}");
+    assert!(
+        kinds.contains(&"retrying"),
+        "the retry is in the history: {kinds:?}"
+    );
     assert!(
         kinds.iter().filter(|k| **k == "dialing").count() == 2,
         "both attempts: {kinds:?}"
@@ -240,8 +245,15 @@ fn check_export(export: &Value, setup: &Setup) {
             .iter()
             .all(|d| d["call_id"] == setup.person_call.as_str())
     );
-    assert!(!export["tables"]["webhook_attempts"].as_array().expect("attempts").is_empty());
-    let letters = export["tables"]["dead_letters"].as_array().expect("letters");
+    assert!(
+        !export["tables"]["webhook_attempts"]
+            .as_array()
+            .expect("attempts")
+            .is_empty()
+    );
+    let letters = export["tables"]["dead_letters"]
+        .as_array()
+        .expect("letters");
     assert_eq!(letters.len(), 1, "{letters:?}");
     for stream in ["CALLS", "CALL_EVENTS", "DLQ", "KV_contacts", "KV_dnc"] {
         assert!(
@@ -284,7 +296,10 @@ async fn after_an_erase_the_number_is_nowhere_but_where_the_report_says_it_was_k
     let pg = setup.env.pg().await.expect("postgres");
     let forms = Forms::new(PERSON_FORMS);
     let before = walk(&js, &pg, &forms).await;
-    assert!(before.len() > 10, "the number is held widely before: {before:?}");
+    assert!(
+        before.len() > 10,
+        "the number is held widely before: {before:?}"
+    );
 
     let (status, report) = setup
         .stack
@@ -366,7 +381,8 @@ async fn after_an_erase_the_number_is_nowhere_but_where_the_report_says_it_was_k
     // The neighbour is untouched, and the person is never called again.
     let neighbour = walk(&js, &pg, &Forms::new(&[NEIGHBOUR, "14155550199"])).await;
     assert!(
-        neighbour.iter().any(|f| f.name == "calls") && neighbour.iter().any(|f| f.name == "contacts"),
+        neighbour.iter().any(|f| f.name == "calls")
+            && neighbour.iter().any(|f| f.name == "contacts"),
         "{neighbour:?}"
     );
     let (status, body) = setup

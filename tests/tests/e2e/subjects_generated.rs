@@ -107,7 +107,10 @@ async fn erasures_mixed_with_calls_in_flight_lose_and_repeat_no_call() {
     // No call of a number is accepted once an erase of it has succeeded.
     for erase in erases.iter().filter(|e| e.3 == 200) {
         for call in calls.iter().filter(|c| c.0 == erase.0 && c.1 > erase.2) {
-            assert_ne!(call.3, 202, "seed {seed}: accepted after its erase: {call:?}");
+            assert_ne!(
+                call.3, 202,
+                "seed {seed}: accepted after its erase: {call:?}"
+            );
         }
     }
 
@@ -131,7 +134,10 @@ async fn erasures_mixed_with_calls_in_flight_lose_and_repeat_no_call() {
     .fetch_all(&pg)
     .await
     .expect("statuses");
-    assert!(ended.is_some(), "seed {seed}: calls not ended: {statuses:?}");
+    assert!(
+        ended.is_some(),
+        "seed {seed}: calls not ended: {statuses:?}"
+    );
 
     // None placed twice, none placed that was not accepted, nobody rung twice at once.
     let stats = stack.stats().await;
