@@ -103,14 +103,20 @@ async fn find(state: &AppState, phone: &PhoneNumber) -> Result<Found, EraseError
     // First the number, for its calls; then the number and its calls, for their histories
     // (an outcome names the call, not the number).
     let first = scan::scan(&state.js, &needles).await?;
-    let mut calls: BTreeSet<CallId> = first.iter().flat_map(plan::call_ids).collect();
-    let known = pg::known(&state.pg, phone, &calls.iter().copied().collect::<Vec<_>>()).await?;
-    calls.extend(known.keys().copied());
-    let needles = needles.with_calls(&calls.iter().copied().collect::<Vec<_>>());
+    let names = |text: &[u8]| needles.names_number(text);
+    let calls: BTreeSet<CallId> = first
+        .iter()
+        .flat_map(|hit| plan::person_calls(hit, names))
+        .collect();
+    let mut known = pg::known(&state.pg, phone, &calls.iter().copied().collect::<Vec<_>>()).await?;
+    let needles = needles.with_calls(&known.keys().copied().collect::<Vec<_>>());
     let hits = scan::scan(&state.js, &needles).await?;
-    let mut known = known;
-    for id in hits.iter().flat_map(plan::call_ids) {
-        known.entry(id).or_insert(None);
+    // A call that showed up between the two passes (accepted meanwhile) is the person's too,
+    // and not known to have ended.
+    for hit in &hits {
+        for id in plan::person_calls(hit, |text| needles.names_number(text)) {
+            known.entry(id).or_insert(None);
+        }
     }
     Ok(Found {
         needles,

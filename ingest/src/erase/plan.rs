@@ -78,8 +78,9 @@ pub struct Kept {
 pub(crate) const DNC_KEPT: &str = "a do-not-call entry is kept so the number is never called \
     again (suppression is a legal obligation and a legitimate interest that outlives the \
     erasure: GDPR art. 17(3)(b) and (e), TCPA 47 CFR 64.1200(d))";
-const LIVE_KEPT: &str = "names a call that had not ended when the erase ran (accepted during \
-    it); the do-not-call entry stops it before any placement, erase again once it has ended";
+const LIVE_KEPT: &str = "names a call that is not one of the person's ended calls (another \
+    person's as well, or one accepted while the erase ran: the do-not-call entry stops it \
+    before any placement; erase again once it has ended)";
 const AUDIT_KEPT: &str = "an audit record that names one of the calls, not the number: who did \
     what is kept";
 
@@ -177,6 +178,47 @@ pub(crate) fn call_ids(hit: &Hit) -> BTreeSet<CallId> {
         collect(&value, &mut ids);
     }
     ids
+}
+
+/// The person's calls a message shows: a `call_id` beside a `phone_number` naming the number
+/// in the same JSON object (a dial request, a retry's request, a `Dialing` event, a dead
+/// letter's copy). Not every call id in a message that names the number: an answer listing
+/// many calls (a bulk request's) would make other people's calls the person's, and the erase
+/// would then remove them.
+pub(crate) fn person_calls(hit: &Hit, names_number: impl Fn(&[u8]) -> bool) -> BTreeSet<CallId> {
+    let mut ids = BTreeSet::new();
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&hit.payload) {
+        collect_beside_number(&value, &names_number, &mut ids);
+    }
+    ids
+}
+
+fn collect_beside_number(
+    value: &serde_json::Value,
+    names_number: &impl Fn(&[u8]) -> bool,
+    ids: &mut BTreeSet<CallId>,
+) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let call = map
+                .get("call_id")
+                .and_then(|v| v.as_str())
+                .and_then(|s| s.parse().ok());
+            let phone = map
+                .get("phone_number")
+                .and_then(|v| v.as_str())
+                .is_some_and(|p| names_number(p.as_bytes()));
+            if let (Some(id), true) = (call, phone) {
+                ids.insert(id);
+            }
+            map.values()
+                .for_each(|v| collect_beside_number(v, names_number, ids));
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .for_each(|v| collect_beside_number(v, names_number, ids)),
+        _ => {}
+    }
 }
 
 fn collect(value: &serde_json::Value, ids: &mut BTreeSet<CallId>) {
@@ -288,6 +330,20 @@ mod tests {
             kept,
             [("CALLS", "calls.dial.7"), ("dnc", "global.15550001")]
         );
+    }
+
+    #[test]
+    fn only_a_call_beside_the_number_is_the_persons() {
+        let mine = "0193a000-0000-7000-8000-000000000004";
+        let other = "0193a000-0000-7000-8000-000000000005";
+        let body = format!(
+            r#"{{"request": {{"call_id": "{mine}", "phone_number": "+15550001"}},
+                "calls": [{{"call_id": "{other}", "phone_number": "+15550002"}}]}}"#
+        );
+        let found = person_calls(&hit("RETRIES", 1, "calls.retry.7", &body, false), |t| {
+            t == b"+15550001"
+        });
+        assert_eq!(found, [mine.parse().expect("id")].into());
     }
 
     #[test]
