@@ -38,7 +38,7 @@ async fn erasures_mixed_with_calls_in_flight_lose_and_repeat_no_call() {
     println!("seed {seed} (replay: CCM_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
     let env = TestEnv::start().await.expect("test environment");
-    let stack = Arc::new(CarrierStack::start(&env, answering(rng.random_range(50..400))).await);
+    let stack = Arc::new(CarrierStack::start(&env, answering(rng.random_range(100..800))).await);
     let dialer = Dialer::start(stack.config.clone());
     let campaign = stack.campaign(2).await;
     // The projector migrates the read model as it starts; an erase reads it (the last
@@ -57,9 +57,17 @@ async fn erasures_mixed_with_calls_in_flight_lose_and_repeat_no_call() {
     let calls: Seen = Arc::default();
     let erases: Seen = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut last_called = None;
     for _ in 0..STEPS {
-        let i = rng.random_range(0..NUMBERS);
         let erase = rng.random_bool(0.25);
+        // Erases aim mostly at the number just called, whose call is likely still live.
+        let i = match last_called {
+            Some(i) if erase && rng.random_bool(0.6) => i,
+            _ => rng.random_range(0..NUMBERS),
+        };
+        if !erase {
+            last_called = Some(i);
+        }
         let (stack, seen) = (
             stack.clone(),
             if erase { erases.clone() } else { calls.clone() },
@@ -94,9 +102,10 @@ async fn erasures_mixed_with_calls_in_flight_lose_and_repeat_no_call() {
         .map(|c| c.4["call_id"].as_str().expect("call_id").to_owned())
         .collect();
     println!(
-        "seed {seed}: calls answered {:?}, erases {:?}",
+        "seed {seed}: calls answered {:?}, erases {:?} (longest {:?})",
         calls.iter().map(|c| c.3).collect::<Vec<_>>(),
-        erases.iter().map(|e| e.3).collect::<Vec<_>>()
+        erases.iter().map(|e| e.3).collect::<Vec<_>>(),
+        erases.iter().map(|e| e.2 - e.1).max()
     );
     for erase in &erases {
         assert!(
