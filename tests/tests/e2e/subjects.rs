@@ -294,6 +294,15 @@ async fn after_an_erase_the_number_is_nowhere_but_where_the_report_says_it_was_k
     check_export(&export, &setup);
     let js = setup.env.jetstream().await.expect("jetstream");
     let pg = setup.env.pg().await.expect("postgres");
+    // An audit record from before paths carried a number's pseudonym.
+    let record = json!({"at": "2026-12-01T00:00:00Z", "token": "00", "role": "admin",
+        "method": "DELETE", "route": "/api/v1/dnc/{phone}",
+        "path": "/api/v1/dnc/%2B14155550123", "status": 204});
+    js.publish("audit.admin", record.to_string().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
     let forms = Forms::new(PERSON_FORMS);
     let before = walk(&js, &pg, &forms).await;
     assert!(
@@ -320,6 +329,7 @@ async fn after_an_erase_the_number_is_nowhere_but_where_the_report_says_it_was_k
         ("stream", "CALLS"),
         ("stream", "CALL_EVENTS"),
         ("stream", "DLQ"),
+        ("stream", "AUDIT"),
         ("table", "dead_letters"),
         ("bucket", "contacts"),
         ("bucket", "dnc"),
@@ -348,6 +358,15 @@ async fn after_an_erase_the_number_is_nowhere_but_where_the_report_says_it_was_k
     .expect("the erase is in the audit log");
     let subject = report["subject"].as_str().expect("subject");
     assert!(recorded.to_string().contains(&format!("subject:{subject}")));
+    // The old record stays, with the number replaced by its pseudonym.
+    assert!(
+        recorded
+            .as_array()
+            .expect("records")
+            .iter()
+            .any(|r| r["path"] == format!("/api/v1/dnc/erased:{subject}")),
+        "{recorded:#}"
+    );
 
     let after = walk(&js, &pg, &forms).await;
     let kept: Vec<(String, String, String)> = report["kept"]
