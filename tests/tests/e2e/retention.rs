@@ -100,7 +100,7 @@ async fn calls_ended_before_the_retention_are_anonymised_and_recent_ones_are_not
 
     let metrics = stack
         .http
-        .get(format!("{}/metrics", stack.api))
+        .get(format!("{}/metrics", stack.base))
         .header("X-Auth-Token", TEST_TOKEN)
         .send()
         .await

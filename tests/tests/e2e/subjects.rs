@@ -89,7 +89,7 @@ async fn setup() -> Setup {
         .http
         .post(format!(
             "{}/api/v1/campaigns/{campaign}/contacts/import",
-            stack.api
+            stack.base
         ))
         .header("X-Auth-Token", TEST_TOKEN)
         .header("Content-Type", "text/csv")
