@@ -33,7 +33,7 @@ pub async fn run(pool: PgPool, days: u32, every: Duration, shutdown: Cancellatio
             }
             Err(e) => {
                 counter!("ccm_projector_retention_runs_total", "result" => "failed").increment(1);
-                tracing::warn!(error = %e, "retention round failed; the next one retries");
+                tracing::warn!(error = %ccm_core::telemetry::chain(&e), "retention round failed; the next one retries");
             }
         }
         tokio::select! {
