@@ -658,6 +658,12 @@ pub struct ProjectorConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Batches of one consumer written concurrently (each its own transaction).
     pub writers: usize,
+    /// Calls ended more than this many days ago are anonymised in the read model (number,
+    /// custom fields, carrier id, error text; see `docs/privacy.md`). 0 (the default) keeps
+    /// them as they are.
+    pub retention_days: u32,
+    /// How often the retention job runs when it is on.
+    pub retention_every_secs: u64,
 }
 
 impl Default for ProjectorConfig {
@@ -668,6 +674,8 @@ impl Default for ProjectorConfig {
             poison_delay_ms: 5000,
             metrics_listen: None,
             writers: 3,
+            retention_days: 0,
+            retention_every_secs: 3600,
         }
     }
 }

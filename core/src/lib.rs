@@ -50,6 +50,7 @@ pub mod nats;
 pub mod phone;
 pub mod placements;
 pub mod policy;
+pub mod privacy;
 pub mod server_version;
 pub mod service;
 pub mod ssrf;

@@ -29,6 +29,7 @@ pub(crate) mod compat_error;
 pub(crate) mod contacts;
 pub(crate) mod dashboard;
 pub mod dnc_cache;
+pub(crate) mod erase;
 pub(crate) mod error;
 pub(crate) mod http_metrics;
 pub(crate) mod lifecycle;

@@ -29,6 +29,7 @@
 pub mod consume;
 pub mod fold;
 pub mod nul;
+pub mod retention;
 pub mod store;
 pub mod sweep;
 
@@ -162,6 +163,12 @@ async fn run_until_stopped(
     };
     let mut tasks = JoinSet::new();
     tokio::spawn(sweep::run(js.clone(), pool.clone(), shutdown.clone()));
+    tokio::spawn(retention::run(
+        pool.clone(),
+        config.projector.retention_days,
+        Duration::from_secs(config.projector.retention_every_secs.max(1)),
+        shutdown.clone(),
+    ));
     for source in [
         Source::Calls,
         Source::Events,
