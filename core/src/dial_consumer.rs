@@ -252,7 +252,9 @@ impl DialConsumers {
             );
         }
         if let Some(revision) = revision.or(written_from) {
-            config.metadata.insert(REVISION_KEY.into(), revision.to_string());
+            config
+                .metadata
+                .insert(REVISION_KEY.into(), revision.to_string());
         }
         let object = format!("consumer {}/{name}", names::CALLS);
         let drift = info

@@ -28,7 +28,10 @@ async fn an_older_revision_applied_after_a_newer_one_never_restores_its_cap_or_p
     let mut new = old.clone();
     new.max_concurrent_calls = 5;
     consumers.ensure_revision(&new, 4).await.expect("rev 4");
-    let stale = consumers.ensure_revision(&old, 3).await.expect("rev 3 late");
+    let stale = consumers
+        .ensure_revision(&old, 3)
+        .await
+        .expect("rev 3 late");
     let info = stream.consumer_info("dial_6").await.expect("consumer");
     assert_eq!(
         info.config.max_ack_pending, 5,
@@ -40,9 +43,15 @@ async fn an_older_revision_applied_after_a_newer_one_never_restores_its_cap_or_p
     let mut paused = new.clone();
     paused.state = ccm_core::CampaignState::Paused;
     consumers.ensure_revision(&paused, 5).await.expect("rev 5");
-    consumers.ensure_revision(&new, 4).await.expect("rev 4 late");
+    consumers
+        .ensure_revision(&new, 4)
+        .await
+        .expect("rev 4 late");
     let info = stream.consumer_info("dial_6").await.expect("consumer");
-    assert!(info.paused, "revision 4 (running) applied after 5 (paused) resumed it");
+    assert!(
+        info.paused,
+        "revision 4 (running) applied after 5 (paused) resumed it"
+    );
 
     // Newer revisions still apply, and a creation's document (no revision yet) too.
     let mut resumed = new.clone();

@@ -171,8 +171,8 @@ impl Client {
             Op::Cap { campaign, cap } => {
                 let sent = now_ms();
                 let url = self.url(&format!("/api/v1/campaigns/{}", self.campaign(*campaign)));
-                let request = token(self.http.patch(url))
-                    .json(&json!({"max_concurrent_calls": cap}));
+                let request =
+                    token(self.http.patch(url)).json(&json!({"max_concurrent_calls": cap}));
                 let (status, body) = status_of(request).await;
                 // When the document was written, from the answer: two changes in flight
                 // together may be written in either order, and the later write holds.
