@@ -13,7 +13,11 @@
 //! dies between the two leaves a consumer that disagrees, which the dialer's periodic
 //! reconcile (it follows the bucket) repairs. Reconciling reads the document afresh and
 //! checks afterwards that it did not change meanwhile, so a slow writer holding an old view
-//! cannot leave the consumer on it.
+//! cannot leave the consumer on it. Each write also records the document's revision in the
+//! consumer's metadata ([`REVISION_KEY`]), and a document older than the one the consumer was
+//! written from is never applied ([`superseded`]): without it, a writer that read the
+//! document just before a cap was lowered could put the higher cap back for a round trip,
+//! and the calls the server handed out meanwhile stay live over the cap for their length.
 
 use std::time::Duration;
 
@@ -40,6 +44,8 @@ pub const INDEFINITELY: DateTime<Utc> = DateTime::from_timestamp_nanos(7_258_118
 const SAME_INSTANT: Duration = Duration::from_secs(1);
 /// How often a reconcile starts over when the document keeps changing under it.
 const RECONCILE_ROUNDS: usize = 5;
+/// The consumer's metadata key holding the revision of the document it was written from.
+pub const REVISION_KEY: &str = "ccm.campaign_revision";
 
 /// The consumer a campaign's document asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +129,24 @@ pub fn plan(wanted: &Wanted, actual: Option<&Actual>, config_differs: bool) -> P
     }
 }
 
+/// Whether a document of `revision` is older than the one the consumer was last written from
+/// (`written_from`): then applying it would undo a newer change, and it is left alone. A
+/// creation's document has no revision yet, and a consumer written before revisions were
+/// recorded has none: neither is judged.
+pub fn superseded(revision: Option<u64>, written_from: Option<u64>) -> bool {
+    matches!((revision, written_from), (Some(mine), Some(theirs)) if mine < theirs)
+}
+
+/// Whether the consumer should be written to record `revision` even if nothing else changed,
+/// so that a later, older document is recognised as such (a pause alone changes no field).
+pub fn records_newer(revision: Option<u64>, written_from: Option<u64>) -> bool {
+    match (revision, written_from) {
+        (Some(mine), Some(theirs)) => mine > theirs,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
 fn same_instant(a: DateTime<Utc>, b: DateTime<Utc>) -> bool {
     (a - b).abs().to_std().is_ok_and(|d| d < SAME_INSTANT)
 }
@@ -175,17 +199,63 @@ impl DialConsumers {
         config(&self.template, campaign, now)
     }
 
+    /// The revision of the document the consumer was last written from, from its metadata.
+    fn written_from(info: &consumer::Info) -> Option<u64> {
+        info.config
+            .metadata
+            .get(REVISION_KEY)
+            .and_then(|r| r.parse().ok())
+    }
+
     /// Brings the consumer in line with `campaign` as given (creation, where the document
     /// is not written yet).
     pub async fn ensure(&self, campaign: &Campaign) -> Result<Applied, DialConsumerError> {
+        self.apply(campaign, None).await
+    }
+
+    /// Brings the consumer in line with `campaign`, the document's `revision` in the
+    /// `campaigns` bucket.
+    pub async fn ensure_revision(
+        &self,
+        campaign: &Campaign,
+        revision: u64,
+    ) -> Result<Applied, DialConsumerError> {
+        self.apply(campaign, Some(revision)).await
+    }
+
+    async fn apply(
+        &self,
+        campaign: &Campaign,
+        revision: Option<u64>,
+    ) -> Result<Applied, DialConsumerError> {
         let now = Utc::now();
         let name = subjects::dial_consumer(campaign.id);
-        let config = self.config(campaign, now);
+        let mut config = self.config(campaign, now);
         let info = match self.calls.consumer_info(&name).await {
             Ok(info) => Some(info),
             Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => None,
             Err(e) => return Err(fail("read", &name, e)),
         };
+        let written_from = info.as_ref().and_then(Self::written_from);
+        if superseded(revision, written_from) {
+            // A newer document is already applied; its writer (or the next reconcile) owns it.
+            return Ok(Applied::default());
+        }
+        if let Some(info) = &info {
+            // Keep what an operator put there (the server sets its own `_nats.` keys).
+            config.metadata.extend(
+                info.config
+                    .metadata
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with("_nats."))
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
+        }
+        if let Some(revision) = revision.or(written_from) {
+            config
+                .metadata
+                .insert(REVISION_KEY.into(), revision.to_string());
+        }
         let object = format!("consumer {}/{name}", names::CALLS);
         let drift = info
             .as_ref()
@@ -196,6 +266,7 @@ impl DialConsumers {
             .as_ref()
             .is_some_and(|i| consumer_differs(&config, &i.config));
         let mut plan = plan(&wanted(campaign, now), actual.as_ref(), differs);
+        plan.update |= info.is_some() && records_newer(revision, written_from);
         if !drift.is_empty() {
             // Only the pause may still be applied: the configuration is the operator's now.
             plan.update = false;
@@ -245,7 +316,7 @@ impl DialConsumers {
                 // An undecodable document is ignored everywhere.
                 return Ok(applied);
             };
-            applied = Some(self.ensure(&campaign).await?);
+            applied = Some(self.ensure_revision(&campaign, current.revision).await?);
             entry = campaigns.entry(id.to_string()).await.map_err(read)?;
             if entry.as_ref().map(|e| e.revision) == Some(current.revision) {
                 break;

@@ -208,3 +208,26 @@ fn instants_survive_the_trip_through_the_client() {
     }
     assert_eq!(INDEFINITELY.to_rfc3339(), "2200-01-01T00:00:00+00:00");
 }
+
+/// Generated over revisions: a document older than the consumer's is never applied, a newer
+/// one is always recorded, and documents or consumers without a revision are not judged.
+#[test]
+fn only_a_document_older_than_the_consumers_is_superseded() {
+    let seed = rand::random::<u64>();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for _ in 0..500 {
+        let mine = rng.random_bool(0.8).then(|| rng.random_range(0..20u64));
+        let theirs = rng.random_bool(0.8).then(|| rng.random_range(0..20u64));
+        let old = superseded(mine, theirs);
+        let newer = records_newer(mine, theirs);
+        assert!(!(old && newer), "seed {seed}: {mine:?} {theirs:?}");
+        match (mine, theirs) {
+            (Some(m), Some(t)) => {
+                assert_eq!(old, m < t, "seed {seed}");
+                assert_eq!(newer, m > t, "seed {seed}");
+            }
+            (Some(_), None) => assert!(newer && !old, "seed {seed}"),
+            (None, _) => assert!(!old && !newer, "seed {seed}"),
+        }
+    }
+}

@@ -2,5 +2,6 @@
 
 mod claims;
 mod consumer;
+mod dial_consumer;
 mod inspect;
 mod provisioning;

@@ -65,11 +65,13 @@ impl Check {
     }
 }
 
-/// A cap change as the client saw it: asked at `sent_ms`, answered 2xx at `answered_ms`.
+/// A cap change as the client saw it: asked at `sent_ms`, answered 2xx at `answered_ms`,
+/// the document written at `written_ms` (its `updated_at`; `None` when no answer said).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CapChange {
     pub sent_ms: u64,
     pub answered_ms: u64,
+    pub written_ms: Option<u64>,
     pub cap: u32,
 }
 
@@ -82,12 +84,22 @@ pub struct CapHistory {
 
 impl CapHistory {
     /// The highest cap that may be in force at some moment of `[from, to]`: while a change
-    /// is being made either value may hold.
+    /// is being made either value may hold. Answered changes follow each other in the order
+    /// they were written (two PATCHes in flight together may land in either order, and the
+    /// document keeps the later write); a change with no definite answer may have been
+    /// written at any moment, so its cap may hold from when it was sent until `answered_ms`
+    /// (a minute later).
     pub fn allowed(&self, from: u64, to: u64) -> u32 {
+        let mut written: Vec<&CapChange> = self
+            .changes
+            .iter()
+            .filter(|c| c.written_ms.is_some())
+            .collect();
+        written.sort_by_key(|c| c.written_ms);
         let mut allowed = 0;
         let mut current = self.initial;
         let mut since = 0;
-        for change in &self.changes {
+        for change in written {
             // `current` holds on [since, answered]; the new cap from `sent`.
             if since <= to && change.answered_ms >= from {
                 allowed = allowed.max(current);
@@ -97,6 +109,11 @@ impl CapHistory {
         }
         if since <= to {
             allowed = allowed.max(current);
+        }
+        for change in self.changes.iter().filter(|c| c.written_ms.is_none()) {
+            if change.sent_ms <= to && change.answered_ms >= from {
+                allowed = allowed.max(change.cap);
+            }
         }
         allowed
     }
@@ -236,10 +253,22 @@ pub fn cap_over_time(
                 worst = (live, allowed);
             }
             if live > allowed as usize {
+                // The changes around it, to tell a cap applied late from one counted wrong.
+                let near: Vec<String> = history
+                    .changes
+                    .iter()
+                    .filter(|c| c.sent_ms + 10_000 >= t && c.sent_ms <= t + 2_000)
+                    .map(|c| {
+                        format!(
+                            "{} sent {} written {:?} answered {}",
+                            c.cap, c.sent_ms, c.written_ms, c.answered_ms
+                        )
+                    })
+                    .collect();
                 check.violation(format!(
                     "campaign {campaign}: {live} live calls at {t} when {key} was placed, cap \
                      {allowed}; {stale} of them already ended by the dialer's timeout (issue 16 \
-                     item 2)"
+                     item 2); cap changes near: {near:?}"
                 ));
             }
         }
@@ -444,6 +473,7 @@ mod tests {
                 changes: vec![CapChange {
                     sent_ms: 155,
                     answered_ms: 158,
+                    written_ms: Some(158),
                     cap: 2,
                 }],
             },
@@ -467,11 +497,13 @@ mod tests {
                 CapChange {
                     sent_ms: 100,
                     answered_ms: 110,
+                    written_ms: Some(110),
                     cap: 2,
                 },
                 CapChange {
                     sent_ms: 200,
                     answered_ms: 205,
+                    written_ms: Some(205),
                     cap: 8,
                 },
             ],
@@ -489,5 +521,51 @@ mod tests {
             .allowed(0, 10),
             3
         );
+    }
+
+    /// Two changes in flight together are written in either order, and the document keeps
+    /// the one written last: here the cap sent first (8) was written after the one sent
+    /// second (5), so 8 holds after both answers.
+    #[test]
+    fn the_allowed_cap_follows_the_order_the_changes_were_written_in() {
+        let h = CapHistory {
+            initial: 3,
+            changes: vec![
+                CapChange {
+                    sent_ms: 100,
+                    answered_ms: 400,
+                    written_ms: Some(300),
+                    cap: 8,
+                },
+                CapChange {
+                    sent_ms: 200,
+                    answered_ms: 260,
+                    written_ms: Some(250),
+                    cap: 5,
+                },
+            ],
+        };
+        assert_eq!(h.allowed(1_000, 1_000), 8);
+        assert_eq!(h.allowed(50, 60), 3);
+        // A change nobody answered may have been written: its cap may hold for a minute.
+        let unanswered = CapHistory {
+            initial: 3,
+            changes: vec![
+                CapChange {
+                    sent_ms: 100,
+                    answered_ms: 60_100,
+                    written_ms: None,
+                    cap: 9,
+                },
+                CapChange {
+                    sent_ms: 200,
+                    answered_ms: 210,
+                    written_ms: Some(205),
+                    cap: 4,
+                },
+            ],
+        };
+        assert_eq!(unanswered.allowed(30_000, 30_000), 9);
+        assert_eq!(unanswered.allowed(70_000, 70_000), 4);
     }
 }

@@ -38,7 +38,10 @@ impl Knobs {
         Self {
             duration,
             campaigns: 3,
-            numbers: 60,
+            // 60, then 120 more a minute: a number is refused for ingest's 5-minute duplicate
+            // window after its call, so a longer run needs more of them to keep placing calls.
+            numbers: u32::try_from(60 + duration.as_secs().div_ceil(60).saturating_sub(1) * 120)
+                .unwrap_or(u32::MAX),
             op_every: Duration::from_millis(250),
             fault_every: Duration::from_secs(8),
             max_down: Duration::from_secs(5),
@@ -465,6 +468,51 @@ mod tests {
 
     fn knobs() -> Knobs {
         Knobs::new(Duration::from_secs(90))
+    }
+
+    /// A number called once is refused (`duplicate_within_window`) for ingest's duplicate
+    /// window, 5 minutes by default, after its call ends: with the pool of a one-minute run,
+    /// a 5-minute run had only its first ~60 calls accepted (60 of 1,167 requests), and the
+    /// rest of it exercised refusals instead of calls.
+    #[test]
+    fn a_long_runs_calls_are_not_mostly_refused_as_duplicates() {
+        const DUPLICATE_WINDOW: Duration = Duration::from_secs(300);
+        for seed in 0..10 {
+            let s = schedule(seed, &Knobs::new(Duration::from_secs(300)));
+            let mut last: BTreeMap<u32, Duration> = BTreeMap::new();
+            let (mut calls, mut fresh) = (0, 0);
+            for step in &s.steps {
+                let drawn: Vec<u32> = match &step.action {
+                    Action::Op(Op::Call { number, .. }) => {
+                        calls += 1;
+                        if last
+                            .get(number)
+                            .is_none_or(|at| step.at - *at >= DUPLICATE_WINDOW)
+                        {
+                            fresh += 1;
+                        }
+                        vec![*number]
+                    }
+                    Action::Op(Op::Bulk { items, .. }) => items
+                        .iter()
+                        .filter_map(|i| match i {
+                            BulkItem::Number(n) => Some(*n),
+                            BulkItem::Hostile(_) => None,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                for n in drawn {
+                    last.insert(n, step.at);
+                }
+            }
+            assert!(
+                fresh * 3 >= calls,
+                "seed {seed}: {fresh} of {calls} calls to a number not called in the window"
+            );
+        }
+        // A one-minute run keeps its pool (CI's seeds keep their schedules).
+        assert_eq!(Knobs::new(Duration::from_secs(60)).numbers, 60);
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub struct Record {
     pub refused: BTreeMap<u16, u64>,
     /// Every operation's answers: kind, then status.
     pub answers: BTreeMap<&'static str, BTreeMap<u16, u64>>,
-    /// Cap changes per campaign id, in the order they were sent.
+    /// Cap changes per campaign id.
     pub caps: BTreeMap<u64, Vec<CapChange>>,
     /// When the calling windows set by the run open, per campaign id.
     pub window_opens: BTreeMap<u64, Vec<chrono::DateTime<Utc>>>,
@@ -111,21 +111,6 @@ impl Client {
             let id = self.campaign(*campaign);
             record.window_opens.entry(id).or_default().push(opens);
         }
-        if let Op::Cap { campaign, cap } = op {
-            // A definite refusal changed nothing; an unanswered change may have been made
-            // (either cap may hold for a minute).
-            let answered_ms = match status {
-                200..=299 => now_ms(),
-                400..=499 => return,
-                _ => sent + 60_000,
-            };
-            let id = self.campaign(*campaign);
-            record.caps.entry(id).or_default().push(CapChange {
-                sent_ms: sent,
-                answered_ms,
-                cap: *cap,
-            });
-        }
     }
 
     async fn send(&self, op: &Op) -> u16 {
@@ -184,8 +169,32 @@ impl Client {
                 status_of(token(self.http.post(url))).await.0
             }
             Op::Cap { campaign, cap } => {
-                self.patch(*campaign, json!({"max_concurrent_calls": cap}))
-                    .await
+                let sent = now_ms();
+                let url = self.url(&format!("/api/v1/campaigns/{}", self.campaign(*campaign)));
+                let request =
+                    token(self.http.patch(url)).json(&json!({"max_concurrent_calls": cap}));
+                let (status, body) = status_of(request).await;
+                // When the document was written, from the answer: two changes in flight
+                // together may be written in either order, and the later write holds.
+                let written_ms = body["updated_at"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .and_then(|t| u64::try_from(t.timestamp_millis()).ok());
+                // A definite refusal changed nothing; an unanswered change may have been made
+                // (either cap may hold for a minute).
+                let (answered_ms, written_ms) = match (status, written_ms) {
+                    (200..=299, Some(written)) => (now_ms(), Some(written)),
+                    (400..=499, _) => return status,
+                    _ => (sent + 60_000, None),
+                };
+                let id = self.campaign(*campaign);
+                self.record().caps.entry(id).or_default().push(CapChange {
+                    sent_ms: sent,
+                    answered_ms,
+                    written_ms,
+                    cap: *cap,
+                });
+                status
             }
             Op::CloseWindow { campaign, opens_in } => {
                 let opens = Utc::now() + chrono::Duration::from_std(*opens_in).unwrap_or_default();

@@ -33,11 +33,13 @@ async fn check(seed: u64) {
     );
 }
 
-// Seed 1 is not in this set while its open finding stands: in one run of two on 2026-12-05
-// (full suite, loaded machine) it found a campaign with 7 live calls at the carrier against a
-// cap of 5 held for more than 2 s, none of them ended by the dialer's timeout; its replay
-// (`cargo xtask chaos --generated --seed 1 --seconds 60`) was clean. See docs/reliability.md,
-// "Generated fault runs".
+// Seed 1 stays out of this set. Its cap excess of 2026-12-05 is closed (the auditor took two
+// cap PATCHes in flight together in the order they were sent, not written; see
+// docs/reliability.md, "Generated fault scenarios"), and it ran clean at 60 s and 5 min on
+// h7-chaos before main of 20:00 was merged; on the merged tree, beside a 5-minute run, one
+// call stayed at `Dialing@1` past the 120 s settle ("lost"); its replay was clean but needed
+// 190 s, so the settle bound under load is the likely cause (not proven). Replay: `cargo xtask
+// chaos --generated --seed 1 --seconds 60`.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_generated_seed_2() {
