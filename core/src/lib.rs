@@ -30,6 +30,7 @@
 //! Services never depend on each other; whatever two of them must agree on lives here.
 
 pub mod access;
+pub mod call_lifecycle;
 pub mod campaign;
 pub mod claims;
 pub mod config;
@@ -48,6 +49,8 @@ pub mod nats;
 pub mod phone;
 pub mod placements;
 pub mod policy;
+pub mod retries;
+pub mod schema;
 pub mod server_version;
 pub mod service;
 pub mod ssrf;
@@ -57,6 +60,7 @@ pub mod telemetry;
 pub mod topology;
 pub mod trace_context;
 pub mod twilio;
+pub mod webhook_queue;
 pub mod webhooks;
 pub mod window;
 

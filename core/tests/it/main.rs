@@ -3,3 +3,4 @@
 mod claims;
 mod inspect;
 mod provisioning;
+mod schema;
