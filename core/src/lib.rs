@@ -31,6 +31,7 @@
 
 pub mod access;
 pub mod call_lifecycle;
+pub mod call_log;
 pub mod campaign;
 pub mod claims;
 pub mod config;
