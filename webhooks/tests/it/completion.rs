@@ -82,7 +82,9 @@ async fn a_call_put_off_before_the_read_model_saw_it_holds_campaign_completed_ba
     env.provision().await.expect("topology");
     let js = env.jetstream().await.expect("js");
     let pg = env.pg().await.expect("pg");
-    ccm_core::schema::migrate_all(&pg).await.expect("migrations");
+    ccm_core::schema::migrate_all(&pg)
+        .await
+        .expect("migrations");
     let campaign = CampaignId::new(7).expect("campaign");
     js.get_stream(CALLS)
         .await
