@@ -23,7 +23,7 @@
 //! batch, which the queue's unique index absorbs; a crash between a delivery and recording
 //! it repeats that one delivery. Receivers de-duplicate on `webhook-id`.
 
-pub(crate) mod campaigns;
+pub mod campaigns;
 pub(crate) mod deliver;
 pub(crate) mod health;
 pub mod lease;
