@@ -1,6 +1,7 @@
 //! ccm-core against a real nats-server.
 
 mod claims;
+mod consumer;
 mod inspect;
 mod provisioning;
 mod schema;
