@@ -461,16 +461,16 @@ impl Dlq {
                 serde_json::from_slice(&message.payload).map_err(|_| DlqError::NotACall(seq))?;
             let claim = self.claim(&request).await?;
             let now = Utc::now();
-            let event = CallEvent {
-                call_id: request.call_id,
-                campaign_id: request.campaign_id,
-                attempt: request.attempt,
-                at: now,
-                kind: EventKind::Retrying {
+            let event = CallEvent::at(
+                request.call_id,
+                request.campaign_id,
+                request.attempt,
+                now,
+                EventKind::Retrying {
                     next_retry_at: now,
                     reason: format!("Redriven from dead letter #{seq} by an operator"),
                 },
-            };
+            );
             publish_resolution(&self.js, &event, seq).await?;
             request.attempt += 1;
             request.queued_at = now;
@@ -576,15 +576,12 @@ impl Dlq {
             && !letter.parked
             && let Ok(request) = serde_json::from_slice::<DialRequest>(&message.payload)
         {
-            let event = CallEvent {
-                call_id: request.call_id,
-                campaign_id: request.campaign_id,
-                attempt: request.attempt,
-                at: Utc::now(),
-                kind: EventKind::Failed {
+            let event = CallEvent::of_request(
+                &request,
+                EventKind::Failed {
                     reason: format!("Dead letter #{seq} discarded by an operator"),
                 },
-            };
+            );
             publish_resolution(&self.js, &event, seq).await?;
         }
         self.delete(seq).await?;

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    call_lifecycle::CallState,
     ids::{CallId, CampaignId},
     phone::PhoneNumber,
     status::{CallStatus, OutcomeStatus},
@@ -173,33 +174,20 @@ impl EventKind {
         }
     }
 
-    /// The call status this event puts the call in.
+    /// The call status this event puts the call in, as clients see it (a FAILED outcome
+    /// and a FAILED end are both `FAILED`; [`CallState`] tells them apart).
     pub fn status(&self) -> CallStatus {
-        match self {
-            Self::Dialing { .. } => CallStatus::Processing,
-            Self::Outcome { status, .. } => status.call_status(),
-            Self::Retrying { .. } => CallStatus::Retrying,
-            Self::Completed => CallStatus::Completed,
-            Self::Failed { .. } => CallStatus::Failed,
-            Self::Cancelled { .. } => CallStatus::Cancelled,
-            Self::DeadLettered { .. } => CallStatus::DeadLettered,
-            Self::Expired { .. } => CallStatus::Expired,
-        }
+        CallState::of(self).status()
     }
 
     /// Whether the call ends with this event.
     pub fn is_terminal(&self) -> bool {
-        self.phase_rank() == TERMINAL_RANK
+        CallState::of(self).is_terminal()
     }
 
-    /// This event's place within its attempt. Ranked by the event, not by the status it
-    /// shows: every outcome is "the carrier answered" (3), so a FAILED outcome never outranks
-    /// the `Retrying` or terminal `Failed` the retrier decides from it.
+    /// This event's place within its attempt ([`CallState::rank`]).
     pub fn phase_rank(&self) -> u8 {
-        match self {
-            Self::Outcome { .. } => OUTCOME_RANK,
-            other => phase_rank(other.status()),
-        }
+        CallState::of(self).rank()
     }
 }
 
@@ -215,6 +203,34 @@ pub struct CallEvent {
 }
 
 impl CallEvent {
+    /// The event as it happens now: the one constructor, so every producer stamps `at` the
+    /// same way.
+    pub fn now(call_id: CallId, campaign_id: CampaignId, attempt: u32, kind: EventKind) -> Self {
+        Self::at(call_id, campaign_id, attempt, Utc::now(), kind)
+    }
+
+    /// The event as it happened at `at`.
+    pub fn at(
+        call_id: CallId,
+        campaign_id: CampaignId,
+        attempt: u32,
+        at: DateTime<Utc>,
+        kind: EventKind,
+    ) -> Self {
+        Self {
+            call_id,
+            campaign_id,
+            attempt,
+            at,
+            kind,
+        }
+    }
+
+    /// The event of `request`'s attempt, as it happens now.
+    pub fn of_request(request: &DialRequest, kind: EventKind) -> Self {
+        Self::now(request.call_id, request.campaign_id, request.attempt, kind)
+    }
+
     /// The subject the event belongs on: outcomes and lifecycle events are kept apart so the
     /// retrier can consume outcomes alone.
     pub fn subject(&self) -> String {
@@ -230,64 +246,15 @@ impl CallEvent {
     }
 }
 
-const OUTCOME_RANK: u8 = 3;
-/// The phase rank of an ended call (every rank below is open).
-pub const TERMINAL_RANK: u8 = 5;
-
-/// The read model's test for "this call has not ended", for every query that decides a
-/// campaign is finished (ingest's completion, webhooks' `campaign.completed`). It is the phase,
-/// not the status: a retryable FAILED *outcome* is stored with status `FAILED` and an outcome's
-/// phase, and only the terminal phase is an end.
-pub const CALL_IS_OPEN_SQL: &str = "phase_rank < 5";
-
-/// The order of states within one attempt. The projector lets a state replace the stored one
-/// only when `(attempt, phase_rank)` is greater, which makes applying events idempotent and
-/// insensitive to order. `FAILED` here is the terminal state; for events use
-/// [`EventKind::phase_rank`], which tells a FAILED outcome from a FAILED end.
-pub fn phase_rank(status: CallStatus) -> u8 {
-    match status {
-        CallStatus::Initiated | CallStatus::Queued => 1,
-        CallStatus::Processing => 2,
-        CallStatus::Picked | CallStatus::Disconnected | CallStatus::Rnr => OUTCOME_RANK,
-        CallStatus::Retrying => 4,
-        CallStatus::Failed
-        | CallStatus::Completed
-        | CallStatus::Cancelled
-        | CallStatus::DeadLettered
-        | CallStatus::Expired => TERMINAL_RANK,
-    }
-}
+/// Kept here for the callers that knew it as `events::CALL_IS_OPEN_SQL`.
+pub use crate::call_lifecycle::CALL_IS_OPEN_SQL;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_open_call_test_is_the_terminal_phase() {
-        assert_eq!(CALL_IS_OPEN_SQL, format!("phase_rank < {TERMINAL_RANK}"));
-        let failed_outcome = EventKind::Outcome {
-            status: crate::OutcomeStatus::Failed,
-            source: OutcomeSource::Carrier,
-            raw_status: None,
-            duration_secs: None,
-            external_call_id: None,
-            reason: None,
-        };
-        assert_eq!(failed_outcome.status(), CallStatus::Failed);
-        assert!(
-            failed_outcome.phase_rank() < TERMINAL_RANK,
-            "an outcome is not an end"
-        );
-    }
-
     fn event(kind: EventKind) -> CallEvent {
-        CallEvent {
-            call_id: CallId::new(),
-            campaign_id: CampaignId::new(3).expect("valid"),
-            attempt: 1,
-            at: Utc::now(),
-            kind,
-        }
+        CallEvent::now(CallId::new(), CampaignId::new(3).expect("valid"), 1, kind)
     }
 
     #[test]
@@ -388,9 +355,12 @@ mod tests {
 
     #[test]
     fn a_later_attempt_outranks_any_state_of_an_earlier_one() {
-        let retrying = (1, phase_rank(CallStatus::Retrying));
-        let requeued = (2, phase_rank(CallStatus::Queued));
-        assert!(requeued > retrying);
-        assert!(phase_rank(CallStatus::Completed) > phase_rank(CallStatus::Picked));
+        use crate::call_lifecycle::End;
+        assert!(CallState::Queued.supersedes(2, CallState::Retrying, 1));
+        assert!(CallState::Ended(End::Completed).supersedes(
+            1,
+            CallState::Outcome(OutcomeStatus::Picked),
+            1
+        ));
     }
 }

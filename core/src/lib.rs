@@ -30,6 +30,7 @@
 //! Services never depend on each other; whatever two of them must agree on lives here.
 
 pub mod access;
+pub mod call_lifecycle;
 pub mod call_log;
 pub mod campaign;
 pub mod claims;
@@ -51,6 +52,8 @@ pub mod phone;
 pub mod placements;
 pub mod policy;
 pub mod privacy;
+pub mod retries;
+pub mod schema;
 pub mod server_version;
 pub mod service;
 pub mod ssrf;
@@ -60,6 +63,7 @@ pub mod telemetry;
 pub mod topology;
 pub mod trace_context;
 pub mod twilio;
+pub mod webhook_queue;
 pub mod webhooks;
 pub mod window;
 

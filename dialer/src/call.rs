@@ -398,15 +398,12 @@ pub(crate) async fn cancel_attempt(
     request: &DialRequest,
     reason: &str,
 ) -> Result<(), ccm_core::nats::NatsError> {
-    let event = CallEvent {
-        call_id: request.call_id,
-        campaign_id: request.campaign_id,
-        attempt: request.attempt,
-        at: Utc::now(),
-        kind: EventKind::Cancelled {
+    let event = CallEvent::of_request(
+        request,
+        EventKind::Cancelled {
             reason: reason.into(),
         },
-    };
+    );
     ccm_core::nats::publish_event(&ctx.js, &event).await?;
     ctx.claims
         .release(
@@ -425,12 +422,9 @@ pub(crate) async fn publish_outcome(
     source: OutcomeSource,
     reason: String,
 ) -> Result<(), CallError> {
-    let event = CallEvent {
-        call_id: request.call_id,
-        campaign_id: request.campaign_id,
-        attempt: request.attempt,
-        at: Utc::now(),
-        kind: EventKind::Outcome {
+    let event = CallEvent::of_request(
+        request,
+        EventKind::Outcome {
             status: OutcomeStatus::Failed,
             source,
             raw_status: None,
@@ -438,7 +432,7 @@ pub(crate) async fn publish_outcome(
             external_call_id: None,
             reason: Some(reason),
         },
-    };
+    );
     ccm_core::nats::publish_event(&ctx.js, &event)
         .await
         .map(|_| ())

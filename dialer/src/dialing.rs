@@ -58,18 +58,15 @@ pub async fn publish(
     message: &Message,
     last_sequence: u64,
 ) -> Result<Dialing, DialingError> {
-    let dialing = CallEvent {
-        call_id: request.call_id,
-        campaign_id: request.campaign_id,
-        attempt: request.attempt,
-        at: Utc::now(),
-        kind: EventKind::Dialing {
+    let dialing = CallEvent::of_request(
+        request,
+        EventKind::Dialing {
             phone_number: request.phone_number.clone(),
             max_attempts: request.max_attempts,
             created_at: request.created_at,
             custom_fields: request.custom_fields.clone(),
         },
-    };
+    );
     // The dial message's own sequence and delivery: two messages of one attempt never share
     // the id, nor two deliveries of one message.
     let (sequence, delivered) = message

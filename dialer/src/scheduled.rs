@@ -16,20 +16,20 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use async_nats::jetstream::stream::RawMessageErrorKind;
-use ccm_core::{CampaignId, RetryEntry, subjects, topology::names::RETRIES};
+use ccm_core::{
+    CampaignId,
+    retries::{RetriesError, Scheduled},
+};
 
 use crate::call::{CallContext, cancel_attempt};
 
 /// Why the scheduled attempts could not all be cancelled (tried again on the next re-read).
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduledError {
-    #[error("cannot read RETRIES")]
-    Read(#[source] async_nats::Error),
+    #[error(transparent)]
+    Retries(#[from] RetriesError),
     #[error("cannot publish the Cancelled event")]
     Publish(#[source] ccm_core::nats::NatsError),
-    #[error("cannot purge RETRIES")]
-    Purge(#[source] async_nats::Error),
 }
 
 /// The campaigns whose scheduled attempts were cancelled by this replica.
@@ -56,45 +56,16 @@ pub async fn cancel(
     campaign: CampaignId,
     reason: &str,
 ) -> Result<usize, ScheduledError> {
-    let subject = subjects::retry(campaign);
-    let stream = ctx
-        .js
-        .get_stream(RETRIES)
-        .await
-        .map_err(|e| ScheduledError::Read(e.into()))?;
-    let (mut next, mut last, mut cancelled) = (1u64, None, 0usize);
-    loop {
-        let message = match stream
-            .raw_message_builder()
-            .sequence(next)
-            .next_by_subject(subject.clone())
-            .send()
-            .await
-        {
-            Ok(message) => message,
-            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
-            Err(e) => return Err(ScheduledError::Read(e.into())),
-        };
-        let Ok(entry) = serde_json::from_slice::<RetryEntry>(&message.payload) else {
-            // Left for the retrier, which dead-letters undecodable entries; the purge stops
-            // before it.
-            tracing::warn!(%campaign, seq = message.sequence, "undecodable retry entry kept");
-            break;
-        };
+    // Read through the retrier's module of `RETRIES` (`ccm_core::retries`).
+    let mut scheduled = Scheduled::of(&ctx.js, campaign).await?;
+    let mut cancelled = 0usize;
+    while let Some((seq, entry)) = scheduled.next().await? {
         cancel_attempt(ctx, &entry.request, reason)
             .await
             .map_err(ScheduledError::Publish)?;
         cancelled += 1;
-        last = Some(message.sequence);
-        next = message.sequence + 1;
+        scheduled.handled(seq);
     }
-    if let Some(last) = last {
-        stream
-            .purge()
-            .filter(subject)
-            .sequence(last + 1)
-            .await
-            .map_err(|e| ScheduledError::Purge(e.into()))?;
-    }
+    scheduled.purge().await?;
     Ok(cancelled)
 }

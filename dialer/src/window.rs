@@ -92,7 +92,7 @@ pub async fn defer(
         },
         window_deferral: Some(delivered_as + 1),
     };
-    ccm_core::nats::publish_json(&ctx.js, entry.subject(), &entry.msg_id(), None, &entry)
+    ccm_core::retries::schedule(&ctx.js, &entry)
         .await
         .map_err(WindowError::Publish)?;
     tracing::info!(call = %request.call_id, attempt = request.attempt, %due,

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use ccm_core::{
-    CallEvent, Campaign, DialRequest, EventKind, OutcomeStatus, events::phase_rank,
+    CallEvent, Campaign, DialRequest, EventKind, OutcomeStatus, call_lifecycle::CallState,
     status::CallStatus,
 };
 use chrono::{DateTime, DurationRound, NaiveDate, TimeDelta, Utc};
@@ -168,9 +168,9 @@ pub struct Resolution {
     pub at: DateTime<Utc>,
 }
 
-/// The rank of an event within its attempt (see [`EventKind::phase_rank`]).
+/// The rank of an event within its attempt ([`CallState::rank`]).
 pub fn rank(kind: &EventKind) -> i16 {
-    i16::from(kind.phase_rank())
+    i16::from(CallState::of(kind).rank())
 }
 
 /// Orders facts of a call across attempts: `attempt * 8 + rank`.
@@ -244,7 +244,7 @@ impl CallRow {
             request.campaign_id.as_i64(),
             CallStatus::Queued,
             attempt,
-            i16::from(phase_rank(CallStatus::Queued)),
+            i16::from(CallState::Queued.rank()),
         );
         row.phone_number = Some(request.phone_number.as_str().to_owned());
         row.max_attempts = Some(to_i32(request.max_attempts));

@@ -46,8 +46,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::consume::Source;
 
-/// The migrations of the read model, embedded in the binary.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The migrations of the read model (`migrations/`), embedded in the binary. The projector
+/// owns these tables; the webhook tables are ccm-webhooks' own set (`ccm_core::schema`).
+pub use ccm_core::schema::READ_MODEL as MIGRATOR;
 
 /// Why the projector stopped.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +59,7 @@ pub enum ProjectorError {
     Topology(#[from] ccm_core::topology::TopologyError),
     #[error("cannot connect to PostgreSQL")]
     Database(#[source] sqlx::Error),
-    #[error("cannot apply the read-model migrations")]
+    #[error("cannot apply the migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("cannot open consumer {0}")]
     Consumer(String, #[source] async_nats::Error),
@@ -84,8 +85,8 @@ pub async fn connect_db(url: &str, shutdown: &CancellationToken) -> Result<PgPoo
     }
 }
 
-/// Everything a deployment needs before its services start: the read model's migrations and
-/// the JetStream topology (streams, consumers, KV buckets). Idempotent; what `ccm-projector
+/// Everything a deployment needs before its services start: every service's migrations
+/// (`ccm_core::schema::migrate_all`) and the JetStream topology (streams, consumers, KV buckets). Idempotent; what `ccm-projector
 /// provision` (the Helm chart's pre-install/pre-upgrade Job) runs.
 pub async fn provision(config: &Config) -> Result<topology::Report, ProjectorError> {
     let pool = PgPoolOptions::new()
@@ -106,7 +107,9 @@ async fn provision_with(
     pool: &PgPool,
     js: &async_nats::jetstream::Context,
 ) -> Result<topology::Report, ProjectorError> {
-    MIGRATOR.run(pool).await.map_err(ProjectorError::Migrate)?;
+    ccm_core::schema::migrate_all(pool)
+        .await
+        .map_err(ProjectorError::Migrate)?;
     Ok(Topology::load(&config.streams)?.provision(js).await?)
 }
 

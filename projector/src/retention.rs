@@ -49,14 +49,14 @@ pub async fn round(pool: &PgPool, days: u32) -> Result<(u64, u64), sqlx::Error> 
     let (mut calls, mut events) = (0, 0);
     let days = i32::try_from(days).unwrap_or(i32::MAX);
     loop {
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT call_id FROM calls WHERE phase_rank >= $1 \
-             AND updated_at < now() - make_interval(days => $2) \
+        let ids: Vec<Uuid> = sqlx::query_scalar(&format!(
+            "SELECT call_id FROM calls WHERE {} \
+             AND updated_at < now() - make_interval(days => $1) \
              AND (phone_number IS NOT NULL OR custom_fields IS NOT NULL \
                   OR external_call_id IS NOT NULL OR error_message IS NOT NULL) \
-             LIMIT $3",
-        )
-        .bind(i16::from(ccm_core::events::TERMINAL_RANK))
+             LIMIT $2",
+            ccm_core::call_lifecycle::CALL_HAS_ENDED_SQL
+        ))
         .bind(days)
         .bind(BATCH)
         .fetch_all(pool)

@@ -23,7 +23,6 @@ use async_nats::jetstream;
 use ccm_core::{
     CallEvent, DialRequest, EventKind, consumer::Delivery, metrics::counter, topology::names,
 };
-use chrono::Utc;
 use serde::Deserialize;
 
 use crate::{Shared, dlq, outcome};
@@ -236,15 +235,12 @@ pub async fn dead_letter(ctx: &Shared, advisory: &MaxDeliveries) -> Result<(), A
     if name == names::CALLS
         && let Ok(request) = serde_json::from_slice::<DialRequest>(&original.payload)
     {
-        let event = CallEvent {
-            call_id: request.call_id,
-            campaign_id: request.campaign_id,
-            attempt: request.attempt,
-            at: Utc::now(),
-            kind: EventKind::DeadLettered {
+        let event = CallEvent::of_request(
+            &request,
+            EventKind::DeadLettered {
                 reason: reason.clone(),
             },
-        };
+        );
         ccm_core::nats::publish_event(&ctx.js, &event).await?;
         ctx.claims
             .release(

@@ -142,15 +142,12 @@ async fn expire_if_waiting(
     if verdict(request.attempt, event) == Verdict::Leave {
         return Ok(());
     }
-    let expired = CallEvent {
-        call_id: request.call_id,
-        campaign_id: request.campaign_id,
-        attempt: request.attempt,
-        at: Utc::now(),
-        kind: EventKind::Expired {
+    let expired = CallEvent::of_request(
+        request,
+        EventKind::Expired {
             reason: reason(waited, max_queue_age),
         },
-    };
+    );
     // Only if nothing happened to the call since it was read: a Dialing that lands first wins.
     let mut headers = HeaderMap::new();
     let last = latest.map_or(0, |(s, _)| s);

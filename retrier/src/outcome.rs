@@ -17,7 +17,6 @@ use ccm_core::{
     CallEvent, CallId, Campaign, DialRequest, EventKind, OutcomeStatus, RetryEntry,
     consumer::Delivery, metrics::counter, policy::Decision, telemetry::chain,
 };
-use chrono::Utc;
 
 use crate::{
     Shared,
@@ -166,14 +165,7 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
                     window_deferral: None,
                 };
                 // The entry first: a Retrying event always has its entry behind it.
-                ccm_core::nats::publish_json(
-                    &ctx.js,
-                    entry.subject(),
-                    &entry.msg_id(),
-                    None,
-                    &entry,
-                )
-                .await?;
+                ccm_core::retries::schedule(&ctx.js, &entry).await?;
                 EventKind::Retrying {
                     next_retry_at: at,
                     reason: why,
@@ -193,13 +185,7 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
     };
     let terminal = kind.is_terminal();
     let decision = kind.name();
-    let event = CallEvent {
-        call_id: outcome.call_id,
-        campaign_id: outcome.campaign_id,
-        attempt: outcome.attempt,
-        at: Utc::now(),
-        kind,
-    };
+    let event = CallEvent::now(outcome.call_id, outcome.campaign_id, outcome.attempt, kind);
     ccm_core::nats::publish_event(&ctx.js, &event).await?;
     counter!("ccm_retrier_decisions_total", "decision" => decision, "status" => status.as_str())
         .increment(1);

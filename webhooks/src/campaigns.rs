@@ -1,15 +1,18 @@
 //! `campaign.completed`: sent when a campaign has no call left.
 //!
-//! Nothing else in ccm decides that a campaign is finished (campaigns accept calls at any
-//! time), so the deliverer works it out where it is cheapest: it already sees every terminal
-//! event. A campaign with a terminal event becomes a candidate, checked about once a second:
+//! Campaigns accept calls at any time, so a campaign "completes" for its subscribers each time
+//! it has no call left, whether or not its document is ever `COMPLETED`. The deliverer sees
+//! every terminal event, so a campaign with one becomes a candidate, checked about once a
+//! second:
 //!
 //! 1. the read model must already show those terminal events (otherwise the projector is
 //!    behind, and the candidate waits for the next check);
-//! 2. the read model must hold no call of the campaign in a non-terminal state (queued,
-//!    dialling, with an outcome awaiting the retrier's decision, or retrying);
-//! 3. the campaign's dial consumer must have nothing pending or in flight, which covers calls
-//!    accepted by ingest but not projected yet.
+//! 2. the campaign must have no call left, decided by
+//!    `ccm_core::call_lifecycle::campaign_finished`, the decision ingest completes started
+//!    drafts with (nothing queued, in flight or scheduled, the projector past the campaign's
+//!    last dial message, no call open in the read model). A candidate whose only obstacle is
+//!    a projector still behind is checked again; any other obstacle is a call that will end
+//!    with a terminal event of its own, which makes the campaign a candidate again.
 //!
 //! Then a `campaign.completed` message is queued for the endpoints that asked for it, with
 //! the campaign's totals. Its `webhook-id` is `campaign/<id>/completed/<number of calls>`: a
@@ -22,7 +25,11 @@ use std::{
 };
 
 use async_nats::jetstream;
-use ccm_core::{CampaignId, subjects, topology::names, webhooks::Subscription};
+use ccm_core::{
+    CampaignId,
+    call_lifecycle::{CampaignProgress, campaign_finished},
+    webhooks::Subscription,
+};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -43,8 +50,6 @@ struct Totals {
     dead_lettered: i64,
     /// Ended `EXPIRED`: queued past the maximum queue age.
     expired: i64,
-    #[serde(skip)]
-    open: i64,
     #[serde(skip)]
     seen: i64,
 }
@@ -118,7 +123,19 @@ impl Candidates {
                 }
                 continue;
             }
-            if totals.open > 0 || !dial_consumer_idle(js, campaign).await {
+            let progress = match CampaignProgress::read(js, pg, campaign).await {
+                Ok(progress) => progress,
+                Err(e) => {
+                    // As when its dial consumer could not be read before: a campaign whose
+                    // consumer is gone is not checked again until another call of it ends.
+                    tracing::warn!(%campaign, error = %e, "cannot read the campaign's progress");
+                    continue;
+                }
+            };
+            if !campaign_finished(&progress) {
+                if progress.read_model_behind && since.elapsed() < GIVE_UP_AFTER {
+                    self.0.insert(campaign, (calls, since));
+                }
                 continue;
             }
             let payload = Payload {
@@ -167,41 +184,19 @@ async fn totals(
 ) -> Result<Totals, sqlx::Error> {
     let calls: Vec<Uuid> = calls.iter().copied().collect();
     // A FAILED outcome awaiting the retrier has status FAILED but is open: the phase decides.
-    let open = ccm_core::events::CALL_IS_OPEN_SQL;
+    let ended = ccm_core::call_lifecycle::CALL_HAS_ENDED_SQL;
     sqlx::query_as(&format!(
         "SELECT count(*) AS calls,
              count(*) FILTER (WHERE status = 'COMPLETED') AS completed,
-             count(*) FILTER (WHERE status = 'FAILED' AND NOT ({open})) AS failed,
+             count(*) FILTER (WHERE status = 'FAILED' AND {ended}) AS failed,
              count(*) FILTER (WHERE status = 'CANCELLED') AS cancelled,
              count(*) FILTER (WHERE status = 'DEAD_LETTERED') AS dead_lettered,
              count(*) FILTER (WHERE status = 'EXPIRED') AS expired,
-             count(*) FILTER (WHERE {open}) AS open,
-             count(*) FILTER (WHERE call_id = ANY($2) AND NOT ({open})) AS seen
+             count(*) FILTER (WHERE call_id = ANY($2) AND {ended}) AS seen
          FROM calls WHERE campaign_id = $1"
     ))
     .bind(campaign.as_i64())
     .bind(calls)
     .fetch_one(pg)
     .await
-}
-
-/// Whether the campaign's dial consumer has no message waiting or in flight. Every
-/// campaign gets one when it is created, so when it cannot be read the answer is no.
-async fn dial_consumer_idle(js: &jetstream::Context, campaign: CampaignId) -> bool {
-    let consumer: Result<jetstream::consumer::PullConsumer, _> = js
-        .get_consumer_from_stream(subjects::dial_consumer(campaign), names::CALLS)
-        .await;
-    match consumer {
-        Ok(mut consumer) => match consumer.info().await {
-            Ok(info) => info.num_pending == 0 && info.num_ack_pending == 0,
-            Err(e) => {
-                tracing::warn!(%campaign, error = %e, "cannot read the dial consumer");
-                false
-            }
-        },
-        Err(e) => {
-            tracing::warn!(%campaign, error = %e, "cannot read the dial consumer");
-            false
-        }
-    }
 }

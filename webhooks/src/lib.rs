@@ -23,7 +23,7 @@
 //! batch, which the queue's unique index absorbs; a crash between a delivery and recording
 //! it repeats that one delivery. Receivers de-duplicate on `webhook-id`.
 
-pub(crate) mod campaigns;
+pub mod campaigns;
 pub(crate) mod deliver;
 pub(crate) mod health;
 pub mod lease;
@@ -105,10 +105,10 @@ pub enum WebhooksError {
     LeaseTooShort { ttl: u64, min: u64 },
 }
 
-/// The read model's migrations, which include the webhook tables: applied here too (when
-/// `provision` is on), so the deliverer does not depend on the projector having started
-/// first (sqlx serialises concurrent runs with an advisory lock).
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../projector/migrations");
+/// This service's own tables (`migrations/`: queues, delivery log, leases), applied when
+/// `provision` is on; the read model it reads for `campaign.completed` is the projector's.
+/// The set lives in `ccm_core::schema` so that provisioning can apply every service's.
+pub use ccm_core::schema::WEBHOOKS as MIGRATOR;
 
 /// An error and its sources on one line, for the delivery log.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

@@ -5,3 +5,4 @@ mod consumer;
 mod dial_consumer;
 mod inspect;
 mod provisioning;
+mod schema;

@@ -58,12 +58,11 @@ impl Carrier for SimCarrier {
     ) -> BoxFuture<'a, Result<Placement, CarrierError>> {
         let status = self.draw();
         let external_call_id = format!("sim-{}-{}", call.call_id, call.attempt);
-        let outcome = CallEvent {
-            call_id: call.call_id,
-            campaign_id: call.campaign_id,
-            attempt: call.attempt,
-            at: Utc::now(),
-            kind: EventKind::Outcome {
+        let outcome = CallEvent::now(
+            call.call_id,
+            call.campaign_id,
+            call.attempt,
+            EventKind::Outcome {
                 status,
                 source: OutcomeSource::Carrier,
                 raw_status: None,
@@ -75,7 +74,7 @@ impl Carrier for SimCarrier {
                 external_call_id: Some(external_call_id.clone()),
                 reason: None,
             },
-        };
+        );
         let js = self.js.clone();
         let delay = Duration::from_millis(self.config.call_ms);
         tokio::spawn(

@@ -269,18 +269,23 @@ async fn load(pg: &sqlx::PgPool, replay_from: DateTime<Utc>) -> Result<Tally, Fe
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let followed: Vec<(uuid::Uuid, i64, String, i32, i16, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT call_id, campaign_id, status, attempt_count, phase_rank, updated_at FROM calls \
-         WHERE phase_rank < 5 OR updated_at >= $1 OR status = 'DEAD_LETTERED'",
-    )
-    .bind(replay_from)
-    .fetch_all(&mut *tx)
-    .await?;
-    let counted: Vec<(i64, String, i16, i64)> = sqlx::query_as(
+    let (open, ended) = (
+        ccm_core::call_lifecycle::CALL_IS_OPEN_SQL,
+        ccm_core::call_lifecycle::CALL_HAS_ENDED_SQL,
+    );
+    let followed: Vec<(uuid::Uuid, i64, String, i32, i16, DateTime<Utc>)> =
+        sqlx::query_as(&format!(
+            "SELECT call_id, campaign_id, status, attempt_count, phase_rank, updated_at FROM calls \
+         WHERE {open} OR updated_at >= $1 OR status = 'DEAD_LETTERED'",
+        ))
+        .bind(replay_from)
+        .fetch_all(&mut *tx)
+        .await?;
+    let counted: Vec<(i64, String, i16, i64)> = sqlx::query_as(&format!(
         "SELECT campaign_id, status, phase_rank, count(*) FROM calls \
-         WHERE phase_rank >= 5 AND updated_at < $1 AND status <> 'DEAD_LETTERED' \
+         WHERE {ended} AND updated_at < $1 AND status <> 'DEAD_LETTERED' \
          GROUP BY campaign_id, status, phase_rank",
-    )
+    ))
     .bind(replay_from)
     .fetch_all(&mut *tx)
     .await?;

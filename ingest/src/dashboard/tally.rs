@@ -9,7 +9,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ccm_core::{CallEvent, CallId, CallStatus, CampaignId, DialRequest, events::phase_rank};
+use ccm_core::{
+    CallEvent, CallId, CallStatus, CampaignId, DialRequest,
+    call_lifecycle::{CallState, End},
+};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
@@ -26,19 +29,21 @@ pub enum Bucket {
 }
 
 impl Bucket {
-    /// Where a call with this status at this phase rank belongs. A FAILED outcome (rank 3)
-    /// is still live: the retrier has not decided yet; FAILED at rank 5 is the end.
+    /// Where a call with this status at this phase rank belongs ([`CallState::stored`]). A
+    /// FAILED outcome is still live: the retrier has not decided yet; a FAILED end is not.
     pub fn of(status: CallStatus, rank: u8) -> Bucket {
-        match (status, rank) {
-            (CallStatus::Completed, _) => Bucket::Completed,
-            (CallStatus::Cancelled, _) => Bucket::Cancelled,
-            (CallStatus::DeadLettered, _) => Bucket::DeadLettered,
-            // Ended without being placed: a failure as far as the progress bar goes.
-            (CallStatus::Expired, _) => Bucket::Failed,
-            (CallStatus::Failed, 5..) => Bucket::Failed,
-            (CallStatus::Retrying, _) => Bucket::Retrying,
-            (_, 0..=1) => Bucket::Queued,
-            _ => Bucket::Live,
+        match CallState::stored(status, rank) {
+            Some(CallState::Ended(End::Completed)) => Bucket::Completed,
+            Some(CallState::Ended(End::Cancelled)) => Bucket::Cancelled,
+            Some(CallState::Ended(End::DeadLettered)) => Bucket::DeadLettered,
+            // Expired ended without being placed: a failure as far as the progress bar goes.
+            Some(CallState::Ended(End::Failed | End::Expired)) => Bucket::Failed,
+            Some(CallState::Retrying) => Bucket::Retrying,
+            Some(CallState::Queued) => Bucket::Queued,
+            Some(CallState::Processing | CallState::Outcome(_)) => Bucket::Live,
+            // A row no fold writes: placed by its rank alone.
+            None if rank <= 1 => Bucket::Queued,
+            None => Bucket::Live,
         }
     }
 
@@ -161,7 +166,7 @@ impl Tally {
         self.observe(
             request.call_id,
             request.campaign_id,
-            (request.attempt, phase_rank(CallStatus::Queued)),
+            (request.attempt, CallState::Queued.rank()),
             Bucket::Queued,
             request.queued_at,
         );

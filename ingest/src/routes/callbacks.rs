@@ -15,7 +15,6 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
 };
 use ccm_core::{CallEvent, CallId, CampaignId, EventKind, OutcomeSource, twilio};
-use chrono::Utc;
 use serde::Deserialize;
 use tracing::Instrument;
 
@@ -117,12 +116,11 @@ pub async fn twilio(
     let reason = field("AnsweredBy")
         .filter(|a| a.starts_with("machine") || a == "fax")
         .map(|a| format!("answered_by={a}"));
-    let event = CallEvent {
-        call_id: attempt.call_id,
-        campaign_id: attempt.campaign_id,
-        attempt: attempt.attempt,
-        at: Utc::now(),
-        kind: EventKind::Outcome {
+    let event = CallEvent::now(
+        attempt.call_id,
+        attempt.campaign_id,
+        attempt.attempt,
+        EventKind::Outcome {
             status,
             source: OutcomeSource::Carrier,
             raw_status: Some(call_status),
@@ -130,7 +128,7 @@ pub async fn twilio(
             external_call_id: field("CallSid"),
             reason,
         },
-    };
+    );
     // The carrier knows nothing of traces: the outcome joins the call's own trace.
     let span = tracing::info_span!("carrier_callback", call = %event.call_id);
     ccm_core::trace_context::continue_call(&span, &state.js, event.campaign_id, event.call_id)

@@ -6,9 +6,10 @@
 //! `webhook_attempts`; the migration says why). A redelivery is a copy of a queued message
 //! put on the endpoint's manual lane, which its own worker drains beside the live one: so a
 //! replay of a day of events never holds up live deliveries, and it goes through the same
-//! signing, retries and log as everything else. Ingest writes these rows itself, in one
-//! statement, rather than asking the deliverer: the request is then durable as soon as it is
-//! answered, and works while the deliverer is restarting.
+//! signing, retries and log as everything else. The table is ccm-webhooks'; ingest queues the
+//! copies through `ccm_core::webhook_queue`, in one statement, rather than asking the
+//! deliverer: the request is then durable as soon as it is answered, and works while the
+//! deliverer is restarting.
 
 use axum::{
     extract::{Path, State},
@@ -174,18 +175,9 @@ pub async fn redeliver(
     Path((id, msg_id)): Path<(String, String)>,
 ) -> Result<(StatusCode, ApiJson<Redelivery>), AppError> {
     load(&state, &id).await?;
-    let queued = sqlx::query(
-        "INSERT INTO webhook_messages
-             (endpoint_id, msg_id, event_type, call_id, campaign_id, body, lane)
-         SELECT endpoint_id, msg_id, event_type, call_id, campaign_id, body, 'manual'
-         FROM webhook_messages WHERE endpoint_id = $1 AND msg_id = $2 AND lane = 'live'",
-    )
-    .bind(&id)
-    .bind(&msg_id)
-    .execute(&state.pg)
-    .await
-    .map_err(AppError::unavailable)?
-    .rows_affected();
+    let queued = ccm_core::webhook_queue::redeliver(&state.pg, &id, &msg_id)
+        .await
+        .map_err(AppError::unavailable)?;
     if queued == 0 {
         return Err(AppError::not_found(
             "message_not_found",
@@ -229,20 +221,9 @@ pub async fn replay(
         ));
     }
     load(&state, &id).await?;
-    let queued = sqlx::query(
-        "INSERT INTO webhook_messages
-             (endpoint_id, msg_id, event_type, call_id, campaign_id, body, lane)
-         SELECT endpoint_id, msg_id, event_type, call_id, campaign_id, body, 'manual'
-         FROM webhook_messages
-         WHERE endpoint_id = $1 AND lane = 'live' AND created_at >= $2
-         ORDER BY id",
-    )
-    .bind(&id)
-    .bind(body.since)
-    .execute(&state.pg)
-    .await
-    .map_err(AppError::unavailable)?
-    .rows_affected();
+    let queued = ccm_core::webhook_queue::replay(&state.pg, &id, body.since)
+        .await
+        .map_err(AppError::unavailable)?;
     Ok((
         StatusCode::ACCEPTED,
         ApiJson(Redelivery {

@@ -2,6 +2,7 @@
 //! small axum servers on 127.0.0.1 in the test process.
 
 mod api;
+mod completion;
 mod delivery;
 mod lifecycle;
 mod metrics;

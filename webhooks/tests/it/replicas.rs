@@ -5,14 +5,15 @@
 use std::{collections::HashMap, time::Duration};
 
 use ccm_core::{CallEvent, CallId, CampaignId, EventKind};
-use ccm_webhooks::lease::{self, Leases};
+use ccm_webhooks::{
+    MIGRATOR,
+    lease::{self, Leases},
+};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::time::Instant;
 
 use crate::support::{self, Behaviour, Ingest, Receiver};
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../projector/migrations");
 
 /// Publishes attempt `attempt` of call `call_id`: `retrying` before the last, `completed`
 /// for it.

@@ -15,7 +15,6 @@
 
 use axum::extract::State;
 use ccm_core::{CallEvent, CallId, CampaignId, EventKind, OutcomeSource, OutcomeStatus};
-use chrono::Utc;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
@@ -69,12 +68,11 @@ pub async fn callback(
             .map_err(CompatError::unavailable)?
             .ok_or_else(not_found)?,
     };
-    let event = CallEvent {
-        call_id: call,
+    let event = CallEvent::now(
+        call,
         campaign_id,
         attempt,
-        at: Utc::now(),
-        kind: EventKind::Outcome {
+        EventKind::Outcome {
             status,
             source: OutcomeSource::Carrier,
             raw_status: Some(raw_status.to_owned()),
@@ -82,7 +80,7 @@ pub async fn callback(
             external_call_id,
             reason: None,
         },
-    };
+    );
     // The carrier knows nothing of traces: the outcome joins the call's own trace.
     let span = tracing::info_span!("carrier_callback", call = %event.call_id);
     ccm_core::trace_context::continue_call(&span, &state.js, event.campaign_id, event.call_id)
