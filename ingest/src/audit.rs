@@ -16,7 +16,9 @@ use axum::{
 use ccm_core::{access::Role, metrics::counter, topology::names};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 
+use crate::routes::table::{Entry, GET, token};
 use crate::{
     AppState,
     auth::Identity,
@@ -172,4 +174,9 @@ pub async fn list(
         }
     }
     Ok(ApiJson(records))
+}
+
+/// The audit log's route: an admin's.
+pub(crate) fn routes() -> Vec<Entry> {
+    vec![token(routes!(list)).admin().expensive(GET)]
 }

@@ -41,7 +41,9 @@ use ccm_core::access::Need;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::routes;
 
+use crate::routes::table::{Entry, GET, POST, own, public, token, undocumented};
 use crate::{
     AppState,
     auth::{self, TokenId},
@@ -300,4 +302,15 @@ async fn forward(feed: Arc<Shared>, tx: mpsc::Sender<Event>, stop: CancellationT
             return;
         }
     }
+}
+
+/// The dashboard's page, its tickets and its stream.
+pub(crate) fn routes() -> Vec<Entry> {
+    vec![
+        // The page holds no data; it asks for the token.
+        public(undocumented("/", GET, axum::routing::get(page))),
+        token(routes!(ticket)).expensive(POST).reads(),
+        // Limited per token too, by the handler once it knows the token (see `expensive`).
+        own("a dashboard ticket or the API token", routes!(events)),
+    ]
 }

@@ -111,7 +111,7 @@ pub async fn create(
             ),
         });
     }
-    let campaign = campaigns::load(&state, query.campaign_id)
+    let campaign = crate::campaign_store::load(&state, query.campaign_id)
         .await?
         .ok_or_else(|| campaigns::not_found(query.campaign_id))?;
     if let Some(why) = campaign.refusal_at(chrono::Utc::now()) {

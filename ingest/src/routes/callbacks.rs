@@ -18,7 +18,9 @@ use ccm_core::{CallEvent, CallId, CampaignId, EventKind, OutcomeSource, twilio};
 use chrono::Utc;
 use serde::Deserialize;
 use tracing::Instrument;
+use utoipa_axum::routes;
 
+use crate::routes::table::{Entry, own};
 use crate::{AppState, error::AppError};
 
 /// The attempt named in the callback URL's query.
@@ -140,4 +142,9 @@ pub async fn twilio(
         .await
         .map_err(AppError::unavailable)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The carriers' signed callbacks.
+pub(crate) fn routes() -> Vec<Entry> {
+    vec![own("Twilio's signature", routes!(twilio))]
 }

@@ -77,7 +77,7 @@ pub async fn import(
     let id: CampaignId = id
         .parse()
         .map_err(|e: ccm_core::ids::IdError| AppError::bad_request("invalid_id", e.to_string()))?;
-    campaigns::load(&state, id)
+    crate::campaign_store::load(&state, id)
         .await?
         .ok_or_else(|| campaigns::not_found(id))?;
     let mut import = Import {

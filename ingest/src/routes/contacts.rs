@@ -64,7 +64,7 @@ pub async fn add(
             format!("contacts must hold 1 to {MAX_CONTACTS} items"),
         ));
     }
-    campaigns::load(&state, id)
+    crate::campaign_store::load(&state, id)
         .await?
         .ok_or_else(|| campaigns::not_found(id))?;
     let now = Utc::now();

@@ -10,7 +10,9 @@ use ccm_core::{
     dlq::{DeadLetter, Dlq, DlqError, Filter, Redriven},
 };
 use serde::Deserialize;
+use utoipa_axum::routes;
 
+use crate::routes::table::{Entry, GET, token};
 use crate::{
     AppState,
     error::{ApiJson, AppError},
@@ -179,4 +181,13 @@ fn problem(e: DlqError) -> AppError {
         e @ DlqError::ReplayByHand { .. } => AppError::conflict("replay_by_hand", e.to_string()),
         e => AppError::unavailable(e),
     }
+}
+
+/// The dead letters' routes.
+pub(crate) fn routes() -> Vec<Entry> {
+    vec![
+        token(routes!(list)).expensive(GET),
+        token(routes!(show, discard)),
+        token(routes!(redrive)),
+    ]
 }

@@ -17,7 +17,9 @@ use ccm_core::{
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 
+use crate::routes::table::{Entry, token};
 use crate::{
     AppState,
     error::{ApiJson, ApiQuery, AppError},
@@ -72,7 +74,7 @@ async fn list_of(state: &AppState, campaign: Option<u64>) -> Result<DncList, App
     };
     let id = CampaignId::new(id)
         .map_err(|e| AppError::bad_request("invalid_campaign_id", e.to_string()))?;
-    campaigns::load(state, id)
+    crate::campaign_store::load(state, id)
         .await?
         .ok_or_else(|| campaigns::not_found(id))?;
     Ok(DncList::Campaign(id))
@@ -222,4 +224,9 @@ pub async fn remove(
 
 fn not_listed(phone: &PhoneNumber) -> AppError {
     AppError::not_found("not_listed", format!("{phone} is not on this list"))
+}
+
+/// The do-not-call lists' routes.
+pub(crate) fn routes() -> Vec<Entry> {
+    vec![token(routes!(add)), token(routes!(get, remove))]
 }

@@ -16,7 +16,9 @@ use ccm_core::access::{Role, StoredToken};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa_axum::routes;
 
+use crate::routes::table::{Entry, token};
 use crate::{
     AppState,
     error::{ApiJson, AppError},
@@ -189,4 +191,12 @@ pub async fn revoke(
     state.tokens.managed().set(&id, u64::MAX, None);
     tracing::info!(%id, "API token revoked");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The tokens' routes: an admin's.
+pub(crate) fn routes() -> Vec<Entry> {
+    vec![
+        token(routes!(create, list)).admin(),
+        token(routes!(revoke)).admin(),
+    ]
 }

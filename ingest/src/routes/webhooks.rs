@@ -22,7 +22,9 @@ use ccm_core::{
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 
+use crate::routes::table::{Entry, GET, token};
 use crate::{
     AppState,
     error::{ApiJson, AppError},
@@ -392,6 +394,19 @@ pub fn check_url(raw: &str, allow_private: bool) -> Result<String, AppError> {
         });
     }
     Ok(url.to_string())
+}
+
+/// The webhook subscriptions' routes, with their delivery log.
+pub(crate) fn routes() -> Vec<Entry> {
+    use super::webhook_deliveries as deliveries;
+    vec![
+        token(routes!(create, list)),
+        token(routes!(get, patch, delete)),
+        token(routes!(rotate_secret)),
+        token(routes!(deliveries::list)).expensive(GET),
+        token(routes!(deliveries::redeliver)),
+        token(routes!(deliveries::replay)),
+    ]
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ async fn campaign_json(state: &AppState, campaign: &Campaign) -> Result<Value, C
 #[utoipa::path(get, path = "/api/v1/campaigns/", tag = "compatible",
     responses((status = 200, description = "Array of campaigns with phone_numbers and phone_count", body = Vec<Object>)))]
 pub async fn list(State(state): State<AppState>) -> Result<axum::Json<Value>, CompatError> {
-    let all = campaigns::load_all(&state)
+    let all = crate::campaign_store::load_all(&state)
         .await
         .map_err(CompatError::unavailable)?;
     let mut answer = Vec::new();
@@ -129,7 +129,7 @@ pub async fn get(
 ) -> Result<axum::Json<Value>, CompatError> {
     let not_found = || CompatError::not_found("Campaign not found");
     let id: CampaignId = id.parse().map_err(|_| not_found())?;
-    let campaign = campaigns::load(&state, id)
+    let campaign = crate::campaign_store::load(&state, id)
         .await
         .map_err(CompatError::unavailable)?
         .ok_or_else(not_found)?;
@@ -155,7 +155,7 @@ pub async fn add_phone_numbers(
     };
     let not_found = || CompatError::not_found("Campaign not found");
     let id = id.ok_or_else(not_found)?;
-    let campaign = campaigns::load(&state, id)
+    let campaign = crate::campaign_store::load(&state, id)
         .await
         .map_err(CompatError::unavailable)?
         .ok_or_else(not_found)?;

@@ -33,7 +33,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<axum::Json<Value>,
         .fetch_one(&state.pg)
         .await
         .map_err(CompatError::unavailable)?;
-    let campaigns = crate::routes::campaigns::load_all(&state)
+    let campaigns = crate::campaign_store::load_all(&state)
         .await
         .map_err(CompatError::unavailable)?;
     let max: u64 = campaigns
