@@ -30,6 +30,7 @@
 //! Services never depend on each other; whatever two of them must agree on lives here.
 
 pub mod access;
+pub mod call_log;
 pub mod campaign;
 pub mod claims;
 pub mod config;
