@@ -133,7 +133,7 @@ pub struct AuditQuery {
         (status = 400, description = "A limit out of range, or a malformed query", body = crate::openapi::Problem),
         (status = 403, description = "Only an admin token may read the audit log"),
     ))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<ApiJson<Vec<Record>>, AppError> {

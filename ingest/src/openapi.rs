@@ -16,7 +16,7 @@ use utoipa::{
 
 /// An error of the resource API (`application/problem+json`, RFC 9457).
 #[derive(Debug, ToSchema)]
-pub struct Problem {
+pub(crate) struct Problem {
     #[schema(example = "about:blank")]
     r#type: String,
     title: String,
@@ -31,13 +31,13 @@ pub struct Problem {
 
 /// An error of the compatible API: `{"error": "<message>"}`.
 #[derive(Debug, ToSchema)]
-pub struct CompatError {
+pub(crate) struct CompatError {
     error: String,
 }
 
 /// Local hours during which a campaign may call.
 #[derive(Debug, ToSchema)]
-pub struct CallingWindow {
+pub(crate) struct CallingWindow {
     #[schema(example = "09:00")]
     start: String,
     #[schema(example = "18:00")]
@@ -46,7 +46,7 @@ pub struct CallingWindow {
 
 /// Local hours on some weekdays (`ccm_core::window::DayHours`); `start` < `end`.
 #[derive(Debug, ToSchema)]
-pub struct DayHours {
+pub(crate) struct DayHours {
     /// `mon` … `sun` (or full names).
     #[schema(example = json!(["mon", "tue", "wed", "thu", "fri"]))]
     days: Vec<String>,
@@ -60,7 +60,7 @@ pub struct DayHours {
 
 /// A campaign document (`ccm_core::Campaign`).
 #[derive(Debug, ToSchema)]
-pub struct Campaign {
+pub(crate) struct Campaign {
     id: u64,
     name: String,
     description: String,
@@ -98,7 +98,7 @@ pub struct Campaign {
 }
 
 #[derive(Debug, ToSchema)]
-pub struct InitiateCall {
+pub(crate) struct InitiateCall {
     #[schema(example = "+1234567890")]
     phone_number: String,
     /// A number or a numeric string.
@@ -106,7 +106,7 @@ pub struct InitiateCall {
 }
 
 #[derive(Debug, ToSchema)]
-pub struct BulkInitiate {
+pub(crate) struct BulkInitiate {
     campaign_id: u64,
     phone_numbers: Option<Vec<String>>,
     /// Dial every number added with `POST /api/v1/phone-numbers/` instead.
@@ -114,7 +114,7 @@ pub struct BulkInitiate {
 }
 
 #[derive(Debug, ToSchema)]
-pub struct Callback {
+pub(crate) struct Callback {
     call_id: uuid::Uuid,
     #[schema(example = "PICKED")]
     status: String,
@@ -123,7 +123,7 @@ pub struct Callback {
 }
 
 #[derive(Debug, ToSchema)]
-pub struct CompatCampaign {
+pub(crate) struct CompatCampaign {
     /// At most 200 characters.
     name: String,
     description: Option<String>,
@@ -131,14 +131,14 @@ pub struct CompatCampaign {
 }
 
 #[derive(Debug, ToSchema)]
-pub struct PhoneNumbers {
+pub(crate) struct PhoneNumbers {
     campaign_id: u64,
     phone_numbers: Vec<String>,
 }
 
 /// A dead letter (`ccm_core::dlq::DeadLetter`).
 #[derive(Debug, ToSchema)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     /// The letter's sequence in `DLQ`: what show, redrive and discard take.
     seq: u64,
     #[schema(example = "CALLS")]
@@ -165,7 +165,7 @@ pub struct DeadLetter {
 
 /// What a redrive did (`ccm_core::dlq::Redriven`).
 #[derive(Debug, ToSchema)]
-pub struct Redriven {
+pub(crate) struct Redriven {
     letter: u64,
     subject: String,
     /// The new attempt, for a dial letter.
@@ -176,7 +176,7 @@ pub struct Redriven {
 /// are covered by the signature).
 #[derive(Debug, ToSchema)]
 #[allow(non_snake_case)]
-pub struct TwilioStatusCallback {
+pub(crate) struct TwilioStatusCallback {
     #[schema(example = "completed")]
     CallStatus: String,
     CallSid: Option<String>,

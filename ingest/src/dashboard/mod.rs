@@ -149,7 +149,7 @@ pub struct IssuedTicket {
         (status = 429, description = "Over the token's rate limit; see `Retry-After`", body = crate::openapi::Problem,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
-pub async fn ticket(
+pub(crate) async fn ticket(
     State(state): State<AppState>,
     axum::Extension(token): axum::Extension<TokenId>,
 ) -> ApiJson<IssuedTicket> {
@@ -193,7 +193,7 @@ pub struct SseEvent {
         (status = 429, description = "Over the token's rate limit (`rate_limited`) or its cap of open streams (`too_many_streams`); see `Retry-After`",
             body = crate::openapi::Problem, headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
-pub async fn events(
+pub(crate) async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,

@@ -87,7 +87,7 @@ fn rejected(index: usize, input: String, code: &'static str, detail: String) -> 
         (status = 413, description = "More items than bulk_max_items, or body too large", body = crate::openapi::Problem),
         (status = 415, description = "Neither application/json nor text/csv", body = crate::openapi::Problem),
     ))]
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<BulkQuery>,
     headers: HeaderMap,

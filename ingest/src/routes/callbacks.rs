@@ -58,7 +58,7 @@ fn forbidden(detail: &str) -> AppError {
         (status = 403, description = "X-Twilio-Signature missing or wrong", body = crate::openapi::Problem),
         (status = 503, description = "NATS unavailable", body = crate::openapi::Problem),
     ))]
-pub async fn twilio(
+pub(crate) async fn twilio(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,

@@ -235,7 +235,7 @@ pub(crate) fn accept_error(phone: &PhoneNumber, e: AcceptError, window: u32) -> 
         (status = 422, description = "Wrong types, unknown or missing fields, or `idempotency_key_reused` (the key was used with another request)", body = crate::openapi::Problem),
         (status = 503, description = "Broker unavailable, nothing accepted; or `outcome_unknown`: the call may be queued, retry with the same Idempotency-Key to learn its outcome", body = crate::openapi::Problem),
     ))]
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<NewCall>,

@@ -209,7 +209,7 @@ fn parse_id(id: &str) -> Result<CampaignId, AppError> {
         (status = 404, body = crate::openapi::Problem),
         (status = 422, body = crate::openapi::Problem),
     ))]
-pub async fn patch(
+pub(crate) async fn patch(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<CampaignPatch>,
@@ -328,7 +328,7 @@ pub struct Started {
 /// duplicate refusals counted), so the campaign cannot complete before they are queued.
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/start", tag = "campaigns", params(("id" = u64, Path), StartQuery),
     responses((status = 200, description = "The campaign, with `contacts_called` counts when asked", body = crate::openapi::Campaign), (status = 404, body = crate::openapi::Problem), (status = 409, description = "Not a draft", body = crate::openapi::Problem)))]
-pub async fn start(
+pub(crate) async fn start(
     State(state): State<AppState>,
     Path(id): Path<String>,
     crate::error::ApiQuery(query): crate::error::ApiQuery<StartQuery>,
@@ -364,7 +364,7 @@ pub async fn start(
 /// Dialers stop pulling the campaign's calls; they wait queued.
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/pause", tag = "campaigns", params(("id" = u64, Path)),
     responses((status = 200, body = crate::openapi::Campaign), (status = 404, body = crate::openapi::Problem), (status = 409, body = crate::openapi::Problem)))]
-pub async fn pause(
+pub(crate) async fn pause(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Campaign>, AppError> {
@@ -374,7 +374,7 @@ pub async fn pause(
 /// Dialing continues.
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/resume", tag = "campaigns", params(("id" = u64, Path)),
     responses((status = 200, body = crate::openapi::Campaign), (status = 404, body = crate::openapi::Problem), (status = 409, description = "Cancelled for good", body = crate::openapi::Problem)))]
-pub async fn resume(
+pub(crate) async fn resume(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Campaign>, AppError> {
@@ -384,7 +384,7 @@ pub async fn resume(
 /// Queued calls end CANCELLED; no new calls are accepted.
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/cancel", tag = "campaigns", params(("id" = u64, Path)),
     responses((status = 200, body = crate::openapi::Campaign), (status = 404, body = crate::openapi::Problem), (status = 409, description = "Completed", body = crate::openapi::Problem)))]
-pub async fn cancel(
+pub(crate) async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Campaign>, AppError> {
@@ -411,7 +411,7 @@ pub struct CampaignStats {
 /// Progress: calls by status, live, queued, retrying, dead letters.
 #[utoipa::path(get, path = "/api/v1/campaigns/{id}/stats", tag = "campaigns", params(("id" = u64, Path)),
     responses((status = 200, body = CampaignStats), (status = 404, body = crate::openapi::Problem)))]
-pub async fn stats(
+pub(crate) async fn stats(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<CampaignStats>, AppError> {

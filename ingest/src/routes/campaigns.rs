@@ -90,7 +90,7 @@ pub struct NewCampaign {
         (status = 400, description = "Invalid name, limits or schedule", body = crate::openapi::Problem),
         (status = 422, description = "Wrong types or unknown fields", body = crate::openapi::Problem),
     ))]
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<NewCampaign>,
 ) -> Result<(StatusCode, ApiJson<Campaign>), AppError> {
@@ -179,7 +179,9 @@ pub(crate) async fn create_campaign(
         (status = 429, description = "Over the token's rate limit (`rate_limited`); see `Retry-After`", body = crate::openapi::Problem,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
-pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<Campaign>>, AppError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+) -> Result<ApiJson<Vec<Campaign>>, AppError> {
     Ok(ApiJson(load_all(&state).await?))
 }
 
@@ -190,7 +192,7 @@ pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<Campaign>
         (status = 200, body = crate::openapi::Campaign),
         (status = 404, body = crate::openapi::Problem),
     ))]
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Campaign>, AppError> {

@@ -69,7 +69,7 @@ pub struct ImportResult {
         (status = 400, description = "No header, no phone_number column, not UTF-8, or a line too long", body = crate::openapi::Problem),
         (status = 404, body = crate::openapi::Problem),
     ))]
-pub async fn import(
+pub(crate) async fn import(
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Body,

@@ -50,7 +50,7 @@ pub struct ContactsAdded {
         (status = 400, description = "Invalid numbers or zones, each named", body = crate::openapi::Problem),
         (status = 404, body = crate::openapi::Problem),
     ))]
-pub async fn add(
+pub(crate) async fn add(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<NewContacts>,

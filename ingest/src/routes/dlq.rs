@@ -47,7 +47,7 @@ pub struct ListQuery {
         (status = 400, description = "Invalid filter or limit", body = crate::openapi::Problem),
         (status = 503, description = "NATS unavailable", body = crate::openapi::Problem),
     ))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<ApiJson<Vec<DeadLetter>>, AppError> {
@@ -105,7 +105,7 @@ pub async fn list(
         (status = 404, description = "No such letter", body = crate::openapi::Problem),
         (status = 503, description = "NATS unavailable", body = crate::openapi::Problem),
     ))]
-pub async fn show(
+pub(crate) async fn show(
     State(state): State<AppState>,
     Path(seq): Path<String>,
 ) -> Result<ApiJson<DeadLetter>, AppError> {
@@ -125,7 +125,7 @@ pub async fn show(
         (status = 409, description = "The call's number is in another live call, or a parked message must be replayed by hand", body = crate::openapi::Problem),
         (status = 503, description = "NATS unavailable", body = crate::openapi::Problem),
     ))]
-pub async fn redrive(
+pub(crate) async fn redrive(
     State(state): State<AppState>,
     Path(seq): Path<String>,
 ) -> Result<ApiJson<Redriven>, AppError> {
@@ -144,7 +144,7 @@ pub async fn redrive(
         (status = 404, description = "No such letter", body = crate::openapi::Problem),
         (status = 503, description = "NATS unavailable", body = crate::openapi::Problem),
     ))]
-pub async fn discard(
+pub(crate) async fn discard(
     State(state): State<AppState>,
     Path(seq): Path<String>,
 ) -> Result<ApiJson<DeadLetter>, AppError> {

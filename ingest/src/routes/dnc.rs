@@ -92,7 +92,7 @@ fn phone(state: &AppState, input: &str) -> Result<PhoneNumber, AppError> {
         (status = 400, description = "Invalid numbers (each named), too many, or a bad reason", body = crate::openapi::Problem),
         (status = 404, description = "Unknown campaign", body = crate::openapi::Problem),
     ))]
-pub async fn add(
+pub(crate) async fn add(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<NewListing>,
 ) -> Result<ApiJson<Listed>, AppError> {
@@ -156,7 +156,7 @@ pub async fn add(
 #[utoipa::path(get, path = "/api/v1/dnc/{phone}", tag = "campaigns",
     params(("phone" = String, Path), ListQuery),
     responses((status = 200, body = Listing), (status = 404, description = "Not listed", body = crate::openapi::Problem)))]
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<AppState>,
     Path(input): Path<String>,
     ApiQuery(query): ApiQuery<ListQuery>,
@@ -181,7 +181,7 @@ pub async fn get(
 #[utoipa::path(delete, path = "/api/v1/dnc/{phone}", tag = "campaigns",
     params(("phone" = String, Path), ListQuery),
     responses((status = 204), (status = 404, description = "Not listed", body = crate::openapi::Problem)))]
-pub async fn remove(
+pub(crate) async fn remove(
     State(state): State<AppState>,
     Path(input): Path<String>,
     ApiQuery(query): ApiQuery<ListQuery>,

@@ -75,7 +75,7 @@ impl TokenView {
         (status = 403, description = "Only an admin token may manage tokens"),
         (status = 422, description = "An unknown role or field", body = crate::openapi::Problem),
     ))]
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<NewToken>,
 ) -> Result<(StatusCode, ApiJson<TokenView>), AppError> {
@@ -139,7 +139,7 @@ pub async fn create(
         (status = 200, body = Vec<TokenView>),
         (status = 403, description = "Only an admin token may manage tokens"),
     ))]
-pub async fn list(State(state): State<AppState>) -> ApiJson<Vec<TokenView>> {
+pub(crate) async fn list(State(state): State<AppState>) -> ApiJson<Vec<TokenView>> {
     let mut views: Vec<TokenView> = state
         .tokens
         .managed()
@@ -159,7 +159,7 @@ pub async fn list(State(state): State<AppState>) -> ApiJson<Vec<TokenView>> {
         (status = 403, description = "Only an admin token may manage tokens"),
         (status = 404, description = "No such token", body = crate::openapi::Problem),
     ))]
-pub async fn revoke(
+pub(crate) async fn revoke(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AppError> {

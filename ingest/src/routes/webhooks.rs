@@ -114,7 +114,7 @@ impl WebhookView {
         (status = 400, description = "Invalid URL, events or description", body = crate::openapi::Problem),
         (status = 422, description = "A private target, or an unknown field", body = crate::openapi::Problem),
     ))]
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<NewWebhook>,
 ) -> Result<(StatusCode, ApiJson<WebhookView>), AppError> {
@@ -147,7 +147,9 @@ pub async fn create(
 /// Every subscription, secrets left out.
 #[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks",
     responses((status = 200, body = Vec<WebhookView>)))]
-pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<WebhookView>>, AppError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+) -> Result<ApiJson<Vec<WebhookView>>, AppError> {
     let mut keys = state.webhooks.keys().await.map_err(AppError::unavailable)?;
     let mut views = Vec::new();
     while let Some(key) = keys.next().await {
@@ -173,7 +175,7 @@ pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<WebhookVi
         (status = 200, body = WebhookView),
         (status = 404, description = "No such webhook", body = crate::openapi::Problem),
     ))]
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<WebhookView>, AppError> {
@@ -192,7 +194,7 @@ pub async fn get(
         (status = 404, description = "No such webhook", body = crate::openapi::Problem),
         (status = 409, description = "Changed meanwhile; retry", body = crate::openapi::Problem),
     ))]
-pub async fn patch(
+pub(crate) async fn patch(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<WebhookPatch>,
@@ -259,7 +261,7 @@ async fn store(
         (status = 404, description = "No such webhook", body = crate::openapi::Problem),
         (status = 409, description = "Changed meanwhile; retry", body = crate::openapi::Problem),
     ))]
-pub async fn rotate_secret(
+pub(crate) async fn rotate_secret(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<WebhookView>, AppError> {
@@ -288,7 +290,7 @@ fn new_secret() -> String {
         (status = 204, description = "Removed"),
         (status = 404, description = "No such webhook", body = crate::openapi::Problem),
     ))]
-pub async fn delete(
+pub(crate) async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AppError> {
