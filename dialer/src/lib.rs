@@ -24,19 +24,19 @@
 //! - [`window`] puts off an attempt whose callee is outside the campaign's calling window.
 
 mod admission;
-pub mod call;
+pub(crate) mod call;
 pub mod carrier;
-pub mod dialing;
+pub(crate) mod dialing;
 mod expiry;
 pub mod frequency;
 mod known;
 pub mod outcomes;
-pub mod pacing;
-pub mod placements;
-pub mod sample;
-pub mod scheduled;
-pub mod window;
-pub mod worker;
+pub(crate) mod pacing;
+pub(crate) mod placements;
+pub(crate) mod sample;
+pub(crate) mod scheduled;
+pub(crate) mod window;
+pub(crate) mod worker;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 

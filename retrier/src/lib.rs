@@ -21,15 +21,15 @@
 //! [`dlq`] also holds the operator's actions (list, show, redrive, discard) that the
 //! `ccm-retrier dlq` subcommands run.
 
-pub mod advisories;
+pub(crate) mod advisories;
 pub mod dlq;
 pub mod expiry;
 pub mod history;
-pub mod outcome;
-pub mod reaper;
-pub mod retries;
-pub mod sample;
-pub mod window;
+pub(crate) mod outcome;
+pub(crate) mod reaper;
+pub(crate) mod retries;
+pub(crate) mod sample;
+pub(crate) mod window;
 
 use std::{future::Future, sync::Arc, time::Duration};
 

@@ -23,16 +23,16 @@
 //! batch, which the queue's unique index absorbs; a crash between a delivery and recording
 //! it repeats that one delivery. Receivers de-duplicate on `webhook-id`.
 
-pub mod campaigns;
-pub mod deliver;
-pub mod health;
+pub(crate) mod campaigns;
+pub(crate) mod deliver;
+pub(crate) mod health;
 pub mod lease;
-pub mod payload;
+pub(crate) mod payload;
 pub mod queue;
-pub mod sign;
+pub(crate) mod sign;
 pub mod subscriptions;
-pub mod target;
-pub mod workers;
+pub(crate) mod target;
+pub(crate) mod workers;
 
 use std::{sync::Arc, time::Duration};
 
