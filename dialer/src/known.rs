@@ -43,7 +43,7 @@ pub(crate) async fn outcome_stored(ctx: &CallContext, request: &DialRequest) -> 
     match latest(ctx, subjects::outcome(request.campaign_id, request.call_id)).await {
         Ok(outcome) => ends(outcome.as_ref(), request),
         Err(e) => {
-            tracing::debug!(error = %e, "cannot read the outcome yet");
+            tracing::debug!(error = %ccm_core::telemetry::chain(&e), "cannot read the outcome yet");
             false
         }
     }

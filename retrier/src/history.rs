@@ -162,8 +162,10 @@ async fn walk(
                 from = Some(message.sequence + 1);
                 match serde_json::from_slice::<CallEvent>(&message.payload) {
                     Ok(event) => found.push(event),
-                    Err(e) => tracing::warn!(%subject, seq = message.sequence, error = %e,
-                        "undecodable event skipped"),
+                    Err(e) => {
+                        tracing::warn!(%subject, seq = message.sequence, error = %ccm_core::telemetry::chain(&e),
+                        "undecodable event skipped")
+                    }
                 }
                 if until == Some(message.sequence) {
                     return Ok(found);

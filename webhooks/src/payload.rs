@@ -90,7 +90,7 @@ impl Enrichment {
         .fetch_all(pg)
         .await
         .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "call lookup for webhook payloads failed");
+            tracing::warn!(error = %ccm_core::telemetry::chain(&e), "call lookup for webhook payloads failed");
             Vec::new()
         })
         .into_iter()
