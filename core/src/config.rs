@@ -650,8 +650,8 @@ pub struct ProjectorConfig {
     pub batch_size: usize,
     /// How long a fetch waits to fill a batch.
     pub batch_wait_ms: u64,
-    /// How long a message that cannot be decoded waits before it is offered again; after the
-    /// consumer's `max_deliver` the server gives up on it and the retrier dead-letters it.
+    /// Unused: a message that cannot be applied is TERMed and parked at once
+    /// (`ccm_core::consumer`). Kept so that existing configuration files still load.
     pub poison_delay_ms: u64,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; none by default, since several
     /// processes may share a host (set e.g. `CCM_PROJECTOR__METRICS_LISTEN=0.0.0.0:9464`).

@@ -34,6 +34,7 @@ pub mod call_log;
 pub mod campaign;
 pub mod claims;
 pub mod config;
+pub mod consumer;
 pub mod contacts;
 pub mod dial_consumer;
 pub mod dlq;

@@ -51,6 +51,9 @@
 //! | `ccm_projector_ack_pending_messages` | gauge | `source` | delivered, not yet committed |
 //! | `ccm_projector_poison_total` | counter | `source` | messages set aside as undecodable or refused by PostgreSQL |
 //! | `ccm_projector_db_errors_total` | counter | `source` | batch writes that failed and were retried |
+//! | `ccm_consumer_messages_total` | counter | `consumer`, `decision` | messages decided through the consumer runtime (`ccm_core::consumer`): `ack`, `nak`, `term`, `abandoned` (left to `ack_wait`), `dropped` (undecided, NAKed) |
+//! | `ccm_consumer_poison_total` | counter | `consumer` | messages that can never be handled, whatever the consumer's poison policy then did (TERM, NAK, skip) |
+//! | `ccm_consumer_pull_errors_total` | counter | `consumer` | pull requests that failed and errors inside a pull |
 //!
 //! `source` is one of `CALLS`, `CALL_EVENTS`, `DLQ`, `KV_campaigns`, `KV_contacts`.
 
