@@ -16,7 +16,9 @@ use axum::{
 use ccm_core::{access::Role, metrics::counter, topology::names};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 
+use crate::routes::table::{Entry, GET, token};
 use crate::{
     AppState,
     auth::Identity,
@@ -162,7 +164,7 @@ pub struct AuditQuery {
         (status = 400, description = "A limit out of range, or a malformed query", body = crate::openapi::Problem),
         (status = 403, description = "Only an admin token may read the audit log"),
     ))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<ApiJson<Vec<Record>>, AppError> {
@@ -198,6 +200,11 @@ pub async fn list(
         }
     }
     Ok(ApiJson(records))
+}
+
+/// The audit log's route: an admin's.
+pub(crate) fn routes() -> Vec<Entry> {
+    vec![token(routes!(list)).admin().expensive(GET)]
 }
 
 #[cfg(test)]

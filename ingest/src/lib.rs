@@ -7,12 +7,16 @@
 //! - [`router`] builds the axum router from an [`AppState`]; [`run`] binds and serves it with
 //!   graceful shutdown; [`serve`] does the same on a listener the caller bound (tests bind
 //!   port 0), [`serve_state`] with a state the caller connected.
-//! - [`routes`]: one module per resource; [`routes::compat`] is the old system's API, kept
+//! - [`routes`]: one module per resource, each declaring its rows of the route table
+//!   ([`routes::table`]: path, access rule and OpenAPI operation of every route, declared
+//!   once); [`routes::compat`] is the old system's API, kept
 //!   exactly, with [`compat_error`] for its `{"error": …}` bodies. [`auth`]: the token check.
 //!   [`limits`]: per-token rate limits of the expensive routes.
 //!   [`error`]: the problem JSON every error of the resource API is answered with.
 //! - [`accept`]: claim + publish + answer after the ack, one call or many (pipelined).
 //!   Duplicate prevention (scope and window) is [`ccm_core::claims`].
+//! - `campaign_store`: the campaign documents in the `campaigns` bucket (read, create,
+//!   compare-and-set changes), for both APIs and the lifecycle task.
 //! - [`contacts`]: campaigns' phone numbers in the `contacts` bucket (read-your-writes).
 //!   [`campaign_cache`]: the `campaigns` bucket in memory, kept current by a watch;
 //!   [`dnc_cache`]: the do-not-call lists likewise.
@@ -25,6 +29,7 @@ pub mod accept;
 pub(crate) mod audit;
 pub mod auth;
 pub(crate) mod campaign_cache;
+mod campaign_store;
 pub(crate) mod compat_error;
 pub(crate) mod contacts;
 pub(crate) mod dashboard;

@@ -19,7 +19,7 @@ use ccm_core::{
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{AppState, routes::campaign_admin};
+use crate::{AppState, campaign_store};
 
 /// How often campaigns are checked. Completion is bookkeeping, not a deadline: a couple of
 /// seconds keeps the cost at a few requests per running campaign.
@@ -33,7 +33,7 @@ pub async fn run(state: AppState, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let campaigns = match crate::routes::campaigns::load_all(&state).await {
+        let campaigns = match campaign_store::load_all(&state).await {
             Ok(campaigns) => campaigns,
             Err(e) => {
                 tracing::debug!(error = ?e, "cannot list campaigns for completion");
@@ -69,7 +69,7 @@ async fn check(state: &AppState, campaign: &Campaign) -> Result<(), ProgressErro
 }
 
 async fn complete(state: &AppState, id: CampaignId, still: impl Fn(&Campaign) -> bool, why: &str) {
-    match campaign_admin::complete(state, id, still).await {
+    match campaign_store::complete(state, id, still).await {
         Ok(Some(_)) => tracing::info!(campaign = %id, why, "campaign completed"),
         Ok(None) => {}
         Err(e) => tracing::debug!(campaign = %id, error = ?e, "completion not written"),

@@ -41,7 +41,9 @@ use ccm_core::access::Need;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::routes;
 
+use crate::routes::table::{Entry, GET, POST, own, public, token, undocumented};
 use crate::{
     AppState,
     auth::{self, TokenId},
@@ -147,7 +149,7 @@ pub struct IssuedTicket {
         (status = 429, description = "Over the token's rate limit; see `Retry-After`", body = crate::openapi::Problem,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
-pub async fn ticket(
+pub(crate) async fn ticket(
     State(state): State<AppState>,
     axum::Extension(token): axum::Extension<TokenId>,
 ) -> ApiJson<IssuedTicket> {
@@ -191,7 +193,7 @@ pub struct SseEvent {
         (status = 429, description = "Over the token's rate limit (`rate_limited`) or its cap of open streams (`too_many_streams`); see `Retry-After`",
             body = crate::openapi::Problem, headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
-pub async fn events(
+pub(crate) async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
@@ -300,4 +302,15 @@ async fn forward(feed: Arc<Shared>, tx: mpsc::Sender<Event>, stop: CancellationT
             return;
         }
     }
+}
+
+/// The dashboard's page, its tickets and its stream.
+pub(crate) fn routes() -> Vec<Entry> {
+    vec![
+        // The page holds no data; it asks for the token.
+        public(undocumented("/", GET, axum::routing::get(page))),
+        token(routes!(ticket)).expensive(POST).reads(),
+        // Limited per token too, by the handler once it knows the token (see `expensive`).
+        own("a dashboard ticket or the API token", routes!(events)),
+    ]
 }

@@ -32,7 +32,9 @@ impl Live {
 pub(crate) fn live(known: &Known, hits: &[Hit], redact: impl Fn(&str) -> String) -> Live {
     let calls = known
         .iter()
-        .filter(|(_, rank)| !rank.is_some_and(|r| r >= i16::from(ccm_core::call_lifecycle::ENDED_RANK)))
+        .filter(|(_, rank)| {
+            !rank.is_some_and(|r| r >= i16::from(ccm_core::call_lifecycle::ENDED_RANK))
+        })
         .map(|(id, _)| *id)
         .collect();
     let claims = last_per_subject(hits.iter().filter(|h| bucket_of(h) == Some(CLAIMS)))

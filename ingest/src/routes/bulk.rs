@@ -87,7 +87,7 @@ fn rejected(index: usize, input: String, code: &'static str, detail: String) -> 
         (status = 413, description = "More items than bulk_max_items, or body too large", body = crate::openapi::Problem),
         (status = 415, description = "Neither application/json nor text/csv", body = crate::openapi::Problem),
     ))]
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<BulkQuery>,
     headers: HeaderMap,
@@ -111,7 +111,7 @@ pub async fn create(
             ),
         });
     }
-    let campaign = campaigns::load(&state, query.campaign_id)
+    let campaign = crate::campaign_store::load(&state, query.campaign_id)
         .await?
         .ok_or_else(|| campaigns::not_found(query.campaign_id))?;
     if let Some(why) = campaign.refusal_at(chrono::Utc::now()) {

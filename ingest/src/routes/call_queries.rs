@@ -75,7 +75,7 @@ fn read_error(e: sqlx::Error) -> AppError {
         (status = 400, description = "Not a UUID", body = crate::openapi::Problem),
         (status = 404, description = "Unknown (or not yet projected) call", body = crate::openapi::Problem),
     ))]
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<CallDetail>, AppError> {
@@ -129,7 +129,7 @@ pub struct CallPage {
         (status = 200, body = CallPage),
         (status = 400, description = "Invalid filter, limit or cursor", body = crate::openapi::Problem),
     ))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<ApiJson<CallPage>, AppError> {

@@ -17,7 +17,9 @@ use axum::{
 use ccm_core::{CallEvent, CallId, CampaignId, EventKind, OutcomeSource, twilio};
 use serde::Deserialize;
 use tracing::Instrument;
+use utoipa_axum::routes;
 
+use crate::routes::table::{Entry, own};
 use crate::{AppState, error::AppError};
 
 /// The attempt named in the callback URL's query.
@@ -55,7 +57,7 @@ fn forbidden(detail: &str) -> AppError {
         (status = 403, description = "X-Twilio-Signature missing or wrong", body = crate::openapi::Problem),
         (status = 503, description = "NATS unavailable", body = crate::openapi::Problem),
     ))]
-pub async fn twilio(
+pub(crate) async fn twilio(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
@@ -138,4 +140,9 @@ pub async fn twilio(
         .await
         .map_err(AppError::unavailable)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The carriers' signed callbacks.
+pub(crate) fn routes() -> Vec<Entry> {
+    vec![own("Twilio's signature", routes!(twilio))]
 }

@@ -25,7 +25,9 @@ use ccm_core::claims::ClaimError;
 use ccm_core::{CallId, CallStatus, CampaignId, DialRequest, PhoneNumber};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa_axum::routes;
 
+use crate::routes::table::{Entry, GET, POST, token};
 use crate::{
     AppState,
     accept::{self, AcceptError},
@@ -233,14 +235,14 @@ pub(crate) fn accept_error(phone: &PhoneNumber, e: AcceptError, window: u32) -> 
         (status = 422, description = "Wrong types, unknown or missing fields, or `idempotency_key_reused` (the key was used with another request)", body = crate::openapi::Problem),
         (status = 503, description = "Broker unavailable, nothing accepted; or `outcome_unknown`: the call may be queued, retry with the same Idempotency-Key to learn its outcome", body = crate::openapi::Problem),
     ))]
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<NewCall>,
 ) -> Result<(StatusCode, ApiJson<AcceptedCall>), AppError> {
     let phone = PhoneNumber::parse(&body.phone_number, state.config.phone_validation)
         .map_err(|e| AppError::bad_request("invalid_phone_number", e.to_string()))?;
-    let campaign = campaigns::load(&state, body.campaign_id)
+    let campaign = crate::campaign_store::load(&state, body.campaign_id)
         .await?
         .ok_or_else(|| campaigns::not_found(body.campaign_id))?;
     if let Some(why) = campaign.refusal_at(chrono::Utc::now()) {
@@ -404,6 +406,17 @@ async fn reserve(
             }
         }
     }
+}
+
+/// The calls' routes.
+pub(crate) fn routes() -> Vec<Entry> {
+    use super::{bulk, call_queries};
+    vec![
+        // Creating a call is the hot path and stays unlimited; listing is a query.
+        token(routes!(create, call_queries::list)).expensive(GET),
+        token(routes!(call_queries::get)),
+        token(routes!(bulk::create)).expensive(POST),
+    ]
 }
 
 #[cfg(test)]

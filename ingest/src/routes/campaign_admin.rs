@@ -1,16 +1,13 @@
 //! Changing a campaign: `PATCH /api/v1/campaigns/{id}` (settings),
 //! `POST /api/v1/campaigns/{id}/pause|resume|cancel` (state), and `GET …/stats`.
 //!
-//! Changes are compare-and-set updates of the campaign document in the `campaigns` bucket,
+//! Changes are compare-and-set updates of the campaign document ([`crate::campaign_store`]),
 //! so two concurrent edits never lose one. Ingest only changes the document: the dialer
 //! watches the bucket and reacts (stops pulling when paused, terminates queued calls when
-//! cancelled). The document is written first, then the campaign's dial consumer is brought
-//! in line with it (cap, server-side pause; [`ccm_core::dial_consumer`]); a crash between
-//! the two is repaired by the dialer's reconcile, never the other way round.
+//! cancelled).
 
 use std::collections::BTreeMap;
 
-use async_nats::jetstream::kv;
 use axum::extract::{Path, State};
 use ccm_core::PolicyOverride;
 use ccm_core::lifecycle::Action;
@@ -19,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AppState,
+    AppState, campaign_store,
     error::{ApiJson, AppError},
     routes::campaigns::{self, MAX_NAME_CHARS},
 };
@@ -203,51 +200,6 @@ fn parse_id(id: &str) -> Result<CampaignId, AppError> {
         .map_err(|e: ccm_core::ids::IdError| AppError::bad_request("invalid_id", e.to_string()))
 }
 
-/// Reads the document, applies `change`, and writes it back if nobody wrote in between
-/// (otherwise reads again).
-async fn update(
-    state: &AppState,
-    id: CampaignId,
-    mut change: impl FnMut(&mut Campaign) -> Result<(), AppError>,
-) -> Result<Campaign, AppError> {
-    for _ in 0..20 {
-        let entry = state
-            .campaigns
-            .entry(id.to_string())
-            .await
-            .map_err(AppError::unavailable)?;
-        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-            return Err(campaigns::not_found(id));
-        };
-        let mut campaign: Campaign =
-            serde_json::from_slice(&entry.value).map_err(AppError::internal)?;
-        change(&mut campaign)?;
-        campaign.updated_at = Utc::now();
-        let document = serde_json::to_vec(&campaign).map_err(AppError::internal)?;
-        match state
-            .campaigns
-            .update(id.to_string(), document.into(), entry.revision)
-            .await
-        {
-            Ok(revision) => {
-                state.campaign_cache.put(revision, campaign.clone());
-                // The document is the truth and is written: the change stands even if the
-                // consumer cannot follow now (the dialer's reconcile brings it in line).
-                if let Err(e) = state.dial_consumers.reconcile(&state.campaigns, id).await {
-                    tracing::warn!(%id, error = %e, "dial consumer not brought in line yet");
-                }
-                return Ok(campaign);
-            }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-            Err(e) => return Err(AppError::unavailable(e)),
-        }
-    }
-    Err(AppError::conflict(
-        "concurrent_update",
-        "the campaign kept changing; retry",
-    ))
-}
-
 /// Changes settings; absent fields stay.
 #[utoipa::path(patch, path = "/api/v1/campaigns/{id}", tag = "campaigns", params(("id" = u64, Path)),
     request_body = CampaignPatch,
@@ -257,7 +209,7 @@ async fn update(
         (status = 404, body = crate::openapi::Problem),
         (status = 422, body = crate::openapi::Problem),
     ))]
-pub async fn patch(
+pub(crate) async fn patch(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<CampaignPatch>,
@@ -278,7 +230,7 @@ pub async fn patch(
             "max_concurrent_calls and max_attempts must be at least 1",
         ));
     }
-    update(&state, id, |c| {
+    campaign_store::update(&state, id, |c| {
         if c.state.is_final() {
             return Err(AppError::conflict(
                 "campaign_ended",
@@ -340,7 +292,7 @@ async fn set_state(
     action: Action,
 ) -> Result<ApiJson<Campaign>, AppError> {
     let id = parse_id(id)?;
-    update(state, id, |c| {
+    campaign_store::update(state, id, |c| {
         c.apply(action, Utc::now()).map_err(|e| {
             let code = match e.from {
                 CampaignState::Cancelled => "campaign_cancelled",
@@ -352,29 +304,6 @@ async fn set_state(
     })
     .await
     .map(ApiJson)
-}
-
-/// Completes a campaign on the system's behalf (end date passed, or no call left), unless
-/// it changed meanwhile so that the check no longer holds: `still` is asked again on the
-/// document actually replaced.
-pub(crate) async fn complete(
-    state: &AppState,
-    id: CampaignId,
-    still: impl Fn(&Campaign) -> bool,
-) -> Result<Option<Campaign>, AppError> {
-    let mut changed = false;
-    let campaign = update(state, id, |c| {
-        changed = false;
-        if !still(c) {
-            return Ok(());
-        }
-        c.apply(Action::Complete, Utc::now())
-            .map_err(|e| AppError::conflict("invalid_transition", e.to_string()))?;
-        changed = true;
-        Ok(())
-    })
-    .await?;
-    Ok(changed.then_some(campaign))
 }
 
 /// `?call_contacts=true`: start by calling every contact of the campaign.
@@ -399,7 +328,7 @@ pub struct Started {
 /// duplicate refusals counted), so the campaign cannot complete before they are queued.
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/start", tag = "campaigns", params(("id" = u64, Path), StartQuery),
     responses((status = 200, description = "The campaign, with `contacts_called` counts when asked", body = crate::openapi::Campaign), (status = 404, body = crate::openapi::Problem), (status = 409, description = "Not a draft", body = crate::openapi::Problem)))]
-pub async fn start(
+pub(crate) async fn start(
     State(state): State<AppState>,
     Path(id): Path<String>,
     crate::error::ApiQuery(query): crate::error::ApiQuery<StartQuery>,
@@ -407,7 +336,7 @@ pub async fn start(
     let mut contacts_called = None;
     if query.call_contacts {
         let campaign_id = parse_id(&id)?;
-        let campaign = campaigns::load(&state, campaign_id)
+        let campaign = crate::campaign_store::load(&state, campaign_id)
             .await?
             .ok_or_else(|| campaigns::not_found(campaign_id))?;
         if let Err(e) = campaign.transition(Action::Start) {
@@ -435,7 +364,7 @@ pub async fn start(
 /// Dialers stop pulling the campaign's calls; they wait queued.
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/pause", tag = "campaigns", params(("id" = u64, Path)),
     responses((status = 200, body = crate::openapi::Campaign), (status = 404, body = crate::openapi::Problem), (status = 409, body = crate::openapi::Problem)))]
-pub async fn pause(
+pub(crate) async fn pause(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Campaign>, AppError> {
@@ -445,7 +374,7 @@ pub async fn pause(
 /// Dialing continues.
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/resume", tag = "campaigns", params(("id" = u64, Path)),
     responses((status = 200, body = crate::openapi::Campaign), (status = 404, body = crate::openapi::Problem), (status = 409, description = "Cancelled for good", body = crate::openapi::Problem)))]
-pub async fn resume(
+pub(crate) async fn resume(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Campaign>, AppError> {
@@ -455,7 +384,7 @@ pub async fn resume(
 /// Queued calls end CANCELLED; no new calls are accepted.
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/cancel", tag = "campaigns", params(("id" = u64, Path)),
     responses((status = 200, body = crate::openapi::Campaign), (status = 404, body = crate::openapi::Problem), (status = 409, description = "Completed", body = crate::openapi::Problem)))]
-pub async fn cancel(
+pub(crate) async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Campaign>, AppError> {
@@ -482,12 +411,12 @@ pub struct CampaignStats {
 /// Progress: calls by status, live, queued, retrying, dead letters.
 #[utoipa::path(get, path = "/api/v1/campaigns/{id}/stats", tag = "campaigns", params(("id" = u64, Path)),
     responses((status = 200, body = CampaignStats), (status = 404, body = crate::openapi::Problem)))]
-pub async fn stats(
+pub(crate) async fn stats(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<CampaignStats>, AppError> {
     let id = parse_id(&id)?;
-    let campaign = campaigns::load(&state, id)
+    let campaign = crate::campaign_store::load(&state, id)
         .await?
         .ok_or_else(|| campaigns::not_found(id))?;
     let (free, queued) = campaigns::live_and_queued(&state, &campaign).await?;

@@ -1,6 +1,5 @@
 //! `POST /api/v1/campaigns` and `GET /api/v1/campaigns/{id}` of the resource API.
 
-use async_nats::jetstream::kv;
 use axum::{
     extract::{Path, State},
     http::StatusCode,
@@ -8,9 +7,12 @@ use axum::{
 use ccm_core::{Campaign, CampaignId, CampaignState};
 use chrono::Utc;
 use serde::Deserialize;
+use utoipa_axum::routes;
 
+use crate::routes::table::{Entry, GET, POST, token};
 use crate::{
     AppState,
+    campaign_store::{StoreError, load, load_all},
     error::{ApiJson, AppError},
 };
 
@@ -88,7 +90,7 @@ pub struct NewCampaign {
         (status = 400, description = "Invalid name, limits or schedule", body = crate::openapi::Problem),
         (status = 422, description = "Wrong types or unknown fields", body = crate::openapi::Problem),
     ))]
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<NewCampaign>,
 ) -> Result<(StatusCode, ApiJson<Campaign>), AppError> {
@@ -121,61 +123,53 @@ pub(crate) async fn create_campaign(
             "max_concurrent_calls and max_attempts must be at least 1",
         ));
     }
-    let id = next_campaign_id(&state.counters).await?;
     let now = Utc::now();
-    let mut campaign = Campaign {
-        id,
-        name: name.to_owned(),
-        description: body.description,
-        is_active: body.is_active.unwrap_or(true),
-        state: if body.draft {
-            CampaignState::Draft
-        } else {
-            CampaignState::Running
-        },
-        max_concurrent_calls,
-        max_attempts,
-        created_at: now,
-        updated_at: now,
-        time_zone: None,
-        calling_window: None,
-        calling_hours: None,
-        blackout_dates: Vec::new(),
-        max_call_duration_secs: super::campaign_admin::call_duration(body.max_call_duration_secs)?,
-        retry_policy: None,
-        starts_at: None,
-        ends_at: None,
-        complete_when_empty: false,
-        max_calls_per_second: super::campaign_admin::calls_per_second(body.max_calls_per_second)?,
-        answering_machine: body.answering_machine.unwrap_or_default(),
-        purpose: body.purpose.unwrap_or_default(),
-        ring_timeout_secs: body.ring_timeout_secs,
-        ended_at: None,
-    };
-    super::campaign_admin::check_ring_time(&campaign)?;
-    super::campaign_admin::apply_dates(&mut campaign, body.starts_at, body.ends_at, now)?;
-    super::campaign_admin::apply_hours(&mut campaign, body.calling_hours, body.blackout_dates)?;
-    super::campaign_admin::apply_schedule(
-        &mut campaign,
-        body.time_zone,
-        body.calling_window,
-        body.retry_policy,
-    )?;
-    // The consumer first: a campaign visible in the bucket must already have somewhere for
-    // its calls to go (paused already if the campaign is held).
-    state
-        .dial_consumers
-        .ensure(&campaign)
-        .await
-        .map_err(AppError::unavailable)?;
-    let document = serde_json::to_vec(&campaign).map_err(AppError::internal)?;
-    let revision = state
-        .campaigns
-        .create(id.to_string(), document.into())
-        .await
-        .map_err(AppError::unavailable)?;
-    state.campaign_cache.put(revision, campaign.clone());
-    Ok(campaign)
+    crate::campaign_store::create(state, |id| {
+        let mut campaign = Campaign {
+            id,
+            name: name.to_owned(),
+            description: body.description,
+            is_active: body.is_active.unwrap_or(true),
+            state: if body.draft {
+                CampaignState::Draft
+            } else {
+                CampaignState::Running
+            },
+            max_concurrent_calls,
+            max_attempts,
+            created_at: now,
+            updated_at: now,
+            time_zone: None,
+            calling_window: None,
+            calling_hours: None,
+            blackout_dates: Vec::new(),
+            max_call_duration_secs: super::campaign_admin::call_duration(
+                body.max_call_duration_secs,
+            )?,
+            retry_policy: None,
+            starts_at: None,
+            ends_at: None,
+            complete_when_empty: false,
+            max_calls_per_second: super::campaign_admin::calls_per_second(
+                body.max_calls_per_second,
+            )?,
+            answering_machine: body.answering_machine.unwrap_or_default(),
+            purpose: body.purpose.unwrap_or_default(),
+            ring_timeout_secs: body.ring_timeout_secs,
+            ended_at: None,
+        };
+        super::campaign_admin::check_ring_time(&campaign)?;
+        super::campaign_admin::apply_dates(&mut campaign, body.starts_at, body.ends_at, now)?;
+        super::campaign_admin::apply_hours(&mut campaign, body.calling_hours, body.blackout_dates)?;
+        super::campaign_admin::apply_schedule(
+            &mut campaign,
+            body.time_zone,
+            body.calling_window,
+            body.retry_policy,
+        )?;
+        Ok(campaign)
+    })
+    .await
 }
 
 /// Every campaign (the resource API's list).
@@ -185,8 +179,10 @@ pub(crate) async fn create_campaign(
         (status = 429, description = "Over the token's rate limit (`rate_limited`); see `Retry-After`", body = crate::openapi::Problem,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
-pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<Campaign>>, AppError> {
-    load_all(&state).await.map(ApiJson)
+pub(crate) async fn list(
+    State(state): State<AppState>,
+) -> Result<ApiJson<Vec<Campaign>>, AppError> {
+    Ok(ApiJson(load_all(&state).await?))
 }
 
 /// Reads one campaign from the bucket.
@@ -196,7 +192,7 @@ pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<Campaign>
         (status = 200, body = crate::openapi::Campaign),
         (status = 404, body = crate::openapi::Problem),
     ))]
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Campaign>, AppError> {
@@ -216,49 +212,20 @@ pub(crate) fn not_found(id: CampaignId) -> AppError {
     )
 }
 
-/// The campaign document, if it exists.
-pub(crate) async fn load(state: &AppState, id: CampaignId) -> Result<Option<Campaign>, AppError> {
-    if let Some(campaign) = state.campaign_cache.get(id) {
-        return Ok(Some(campaign));
-    }
-    let entry = state
-        .campaigns
-        .entry(id.to_string())
-        .await
-        .map_err(AppError::unavailable)?;
-    let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-        return Ok(None);
-    };
-    serde_json::from_slice::<Campaign>(&entry.value)
-        .map(|campaign| {
-            state.campaign_cache.put(entry.revision, campaign.clone());
-            Some(campaign)
-        })
-        .map_err(AppError::internal)
-}
-
-/// Every campaign document, by id.
-pub(crate) async fn load_all(state: &AppState) -> Result<Vec<Campaign>, AppError> {
-    use futures::TryStreamExt;
-    let keys: Vec<String> = state
-        .campaigns
-        .keys()
-        .await
-        .map_err(AppError::unavailable)?
-        .try_collect()
-        .await
-        .map_err(AppError::unavailable)?;
-    let mut all = Vec::with_capacity(keys.len());
-    for key in keys {
-        let Ok(id) = key.parse::<CampaignId>() else {
-            continue;
-        };
-        if let Some(campaign) = load(state, id).await? {
-            all.push(campaign);
+/// How the store's errors are answered.
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => not_found(id),
+            StoreError::Contended => {
+                AppError::conflict("concurrent_update", "the campaign kept changing; retry")
+            }
+            StoreError::Document { .. } | StoreError::InvalidId(_) => AppError::internal(e),
+            StoreError::Unavailable(_) | StoreError::Consumer(_) | StoreError::IdContended => {
+                AppError::unavailable(e)
+            }
         }
     }
-    all.sort_by_key(|c| c.id);
-    Ok(all)
 }
 
 /// Free slots under the campaign's cap and calls waiting in its queue, from its dial
@@ -281,36 +248,18 @@ pub(crate) async fn live_and_queued(
     Ok((cap.saturating_sub(info.num_ack_pending), queued))
 }
 
-/// Allocates the next campaign id with compare-and-set on the `counters` bucket, so several
-/// ingest replicas never hand out the same id.
-async fn next_campaign_id(counters: &kv::Store) -> Result<CampaignId, AppError> {
-    const KEY: &str = "campaign";
-    for _ in 0..100 {
-        let entry = counters.entry(KEY).await.map_err(AppError::unavailable)?;
-        let result = match entry.filter(|e| e.operation == kv::Operation::Put) {
-            None => counters.create(KEY, "1".into()).await.map(|_| 1),
-            Some(entry) => {
-                let current: u64 = std::str::from_utf8(&entry.value)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                let next = current + 1;
-                counters
-                    .update(KEY, next.to_string().into(), entry.revision)
-                    .await
-                    .map(|_| next)
-                    // A wrong revision becomes `AlreadyExists`: someone else moved the counter.
-                    .map_err(kv::CreateError::from)
-            }
-        };
-        match result {
-            Ok(id) => return CampaignId::new(id).map_err(AppError::internal),
-            // Another replica took this id; read the counter again.
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(AppError::unavailable(e)),
-        }
-    }
-    Err(AppError::unavailable(std::io::Error::other(
-        "campaign id allocation kept conflicting",
-    )))
+/// The campaigns' routes: documents, state changes, contacts.
+pub(crate) fn routes() -> Vec<Entry> {
+    use super::{campaign_admin as admin, contact_import, contacts};
+    vec![
+        token(routes!(create, list)).expensive(GET),
+        token(routes!(get, admin::patch)),
+        token(routes!(contacts::add)),
+        token(routes!(contact_import::import)).expensive(POST),
+        token(routes!(admin::start)),
+        token(routes!(admin::pause)),
+        token(routes!(admin::resume)),
+        token(routes!(admin::cancel)),
+        token(routes!(admin::stats)),
+    ]
 }

@@ -69,7 +69,7 @@ pub struct ImportResult {
         (status = 400, description = "No header, no phone_number column, not UTF-8, or a line too long", body = crate::openapi::Problem),
         (status = 404, body = crate::openapi::Problem),
     ))]
-pub async fn import(
+pub(crate) async fn import(
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Body,
@@ -77,7 +77,7 @@ pub async fn import(
     let id: CampaignId = id
         .parse()
         .map_err(|e: ccm_core::ids::IdError| AppError::bad_request("invalid_id", e.to_string()))?;
-    campaigns::load(&state, id)
+    crate::campaign_store::load(&state, id)
         .await?
         .ok_or_else(|| campaigns::not_found(id))?;
     let mut import = Import {

@@ -50,7 +50,7 @@ pub struct ContactsAdded {
         (status = 400, description = "Invalid numbers or zones, each named", body = crate::openapi::Problem),
         (status = 404, body = crate::openapi::Problem),
     ))]
-pub async fn add(
+pub(crate) async fn add(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<NewContacts>,
@@ -64,7 +64,7 @@ pub async fn add(
             format!("contacts must hold 1 to {MAX_CONTACTS} items"),
         ));
     }
-    campaigns::load(&state, id)
+    crate::campaign_store::load(&state, id)
         .await?
         .ok_or_else(|| campaigns::not_found(id))?;
     let now = Utc::now();

@@ -10,7 +10,9 @@ use ccm_core::{
     dlq::{DeadLetter, Dlq, DlqError, Filter, Redriven},
 };
 use serde::Deserialize;
+use utoipa_axum::routes;
 
+use crate::routes::table::{Entry, GET, token};
 use crate::{
     AppState,
     error::{ApiJson, AppError},
@@ -45,7 +47,7 @@ pub struct ListQuery {
         (status = 400, description = "Invalid filter or limit", body = crate::openapi::Problem),
         (status = 503, description = "NATS unavailable", body = crate::openapi::Problem),
     ))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<ApiJson<Vec<DeadLetter>>, AppError> {
@@ -103,7 +105,7 @@ pub async fn list(
         (status = 404, description = "No such letter", body = crate::openapi::Problem),
         (status = 503, description = "NATS unavailable", body = crate::openapi::Problem),
     ))]
-pub async fn show(
+pub(crate) async fn show(
     State(state): State<AppState>,
     Path(seq): Path<String>,
 ) -> Result<ApiJson<DeadLetter>, AppError> {
@@ -123,7 +125,7 @@ pub async fn show(
         (status = 409, description = "The call's number is in another live call, or a parked message must be replayed by hand", body = crate::openapi::Problem),
         (status = 503, description = "NATS unavailable", body = crate::openapi::Problem),
     ))]
-pub async fn redrive(
+pub(crate) async fn redrive(
     State(state): State<AppState>,
     Path(seq): Path<String>,
 ) -> Result<ApiJson<Redriven>, AppError> {
@@ -142,7 +144,7 @@ pub async fn redrive(
         (status = 404, description = "No such letter", body = crate::openapi::Problem),
         (status = 503, description = "NATS unavailable", body = crate::openapi::Problem),
     ))]
-pub async fn discard(
+pub(crate) async fn discard(
     State(state): State<AppState>,
     Path(seq): Path<String>,
 ) -> Result<ApiJson<DeadLetter>, AppError> {
@@ -179,4 +181,13 @@ fn problem(e: DlqError) -> AppError {
         e @ DlqError::ReplayByHand { .. } => AppError::conflict("replay_by_hand", e.to_string()),
         e => AppError::unavailable(e),
     }
+}
+
+/// The dead letters' routes.
+pub(crate) fn routes() -> Vec<Entry> {
+    vec![
+        token(routes!(list)).expensive(GET),
+        token(routes!(show, discard)),
+        token(routes!(redrive)),
+    ]
 }

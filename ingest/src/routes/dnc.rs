@@ -17,7 +17,9 @@ use ccm_core::{
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 
+use crate::routes::table::{Entry, token};
 use crate::{
     AppState,
     error::{ApiJson, ApiQuery, AppError},
@@ -72,7 +74,7 @@ async fn list_of(state: &AppState, campaign: Option<u64>) -> Result<DncList, App
     };
     let id = CampaignId::new(id)
         .map_err(|e| AppError::bad_request("invalid_campaign_id", e.to_string()))?;
-    campaigns::load(state, id)
+    crate::campaign_store::load(state, id)
         .await?
         .ok_or_else(|| campaigns::not_found(id))?;
     Ok(DncList::Campaign(id))
@@ -90,7 +92,7 @@ fn phone(state: &AppState, input: &str) -> Result<PhoneNumber, AppError> {
         (status = 400, description = "Invalid numbers (each named), too many, or a bad reason", body = crate::openapi::Problem),
         (status = 404, description = "Unknown campaign", body = crate::openapi::Problem),
     ))]
-pub async fn add(
+pub(crate) async fn add(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<NewListing>,
 ) -> Result<ApiJson<Listed>, AppError> {
@@ -154,7 +156,7 @@ pub async fn add(
 #[utoipa::path(get, path = "/api/v1/dnc/{phone}", tag = "campaigns",
     params(("phone" = String, Path), ListQuery),
     responses((status = 200, body = Listing), (status = 404, description = "Not listed", body = crate::openapi::Problem)))]
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<AppState>,
     Path(input): Path<String>,
     ApiQuery(query): ApiQuery<ListQuery>,
@@ -179,7 +181,7 @@ pub async fn get(
 #[utoipa::path(delete, path = "/api/v1/dnc/{phone}", tag = "campaigns",
     params(("phone" = String, Path), ListQuery),
     responses((status = 204), (status = 404, description = "Not listed", body = crate::openapi::Problem)))]
-pub async fn remove(
+pub(crate) async fn remove(
     State(state): State<AppState>,
     Path(input): Path<String>,
     ApiQuery(query): ApiQuery<ListQuery>,
@@ -222,4 +224,9 @@ pub async fn remove(
 
 fn not_listed(phone: &PhoneNumber) -> AppError {
     AppError::not_found("not_listed", format!("{phone} is not on this list"))
+}
+
+/// The do-not-call lists' routes.
+pub(crate) fn routes() -> Vec<Entry> {
+    vec![token(routes!(add)), token(routes!(get, remove))]
 }

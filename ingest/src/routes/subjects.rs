@@ -4,12 +4,22 @@
 
 use axum::extract::{Path, State};
 use ccm_core::PhoneNumber;
+use utoipa_axum::routes;
 
+use crate::routes::table::{Entry, token};
 use crate::{
     AppState,
     erase::{self, EraseError},
     error::{ApiJson, AppError},
 };
+
+/// A person's data is an admin's, each of its two routes.
+pub(crate) fn routes() -> Vec<Entry> {
+    vec![
+        token(routes!(export)).admin(),
+        token(routes!(erase)).admin(),
+    ]
+}
 
 fn phone(state: &AppState, input: &str) -> Result<PhoneNumber, AppError> {
     PhoneNumber::parse(input, state.config.phone_validation)

@@ -16,7 +16,9 @@ use ccm_core::access::{Role, StoredToken};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa_axum::routes;
 
+use crate::routes::table::{Entry, token};
 use crate::{
     AppState,
     error::{ApiJson, AppError},
@@ -73,7 +75,7 @@ impl TokenView {
         (status = 403, description = "Only an admin token may manage tokens"),
         (status = 422, description = "An unknown role or field", body = crate::openapi::Problem),
     ))]
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<NewToken>,
 ) -> Result<(StatusCode, ApiJson<TokenView>), AppError> {
@@ -137,7 +139,7 @@ pub async fn create(
         (status = 200, body = Vec<TokenView>),
         (status = 403, description = "Only an admin token may manage tokens"),
     ))]
-pub async fn list(State(state): State<AppState>) -> ApiJson<Vec<TokenView>> {
+pub(crate) async fn list(State(state): State<AppState>) -> ApiJson<Vec<TokenView>> {
     let mut views: Vec<TokenView> = state
         .tokens
         .managed()
@@ -157,7 +159,7 @@ pub async fn list(State(state): State<AppState>) -> ApiJson<Vec<TokenView>> {
         (status = 403, description = "Only an admin token may manage tokens"),
         (status = 404, description = "No such token", body = crate::openapi::Problem),
     ))]
-pub async fn revoke(
+pub(crate) async fn revoke(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AppError> {
@@ -186,4 +188,12 @@ pub async fn revoke(
     state.tokens.managed().set(&id, u64::MAX, None);
     tracing::info!(%id, "API token revoked");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The tokens' routes: an admin's.
+pub(crate) fn routes() -> Vec<Entry> {
+    vec![
+        token(routes!(create, list)).admin(),
+        token(routes!(revoke)).admin(),
+    ]
 }

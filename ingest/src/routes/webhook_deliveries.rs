@@ -102,7 +102,7 @@ fn status_filter(status: Option<&str>) -> Result<Option<StatusFilter>, AppError>
         (status = 400, description = "Invalid filter, limit or cursor", body = crate::openapi::Problem),
         (status = 404, description = "No such webhook", body = crate::openapi::Problem),
     ))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<DeliveryQuery>,
@@ -170,7 +170,7 @@ pub struct Redelivery {
         (status = 202, description = "Queued on the endpoint's manual lane", body = Redelivery),
         (status = 404, description = "No such webhook or message", body = crate::openapi::Problem),
     ))]
-pub async fn redeliver(
+pub(crate) async fn redeliver(
     State(state): State<AppState>,
     Path((id, msg_id)): Path<(String, String)>,
 ) -> Result<(StatusCode, ApiJson<Redelivery>), AppError> {
@@ -209,7 +209,7 @@ pub struct Replay {
         (status = 400, description = "`since` is in the future", body = crate::openapi::Problem),
         (status = 404, description = "No such webhook", body = crate::openapi::Problem),
     ))]
-pub async fn replay(
+pub(crate) async fn replay(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Replay>,

@@ -22,7 +22,9 @@ use ccm_core::{
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 
+use crate::routes::table::{Entry, GET, token};
 use crate::{
     AppState,
     error::{ApiJson, AppError},
@@ -112,7 +114,7 @@ impl WebhookView {
         (status = 400, description = "Invalid URL, events or description", body = crate::openapi::Problem),
         (status = 422, description = "A private target, or an unknown field", body = crate::openapi::Problem),
     ))]
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<NewWebhook>,
 ) -> Result<(StatusCode, ApiJson<WebhookView>), AppError> {
@@ -145,7 +147,9 @@ pub async fn create(
 /// Every subscription, secrets left out.
 #[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks",
     responses((status = 200, body = Vec<WebhookView>)))]
-pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<WebhookView>>, AppError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+) -> Result<ApiJson<Vec<WebhookView>>, AppError> {
     let mut keys = state.webhooks.keys().await.map_err(AppError::unavailable)?;
     let mut views = Vec::new();
     while let Some(key) = keys.next().await {
@@ -171,7 +175,7 @@ pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<WebhookVi
         (status = 200, body = WebhookView),
         (status = 404, description = "No such webhook", body = crate::openapi::Problem),
     ))]
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<WebhookView>, AppError> {
@@ -190,7 +194,7 @@ pub async fn get(
         (status = 404, description = "No such webhook", body = crate::openapi::Problem),
         (status = 409, description = "Changed meanwhile; retry", body = crate::openapi::Problem),
     ))]
-pub async fn patch(
+pub(crate) async fn patch(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<WebhookPatch>,
@@ -257,7 +261,7 @@ async fn store(
         (status = 404, description = "No such webhook", body = crate::openapi::Problem),
         (status = 409, description = "Changed meanwhile; retry", body = crate::openapi::Problem),
     ))]
-pub async fn rotate_secret(
+pub(crate) async fn rotate_secret(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<WebhookView>, AppError> {
@@ -286,7 +290,7 @@ fn new_secret() -> String {
         (status = 204, description = "Removed"),
         (status = 404, description = "No such webhook", body = crate::openapi::Problem),
     ))]
-pub async fn delete(
+pub(crate) async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AppError> {
@@ -392,6 +396,19 @@ pub fn check_url(raw: &str, allow_private: bool) -> Result<String, AppError> {
         });
     }
     Ok(url.to_string())
+}
+
+/// The webhook subscriptions' routes, with their delivery log.
+pub(crate) fn routes() -> Vec<Entry> {
+    use super::webhook_deliveries as deliveries;
+    vec![
+        token(routes!(create, list)),
+        token(routes!(get, patch, delete)),
+        token(routes!(rotate_secret)),
+        token(routes!(deliveries::list)).expensive(GET),
+        token(routes!(deliveries::redeliver)),
+        token(routes!(deliveries::replay)),
+    ]
 }
 
 #[cfg(test)]

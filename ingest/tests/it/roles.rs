@@ -66,7 +66,7 @@ async fn each_role_reaches_exactly_the_routes_and_methods_it_may() {
         let Access::Token(rule) = row.access else {
             continue;
         };
-        let url = format!("{}{}", api.base, concrete(row.path));
+        let url = format!("{}{}", api.base, concrete(&row.path));
         for method in methods() {
             for (token, role) in [
                 (VIEWER, Role::Viewer),

@@ -32,7 +32,7 @@ use crate::{
         (status = 404, description = "Call not found", body = crate::openapi::CompatError),
         (status = 503, description = "Broker unavailable; retry_after 60", body = crate::openapi::CompatError),
     ))]
-pub async fn callback(
+pub(crate) async fn callback(
     State(state): State<AppState>,
     CompatJson(body): CompatJson,
 ) -> Result<axum::Json<Value>, CompatError> {

@@ -49,7 +49,7 @@ pub(crate) fn call_log(campaign: &Campaign, request: &DialRequest) -> Value {
         (status = 429, description = "Call to <number> already in progress (or within the duplicate window)", body = crate::openapi::CompatError),
         (status = 503, description = "Broker unavailable", body = crate::openapi::CompatError),
     ))]
-pub async fn initiate(
+pub(crate) async fn initiate(
     State(state): State<AppState>,
     CompatJson(body): CompatJson,
 ) -> Result<(StatusCode, axum::Json<Value>), CompatError> {
@@ -95,7 +95,7 @@ pub async fn initiate(
         (status = 400, description = "Missing campaign_id, no numbers, or invalid numbers (up to 5 named)", body = crate::openapi::CompatError),
         (status = 404, description = "Campaign not found or inactive", body = crate::openapi::CompatError),
     ))]
-pub async fn bulk(
+pub(crate) async fn bulk(
     State(state): State<AppState>,
     CompatJson(body): CompatJson,
 ) -> Result<(StatusCode, axum::Json<Value>), CompatError> {

@@ -38,8 +38,8 @@ async fn campaign_json(state: &AppState, campaign: &Campaign) -> Result<Value, C
 /// Active campaigns, oldest first.
 #[utoipa::path(get, path = "/api/v1/campaigns/", tag = "compatible",
     responses((status = 200, description = "Array of campaigns with phone_numbers and phone_count", body = Vec<Object>)))]
-pub async fn list(State(state): State<AppState>) -> Result<axum::Json<Value>, CompatError> {
-    let all = campaigns::load_all(&state)
+pub(crate) async fn list(State(state): State<AppState>) -> Result<axum::Json<Value>, CompatError> {
+    let all = crate::campaign_store::load_all(&state)
         .await
         .map_err(CompatError::unavailable)?;
     let mut answer = Vec::new();
@@ -62,7 +62,7 @@ fn field_error(field: &str, message: &str) -> CompatError {
         (status = 201, description = "{id, name, description, is_active, created_at, updated_at, phone_numbers, phone_count}", body = Object),
         (status = 400, description = "Field errors: {\"<field>\": [\"<message>\"]}", body = Object),
     ))]
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     CompatJson(body): CompatJson,
 ) -> Result<(StatusCode, axum::Json<Value>), CompatError> {
@@ -125,13 +125,13 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/api/v1/campaigns/{id}/", tag = "compatible", params(("id" = u64, Path)),
     responses((status = 200, body = Object), (status = 404, description = "Campaign not found", body = crate::openapi::CompatError)))]
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, CompatError> {
     let not_found = || CompatError::not_found("Campaign not found");
     let id: CampaignId = id.parse().map_err(|_| not_found())?;
-    let campaign = campaigns::load(&state, id)
+    let campaign = crate::campaign_store::load(&state, id)
         .await
         .map_err(CompatError::unavailable)?
         .ok_or_else(not_found)?;
@@ -145,7 +145,7 @@ pub async fn get(
         (status = 400, body = crate::openapi::CompatError),
         (status = 404, description = "Campaign not found", body = crate::openapi::CompatError),
     ))]
-pub async fn add_phone_numbers(
+pub(crate) async fn add_phone_numbers(
     State(state): State<AppState>,
     CompatJson(body): CompatJson,
 ) -> Result<(StatusCode, axum::Json<Value>), CompatError> {
@@ -157,7 +157,7 @@ pub async fn add_phone_numbers(
     };
     let not_found = || CompatError::not_found("Campaign not found");
     let id = id.ok_or_else(not_found)?;
-    let campaign = campaigns::load(&state, id)
+    let campaign = crate::campaign_store::load(&state, id)
         .await
         .map_err(CompatError::unavailable)?
         .ok_or_else(not_found)?;

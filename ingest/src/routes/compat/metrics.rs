@@ -28,12 +28,14 @@ type DailyRow = (NaiveDate, i64, i64, i64, i64, i64, i64, i64, i64, i64);
 
 #[utoipa::path(get, path = "/api/v1/metrics/", tag = "compatible",
     responses((status = 200, description = "current_concurrent_calls, max_concurrent_calls, recent_metrics (7 days), system_status", body = Object)))]
-pub async fn metrics(State(state): State<AppState>) -> Result<axum::Json<Value>, CompatError> {
+pub(crate) async fn metrics(
+    State(state): State<AppState>,
+) -> Result<axum::Json<Value>, CompatError> {
     let current: i64 = sqlx::query_scalar("SELECT count(*) FROM calls WHERE status = 'PROCESSING'")
         .fetch_one(&state.pg)
         .await
         .map_err(CompatError::unavailable)?;
-    let campaigns = crate::routes::campaigns::load_all(&state)
+    let campaigns = crate::campaign_store::load_all(&state)
         .await
         .map_err(CompatError::unavailable)?;
     let max: u64 = campaigns

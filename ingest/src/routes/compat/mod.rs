@@ -9,7 +9,13 @@ pub mod metrics;
 use ccm_core::{Campaign, CampaignId};
 use serde_json::Value;
 
-use crate::{AppState, compat_error::CompatError, routes};
+use utoipa_axum::routes;
+
+use crate::{
+    AppState,
+    compat_error::CompatError,
+    routes::table::{Entry, POST, token},
+};
 
 /// Reads `campaign_id` as the old API did: a number or a numeric string. `None` when absent
 /// or null; `Some(None)` when present but not a valid id (such a campaign cannot exist).
@@ -27,7 +33,7 @@ pub(crate) async fn active_campaign(
 ) -> Result<Campaign, CompatError> {
     let not_found = || CompatError::not_found("Campaign not found or inactive");
     let id = id.ok_or_else(not_found)?;
-    let campaign = routes::campaigns::load(state, id)
+    let campaign = crate::campaign_store::load(state, id)
         .await
         .map_err(CompatError::unavailable)?
         .ok_or_else(not_found)?;
@@ -44,4 +50,17 @@ pub(crate) fn text<'a>(body: &'a Value, field: &str) -> Option<&'a str> {
         .and_then(Value::as_str)
         .map(str::trim)
         .filter(|s| !s.is_empty())
+}
+
+/// The compatible API's routes: the old system's paths, trailing slashes included.
+pub(crate) fn routes() -> Vec<Entry> {
+    vec![
+        token(routes!(calls::initiate)),
+        token(routes!(calls::bulk)).expensive(POST),
+        token(routes!(callback::callback)).callback(),
+        token(routes!(campaigns::list, campaigns::create)),
+        token(routes!(campaigns::get)),
+        token(routes!(campaigns::add_phone_numbers)),
+        token(routes!(metrics::metrics)),
+    ]
 }
