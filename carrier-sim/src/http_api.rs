@@ -38,6 +38,9 @@ pub struct InitiateCall {
     /// The contact's custom fields, recorded in the ledger with the attempt.
     #[serde(default)]
     pub custom_fields: BTreeMap<String, String>,
+    /// How long the phone may ring (ccm's addition to the contract; the old system sent none).
+    #[serde(default)]
+    pub ring_timeout_secs: Option<u32>,
 }
 
 fn bad_request(reason: impl Into<String>) -> Response {
@@ -94,6 +97,7 @@ pub async fn initiate_call(
         Placement::New { external_call_id } => external_call_id,
     };
     state.ledger.set_fields(&key, body.custom_fields);
+    state.ledger.set_ring_timeout(&key, body.ring_timeout_secs);
     let drawn = outcome::draw(&state.config);
     let last = Callback::Json {
         method: Method::PUT,

@@ -32,6 +32,10 @@ pub struct Attempt {
     /// `custom_fields`), so a test can see what reached the carrier.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, String>,
+    /// The ring time the placement asked for (Twilio's `Timeout`, the http contract's
+    /// `ring_timeout_secs`), when it named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_timeout_secs: Option<u32>,
     /// When the call was placed and when it ended at the carrier (Unix milliseconds), so an
     /// auditor can rebuild who was live at any moment (caps that change, a number's calls).
     #[serde(default)]
@@ -128,6 +132,7 @@ impl Ledger {
                     requests: 1,
                     hung_up: false,
                     fields: BTreeMap::new(),
+                    ring_timeout_secs: None,
                     placed_ms: now_ms(),
                     ended_ms: None,
                 },
@@ -149,6 +154,15 @@ impl Ledger {
             }
             Placement::New { external_call_id }
         })
+    }
+
+    /// Records the ring time the placement of `key` asked for.
+    pub fn set_ring_timeout(&self, key: &str, secs: Option<u32>) {
+        self.with(|stats| {
+            if let Some(attempt) = stats.attempts.get_mut(key) {
+                attempt.ring_timeout_secs = secs;
+            }
+        });
     }
 
     /// Records the custom fields of the attempt placed under `key`.

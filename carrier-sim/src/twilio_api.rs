@@ -121,6 +121,10 @@ pub async fn create_call(
         Placement::New { external_call_id } => (external_call_id, true),
         Placement::Repeat { external_call_id } => (external_call_id, false),
     };
+    if new {
+        let timeout = field(&form, "Timeout").and_then(|t| t.parse().ok());
+        state.ledger.set_ring_timeout(&key, timeout);
+    }
     if new && let Some(url) = status_callback {
         schedule_callbacks(&state, key, &form, &call_sid, url);
     }

@@ -98,9 +98,134 @@ pub struct Campaign {
     /// New calls per second of this campaign across all dialers; none: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_calls_per_second: Option<u32>,
+    /// Why the campaign calls; telemarketing gets the ring-time floor (see [`RingTime`]).
+    #[serde(default)]
+    pub purpose: Purpose,
+    /// Seconds a phone may ring before the attempt counts as unanswered; none: the carrier
+    /// adapter's `ring_timeout_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_timeout_secs: Option<u32>,
     /// When the campaign reached `COMPLETED` or `CANCELLED`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// Why a campaign calls, as far as calling rules care.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// Not selling anything (reminders, notifications, surveys): no ring-time floor.
+    #[default]
+    Informational,
+    /// Selling: the FCC's rule (47 CFR 64.1200(a)(6)) says an unanswered call must ring for
+    /// at least 15 seconds before it is abandoned.
+    Telemarketing,
+}
+
+/// How long a campaign's phones ring: the one rule the API and every adapter apply.
+pub mod ring_time {
+    use super::Purpose;
+
+    /// The shortest ring a campaign may set (Twilio's own minimum).
+    pub const MIN_SECS: u32 = 5;
+    /// The longest ring a campaign may set: nobody answers after two minutes of ringing.
+    pub const MAX_SECS: u32 = 120;
+    /// The shortest ring of a telemarketing campaign (FCC, 47 CFR 64.1200(a)(6)).
+    pub const TELEMARKETING_FLOOR_SECS: u32 = 15;
+
+    /// The ring time to ask the carrier for: the campaign's setting, else the adapter's
+    /// default, never under the floor of its purpose (an adapter default of 10 s still
+    /// rings a telemarketing call for 15; with neither, a telemarketing call asks for the
+    /// floor). None: ask for nothing, the carrier's own default applies.
+    pub fn requested_secs(
+        purpose: Purpose,
+        setting: Option<u32>,
+        adapter_default: Option<u32>,
+    ) -> Option<u32> {
+        let secs = setting.or(adapter_default);
+        match purpose {
+            Purpose::Telemarketing => Some(secs.map_or(TELEMARKETING_FLOOR_SECS, |s| {
+                s.max(TELEMARKETING_FLOOR_SECS)
+            })),
+            Purpose::Informational => secs,
+        }
+    }
+
+    /// Checks a campaign's setting against the range and its purpose's floor.
+    pub fn check(purpose: Purpose, setting: Option<u32>) -> Result<(), Refused> {
+        let Some(secs) = setting else { return Ok(()) };
+        if !(MIN_SECS..=MAX_SECS).contains(&secs) {
+            return Err(Refused::OutOfRange(secs));
+        }
+        if purpose == Purpose::Telemarketing && secs < TELEMARKETING_FLOOR_SECS {
+            return Err(Refused::BelowFloor(secs));
+        }
+        Ok(())
+    }
+
+    /// A ring time a campaign may not have.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum Refused {
+        #[error("ring_timeout_secs must be {MIN_SECS} to {MAX_SECS} (got {0})")]
+        OutOfRange(u32),
+        #[error(
+            "a telemarketing campaign must let the phone ring at least {TELEMARKETING_FLOOR_SECS} seconds (47 CFR 64.1200(a)(6)); got {0}"
+        )]
+        BelowFloor(u32),
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn purpose() -> impl Strategy<Value = Purpose> {
+            prop_oneof![Just(Purpose::Informational), Just(Purpose::Telemarketing)]
+        }
+
+        proptest! {
+            /// Whatever the setting and the adapter's default, a telemarketing call rings
+            /// at least the floor, and a setting the API accepted is what the call gets.
+            #[test]
+            fn a_telemarketing_call_never_rings_less_than_the_floor(
+                purpose in purpose(),
+                setting in proptest::option::of(0u32..200),
+                adapter_default in proptest::option::of(0u32..200),
+            ) {
+                let secs = requested_secs(purpose, setting, adapter_default);
+                if purpose == Purpose::Telemarketing {
+                    prop_assert!(secs.is_some_and(|s| s >= TELEMARKETING_FLOOR_SECS));
+                }
+                if check(purpose, setting).is_ok() && let Some(set) = setting {
+                    prop_assert_eq!(secs, Some(set));
+                }
+                if setting.is_none() && purpose == Purpose::Informational {
+                    prop_assert_eq!(secs, adapter_default);
+                }
+            }
+        }
+
+        #[test]
+        fn the_edges_of_the_range_and_the_floor() {
+            use Purpose::*;
+            assert_eq!(check(Informational, Some(5)), Ok(()));
+            assert_eq!(check(Informational, Some(4)), Err(Refused::OutOfRange(4)));
+            assert_eq!(check(Informational, Some(120)), Ok(()));
+            assert_eq!(
+                check(Informational, Some(121)),
+                Err(Refused::OutOfRange(121))
+            );
+            assert_eq!(check(Telemarketing, Some(14)), Err(Refused::BelowFloor(14)));
+            assert_eq!(check(Telemarketing, Some(15)), Ok(()));
+            assert_eq!(check(Telemarketing, None), Ok(()));
+            assert_eq!(requested_secs(Telemarketing, None, Some(10)), Some(15));
+            assert_eq!(requested_secs(Telemarketing, None, None), Some(15));
+            assert_eq!(requested_secs(Informational, None, Some(10)), Some(10));
+            assert_eq!(requested_secs(Informational, None, None), None);
+            assert_eq!(requested_secs(Telemarketing, Some(40), Some(10)), Some(40));
+        }
+    }
 }
 
 /// What an answer by a machine (voicemail, fax) counts as, per campaign.

@@ -491,6 +491,10 @@ pub struct HttpCarrierConfig {
     pub api_token: Secret,
     /// How long one placement request may take before it counts as ambiguous.
     pub request_timeout_ms: u64,
+    /// Seconds the phone rings when the campaign sets none, sent as `ring_timeout_secs`
+    /// (an addition to the old contract); none: sent only for campaigns that set one, or
+    /// as the 15 s floor for telemarketing campaigns.
+    pub ring_timeout_secs: Option<u32>,
 }
 
 impl Default for HttpCarrierConfig {
@@ -499,6 +503,7 @@ impl Default for HttpCarrierConfig {
             base_url: SecretUrl::new("http://127.0.0.1:9000"),
             api_token: Secret::default(),
             request_timeout_ms: 5000,
+            ring_timeout_secs: None,
         }
     }
 }

@@ -155,6 +155,8 @@ mod tests {
             ends_at: None,
             complete_when_empty: false,
             max_calls_per_second: None,
+            purpose: Default::default(),
+            ring_timeout_secs: None,
             answering_machine: Default::default(),
             ended_at: None,
         }

@@ -321,6 +321,8 @@ impl Supervisor<'_> {
                 name: campaign.name.as_str().into(),
                 window: window::Window::of(&campaign),
                 max_calls_per_second: campaign.max_calls_per_second,
+                purpose: campaign.purpose,
+                ring_timeout_secs: campaign.ring_timeout_secs,
             },
             max_call_duration: campaign
                 .max_call_duration_secs

@@ -78,12 +78,7 @@ impl Pending {
         let record = Record {
             seq: None,
             at: Utc::now(),
-            token: identity
-                .id
-                .as_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
+            token: hex::encode(identity.id.as_bytes()),
             role: identity.role,
             method: self.method,
             route: self.route,

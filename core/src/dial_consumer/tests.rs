@@ -27,6 +27,8 @@ fn campaign(state: CampaignState) -> Campaign {
         complete_when_empty: false,
         answering_machine: Default::default(),
         max_calls_per_second: None,
+        purpose: Default::default(),
+        ring_timeout_secs: None,
         ended_at: None,
     }
 }

@@ -264,6 +264,8 @@ pub(crate) fn campaign(id: u64, cap: u32) -> Campaign {
         complete_when_empty: false,
         answering_machine: Default::default(),
         max_calls_per_second: None,
+        purpose: Default::default(),
+        ring_timeout_secs: None,
         ended_at: None,
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use reqwest::RequestBuilder;
 
-use ccm_core::{DialRequest, config::HttpCarrierConfig};
+use ccm_core::{DialRequest, campaign::ring_time, config::HttpCarrierConfig};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::json;
@@ -61,6 +61,14 @@ impl HttpCarrier {
         // Left out when empty, so the body stays the old contract's for calls without fields.
         if !call.custom_fields.is_empty() {
             body["custom_fields"] = json!(call.custom_fields);
+        }
+        // Likewise left out unless the campaign, the configuration or the purpose sets one.
+        if let Some(secs) = ring_time::requested_secs(
+            campaign.purpose,
+            campaign.ring_timeout_secs,
+            self.config.ring_timeout_secs,
+        ) {
+            body["ring_timeout_secs"] = json!(secs);
         }
         let request = self.request("initiate-call", call).json(&body);
         let response = request.send().await.map_err(|e| classify_send_error(&e))?;

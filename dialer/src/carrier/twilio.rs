@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use ccm_core::{DialRequest, config::TwilioCarrierConfig};
+use ccm_core::{DialRequest, campaign::ring_time, config::TwilioCarrierConfig};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
@@ -68,9 +68,16 @@ impl TwilioCarrier {
     async fn place_inner(
         &self,
         call: &DialRequest,
+        campaign: &CampaignInfo,
         time_limit: Duration,
     ) -> Result<Placement, CarrierError> {
         let c = &self.config;
+        let ring = ring_time::requested_secs(
+            campaign.purpose,
+            campaign.ring_timeout_secs,
+            Some(c.ring_timeout_secs),
+        )
+        .unwrap_or(c.ring_timeout_secs);
         let url = format!(
             "{}/2010-04-01/Accounts/{}/Calls.json",
             c.base_url.expose().trim_end_matches('/'),
@@ -82,7 +89,7 @@ impl TwilioCarrier {
             ("Url", c.answer_url.clone()),
             ("StatusCallback", self.status_callback(call)),
             ("StatusCallbackMethod", "POST".into()),
-            ("Timeout", c.ring_timeout_secs.to_string()),
+            ("Timeout", ring.to_string()),
             ("TimeLimit", time_limit.as_secs().max(1).to_string()),
         ];
         for event in ["initiated", "ringing", "answered", "completed"] {
@@ -112,11 +119,11 @@ impl TwilioCarrier {
     async fn hang_up_inner(&self, sid: Option<&str>) -> Result<HangUp, CarrierError> {
         let c = &self.config;
         let Some(sid) = sid else {
-            // Ringing is bounded by `Timeout` and talk by `TimeLimit`, which ends at the
-            // deadline or earlier.
-            return Ok(HangUp::EndsWithin(Duration::from_secs(
-                u64::from(c.ring_timeout_secs) + 1,
-            )));
+            // Ringing is bounded by `Timeout` (the campaign's may be longer than the
+            // configured one, never longer than a campaign may set) and talk by `TimeLimit`,
+            // which ends at the deadline or earlier.
+            let ring = c.ring_timeout_secs.max(ring_time::MAX_SECS);
+            return Ok(HangUp::EndsWithin(Duration::from_secs(u64::from(ring) + 1)));
         };
         let url = format!(
             "{}/2010-04-01/Accounts/{}/Calls/{sid}.json",
@@ -139,10 +146,10 @@ impl Carrier for TwilioCarrier {
     fn place<'a>(
         &'a self,
         call: &'a DialRequest,
-        _campaign: &'a CampaignInfo,
+        campaign: &'a CampaignInfo,
         time_limit: Duration,
     ) -> BoxFuture<'a, Result<Placement, CarrierError>> {
-        Box::pin(self.place_inner(call, time_limit))
+        Box::pin(self.place_inner(call, campaign, time_limit))
     }
 
     fn hang_up<'a>(

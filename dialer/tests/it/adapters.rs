@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ccm_carrier_sim::SimConfig;
 use ccm_core::{
     CallId, CampaignId, DialRequest, PhoneNumber, PhoneRule,
+    campaign::Purpose,
     config::{HttpCarrierConfig, Secret, TwilioCarrierConfig},
 };
 use ccm_dialer::carrier::{
@@ -63,6 +64,8 @@ fn campaign() -> CampaignInfo {
         name: Arc::from("spring"),
         window: None,
         max_calls_per_second: None,
+        purpose: Purpose::Informational,
+        ring_timeout_secs: None,
     }
 }
 
@@ -71,6 +74,7 @@ fn http(base_url: &str, timeout_ms: u64) -> HttpCarrier {
         base_url: base_url.into(),
         api_token: Secret::default(),
         request_timeout_ms: timeout_ms,
+        ring_timeout_secs: None,
     })
     .expect("adapter")
 }
@@ -207,4 +211,55 @@ async fn the_twilio_adapter_authenticates_and_names_the_attempt_in_its_callback(
         matches!(&err, CarrierError::Unavailable(r) if r.starts_with("401")),
         "{err:?}"
     );
+}
+
+/// The ring time each adapter asks for, as the carrier's ledger saw it: the campaign's
+/// setting, else the adapter's default, and never under 15 s for telemarketing (FCC) — with
+/// Twilio's `Timeout` configured at 10 s and with the http contract's default left unset.
+#[tokio::test]
+async fn each_adapter_asks_for_the_campaigns_ring_time_never_under_the_telemarketing_floor() {
+    let sim = sim(SimConfig::default()).await;
+    let twilio = TwilioCarrier::new(TwilioCarrierConfig {
+        base_url: sim.url.clone().into(),
+        account_sid: "ACsimulator".into(),
+        auth_token: Secret::new("sim-auth-token"),
+        from: "+15550009999".into(),
+        status_callback_base: "http://ingest.example".into(),
+        ring_timeout_secs: 10,
+        ..TwilioCarrierConfig::default()
+    })
+    .expect("adapter");
+    let http = http(&sim.url, 2000);
+    let cases = [
+        (Purpose::Informational, None, Some(10), None),
+        (Purpose::Telemarketing, None, Some(15), Some(15)),
+        (Purpose::Informational, Some(40), Some(40), Some(40)),
+        (Purpose::Telemarketing, Some(25), Some(25), Some(25)),
+    ];
+    for (purpose, setting, twilio_asks, http_asks) in cases {
+        let campaign = CampaignInfo {
+            purpose,
+            ring_timeout_secs: setting,
+            ..campaign()
+        };
+        let (by_twilio, by_http) = (request(), request());
+        twilio
+            .place(&by_twilio, &campaign, LIMIT)
+            .await
+            .expect("placed");
+        http.place(&by_http, &campaign, LIMIT)
+            .await
+            .expect("placed");
+        let stats = stats(&sim.url).await;
+        assert_eq!(
+            stats.attempts[&by_twilio.msg_id()].ring_timeout_secs,
+            twilio_asks,
+            "twilio, {purpose:?} with {setting:?}"
+        );
+        assert_eq!(
+            stats.attempts[&by_http.msg_id()].ring_timeout_secs,
+            http_asks,
+            "http, {purpose:?} with {setting:?}"
+        );
+    }
 }

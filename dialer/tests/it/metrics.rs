@@ -35,6 +35,8 @@ pub(crate) fn campaign(id: CampaignId, cap: u32) -> Campaign {
         complete_when_empty: false,
         answering_machine: Default::default(),
         max_calls_per_second: None,
+        purpose: Default::default(),
+        ring_timeout_secs: None,
         ended_at: None,
     }
 }

@@ -157,10 +157,7 @@ enum Stored {
 /// the record a crashed handler leaves.
 pub fn request_digest(campaign: CampaignId, phone: &PhoneNumber) -> String {
     let canonical = serde_json::json!({"campaign_id": campaign, "phone_number": phone.to_string()});
-    Sha256::digest(canonical.to_string().as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
 /// What a request does with a key that already has a record.
@@ -325,7 +322,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
             format!("Idempotency-Key must be 1 to {MAX_KEY_CHARS} visible ASCII characters"),
         ));
     };
-    Ok(Some(text.bytes().map(|b| format!("{b:02x}")).collect()))
+    Ok(Some(hex::encode(text)))
 }
 
 /// What [`reserve`] found.

@@ -57,6 +57,15 @@ pub struct CampaignPatch {
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "retry")]
     pub answering_machine: Option<ccm_core::campaign::AnsweringMachine>,
+    /// `informational` (default) or `telemarketing`: a telemarketing campaign's phones
+    /// ring at least 15 seconds (FCC, 47 CFR 64.1200(a)(6)).
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "telemarketing")]
+    pub purpose: Option<ccm_core::campaign::Purpose>,
+    /// Seconds a phone rings before the attempt counts as unanswered, 5 to 120 (at least 15
+    /// for telemarketing); absent: the carrier adapter's `ring_timeout_secs`.
+    #[serde(default)]
+    pub ring_timeout_secs: Option<u32>,
 }
 
 /// The highest pacing a campaign may set.
@@ -160,6 +169,19 @@ pub(crate) fn apply_hours(
         campaign.blackout_dates = dates;
     }
     Ok(())
+}
+
+/// Checks the campaign's ring time against its purpose (after every change to either).
+pub(crate) fn check_ring_time(campaign: &Campaign) -> Result<(), AppError> {
+    ccm_core::campaign::ring_time::check(campaign.purpose, campaign.ring_timeout_secs).map_err(
+        |e| {
+            let code = match e {
+                ccm_core::campaign::ring_time::Refused::OutOfRange(_) => "invalid_ring_timeout",
+                ccm_core::campaign::ring_time::Refused::BelowFloor(_) => "ring_timeout_below_floor",
+            };
+            AppError::bad_request(code, e.to_string())
+        },
+    )
 }
 
 /// The longest call a campaign may set: a day.
@@ -292,6 +314,15 @@ pub async fn patch(
         if patch.max_call_duration_secs.is_some() {
             c.max_call_duration_secs = call_duration(patch.max_call_duration_secs)?;
         }
+        if let Some(purpose) = patch.purpose {
+            c.purpose = purpose;
+        }
+        if patch.ring_timeout_secs.is_some() {
+            c.ring_timeout_secs = patch.ring_timeout_secs;
+        }
+        // Checked on the result: turning a campaign with a 10 s ring into telemarketing is
+        // refused as setting 10 s on a telemarketing campaign is.
+        check_ring_time(c)?;
         apply_schedule(
             c,
             patch.time_zone.clone(),

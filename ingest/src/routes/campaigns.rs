@@ -68,6 +68,15 @@ pub struct NewCampaign {
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "retry")]
     pub answering_machine: Option<ccm_core::campaign::AnsweringMachine>,
+    /// `informational` (default) or `telemarketing`: a telemarketing campaign's phones
+    /// ring at least 15 seconds (FCC, 47 CFR 64.1200(a)(6)).
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "telemarketing")]
+    pub purpose: Option<ccm_core::campaign::Purpose>,
+    /// Seconds a phone rings before the attempt counts as unanswered, 5 to 120 (at least 15
+    /// for telemarketing); absent: the carrier adapter's `ring_timeout_secs`.
+    #[serde(default)]
+    pub ring_timeout_secs: Option<u32>,
 }
 
 /// Creates a campaign: stores it in the `campaigns` bucket and creates its dial consumer, so
@@ -139,8 +148,11 @@ pub(crate) async fn create_campaign(
         complete_when_empty: false,
         max_calls_per_second: super::campaign_admin::calls_per_second(body.max_calls_per_second)?,
         answering_machine: body.answering_machine.unwrap_or_default(),
+        purpose: body.purpose.unwrap_or_default(),
+        ring_timeout_secs: body.ring_timeout_secs,
         ended_at: None,
     };
+    super::campaign_admin::check_ring_time(&campaign)?;
     super::campaign_admin::apply_dates(&mut campaign, body.starts_at, body.ends_at, now)?;
     super::campaign_admin::apply_hours(&mut campaign, body.calling_hours, body.blackout_dates)?;
     super::campaign_admin::apply_schedule(

@@ -103,10 +103,7 @@ pub async fn create(
         "ccm_{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
     );
-    let sha256 = Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha256 = hex::encode(Sha256::digest(token.as_bytes()));
     let stored = StoredToken {
         id: uuid::Uuid::now_v7().to_string(),
         name: name.to_owned(),

@@ -135,3 +135,71 @@ async fn contacts_with_zones_are_written_and_a_bad_item_refuses_the_whole_list()
     assert_eq!(status, 404);
     api.stop().await;
 }
+
+/// A campaign's purpose and ring time: stored as given, out-of-range values refused, and the
+/// telemarketing floor (15 s) enforced whichever of the two changes, on creation and PATCH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_time_and_purpose_are_stored_and_the_telemarketing_floor_enforced() {
+    let env = TestEnv::start().await.expect("env");
+    let api = Api::start(&env).await;
+    let (status, problem) = api
+        .post(
+            "/api/v1/campaigns",
+            json!({"name": "tm", "purpose": "telemarketing", "ring_timeout_secs": 14}),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (400, Some("ring_timeout_below_floor")),
+        "{problem}"
+    );
+    let (status, campaign) = api
+        .post(
+            "/api/v1/campaigns",
+            json!({"name": "short ring", "ring_timeout_secs": 10}),
+        )
+        .await;
+    assert_eq!(status, 201, "{campaign}");
+    assert_eq!(campaign["ring_timeout_secs"], 10);
+    assert_eq!(campaign["purpose"], "informational");
+    let id = campaign["id"].as_u64().expect("id");
+    let path = format!("/api/v1/campaigns/{id}");
+    for (body, code) in [
+        (
+            json!({"purpose": "telemarketing"}),
+            "ring_timeout_below_floor",
+        ),
+        (json!({"ring_timeout_secs": 4}), "invalid_ring_timeout"),
+        (json!({"ring_timeout_secs": 121}), "invalid_ring_timeout"),
+    ] {
+        let (status, problem) = api
+            .send(reqwest::Method::PATCH, &path, Some(body.clone()))
+            .await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (400, Some(code)),
+            "{body}: {problem}"
+        );
+    }
+    let (status, changed) = api
+        .send(
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({"purpose": "telemarketing", "ring_timeout_secs": 20})),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(
+        (&changed["purpose"], &changed["ring_timeout_secs"]),
+        (&json!("telemarketing"), &json!(20))
+    );
+    let (status, problem) = api
+        .send(
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({"purpose": "fundraising"})),
+        )
+        .await;
+    assert_eq!(status, 422, "an unknown purpose: {problem}");
+    api.stop().await;
+}

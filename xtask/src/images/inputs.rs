@@ -14,7 +14,7 @@ pub(crate) fn hash(parts: &[(&str, &[u8])]) -> String {
             sha.update(field);
         }
     }
-    sha.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(sha.finalize())
 }
 
 /// What to do about one image.

@@ -108,6 +108,8 @@ pub async fn create(
         blackout_dates: None,
         max_calls_per_second: None,
         answering_machine: None,
+        purpose: None,
+        ring_timeout_secs: None,
     };
     let campaign = campaigns::create_campaign(&state, new)
         .await
