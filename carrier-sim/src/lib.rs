@@ -16,14 +16,14 @@
 //! - [`outcome`]: the outcome mix; [`callback`]: delivery with the configured faults
 //!   (dropped, duplicated, out-of-order callbacks).
 
-pub mod callback;
-pub mod faults;
-pub mod hangup;
-pub mod http_api;
+pub(crate) mod callback;
+pub(crate) mod faults;
+pub(crate) mod hangup;
+pub(crate) mod http_api;
 pub mod ledger;
-pub mod outcome;
+pub(crate) mod outcome;
 pub mod script;
-pub mod twilio_api;
+pub(crate) mod twilio_api;
 
 use std::{
     sync::{

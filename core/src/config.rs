@@ -650,14 +650,20 @@ pub struct ProjectorConfig {
     pub batch_size: usize,
     /// How long a fetch waits to fill a batch.
     pub batch_wait_ms: u64,
-    /// How long a message that cannot be decoded waits before it is offered again; after the
-    /// consumer's `max_deliver` the server gives up on it and the retrier dead-letters it.
+    /// Unused: a message that cannot be applied is TERMed and parked at once
+    /// (`ccm_core::consumer`). Kept so that existing configuration files still load.
     pub poison_delay_ms: u64,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; none by default, since several
     /// processes may share a host (set e.g. `CCM_PROJECTOR__METRICS_LISTEN=0.0.0.0:9464`).
     pub metrics_listen: Option<SocketAddr>,
     /// Batches of one consumer written concurrently (each its own transaction).
     pub writers: usize,
+    /// Calls ended more than this many days ago are anonymised in the read model (number,
+    /// custom fields, carrier id, error text; see `docs/privacy.md`). 0 (the default) keeps
+    /// them as they are.
+    pub retention_days: u32,
+    /// How often the retention job runs when it is on.
+    pub retention_every_secs: u64,
 }
 
 impl Default for ProjectorConfig {
@@ -668,6 +674,8 @@ impl Default for ProjectorConfig {
             poison_delay_ms: 5000,
             metrics_listen: None,
             writers: 3,
+            retention_days: 0,
+            retention_every_secs: 3600,
         }
     }
 }

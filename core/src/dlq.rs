@@ -223,6 +223,44 @@ struct CallRef {
     campaign_id: CampaignId,
 }
 
+/// A letter's `Ccm-Dlq-*` headers, parsed: the one reader of the format [`publish`] writes
+/// (the operator's listing and the projector's `dead_letters` rows both read through it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    pub stream: String,
+    pub subject: String,
+    pub source_seq: Option<u64>,
+    /// None when absent or empty (a letter of no consumer).
+    pub consumer: Option<String>,
+    pub deliveries: Option<u64>,
+    pub reason: String,
+    pub published: Option<String>,
+    /// RFC 3339, as written.
+    pub dead_at: Option<String>,
+    pub call_id: Option<CallId>,
+    pub campaign_id: Option<CampaignId>,
+    pub parked: bool,
+}
+
+impl Headers {
+    /// Reads the headers through `get` (a header's first value by name).
+    pub fn read(get: impl Fn(&str) -> Option<String>) -> Self {
+        Self {
+            stream: get(header::STREAM).unwrap_or_default(),
+            subject: get(header::SUBJECT).unwrap_or_default(),
+            source_seq: get(header::SEQ).and_then(|s| s.parse().ok()),
+            consumer: get(header::CONSUMER).filter(|c| !c.is_empty()),
+            deliveries: get(header::DELIVERIES).and_then(|s| s.parse().ok()),
+            reason: get(header::REASON).unwrap_or_default(),
+            published: get(header::PUBLISHED),
+            dead_at: get(header::DEAD_AT),
+            call_id: get(header::CALL).and_then(|s| s.parse().ok()),
+            campaign_id: get(header::CAMPAIGN).and_then(|s| s.parse().ok()),
+            parked: get(header::PARKED).is_some_and(|v| v == "true"),
+        }
+    }
+}
+
 /// A letter as the operator sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetter {
@@ -262,19 +300,32 @@ impl DeadLetter {
         let payload = serde_json::from_slice(&message.payload).unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(&message.payload).into_owned())
         });
+        let Headers {
+            stream,
+            subject,
+            source_seq,
+            consumer,
+            deliveries,
+            reason,
+            published,
+            dead_at,
+            call_id,
+            campaign_id,
+            parked,
+        } = Headers::read(get);
         Self {
             seq: message.sequence,
-            stream: get(header::STREAM).unwrap_or_default(),
-            subject: get(header::SUBJECT).unwrap_or_default(),
-            source_seq: get(header::SEQ).and_then(|s| s.parse().ok()),
-            consumer: get(header::CONSUMER),
-            deliveries: get(header::DELIVERIES).and_then(|s| s.parse().ok()),
-            reason: get(header::REASON).unwrap_or_default(),
-            published: get(header::PUBLISHED),
-            dead_at: get(header::DEAD_AT),
-            call_id: get(header::CALL).and_then(|s| s.parse().ok()),
-            campaign_id: get(header::CAMPAIGN).and_then(|s| s.parse().ok()),
-            parked: get(header::PARKED).is_some_and(|v| v == "true"),
+            stream,
+            subject,
+            source_seq,
+            consumer,
+            deliveries,
+            reason,
+            published,
+            dead_at,
+            call_id,
+            campaign_id,
+            parked,
             headers,
             payload,
         }

@@ -231,7 +231,8 @@ impl CallEvent {
 }
 
 const OUTCOME_RANK: u8 = 3;
-const TERMINAL_RANK: u8 = 5;
+/// The phase rank of an ended call (every rank below is open).
+pub const TERMINAL_RANK: u8 = 5;
 
 /// The read model's test for "this call has not ended", for every query that decides a
 /// campaign is finished (ingest's completion, webhooks' `campaign.completed`). It is the phase,

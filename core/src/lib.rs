@@ -30,9 +30,11 @@
 //! Services never depend on each other; whatever two of them must agree on lives here.
 
 pub mod access;
+pub mod call_log;
 pub mod campaign;
 pub mod claims;
 pub mod config;
+pub mod consumer;
 pub mod contacts;
 pub mod dial_consumer;
 pub mod dlq;
@@ -48,6 +50,7 @@ pub mod nats;
 pub mod phone;
 pub mod placements;
 pub mod policy;
+pub mod privacy;
 pub mod server_version;
 pub mod service;
 pub mod ssrf;

@@ -22,6 +22,7 @@
 //! | `ccm_ingest_calls_accepted_total` | counter | | calls accepted (dial message stored by JetStream) |
 //! | `ccm_ingest_calls_refused_total` | counter | `reason` | calls refused after validation: `in_progress`, `within_window` (duplicates, 429), `claim_unavailable`, `publish_failed` (503); invalid input shows as `4xx` in the latency histogram |
 //! | `ccm_ingest_audit_failures_total` | counter | | audit records that could not be stored (each is logged at error level with the record) |
+//! | `ccm_ingest_erasures_total` | counter | `result` | erase requests for a number: `erased`, `refused` (a call of it had not ended, 409) |
 //! | `ccm_dialer_live_calls` | gauge | `campaign` | calls in flight in this replica (dial message held un-acked) |
 //! | `ccm_dialer_queued_calls` | gauge | `campaign` | dial messages waiting for a dialer (the campaign consumer's `num_pending`, polled every 5 s) |
 //! | `ccm_dialer_calls_placed_total` | counter | `campaign` | attempts handed to the carrier |
@@ -51,6 +52,11 @@
 //! | `ccm_projector_ack_pending_messages` | gauge | `source` | delivered, not yet committed |
 //! | `ccm_projector_poison_total` | counter | `source` | messages set aside as undecodable or refused by PostgreSQL |
 //! | `ccm_projector_db_errors_total` | counter | `source` | batch writes that failed and were retried |
+//! | `ccm_consumer_messages_total` | counter | `consumer`, `decision` | messages decided through the consumer runtime (`ccm_core::consumer`): `ack`, `nak`, `term`, `abandoned` (left to `ack_wait`), `dropped` (undecided, NAKed) |
+//! | `ccm_consumer_poison_total` | counter | `consumer` | messages that can never be handled, whatever the consumer's poison policy then did (TERM, NAK, skip) |
+//! | `ccm_consumer_pull_errors_total` | counter | `consumer` | pull requests that failed and errors inside a pull |
+//! | `ccm_projector_retention_runs_total` | counter | `result` | retention rounds: `ok`, `failed` (retried next round) |
+//! | `ccm_projector_retention_anonymised_total` | counter | `table` | rows anonymised by the retention job: `calls`, `call_events` |
 //!
 //! `source` is one of `CALLS`, `CALL_EVENTS`, `DLQ`, `KV_campaigns`, `KV_contacts`.
 

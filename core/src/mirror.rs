@@ -154,7 +154,7 @@ impl<V: DeserializeOwned + Send + Sync + 'static> Mirror<V> {
                 kv::Operation::Put => match serde_json::from_slice::<V>(&entry.value) {
                     Ok(value) => Some(Arc::new(value)),
                     Err(e) => {
-                        tracing::warn!(bucket = %self.inner.bucket, key = %entry.key, error = %e,
+                        tracing::warn!(bucket = %self.inner.bucket, key = %entry.key, error = %crate::telemetry::chain(&e),
                             "undecodable entry ignored");
                         None
                     }

@@ -71,6 +71,25 @@ impl PhoneNumber {
         &self.0[1..]
     }
 
+    /// The number's national forms, when libphonenumber can parse it: the national
+    /// significant number (`4155552671`) and the national format (`(415) 555-2671`). Finding
+    /// everything held about a person searches these as well as the E.164 form.
+    pub fn national_forms(&self) -> Vec<String> {
+        let Ok(parsed) = phonenumber::parse(None, &self.0) else {
+            return Vec::new();
+        };
+        let mut forms = vec![
+            parsed.national().value().to_string(),
+            parsed
+                .format()
+                .mode(phonenumber::Mode::National)
+                .to_string(),
+        ];
+        forms.retain(|f| !f.is_empty() && f.as_str() != self.digits());
+        forms.dedup();
+        forms
+    }
+
     /// The ISO 3166 region of the number, when libphonenumber knows it.
     pub fn region(&self) -> Option<String> {
         let parsed = phonenumber::parse(None, &self.0).ok()?;
@@ -134,6 +153,12 @@ mod tests {
                 .as_str(),
             "+1234567"
         );
+    }
+
+    #[test]
+    fn national_forms_are_the_significant_number_and_the_national_format() {
+        let n = PhoneNumber::parse("+1 415 555 2671", PhoneRule::Lenient).expect("valid");
+        assert_eq!(n.national_forms(), ["4155552671", "(415) 555-2671"]);
     }
 
     #[test]

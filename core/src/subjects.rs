@@ -17,6 +17,8 @@ pub const OUTCOME_ALL: &str = "calls.outcome.>";
 pub const RETRY_ALL: &str = "calls.retry.>";
 /// The MAX_DELIVERIES advisories that the `ADVISORIES` stream captures.
 pub const MAX_DELIVERIES_ALL: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>";
+/// The MSG_TERMINATED advisories (a `+TERM`, with its reason) that `ADVISORIES` also captures.
+pub const MSG_TERMINATED_ALL: &str = "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.>";
 
 /// `calls.dial.<campaign>`: one message per call attempt.
 pub fn dial(campaign: CampaignId) -> String {

@@ -85,7 +85,7 @@ fn install(service: &str, config: &LogConfig, endpoint: Option<Endpoint>) {
     }
     tracing::debug!(service, "telemetry initialised");
     if let Some(e) = otel_error {
-        tracing::error!(error = %e, "OTLP exporter not started; spans are not exported");
+        tracing::error!(error = %chain(&e), "OTLP exporter not started; spans are not exported");
     }
     if let Some(provider) = otel {
         crate::trace_context::enable();
@@ -122,7 +122,7 @@ pub fn flush() {
     if let Some(provider) = PROVIDER.get()
         && let Err(e) = provider.force_flush()
     {
-        tracing::warn!(error = %e, "cannot flush spans");
+        tracing::warn!(error = %chain(&e), "cannot flush spans");
     }
 }
 

@@ -59,7 +59,7 @@ pub(crate) async fn expire(
             Ok(HangUp::Ended) => break,
             Ok(HangUp::EndsWithin(within)) => (within, true),
             Err(e) => {
-                tracing::warn!(call = %request.call_id, error = %e,
+                tracing::warn!(call = %request.call_id, error = %ccm_core::telemetry::chain(&e),
                     "the carrier did not confirm the hang-up; the call stays held");
                 counter!("ccm_dialer_hang_up_failures_total", "carrier" => ctx.carrier_kind)
                     .increment(1);

@@ -1,7 +1,6 @@
 //! What the stream already knows about an attempt: its call's latest lifecycle event and
 //! outcome, read by subject (direct get), and the sequence a `Dialing` publish expects.
 
-use async_nats::jetstream;
 use ccm_core::{CallEvent, DialRequest, subjects};
 use chrono::{DateTime, Utc};
 
@@ -44,7 +43,7 @@ pub(crate) async fn outcome_stored(ctx: &CallContext, request: &DialRequest) -> 
     match latest(ctx, subjects::outcome(request.campaign_id, request.call_id)).await {
         Ok(outcome) => ends(outcome.as_ref(), request),
         Err(e) => {
-            tracing::debug!(error = %e, "cannot read the outcome yet");
+            tracing::debug!(error = %ccm_core::telemetry::chain(&e), "cannot read the outcome yet");
             false
         }
     }
@@ -59,13 +58,9 @@ async fn latest_at(
     ctx: &CallContext,
     subject: String,
 ) -> Result<(Option<CallEvent>, u64), CallError> {
-    use jetstream::stream::DirectGetErrorKind;
-    match ctx.events.direct_get_last_for_subject(subject).await {
-        Ok(message) => Ok((
-            serde_json::from_slice(&message.payload).ok(),
-            message.sequence,
-        )),
-        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok((None, 0)),
+    match ccm_core::call_log::last_on(&ctx.events, subject).await {
+        Ok(Some(last)) => Ok((last.event.ok(), last.sequence)),
+        Ok(None) => Ok((None, 0)),
         Err(e) => Err(CallError::Nats(e.to_string())),
     }
 }

@@ -24,19 +24,19 @@
 //! - [`window`] puts off an attempt whose callee is outside the campaign's calling window.
 
 mod admission;
-pub mod call;
+pub(crate) mod call;
 pub mod carrier;
-pub mod dialing;
+pub(crate) mod dialing;
 mod expiry;
 pub mod frequency;
 mod known;
 pub mod outcomes;
-pub mod pacing;
-pub mod placements;
-pub mod sample;
-pub mod scheduled;
-pub mod window;
-pub mod worker;
+pub(crate) mod pacing;
+pub(crate) mod placements;
+pub(crate) mod sample;
+pub(crate) mod scheduled;
+pub(crate) mod window;
+pub(crate) mod worker;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -239,7 +239,9 @@ impl Supervisor<'_> {
                 // With history: `watch_all` only delivers changes made after it starts.
                 match campaigns.watch_with_history(">").await {
                     Ok(w) => watch = Some(w),
-                    Err(e) => tracing::warn!(error = %e, "cannot watch campaigns; rescanning"),
+                    Err(e) => {
+                        tracing::warn!(error = %ccm_core::telemetry::chain(&e), "cannot watch campaigns; rescanning")
+                    }
                 }
             }
             let next = async {
@@ -252,13 +254,13 @@ impl Supervisor<'_> {
                 _ = self.shutdown.cancelled() => return Ok(()),
                 _ = rescan.tick() => {
                     if let Err(e) = self.rescan(campaigns).await {
-                        tracing::warn!(error = %e, "cannot read the campaigns bucket");
+                        tracing::warn!(error = %ccm_core::telemetry::chain(e.as_ref()), "cannot read the campaigns bucket");
                     }
                 }
                 entry = next => match entry {
                     Some(Ok(entry)) => self.apply_logged(entry).await,
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "campaign watch failed; watching again");
+                        tracing::warn!(error = %ccm_core::telemetry::chain(&e), "campaign watch failed; watching again");
                         watch = None;
                     }
                     None => watch = None,
@@ -284,7 +286,7 @@ impl Supervisor<'_> {
     async fn apply_logged(&mut self, entry: kv::Entry) {
         let key = entry.key.clone();
         if let Err(e) = self.apply(entry).await {
-            tracing::warn!(campaign = %key, error = %e, "campaign change not applied yet");
+            tracing::warn!(campaign = %key, error = %ccm_core::telemetry::chain(&e), "campaign change not applied yet");
         }
     }
 
@@ -296,7 +298,7 @@ impl Supervisor<'_> {
             kv::Operation::Put => match serde_json::from_slice::<Campaign>(&entry.value) {
                 Ok(campaign) => campaign,
                 Err(e) => {
-                    tracing::warn!(%id, error = %e, "undecodable campaign document; ignored");
+                    tracing::warn!(%id, error = %ccm_core::telemetry::chain(&e), "undecodable campaign document; ignored");
                     return Ok(());
                 }
             },
@@ -389,7 +391,7 @@ impl Supervisor<'_> {
             match scheduled::cancel(&ctx, id, reason).await {
                 Ok(n) => tracing::info!(%id, cancelled = n, "scheduled attempts cancelled"),
                 Err(e) => {
-                    tracing::warn!(%id, error = %e, "cannot cancel scheduled attempts yet");
+                    tracing::warn!(%id, error = %ccm_core::telemetry::chain(&e), "cannot cancel scheduled attempts yet");
                     done.forget(id);
                 }
             }
@@ -409,7 +411,9 @@ impl Supervisor<'_> {
                 queued,
                 "campaign deleted with calls still queued; its dial consumer is kept"
             ),
-            Err(e) => tracing::debug!(%id, error = %e, "dial consumer not removed"),
+            Err(e) => {
+                tracing::debug!(%id, error = %ccm_core::telemetry::chain(&e), "dial consumer not removed")
+            }
         }
     }
 }

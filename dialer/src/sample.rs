@@ -23,7 +23,7 @@ pub async fn run(js: jetstream::Context, trunk: Arc<Trunk>, shutdown: Cancellati
     loop {
         gauge!("ccm_dialer_trunk_lines_busy").set(trunk.busy() as f64);
         if let Err(e) = queued(&js).await {
-            tracing::debug!(error = %e, "cannot sample the dial consumers");
+            tracing::debug!(error = %ccm_core::telemetry::chain(e.as_ref()), "cannot sample the dial consumers");
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -194,7 +194,7 @@ async fn pull(
     let mut messages = match batch.await {
         Ok(messages) => messages,
         Err(e) => {
-            tracing::warn!(%campaign, error = %e, "pull failed; retrying");
+            tracing::warn!(%campaign, error = %ccm_core::telemetry::chain(&e), "pull failed; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
             return 0;
         }
@@ -214,7 +214,7 @@ async fn pull(
         let message = match next {
             Ok(message) => message,
             Err(e) => {
-                tracing::warn!(%campaign, error = %e, "pull error");
+                tracing::warn!(%campaign, error = %ccm_core::telemetry::chain(e.as_ref()), "pull error");
                 break;
             }
         };

@@ -102,7 +102,7 @@ async fn claim(
 /// either way.
 async fn bind(state: &AppState, claim: &Claim) {
     if let Err(e) = state.claims.bind(claim).await {
-        tracing::warn!(key = %claim.key, call = %claim.call, error = %e, "cannot bind the claim yet; the reaper will");
+        tracing::warn!(key = %claim.key, call = %claim.call, error = %ccm_core::telemetry::chain(&e), "cannot bind the claim yet; the reaper will");
     }
 }
 

@@ -65,10 +65,14 @@ impl Pending {
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip().to_string());
+        let path = pseudonymised(&route, request.uri().path())
+            .chars()
+            .take(512)
+            .collect();
         Self {
             method: request.method().to_string(),
             route,
-            path: request.uri().path().chars().take(512).collect(),
+            path,
             from: forwarded_for(request.headers()).or(peer),
         }
     }
@@ -102,6 +106,33 @@ impl Pending {
             }
         });
     }
+}
+
+/// `path` with each segment that the route template names `{phone}` replaced by the number's
+/// pseudonym (`subject:<16 hex digits>`, [`crate::erase::fingerprint`]): the audit log is
+/// kept 400 days and must not hold the numbers of people who asked to be erased.
+fn pseudonymised(route: &str, path: &str) -> String {
+    if !route.contains("{phone}") {
+        return path.to_owned();
+    }
+    let template: Vec<&str> = route.split('/').collect();
+    path.split('/')
+        .enumerate()
+        .map(|(i, segment)| {
+            if template.get(i) != Some(&"{phone}") {
+                return segment.to_owned();
+            }
+            let decoded = segment
+                .replace("%2B", "+")
+                .replace("%2b", "+")
+                .replace("%20", " ");
+            match decoded.parse::<ccm_core::PhoneNumber>() {
+                Ok(phone) => format!("subject:{}", crate::erase::fingerprint(&phone)),
+                Err(_) => "subject:invalid".to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn forwarded_for(headers: &HeaderMap) -> Option<String> {
@@ -167,4 +198,27 @@ pub async fn list(
         }
     }
     Ok(ApiJson(records))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_number_in_a_path_is_recorded_by_its_pseudonym() {
+        let path = super::pseudonymised(
+            "/api/v1/subjects/{phone}/erase",
+            "/api/v1/subjects/%2B14155552671/erase",
+        );
+        let phone = "+14155552671".parse().expect("phone");
+        assert_eq!(
+            path,
+            format!(
+                "/api/v1/subjects/subject:{}/erase",
+                crate::erase::fingerprint(&phone)
+            )
+        );
+        assert_eq!(
+            super::pseudonymised("/api/v1/campaigns/{id}", "/api/v1/campaigns/7"),
+            "/api/v1/campaigns/7"
+        );
+    }
 }

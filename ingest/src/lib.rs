@@ -22,21 +22,22 @@
 //! - [`lifecycle`]: completes campaigns whose end date passed or whose calls are all done.
 
 pub mod accept;
-pub mod audit;
+pub(crate) mod audit;
 pub mod auth;
-pub mod campaign_cache;
-pub mod compat_error;
-pub mod contacts;
-pub mod dashboard;
+pub(crate) mod campaign_cache;
+pub(crate) mod compat_error;
+pub(crate) mod contacts;
+pub(crate) mod dashboard;
 pub mod dnc_cache;
-pub mod error;
-pub mod http_metrics;
-pub mod lifecycle;
-pub mod limits;
-pub mod openapi;
-pub mod readmodel;
+pub(crate) mod erase;
+pub(crate) mod error;
+pub(crate) mod http_metrics;
+pub(crate) mod lifecycle;
+pub(crate) mod limits;
+pub(crate) mod openapi;
+pub(crate) mod readmodel;
 pub mod routes;
-pub mod trace;
+pub(crate) mod trace;
 
 pub use error::error_chain;
 

@@ -251,6 +251,8 @@ impl Modify for Security {
         routes::tokens::list,
         routes::tokens::revoke,
         crate::audit::list,
+        routes::subjects::export,
+        routes::subjects::erase,
         routes::webhook_deliveries::list,
         routes::webhook_deliveries::redeliver,
         routes::webhook_deliveries::replay,
@@ -266,6 +268,7 @@ impl Modify for Security {
         (name = "carrier callbacks", description = "Status callbacks from carriers, authenticated by their signatures"),
         (name = "webhooks", description = "Outbound webhooks: subscriptions, delivery log, redelivery, secret rotation"),
         (name = "tokens", description = "API tokens made and revoked without a restart, and the audit log (an admin token's)"),
+        (name = "subjects", description = "A person's data: export and erase everything held about a phone number (an admin token's)"),
     )
 )]
 pub struct ApiDoc;

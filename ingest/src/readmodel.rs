@@ -1,8 +1,7 @@
 //! Reads of the PostgreSQL read model (written only by the projector), plus the one lookup
 //! that must see JetStream first: which attempt of a call is the current one.
 
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
-use ccm_core::{CallEvent, CallId, CampaignId, subjects, topology::names};
+use ccm_core::{CallEvent, CallId, CampaignId, topology::names};
 
 use crate::AppState;
 
@@ -63,14 +62,10 @@ async fn latest_event(state: &AppState, call: CallId) -> Result<Option<CallEvent
         .get_stream_no_info(names::CALL_EVENTS)
         .await
         .map_err(|e| ReadError::Nats(e.into()))?;
-    match events
-        .get_last_raw_message_by_subject(&subjects::event_any_campaign(call))
+    // An event that does not parse is not this service's to judge: the read model then
+    // answers as for a call with no event.
+    Ok(ccm_core::call_log::last_of_call(&events, call)
         .await
-    {
-        // An event that does not parse is not this service's to judge: the read model then
-        // answers as for a call with no event.
-        Ok(message) => Ok(serde_json::from_slice::<CallEvent>(&message.payload).ok()),
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(ReadError::Nats(e.into())),
-    }
+        .map_err(ReadError::Nats)?
+        .and_then(ccm_core::call_log::Last::decoded))
 }

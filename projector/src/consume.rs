@@ -5,26 +5,27 @@
 //! are acknowledged only after the commit. Meanwhile the pull stream keeps fetching, so the
 //! next batch is already buffered when the write ends.
 //!
-//! - A message that cannot be decoded is NAKed with `poison_delay_ms`: it no longer holds up
-//!   anything, and after the consumer's `max_deliver` the server emits the MAX_DELIVERIES
-//!   advisory that the retrier turns into a parked record (the message stays in its stream
-//!   and its call goes on; an operator's redrive replays it here). Text Postgres cannot
-//!   store (a NUL) is not poison: it is replaced before decoding ([`crate::nul`]).
+//! - A message that cannot be decoded (or that Postgres refuses as data) is TERMed with the
+//!   reason, the consumer's poison policy in the shared runtime (`ccm_core::consumer`): it no
+//!   longer holds up anything, is not redelivered, and the server's MSG_TERMINATED advisory
+//!   is what the retrier turns into a parked record (the message stays in its stream and its
+//!   call goes on; an operator's redrive replays it here). Text Postgres cannot store (a NUL)
+//!   is not poison: it is replaced before decoding ([`crate::nul`]).
+//! - On shutdown, the batch being collected and what the client already buffered are NAKed
+//!   (another replica gets them at once), and so is a batch abandoned before its commit.
 //! - Postgres being down is not the messages' fault: the batch is kept, in-progress acks stop
 //!   the server from redelivering it, and the write is retried until it succeeds.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{
-    AckKind, Message,
-    consumer::{PullConsumer, pull::Stream as MessageStream},
-};
+use async_nats::jetstream::{Message, consumer::PullConsumer};
 use ccm_core::{
     CallEvent, Campaign, DialRequest,
+    consumer::{Delivery, Messages, OnShutdown, Options, Poison},
     metrics::{counter, gauge, histogram},
+    telemetry::chain,
 };
 use chrono::Utc;
-use futures::StreamExt;
 use sqlx::PgPool;
 use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -54,17 +55,43 @@ impl Source {
             Self::DeadLetters => "DLQ",
         }
     }
+
+    /// The durable consumer that reads it.
+    pub fn consumer(self) -> &'static str {
+        match self {
+            Self::Calls => "projector_calls",
+            Self::Events => "projector_events",
+            Self::Campaigns => "projector_campaigns",
+            Self::Contacts => "projector_contacts",
+            Self::DeadLetters => "projector_dlq",
+        }
+    }
 }
 
-/// How a loop batches and treats poison.
+/// How a loop batches.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub batch_size: usize,
     pub batch_wait: Duration,
     /// Batches of one consumer written concurrently.
     pub writers: usize,
-    pub poison_delay: Duration,
 }
+
+impl Settings {
+    /// The consumer's policy in the shared runtime: poison TERMed (parked from its advisory),
+    /// NAK on shutdown.
+    pub fn options(&self, source: Source) -> Options {
+        Options {
+            concurrency: self.writers.max(1),
+            poison: Poison::Term,
+            on_shutdown: OnShutdown::Nak(None),
+            ..Options::new(source.consumer(), self.batch_size, PULL_EXPIRES)
+        }
+    }
+}
+
+/// How long one pull request of the continuous pull waits.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 /// How long to wait before retrying a batch the database refused.
 const DB_RETRY: Duration = Duration::from_secs(1);
@@ -80,11 +107,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ProjectorError> {
     tokio::spawn(sample_pending(source, consumer.clone(), shutdown.clone()));
-    let mut messages: MessageStream = consumer
-        .stream()
-        .max_messages_per_batch(settings.batch_size.max(1))
-        .expires(Duration::from_secs(5))
-        .messages()
+    let mut messages = Messages::open(&consumer, settings.options(source))
         .await
         .map_err(|e| ProjectorError::Consume(e.into()))?;
     // Batches are written by up to `writers` transactions at once: the merge rules make the
@@ -96,44 +119,16 @@ pub async fn run(
         while in_flight.len() >= settings.writers.max(1) {
             in_flight.join_next().await;
         }
-        let Some(batch) = next_batch(&mut messages, settings, &shutdown).await else {
+        let next = messages.next_batch(settings.batch_size, settings.batch_wait, &shutdown);
+        let Some(batch) = next.await else {
             break;
         };
         let (pool, shutdown) = (pool.clone(), shutdown.clone());
-        in_flight
-            .spawn(async move { apply_batch(source, &pool, batch, settings, &shutdown).await });
+        in_flight.spawn(async move { apply_batch(source, &pool, batch, &shutdown).await });
     }
     // Let the batches already taken finish (or give up at shutdown) before returning.
     while in_flight.join_next().await.is_some() {}
     Ok(())
-}
-
-/// Waits for a first message, then collects until the batch is full or `batch_wait` has
-/// passed. `None` on shutdown or when the stream ends.
-async fn next_batch(
-    messages: &mut MessageStream,
-    settings: Settings,
-    shutdown: &CancellationToken,
-) -> Option<Vec<Message>> {
-    let mut batch = Vec::with_capacity(settings.batch_size);
-    let mut deadline = None;
-    while batch.len() < settings.batch_size.max(1) {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            next = messages.next() => next,
-            _ = sleep_until(deadline) => break,
-        };
-        match next {
-            Some(Ok(message)) => {
-                batch.push(message);
-                deadline.get_or_insert_with(|| Instant::now() + settings.batch_wait);
-            }
-            Some(Err(e)) => tracing::warn!(error = %e, "pull error; continuing"),
-            None if batch.is_empty() => return None,
-            None => break,
-        }
-    }
-    Some(batch)
 }
 
 fn project_span(source: &'static str, message: &Message) -> tracing::Span {
@@ -147,18 +142,12 @@ fn project_span(source: &'static str, message: &Message) -> tracing::Span {
     span
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
+/// Writes one batch and acknowledges it after the commit. A batch abandoned at shutdown is
+/// dropped undecided, which NAKs its messages.
 async fn apply_batch(
     source: Source,
     pool: &PgPool,
-    messages: Vec<Message>,
-    settings: Settings,
+    messages: Vec<Delivery>,
     shutdown: &CancellationToken,
 ) {
     let label = source.stream();
@@ -170,14 +159,11 @@ async fn apply_batch(
         Vec::new()
     };
     // Each message with what it decodes to (`None`: nothing to project, e.g. a KV delete).
-    let mut batch: Vec<(Message, Option<Item>)> = Vec::with_capacity(messages.len());
+    let mut batch: Vec<(Delivery, Option<Item>)> = Vec::with_capacity(messages.len());
     for message in messages {
         match decode(source, &message) {
             Ok(item) => batch.push((message, item)),
-            Err(reason) => {
-                tracing::warn!(subject = %message.subject, %reason, "cannot decode message");
-                poison(label, &message, settings).await;
-            }
+            Err(reason) => poison(label, message, &format!("undecodable: {reason}")).await,
         }
     }
     histogram!("ccm_projector_batch_size", "source" => label).record(batch.len() as f64);
@@ -189,14 +175,14 @@ async fn apply_batch(
             // The data itself is refused (e.g. a value too large for an index): find the
             // culprits one by one, set them aside as poison, and write the rest.
             Err(e) if is_data_error(&e) => {
-                tracing::warn!(error = %e, "batch refused by the database; isolating the culprit");
-                batch = isolate(label, pool, batch, settings).await;
+                tracing::warn!(error = %chain(&e), "batch refused by the database; isolating the culprit");
+                batch = isolate(label, pool, batch).await;
             }
             Err(e) => {
                 counter!("ccm_projector_db_errors_total", "source" => label).increment(1);
-                tracing::error!(error = %e, batch = items.len(), "database write failed; retrying");
+                tracing::error!(error = %chain(&e), batch = items.len(), "database write failed; retrying");
                 for (message, _) in &batch {
-                    let _ = message.ack_with(AckKind::Progress).await;
+                    let _ = message.progress().await;
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -226,27 +212,30 @@ async fn apply_batch(
     }
     for (message, _) in batch {
         if let Err(e) = message.ack().await {
-            tracing::warn!(error = %e, "ack failed; the message will be applied again, harmlessly");
+            tracing::warn!(error = %chain(&e), "ack failed; the message will be applied again, harmlessly");
         }
     }
 }
 
 /// Writes the messages of a refused batch one at a time and returns those the database
-/// accepts (or could not be judged because it failed otherwise); the refused ones are NAKed
-/// as poison. Writing a message twice is harmless, so the caller simply writes the rest again.
+/// accepts (or could not be judged because it failed otherwise); the refused ones are poison.
+/// Writing a message twice is harmless, so the caller simply writes the rest again.
 async fn isolate(
     label: &'static str,
     pool: &PgPool,
-    batch: Vec<(Message, Option<Item>)>,
-    settings: Settings,
-) -> Vec<(Message, Option<Item>)> {
+    batch: Vec<(Delivery, Option<Item>)>,
+) -> Vec<(Delivery, Option<Item>)> {
     let mut kept = Vec::with_capacity(batch.len());
     for (message, item) in batch {
         let single: Vec<&Item> = item.iter().collect();
         match crate::store::write_batch(pool, label, &single).await {
             Err(e) if is_data_error(&e) => {
-                tracing::warn!(subject = %message.subject, error = %e, "database refuses message");
-                poison(label, &message, settings).await;
+                poison(
+                    label,
+                    message,
+                    &format!("refused by PostgreSQL: {}", chain(&e)),
+                )
+                .await;
             }
             _ => kept.push((message, item)),
         }
@@ -254,15 +243,12 @@ async fn isolate(
     kept
 }
 
-/// Offers a message that cannot be applied again later; after `max_deliver` deliveries the
-/// server gives up on it and emits the advisory the retrier parks it from.
-async fn poison(label: &'static str, message: &Message, settings: Settings) {
+/// A message that can never be applied: counted, then TERMed with `reason` by the
+/// consumer's poison policy; the retrier parks it from the server's advisory.
+async fn poison(label: &'static str, message: Delivery, reason: &str) {
     counter!("ccm_projector_poison_total", "source" => label).increment(1);
-    if let Err(e) = message
-        .ack_with(AckKind::Nak(Some(settings.poison_delay)))
-        .await
-    {
-        tracing::warn!(error = %e, "nak failed");
+    if let Err(e) = message.poison(reason).await {
+        tracing::warn!(error = %chain(&e), "TERM failed; the message comes back after ack_wait");
     }
 }
 

@@ -133,22 +133,24 @@ pub fn letter(
     payload: &[u8],
     stored_nanos: i64,
 ) -> Letter {
-    use ccm_core::dlq::header as h;
-    let created_at = header(h::DEAD_AT)
-        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+    let h = ccm_core::dlq::Headers::read(header);
+    let created_at = h
+        .dead_at
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map_or_else(
             || DateTime::from_timestamp_nanos(stored_nanos),
             |t| t.with_timezone(&Utc),
         );
     Letter {
-        source_stream: header(h::STREAM).unwrap_or_default(),
-        source_seq: header(h::SEQ).and_then(|s| s.parse().ok()),
-        subject: header(h::SUBJECT).unwrap_or_default(),
-        consumer: header(h::CONSUMER).filter(|c| !c.is_empty()),
-        call_id: header(h::CALL).and_then(|s| s.parse().ok()),
-        campaign_id: header(h::CAMPAIGN).and_then(|s| s.parse().ok()),
-        reason: header(h::REASON).unwrap_or_default(),
-        deliveries: header(h::DELIVERIES).and_then(|s| s.parse().ok()),
+        source_stream: h.stream,
+        source_seq: h.source_seq.and_then(|s| i64::try_from(s).ok()),
+        subject: h.subject,
+        consumer: h.consumer,
+        call_id: h.call_id.map(|c| c.as_uuid()),
+        campaign_id: h.campaign_id.map(|c| c.as_i64()),
+        reason: h.reason,
+        deliveries: h.deliveries.and_then(|d| i32::try_from(d).ok()),
         // Postgres' jsonb refuses `\u0000`: stored with its NULs replaced (see `crate::nul`).
         payload: serde_json::from_slice::<serde_json::Value>(&crate::nul::replaced(payload)).ok(),
         created_at,

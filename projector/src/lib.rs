@@ -12,10 +12,10 @@
 //!   `DLQ` (dead letters).
 //! - [`consume`] pulls and batches (up to `batch_size` messages or `batch_wait_ms`), writes
 //!   each batch in one transaction, then acknowledges it. A database outage holds the batch
-//!   and retries; a message that cannot be decoded (or that Postgres refuses) is NAKed with a
-//!   delay until the server gives up on it and the retrier parks it (kept in its stream,
+//!   and retries; a message that cannot be decoded (or that Postgres refuses) is TERMed with
+//!   the reason and the retrier parks it from the server's advisory (kept in its stream,
 //!   recorded in `DLQ`, replayable; its call goes on), so it never blocks the messages
-//!   behind it. NULs, which Postgres cannot store, are replaced first ([`nul`]).
+//!   behind it. The pulling is the shared runtime's (`ccm_core::consumer`). NULs, which Postgres cannot store, are replaced first ([`nul`]).
 //! - [`fold`] folds a batch per call in memory; [`store`] writes it with a few set-based
 //!   statements. Applying a message twice, messages in any order, or several replicas at once
 //!   leaves the same rows.
@@ -29,6 +29,7 @@
 pub mod consume;
 pub mod fold;
 pub mod nul;
+pub mod retention;
 pub mod store;
 pub mod sweep;
 
@@ -159,17 +160,23 @@ async fn run_until_stopped(
         batch_size: config.projector.batch_size.max(1),
         batch_wait: Duration::from_millis(config.projector.batch_wait_ms),
         writers: config.projector.writers.max(1),
-        poison_delay: Duration::from_millis(config.projector.poison_delay_ms),
     };
     let mut tasks = JoinSet::new();
     tokio::spawn(sweep::run(js.clone(), pool.clone(), shutdown.clone()));
-    for (stream, consumer, source) in [
-        ("CALLS", "projector_calls", Source::Calls),
-        ("CALL_EVENTS", "projector_events", Source::Events),
-        ("KV_campaigns", "projector_campaigns", Source::Campaigns),
-        ("KV_contacts", "projector_contacts", Source::Contacts),
-        ("DLQ", "projector_dlq", Source::DeadLetters),
+    tokio::spawn(retention::run(
+        pool.clone(),
+        config.projector.retention_days,
+        Duration::from_secs(config.projector.retention_every_secs.max(1)),
+        shutdown.clone(),
+    ));
+    for source in [
+        Source::Calls,
+        Source::Events,
+        Source::Campaigns,
+        Source::Contacts,
+        Source::DeadLetters,
     ] {
+        let (stream, consumer) = (source.stream(), source.consumer());
         let consumer = js
             .get_consumer_from_stream(consumer, stream)
             .await

@@ -27,7 +27,9 @@ pub async fn run(js: jetstream::Context, pool: PgPool, shutdown: CancellationTok
     loop {
         match round(&js, &pool, after).await {
             Ok(next) => after = next,
-            Err(e) => tracing::debug!(error = %e, "dead-letter sweep failed; next round retries"),
+            Err(e) => {
+                tracing::debug!(error = %ccm_core::telemetry::chain(e.as_ref()), "dead-letter sweep failed; next round retries")
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -1,9 +1,10 @@
-//! Dead-lettering and parking messages that exhausted `max_deliver`, from the server's
-//! advisories.
+//! Dead-lettering and parking messages that exhausted `max_deliver` or were TERMed, from the
+//! server's advisories.
 //!
-//! The `ADVISORIES` stream captures every MAX_DELIVERIES advisory, so none is missed while
-//! the retrier is down. The message itself stays in its stream. What happens next depends on
-//! who gave up ([`plan`]):
+//! The `ADVISORIES` stream captures every MAX_DELIVERIES advisory and every MSG_TERMINATED
+//! one (a consumer on `ccm_core::consumer` TERMs, with a reason, a message it can never
+//! handle), so none is missed while the retrier is down. Both are handled alike. The message
+//! itself stays in its stream. What happens next depends on who gave up ([`plan`]):
 //!
 //! - a campaign's dial consumer: the attempt can never be placed. The retrier copies the
 //!   original by `stream_seq` into `DLQ`, emits a `DeadLettered` event for its call, releases
@@ -18,20 +19,48 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, Message};
-use ccm_core::{CallEvent, DialRequest, EventKind, metrics::counter, topology::names};
+use async_nats::jetstream;
+use ccm_core::{
+    CallEvent, DialRequest, EventKind, consumer::Delivery, metrics::counter, topology::names,
+};
 use chrono::Utc;
 use serde::Deserialize;
 
 use crate::{Shared, dlq, outcome};
 
-/// The fields of `io.nats.jetstream.advisory.v1.max_deliver` that matter here.
+/// The fields of `io.nats.jetstream.advisory.v1.max_deliver` and of
+/// `io.nats.jetstream.advisory.v1.terminated` that matter here (they share them).
 #[derive(Debug, Clone, Deserialize)]
 pub struct MaxDeliveries {
     pub stream: String,
     pub consumer: String,
     pub stream_seq: u64,
     pub deliveries: u64,
+    /// A TERM's reason; `None` for max deliveries (and for a TERM without reason).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// `io.nats.jetstream.advisory.v1.terminated` for a TERM.
+    #[serde(default, rename = "type")]
+    pub kind: String,
+}
+
+impl MaxDeliveries {
+    /// Why the consumer gave up, as the letter or parked record states it.
+    pub fn why(&self) -> String {
+        if self.kind.ends_with(".terminated") {
+            format!(
+                "Terminated by consumer {} after {} deliveries: {}",
+                self.consumer,
+                self.deliveries,
+                self.reason.as_deref().unwrap_or("no reason given")
+            )
+        } else {
+            format!(
+                "Delivered {} times to consumer {} without success (max_deliver reached)",
+                self.deliveries, self.consumer
+            )
+        }
+    }
 }
 
 /// What an advisory leads to.
@@ -107,12 +136,13 @@ pub enum AdvisoryError {
 }
 
 /// Handles one advisory and acknowledges it.
-pub async fn handle(ctx: &Shared, message: Message) {
+pub async fn handle(ctx: &Shared, message: Delivery) {
     let advisory: MaxDeliveries = match serde_json::from_slice(&message.payload) {
         Ok(advisory) => advisory,
         Err(e) => {
-            tracing::error!(error = %e, subject = %message.subject, "unreadable advisory dropped");
-            let _ = message.ack().await;
+            // The consumer's poison policy skips it: an advisory nobody can read names no
+            // message.
+            let _ = message.poison(&format!("unreadable advisory: {e}")).await;
             return;
         }
     };
@@ -123,9 +153,9 @@ pub async fn handle(ctx: &Shared, message: Message) {
         Err(e) => {
             let delivered = message.info().map_or(1, |info| info.delivered);
             let delay = retry_delay(delivered);
-            tracing::warn!(error = ?e, ?advisory, delivered, ?delay,
+            tracing::warn!(error = %ccm_core::telemetry::chain(&e), ?advisory, delivered, ?delay,
                 "dead-lettering failed; retrying");
-            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            let _ = message.nak(Some(delay)).await;
         }
     }
 }
@@ -185,10 +215,7 @@ pub async fn dead_letter(ctx: &Shared, advisory: &MaxDeliveries) -> Result<(), A
     if plan == Plan::Park {
         return park(ctx, advisory, &original).await;
     }
-    let reason = format!(
-        "Delivered {} times to consumer {} without success (max_deliver reached)",
-        advisory.deliveries, advisory.consumer
-    );
+    let reason = advisory.why();
     dlq::store(
         &ctx.js,
         dlq::Source {
@@ -258,9 +285,10 @@ async fn park(
     original: &jetstream::message::StreamMessage,
 ) -> Result<(), AdvisoryError> {
     let reason = format!(
-        "Delivered {} times to consumer {} without success (max_deliver reached); parked: \
-         the message stays in {} #{} and its call goes on",
-        advisory.deliveries, advisory.consumer, advisory.stream, advisory.stream_seq
+        "{}; parked: the message stays in {} #{} and its call goes on",
+        advisory.why(),
+        advisory.stream,
+        advisory.stream_seq
     );
     dlq::store(
         &ctx.js,
@@ -305,6 +333,8 @@ mod tests {
             consumer: consumer.into(),
             stream_seq: 1,
             deliveries: 10,
+            reason: None,
+            kind: "io.nats.jetstream.advisory.v1.max_deliver".into(),
         }
     }
 
@@ -373,5 +403,35 @@ mod tests {
         assert_eq!(consumer_label("projector_events"), "projector_events");
         assert_eq!(consumer_label("dial_012"), "other");
         assert_eq!(consumer_label("anything"), "other");
+    }
+
+    /// Both advisories the `ADVISORIES` stream captures decode to the same fields; a TERM's
+    /// reason is what its letter or parked record states, and a dial consumer's TERM still
+    /// dead-letters the call.
+    #[test]
+    fn a_terminated_advisory_is_handled_like_max_deliveries_with_its_reason() {
+        let terminated: MaxDeliveries = serde_json::from_str(
+            r#"{"type":"io.nats.jetstream.advisory.v1.terminated","id":"x",
+                "timestamp":"2026-12-05T19:00:00Z","stream":"CALL_EVENTS",
+                "consumer":"projector_events","consumer_seq":3,"stream_seq":7,
+                "deliveries":1,"reason":"undecodable: eof"}"#,
+        )
+        .expect("terminated advisory");
+        assert_eq!(plan(&terminated), Plan::Park);
+        assert_eq!(
+            terminated.why(),
+            "Terminated by consumer projector_events after 1 deliveries: undecodable: eof"
+        );
+        let exhausted: MaxDeliveries = serde_json::from_str(
+            r#"{"type":"io.nats.jetstream.advisory.v1.max_deliver","stream":"CALLS",
+                "consumer":"dial_7","stream_seq":9,"deliveries":5}"#,
+        )
+        .expect("max deliveries advisory");
+        assert!(exhausted.why().contains("max_deliver reached"));
+        let dial_term = MaxDeliveries {
+            kind: terminated.kind.clone(),
+            ..exhausted
+        };
+        assert_eq!(plan(&dial_term), Plan::DeadLetter);
     }
 }

@@ -15,7 +15,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use async_nats::{HeaderMap, jetstream::stream::DirectGetErrorKind};
+use async_nats::HeaderMap;
 use ccm_core::{CallEvent, DialRequest, EventKind, metrics::counter, subjects, topology::names};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
@@ -134,18 +134,10 @@ async fn expire_if_waiting(
     max_queue_age: Duration,
 ) -> Result<(), ExpiryError> {
     let subject = subjects::event(request.campaign_id, request.call_id);
-    let latest = match ctx
-        .events
-        .direct_get_last_for_subject(subject.clone())
+    let latest = ccm_core::call_log::last_on(&ctx.events, subject.clone())
         .await
-    {
-        Ok(m) => Some((
-            m.sequence,
-            serde_json::from_slice::<CallEvent>(&m.payload).ok(),
-        )),
-        Err(e) if e.kind() == DirectGetErrorKind::NotFound => None,
-        Err(e) => return Err(ExpiryError::Read(names::CALL_EVENTS, e.into())),
-    };
+        .map_err(|e| ExpiryError::Read(names::CALL_EVENTS, e))?
+        .map(|last| (last.sequence, last.event.ok()));
     let event = latest.as_ref().and_then(|(_, e)| e.as_ref());
     if verdict(request.attempt, event) == Verdict::Leave {
         return Ok(());

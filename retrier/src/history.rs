@@ -162,8 +162,10 @@ async fn walk(
                 from = Some(message.sequence + 1);
                 match serde_json::from_slice::<CallEvent>(&message.payload) {
                     Ok(event) => found.push(event),
-                    Err(e) => tracing::warn!(%subject, seq = message.sequence, error = %e,
-                        "undecodable event skipped"),
+                    Err(e) => {
+                        tracing::warn!(%subject, seq = message.sequence, error = %ccm_core::telemetry::chain(&e),
+                        "undecodable event skipped")
+                    }
                 }
                 if until == Some(message.sequence) {
                     return Ok(found);
@@ -185,14 +187,8 @@ async fn last_on(
     stream: &Stream,
     subject: String,
 ) -> Result<Option<(u64, CallEvent)>, HistoryError> {
-    match stream.direct_get_last_for_subject(subject.clone()).await {
-        Ok(message) => Ok(serde_json::from_slice::<CallEvent>(&message.payload)
-            .ok()
-            .map(|event| (message.sequence, event))),
-        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-        Err(e) => Err(HistoryError {
-            subject,
-            source: e.into(),
-        }),
+    match ccm_core::call_log::last_on(stream, subject.clone()).await {
+        Ok(last) => Ok(last.and_then(|l| l.event.ok().map(|event| (l.sequence, event)))),
+        Err(source) => Err(HistoryError { subject, source }),
     }
 }

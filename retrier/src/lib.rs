@@ -13,7 +13,10 @@
 //! - `retrier_retries` (`RETRIES`): [`retries`] delays each entry until due, then publishes
 //!   attempt n+1 to `CALLS`.
 //! - `retrier_advisories` (`ADVISORIES`): [`advisories`] moves messages that exhausted
-//!   `max_deliver` into `DLQ`.
+//!   `max_deliver` or were TERMed into `DLQ`.
+//!
+//! All three run on the shared consumer runtime (`ccm_core::consumer`), whose module docs
+//! state each one's poison and shutdown policy.
 //!
 //! Beside them, [`expiry`] ends `EXPIRED` every attempt left undialled in `CALLS` longer than
 //! `retrier.max_queue_age_secs`, before the stream's retention could drop it.
@@ -21,24 +24,28 @@
 //! [`dlq`] also holds the operator's actions (list, show, redrive, discard) that the
 //! `ccm-retrier dlq` subcommands run.
 
-pub mod advisories;
+pub(crate) mod advisories;
 pub mod dlq;
 pub mod expiry;
 pub mod history;
-pub mod outcome;
-pub mod reaper;
-pub mod retries;
-pub mod sample;
-pub mod window;
+pub(crate) mod outcome;
+pub(crate) mod reaper;
+pub(crate) mod retries;
+pub(crate) mod sample;
+pub(crate) mod window;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use async_nats::jetstream::{self, Message, consumer::PullConsumer, kv};
-use ccm_core::{Config, RetryPolicy, policy::PolicyError, service::Started, topology::names};
-use futures::StreamExt;
+use async_nats::jetstream::{self, consumer::PullConsumer, kv};
+use ccm_core::{
+    Config, RetryPolicy,
+    consumer::{Delivery, Options, Poison},
+    policy::PolicyError,
+    service::Started,
+    topology::names,
+};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 /// Why the retrier stopped.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +104,7 @@ impl Shared {
 const HANDLERS: usize = 64;
 
 /// How long a pull request waits for messages. Short, so shutdown is never held up long.
-const PULL_EXPIRES: Duration = Duration::from_secs(1);
+pub(crate) const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 /// Runs the retrier until `shutdown` is cancelled. A bad policy file stops it at start.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RetrierError> {
@@ -112,26 +119,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Retr
     let mut tasks = JoinSet::new();
     let (c, s) = (ctx.clone(), shutdown.clone());
     tasks.spawn(async move {
-        let pull = Pull {
-            consumer: "retrier_outcomes",
-            stream: names::CALL_EVENTS,
-            batch: HANDLERS,
-            concurrency: HANDLERS,
-        };
-        consume(c, s, pull, |ctx, m| async move {
+        // An outcome nobody can decode is TERMed and parked from its advisory.
+        let options = Options::new("retrier_outcomes", HANDLERS, PULL_EXPIRES);
+        consume(c, s, names::CALL_EVENTS, options, |ctx, m| async move {
             outcome::handle(&ctx, m).await
         })
         .await
     });
     let (c, s) = (ctx.clone(), shutdown.clone());
     tasks.spawn(async move {
-        let pull = Pull {
-            consumer: "retrier_advisories",
-            stream: names::ADVISORIES,
-            batch: HANDLERS,
-            concurrency: HANDLERS,
+        // An advisory nobody can read names no message: skipped.
+        let options = Options {
+            poison: Poison::Skip,
+            ..Options::new("retrier_advisories", HANDLERS, PULL_EXPIRES)
         };
-        consume(c, s, pull, |ctx, m| async move {
+        consume(c, s, names::ADVISORIES, options, |ctx, m| async move {
             advisories::handle(&ctx, m).await
         })
         .await
@@ -178,98 +180,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Retr
     result
 }
 
-/// How a consumer is pulled.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Pull {
-    pub consumer: &'static str,
-    pub stream: &'static str,
-    /// Messages per pull request.
-    pub batch: usize,
-    /// Handlers running at once.
-    pub concurrency: usize,
-}
-
-/// Pulls from a durable consumer and runs `handler` on each message, at most
-/// `pull.concurrency` at a time, until `shutdown`; then waits for the handlers in flight.
-///
-/// Pulls are explicit batches with a short `expires`, each read to its end: on shutdown the
-/// last batch is finished and what it still brings is NAKed, so no message is left buffered
-/// in a stopped client, invisible to other replicas until its `ack_wait` runs out.
+/// Opens a durable consumer of `stream` and runs `handler` on each of its messages with the
+/// shared runtime ([`ccm_core::consumer::run`]) until `shutdown`.
 pub(crate) async fn consume<F, Fut>(
     ctx: Arc<Shared>,
     shutdown: CancellationToken,
-    pull: Pull,
+    stream: &'static str,
+    options: Options,
     handler: F,
 ) -> Result<(), RetrierError>
 where
-    F: Fn(Arc<Shared>, Message) -> Fut,
+    F: Fn(Arc<Shared>, Delivery) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let consumer: PullConsumer = ctx
         .js
-        .get_consumer_from_stream(pull.consumer, pull.stream)
+        .get_consumer_from_stream(options.name, stream)
         .await
-        .map_err(|e| RetrierError::Open(pull.consumer, e.into()))?;
-    let limit = Arc::new(tokio::sync::Semaphore::new(pull.concurrency.max(1)));
-    let mut tasks = JoinSet::new();
-    while !shutdown.is_cancelled() {
-        let batch = consumer
-            .fetch()
-            .max_messages(pull.batch.max(1))
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(batch) => batch,
-            Err(e) => {
-                tracing::warn!(consumer = pull.consumer, error = %e, "pull failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        while let Some(message) = batch.next().await {
-            let message = match message {
-                Ok(message) => message,
-                Err(e) => {
-                    tracing::warn!(consumer = pull.consumer, error = %e, "pull error");
-                    continue;
-                }
-            };
-            if shutdown.is_cancelled() {
-                let _ = message
-                    .ack_with(async_nats::jetstream::AckKind::Nak(None))
-                    .await;
-                continue;
-            }
-            let Ok(permit) = limit.clone().acquire_owned().await else {
-                break;
-            };
-            // With tracing on, each message is handled in a span of the trace it carries.
-            let span = if ccm_core::trace_context::enabled() {
-                let span = tracing::info_span!(
-                    "consume",
-                    otel.name = pull.consumer,
-                    otel.kind = "consumer",
-                    subject = %message.subject,
-                );
-                ccm_core::trace_context::set_parent(&span, message.headers.as_ref());
-                span
-            } else {
-                tracing::Span::none()
-            };
-            let work = handler(ctx.clone(), message);
-            tasks.spawn(
-                async move {
-                    work.await;
-                    drop(permit);
-                }
-                .instrument(span),
-            );
-            while tasks.try_join_next().is_some() {}
-        }
-    }
-    while tasks.join_next().await.is_some() {}
+        .map_err(|e| RetrierError::Open(options.name, e.into()))?;
+    ccm_core::consumer::run(
+        &consumer,
+        &options,
+        |delivery| handler(ctx.clone(), delivery),
+        &shutdown,
+    )
+    .await;
     Ok(())
 }

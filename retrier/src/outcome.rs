@@ -12,10 +12,10 @@
 
 use std::hash::{Hash, Hasher};
 
-use async_nats::jetstream::{AckKind, Message, kv};
+use async_nats::jetstream::kv;
 use ccm_core::{
     CallEvent, CallId, Campaign, DialRequest, EventKind, OutcomeStatus, RetryEntry,
-    metrics::counter, policy::Decision,
+    consumer::Delivery, metrics::counter, policy::Decision, telemetry::chain,
 };
 use chrono::Utc;
 
@@ -40,15 +40,13 @@ pub enum OutcomeError {
 }
 
 /// Handles one outcome message and acknowledges it.
-pub async fn handle(ctx: &Shared, message: Message) {
+pub async fn handle(ctx: &Shared, message: Delivery) {
     let outcome: CallEvent = match serde_json::from_slice(&message.payload) {
         Ok(event) => event,
         Err(e) => {
-            // Left to exhaust max_deliver, so the advisory moves it to the DLQ intact.
-            tracing::warn!(error = %e, subject = %message.subject, "undecodable outcome");
-            let _ = message
-                .ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(5))))
-                .await;
+            // TERMed (the consumer's poison policy): the retrier parks it from the advisory,
+            // without spending max_deliver on a message that can never be decoded.
+            let _ = message.poison(&format!("undecodable outcome: {e}")).await;
             return;
         }
     };
@@ -56,14 +54,12 @@ pub async fn handle(ctx: &Shared, message: Message) {
     match decide(ctx, &outcome, seq).await {
         Ok(()) => {
             if let Err(e) = message.ack().await {
-                tracing::warn!(error = %e, "ack failed; the decision is idempotent");
+                tracing::warn!(error = %chain(&e), "ack failed; the decision is idempotent");
             }
         }
         Err(e) => {
-            tracing::warn!(error = %e, call = %outcome.call_id, "outcome not handled; retrying");
-            let _ = message
-                .ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(1))))
-                .await;
+            tracing::warn!(error = %chain(&e), call = %outcome.call_id, "outcome not handled; retrying");
+            let _ = message.nak(Some(std::time::Duration::from_secs(1))).await;
         }
     }
 }

@@ -40,7 +40,9 @@ pub async fn run(
                     tracing::info!(?reaped, "claims reaped");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "claim reaper walk failed; next tick retries"),
+            Err(e) => {
+                tracing::warn!(error = %ccm_core::telemetry::chain(&e), "claim reaper walk failed; next tick retries")
+            }
         }
     }
 }

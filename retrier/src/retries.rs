@@ -14,13 +14,17 @@
 
 use std::{sync::Arc, time::Duration};
 
-use async_nats::jetstream::{AckKind, Message};
-use ccm_core::{RetryEntry, metrics::counter};
+use ccm_core::{
+    RetryEntry,
+    consumer::{Delivery, Options, Poison},
+    metrics::counter,
+    telemetry::chain,
+};
 use chrono::Utc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Pull, RetrierError, Shared, dlq};
+use crate::{RetrierError, Shared, dlq};
 
 /// Entries due within this are held in memory rather than NAKed again. It stays below the
 /// consumer's `ack_wait` (60 s) so a held entry is never redelivered elsewhere meanwhile.
@@ -34,14 +38,15 @@ pub async fn run(ctx: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Re
     let scheduler = ctx.policy.scheduler.clone();
     let publishing = Arc::new(Semaphore::new(scheduler.max_concurrent_retries.max(1)));
     let step = Duration::from_secs(u64::from(scheduler.check_interval_minutes.max(1)) * 60);
-    let pull = Pull {
-        consumer: "retrier_retries",
-        stream: ccm_core::topology::names::RETRIES,
-        batch: scheduler.batch_size,
+    // An entry nobody can read is kept as a letter by the handler, then TERMed.
+    let options = Options {
         concurrency: IN_FLIGHT,
+        poison: Poison::Term,
+        ..Options::new("retrier_retries", scheduler.batch_size, crate::PULL_EXPIRES)
     };
     let stop = shutdown.clone();
-    crate::consume(ctx, shutdown, pull, move |ctx, message| {
+    let stream = ccm_core::topology::names::RETRIES;
+    crate::consume(ctx, shutdown, stream, options, move |ctx, message| {
         let (publishing, shutdown) = (publishing.clone(), stop.clone());
         async move { handle(&ctx, message, step, &publishing, &shutdown).await }
     })
@@ -50,7 +55,7 @@ pub async fn run(ctx: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Re
 
 async fn handle(
     ctx: &Shared,
-    message: Message,
+    message: Delivery,
     step: Duration,
     publishing: &Semaphore,
     shutdown: &CancellationToken,
@@ -59,18 +64,17 @@ async fn handle(
         Ok(entry) => entry,
         Err(e) => {
             // An entry nobody can read would be redelivered for ever (max_deliver is
-            // unlimited): keep it as a dead letter, then remove it.
+            // unlimited): keep it as a dead letter, then TERM it, which removes it from the
+            // work queue (its advisory then finds nothing left to park).
             tracing::error!(error = %e, subject = %message.subject, "undecodable retry entry");
             let reason = format!("undecodable retry entry: {e}");
             match dlq::store_message(ctx, &message, &reason).await {
                 Ok(()) => {
-                    let _ = message.ack_with(AckKind::Term).await;
+                    let _ = message.term(&reason).await;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot dead-letter the entry yet");
-                    let _ = message
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                        .await;
+                    tracing::warn!(error = %chain(&e), "cannot dead-letter the entry yet");
+                    let _ = message.nak(Some(Duration::from_secs(5))).await;
                 }
             }
             return;
@@ -80,15 +84,15 @@ async fn handle(
     if remaining > HOLD {
         // Come back half a hold early, so the entry is held and fired on time.
         let delay = (remaining - HOLD / 2).min(step);
-        if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
-            tracing::warn!(error = %e, "NAK failed; the entry comes back after ack_wait");
+        if let Err(e) = message.nak(Some(delay)).await {
+            tracing::warn!(error = %chain(&e), "NAK failed; the entry comes back after ack_wait");
         }
         return;
     }
     tokio::select! {
         _ = tokio::time::sleep(remaining) => {}
         _ = shutdown.cancelled() => {
-            let _ = message.ack_with(AckKind::Nak(None)).await;
+            let _ = message.nak(None).await;
             return;
         }
     }
@@ -113,14 +117,12 @@ async fn handle(
             tracing::debug!(call = %entry.request.call_id, attempt = entry.request.attempt,
                 late_ms = late.num_milliseconds(), "retry published");
             if let Err(e) = message.double_ack().await {
-                tracing::warn!(error = %e, "ack of a published retry failed; it is de-duplicated");
+                tracing::warn!(error = %chain(&e), "ack of a published retry failed; it is de-duplicated");
             }
         }
         Err(e) => {
-            tracing::warn!(error = %e, call = %entry.request.call_id, "retry publish failed");
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
+            tracing::warn!(error = %chain(&e), call = %entry.request.call_id, "retry publish failed");
+            let _ = message.nak(Some(Duration::from_secs(1))).await;
         }
     }
 }

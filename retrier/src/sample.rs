@@ -20,7 +20,9 @@ pub async fn run(js: jetstream::Context, shutdown: CancellationToken) {
         ] {
             match messages(&js, stream).await {
                 Ok(count) => gauge!(metric).set(count as f64),
-                Err(e) => tracing::debug!(stream, error = %e, "cannot read stream info"),
+                Err(e) => {
+                    tracing::debug!(stream, error = %ccm_core::telemetry::chain(e.as_ref()), "cannot read stream info")
+                }
             }
         }
         tokio::select! {

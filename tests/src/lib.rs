@@ -16,6 +16,7 @@
 //!   from the images `cargo xtask images` builds locally ([`images`]; no registry needed).
 //!   Build with `--features docker`; needs a Docker engine.
 
+pub mod api;
 pub mod chaos;
 pub mod cluster;
 #[cfg(feature = "docker")]
@@ -31,6 +32,7 @@ use std::{future::Future, time::Duration};
 use ccm_core::{Config, config::Secret, topology::Topology};
 use sqlx::{Connection, PgConnection, PgPool, postgres::PgPoolOptions};
 
+pub use api::ApiClient;
 pub use cluster::NatsCluster;
 pub use nats::LocalNats;
 pub use postgres::LocalPostgres;

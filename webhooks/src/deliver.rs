@@ -140,7 +140,7 @@ impl Worker {
                     }
                     Ok(rows) => queue.extend(rows),
                     Err(e) => {
-                        tracing::warn!(endpoint = %self.endpoint, error = %e, "cannot read the webhook queue");
+                        tracing::warn!(endpoint = %self.endpoint, error = %ccm_core::telemetry::chain(&e), "cannot read the webhook queue");
                         if !pause(poll, &shutdown).await {
                             return;
                         }
@@ -177,7 +177,7 @@ impl Worker {
                 Err(e) => {
                     // The state could not be recorded: read the queue again after a pause
                     // rather than risk skipping or repeating out of order.
-                    tracing::warn!(endpoint = %self.endpoint, error = %e, "cannot record a webhook attempt");
+                    tracing::warn!(endpoint = %self.endpoint, error = %ccm_core::telemetry::chain(&e), "cannot record a webhook attempt");
                     queue.clear();
                     if !pause(poll, &shutdown).await {
                         return;
@@ -331,7 +331,7 @@ impl Worker {
             )
             .await
         {
-            tracing::error!(endpoint = %self.endpoint, error = %e, "cannot disable the webhook endpoint");
+            tracing::error!(endpoint = %self.endpoint, error = %ccm_core::telemetry::chain(e.as_ref()), "cannot disable the webhook endpoint");
         }
         Ok(state != State::Pending)
     }
@@ -384,7 +384,7 @@ async fn send(
             response.headers().get(header::RETRY_AFTER),
         ),
         Err(e) => {
-            tracing::debug!(%url, error = %e, "webhook attempt failed");
+            tracing::debug!(%url, error = %ccm_core::telemetry::chain(&e), "webhook attempt failed");
             match target::refusal(&e) {
                 Some(refused) => Attempt::TargetRefused(refused.to_string()),
                 None => Attempt::NoAnswer(crate::error_chain(&e)),

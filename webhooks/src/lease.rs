@@ -202,7 +202,7 @@ impl Leases {
                 _ = tokio::time::sleep(every) => {}
             }
             if let Err(e) = self.renew().await {
-                tracing::warn!(error = %e, "cannot renew the webhook leases");
+                tracing::warn!(error = %ccm_core::telemetry::chain(&e), "cannot renew the webhook leases");
             }
         }
     }
@@ -231,7 +231,7 @@ impl Leases {
                 .await
         {
             // They expire on their own after the time to live.
-            tracing::warn!(error = %e, "cannot release webhook leases");
+            tracing::warn!(error = %ccm_core::telemetry::chain(&e), "cannot release webhook leases");
         }
     }
 

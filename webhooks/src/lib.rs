@@ -23,22 +23,27 @@
 //! batch, which the queue's unique index absorbs; a crash between a delivery and recording
 //! it repeats that one delivery. Receivers de-duplicate on `webhook-id`.
 
-pub mod campaigns;
-pub mod deliver;
-pub mod health;
+pub(crate) mod campaigns;
+pub(crate) mod deliver;
+pub(crate) mod health;
 pub mod lease;
-pub mod payload;
+pub(crate) mod payload;
 pub mod queue;
-pub mod sign;
+pub(crate) mod sign;
 pub mod subscriptions;
-pub mod target;
-pub mod workers;
+pub(crate) mod target;
+pub(crate) mod workers;
 
 use std::{sync::Arc, time::Duration};
 
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, stream::Stream};
-use ccm_core::{CallEvent, Config, service::Started, topology::names};
-use futures::StreamExt;
+use async_nats::jetstream::{self, consumer::PullConsumer, stream::Stream};
+use ccm_core::{
+    CallEvent, Config,
+    consumer::{Delivery, OnShutdown, Options, Poison},
+    service::Started,
+    telemetry::chain,
+    topology::names,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -55,6 +60,18 @@ const CONSUMER: &str = "webhooks";
 /// How long a pull request waits for messages. Short, so shutdown is never held up long.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
 const BATCH: usize = 256;
+/// The consumer's policy in the shared runtime (`ccm_core::consumer`): one explicit batch per
+/// pull, read to its end and dispatched whole even after the shutdown signal; an event nobody
+/// can decode is skipped (acked with its batch: the projector owns malformed events).
+const OPTIONS: Options = Options {
+    name: CONSUMER,
+    batch: BATCH,
+    expires: PULL_EXPIRES,
+    heartbeat: None,
+    concurrency: 1,
+    poison: Poison::Skip,
+    on_shutdown: OnShutdown::Nak(None),
+};
 /// How often campaigns with new terminal events are checked for completion.
 const COMPLETION_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How often a replica that does not dispatch tries to take the dispatch lease.
@@ -236,29 +253,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Webh
                 }
                 // Checked between pulls rather than raced against them: dropping a pull whose request
                 // was already sent would strand its messages until `ack_wait`.
-                let batch = consumer
-                    .fetch()
-                    .max_messages(BATCH)
-                    .expires(PULL_EXPIRES)
-                    .messages()
-                    .await;
-                let mut batch = match batch {
-                    Ok(batch) => batch,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "pull failed");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        }
+                let Ok(messages) = ccm_core::consumer::fetch(&consumer, &OPTIONS).await else {
+                    // Logged and counted by the runtime.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     }
                 };
-                let mut messages = Vec::new();
-                while let Some(message) = batch.next().await {
-                    match message {
-                        Ok(message) => messages.push(message),
-                        Err(e) => tracing::warn!(error = %e, "pull error"),
-                    }
-                }
                 if !messages.is_empty() {
                     dispatcher.dispatch(messages, &lease).await;
                 }
@@ -328,7 +329,7 @@ impl Dispatcher {
         }
     }
 
-    async fn dispatch(&mut self, messages: Vec<jetstream::Message>, lease: &Lease) {
+    async fn dispatch(&mut self, messages: Vec<Delivery>, lease: &Lease) {
         let subscriptions = self.subscriptions.all();
         // Each event with the subscriptions it matches (enabled or not: a disabled endpoint's
         // messages are kept as skipped, for a later replay).
@@ -386,18 +387,16 @@ impl Dispatcher {
         }
         if let Err(e) = queue::enqueue(&self.pg, &rows, lease).await {
             // Lease lost: the replica that took it over gets the batch again.
-            tracing::warn!(error = %e, events = messages.len(), "cannot queue webhook messages; batch comes back");
+            tracing::warn!(error = %chain(&e), events = messages.len(), "cannot queue webhook messages; batch comes back");
             for message in messages {
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(RETRY_BATCH_DELAY)))
-                    .await;
+                let _ = message.nak(Some(RETRY_BATCH_DELAY)).await;
             }
             return;
         }
         count_skipped(&rows);
         for message in messages {
             if let Err(e) = message.ack().await {
-                tracing::warn!(error = %e, "event ack failed; it comes again and is queued once");
+                tracing::warn!(error = %chain(&e), "event ack failed; it comes again and is queued once");
             }
         }
         for row in rows.iter().filter(|r| !r.skipped) {

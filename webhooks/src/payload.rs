@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 
-use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
+use async_nats::jetstream::stream::Stream;
 use ccm_core::{CallEvent, CallStatus, EventKind, subjects};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, stream};
@@ -90,7 +90,7 @@ impl Enrichment {
         .fetch_all(pg)
         .await
         .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "call lookup for webhook payloads failed");
+            tracing::warn!(error = %ccm_core::telemetry::chain(&e), "call lookup for webhook payloads failed");
             Vec::new()
         })
         .into_iter()
@@ -142,13 +142,13 @@ impl Enrichment {
 
 /// The latest outcome of a call, its fields as the payload shows them.
 async fn lookup_outcome(stream: Stream, subject: String) -> Option<serde_json::Value> {
-    match stream.direct_get_last_for_subject(subject).await {
-        Ok(message) => serde_json::from_slice::<CallEvent>(&message.payload)
-            .ok()
+    match ccm_core::call_log::last_on(&stream, subject).await {
+        Ok(last) => last
+            .and_then(ccm_core::call_log::Last::decoded)
             .and_then(|e| outcome_fields(&e)),
-        Err(e) if e.kind() == DirectGetErrorKind::NotFound => None,
         Err(e) => {
-            tracing::warn!(error = %e, "outcome lookup for webhook payload failed");
+            tracing::warn!(error = %ccm_core::telemetry::chain(e.as_ref()),
+                "outcome lookup for webhook payload failed");
             None
         }
     }

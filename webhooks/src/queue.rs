@@ -274,7 +274,7 @@ async fn log_task(pg: PgPool, mut receiver: mpsc::UnboundedReceiver<AttemptRecor
         while let Err(e) = write_log(&pg, &batch).await {
             tries += 1;
             if tries == 5 {
-                tracing::warn!(error = %e, lost = batch.len(), "delivery log write failed; entries dropped");
+                tracing::warn!(error = %ccm_core::telemetry::chain(&e), lost = batch.len(), "delivery log write failed; entries dropped");
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200 * tries)).await;

@@ -83,7 +83,7 @@ impl Workers {
         let taken = match self.leases.acquire(&names).await {
             Ok(taken) => taken,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot take webhook lane leases");
+                tracing::warn!(error = %ccm_core::telemetry::chain(&e), "cannot take webhook lane leases");
                 return;
             }
         };
@@ -105,7 +105,7 @@ impl Workers {
         let since = queue::failing_since(&self.shared.pg, endpoint)
             .await
             .unwrap_or_else(|e| {
-                tracing::warn!(%endpoint, error = %e, "cannot read the endpoint's failures");
+                tracing::warn!(%endpoint, error = %ccm_core::telemetry::chain(&e), "cannot read the endpoint's failures");
                 None
             });
         let health = Arc::new(Mutex::new(Health::failing_since(since)));

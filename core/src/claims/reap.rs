@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{
     consumer::{DeliverPolicy, push},
-    stream::{LastRawMessageErrorKind, Stream},
+    stream::Stream,
 };
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
@@ -59,17 +59,9 @@ pub async fn latest_event(
     events: &Stream,
     call: CallId,
 ) -> Result<Option<(Result<CallEvent, serde_json::Error>, i64)>, async_nats::Error> {
-    match events
-        .get_last_raw_message_by_subject(&subjects::event_any_campaign(call))
-        .await
-    {
-        Ok(m) => Ok(Some((
-            serde_json::from_slice::<CallEvent>(&m.payload),
-            m.time.unix_timestamp(),
-        ))),
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    Ok(crate::call_log::last_of_call(events, call)
+        .await?
+        .map(|last| (last.event, last.stored_at.timestamp())))
 }
 
 impl Claims {

@@ -119,11 +119,13 @@ pub async fn serve(
                     let (handle, readiness) = (handle.clone(), readiness.clone());
                     tokio::spawn(async move {
                         if let Err(e) = answer(stream, &handle, &readiness).await {
-                            tracing::debug!(error = %e, "metrics request failed");
+                            tracing::debug!(error = %crate::telemetry::chain(&e), "metrics request failed");
                         }
                     });
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot accept a metrics connection"),
+                Err(e) => {
+                    tracing::warn!(error = %crate::telemetry::chain(&e), "cannot accept a metrics connection")
+                }
             }
         }
     });

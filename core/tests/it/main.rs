@@ -1,5 +1,6 @@
 //! ccm-core against a real nats-server.
 
 mod claims;
+mod consumer;
 mod inspect;
 mod provisioning;

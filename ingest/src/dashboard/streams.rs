@@ -42,6 +42,7 @@ impl StreamCounts {
     }
 
     /// Streams `token` holds open now.
+    #[cfg(test)]
     pub fn count(&self, token: TokenId) -> u32 {
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         open.get(&token).copied().unwrap_or(0)

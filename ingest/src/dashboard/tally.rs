@@ -219,6 +219,7 @@ impl Tally {
     }
 
     /// How many calls are followed one by one.
+    #[cfg(test)]
     pub fn followed(&self) -> usize {
         self.calls.len()
     }

@@ -233,6 +233,16 @@ pub fn table(metrics_require_token: bool) -> Vec<Entry> {
         ),
         token("/api/v1/tokens", post(tokens::create).get(tokens::list)).admin(),
         token("/api/v1/tokens/{id}", delete(tokens::revoke)).admin(),
+        token(
+            "/api/v1/subjects/{phone}/export",
+            get(routes::subjects::export),
+        )
+        .admin(),
+        token(
+            "/api/v1/subjects/{phone}/erase",
+            post(routes::subjects::erase),
+        )
+        .admin(),
         token("/api/v1/audit", get(crate::audit::list))
             .admin()
             .expensive(GET),

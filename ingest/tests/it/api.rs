@@ -1,19 +1,24 @@
 //! Ingest served in-process on port 0, with the projector beside it when a test needs the
 //! read model.
 
-use std::time::Duration;
-
 use ccm_core::Config;
-use ccm_tests::{TEST_TOKEN, TestEnv};
-use serde_json::{Value, json};
+use ccm_tests::{ApiClient, TestEnv};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 pub struct Api {
-    pub base: String,
-    pub http: reqwest::Client,
+    client: ApiClient,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
+}
+
+/// Requests go through the shared client.
+impl std::ops::Deref for Api {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.client
+    }
 }
 
 impl Api {
@@ -63,86 +68,12 @@ impl Api {
 
     async fn ready(base: String, shutdown: CancellationToken, tasks: JoinSet<()>) -> Api {
         let api = Api {
-            base,
-            http: reqwest::Client::new(),
+            client: ApiClient::new(base),
             shutdown,
             tasks,
         };
-        for _ in 0..500 {
-            if let Ok(r) = api.http.get(format!("{}/readyz", api.base)).send().await
-                && r.status().is_success()
-            {
-                return api;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("ingest never became ready");
-    }
-
-    /// An authenticated JSON request; the status and the parsed body (Null if not JSON).
-    pub async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("X-Auth-Token", TEST_TOKEN);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.send(reqwest::Method::POST, path, Some(body)).await
-    }
-
-    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
-        self.send(reqwest::Method::PUT, path, Some(body)).await
-    }
-
-    pub async fn get(&self, path: &str) -> (u16, Value) {
-        self.send(reqwest::Method::GET, path, None).await
-    }
-
-    /// Sends a raw body with a content type.
-    pub async fn raw(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        content_type: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> (u16, Value) {
-        let response = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("X-Auth-Token", TEST_TOKEN)
-            .header("Content-Type", content_type)
-            .body(body)
-            .send()
-            .await
-            .expect("request");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    /// Creates a campaign through the compatible API and returns its id.
-    pub async fn campaign(&self, name: &str) -> u64 {
-        let (status, body) = self.post("/api/v1/campaigns/", json!({"name": name})).await;
-        assert_eq!(status, 201, "{body}");
-        body["id"].as_u64().expect("integer id")
-    }
-
-    /// Creates a campaign with settings through the resource API.
-    pub async fn campaign_with(&self, body: Value) -> u64 {
-        let (status, body) = self.post("/api/v1/campaigns", body).await;
-        assert_eq!(status, 201, "{body}");
-        body["id"].as_u64().expect("integer id")
+        api.wait_ready().await;
+        api
     }
 
     pub async fn stop(mut self) {

@@ -140,7 +140,7 @@ impl Fixture {
                 config.ingest.max_body_bytes = limit;
             }
             let api = Api::start_with(&env, config, false).await;
-            let campaign = api.campaign("bad-input").await;
+            let campaign = api.compat_campaign("bad-input").await;
             let baseline = sequences(&env).await;
             (env, api, campaign, baseline)
         });

@@ -11,7 +11,7 @@ const BULK: &str = "/api/v1/bulk-initiate-calls/";
 async fn bulk_accepts_in_order_drops_repeats_and_reports_duplicates() {
     let env = TestEnv::start().await.expect("env");
     let api = Api::start(&env).await;
-    let campaign = api.campaign("bulk").await;
+    let campaign = api.compat_campaign("bulk").await;
     // A live call makes +1888000002 a duplicate.
     let (status, _) = api
         .post(
@@ -97,7 +97,7 @@ async fn bulk_accepts_in_order_drops_repeats_and_reports_duplicates() {
 async fn bulk_rejects_bad_requests_with_the_old_messages_and_publishes_nothing() {
     let env = TestEnv::start().await.expect("env");
     let api = Api::start(&env).await;
-    let campaign = api.campaign("bulk errors").await;
+    let campaign = api.compat_campaign("bulk errors").await;
     let mut mixed = vec!["+1888000001".to_owned()];
     mixed.extend((1..=7).map(|n| format!("bad{n}")));
     let cases = [
@@ -145,7 +145,7 @@ async fn bulk_rejects_bad_requests_with_the_old_messages_and_publishes_nothing()
 async fn numbers_added_are_dialled_at_once_by_use_campaign_numbers() {
     let env = TestEnv::start().await.expect("env");
     let api = Api::start(&env).await;
-    let campaign = api.campaign("contacts").await;
+    let campaign = api.compat_campaign("contacts").await;
     let numbers = json!(["+1555000001", "+1555000002", "nope", "+1555000001"]);
     let (status, body) = api
         .post(
@@ -206,7 +206,7 @@ async fn numbers_added_are_dialled_at_once_by_use_campaign_numbers() {
 async fn added_numbers_are_mirrored_into_the_read_model() {
     let env = TestEnv::start().await.expect("env");
     let api = Api::with_projector(&env).await;
-    let campaign = api.campaign("mirror").await;
+    let campaign = api.compat_campaign("mirror").await;
     let body = json!({"campaign_id": campaign, "phone_numbers": ["+1555000001", "+1555000002"]});
     for _ in 0..2 {
         let (status, _) = api.post("/api/v1/phone-numbers/", body.clone()).await;
@@ -236,7 +236,7 @@ async fn added_numbers_are_mirrored_into_the_read_model() {
 async fn bulk_lists_every_failure_and_pairs_each_call_id_with_its_number() {
     let env = TestEnv::start().await.expect("env");
     let api = Api::start(&env).await;
-    let campaign = api.campaign("bulk pairs").await;
+    let campaign = api.compat_campaign("bulk pairs").await;
     let live: Vec<String> = (1..=13).map(|n| format!("+1888100{n:03}")).collect();
     let (status, body) = api
         .post(

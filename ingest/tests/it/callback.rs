@@ -13,7 +13,7 @@ const CALLBACK: &str = "/api/v1/callback/";
 
 /// Accepts a call and waits until the projector has it in the read model.
 async fn projected_call(env: &TestEnv, api: &Api) -> (u64, String) {
-    let campaign = api.campaign("callbacks").await;
+    let campaign = api.compat_campaign("callbacks").await;
     let (status, body) = api
         .post(
             "/api/v1/initiate-call/",

@@ -173,7 +173,7 @@ async fn the_stream_refuses_requests_without_a_valid_ticket_or_token() {
 async fn the_stream_sends_a_snapshot_then_an_update_when_a_call_is_accepted() {
     let env = TestEnv::start().await.expect("env");
     let api = Api::with_projector(&env).await;
-    let campaign = api.campaign("dashboard").await;
+    let campaign = api.compat_campaign("dashboard").await;
     let first = place_call(&api, campaign, "+15550100001").await;
     // The read model has the first call before the stream opens.
     ccm_tests::eventually(Duration::from_secs(20), || async {
@@ -217,7 +217,7 @@ async fn a_burst_of_calls_reaches_the_browser_as_a_few_coalesced_updates() {
     const CALLS: usize = 2_000;
     let env = TestEnv::start().await.expect("env");
     let api = Api::with_projector(&env).await;
-    let campaign = api.campaign("burst").await;
+    let campaign = api.compat_campaign("burst").await;
     let mut events = Events::open(&api, &format!("?ticket={}", ticket(&api).await)).await;
     let (name, _) = events.next().await;
     assert_eq!(name, "snapshot");

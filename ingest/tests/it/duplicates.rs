@@ -30,7 +30,10 @@ async fn end_call(env: &TestEnv, key: &str) {
 async fn a_live_number_is_429_in_any_campaign_under_the_global_scope() {
     let env = TestEnv::start().await.expect("env");
     let api = Api::start(&env).await;
-    let (a, b) = (api.campaign("a").await, api.campaign("b").await);
+    let (a, b) = (
+        api.compat_campaign("a").await,
+        api.compat_campaign("b").await,
+    );
     assert_eq!(call(&api, "+1234567890", a).await.0, 201);
     for campaign in [a, b] {
         let (status, body) = call(&api, "+1 234 567 890", campaign).await;
@@ -54,7 +57,10 @@ async fn under_the_campaign_scope_only_the_same_campaign_is_blocked() {
     let mut config = env.config();
     config.ingest.duplicate_scope = DuplicateScope::Campaign;
     let api = Api::start_with(&env, config, false).await;
-    let (a, b) = (api.campaign("a").await, api.campaign("b").await);
+    let (a, b) = (
+        api.compat_campaign("a").await,
+        api.compat_campaign("b").await,
+    );
     assert_eq!(call(&api, "+1234567890", a).await.0, 201);
     assert_eq!(call(&api, "+1234567890", b).await.0, 201);
     assert_eq!(call(&api, "+1234567890", a).await.0, 429);
@@ -81,7 +87,7 @@ async fn under_the_campaign_scope_only_the_same_campaign_is_blocked() {
 async fn a_number_whose_call_just_ended_is_blocked_for_the_window() {
     let env = TestEnv::start().await.expect("env");
     let api = Api::start(&env).await;
-    let campaign = api.campaign("window").await;
+    let campaign = api.compat_campaign("window").await;
     assert_eq!(call(&api, "+1234567890", campaign).await.0, 201);
     end_call(&env, "1234567890").await;
     let (status, body) = call(&api, "+1234567890", campaign).await;
@@ -105,7 +111,7 @@ async fn a_number_whose_call_just_ended_is_blocked_for_the_window() {
 async fn of_concurrent_requests_for_one_number_exactly_one_wins() {
     let env = TestEnv::start().await.expect("env");
     let api = Api::start(&env).await;
-    let campaign = api.campaign("race").await;
+    let campaign = api.compat_campaign("race").await;
     let requests = (0..20).map(|_| call(&api, "+1234567890", campaign));
     let statuses: Vec<u16> = futures::future::join_all(requests)
         .await

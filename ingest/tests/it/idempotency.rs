@@ -51,7 +51,12 @@ fn a_key_reused_with_another_request_is_422_and_with_the_same_request_replays() 
     let runtime = Runtime::new().expect("runtime");
     let env = runtime.block_on(TestEnv::start()).expect("env");
     let api = runtime.block_on(Api::start(&env));
-    let campaigns = runtime.block_on(async { (api.campaign("a").await, api.campaign("b").await) });
+    let campaigns = runtime.block_on(async {
+        (
+            api.compat_campaign("a").await,
+            api.compat_campaign("b").await,
+        )
+    });
     let next = AtomicU64::new(0);
     let side = || (any::<bool>(), 0..3_u64, any::<bool>());
     let seed = std::env::var("CCM_SEED")
@@ -102,7 +107,7 @@ fn a_key_reused_with_another_request_is_422_and_with_the_same_request_replays() 
 async fn a_key_left_pending_by_a_dead_handler_resolves_to_its_call() {
     let env = TestEnv::start().await.expect("env");
     let (api, state) = Api::with_state(&env).await;
-    let id = api.campaign("pending").await;
+    let id = api.compat_campaign("pending").await;
     let campaign: ccm_core::Campaign = serde_json::from_value(json!({
         "id": id, "name": "pending", "is_active": true, "max_concurrent_calls": 1,
         "max_attempts": 1, "created_at": chrono::Utc::now(), "updated_at": chrono::Utc::now(),
@@ -163,7 +168,7 @@ async fn a_key_expires_by_its_own_ttl_completed_or_left_pending() {
     config.claims.pending_ttl_secs = 1;
     config.claims.idempotency_ttl_secs = 2;
     let api = Api::start_with(&env, config, false).await;
-    let campaign = api.campaign("ttl").await;
+    let campaign = api.compat_campaign("ttl").await;
     let body = |n: u32| json!({"campaign_id": campaign, "phone_number": format!("+1555700{n:04}")});
     let key = format!("key-{}", uuid::Uuid::new_v4());
 

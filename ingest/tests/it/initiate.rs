@@ -9,7 +9,7 @@ use crate::api::{Api, stream_messages};
 async fn an_accepted_call_is_201_with_the_old_call_log_fields_and_is_in_the_stream() {
     let env = TestEnv::start().await.expect("env");
     let api = Api::start(&env).await;
-    let campaign = api.campaign("initiate").await;
+    let campaign = api.compat_campaign("initiate").await;
 
     let (status, body) = api
         .post(
@@ -59,7 +59,7 @@ async fn an_accepted_call_is_201_with_the_old_call_log_fields_and_is_in_the_stre
 async fn bad_requests_get_the_old_messages_and_publish_nothing() {
     let env = TestEnv::start().await.expect("env");
     let api = Api::start(&env).await;
-    let campaign = api.campaign("errors").await;
+    let campaign = api.compat_campaign("errors").await;
     let cases = [
         (
             json!({"phone_number": "+1234567890"}),

@@ -11,7 +11,7 @@ use crate::api::Api;
 async fn metrics_report_real_figures_for_the_last_seven_days() {
     let env = TestEnv::start().await.expect("env");
     let api = Api::with_projector(&env).await;
-    let campaign = api.campaign("metrics").await;
+    let campaign = api.compat_campaign("metrics").await;
     for n in 1..=2 {
         let (status, _) = api
             .post(

@@ -22,7 +22,7 @@ async fn scrape(api: &Api, token: Option<&str>) -> (u16, String) {
 async fn latency_is_recorded_per_route_template_and_calls_by_result() {
     let env = TestEnv::start().await.expect("env");
     let api = Api::start(&env).await;
-    let campaign = api.campaign("prometheus").await;
+    let campaign = api.compat_campaign("prometheus").await;
     for n in 1..=3 {
         let (status, body) = api
             .post(

@@ -12,7 +12,7 @@ use crate::api::{Api, stream_messages};
 async fn an_idempotency_key_returns_the_same_call_and_publishes_once() {
     let env = TestEnv::start().await.expect("env");
     let api = Api::start(&env).await;
-    let campaign = api.campaign("idem").await;
+    let campaign = api.compat_campaign("idem").await;
     let send = |key: String| {
         api.http
             .post(format!("{}/api/v1/calls", api.base))
@@ -44,7 +44,7 @@ async fn malformed_wrong_unknown_oversized_and_untyped_bodies_are_problems_and_p
     let mut config = env.config();
     config.ingest.max_body_bytes = 4096;
     let api = Api::start_with(&env, config, false).await;
-    let campaign = api.campaign("problems").await;
+    let campaign = api.compat_campaign("problems").await;
     let cases: Vec<(&str, String, u16, &str)> = vec![
         (
             "application/json",
@@ -144,7 +144,7 @@ async fn bulk_takes_json_or_csv_and_answers_per_item_in_order() {
     let mut config = env.config();
     config.ingest.bulk_max_items = 6;
     let api = Api::start_with(&env, config, false).await;
-    let campaign = api.campaign("bulk").await;
+    let campaign = api.compat_campaign("bulk").await;
     let path = format!("/api/v1/calls/bulk?campaign_id={campaign}");
 
     let items = json!(["+1555000001", {"phone_number": "+1555000002"}, "bad", "+1 555 000 001"]);
@@ -238,7 +238,10 @@ async fn bulk_takes_json_or_csv_and_answers_per_item_in_order() {
 async fn calls_are_read_with_history_and_listed_with_filters_and_keyset_pages() {
     let env = TestEnv::start().await.expect("env");
     let api = Api::with_projector(&env).await;
-    let (a, b) = (api.campaign("a").await, api.campaign("b").await);
+    let (a, b) = (
+        api.compat_campaign("a").await,
+        api.compat_campaign("b").await,
+    );
     let mut ids = Vec::new();
     for (campaign, phone) in [
         (a, "+1555000001"),
@@ -336,7 +339,7 @@ async fn calls_are_read_with_history_and_listed_with_filters_and_keyset_pages() 
 async fn a_bulk_of_100000_numbers_is_accepted_whole() {
     let env = TestEnv::start().await.expect("env");
     let api = Api::start(&env).await;
-    let campaign = api.campaign("big bulk").await;
+    let campaign = api.compat_campaign("big bulk").await;
     let csv: String = (0..100_000u64).map(|n| format!("+1555{n:07}\n")).collect();
     let started = std::time::Instant::now();
     let (status, body) = api

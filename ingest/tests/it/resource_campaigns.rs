@@ -100,7 +100,7 @@ async fn settings_are_patched_and_a_new_cap_reaches_the_dial_consumer() {
 async fn pause_resume_and_cancel_change_the_document_state() {
     let env = TestEnv::start().await.expect("env");
     let api = Api::start(&env).await;
-    let id = api.campaign("states").await;
+    let id = api.compat_campaign("states").await;
     for (action, state) in [
         ("pause", "paused"),
         ("resume", "running"),
@@ -143,7 +143,7 @@ async fn pause_resume_and_cancel_change_the_document_state() {
 async fn stats_count_calls_by_status_and_queue() {
     let env = TestEnv::start().await.expect("env");
     let api = Api::with_projector(&env).await;
-    let id = api.campaign("stats").await;
+    let id = api.compat_campaign("stats").await;
     for n in 1..=3 {
         let (status, _) = api
             .post(
@@ -171,7 +171,7 @@ async fn stats_count_calls_by_status_and_queue() {
 async fn a_change_written_by_another_replica_reaches_this_one() {
     let env = TestEnv::start().await.expect("env");
     let api = Api::start(&env).await;
-    let id = api.campaign("elsewhere").await;
+    let id = api.compat_campaign("elsewhere").await;
     let call = |n: u32| {
         api.post(
             "/api/v1/initiate-call/",

@@ -8,4 +8,5 @@ mod outage;
 mod poison;
 mod provision;
 mod replay;
+mod shutdown;
 mod support;

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use crate::support::{self, Published, Running};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_events_do_not_block_later_events_and_reach_the_advisory_stream() {
+async fn poison_events_do_not_block_later_events_and_are_terminated_with_their_reason() {
     let env = TestEnv::start().await.expect("test env");
     env.provision().await.expect("provision");
     let js = env.jetstream().await.expect("jetstream");
@@ -63,8 +63,9 @@ async fn poison_events_do_not_block_later_events_and_reach_the_advisory_stream()
     // Every good message is projected although the poison ones sit in the middle.
     support::wait_for_rows(&pool, good, Duration::from_secs(30)).await;
 
-    // Each poison message is offered `max_deliver` (10) times, 100 ms apart, then the server
-    // gives up and its MAX_DELIVERIES advisory is captured in ADVISORIES for the retrier.
+    // Each poison message is TERMed with its reason at its first delivery (instead of spending
+    // `max_deliver`); the server's MSG_TERMINATED advisory, with the reason, is captured in
+    // ADVISORIES for the retrier to park it.
     let advisories = js
         .get_stream("ADVISORIES")
         .await
@@ -90,13 +91,16 @@ async fn poison_events_do_not_block_later_events_and_reach_the_advisory_stream()
             serde_json::from_slice(&message.payload).expect("advisory json");
         if advisory["consumer"] == "projector_events" {
             seen.push(advisory["stream_seq"].as_u64().expect("stream_seq"));
-            assert!(advisory["deliveries"].as_u64().expect("deliveries") >= 10);
+            assert_eq!(advisory["type"], "io.nats.jetstream.advisory.v1.terminated");
+            assert_eq!(advisory["deliveries"].as_u64(), Some(1), "{advisory}");
+            let reason = advisory["reason"].as_str().expect("a reason");
+            assert!(reason.starts_with("undecodable: "), "{reason}");
         }
     }
     seen.sort_unstable();
     assert_eq!(
         seen, poison_seqs,
-        "no max-deliveries advisory for the poison messages"
+        "no terminated advisory for the poison messages"
     );
 
     // Later good events keep flowing after the poison is given up on.

@@ -326,9 +326,7 @@ pub async fn reference_dump(env: &ccm_tests::TestEnv, name: &str) -> Vec<(&'stat
     dump(&pool).await
 }
 
-/// A config for tests: quick poison redelivery.
+/// A config for tests.
 pub fn config(env: &ccm_tests::TestEnv) -> Config {
-    let mut config = env.config();
-    config.projector.poison_delay_ms = 100;
-    config
+    env.config()
 }

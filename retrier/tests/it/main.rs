@@ -10,4 +10,5 @@ mod policy_file;
 mod retries;
 mod shutdown;
 mod support;
+mod terminated;
 mod window;

@@ -4,14 +4,14 @@
 //! would: `shutdown_background` drops every task of that runtime mid-flight (calls, pulls,
 //! the NATS connection) with no grace and no acks.
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use ccm_carrier_sim::{SimConfig, ledger::Stats};
 use ccm_core::{
     Config,
     config::{CarrierConfig, Secret, TwilioCarrierConfig},
 };
-use ccm_tests::{TEST_TOKEN, TestEnv};
+use ccm_tests::{ApiClient, TestEnv};
 use futures::{StreamExt, stream};
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, task::JoinSet};
@@ -35,9 +35,9 @@ pub fn answering(call_ms: u64) -> SimConfig {
 
 /// Ingest, retrier, projector and carrier-sim in this process; the dialer apart.
 pub struct CarrierStack {
-    pub api: String,
+    /// Ingest's client (the shared one).
+    pub client: ApiClient,
     pub sim: String,
-    pub http: reqwest::Client,
     pub config: Config,
     shutdown: CancellationToken,
     tasks: JoinSet<Result<(), String>>,
@@ -97,21 +97,14 @@ impl CarrierStack {
                 .map_err(|e| format!("projector: {e:?}"))
         });
         let stack = CarrierStack {
-            api,
+            client: ApiClient::new(api),
             sim: sim_url,
-            http: reqwest::Client::new(),
             config,
             shutdown,
             tasks,
         };
-        for _ in 0..500 {
-            let ready = stack.http.get(format!("{}/readyz", stack.api)).send().await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                return stack;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("ingest never became ready");
+        stack.client.wait_ready().await;
+        stack
     }
 
     /// Creates a campaign with this cap and one attempt per call (the outcome is final).
@@ -127,17 +120,9 @@ impl CarrierStack {
         body["id"].as_u64().expect("id")
     }
 
+    /// POSTs `body` to ingest.
     pub async fn send(&self, path: &str, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.api))
-            .header("X-Auth-Token", TEST_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .expect("request");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        self.client.post(path, body).await
     }
 
     /// Accepts `n` calls to distinct numbers, 20 requests at a time.
@@ -163,6 +148,7 @@ impl CarrierStack {
 
     pub async fn stats(&self) -> Stats {
         let response = self
+            .client
             .http
             .get(format!("{}/stats", self.sim))
             .send()

@@ -194,7 +194,7 @@ async fn a_wrong_twilio_signature_gets_403_and_publishes_nothing() {
     let call = ccm_core::CallId::new();
     let url = format!(
         "{}/api/v1/callbacks/twilio?call_id={call}&attempt=1&campaign_id=1",
-        stack.api
+        stack.client.base
     );
     let params: Vec<(String, String)> = [
         ("CallSid", "CA1"),
@@ -206,6 +206,7 @@ async fn a_wrong_twilio_signature_gets_403_and_publishes_nothing() {
     .collect();
     let post = |signature: String| {
         stack
+            .client
             .http
             .post(&url)
             .header("X-Twilio-Signature", signature)
@@ -218,6 +219,7 @@ async fn a_wrong_twilio_signature_gets_403_and_publishes_nothing() {
     let wrong = ccm_core::twilio::signature("not-the-token", &url, &params);
     assert_eq!(post(wrong).await.expect("post").status(), 403);
     let unsigned = stack
+        .client
         .http
         .post(&url)
         .form(&params)

@@ -66,7 +66,7 @@ async fn imported_custom_fields_reach_the_carrier_the_calls_row_and_webhooks() {
         // The old contract's callback finds its call in the read model, so the call lasts
         // long enough for the projector to have written the row on a loaded machine.
         call_ms: 1500,
-        callback_base: stack.api.clone(),
+        callback_base: stack.base.clone(),
         callback_token: TEST_TOKEN.into(),
         ..SimConfig::default()
     };
@@ -103,7 +103,7 @@ async fn imported_custom_fields_reach_the_carrier_the_calls_row_and_webhooks() {
         .http
         .post(format!(
             "{}/api/v1/campaigns/{campaign}/contacts/import",
-            stack.api
+            stack.base
         ))
         .header("X-Auth-Token", TEST_TOKEN)
         .header("Content-Type", "text/csv")

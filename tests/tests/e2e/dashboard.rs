@@ -147,7 +147,7 @@ async fn the_dashboard_shows_calls_progress_live_in_a_browser() {
     .expect("Chromium starts");
     let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
 
-    let page = browser.new_page(stack.api.as_str()).await.expect("page");
+    let page = browser.new_page(stack.base.as_str()).await.expect("page");
     page.find_element("#token")
         .await
         .expect("token field")

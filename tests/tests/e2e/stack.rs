@@ -3,15 +3,14 @@
 use std::net::SocketAddr;
 
 use ccm_core::Config;
-use ccm_tests::{TEST_TOKEN, TestEnv};
-use serde_json::{Value, json};
+use ccm_tests::{ApiClient, TestEnv};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-/// Running services; dropping it (or [`Stack::stop`]) shuts them down.
+/// Running services; dropping it (or [`Stack::stop`]) shuts them down. Requests go through
+/// the shared [`ApiClient`] (`stack.post(…)`, `stack.campaign(…)`).
 pub struct Stack {
-    pub api: String,
-    pub http: reqwest::Client,
+    client: ApiClient,
     shutdown: CancellationToken,
     tasks: JoinSet<Result<(), String>>,
 }
@@ -41,53 +40,12 @@ impl Stack {
             ccm_projector::run(c, s).await
         }));
         let stack = Stack {
-            api: format!("http://{addr}"),
-            http: reqwest::Client::new(),
+            client: ApiClient::new(format!("http://{addr}")),
             shutdown,
             tasks,
         };
         stack.wait_ready().await;
         stack
-    }
-
-    async fn wait_ready(&self) {
-        for _ in 0..500 {
-            if let Ok(r) = self.http.get(format!("{}/readyz", self.api)).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        panic!("ingest never became ready");
-    }
-
-    /// Sends an authenticated JSON request; returns the status and the parsed body.
-    pub async fn send(&self, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .request(method, format!("{}{path}", self.api))
-            .header("X-Auth-Token", TEST_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .expect("request");
-        let status = response.status().as_u16();
-        let body = response.json().await.unwrap_or(Value::Null);
-        (status, body)
-    }
-
-    /// Creates a campaign and returns its id.
-    pub async fn campaign(&self, name: &str) -> u64 {
-        let (status, body) = self
-            .send(
-                reqwest::Method::POST,
-                "/api/v1/campaigns",
-                json!({"name": name}),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        body["id"].as_u64().expect("id")
     }
 
     /// Stops every service and reports the first that failed.
@@ -112,6 +70,14 @@ async fn report<E: std::fmt::Debug>(
         eprintln!("{message}");
         message
     })
+}
+
+impl std::ops::Deref for Stack {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.client
+    }
 }
 
 impl Drop for Stack {

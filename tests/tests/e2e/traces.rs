@@ -243,8 +243,9 @@ async fn a_carrier_callback_joins_the_calls_trace_which_continues_the_callers() 
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
     let response = stack
+        .client
         .http
-        .post(format!("{}/api/v1/calls", stack.api))
+        .post(format!("{}/api/v1/calls", stack.client.base))
         .header("X-Auth-Token", ccm_tests::TEST_TOKEN)
         .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
         .json(&json!({"campaign_id": campaign, "phone_number": "+15550009002"}))
