@@ -22,6 +22,7 @@
 //! missed target is printed as such.
 
 mod api;
+mod compare;
 mod http;
 mod import;
 mod pipeline;
@@ -53,10 +54,17 @@ struct Args {
     /// The workspace root (where `target/release` is).
     #[arg(long, default_value = ".")]
     root: PathBuf,
+    /// Compare nats-server releases side by side: run the phases on each of these binaries
+    /// (repeat the option), the same build of ccm, in alternating order.
+    #[arg(long = "nats-server")]
+    nats_servers: Vec<PathBuf>,
+    /// Rounds of the comparison (the order of the servers is reversed every other round).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Phase {
+pub enum Phase {
     Raw,
     Api,
     E2e,
@@ -142,6 +150,30 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Scale::full()
     };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("[{elapsed_precise}] {bar:20} {pos}/{len} phases  {msg}")?
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(250));
+    let mode = if args.quick { "quick" } else { "full" };
+    if !args.nats_servers.is_empty() {
+        let phases = if args.only.is_empty() {
+            vec![Phase::Raw, Phase::Api, Phase::E2e]
+        } else {
+            args.only.clone()
+        };
+        return compare::run(
+            &root,
+            &args.nats_servers,
+            args.rounds,
+            &phases,
+            &scale,
+            mode,
+            &bar,
+        )
+        .await;
+    }
     let phases = if args.only.is_empty() {
         vec![
             Phase::Raw,
@@ -156,33 +188,14 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut report = Report {
         started_at: chrono::Utc::now().to_rfc3339(),
-        mode: if args.quick { "quick" } else { "full" }.into(),
-        machine: machine(),
+        mode: mode.into(),
+        machine: machine(ccm_tests::nats_server::program().ok()),
         ..Report::default()
     };
-
-    let bar = ProgressBar::new(phases.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("[{elapsed_precise}] {bar:20} {pos}/{len} phases  {msg}")?
-            .progress_chars("=> "),
-    );
-    bar.enable_steady_tick(Duration::from_millis(250));
-    for phase in phases {
-        let result = match phase {
-            Phase::Raw => run_raw(&root, &mut report, &scale, &bar).await,
-            Phase::Api => api::run(&root, &mut report, &scale, &bar).await,
-            Phase::E2e => pipeline::end_to_end(&root, &mut report, &scale, &bar).await,
-            Phase::Live => pipeline::live_calls(&root, &mut report, &scale, &bar).await,
-            Phase::Projection => projection::run(&root, &mut report, &scale, &bar).await,
-            Phase::Import => import::run(&root, &mut report, &scale, &bar).await,
-        };
-        if let Err(e) = result {
-            bar.println(format!("{phase:?} not measured: {e:#}"));
-            report.failed.push((format!("{phase:?}"), format!("{e:#}")));
-        }
-        bar.inc(1);
-    }
+    bar.set_length(phases.len() as u64);
+    run_phases(&root, &mut report, &scale, &phases, &bar).await;
     bar.finish_and_clear();
+    report.machine.load_after = report::load_average();
 
     print!("{}", report.table());
     let out = root.join("target/bench/report.json");
@@ -192,6 +205,31 @@ async fn main() -> anyhow::Result<()> {
         Ok(())
     } else {
         anyhow::bail!("{} phase(s) could not be measured", report.failed.len())
+    }
+}
+
+/// Runs `phases` in order into `report`; a phase that fails is recorded and the next runs.
+pub(crate) async fn run_phases(
+    root: &Path,
+    report: &mut Report,
+    scale: &Scale,
+    phases: &[Phase],
+    bar: &ProgressBar,
+) {
+    for &phase in phases {
+        let result = match phase {
+            Phase::Raw => run_raw(root, report, scale, bar).await,
+            Phase::Api => api::run(root, report, scale, bar).await,
+            Phase::E2e => pipeline::end_to_end(root, report, scale, bar).await,
+            Phase::Live => pipeline::live_calls(root, report, scale, bar).await,
+            Phase::Projection => projection::run(root, report, scale, bar).await,
+            Phase::Import => import::run(root, report, scale, bar).await,
+        };
+        if let Err(e) = result {
+            bar.println(format!("{phase:?} not measured: {e:#}"));
+            report.failed.push((format!("{phase:?}"), format!("{e:#}")));
+        }
+        bar.inc(1);
     }
 }
 
@@ -206,7 +244,8 @@ async fn run_raw(
     Ok(())
 }
 
-fn machine() -> report::Machine {
+/// The machine, and the nats-server `program` the phases run.
+pub(crate) fn machine(program: Option<PathBuf>) -> report::Machine {
     let memory_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -224,11 +263,13 @@ fn machine() -> report::Machine {
     report::Machine {
         cores: std::thread::available_parallelism().map_or(0, usize::from),
         memory_gib: memory_kib / 1024.0 / 1024.0,
-        // The binary the stack runs (the pinned one), not whichever is on PATH.
-        nats_server: version(ccm_tests::nats_server::program().ok(), "nats-server"),
+        // The binary the stack runs, not whichever is on PATH.
+        nats_server: version(program, "nats-server"),
         postgres: version(
             ccm_tests::process::find_program("postgres").ok(),
             "postgres",
         ),
+        load_before: report::load_average(),
+        load_after: String::new(),
     }
 }

@@ -146,6 +146,14 @@ pub async fn end_to_end(
         .against(report.raw("raw.publish.pipelined"))
         .target(Target::AtLeast(10_000.0)),
     );
+    for (name, ms) in &cpu {
+        report.detail.push(Figure::new(
+            &format!("e2e.cpu.{name}"),
+            *ms,
+            "ms",
+            "CPU time per call of this process",
+        ));
+    }
     let total = cpu.last().map_or(0.0, |c| c.1);
     report.ccm.push(Figure::new(
         "e2e.cpu_per_call",

@@ -53,6 +53,33 @@ pub async fn limits(
         format!("{n} msgs of {PAYLOAD_BYTES} B, Nats-Msg-Id, file storage, 2,048 acks in flight"),
     ));
 
+    let version = js.client().server_info().version;
+    let atomic = ccm_core::server_version::Version::parse(&version)
+        .is_some_and(|v| (v.major, v.minor) >= (2, 12));
+    if atomic {
+        for size in [100, 1000] {
+            bar.set_message(format!("raw: atomic batch publish, batches of {size}"));
+            let (took, with_ids) = publish_atomic_batches(&js, n, size).await?;
+            figures.push(Figure::new(
+                &format!(
+                    "raw.publish.batch{}",
+                    if size == 1000 { "" } else { ".100" }
+                ),
+                n as f64 / took.as_secs_f64(),
+                "msg/s",
+                format!(
+                    "{n} msgs of {PAYLOAD_BYTES} B in atomic batches of {size} (allow_atomic, \
+                     nats-server >= 2.12), 16 commits in flight, {}",
+                    if with_ids {
+                        "Nats-Msg-Id on each"
+                    } else {
+                        "no Nats-Msg-Id (the server refuses it in a batch)"
+                    }
+                ),
+            ));
+        }
+    }
+
     bar.set_message("raw: pull + ack");
     let took = pull_ack(&js, n).await?;
     figures.push(Figure::new(
@@ -111,6 +138,85 @@ async fn publish_pipelined(js: &jetstream::Context, n: u64) -> anyhow::Result<Du
         }
     }
     for ack in acks {
+        ack.await?;
+    }
+    Ok(began.elapsed())
+}
+
+/// Atomic batch publish (ADR-50, nats-server 2.12): every message carries the batch's id
+/// and its sequence; all but the last go without a reply subject, the last commits the
+/// batch and is acknowledged for all of it. Returns the time and whether the messages could
+/// carry `Nats-Msg-Id` (tried first; the server may refuse it inside a batch).
+async fn publish_atomic_batches(
+    js: &jetstream::Context,
+    n: u64,
+    size: u64,
+) -> anyhow::Result<(Duration, bool)> {
+    let stream = format!("BATCH{size}");
+    js.create_stream(stream::Config {
+        name: stream.clone(),
+        subjects: vec![format!("batch{size}.>")],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        allow_atomic_publish: true,
+        ..Default::default()
+    })
+    .await?;
+    let with_ids = match atomic_batches(js, size, size, true, &stream).await {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("atomic batch with Nats-Msg-Id refused ({e:#}); measuring without");
+            false
+        }
+    };
+    let took = atomic_batches(js, n, size, with_ids, &stream).await?;
+    js.delete_stream(&stream).await?;
+    Ok((took, with_ids))
+}
+
+async fn atomic_batches(
+    js: &jetstream::Context,
+    n: u64,
+    size: u64,
+    with_ids: bool,
+    stream: &str,
+) -> anyhow::Result<Duration> {
+    let client = js.client();
+    let body = payload();
+    let began = Instant::now();
+    let mut commits = std::collections::VecDeque::new();
+    let prefix = stream.to_lowercase();
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    for batch in 0..n.div_ceil(size) {
+        let id = format!("{}-{batch}", &run[..16]);
+        let count = size.min(n - batch * size);
+        for seq in 1..=count {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Batch-Id", id.as_str());
+            headers.insert("Nats-Batch-Sequence", seq.to_string().as_str());
+            if with_ids {
+                headers.insert("Nats-Msg-Id", format!("{id}-{seq}").as_str());
+            }
+            let subject = format!("{prefix}.{}", (batch * size + seq) % 64);
+            if seq < count {
+                client
+                    .publish_with_headers(subject, headers, body.clone())
+                    .await?;
+            } else {
+                headers.insert("Nats-Batch-Commit", "1");
+                commits.push_back(
+                    js.publish_with_headers(subject, headers, body.clone())
+                        .await?,
+                );
+            }
+        }
+        if commits.len() >= 16
+            && let Some(ack) = commits.pop_front()
+        {
+            ack.await?;
+        }
+    }
+    for ack in commits {
         ack.await?;
     }
     Ok(began.elapsed())

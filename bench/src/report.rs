@@ -81,6 +81,10 @@ pub struct Report {
     pub machine: Machine,
     pub raw: Vec<Figure>,
     pub ccm: Vec<Figure>,
+    /// Figures kept in the JSON and the comparison but not the table (CPU per process).
+    pub detail: Vec<Figure>,
+    /// Phases not run on purpose, with the reason (a server ccm does not support).
+    pub skipped: Vec<(String, String)>,
     /// Phases that could not be measured, with the reason.
     pub failed: Vec<(String, String)>,
 }
@@ -92,11 +96,30 @@ pub struct Machine {
     pub memory_gib: f64,
     pub nats_server: String,
     pub postgres: String,
+    /// `/proc/loadavg` when the run started and ended (other work shares the cores).
+    pub load_before: String,
+    pub load_after: String,
+}
+
+/// The 1, 5 and 15 minute load averages now.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 impl Report {
     pub fn raw(&self, name: &str) -> Option<&Figure> {
         self.raw.iter().find(|f| f.name == name)
+    }
+
+    /// Any figure of the run by name.
+    pub fn figure(&self, name: &str) -> Option<&Figure> {
+        self.raw
+            .iter()
+            .chain(&self.ccm)
+            .chain(&self.detail)
+            .find(|f| f.name == name)
     }
 
     /// The table printed at the end of a run.
@@ -160,6 +183,9 @@ impl Report {
         let _ = writeln!(out, "{}", line(header));
         for row in &rows {
             let _ = writeln!(out, "{}", line(row.each_ref().map(String::as_str)));
+        }
+        for (phase, reason) in &self.skipped {
+            let _ = writeln!(out, "skipped {phase}: {reason}");
         }
         for (phase, reason) in &self.failed {
             let _ = writeln!(out, "NOT MEASURED {phase}: {reason}");

@@ -18,6 +18,16 @@ use ccm_tests::{
 };
 use nix::sys::signal::Signal;
 
+/// The nats-server binary phases start from now on (`None`: the pinned one, as the tests).
+static NATS_PROGRAM: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Makes the following phases run `program` (the side-by-side comparison of releases).
+pub fn use_nats_server(program: Option<PathBuf>) {
+    *NATS_PROGRAM
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = program;
+}
+
 /// The API token every phase uses.
 pub const TOKEN: &str = "bench-token";
 
@@ -36,7 +46,12 @@ impl Servers {
             std::fs::remove_dir_all(&dir).context("cannot remove the previous run's data")?;
         }
         std::fs::create_dir_all(&dir)?;
-        let nats = LocalNats::start_in(dir.join("nats"), None).context("starting nats-server")?;
+        let program = NATS_PROGRAM
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let nats = LocalNats::start_program(program, dir.join("nats"), None)
+            .context("starting nats-server")?;
         let pg = LocalPostgres::start_persistent(dir.join("pg/data"), None)
             .context("starting PostgreSQL")?;
         Ok(Self { nats, pg, dir })

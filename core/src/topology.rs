@@ -3,8 +3,7 @@
 //! The JSON files in `nats/` are the NATS server's own configuration format, so an operator
 //! can apply them with `nats stream add --config nats/streams/CALLS.json`. They are embedded
 //! here so every service provisions exactly the same definitions. KV buckets are defined as
-//! their backing streams (`KV_<bucket>`), because `create_key_value` of async-nats fails against
-//! nats-server 2.9; the services open them with `get_key_value`.
+//! their backing streams (`KV_<bucket>.json`) and provisioned as buckets (see [`buckets`]).
 //!
 //! Provisioning is idempotent: an absent stream or consumer is created, a compatible
 //! difference is updated in place, and an incompatible one (retention, storage, a consumer's
@@ -13,8 +12,11 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::jetstream::{self, consumer::pull, kv, stream};
 use serde::Serialize;
+
+mod buckets;
+pub use buckets::NotABucket;
 
 use crate::{
     config::StreamSettings,
@@ -113,6 +115,11 @@ pub enum TopologyError {
         path: &'static str,
         source: serde_json::Error,
     },
+    #[error("nats/{path} is not a KV bucket: {source}")]
+    NotABucket {
+        path: &'static str,
+        source: NotABucket,
+    },
     #[error("cannot read stream {stream}")]
     StreamInfo {
         stream: String,
@@ -156,7 +163,10 @@ pub struct Report {
 /// The parsed topology with the deployment's settings applied.
 #[derive(Debug, Clone)]
 pub struct Topology {
+    /// The streams other than buckets.
     pub streams: Vec<stream::Config>,
+    /// The KV buckets (from their `KV_<bucket>.json` stream definitions).
+    pub buckets: Vec<kv::Config>,
     /// `(stream, consumer)` pairs.
     pub consumers: Vec<(String, pull::Config)>,
     dial_template: pull::Config,
@@ -167,9 +177,20 @@ impl Topology {
     pub fn load(settings: &StreamSettings) -> Result<Self, TopologyError> {
         let day = Duration::from_secs(86_400);
         let mut streams = Vec::with_capacity(STREAMS.len());
+        let mut buckets = Vec::new();
         for def in STREAMS {
             let mut config: stream::Config = parse(def)?;
             config.num_replicas = settings.replicas;
+            if config.name.starts_with("KV_") {
+                let bucket = buckets::bucket_config(&config).map_err(|source| {
+                    TopologyError::NotABucket {
+                        path: def.path,
+                        source,
+                    }
+                })?;
+                buckets.push(bucket);
+                continue;
+            }
             match config.name.as_str() {
                 names::CALLS | names::CALL_EVENTS => {
                     config.max_age = settings.calls_max_age();
@@ -191,6 +212,7 @@ impl Topology {
         }
         Ok(Self {
             streams,
+            buckets,
             consumers,
             dial_template: parse(&DIAL_TEMPLATE)?,
         })
@@ -201,12 +223,16 @@ impl Topology {
         &self.dial_template
     }
 
-    /// Creates or updates every stream and fixed consumer; reports what it did.
+    /// Creates or updates every stream, bucket and fixed consumer; reports what it did.
     pub async fn provision(&self, js: &jetstream::Context) -> Result<Report, TopologyError> {
         require_supported(&server_version(&js.client()).await?)?;
         let mut report = Report::default();
         for wanted in &self.streams {
             provision_stream(js, wanted, &mut report).await?;
+        }
+        // Before the consumers: the projector follows two buckets' streams.
+        for wanted in &self.buckets {
+            buckets::provision_bucket(js, wanted, &mut report).await?;
         }
         for (stream, wanted) in &self.consumers {
             provision_consumer(js, stream, wanted, &mut report).await?;
@@ -507,6 +533,7 @@ mod tests {
             .expect("DLQ");
         assert_eq!(dlq.max_age, Duration::from_secs(9 * 86_400));
         assert!(topology.streams.iter().all(|s| s.num_replicas == 3));
+        assert!(topology.buckets.iter().all(|b| b.num_replicas == 3));
         let retries = topology
             .streams
             .iter()

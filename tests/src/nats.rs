@@ -15,6 +15,8 @@ use crate::{
 pub struct LocalNats {
     port: u16,
     store: PathBuf,
+    /// The binary to run; `None`: [`nats_server::program`].
+    program: Option<PathBuf>,
     guard: Option<Guard>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -33,6 +35,16 @@ impl LocalNats {
 
     /// Starts a server storing in `store` (kept on drop), on `port` or a free one.
     pub fn start_in(store: PathBuf, port: Option<u16>) -> Result<Self, HarnessError> {
+        Self::start_program(None, store, port)
+    }
+
+    /// Like [`LocalNats::start_in`] with another nats-server binary (the benchmark compares
+    /// releases side by side in one process).
+    pub fn start_program(
+        program: Option<PathBuf>,
+        store: PathBuf,
+        port: Option<u16>,
+    ) -> Result<Self, HarnessError> {
         let mut last = None;
         // A free port can be taken by another process between probing and binding: try again.
         for _ in 0..3 {
@@ -43,6 +55,7 @@ impl LocalNats {
             let mut nats = Self {
                 port,
                 store: store.clone(),
+                program: program.clone(),
                 guard: None,
                 _dir: None,
             };
@@ -59,7 +72,10 @@ impl LocalNats {
     /// Starts the server again (after [`LocalNats::stop`] or [`LocalNats::kill`]) on the same
     /// port and store.
     pub fn restart(&mut self) -> Result<(), HarnessError> {
-        let program = nats_server::program()?;
+        let program = match &self.program {
+            Some(p) => p.clone(),
+            None => nats_server::program()?,
+        };
         let child = spawn(
             "nats-server",
             Command::new(program)

@@ -14,9 +14,14 @@ pub struct BenchArgs {
     /// A short run (under 2 minutes) with smaller sizes.
     #[arg(long)]
     pub quick: bool,
-    /// Only these phases, comma-separated: raw, api, e2e, live, projection.
+    /// Only these phases, comma-separated: raw, api, e2e, live, projection, import.
     #[arg(long)]
     pub only: Option<String>,
+    /// nats-server releases side by side, in one run: Debian's 2.9.10 (raw limits only: ccm
+    /// refuses it), the minimum supported and the pinned one, the same build of ccm, twice in
+    /// alternating order (phases: raw, api, e2e unless `--only`).
+    #[arg(long)]
+    pub compare: bool,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -51,6 +56,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     crate::deps::ensure_servers()?;
     let mut bench = Command::new(root.join("target/release/ccm-bench"));
     bench.current_dir(&root).arg("--root").arg(&root);
+    if args.compare {
+        let servers = [
+            crate::deps::install_debian_nats_server()?,
+            crate::deps::install_nats_server(&ccm_tests::nats_server::MINIMUM)?,
+            crate::deps::install_nats_server(&ccm_tests::nats_server::CURRENT)?,
+        ];
+        for server in servers {
+            bench.arg("--nats-server").arg(server);
+        }
+    }
     if args.quick {
         bench.arg("--quick");
     }

@@ -41,6 +41,53 @@ pub fn ensure_nats_server() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Debian bookworm's nats-server 2.9.10, the release ccm ran on before issue 18, for the
+/// benchmark's side-by-side comparison only (ccm itself refuses it). Unpacked without root
+/// from the package apt downloads (`apt-get download`, `dpkg -x`) under `target/tools`.
+pub const DEBIAN_BASELINE: &str = "2.9.10";
+
+pub fn install_debian_nats_server() -> anyhow::Result<PathBuf> {
+    let dir = nats_server::tools_dir().join(format!("nats-server-{DEBIAN_BASELINE}"));
+    let target = dir.join("nats-server");
+    if target.is_file() && nats_server::version_of(&target).ok().as_deref() == Some(DEBIAN_BASELINE)
+    {
+        return Ok(target);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let scratch = tempfile::tempdir_in(&dir)?;
+    eprintln!(
+        "installing Debian's nats-server {DEBIAN_BASELINE} into {}",
+        dir.display()
+    );
+    let status = Command::new("apt-get")
+        .args(["download", &format!("nats-server={DEBIAN_BASELINE}*")])
+        .current_dir(scratch.path())
+        .status()
+        .context("cannot run apt-get download (Debian's nats-server package)")?;
+    ensure!(status.success(), "apt-get download nats-server failed");
+    let deb = std::fs::read_dir(scratch.path())?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    let unpacked = scratch.path().join("root");
+    let status = Command::new("dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&unpacked)
+        .status()
+        .context("cannot run dpkg -x")?;
+    ensure!(status.success(), "dpkg -x {} failed", deb.display());
+    std::fs::rename(unpacked.join("usr/sbin/nats-server"), &target)
+        .context("the package holds no usr/sbin/nats-server")?;
+    let version = nats_server::version_of(&target)?;
+    ensure!(
+        version == DEBIAN_BASELINE,
+        "Debian's package is nats-server {version}, not {DEBIAN_BASELINE}"
+    );
+    Ok(target)
+}
+
 /// Installs `pin` under `target/tools` unless it is there already; returns its path.
 pub fn install_nats_server(pin: &Pin) -> anyhow::Result<PathBuf> {
     let target = pin.path();

@@ -131,3 +131,18 @@ fn generated_claim_states_never_free_a_live_call_nor_take_another_calls_number()
         }
     }
 }
+
+/// The server's limit marker of an expired pending claim (no `KV-Operation`, no value) frees
+/// the number: read as a plain give-back, never as a claim held by nobody.
+#[test]
+fn a_limit_marker_frees_the_number() {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Marker-Reason", "MaxAge");
+    headers.insert("Nats-TTL", "60");
+    let record = Record::of("15558000001".into(), 9, 1_700_000_000, &headers, b"");
+    assert_eq!(record.slot, Slot::Purged);
+    assert_eq!(
+        claim_step(&record, "any-call", 1_700_000_001, 60),
+        ClaimStep::Take
+    );
+}

@@ -26,6 +26,9 @@ const CAMPAIGN: &str = "Ccm-Campaign";
 const CALL: &str = "Ccm-Call";
 const ENDED: &str = "Ccm-Ended";
 const KV_OPERATION: &str = "KV-Operation";
+/// Set by the server on the limit marker it leaves when a key's TTL runs out (the bucket has
+/// limit markers); such a marker has no `KV-Operation`.
+const MARKER_REASON: &str = "Nats-Marker-Reason";
 
 /// The subject of a claim key in the `active_calls` bucket.
 pub(crate) fn subject(key: &str) -> String {
@@ -46,7 +49,7 @@ pub enum Phase {
 /// What a claim key holds now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Slot {
-    /// Nothing: never claimed, or its last message expired.
+    /// Nothing: never claimed, or its last message expired (without a limit marker).
     Free,
     /// Held by `call` (its id as written) since `at` (unix seconds, the server's clock).
     Held {
@@ -57,7 +60,8 @@ pub enum Slot {
     },
     /// Released by a call that ended at `ended`: the duplicate window counts from there.
     Released { call: Option<String>, ended: i64 },
-    /// Given back by a call that never happened (or with the window off): no window.
+    /// Given back by a call that never happened (or with the window off), or the server's
+    /// limit marker of a pending claim whose TTL ran out: no window.
     Purged,
 }
 
@@ -80,6 +84,8 @@ impl Record {
     ) -> Self {
         let header = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
         let slot = match header(KV_OPERATION).as_deref() {
+            // A pending claim that expired: nobody holds the key and no call ended on it.
+            _ if header(MARKER_REASON).is_some() => Slot::Purged,
             Some("DEL") => Slot::Released {
                 call: header(CALL),
                 ended: header(ENDED).and_then(|e| e.parse().ok()).unwrap_or(at),

@@ -371,13 +371,9 @@ async fn provisioning_turns_an_old_claims_bucket_into_one_with_per_key_ttls() {
     let js = env.jetstream().await.expect("js");
     let topology = Topology::load(&StreamSettings::default()).expect("topology");
     for name in ["KV_active_calls", "KV_idempotency"] {
-        let mut old = topology
-            .streams
-            .iter()
-            .find(|s| s.name == name)
-            .expect("defined")
-            .clone();
+        let mut old = crate::provisioning::defined_stream(name);
         old.allow_message_ttl = false;
+        old.subject_delete_marker_ttl = None;
         old.max_age = Duration::from_secs(48 * 3600);
         js.create_stream(old).await.expect("old bucket");
     }
@@ -396,7 +392,9 @@ async fn provisioning_turns_an_old_claims_bucket_into_one_with_per_key_ttls() {
             .config
             .clone();
         assert!(
-            config.allow_message_ttl && config.max_age == Duration::ZERO,
+            config.allow_message_ttl
+                && config.subject_delete_marker_ttl.is_some()
+                && config.max_age == Duration::ZERO,
             "{config:?}"
         );
     }

@@ -6,7 +6,7 @@ use ccm_core::{
     Campaign, CampaignId, CampaignState,
     config::StreamSettings,
     dial_consumer::DialConsumers,
-    topology::{Topology, names},
+    topology::{STREAMS, Topology, names},
 };
 use ccm_tests::TestEnv;
 
@@ -19,7 +19,7 @@ async fn provisioning_twice_changes_nothing_the_second_time() {
     let first = topology.provision(&js).await.expect("first");
     assert_eq!(
         first.created.len(),
-        topology.streams.len() + topology.consumers.len(),
+        topology.streams.len() + topology.buckets.len() + topology.consumers.len(),
         "{first:?}"
     );
     assert!(
@@ -34,7 +34,36 @@ async fn provisioning_twice_changes_nothing_the_second_time() {
     );
     assert_eq!(second.unchanged.len(), first.created.len());
 
-    // The buckets open as KV stores although they were created as plain streams.
+    // Each bucket, made by async-nats's `create_key_value`, is exactly the stream its file in
+    // `nats/` defines (what `nats stream add --config` would make), duplicate window included.
+    for bucket in &topology.buckets {
+        let name = format!("KV_{}", bucket.bucket);
+        let file = defined_stream(&name);
+        let made = js
+            .get_stream(&name)
+            .await
+            .expect(&name)
+            .cached_info()
+            .config
+            .clone();
+        let fields = |c: &stream::Config| {
+            (
+                c.subjects.clone(),
+                c.max_messages_per_subject,
+                c.max_age,
+                c.max_bytes,
+                c.max_message_size,
+                c.storage,
+                c.discard,
+                c.duplicate_window,
+                (c.deny_delete, c.deny_purge, c.allow_rollup, c.allow_direct),
+                (c.allow_message_ttl, c.subject_delete_marker_ttl),
+                c.description.clone(),
+            )
+        };
+        assert_eq!(fields(&made), fields(&file), "{name}");
+    }
+
     for bucket in [
         names::KV_CAMPAIGNS,
         names::KV_ACTIVE_CALLS,
@@ -115,6 +144,101 @@ async fn incompatible_drift_is_reported_and_left_alone() {
         "not changed"
     );
     assert_eq!(info.state.messages, 1, "nothing deleted");
+}
+
+/// A stream as its file in `nats/streams` defines it.
+pub(crate) fn defined_stream(name: &str) -> stream::Config {
+    let def = STREAMS
+        .iter()
+        .find(|d| d.path == format!("streams/{name}.json"))
+        .expect(name);
+    serde_json::from_str(def.json).expect(def.path)
+}
+
+/// Deployments provisioned by earlier versions have their buckets as streams made by hand
+/// (the nats-server 2.9 workaround, without limit markers, some allowing message deletes).
+/// Provisioning them as buckets keeps every key and turns them into what `create_key_value`
+/// makes: no drift, per-key TTLs still accepted, and nothing left to change afterwards.
+#[tokio::test]
+async fn buckets_made_as_streams_by_earlier_versions_keep_their_keys() {
+    let env = TestEnv::start().await.expect("env");
+    let js = env.jetstream().await.expect("js");
+    let topology = Topology::load(&StreamSettings::default()).expect("topology");
+    for bucket in &topology.buckets {
+        // The definition as the previous version provisioned it, by `create_stream`.
+        let mut old = defined_stream(&format!("KV_{}", bucket.bucket));
+        old.subject_delete_marker_ttl = None;
+        if matches!(bucket.bucket.as_str(), "attempts" | "pacing" | "placements") {
+            old.deny_delete = false;
+        }
+        js.create_stream(old).await.expect("old bucket");
+        let kv = js.get_key_value(&bucket.bucket).await.expect("open");
+        kv.put("kept", bucket.bucket.clone().into())
+            .await
+            .expect("put");
+    }
+    let ttl = Some(std::time::Duration::from_secs(3600));
+    ccm_core::kv_ttl::put(&js, names::KV_ACTIVE_CALLS, "ttl", "x".into(), None, ttl)
+        .await
+        .expect("a per-key TTL before");
+
+    let report = topology.provision(&js).await.expect("provision");
+    assert!(report.drift.is_empty(), "{report:?}");
+    for name in [
+        "KV_active_calls",
+        "KV_idempotency",
+        "KV_attempts",
+        "KV_pacing",
+        "KV_placements",
+    ] {
+        assert!(
+            report.updated.contains(&format!("stream {name}")),
+            "{name}: {report:?}"
+        );
+    }
+    for bucket in &topology.buckets {
+        let kv = js.get_key_value(&bucket.bucket).await.expect("open");
+        assert_eq!(
+            kv.get("kept").await.expect("get").as_deref(),
+            Some(bucket.bucket.as_bytes()),
+            "{}",
+            bucket.bucket
+        );
+    }
+    for bucket in [names::KV_ACTIVE_CALLS, names::KV_IDEMPOTENCY] {
+        ccm_core::kv_ttl::put(&js, bucket, "ttl2", "x".into(), None, ttl)
+            .await
+            .expect("a per-key TTL after");
+    }
+    let again = topology.provision(&js).await.expect("again");
+    assert!(
+        again.updated.is_empty() && again.drift.is_empty() && again.created.is_empty(),
+        "{again:?}"
+    );
+}
+
+/// A bucket whose stream cannot become what the definition says is reported, not replaced.
+#[tokio::test]
+async fn a_bucket_on_other_storage_is_reported_as_drift() {
+    let env = TestEnv::start().await.expect("env");
+    let js = env.jetstream().await.expect("js");
+    let mut memory = defined_stream("KV_counters");
+    memory.storage = stream::StorageType::Memory;
+    js.create_stream(memory).await.expect("by hand");
+    let report = Topology::load(&StreamSettings::default())
+        .expect("topology")
+        .provision(&js)
+        .await
+        .expect("provision");
+    assert_eq!(
+        report
+            .drift
+            .iter()
+            .map(|d| (d.object.as_str(), d.field))
+            .collect::<Vec<_>>(),
+        [("stream KV_counters", "storage")],
+        "{report:?}"
+    );
 }
 
 pub(crate) fn campaign(id: u64, cap: u32) -> Campaign {
