@@ -134,7 +134,9 @@ pub async fn deliver(state: &SimState, callback: &Callback) -> bool {
                 break;
             }
             Ok(response) => tracing::warn!(status = %response.status(), "callback failed"),
-            Err(e) => tracing::warn!(error = %e, "callback not delivered"),
+            Err(e) => {
+                tracing::warn!(error = %ccm_core::telemetry::chain(&e), "callback not delivered")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}

@@ -476,7 +476,7 @@ impl Dlq {
             request.queued_at = now;
             crate::nats::publish_dial(&self.js, &request).await?;
             if let Err(e) = self.claims.bind(&claim).await {
-                tracing::warn!(error = %e, call = %request.call_id, "cannot bind the redriven call's claim yet; the reaper will");
+                tracing::warn!(error = %crate::telemetry::chain(&e), call = %request.call_id, "cannot bind the redriven call's claim yet; the reaper will");
             }
             self.delete(seq).await?;
             tracing::info!(letter = seq, call = %request.call_id, attempt = request.attempt,

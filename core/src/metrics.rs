@@ -128,7 +128,7 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
                 }
             });
         if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
+            tracing::warn!(error = %crate::telemetry::chain(&e), "cannot start the metrics upkeep thread");
         }
     }
     Ok(HANDLE.get().expect("set above").clone())

@@ -98,7 +98,7 @@ pub async fn handle(
         Ok(request) => request,
         Err(e) => {
             // Let redelivery count it: after max_deliver the retrier dead-letters it.
-            tracing::warn!(error = %e, subject = %message.subject, "undecodable dial message");
+            tracing::warn!(error = %ccm_core::telemetry::chain(&e), subject = %message.subject, "undecodable dial message");
             let nak = message.ack_with(AckKind::Nak(Some(Duration::from_secs(5))));
             let _ = Box::pin(nak).await;
             return;
@@ -112,7 +112,7 @@ pub async fn handle(
         .instrument(span)
         .await;
     if let Err(e) = result {
-        tracing::warn!(call = %request.call_id, error = %e, "call attempt handed back");
+        tracing::warn!(call = %request.call_id, error = %ccm_core::telemetry::chain(&e), "call attempt handed back");
         let delay = jittered_backoff(message.info().map(|i| i.delivered).unwrap_or(1));
         let _ = Box::pin(message.ack_with(AckKind::Nak(Some(delay)))).await;
     }
@@ -443,7 +443,7 @@ async fn ack(message: &Message) {
     // A double ack waits for the server to confirm: the slot is free and the message will
     // not come back.
     if let Err(e) = message.double_ack().await {
-        tracing::warn!(error = %e, "ack failed; a redelivery will find the outcome and stop");
+        tracing::warn!(error = %ccm_core::telemetry::chain(e.as_ref()), "ack failed; a redelivery will find the outcome and stop");
     }
 }
 

@@ -119,6 +119,6 @@ async fn standing(ctx: &CallContext, sequence: u64) -> Result<Option<DateTime<Ut
 /// second placement.
 pub async fn withdraw(ctx: &CallContext, sequence: u64) {
     if let Err(e) = ctx.events.delete_message(sequence).await {
-        tracing::warn!(error = %e, sequence, "cannot withdraw Dialing; the attempt will time out");
+        tracing::warn!(error = %ccm_core::telemetry::chain(&e), sequence, "cannot withdraw Dialing; the attempt will time out");
     }
 }

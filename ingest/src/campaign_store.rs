@@ -150,7 +150,7 @@ pub(crate) async fn update<E: From<StoreError>>(
                 // The document is the truth and is written: the change stands even if the
                 // consumer cannot follow now (the dialer's reconcile brings it in line).
                 if let Err(e) = state.dial_consumers.reconcile(&state.campaigns, id).await {
-                    tracing::warn!(%id, error = %e, "dial consumer not brought in line yet");
+                    tracing::warn!(%id, error = %ccm_core::telemetry::chain(&e), "dial consumer not brought in line yet");
                 }
                 return Ok(campaign);
             }

@@ -240,7 +240,7 @@ pub async fn serve(
 ) -> Result<(), IngestError> {
     // Recorded whether or not anyone scrapes; `GET /metrics` renders it.
     if let Err(e) = ccm_core::metrics::install() {
-        tracing::warn!(error = %e, "metrics are not recorded");
+        tracing::warn!(error = %ccm_core::telemetry::chain(&e), "metrics are not recorded");
     }
     let state = AppState::connect(&config).await?;
     serve_state(state, listener, shutdown).await

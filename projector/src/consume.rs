@@ -278,7 +278,9 @@ async fn sample_pending(source: Source, mut consumer: PullConsumer, shutdown: Ca
                 gauge!("ccm_projector_ack_pending_messages", "source" => label)
                     .set(info.num_ack_pending as f64);
             }
-            Err(e) => tracing::debug!(error = %e, "cannot read consumer info"),
+            Err(e) => {
+                tracing::debug!(error = %ccm_core::telemetry::chain(&e), "cannot read consumer info")
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -77,7 +77,7 @@ pub async fn connect_db(url: &str, shutdown: &CancellationToken) -> Result<PgPoo
         match PgPoolOptions::new().max_connections(16).connect(url).await {
             Ok(pool) => return Ok(pool),
             Err(e) if !shutdown.is_cancelled() => {
-                tracing::warn!(error = %e, "PostgreSQL not reachable yet; retrying");
+                tracing::warn!(error = %ccm_core::telemetry::chain(&e), "PostgreSQL not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => return Err(ProjectorError::Database(e)),
@@ -198,7 +198,7 @@ async fn run_until_stopped(
         match joined {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "projector loop failed");
+                tracing::error!(error = %ccm_core::telemetry::chain(&e), "projector loop failed");
                 shutdown.cancel();
                 result = Err(e);
             }

@@ -223,7 +223,7 @@ async fn campaign(
     Ok(value.and_then(|v| match serde_json::from_slice(&v) {
         Ok(c) => Some(c),
         Err(e) => {
-            tracing::warn!(campaign = %key, error = %e, "undecodable campaign; global policy");
+            tracing::warn!(campaign = %key, error = %ccm_core::telemetry::chain(&e), "undecodable campaign; global policy");
             None
         }
     }))

@@ -66,7 +66,7 @@ async fn handle(
             // An entry nobody can read would be redelivered for ever (max_deliver is
             // unlimited): keep it as a dead letter, then TERM it, which removes it from the
             // work queue (its advisory then finds nothing left to park).
-            tracing::error!(error = %e, subject = %message.subject, "undecodable retry entry");
+            tracing::error!(error = %ccm_core::telemetry::chain(&e), subject = %message.subject, "undecodable retry entry");
             let reason = format!("undecodable retry entry: {e}");
             match dlq::store_message(ctx, &message, &reason).await {
                 Ok(()) => {

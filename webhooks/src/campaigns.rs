@@ -110,7 +110,7 @@ impl Candidates {
             let totals = match totals(pg, campaign, &calls).await {
                 Ok(totals) => totals,
                 Err(e) => {
-                    tracing::warn!(%campaign, error = %e, "cannot check campaign completion");
+                    tracing::warn!(%campaign, error = %ccm_core::telemetry::chain(&e), "cannot check campaign completion");
                     self.0.insert(campaign, (calls, since));
                     continue;
                 }
@@ -128,7 +128,7 @@ impl Candidates {
                 Err(e) => {
                     // As when its dial consumer could not be read before: a campaign whose
                     // consumer is gone is not checked again until another call of it ends.
-                    tracing::warn!(%campaign, error = %e, "cannot read the campaign's progress");
+                    tracing::warn!(%campaign, error = %ccm_core::telemetry::chain(&e), "cannot read the campaign's progress");
                     continue;
                 }
             };

@@ -172,7 +172,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Webh
             if tries >= 30 || shutdown.is_cancelled() {
                 return Err(WebhooksError::Migrate(e));
             }
-            tracing::warn!(error = %e, "migrations failed; retrying");
+            tracing::warn!(error = %ccm_core::telemetry::chain(&e), "migrations failed; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
@@ -235,7 +235,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Webh
                                 tracing::info!("dispatching: this replica queues the events");
                             }
                         }
-                        Err(e) => tracing::warn!(error = %e, "cannot take the dispatch lease"),
+                        Err(e) => {
+                            tracing::warn!(error = %ccm_core::telemetry::chain(&e), "cannot take the dispatch lease")
+                        }
                     }
                 }
                 // Only the holder of the dispatch lease pulls, and only while the lease certainly
@@ -320,7 +322,7 @@ impl Dispatcher {
             .check(&self.pg, &self.js, &subscriptions)
             .await;
         if let Err(e) = queue::enqueue(&self.pg, &rows, lease).await {
-            tracing::warn!(error = %e, "cannot queue campaign.completed messages");
+            tracing::warn!(error = %ccm_core::telemetry::chain(&e), "cannot queue campaign.completed messages");
             return;
         }
         count_skipped(&rows);
@@ -339,7 +341,7 @@ impl Dispatcher {
                 Ok(event) => event,
                 Err(e) => {
                     // Not ours to judge: the projector owns malformed events.
-                    tracing::warn!(subject = %message.subject, error = %e, "undecodable event skipped");
+                    tracing::warn!(subject = %message.subject, error = %ccm_core::telemetry::chain(&e), "undecodable event skipped");
                     continue;
                 }
             };
@@ -368,7 +370,7 @@ impl Dispatcher {
                 let body = match enrichment.body(event) {
                     Ok(body) => body,
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot encode a webhook payload; event skipped");
+                        tracing::error!(error = %ccm_core::telemetry::chain(&e), "cannot encode a webhook payload; event skipped");
                         continue;
                     }
                 };

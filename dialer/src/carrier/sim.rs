@@ -83,7 +83,7 @@ impl Carrier for SimCarrier {
                 let mut outcome = outcome;
                 outcome.at = Utc::now();
                 if let Err(e) = ccm_core::nats::publish_event(&js, &outcome).await {
-                    tracing::warn!(error = %e, call = %outcome.call_id, "simulated outcome lost");
+                    tracing::warn!(error = %ccm_core::telemetry::chain(&e), call = %outcome.call_id, "simulated outcome lost");
                 }
             }
             .in_current_span(),

@@ -302,7 +302,7 @@ pub(crate) async fn create(
         if let Err(e) = write(&state, key, &stored, None).await {
             // The call is accepted and durable; only a repeat of this request could now be
             // accepted twice (as a 409 duplicate, since the number is claimed).
-            tracing::warn!(error = %e, "cannot record the idempotency key");
+            tracing::warn!(error = %ccm_core::telemetry::chain(&e), "cannot record the idempotency key");
         }
     }
     Ok((StatusCode::ACCEPTED, ApiJson(call)))
