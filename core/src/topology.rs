@@ -269,51 +269,70 @@ async fn provision_stream(
     wanted: &stream::Config,
     report: &mut Report,
 ) -> Result<(), TopologyError> {
-    let name = wanted.name.clone();
+    provision_backed(
+        js,
+        &wanted.name,
+        report,
+        async {
+            js.create_stream(wanted.clone())
+                .await
+                .map(drop)
+                .map_err(Into::into)
+        },
+        |actual| (stream_drift(wanted, actual), stream_differs(wanted, actual)),
+        async {
+            js.update_stream(wanted.clone())
+                .await
+                .map(drop)
+                .map_err(Into::into)
+        },
+    )
+    .await
+}
+
+/// The one way an object kept in a stream (a stream, or a KV bucket's) is provisioned: read
+/// it; create it when missing (a concurrent creator counts as unchanged); leave it, reporting
+/// the drift, when `judge` finds differences the server cannot apply; else update it in place
+/// when `judge` says it differs.
+pub(super) async fn provision_backed(
+    js: &jetstream::Context,
+    name: &str,
+    report: &mut Report,
+    create: impl Future<Output = Result<(), async_nats::Error>>,
+    judge: impl FnOnce(&stream::Config) -> (Vec<Drift>, bool),
+    update: impl Future<Output = Result<(), async_nats::Error>>,
+) -> Result<(), TopologyError> {
+    let object = format!("stream {name}");
     let wrap = |source: async_nats::Error| TopologyError::Stream {
-        stream: name.clone(),
+        stream: name.to_owned(),
         source,
     };
-    let actual = match js.get_stream(&name).await {
-        Ok(mut stream) => stream
-            .info()
-            .await
-            .map_err(|e| TopologyError::StreamInfo {
-                stream: name.clone(),
-                source: e.into(),
-            })?
-            .config
-            .clone(),
+    let actual = match js.get_stream(name).await {
+        Ok(stream) => stream.cached_info().config.clone(),
         Err(e) if is_stream_not_found(&e) => {
-            match js.create_stream(wanted.clone()).await {
-                Ok(_) => report.created.push(format!("stream {name}")),
+            match create.await {
+                Ok(()) => report.created.push(object),
                 // Another service provisioning at the same moment created it first.
-                Err(_) if js.get_stream(&name).await.is_ok() => {
-                    report.unchanged.push(format!("stream {name}"));
-                }
-                Err(e) => return Err(wrap(e.into())),
+                Err(_) if js.get_stream(name).await.is_ok() => report.unchanged.push(object),
+                Err(e) => return Err(wrap(e)),
             }
             return Ok(());
         }
         Err(e) => {
             return Err(TopologyError::StreamInfo {
-                stream: name,
+                stream: name.to_owned(),
                 source: e.into(),
             });
         }
     };
-    let drift = stream_drift(wanted, &actual);
+    let (drift, differs) = judge(&actual);
     if !drift.is_empty() {
         report.drift.extend(drift);
-        return Ok(());
-    }
-    if stream_differs(wanted, &actual) {
-        js.update_stream(wanted.clone())
-            .await
-            .map_err(|e| wrap(e.into()))?;
-        report.updated.push(format!("stream {name}"));
+    } else if differs {
+        update.await.map_err(wrap)?;
+        report.updated.push(object);
     } else {
-        report.unchanged.push(format!("stream {name}"));
+        report.unchanged.push(object);
     }
     Ok(())
 }

@@ -180,6 +180,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Retr
     result
 }
 
+// The span each delivery is handled in, opened in this crate (see `Options::span`).
+ccm_core::consumer_span!();
+
 /// Opens a durable consumer of `stream` and runs `handler` on each of its messages with the
 /// shared runtime ([`ccm_core::consumer::run`]) until `shutdown`.
 pub(crate) async fn consume<F, Fut>(
@@ -193,6 +196,11 @@ where
     F: Fn(Arc<Shared>, Delivery) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    // Spans opened here, so traces name the retrier.
+    let options = Options {
+        span: consumer_span,
+        ..options
+    };
     let consumer: PullConsumer = ctx
         .js
         .get_consumer_from_stream(options.name, stream)

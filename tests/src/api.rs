@@ -38,23 +38,59 @@ impl ApiClient {
     }
 
     /// An authenticated request with an optional JSON body; the status and the parsed body
-    /// (`Null` when it is not JSON).
+    /// (`Null` when it is not JSON). Panics when nothing comes back: a fixture's server is up.
     pub async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
         body: impl Into<Option<Value>>,
     ) -> (u16, Value) {
-        let mut request = self
+        let response = self
+            .request(method, path, body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The same request for a fault driver, which expects servers to be down: never panics,
+    /// and answers status 0 (and `Null`) when nothing came back within `timeout`.
+    pub async fn attempt(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: impl Into<Option<Value>>,
+        timeout: Duration,
+    ) -> (u16, Value) {
+        match self
+            .request(method, path, body)
+            .timeout(timeout)
+            .send()
+            .await
+        {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (status, response.json().await.unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: impl Into<Option<Value>>,
+    ) -> reqwest::RequestBuilder {
+        let request = self
             .http
             .request(method, format!("{}{path}", self.base))
             .header("X-Auth-Token", TEST_TOKEN);
-        if let Some(body) = body.into() {
-            request = request.json(&body);
+        match body.into() {
+            Some(body) => request.json(&body),
+            None => request,
         }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {

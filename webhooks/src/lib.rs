@@ -71,7 +71,10 @@ const OPTIONS: Options = Options {
     concurrency: 1,
     poison: Poison::Skip,
     on_shutdown: OnShutdown::Nak(None),
+    span: consumer_span,
 };
+// Spans of its deliveries, opened in this crate (see `Options::span`).
+ccm_core::consumer_span!();
 /// How often campaigns with new terminal events are checked for completion.
 const COMPLETION_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How often a replica that does not dispatch tries to take the dispatch lease.

@@ -90,7 +90,38 @@ pub struct Options {
     pub concurrency: usize,
     pub poison: Poison,
     pub on_shutdown: OnShutdown,
+    /// Opens the span each delivery is handled in ([`run`]). A service sets the one
+    /// [`consumer_span!`](crate::consumer_span) defines in its own crate, so traces name the
+    /// service that consumed (a span belongs to the module that opens it).
+    pub span: fn(&'static str, &Delivery) -> tracing::Span,
 }
+
+/// Defines `fn consumer_span(consumer, delivery) -> tracing::Span` in the calling module: the
+/// span of one delivery (`consume`, named after the consumer, continuing the trace its
+/// headers carry), opened there so it belongs to the calling crate. For [`Options::span`].
+#[macro_export]
+macro_rules! consumer_span {
+    () => {
+        fn consumer_span(
+            consumer: &'static str,
+            delivery: &$crate::consumer::Delivery,
+        ) -> ::tracing::Span {
+            if !$crate::trace_context::enabled() {
+                return ::tracing::Span::none();
+            }
+            let span = ::tracing::info_span!(
+                "consume",
+                otel.name = consumer,
+                otel.kind = "consumer",
+                subject = %delivery.subject,
+            );
+            $crate::trace_context::set_parent(&span, delivery.headers.as_ref());
+            span
+        }
+    };
+}
+
+consumer_span!();
 
 impl Options {
     /// A consumer pulled `batch` at a time with `expires`, as many handlers as messages per
@@ -104,6 +135,7 @@ impl Options {
             concurrency: batch.max(1),
             poison: Poison::Term,
             on_shutdown: OnShutdown::Nak(None),
+            span: consumer_span,
         }
     }
 

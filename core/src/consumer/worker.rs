@@ -70,7 +70,7 @@ pub async fn run<H, Fut>(
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 break;
             };
-            let span = span(options.name, &delivery);
+            let span = (options.span)(options.name, &delivery);
             let work = handler(delivery);
             tasks.spawn(
                 async move {
@@ -119,20 +119,6 @@ async fn request(consumer: &PullConsumer, options: &Options) -> Result<pull::Bat
 fn warn_pull(e: &PullError) {
     metrics::pull_failed(e.consumer);
     tracing::warn!(consumer = e.consumer, error = %chain(e), "pull failed");
-}
-
-fn span(consumer: &'static str, delivery: &Delivery) -> tracing::Span {
-    if !crate::trace_context::enabled() {
-        return tracing::Span::none();
-    }
-    let span = tracing::info_span!(
-        "consume",
-        otel.name = consumer,
-        otel.kind = "consumer",
-        subject = %delivery.subject,
-    );
-    crate::trace_context::set_parent(&span, delivery.headers.as_ref());
-    span
 }
 
 /// A continuous pull (the client keeps a request open and renews it), cut into batches by

@@ -13,7 +13,7 @@
 
 use async_nats::jetstream::{self, kv, stream};
 
-use super::{Drift, Report, TopologyError, is_stream_not_found};
+use super::{Drift, Report, TopologyError};
 
 /// Why a `KV_*.json` file is not a KV bucket's stream.
 #[derive(Debug, thiserror::Error)]
@@ -177,43 +177,29 @@ pub(super) async fn provision_bucket(
     report: &mut Report,
 ) -> Result<(), TopologyError> {
     let name = format!("KV_{}", wanted.bucket);
-    let object = format!("stream {name}");
-    let wrap = |source: async_nats::Error| TopologyError::Stream {
-        stream: name.clone(),
-        source,
-    };
-    let actual = match js.get_stream(&name).await {
-        Ok(stream) => stream.cached_info().config.clone(),
-        Err(e) if is_stream_not_found(&e) => {
-            match js.create_key_value(wanted.clone()).await {
-                Ok(_) => report.created.push(object),
-                // Another service provisioning at the same moment created it first.
-                Err(_) if js.get_stream(&name).await.is_ok() => report.unchanged.push(object),
-                Err(e) => return Err(wrap(e.into())),
-            }
-            return Ok(());
-        }
-        Err(e) => {
-            return Err(TopologyError::StreamInfo {
-                stream: name,
-                source: e.into(),
-            });
-        }
-    };
-    let drift = bucket_drift(wanted, &actual);
-    if !drift.is_empty() {
-        report.drift.extend(drift);
-        return Ok(());
-    }
-    if bucket_mismatches(wanted, &actual).is_empty() {
-        report.unchanged.push(object);
-    } else {
-        js.update_key_value(wanted.clone())
-            .await
-            .map_err(|e| wrap(e.into()))?;
-        report.updated.push(object);
-    }
-    Ok(())
+    super::provision_backed(
+        js,
+        &name,
+        report,
+        async {
+            js.create_key_value(wanted.clone())
+                .await
+                .map(drop)
+                .map_err(Into::into)
+        },
+        |actual| {
+            let drift = bucket_drift(wanted, actual);
+            let differs = !bucket_mismatches(wanted, actual).is_empty();
+            (drift, differs)
+        },
+        async {
+            js.update_key_value(wanted.clone())
+                .await
+                .map(drop)
+                .map_err(Into::into)
+        },
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -65,8 +65,12 @@ pub(crate) async fn export(
             "SELECT to_jsonb(a) FROM webhook_attempts a WHERE call_id = ANY($1) ORDER BY id",
         ),
     ];
+    let webhooks = webhook_tables_exist(pg).await?;
     let mut tables = serde_json::Map::new();
     for (table, sql) in queries {
+        if table.starts_with("webhook_") && !webhooks {
+            continue;
+        }
         let rows: Vec<Value> = sqlx::query_scalar(sql)
             .bind(&ids)
             .bind(phone.as_str())
@@ -116,6 +120,10 @@ pub(crate) async fn erase(
     .await?
     .rows_affected();
     counts.add("table", "dead_letters", "anonymised", n);
+    if !webhook_tables_exist(&mut *tx).await? {
+        tx.commit().await?;
+        return Ok(());
+    }
     // The delivery log of a webhook is its body: the rows go (a delivery still pending for an
     // ended call is dropped with them).
     let n = sqlx::query(
@@ -140,4 +148,17 @@ pub(crate) async fn erase(
     counts.add("table", "webhook_messages", "deleted", n);
     tx.commit().await?;
     Ok(())
+}
+
+/// Whether the webhooks service's tables exist: it migrates them itself, so a deployment that
+/// never ran it (or has not yet) has none, and an erase must not fail for that.
+async fn webhook_tables_exist<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT to_regclass('webhook_messages') IS NOT NULL \
+         AND to_regclass('webhook_attempts') IS NOT NULL",
+    )
+    .fetch_one(executor)
+    .await
 }

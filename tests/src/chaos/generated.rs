@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{
     Audit, Expectation, POLICY_BACKOFF, Stack,
@@ -21,7 +21,7 @@ use super::{
     ops::{Client, Record},
     services::{CarrierApi, Service},
 };
-use crate::{HarnessError, TEST_TOKEN, TestEnv};
+use crate::{HarnessError, TestEnv};
 
 /// Every campaign's attempt limit.
 const MAX_ATTEMPTS: u32 = 3;
@@ -117,7 +117,7 @@ pub async fn run(
         js,
         _policy,
     } = stack;
-    let http = reqwest::Client::new();
+    let api = crate::ApiClient::new(services.api.clone());
     let mut campaigns = Vec::new();
     for (i, spec) in schedule.campaigns.iter().enumerate() {
         let body = json!({
@@ -127,23 +127,10 @@ pub async fn run(
             "time_zone": "UTC",
             "draft": spec.draft,
         });
-        let response = http
-            .post(format!("{}/api/v1/campaigns", services.api))
-            .header("X-Auth-Token", TEST_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| HarnessError::Setup(format!("creating a campaign: {e}")))?;
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        campaigns.push(
-            body["id"]
-                .as_u64()
-                .ok_or_else(|| HarnessError::Setup(format!("creating a campaign: {body}")))?,
-        );
+        campaigns.push(super::load::create_campaign(&api, body).await?);
     }
     let client = Client {
-        http: http.clone(),
-        api: services.api.clone(),
+        api,
         sim: services.sim.clone(),
         campaigns: campaigns.clone(),
         record: Arc::new(Mutex::new(Record::default())),
@@ -168,7 +155,7 @@ pub async fn run(
         env,
         cluster: None,
         services: &mut services,
-        http: &http,
+        http: &client.api.http,
     };
     for step in &schedule.steps {
         if let Action::Fault(fault) = &step.action {
@@ -226,6 +213,7 @@ pub async fn run(
 /// tried until it gets an answer (a restarted ingest or nats-server may need a moment).
 async fn heal(client: &Client, schedule: &Schedule) {
     let clear = client
+        .api
         .http
         .put(format!("{}/faults", client.sim))
         .json(&json!({}));
@@ -241,14 +229,13 @@ async fn heal(client: &Client, schedule: &Schedule) {
                 let status = match step {
                     "window" => client.open_window(c).await,
                     verb => {
-                        let url = format!("{}/api/v1/campaigns/{id}/{verb}", client.api);
-                        client
-                            .http
-                            .post(url)
-                            .header("X-Auth-Token", TEST_TOKEN)
-                            .send()
-                            .await
-                            .map_or(0, |r| r.status().as_u16())
+                        let path = format!("/api/v1/campaigns/{id}/{verb}");
+                        let timeout = Duration::from_secs(10);
+                        let (status, _) = client
+                            .api
+                            .attempt(reqwest::Method::POST, &path, None, timeout)
+                            .await;
+                        status
                     }
                 };
                 // 409: already running, started, or cancelled.
@@ -288,6 +275,7 @@ async fn audit_run(
     let (accepted, accepted_ms, refused, answers, cap_changes, callbacks_taken, window_opens) =
         record;
     let carrier: CarrierStats = client
+        .api
         .http
         .get(format!("{}/stats", client.sim))
         .send()
@@ -335,16 +323,14 @@ async fn audit_run(
     let timed_out = checks::timed_out(&histories);
     let mut docs = BTreeMap::new();
     for id in campaigns {
-        let doc: Value = client
-            .http
-            .get(format!("{}/api/v1/campaigns/{id}", client.api))
-            .header("X-Auth-Token", TEST_TOKEN)
-            .send()
-            .await
-            .map_err(|e| HarnessError::Setup(format!("campaign {id}: {e}")))?
-            .json()
-            .await
-            .unwrap_or(Value::Null);
+        let path = format!("/api/v1/campaigns/{id}");
+        let (status, doc) = client
+            .api
+            .attempt(reqwest::Method::GET, &path, None, Duration::from_secs(10))
+            .await;
+        if status == 0 {
+            return Err(HarnessError::Setup(format!("campaign {id}: no answer")));
+        }
         docs.insert(*id, doc);
     }
     let states: BTreeMap<u64, String> = docs

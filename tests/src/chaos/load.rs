@@ -11,7 +11,14 @@ use ccm_core::CallId;
 use futures::{StreamExt, stream};
 use serde_json::{Value, json};
 
-use crate::{HarnessError, TEST_TOKEN};
+use reqwest::Method;
+
+use crate::{ApiClient, HarnessError};
+
+/// How long setting a campaign up may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one accepted call may take (an ambiguous publish is re-sent for up to 15 s).
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A call ingest accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +58,7 @@ pub struct LoadPlan {
 
 /// Creates `count` campaigns with this concurrency cap and attempt limit; returns their ids.
 pub async fn create_campaigns(
-    http: &reqwest::Client,
-    api: &str,
+    api: &ApiClient,
     count: u32,
     cap: u32,
     max_attempts: u32,
@@ -64,21 +70,20 @@ pub async fn create_campaigns(
             "max_concurrent_calls": cap,
             "max_attempts": max_attempts,
         });
-        let response = http
-            .post(format!("{api}/api/v1/campaigns"))
-            .header("X-Auth-Token", TEST_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| HarnessError::Setup(format!("creating a campaign: {e}")))?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        let id = body["id"].as_u64().filter(|_| status.is_success());
-        ids.push(
-            id.ok_or_else(|| HarnessError::Setup(format!("creating a campaign: {status} {body}")))?,
-        );
+        ids.push(create_campaign(api, body).await?);
     }
     Ok(ids)
+}
+
+/// Creates one campaign from `body`; its id.
+pub async fn create_campaign(api: &ApiClient, body: Value) -> Result<u64, HarnessError> {
+    let (status, body) = api
+        .attempt(Method::POST, "/api/v1/campaigns", body, REQUEST_TIMEOUT)
+        .await;
+    body["id"]
+        .as_u64()
+        .filter(|_| (200..300).contains(&status))
+        .ok_or_else(|| HarnessError::Setup(format!("creating a campaign: {status} {body}")))
 }
 
 /// Reports progress: calls sent so far, calls in the plan.
@@ -86,8 +91,7 @@ pub type Progress = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 /// Sends the planned calls, interleaving the campaigns; returns what ingest answered.
 pub async fn drive(
-    http: reqwest::Client,
-    api: String,
+    api: ApiClient,
     campaigns: Vec<u64>,
     plan: LoadPlan,
     progress: Option<Progress>,
@@ -105,10 +109,9 @@ pub async fn drive(
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let answers: Vec<(u64, String, Result<CallId, u16>)> = stream::iter(requests)
         .map(|(campaign, number)| {
-            let (http, api, done, progress) =
-                (http.clone(), api.clone(), done.clone(), progress.clone());
+            let (api, done, progress) = (api.clone(), done.clone(), progress.clone());
             async move {
-                let answer = send(&http, &api, campaign, &number).await;
+                let answer = send(&api, campaign, &number).await;
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 if let Some(progress) = progress {
                     progress(n, total);
@@ -135,27 +138,16 @@ pub async fn drive(
 }
 
 /// One `POST /api/v1/calls`: the call id when accepted, else the status (0: no answer).
-async fn send(
-    http: &reqwest::Client,
-    api: &str,
-    campaign: u64,
-    number: &str,
-) -> Result<CallId, u16> {
-    let response = http
-        .post(format!("{api}/api/v1/calls"))
-        .header("X-Auth-Token", TEST_TOKEN)
-        .timeout(Duration::from_secs(15))
-        .json(&json!({"campaign_id": campaign, "phone_number": number}))
-        .send()
-        .await
-        .map_err(|_| 0u16)?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(status.as_u16());
+async fn send(api: &ApiClient, campaign: u64, number: &str) -> Result<CallId, u16> {
+    let body = json!({"campaign_id": campaign, "phone_number": number});
+    let (status, body) = api
+        .attempt(Method::POST, "/api/v1/calls", body, CALL_TIMEOUT)
+        .await;
+    if !(200..300).contains(&status) {
+        return Err(status);
     }
-    let body: Value = response.json().await.map_err(|_| status.as_u16())?;
     body["call_id"]
         .as_str()
         .and_then(|id| id.parse().ok())
-        .ok_or(status.as_u16())
+        .ok_or(status)
 }

@@ -211,10 +211,10 @@ async fn drive(
     js: &async_nats::jetstream::Context,
 ) -> Result<Audit, HarnessError> {
     let http = reqwest::Client::new();
+    let api = crate::ApiClient::new(services.api.clone());
     let started = tokio::time::Instant::now();
     let campaigns = load::create_campaigns(
-        &http,
-        &services.api,
+        &api,
         scenario.campaigns,
         scenario.cap,
         scenario.max_attempts,
@@ -227,7 +227,7 @@ async fn drive(
     ));
 
     let load = {
-        let (http, api, plan) = (http.clone(), services.api.clone(), scenario.load.clone());
+        let (api, plan) = (api.clone(), scenario.load.clone());
         let (campaigns, verbose, name) =
             (campaigns.clone(), scenario.verbose, scenario.name.clone());
         tokio::spawn(async move {
@@ -237,7 +237,7 @@ async fn drive(
                     eprintln!("[{name}] sent {done}/{total}");
                 }
             });
-            load::drive(http, api, campaigns, plan, Some(progress)).await
+            load::drive(api, campaigns, plan, Some(progress)).await
         })
     };
 

@@ -17,7 +17,9 @@ use super::{
     generate::{BulkItem, CallbackTarget, Op, number, op_kind},
     load::Accepted,
 };
-use crate::TEST_TOKEN;
+use reqwest::Method;
+
+use crate::ApiClient;
 
 /// What the operations did, for the auditor.
 #[derive(Debug, Default)]
@@ -45,17 +47,20 @@ pub fn now_ms() -> u64 {
 /// Sends the operations.
 #[derive(Debug, Clone)]
 pub struct Client {
-    pub http: reqwest::Client,
-    pub api: String,
+    /// Ingest, through the shared client.
+    pub api: ApiClient,
     pub sim: String,
     /// Campaign ids by the schedule's index.
     pub campaigns: Vec<u64>,
     pub record: Arc<Mutex<Record>>,
 }
 
+/// How long a request may take before it counts as unanswered (status 0).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A request's status, 0 when nothing came back.
 async fn status_of(request: reqwest::RequestBuilder) -> (u16, Value) {
-    match request.timeout(Duration::from_secs(10)).send().await {
+    match request.timeout(REQUEST_TIMEOUT).send().await {
         Ok(response) => {
             let status = response.status().as_u16();
             (status, response.json().await.unwrap_or(Value::Null))
@@ -71,8 +76,14 @@ impl Client {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.api)
+    /// A request to ingest; status 0 when nothing came back within 10 s.
+    async fn ingest(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<Option<Value>>,
+    ) -> (u16, Value) {
+        self.api.attempt(method, path, body, REQUEST_TIMEOUT).await
     }
 
     fn campaign(&self, index: usize) -> u64 {
@@ -114,16 +125,14 @@ impl Client {
     }
 
     async fn send(&self, op: &Op) -> u16 {
-        let token = |r: reqwest::RequestBuilder| r.header("X-Auth-Token", TEST_TOKEN);
         match op {
             Op::Call {
                 campaign,
                 number: n,
             } => {
                 let (campaign, phone) = (self.campaign(*campaign), number(*n));
-                let request = token(self.http.post(self.url("/api/v1/calls")))
-                    .json(&json!({"campaign_id": campaign, "phone_number": phone}));
-                let (status, body) = status_of(request).await;
+                let body = json!({"campaign_id": campaign, "phone_number": phone});
+                let (status, body) = self.ingest(Method::POST, "/api/v1/calls", body).await;
                 match body["call_id"].as_str().and_then(|id| id.parse().ok()) {
                     Some(id) if (200..300).contains(&status) => self.accept(campaign, phone, id),
                     _ => *self.record().refused.entry(status).or_default() += 1,
@@ -139,8 +148,8 @@ impl Client {
                         BulkItem::Hostile(s) => s.clone(),
                     })
                     .collect();
-                let url = self.url(&format!("/api/v1/calls/bulk?campaign_id={campaign}"));
-                let (status, body) = status_of(token(self.http.post(url)).json(&items)).await;
+                let path = format!("/api/v1/calls/bulk?campaign_id={campaign}");
+                let (status, body) = self.ingest(Method::POST, &path, json!(items)).await;
                 let results = body["results"].as_array().cloned().unwrap_or_default();
                 let mut accepted = 0;
                 for r in &results {
@@ -165,15 +174,15 @@ impl Client {
                     Op::Cancel(_) => "cancel",
                     _ => "start",
                 };
-                let url = self.url(&format!("/api/v1/campaigns/{}/{verb}", self.campaign(*c)));
-                status_of(token(self.http.post(url))).await.0
+                let path = format!("/api/v1/campaigns/{}/{verb}", self.campaign(*c));
+                self.ingest(Method::POST, &path, None).await.0
             }
             Op::Cap { campaign, cap } => {
                 let sent = now_ms();
-                let url = self.url(&format!("/api/v1/campaigns/{}", self.campaign(*campaign)));
-                let request =
-                    token(self.http.patch(url)).json(&json!({"max_concurrent_calls": cap}));
-                let (status, body) = status_of(request).await;
+                let path = format!("/api/v1/campaigns/{}", self.campaign(*campaign));
+                let (status, body) = self
+                    .ingest(Method::PATCH, &path, json!({"max_concurrent_calls": cap}))
+                    .await;
                 // When the document was written, from the answer: two changes in flight
                 // together may be written in either order, and the later write holds.
                 let written_ms = body["updated_at"]
@@ -215,16 +224,15 @@ impl Client {
             Op::OpenWindow(c) => self.open_window(*c).await,
             Op::DncAdd(numbers) => {
                 let numbers: Vec<String> = numbers.iter().map(|n| number(*n)).collect();
-                let request = token(self.http.post(self.url("/api/v1/dnc")))
-                    .json(&json!({"phone_numbers": numbers, "reason": "chaos"}));
-                status_of(request).await.0
+                let body = json!({"phone_numbers": numbers, "reason": "chaos"});
+                self.ingest(Method::POST, "/api/v1/dnc", body).await.0
             }
             Op::DncRemove(numbers) => {
                 let mut last = 0;
                 for n in numbers {
                     let phone = number(*n).replace('+', "%2B");
-                    let url = self.url(&format!("/api/v1/dnc/{phone}"));
-                    last = status_of(token(self.http.delete(url))).await.0;
+                    let path = format!("/api/v1/dnc/{phone}");
+                    last = self.ingest(Method::DELETE, &path, None).await.0;
                 }
                 last
             }
@@ -243,15 +251,14 @@ impl Client {
                     "extra_call_ms": k.extra_call_ms,
                 });
                 let url = format!("{}/faults", self.sim);
-                status_of(self.http.put(url).json(&body)).await.0
+                status_of(self.api.http.put(url).json(&body)).await.0
             }
         }
     }
 
     async fn patch(&self, campaign: usize, body: Value) -> u16 {
-        let url = self.url(&format!("/api/v1/campaigns/{}", self.campaign(campaign)));
-        let request = self.http.patch(url).header("X-Auth-Token", TEST_TOKEN);
-        status_of(request.json(&body)).await.0
+        let path = format!("/api/v1/campaigns/{}", self.campaign(campaign));
+        self.ingest(Method::PATCH, &path, body).await.0
     }
 
     /// A calling window open all day (but the day's last second).
@@ -284,12 +291,13 @@ impl Client {
             fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         body.insert("call_id".into(), json!(call_id));
         body.insert("status".into(), json!(status));
-        let request = self
-            .http
-            .put(self.url("/api/v1/callback/"))
-            .header("X-Auth-Token", TEST_TOKEN)
-            .json(&body);
-        let (answer, reply) = status_of(request).await;
+        let (answer, reply) = self
+            .ingest(
+                Method::PUT,
+                "/api/v1/callback/",
+                Value::Object(body.clone()),
+            )
+            .await;
         if (200..300).contains(&answer) || answer == 500 {
             let mut shown = format!("{body:?}");
             shown.truncate(300);

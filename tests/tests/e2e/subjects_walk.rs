@@ -95,7 +95,19 @@ pub async fn walk(js: &async_nats::jetstream::Context, pg: &PgPool, forms: &Form
     .fetch_all(pg)
     .await
     .expect("tables");
-    assert!(tables.len() >= 10, "every table is listed: {tables:?}");
+    // The read model's tables at least; the webhooks service's when it has migrated them.
+    for table in [
+        "calls",
+        "call_events",
+        "phone_numbers",
+        "dead_letters",
+        "campaigns",
+    ] {
+        assert!(
+            tables.iter().any(|t| t == table),
+            "every table is listed: {tables:?}"
+        );
+    }
     for table in tables {
         let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM \"{table}\" t"))
             .fetch_all(pg)
