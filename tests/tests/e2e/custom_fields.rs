@@ -99,21 +99,14 @@ async fn imported_custom_fields_reach_the_carrier_the_calls_row_and_webhooks() {
         .await;
     assert_eq!(status, 201, "{body}");
 
-    let imported: Value = stack
-        .http
-        .post(format!(
-            "{}/api/v1/campaigns/{campaign}/contacts/import",
-            stack.base
-        ))
-        .header("X-Auth-Token", TEST_TOKEN)
-        .header("Content-Type", "text/csv")
-        .body(CSV)
-        .send()
-        .await
-        .expect("import")
-        .json()
-        .await
-        .expect("import answer");
+    let (_, imported) = stack
+        .raw(
+            Method::POST,
+            &format!("/api/v1/campaigns/{campaign}/contacts/import"),
+            "text/csv",
+            CSV,
+        )
+        .await;
     assert_eq!(imported["imported"], 2, "{imported}");
     let (status, body) = stack
         .send(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::{Router, http::StatusCode, routing::post};
 use ccm_core::config::{CarrierConfig, SimCarrierConfig};
-use ccm_tests::{TEST_TOKEN, TestEnv, eventually};
+use ccm_tests::{TestEnv, eventually};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -85,21 +85,14 @@ async fn setup() -> Setup {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    let imported: Value = stack
-        .http
-        .post(format!(
-            "{}/api/v1/campaigns/{campaign}/contacts/import",
-            stack.base
-        ))
-        .header("X-Auth-Token", TEST_TOKEN)
-        .header("Content-Type", "text/csv")
-        .body(CSV)
-        .send()
-        .await
-        .expect("import")
-        .json()
-        .await
-        .expect("import answer");
+    let (_, imported) = stack
+        .raw(
+            Method::POST,
+            &format!("/api/v1/campaigns/{campaign}/contacts/import"),
+            "text/csv",
+            CSV,
+        )
+        .await;
     assert_eq!(imported["imported"], 2, "{imported}");
     let (status, body) = stack
         .send(
