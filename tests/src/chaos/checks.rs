@@ -120,10 +120,15 @@ impl CapHistory {
 }
 
 /// No accepted call may be lost: each has a terminal event once the run has settled.
+///
+/// A violation spells out the call's whole history (kind@attempt and time) and what the
+/// carrier saw of each attempt, so a call left open can be told apart from one still on
+/// its way (an attempt live at the carrier, a retry due) without replaying the seed.
 pub fn lost(
     accepted: &[Accepted],
     histories: &BTreeMap<CallId, Vec<CallEvent>>,
     states: &BTreeMap<u64, String>,
+    carrier: &CarrierStats,
 ) -> Check {
     let mut check = Check::new("lost");
     for call in accepted {
@@ -136,12 +141,102 @@ pub fn lost(
         });
         let state = states.get(&call.campaign).map_or("?", String::as_str);
         check.violation(format!(
-            "call {} ({} in campaign {} [{state}]): last {last}",
-            call.call_id, call.number, call.campaign
+            "call {} ({} in campaign {} [{state}]): last {last}; history {}; carrier {}",
+            call.call_id,
+            call.number,
+            call.campaign,
+            history_line(events),
+            carrier_line(carrier, call.call_id),
         ));
     }
     check.measured = format!("{} accepted calls", accepted.len());
     check
+}
+
+/// The `n` calls that ended last, each with its history: what a run's settle time went to.
+pub fn last_to_end(histories: &BTreeMap<CallId, Vec<CallEvent>>, n: usize) -> Vec<String> {
+    let mut ended: Vec<(chrono::DateTime<chrono::Utc>, CallId)> = histories
+        .iter()
+        .filter_map(|(id, events)| {
+            let end = events
+                .iter()
+                .filter(|e| e.kind.is_terminal())
+                .map(|e| e.at)
+                .min()?;
+            Some((end, *id))
+        })
+        .collect();
+    ended.sort_unstable_by(|a, b| b.cmp(a));
+    ended
+        .into_iter()
+        .take(n)
+        .map(|(_, id)| format!("call {id}: {}", history_line(&histories[&id])))
+        .collect()
+}
+
+/// `Accepted@0 12:00:01.250, Dialing@1 12:00:02.003, …`
+fn history_line(events: &[CallEvent]) -> String {
+    let steps: Vec<String> = events
+        .iter()
+        .map(|e| {
+            let detail = match &e.kind {
+                EventKind::Outcome {
+                    status,
+                    source,
+                    reason,
+                    ..
+                } => format!(
+                    " ({status:?} from {source:?}{})",
+                    reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                ),
+                EventKind::Failed { reason }
+                | EventKind::Cancelled { reason }
+                | EventKind::DeadLettered { reason }
+                | EventKind::Expired { reason } => format!(" ({reason})"),
+                _ => String::new(),
+            };
+            format!(
+                "{}@{} {}{detail}",
+                e.kind.name(),
+                e.attempt,
+                e.at.format("%H:%M:%S%.3f")
+            )
+        })
+        .collect();
+    if steps.is_empty() {
+        "none".into()
+    } else {
+        steps.join(", ")
+    }
+}
+
+/// Each attempt of `call` in carrier-sim's ledger: requests, and when it was live.
+fn carrier_line(carrier: &CarrierStats, call: CallId) -> String {
+    let prefix = format!("{call}/");
+    let attempts: Vec<String> = carrier
+        .attempts
+        .iter()
+        .filter(|(key, _)| key.starts_with(&prefix))
+        .map(|(key, a)| {
+            let ended = a
+                .ended_ms
+                .map_or("still live".into(), |end| format!("ended {end}"));
+            format!(
+                "{} x{} placed {} {ended}",
+                &key[prefix.len()..],
+                a.requests,
+                a.placed_ms
+            )
+        })
+        .collect();
+    if attempts.is_empty() {
+        "never placed".into()
+    } else {
+        attempts.join(", ")
+    }
 }
 
 /// No attempt is placed twice: carrier-sim saw each attempt's key once.
