@@ -327,6 +327,7 @@ pub fn cap_over_time(
     caps: &BTreeMap<u64, CapHistory>,
     grace_ms: u64,
     timed_out: &TimedOut,
+    histories: &BTreeMap<CallId, Vec<CallEvent>>,
 ) -> Check {
     let mut check = Check::new("cap exceeded");
     let mut worst = (0usize, 0u32);
@@ -360,16 +361,41 @@ pub fn cap_over_time(
                         )
                     })
                     .collect();
+                // Each live attempt: when the carrier had it, and when ccm saw its outcome.
+                let others: Vec<String> = attempts
+                    .iter()
+                    .filter(|(_, b)| live_at(b, t))
+                    .map(|(k, b)| {
+                        let seen = outcome_of(histories, k)
+                            .map_or("no outcome".into(), |(at, source)| {
+                                format!("outcome {source} at {at}")
+                            });
+                        format!("{k} placed {} ended {:?} ({seen})", b.placed_ms, b.ended_ms)
+                    })
+                    .collect();
                 check.violation(format!(
                     "campaign {campaign}: {live} live calls at {t} when {key} was placed, cap \
                      {allowed}; {stale} of them already ended by the dialer's timeout (issue 16 \
-                     item 2); cap changes near: {near:?}"
+                     item 2); cap changes near: {near:?}; live: {others:?}"
                 ));
             }
         }
     }
     check.measured = format!("worst {} live / cap {}", worst.0, worst.1);
     check
+}
+
+/// When ccm recorded the outcome of attempt `key` (`<call>/<attempt>`, Unix ms), and from
+/// where (the carrier, or the dialer's timeout).
+fn outcome_of(histories: &BTreeMap<CallId, Vec<CallEvent>>, key: &str) -> Option<(i64, String)> {
+    let (call, attempt) = key.split_once('/')?;
+    let (call, attempt): (CallId, u32) = (call.parse().ok()?, attempt.parse().ok()?);
+    histories.get(&call)?.iter().find_map(|e| match &e.kind {
+        EventKind::Outcome { source, .. } if e.attempt == attempt => {
+            Some((e.at.timestamp_millis(), format!("{source:?}")))
+        }
+        _ => None,
+    })
 }
 
 /// The retry policy held (attempt numbering, limit, backoff, no retry after PICKED), from
@@ -547,7 +573,7 @@ mod tests {
         let none = TimedOut::new();
         assert!(number_overlap(&clean, &none).passed());
         assert!(placed_twice(&clean).passed());
-        assert!(cap_over_time(&clean, &caps, 0, &none).passed());
+        assert!(cap_over_time(&clean, &caps, 0, &none, &BTreeMap::new()).passed());
 
         let broken = ledger(&[
             ("a/1", "7", "+1", 100, Some(200), 2),
@@ -558,7 +584,7 @@ mod tests {
         assert_eq!(overlap.violations, 1, "{overlap:?}");
         assert!(overlap.evidence[0].contains("b/1"), "{overlap:?}");
         assert_eq!(placed_twice(&broken).violations, 1);
-        let cap = cap_over_time(&broken, &caps, 0, &none);
+        let cap = cap_over_time(&broken, &caps, 0, &none, &BTreeMap::new());
         assert_eq!(cap.violations, 1, "{cap:?}");
         // Lowered from 3 to 2 just before: within the grace the old cap still counts.
         let lowered = BTreeMap::from([(
@@ -573,8 +599,8 @@ mod tests {
                 }],
             },
         )]);
-        assert!(cap_over_time(&broken, &lowered, 10, &none).passed());
-        assert!(!cap_over_time(&broken, &lowered, 0, &none).passed());
+        assert!(cap_over_time(&broken, &lowered, 10, &none, &BTreeMap::new()).passed());
+        assert!(!cap_over_time(&broken, &lowered, 0, &none, &BTreeMap::new()).passed());
         // Still a violation when the dialer had timed the first call out, but named as such.
         let timed = TimedOut::from([("a/1".to_owned(), 120)]);
         let overlap = number_overlap(&broken, &timed);

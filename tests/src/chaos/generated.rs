@@ -381,7 +381,7 @@ async fn audit_run(
         checks::lost(&accepted, &histories, &states, &carrier),
         checks::placed_twice(&carrier),
         checks::number_overlap(&carrier, &timed_out),
-        checks::cap_over_time(&carrier, &caps, CAP_GRACE_MS, &timed_out),
+        checks::cap_over_time(&carrier, &caps, CAP_GRACE_MS, &timed_out, &histories),
         checks::retries_per_policy(audit.retries, audit.retry_violations, &audit.retry_problems),
         checks::campaign_completion(&docs, &accepted, &accepted_ms, &histories),
         checks::claims_without_live_call(js, pg).await?,
