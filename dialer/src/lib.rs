@@ -24,6 +24,7 @@
 //! - [`window`] puts off an attempt whose callee is outside the campaign's calling window.
 
 mod admission;
+pub(crate) mod cap;
 pub(crate) mod call;
 pub mod carrier;
 pub(crate) mod dialing;
@@ -143,6 +144,8 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
             per_day: config.dialer.max_attempts_per_number_per_day,
         },
         placements,
+        consumers: DialConsumers::new(&js, &topology).await,
+        cap_changes: Arc::default(),
         carrier,
         carrier_kind: config.dialer.carrier.kind(),
         max_call_duration: Duration::from_secs(config.dialer.max_call_duration_secs),
@@ -331,6 +334,15 @@ impl Supervisor<'_> {
                 .map(|secs| Duration::from_secs(u64::from(secs))),
         };
         let running = self.workers.get(&id).is_some_and(|k| k.stop.is_some());
+        // A cap seen for the first time or changed: count placements on the server for a
+        // while ([`cap`]).
+        if self
+            .workers
+            .get(&id)
+            .is_none_or(|k| k.settings.borrow().cap != settings.cap)
+        {
+            self.ctx.cap_changes.changed(id);
+        }
         // A pause stops the pulls first: the consumer's change below takes a round trip, and
         // a call queued meanwhile must not be pulled for a campaign already paused.
         if mode.is_none()
