@@ -111,7 +111,10 @@ mod tests {
     #[test]
     fn a_change_is_recent_for_its_campaign_only() {
         let changes = CapChanges::default();
-        let (a, b) = (CampaignId::new(1).expect("id"), CampaignId::new(2).expect("id"));
+        let (a, b) = (
+            CampaignId::new(1).expect("id"),
+            CampaignId::new(2).expect("id"),
+        );
         assert!(!changes.recent(a));
         changes.changed(a);
         assert!(changes.recent(a));

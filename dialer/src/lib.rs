@@ -24,8 +24,8 @@
 //! - [`window`] puts off an attempt whose callee is outside the campaign's calling window.
 
 mod admission;
-pub(crate) mod cap;
 pub(crate) mod call;
+pub(crate) mod cap;
 pub mod carrier;
 pub(crate) mod dialing;
 mod expiry;

@@ -74,10 +74,17 @@ async fn a_consumer_briefly_written_over_the_cap_places_no_call_over_it() {
     let key = id.to_string();
     let live = eventually(Duration::from_secs(20), || async {
         let s = stats(&http, &sim_url).await?;
-        s.campaigns.get(&key).filter(|c| c.live == 2).map(|c| c.live)
+        s.campaigns
+            .get(&key)
+            .filter(|c| c.live == 2)
+            .map(|c| c.live)
     })
     .await;
-    assert_eq!(live, Some(2), "the campaign's first two calls were not placed");
+    assert_eq!(
+        live,
+        Some(2),
+        "the campaign's first two calls were not placed"
+    );
 
     // The stale writer's consumer: the campaign's cap is still 2 in its document.
     let calls = js.get_stream(names::CALLS).await.expect("CALLS");
