@@ -12,7 +12,7 @@
 //! a campaign of 2).
 //!
 //! So for [`SETTLES_WITHIN`] after this replica sees a campaign's cap change (or starts
-//! following it), each placement first asks the server how many of the campaign's messages
+//! following one edited lately), each placement first asks the server how many of the campaign's messages
 //! are held ([`ccm_core::dial_consumer::DialConsumers::held`], this one included) and reads
 //! the stored cap; over it, the attempt is put off ([`PUT_OFF`]) instead of placed. Every
 //! placed call is a held message, so a placement that saw at most `cap` held can never make
@@ -56,6 +56,14 @@ impl CapChanges {
         let until = self.until.lock().unwrap_or_else(|e| e.into_inner());
         until.get(&id).is_some_and(|at| *at > Instant::now())
     }
+}
+
+/// Whether a document first seen now may have had its cap changed within
+/// [`SETTLES_WITHIN`]: edited after its creation, lately (a replica starting amid a change).
+pub(crate) fn edited_lately(campaign: &Campaign, now: chrono::DateTime<chrono::Utc>) -> bool {
+    campaign.updated_at > campaign.created_at
+        && now - campaign.updated_at
+            < chrono::TimeDelta::from_std(SETTLES_WITHIN).unwrap_or(chrono::TimeDelta::MAX)
 }
 
 /// Why the count could not be made (the message is handed back and tried again).
@@ -106,6 +114,20 @@ mod tests {
         assert!(over(3, 2));
         assert!(over(2, 0), "a cap of 0 is read as 1, as the consumer does");
         assert!(!over(1, 0));
+    }
+
+    #[test]
+    fn only_a_document_edited_lately_after_its_creation_is_counted_when_first_seen() {
+        let now = chrono::Utc::now();
+        let mut c: Campaign = serde_json::from_value(serde_json::json!({
+            "id": 1, "name": "c", "is_active": true, "max_concurrent_calls": 2,
+            "max_attempts": 1, "created_at": now, "updated_at": now,
+        }))
+        .expect("campaign");
+        assert!(!edited_lately(&c, now), "a new campaign has one writer");
+        c.updated_at = now + chrono::TimeDelta::seconds(1);
+        assert!(edited_lately(&c, now + chrono::TimeDelta::seconds(2)));
+        assert!(!edited_lately(&c, now + chrono::TimeDelta::seconds(40)));
     }
 
     #[test]

@@ -334,13 +334,14 @@ impl Supervisor<'_> {
                 .map(|secs| Duration::from_secs(u64::from(secs))),
         };
         let running = self.workers.get(&id).is_some_and(|k| k.stop.is_some());
-        // A cap seen for the first time or changed: count placements on the server for a
-        // while ([`cap`]).
-        if self
-            .workers
-            .get(&id)
-            .is_none_or(|k| k.settings.borrow().cap != settings.cap)
-        {
+        // A cap changed, or first seen on a document changed since its creation: count
+        // placements on the server for a while ([`cap`]). A new campaign's consumer was made
+        // from its one document by its one writer, so its calls pay nothing extra.
+        let changed = match self.workers.get(&id) {
+            Some(known) => known.settings.borrow().cap != settings.cap,
+            None => cap::edited_lately(&campaign, chrono::Utc::now()),
+        };
+        if changed {
             self.ctx.cap_changes.changed(id);
         }
         // A pause stops the pulls first: the consumer's change below takes a round trip, and

@@ -2,9 +2,9 @@
 //! read the document just before the cap was lowered; nats-server has no compare-and-set
 //! for consumer updates) must not let more calls be live than the campaign's cap.
 //!
-//! Two dialer replicas share a campaign of cap 2 whose calls never end (a silent carrier):
-//! once 2 are live, the consumer is written with `max_ack_pending` 6, as the stale writer
-//! would, and each replica with room under its own view of the cap has a pull waiting. The
+//! Two dialer replicas share a campaign whose cap goes from 6 to 2 and whose calls never end
+//! (a silent carrier): once 2 are live, the consumer is written with `max_ack_pending` 6, as a
+//! writer that read the older document would, and each replica with room under its own view of the cap has a pull waiting. The
 //! server hands out more messages at once; the dialers must place none of them while the
 //! campaign's stored cap is reached (issue 16; seed 1 of the generated faults found a cap
 //! of 5 exceeded by one call three seconds after it was lowered from 10).
@@ -46,21 +46,22 @@ async fn a_consumer_briefly_written_over_the_cap_places_no_call_over_it() {
     let _stop = shutdown.clone().drop_guard();
     let sim_url = silent_carrier(&shutdown).await;
 
+    // The campaign runs at cap 6, then its cap is lowered to 2: the stale writer below is
+    // one that read the document of the cap-6 era.
     let id = CampaignId::new(71).expect("id");
-    ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS)
+    let campaigns = ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS)
         .await
-        .expect("bucket")
-        .put(
+        .expect("bucket");
+    let mut doc = campaign(id, 6);
+    let put = |doc: &ccm_core::Campaign| {
+        let (campaigns, id, bytes) = (
+            campaigns.clone(),
             id.to_string(),
-            serde_json::to_vec(&campaign(id, 2)).expect("json").into(),
-        )
-        .await
-        .expect("put campaign");
-    for n in 0..8 {
-        ccm_core::nats::publish_dial(&js, &dial(id, 7100 + n))
-            .await
-            .expect("dial message");
-    }
+            serde_json::to_vec(doc).expect("json"),
+        );
+        async move { campaigns.put(id, bytes.into()).await.expect("put campaign") }
+    };
+    put(&doc).await;
     let mut config = env.config();
     config.dialer.carrier = CarrierConfig::Http(HttpCarrierConfig {
         base_url: sim_url.clone().into(),
@@ -69,6 +70,34 @@ async fn a_consumer_briefly_written_over_the_cap_places_no_call_over_it() {
     config.dialer.max_call_duration_secs = 600;
     tokio::spawn(ccm_dialer::run(config.clone(), shutdown.clone()));
     tokio::spawn(ccm_dialer::run(config, shutdown.clone()));
+    let calls = js.get_stream(names::CALLS).await.expect("CALLS");
+    let name = subjects::dial_consumer(id);
+    let cap = |want: i64| {
+        let (calls, name) = (calls.clone(), name.clone());
+        async move {
+            let info = calls.consumer_info(&name).await.ok()?;
+            (info.config.max_ack_pending == want).then_some(())
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || cap(6))
+            .await
+            .is_some()
+    );
+    doc.max_concurrent_calls = 2;
+    doc.updated_at = chrono::Utc::now();
+    put(&doc).await;
+    assert!(
+        eventually(Duration::from_secs(20), || cap(2))
+            .await
+            .is_some(),
+        "the dialers did not bring the consumer to the lowered cap"
+    );
+    for n in 0..8 {
+        ccm_core::nats::publish_dial(&js, &dial(id, 7100 + n))
+            .await
+            .expect("dial message");
+    }
 
     let http = reqwest::Client::new();
     let key = id.to_string();
@@ -86,9 +115,7 @@ async fn a_consumer_briefly_written_over_the_cap_places_no_call_over_it() {
         "the campaign's first two calls were not placed"
     );
 
-    // The stale writer's consumer: the campaign's cap is still 2 in its document.
-    let calls = js.get_stream(names::CALLS).await.expect("CALLS");
-    let name = subjects::dial_consumer(id);
+    // The stale writer's consumer; the campaign's cap is 2 in its document.
     let mut stale: consumer::Config = calls.consumer_info(&name).await.expect("info").config;
     stale.max_ack_pending = 6;
     calls.create_consumer(stale).await.expect("stale write");
