@@ -452,6 +452,9 @@ pub struct DialerConfig {
     /// Attempts placed to one number per UTC day across all campaigns; 0: no limit. An
     /// attempt beyond it waits until the next day.
     pub max_attempts_per_number_per_day: u32,
+    /// How often each dialer lists the dial consumers and repairs any that disagrees with
+    /// the campaign document it follows (a writer that died between the two, a hand edit).
+    pub consumer_sweep_secs: u64,
 }
 
 impl Default for DialerConfig {
@@ -464,6 +467,7 @@ impl Default for DialerConfig {
             metrics_listen: None,
             max_calls_per_second: 0,
             max_attempts_per_number_per_day: 0,
+            consumer_sweep_secs: 30,
         }
     }
 }

@@ -166,6 +166,27 @@ pub enum DialConsumerError {
     Instant(DateTime<Utc>),
 }
 
+/// What a dial consumer was last written with, as a listing shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub max_ack_pending: i64,
+    /// The document revision recorded with the write ([`REVISION_KEY`]), if any.
+    pub revision: Option<u64>,
+    /// Paused on the server now.
+    pub paused: bool,
+}
+
+impl Written {
+    /// Whether the consumer disagrees with a document of `revision`, `cap` and hold that
+    /// this follower applied: written from an older document, or its cap or pause changed
+    /// behind it.
+    pub fn disagrees_with(&self, revision: u64, cap: u32, held: bool) -> bool {
+        self.revision.is_none_or(|r| r < revision)
+            || self.max_ack_pending != i64::from(cap.max(1))
+            || self.paused != held
+    }
+}
+
 /// What a reconcile did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -332,6 +353,40 @@ impl DialConsumers {
             .get_consumer(&name)
             .await
             .map_err(|e| fail("open", &name, e))
+    }
+
+    /// Every dial consumer's cap and the document revision it was last written from, in one
+    /// listing (paged by the server): what a follower of the documents compares them with
+    /// to find a consumer that disagrees, without a request per campaign.
+    pub async fn written(
+        &self,
+    ) -> Result<std::collections::HashMap<CampaignId, Written>, DialConsumerError> {
+        use futures::TryStreamExt as _;
+        let fail_list = |e: async_nats::Error| DialConsumerError::Consumer {
+            action: "list",
+            consumer: "dial_*".into(),
+            source: e,
+        };
+        let infos: Vec<consumer::Info> = self
+            .calls
+            .consumers()
+            .map_err(|e| fail_list(e.into()))
+            .try_collect()
+            .await?;
+        Ok(infos
+            .into_iter()
+            .filter_map(|info| {
+                let id = subjects::dial_consumer_campaign(&info.name)?;
+                Some((
+                    id,
+                    Written {
+                        max_ack_pending: info.config.max_ack_pending,
+                        revision: Self::written_from(&info),
+                        paused: info.paused,
+                    },
+                ))
+            })
+            .collect())
     }
 
     /// How many of the campaign's messages are held now (delivered, not yet acknowledged),

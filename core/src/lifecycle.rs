@@ -105,6 +105,20 @@ impl Campaign {
         }
     }
 
+    /// The next instant after `now` at which [`Self::dialling_at`] may answer differently
+    /// with the document unchanged (its start or end date), if any: a follower of the
+    /// documents looks again then instead of re-reading them all on a timer.
+    pub fn next_change_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if self.state.is_final() {
+            return None;
+        }
+        [self.starts_at, self.ends_at]
+            .into_iter()
+            .flatten()
+            .filter(|at| *at > now)
+            .min()
+    }
+
     /// Why the campaign takes no new calls at `now`, if it does not.
     pub fn refusal_at(&self, now: DateTime<Utc>) -> Option<&'static str> {
         if self.accepts_calls_at(now) {
@@ -159,6 +173,45 @@ mod tests {
             ring_timeout_secs: None,
             answering_machine: Default::default(),
             ended_at: None,
+        }
+    }
+
+    /// Generated: between `now` and the next change the answer never changes, and at the
+    /// change or any later instant it may. Seeded; the seed is printed on failure.
+    #[test]
+    fn dialling_stays_the_same_until_the_next_change() {
+        use rand::{Rng, SeedableRng, rngs::StdRng};
+        let seed: u64 = std::env::var("CCM_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let states = [
+            CampaignState::Draft,
+            CampaignState::Running,
+            CampaignState::Paused,
+            CampaignState::Completed,
+            CampaignState::Cancelled,
+        ];
+        let base = Utc::now();
+        let at = |rng: &mut StdRng| base + Duration::seconds(rng.random_range(-100..100));
+        for _ in 0..2_000 {
+            let mut c = campaign(states[rng.random_range(0..states.len())]);
+            c.is_active = rng.random_bool(0.8);
+            c.starts_at = rng.random_bool(0.6).then(|| at(&mut rng));
+            c.ends_at = rng.random_bool(0.6).then(|| at(&mut rng));
+            let now = at(&mut rng);
+            let next = c.next_change_after(now);
+            let until = next.unwrap_or(base + Duration::seconds(1_000));
+            let mut t = now;
+            while t < until {
+                assert_eq!(
+                    c.dialling_at(t),
+                    c.dialling_at(now),
+                    "seed {seed}: {c:?} changed at {t} before its next change {next:?} (from {now})"
+                );
+                t += Duration::milliseconds(rng.random_range(1..5_000));
+            }
         }
     }
 

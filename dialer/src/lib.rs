@@ -36,6 +36,7 @@ pub(crate) mod pacing;
 pub(crate) mod placements;
 pub(crate) mod sample;
 pub(crate) mod scheduled;
+mod timers;
 pub(crate) mod window;
 pub(crate) mod worker;
 
@@ -59,8 +60,10 @@ use crate::{
 /// How long shutdown waits for calls in flight to get their outcome before handing them
 /// back (a later dialer finds them placed and only waits for the outcome).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// How often the bucket is re-read in full, in case the watch missed or lost an update.
-const RESCAN_EVERY: Duration = Duration::from_secs(2);
+/// How long after a failed watch it is started again.
+const REWATCH_AFTER: Duration = Duration::from_secs(1);
+/// How long after a change that could not be applied it is read and applied again.
+const RETRY_APPLY_AFTER: Duration = Duration::from_secs(1);
 
 /// Why the dialer stopped.
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +176,8 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
         workers: HashMap::new(),
         workers_done: TaskTracker::new(),
         scheduled_cancelled: scheduled::Cancelled::default(),
+        timers: timers::Timers::default(),
+        sweep_every: Duration::from_secs(config.dialer.consumer_sweep_secs.max(1)),
     };
     let result = supervisor.run(&campaigns).await;
 
@@ -196,6 +201,12 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
 
 /// A campaign the dialer knows about.
 struct Known {
+    /// The revision of the document last applied, and its cap: what its consumer is
+    /// compared with by the sweep.
+    revision: u64,
+    cap: u32,
+    /// Held (its consumer paused) when the document was applied.
+    held: bool,
     settings: watch::Sender<Settings>,
     in_flight: Arc<InFlight>,
     /// The running worker's stop token; `None` while paused.
@@ -215,6 +226,9 @@ struct Supervisor<'a> {
     workers_done: TaskTracker,
     /// Campaigns whose scheduled attempts this replica has cancelled (or is cancelling).
     scheduled_cancelled: scheduled::Cancelled,
+    /// When to look at a campaign again unasked (a start or end date, a failed apply).
+    timers: timers::Timers,
+    sweep_every: Duration,
 }
 
 impl Supervisor<'_> {
@@ -230,40 +244,68 @@ impl Supervisor<'_> {
         result
     }
 
-    /// Follows the bucket: the watch brings changes at once; a periodic full read repairs
-    /// anything a watch lost (an ordered consumer reset, a reconnect). Applying a document
-    /// twice changes nothing, and a failure to apply one is retried by the next read, so a
-    /// NATS hiccup never stops the dialer nor leaves a campaign undialled.
+    /// Follows the bucket. The watch brings every change at once, and when it fails it is
+    /// resumed from the revision after the last one applied, so no change is missed; a
+    /// campaign's start or end date is looked at when it comes ([`timers`]); a change that
+    /// could not be applied is tried again a second later; and a periodic listing of the
+    /// dial consumers repairs any that disagrees with its document (a writer that died
+    /// between the two). Applying a document twice changes nothing, so a NATS hiccup never
+    /// stops the dialer nor leaves a campaign undialled. Nothing is re-read on a timer:
+    /// an idle campaign costs nothing (issue 23; the two-second re-read of every document it
+    /// replaced cost each replica a read per campaign per round).
     async fn follow(&mut self, campaigns: &kv::Store) -> Result<(), DialerError> {
         let mut watch = None;
-        let mut rescan = tokio::time::interval(RESCAN_EVERY);
+        let mut last_revision = 0u64;
+        let mut rewatch = tokio::time::Instant::now();
+        let mut sweep = tokio::time::interval(self.sweep_every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sweep.tick().await;
         loop {
-            if watch.is_none() {
-                // With history: `watch_all` only delivers changes made after it starts.
-                match campaigns.watch_with_history(">").await {
+            if watch.is_none() && tokio::time::Instant::now() >= rewatch {
+                // First with history (each key's current document), then from where it was.
+                let started = if last_revision == 0 {
+                    campaigns.watch_with_history(">").await
+                } else {
+                    campaigns.watch_all_from_revision(last_revision + 1).await
+                };
+                match started {
                     Ok(w) => watch = Some(w),
                     Err(e) => {
-                        tracing::warn!(error = %ccm_core::telemetry::chain(&e), "cannot watch campaigns; rescanning")
+                        tracing::warn!(error = %ccm_core::telemetry::chain(&e), "cannot watch campaigns; trying again");
+                        rewatch = tokio::time::Instant::now() + REWATCH_AFTER;
                     }
                 }
             }
+            let watching = watch.is_some();
             let next = async {
                 match watch.as_mut() {
                     Some(w) => w.next().await,
                     None => std::future::pending().await,
                 }
             };
+            let due = self.timers.next();
+            let timer = async {
+                match due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
-                _ = rescan.tick() => {
-                    if let Err(e) = self.rescan(campaigns).await {
-                        tracing::warn!(error = %ccm_core::telemetry::chain(e.as_ref()), "cannot read the campaigns bucket");
+                () = tokio::time::sleep_until(rewatch), if !watching => {}
+                () = timer => {
+                    for id in self.timers.due(tokio::time::Instant::now()) {
+                        self.look_again(campaigns, id).await;
                     }
                 }
+                _ = sweep.tick() => self.sweep().await,
                 entry = next => match entry {
-                    Some(Ok(entry)) => self.apply_logged(entry).await,
+                    Some(Ok(entry)) => {
+                        last_revision = last_revision.max(entry.revision);
+                        self.apply_logged(entry).await;
+                    }
                     Some(Err(e)) => {
-                        tracing::warn!(error = %ccm_core::telemetry::chain(&e), "campaign watch failed; watching again");
+                        tracing::warn!(error = %ccm_core::telemetry::chain(&e), "campaign watch failed; resuming it");
                         watch = None;
                     }
                     None => watch = None,
@@ -272,45 +314,102 @@ impl Supervisor<'_> {
         }
     }
 
-    async fn rescan(&mut self, campaigns: &kv::Store) -> Result<(), async_nats::Error> {
-        let mut keys = campaigns.keys().await?;
-        let mut found = Vec::new();
-        while let Some(key) = keys.next().await {
-            found.push(key?);
-        }
-        for key in found {
-            if let Some(entry) = campaigns.entry(key).await? {
-                self.apply_logged(entry).await;
+    /// Reads one campaign's document again and applies it (a date came, or an apply failed).
+    async fn look_again(&mut self, campaigns: &kv::Store, id: CampaignId) {
+        match campaigns.entry(id.to_string()).await {
+            Ok(Some(entry)) => self.apply_logged(entry).await,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(%id, error = %ccm_core::telemetry::chain(&e), "cannot read the campaign; trying again");
+                self.timers
+                    .set(id, tokio::time::Instant::now() + RETRY_APPLY_AFTER);
             }
         }
-        Ok(())
+    }
+
+    /// Lists the dial consumers and reconciles each that disagrees with the document this
+    /// replica last applied: one paged request when all agree.
+    async fn sweep(&mut self) {
+        let written = match self.consumers.written().await {
+            Ok(written) => written,
+            Err(e) => {
+                tracing::debug!(error = %ccm_core::telemetry::chain(&e), "cannot list the dial consumers");
+                return;
+            }
+        };
+        let drifted: Vec<CampaignId> = self
+            .workers
+            .iter()
+            .filter(|(id, known)| {
+                written
+                    .get(id)
+                    .is_some_and(|w| w.disagrees_with(known.revision, known.cap, known.held))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in drifted {
+            match self.consumers.reconcile(&self.campaigns, id).await {
+                Ok(Some(applied)) if !applied.plan.is_empty() => {
+                    tracing::info!(%id, plan = ?applied.plan, "dial consumer repaired by the sweep");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(%id, error = %ccm_core::telemetry::chain(&e), "dial consumer not repaired yet");
+                }
+            }
+        }
     }
 
     async fn apply_logged(&mut self, entry: kv::Entry) {
         let key = entry.key.clone();
-        if let Err(e) = self.apply(entry).await {
+        let id = key.parse::<CampaignId>().ok();
+        // A document older than one applied already (a re-read raced the watch): the newer
+        // one stands, and so does its timer.
+        if id
+            .and_then(|id| self.workers.get(&id))
+            .is_some_and(|known| known.revision > entry.revision)
+        {
+            return;
+        }
+        let applied = self.apply(entry).await;
+        if let Some(id) = id {
+            match &applied {
+                Ok(Some(next)) => self.timers.set(id, timers::instant_of(*next)),
+                Ok(None) => self.timers.clear(id),
+                Err(_) => self
+                    .timers
+                    .set(id, tokio::time::Instant::now() + RETRY_APPLY_AFTER),
+            }
+        }
+        if let Err(e) = applied {
             tracing::warn!(campaign = %key, error = %ccm_core::telemetry::chain(&e), "campaign change not applied yet");
         }
     }
 
-    async fn apply(&mut self, entry: kv::Entry) -> Result<(), DialerError> {
+    /// Applies one document; returns when to look at it again unasked (its next date).
+    async fn apply(
+        &mut self,
+        entry: kv::Entry,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, DialerError> {
         let Ok(id) = entry.key.parse::<CampaignId>() else {
-            return Ok(());
+            return Ok(None);
         };
+        let revision = entry.revision;
         let campaign = match entry.operation {
             kv::Operation::Put => match serde_json::from_slice::<Campaign>(&entry.value) {
                 Ok(campaign) => campaign,
                 Err(e) => {
                     tracing::warn!(%id, error = %ccm_core::telemetry::chain(&e), "undecodable campaign document; ignored");
-                    return Ok(());
+                    return Ok(None);
                 }
             },
             kv::Operation::Delete | kv::Operation::Purge => {
                 self.remove(id).await;
-                return Ok(());
+                return Ok(None);
             }
         };
-        // Re-read every RESCAN_EVERY, so a start or end date takes effect within that.
+        // Looked at again at its next start or end date (the caller's timer).
+        let next = campaign.next_change_after(chrono::Utc::now());
         let mode = match campaign.dialling_at(chrono::Utc::now()) {
             Dialling::Drain(reason) => Some(Mode::Cancel(reason)),
             Dialling::Dial => Some(Mode::Dial),
@@ -352,7 +451,7 @@ impl Supervisor<'_> {
             tracing::info!(%id, "campaign paused; stop pulling");
             stop.cancel();
         }
-        // The reconciler: on every change and every rescan the consumer (cap, server-side
+        // The reconciler: on every change (and by the sweep) the consumer (cap, server-side
         // pause) is brought in line with the stored document, whoever failed to write it
         // (a writer that crashed between the document and the consumer, a lost update).
         let applied = self.consumers.reconcile(&self.campaigns, id).await?;
@@ -360,23 +459,26 @@ impl Supervisor<'_> {
             tracing::info!(%id, plan = ?applied.plan, "dial consumer brought in line");
         }
         let known = self.workers.entry(id).or_insert_with(|| Known {
+            revision,
+            cap: campaign.max_concurrent_calls,
+            held: mode.is_none(),
             settings: watch::Sender::new(settings.clone()),
             in_flight: Arc::new(InFlight::default()),
             stop: None,
         });
+        known.revision = revision;
+        known.cap = campaign.max_concurrent_calls;
+        known.held = mode.is_none();
         known.settings.send_replace(settings);
         // The cap beside the live calls, so a dashboard can draw one against the other.
         ccm_core::metrics::gauge!("ccm_dialer_concurrency_cap", "campaign" => id.to_string())
             .set(f64::from(campaign.max_concurrent_calls));
-        if mode.is_none() {
-            return Ok(());
-        }
-        if running {
-            return Ok(());
+        if mode.is_none() || running {
+            return Ok(next);
         }
         let consumer = self.consumers.consumer(id).await?;
         let Some(known) = self.workers.get_mut(&id) else {
-            return Ok(());
+            return Ok(next);
         };
         let stop = self.shutdown.child_token();
         known.stop = Some(stop.clone());
@@ -390,7 +492,7 @@ impl Supervisor<'_> {
             calls: self.calls.clone(),
         };
         self.workers_done.spawn(worker::run(worker, stop));
-        Ok(())
+        Ok(next)
     }
 
     /// Ends the campaign's attempts waiting in `RETRIES` (once per replica; again after a

@@ -90,6 +90,9 @@ async fn the_dial_consumer_converges_to_the_document_after_any_crash_point() {
         base_url: silent_carrier(&shutdown).await.into(),
         ..Default::default()
     });
+    // A consumer changed with no document change (the "consumer only" cut) is found by the
+    // sweep, not the watch: make it frequent.
+    config.dialer.consumer_sweep_secs = 1;
     let campaigns = ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS)
         .await
         .expect("campaigns bucket");
