@@ -16,7 +16,8 @@
 //!   the whole call, a synthetic FAILED outcome after the maximum call duration.
 //! - [`carrier`] holds the adapters that actually place calls; [`dialing`] the `Dialing`
 //!   event published before each placement.
-//! - [`frequency`] caps the attempts placed to one number per day, across campaigns.
+//! - [`compliance`] applies the rule packs by the callee's jurisdiction and the frequency limits;
+//!   [`frequency`] keeps each number's recent attempts for those limits, across campaigns.
 //! - [`outcomes`] routes outcomes from the dialer's one subscription to the waiting calls.
 //! - [`pacing`] spaces new calls per campaign and globally, shared by all replicas.
 //! - [`placements`] records the carrier's id of each placed attempt, for callbacks that name
@@ -26,6 +27,7 @@
 mod admission;
 pub(crate) mod call;
 pub mod carrier;
+pub mod compliance;
 pub(crate) mod dialing;
 mod expiry;
 pub mod frequency;
@@ -78,6 +80,8 @@ pub enum DialerError {
     Start(#[from] ccm_core::service::StartError),
     #[error(transparent)]
     Outcomes(#[from] outcomes::StartError),
+    #[error("invalid calling rules")]
+    Rules(#[from] ccm_core::rules::RulesError),
 }
 
 /// Runs the dialer until `shutdown` is cancelled.
@@ -104,6 +108,10 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
         .await
         .map_err(|e| DialerError::Stream(names::CALL_EVENTS, e.into()))?;
     let carrier = carrier::build(&config.dialer.carrier, &js)?;
+    let compliance = compliance::Compliance {
+        rules: Arc::new(ccm_core::rules::Rules::load(&config.compliance.rule_files)?),
+        limits: config.frequency_limits(),
+    };
     let by_external = !carrier.outcomes_name_the_attempt();
     let by_attempt = carrier.reports_hang_ups();
     let placements = placements::Placements {
@@ -138,10 +146,15 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
             bucket: ccm_core::nats::bucket(&js, names::KV_PACING).await?,
             global_per_second: config.dialer.max_calls_per_second,
         },
-        frequency: frequency::FrequencyCap {
+        frequency: frequency::Frequency {
             bucket: ccm_core::nats::bucket(&js, names::KV_ATTEMPTS).await?,
-            per_day: config.dialer.max_attempts_per_number_per_day,
+            keep: ccm_core::rules::frequency::Limits {
+                cap_24h: None,
+                per_days: config.frequency_limits(),
+            }
+            .horizon(),
         },
+        compliance,
         placements,
         carrier,
         carrier_kind: config.dialer.carrier.kind(),
