@@ -23,9 +23,12 @@ pub struct PostalPlace {
     pub zone: Option<Tz>,
 }
 
-/// `(first, last, state, zone)`, sorted by `first`; parsed once.
-fn zip_ranges() -> &'static [(u32, u32, &'static str, Option<Tz>)] {
-    static RANGES: OnceLock<Vec<(u32, u32, &'static str, Option<Tz>)>> = OnceLock::new();
+/// A row of the ZIP data: `(first, last, state, zone)`.
+type ZipRange = (u32, u32, &'static str, Option<Tz>);
+
+/// The rows, sorted by `first`; parsed once.
+fn zip_ranges() -> &'static [ZipRange] {
+    static RANGES: OnceLock<Vec<ZipRange>> = OnceLock::new();
     RANGES.get_or_init(|| {
         let mut rows: Vec<_> = US_ZIP
             .lines()
