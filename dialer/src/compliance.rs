@@ -156,3 +156,52 @@ pub async fn take(
     }
     Ok(verdict.wait_until)
 }
+
+#[cfg(test)]
+mod tests {
+    use ccm_core::{
+        phone::{PhoneNumber, PhoneRule},
+        window::{ContactPlace, callee},
+    };
+
+    use super::*;
+
+    /// What the audit trail records: the zone and jurisdiction with their reasons, the rules
+    /// and counts; the working copies stay out.
+    #[test]
+    fn what_was_seen_serialises_with_its_reasons() {
+        let phone = PhoneNumber::parse("+12125550100", PhoneRule::Lenient).expect("phone");
+        let place = ContactPlace {
+            time_zone: None,
+            postal_code: Some("33101"),
+        };
+        let c = callee(place, &phone, None);
+        let seen = Seen {
+            zones: c.zones.iter().map(|z| z.name().to_owned()).collect(),
+            zone_source: Some(c.zone_source),
+            jurisdiction: c.jurisdiction.as_ref().map(|(j, _)| j.clone()),
+            jurisdiction_source: c.jurisdiction.as_ref().map(|(_, s)| *s),
+            rules: vec!["us-tcpa-hours".into(), "us-fl-24h".into()],
+            counts: vec![Count {
+                over: "24h".into(),
+                limit: 3,
+                seen: 2,
+            }],
+            checked_zones: c.zones.clone(),
+            limits: Limits::default(),
+        };
+        let json = serde_json::to_value(&seen).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "zones": ["America/New_York"], "zone_source": "postal_code",
+                "jurisdiction": {"country": "US", "subdivisions": ["US-FL"]},
+                "jurisdiction_source": "postal_code",
+                "rules": ["us-tcpa-hours", "us-fl-24h"],
+                "counts": [{"over": "24h", "limit": 3, "seen": 2}],
+            })
+        );
+        let back: Seen = serde_json::from_value(json).expect("reads back");
+        assert_eq!(back.rules, seen.rules);
+    }
+}
