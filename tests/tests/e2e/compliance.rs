@@ -85,11 +85,11 @@ async fn no_call_is_placed_outside_the_rules_of_the_callees_state_or_province() 
         call_ms: 20,
         ..Default::default()
     };
-    let stack = CarrierStack::start(&env, sim).await;
     let rules = pack();
-    let mut dialer_config = stack.config.clone();
-    dialer_config.compliance.rule_files = vec![rules.path().to_owned()];
-    let dialer = Dialer::start(dialer_config);
+    let mut config = env.config();
+    config.compliance.rule_files = vec![rules.path().to_owned()];
+    let stack = CarrierStack::start_with(&env, sim, config).await;
+    let dialer = Dialer::start(stack.config.clone());
 
     let (status, body) = stack
         .send(
@@ -174,5 +174,92 @@ async fn no_call_is_placed_outside_the_rules_of_the_callees_state_or_province() 
         "Texas, Rhode Island, Alberta and the Quebec contact wait"
     );
     dialer.stop().await;
+    stack.stop().await;
+}
+
+/// Two campaigns call the same Texas numbers (a number may be in one live call per campaign)
+/// through two dialer replicas, under a pack capping Texas at 3 attempts per 24 hours: each
+/// number wants 4 attempts (2 per campaign) and carrier-sim's ledger shows exactly 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_24_hour_cap_holds_across_two_campaigns_and_two_dialers() {
+    const NUMBERS: u32 = 5;
+    let env = TestEnv::start().await.expect("test environment");
+    let sim = ccm_carrier_sim::SimConfig {
+        picked: 0,
+        disconnected: 0,
+        rnr: 1,
+        failed: 0,
+        call_ms: 20,
+        ..Default::default()
+    };
+    let mut rules = tempfile::NamedTempFile::new().expect("temp file");
+    rules
+        .write_all(
+            b"rules:\n  - id: test-tx-24h\n    jurisdiction: US-TX\n    max_per_24h: 3\n    source: test\n    as_of: 2026-12-05\n",
+        )
+        .expect("write");
+    let mut config = env.config();
+    config.compliance.rule_files = vec![rules.path().to_owned()];
+    config.ingest.duplicate_scope = ccm_core::config::DuplicateScope::Campaign;
+    let stack = CarrierStack::start_with(&env, sim, config).await;
+    let dialers = [
+        Dialer::start(stack.config.clone()),
+        Dialer::start(stack.config.clone()),
+    ];
+    let mut campaigns = Vec::new();
+    for name in ["first", "second"] {
+        let (status, body) = stack
+            .send(
+                "/api/v1/campaigns",
+                json!({
+                    "name": name, "max_attempts": 2, "max_concurrent_calls": 10,
+                    "retry_policy": {"status_retry_rules": {"RNR": {"should_retry": true, "backoff": ["1s"]}}}
+                }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        campaigns.push(body["id"].as_u64().expect("id"));
+    }
+    let numbers: Vec<String> = (0..NUMBERS)
+        .map(|i| format!("+1214555{:04}", 200 + i))
+        .collect();
+    for number in &numbers {
+        for campaign in &campaigns {
+            let (status, body) = stack
+                .send(
+                    "/api/v1/calls",
+                    json!({"campaign_id": campaign, "phone_number": number}),
+                )
+                .await;
+            assert_eq!(status, 202, "{body}");
+        }
+    }
+    let by_number = || async {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for attempt in stack.stats().await.attempts.values() {
+            *counts.entry(attempt.to.clone()).or_default() += 1;
+        }
+        counts
+    };
+    let capped = eventually(Duration::from_secs(60), || async {
+        let counts = by_number().await;
+        (counts.len() == NUMBERS as usize && counts.values().all(|n| *n >= 3)).then_some(())
+    })
+    .await;
+    assert!(
+        capped.is_some(),
+        "every number reached the cap: {:?}",
+        by_number().await
+    );
+    // The fourth attempt of each number is put off a day, never placed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let counts = by_number().await;
+    for number in &numbers {
+        assert_eq!(counts.get(number), Some(&3), "{number}: {counts:?}");
+    }
+    assert_eq!(stack.stats().await.repeated_requests, 0);
+    for dialer in dialers {
+        dialer.stop().await;
+    }
     stack.stop().await;
 }
