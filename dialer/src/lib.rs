@@ -80,7 +80,8 @@ pub enum DialerError {
     Start(#[from] ccm_core::service::StartError),
     #[error(transparent)]
     Outcomes(#[from] outcomes::StartError),
-    #[error("invalid calling rules")]
+    /// Names the rule file and line.
+    #[error(transparent)]
     Rules(#[from] ccm_core::rules::RulesError),
 }
 
@@ -96,6 +97,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
 }
 
 async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Result<(), DialerError> {
+    // A bad rule file stops the dialer before it connects, naming the file and line.
+    let compliance = compliance::Compliance {
+        rules: Arc::new(ccm_core::rules::Rules::load(&config.compliance.rule_files)?),
+        limits: config.frequency_limits(),
+    };
     let Started {
         client,
         js,
@@ -108,10 +114,6 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
         .await
         .map_err(|e| DialerError::Stream(names::CALL_EVENTS, e.into()))?;
     let carrier = carrier::build(&config.dialer.carrier, &js)?;
-    let compliance = compliance::Compliance {
-        rules: Arc::new(ccm_core::rules::Rules::load(&config.compliance.rule_files)?),
-        limits: config.frequency_limits(),
-    };
     let by_external = !carrier.outcomes_name_the_attempt();
     let by_attempt = carrier.reports_hang_ups();
     let placements = placements::Placements {

@@ -58,7 +58,8 @@ pub enum RetrierError {
     Topology(#[from] ccm_core::topology::TopologyError),
     #[error("cannot open {0}")]
     Open(&'static str, #[source] async_nats::Error),
-    #[error("invalid calling rules")]
+    /// Names the rule file and line.
+    #[error(transparent)]
     Rules(#[from] ccm_core::rules::RulesError),
     #[error("a retrier task failed")]
     Task(#[source] tokio::task::JoinError),

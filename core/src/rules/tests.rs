@@ -391,3 +391,48 @@ fn k_in_d_counts_local_days_not_utc_days() {
         Some(utc(2026, 11, 3, 0, 0))
     );
 }
+
+#[test]
+fn frequency_limits_are_checked_at_load_and_the_old_daily_cap_is_one_of_them() {
+    let mut config = crate::Config::default();
+    config.dialer.max_attempts_per_number_per_day = 2;
+    config.compliance.frequency_limits = vec![FrequencyLimit {
+        max_attempts: 3,
+        days: 7,
+    }];
+    assert!(config.validate().is_ok());
+    assert_eq!(
+        config.frequency_limits(),
+        vec![
+            FrequencyLimit {
+                max_attempts: 3,
+                days: 7
+            },
+            FrequencyLimit {
+                max_attempts: 2,
+                days: 1
+            }
+        ]
+    );
+    for bad in [
+        FrequencyLimit {
+            max_attempts: 3,
+            days: 32,
+        },
+        FrequencyLimit {
+            max_attempts: 0,
+            days: 1,
+        },
+        FrequencyLimit {
+            max_attempts: 1,
+            days: 0,
+        },
+    ] {
+        config.compliance.frequency_limits = vec![bad];
+        let err = config.validate().expect_err("refused");
+        assert!(
+            err.to_string().contains("compliance.frequency_limits"),
+            "{err}"
+        );
+    }
+}

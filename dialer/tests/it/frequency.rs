@@ -157,3 +157,30 @@ async fn an_attempt_put_off_by_the_limits_is_taken_at_the_moment_they_named() {
         now = until;
     }
 }
+
+/// A rule file with an error stops the dialer at start, and the error names the file and the
+/// line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_rule_file_stops_the_dialer_at_start_naming_its_file_and_line() {
+    let path = std::env::temp_dir().join(format!(
+        "ccm-rules-{}-{}.yaml",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::write(
+        &path,
+        b"rules:\n  - id: ok\n    jurisdiction: US\n    max_per_24h: 5\n    source: x\n    as_of: 2026-12-05\n  - id: backwards\n    jurisdiction: US-FL\n    hours: [{days: [mon], start: \"20:00\", end: \"08:00\"}]\n    source: x\n    as_of: 2026-12-05\n",
+    )
+    .expect("write");
+    let mut config = ccm_core::Config::default();
+    config.compliance.rule_files = vec![path.clone()];
+    let err = ccm_dialer::run(config, tokio_util::sync::CancellationToken::new())
+        .await
+        .expect_err("refuses to start");
+    let shown = err.to_string();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        shown.starts_with(&format!("{}:7: rule backwards", path.display())),
+        "{shown}"
+    );
+}
