@@ -14,3 +14,4 @@ mod metrics;
 mod outcomes;
 mod placements;
 mod recheck;
+mod stale_cap;
