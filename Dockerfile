@@ -22,6 +22,8 @@ COPY bin/ /usr/local/bin/
 # relative to the working directory) finds it; the Helm chart mounts its own under /etc/ccm.
 WORKDIR /opt/ccm
 COPY config/retry.yaml /opt/ccm/config/retry.yaml
+# The shipped calling rule packs, for `compliance.rule_files: [config/rules/us.yaml, …]`.
+COPY config/rules/ /opt/ccm/config/rules/
 USER 10001:10001
 EXPOSE 8000
 ENTRYPOINT []

@@ -273,6 +273,10 @@ pub struct Contact {
     /// The callee's own IANA time zone, for calling windows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_zone: Option<String>,
+    /// The callee's postal code (a US ZIP code, a Canadian postal code or its first three
+    /// characters): their state or province and, where it tells, their zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postal_code: Option<String>,
     /// Custom fields of the contact (the extra columns of a CSV import).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub fields: std::collections::BTreeMap<String, String>,

@@ -161,6 +161,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Number claims and Idempotency-Keys: their per-key TTLs and the claim reaper.
     pub claims: ClaimsConfig,
+    /// Calling rules by jurisdiction and cross-campaign frequency limits (`docs/compliance.md`).
+    pub compliance: ComplianceConfig,
     /// Whether each service creates or updates the JetStream topology (and the projector runs
     /// the migrations) when it starts. Turned off (`CCM_PROVISION=false`) where a separate
     /// step does it once, as the Helm chart's provisioning Job does.
@@ -180,6 +182,7 @@ impl Default for Config {
             webhooks: WebhooksConfig::default(),
             log: LogConfig::default(),
             claims: ClaimsConfig::default(),
+            compliance: ComplianceConfig::default(),
             provision: true,
         }
     }
@@ -618,6 +621,34 @@ impl Default for ClaimsConfig {
     }
 }
 
+/// Calling rules and frequency limits, applied by the dialer and the retrier.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComplianceConfig {
+    /// Rule packs, loaded in order and validated at start (a later rule replaces an earlier
+    /// one of the same id); e.g. `[config/rules/us.yaml, config/rules/ca.yaml,
+    /// /etc/ccm/our-rules.yaml]`. None by default: no jurisdiction rules apply.
+    pub rule_files: Vec<PathBuf>,
+    /// At most `max_attempts` attempts per number in the callee's last `days` local days
+    /// (1 to 31), across campaigns. `dialer.max_attempts_per_number_per_day: N` is the limit
+    /// `{max_attempts: N, days: 1}`.
+    pub frequency_limits: Vec<crate::rules::FrequencyLimit>,
+}
+
+impl Config {
+    /// Every cross-campaign frequency limit, the old daily setting included.
+    pub fn frequency_limits(&self) -> Vec<crate::rules::FrequencyLimit> {
+        let mut limits = self.compliance.frequency_limits.clone();
+        if self.dialer.max_attempts_per_number_per_day > 0 {
+            limits.push(crate::rules::FrequencyLimit {
+                max_attempts: self.dialer.max_attempts_per_number_per_day,
+                days: 1,
+            });
+        }
+        limits
+    }
+}
+
 /// The retrier.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -757,6 +788,16 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "retrier.max_queue_age_secs and retrier.expiry_sweep_ms must be above zero".into(),
             ));
+        }
+        for limit in &self.compliance.frequency_limits {
+            if limit.max_attempts == 0 || !(1..=crate::rules::MAX_LIMIT_DAYS).contains(&limit.days)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "compliance.frequency_limits: {limit:?} needs max_attempts of at least 1 and \
+                     days from 1 to {} (the attempts bucket keeps a record that long)",
+                    crate::rules::MAX_LIMIT_DAYS
+                )));
+            }
         }
         if !retention.is_zero() && queue + sweep >= retention {
             return Err(ConfigError::Invalid(format!(

@@ -45,19 +45,31 @@ pub async fn get(
 }
 
 /// The zones a call to `phone` in `campaign` is timed in (never empty): the contact's own
-/// zone, else the number's prefix's, else its region's, else the campaign's (`campaign_zone`),
-/// else UTC ([`crate::window::callee_zones`]).
+/// zone, else its postal code's, else the number's prefix's, else its region's, else the
+/// campaign's (`campaign_zone`), else UTC ([`crate::window::callee`]).
 pub async fn callee_zones(
     contacts: &kv::Store,
     campaign: CampaignId,
     campaign_zone: Option<&str>,
     phone: &PhoneNumber,
 ) -> Result<Vec<Tz>, ContactReadError> {
+    Ok(callee(contacts, campaign, campaign_zone, phone)
+        .await?
+        .zones)
+}
+
+/// The callee of `phone` in `campaign`: zones and jurisdiction, and why
+/// ([`crate::window::callee`] on the contact's zone and postal code).
+pub async fn callee(
+    contacts: &kv::Store,
+    campaign: CampaignId,
+    campaign_zone: Option<&str>,
+    phone: &PhoneNumber,
+) -> Result<crate::window::Callee, ContactReadError> {
     let contact = get(contacts, campaign, phone).await?;
-    let own = contact.and_then(|c| c.time_zone);
-    Ok(crate::window::callee_zones(
-        own.as_deref(),
-        phone,
-        campaign_zone,
-    ))
+    let place = crate::window::ContactPlace {
+        time_zone: contact.as_ref().and_then(|c| c.time_zone.as_deref()),
+        postal_code: contact.as_ref().and_then(|c| c.postal_code.as_deref()),
+    };
+    Ok(crate::window::callee(place, phone, campaign_zone))
 }

@@ -53,6 +53,7 @@ pub mod placements;
 pub mod policy;
 pub mod privacy;
 pub mod retries;
+pub mod rules;
 pub mod schema;
 pub mod server_version;
 pub mod service;

@@ -99,7 +99,7 @@ pub mod names {
     pub const KV_DNC: &str = "dnc";
     /// The dialers' shared pacing slots (`global`, `<campaign>`).
     pub const KV_PACING: &str = "pacing";
-    /// Attempts per number per UTC day (`<digits>.<yyyymmdd>`), for the frequency cap.
+    /// Recent attempt times per number (`<digits>`), for the frequency limits.
     pub const KV_ATTEMPTS: &str = "attempts";
     /// The carrier's call id (base64url) → the attempt it placed, see [`crate::placements`].
     pub const KV_PLACEMENTS: &str = "placements";

@@ -9,15 +9,12 @@
 //! (the campaign's stored document included), which is the one that counts. A call that did
 //! not wait is decided once, right before placing.
 
-use std::sync::Arc;
-
 use ccm_core::{Campaign, DialRequest, lifecycle::Dialling};
 use chrono::{DateTime, Utc};
 
 use crate::{
     call::{CallContext, Mode},
     carrier::CampaignInfo,
-    window::Window,
 };
 
 /// What the decision is made on.
@@ -30,8 +27,13 @@ pub struct Facts {
     pub listed: Option<String>,
     /// When the callee's calling window opens, if it is closed now.
     pub window_opens: Option<DateTime<Utc>>,
-    /// When the number's daily attempt count starts again, if today's is used up.
+    /// When the number's frequency limits (rolling 24 h caps of the rule packs, K attempts in
+    /// D local days) permit the next attempt, if they do not now.
     pub capped_until: Option<DateTime<Utc>>,
+    /// What the compliance checks saw (the callee's zones and jurisdiction and why, the pack
+    /// rules applied, the frequency counts), for the audit trail. Decides nothing by itself:
+    /// its verdicts are `window_opens` and `capped_until`.
+    pub compliance: crate::compliance::Seen,
 }
 
 /// What to do with the attempt.
@@ -83,9 +85,7 @@ pub enum CheckError {
     #[error("cannot read the do-not-call lists")]
     Dnc(#[source] async_nats::Error),
     #[error(transparent)]
-    Window(crate::window::WindowError),
-    #[error(transparent)]
-    Frequency(crate::frequency::CapError),
+    Compliance(crate::compliance::ComplianceError),
 }
 
 /// Reads the facts. Only a campaign that is dialled has its number and window read: the rule
@@ -106,7 +106,10 @@ pub async fn gather(
             match stored.map(|doc| serde_json::from_slice::<Campaign>(&doc)) {
                 // Deleted: its worker is gone; nothing of it is dialled.
                 None => (Dialling::Hold, None),
-                Some(Ok(campaign)) => (campaign.dialling_at(Utc::now()), Window::of(&campaign)),
+                Some(Ok(campaign)) => (
+                    campaign.dialling_at(Utc::now()),
+                    crate::window::Window::of(&campaign),
+                ),
                 Some(Err(_)) => (pulled(mode), info.window.clone()),
             }
         }
@@ -117,27 +120,27 @@ pub async fn gather(
         listed: None,
         window_opens: None,
         capped_until: None,
+        compliance: Default::default(),
     };
     if dialling != Dialling::Dial {
         return Ok(facts);
     }
-    let (listed, window_opens, capped_until) = futures::try_join!(
+    let (listed, checked) = futures::try_join!(
         async {
             ccm_core::dnc::listed(&ctx.dnc, request.campaign_id, &request.phone_number)
                 .await
                 .map_err(|e| CheckError::Dnc(e.into()))
         },
-        opens(ctx, request, window, facts.now),
         async {
-            ctx.frequency
-                .peek(&request.phone_number, facts.now)
+            crate::compliance::check(ctx, request, window.as_deref(), facts.now)
                 .await
-                .map_err(CheckError::Frequency)
+                .map_err(CheckError::Compliance)
         },
     )?;
     facts.listed = listed.map(|list| list.refusal(&request.phone_number));
-    facts.window_opens = window_opens;
-    facts.capped_until = capped_until;
+    facts.window_opens = checked.window_opens;
+    facts.capped_until = checked.limited_until;
+    facts.compliance = checked.seen;
     Ok(facts)
 }
 
@@ -145,20 +148,6 @@ fn pulled(mode: Mode) -> Dialling {
     match mode {
         Mode::Dial => Dialling::Dial,
         Mode::Cancel(reason) => Dialling::Drain(reason),
-    }
-}
-
-async fn opens(
-    ctx: &CallContext,
-    request: &DialRequest,
-    window: Option<Arc<Window>>,
-    now: DateTime<Utc>,
-) -> Result<Option<DateTime<Utc>>, CheckError> {
-    match window {
-        Some(window) => crate::window::opens_at(ctx, &window, request, now)
-            .await
-            .map_err(CheckError::Window),
-        None => Ok(None),
     }
 }
 
@@ -175,6 +164,7 @@ mod tests {
             listed: None,
             window_opens: None,
             capped_until: None,
+            compliance: Default::default(),
         }
     }
 
@@ -226,6 +216,7 @@ mod tests {
                 listed: rng.random_bool(0.3).then(|| "listed".to_owned()),
                 window_opens: some(&mut rng),
                 capped_until: some(&mut rng),
+                compliance: Default::default(),
             };
             let decision = decide(&f);
             let free = f.dialling == Dialling::Dial

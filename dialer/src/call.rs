@@ -60,8 +60,10 @@ pub struct CallContext {
     pub consumers: ccm_core::dial_consumer::DialConsumers,
     /// Campaigns whose cap changed recently ([`crate::cap`]).
     pub cap_changes: Arc<crate::cap::CapChanges>,
-    /// Attempts per number per day.
-    pub frequency: crate::frequency::FrequencyCap,
+    /// Recent attempts per number, for the frequency limits.
+    pub frequency: crate::frequency::Frequency,
+    /// The rule packs and frequency limits calls are checked against.
+    pub compliance: crate::compliance::Compliance,
     /// The carrier's ids of placed attempts, for callbacks that name only the call.
     pub placements: crate::placements::Placements,
     pub carrier: Arc<dyn Carrier>,
@@ -295,12 +297,11 @@ async fn place(
                 }
             }
             // Counted only now that it goes; another attempt to the number may have taken
-            // the day's last one since the look.
-            facts.capped_until = ctx
-                .frequency
-                .take(&request.phone_number, Utc::now())
-                .await
-                .map_err(CallError::Frequency)?;
+            // the last unit of a limit since the look.
+            facts.capped_until =
+                crate::compliance::take(ctx, request, &mut facts.compliance, Utc::now())
+                    .await
+                    .map_err(CallError::Frequency)?;
             if settle(ctx, request, message, decide(&facts)).await? {
                 return Ok(None);
             }

@@ -1,38 +1,66 @@
-//! The frequency cap: at most `dialer.max_attempts_per_number_per_day` attempts placed to one
-//! number per UTC day, across all campaigns and dialer replicas.
+//! Frequency limits across campaigns and dialer replicas: the rolling 24-hour caps of the rule
+//! packs and "at most K attempts in D local days" (`compliance.frequency_limits`, and
+//! `dialer.max_attempts_per_number_per_day` as K in one day).
 //!
-//! Each placement first takes one unit of the number's counter for the day in the `attempts`
-//! bucket (key `<digits>.<yyyymmdd>`), by compare-and-set, so two replicas can never both take
-//! the last one. An attempt that finds the day's count used up is put off to the next UTC
-//! midnight through `RETRIES`, like an attempt outside its calling window (which is checked
-//! again then). A counted attempt whose placement then fails stays counted: the cap errs on
-//! the side of calling less. Counters live two days (the bucket's `max_age`).
+//! One record per number in the `attempts` bucket (key `<digits>`) holds the times of its
+//! recent attempts; the decisions over it are [`ccm_core::rules::frequency`]'s. Each placement
+//! first adds its time to the record by compare-and-set, so two replicas can never both take
+//! the last unit: one of them finds the record changed, reads it again and sees the limit
+//! reached. An attempt over a limit is put off until the earliest moment it is permitted,
+//! through `RETRIES`, like an attempt outside its calling window (and checked again then). A
+//! counted attempt whose placement then fails stays counted: the limits err on the side of
+//! calling less. Times older than the longest limit are dropped at each write, and the record
+//! lives 35 days after its last write (the bucket's `max_age`), more than the longest limit
+//! (31 days) allows. Counters of the old per-UTC-day keys (`<digits>.<yyyymmdd>`) are no
+//! longer read and age out within two days.
 
 use async_nats::jetstream::kv;
-use ccm_core::PhoneNumber;
-use chrono::{DateTime, Days, Utc};
+use ccm_core::{
+    PhoneNumber,
+    rules::frequency::{Count, Limits, counts, next_allowed},
+};
+use chrono::{DateTime, Days, Duration, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
 
 /// Most compare-and-set rounds before giving up (the message is then handed back).
 const MAX_ROUNDS: usize = 100;
 
-/// Why the counter could not be read or taken.
+/// Why the record could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CapError {
-    #[error("cannot read or write the attempt counter {0}")]
+    #[error("cannot read or write the attempt record {0}")]
     Kv(String, #[source] async_nats::Error),
-    #[error("the attempt counter {0} kept changing")]
+    #[error("the attempt record {0} kept changing")]
     Contended(String),
 }
 
-/// The daily cap.
+/// The per-number records.
 #[derive(Debug, Clone)]
-pub struct FrequencyCap {
+pub struct Frequency {
     pub bucket: kv::Store,
-    /// 0: no cap.
-    pub per_day: u32,
+    /// How long attempt times are kept in a record: the longest limit and a day.
+    pub keep: Duration,
 }
 
-/// The next UTC midnight after `now`.
+/// A number's recent attempts, as stored.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Record {
+    /// Unix seconds of each counted attempt.
+    at: Vec<i64>,
+}
+
+/// What the limits say about one more attempt now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// When the next attempt is permitted, if not now.
+    pub wait_until: Option<DateTime<Utc>>,
+    /// The counts seen (before this attempt).
+    pub counts: Vec<Count>,
+}
+
+/// The next UTC midnight after `now` (the day a number's count starts again for a callee in
+/// UTC, e.g. a `+1 555` number in a campaign without a zone).
 pub fn next_day(now: DateTime<Utc>) -> DateTime<Utc> {
     let tomorrow = now
         .date_naive()
@@ -41,61 +69,67 @@ pub fn next_day(now: DateTime<Utc>) -> DateTime<Utc> {
     tomorrow.and_time(chrono::NaiveTime::MIN).and_utc()
 }
 
-/// When the count starts again if `count` attempts today use up the cap; `None` while some
-/// are left.
-pub fn used_up(count: u32, per_day: u32, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    (per_day > 0 && count >= per_day).then(|| next_day(now))
+fn key(phone: &PhoneNumber) -> String {
+    phone.digits().to_owned()
 }
 
-fn key(phone: &PhoneNumber, now: DateTime<Utc>) -> String {
-    format!("{}.{}", phone.digits(), now.format("%Y%m%d"))
-}
-
-fn count_of(entry: Option<&kv::Entry>) -> (u32, Option<u64>) {
+fn record_of(entry: Option<&kv::Entry>) -> (Vec<DateTime<Utc>>, Option<u64>) {
     match entry {
-        Some(e) if e.operation == kv::Operation::Put => (
-            std::str::from_utf8(&e.value)
-                .ok()
-                .and_then(|v| v.parse::<u32>().ok())
-                .unwrap_or(0),
-            Some(e.revision),
-        ),
-        Some(e) => (0, Some(e.revision)),
-        None => (0, None),
+        Some(e) if e.operation == kv::Operation::Put => {
+            let record: Record = serde_json::from_slice(&e.value).unwrap_or_default();
+            let times = record
+                .at
+                .iter()
+                .filter_map(|s| DateTime::from_timestamp(*s, 0))
+                .collect();
+            (times, Some(e.revision))
+        }
+        Some(e) => (Vec::new(), Some(e.revision)),
+        None => (Vec::new(), None),
     }
 }
 
-impl FrequencyCap {
-    /// Looks without counting: the instant the next day's count starts when today's is used
-    /// up, else `None`.
+fn verdict(times: &[DateTime<Utc>], limits: &Limits, zones: &[Tz], now: DateTime<Utc>) -> Verdict {
+    Verdict {
+        wait_until: next_allowed(times, limits, zones, now),
+        counts: counts(times, limits, zones, now),
+    }
+}
+
+impl Frequency {
+    /// Looks without counting.
     pub async fn peek(
         &self,
         phone: &PhoneNumber,
+        limits: &Limits,
+        zones: &[Tz],
         now: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>, CapError> {
-        if self.per_day == 0 {
-            return Ok(None);
+    ) -> Result<Verdict, CapError> {
+        if limits.is_empty() {
+            return Ok(Verdict::default());
         }
-        let key = key(phone, now);
+        let key = key(phone);
         let entry = self
             .bucket
             .entry(key.as_str())
             .await
             .map_err(|e| CapError::Kv(key.clone(), e.into()))?;
-        Ok(used_up(count_of(entry.as_ref()).0, self.per_day, now))
+        Ok(verdict(&record_of(entry.as_ref()).0, limits, zones, now))
     }
 
-    /// Counts one attempt to `phone` at `now`: `None` when counted (place it), or the instant
-    /// the next day's count starts when today's is used up.
+    /// Counts one attempt to `phone` at `now` when the limits permit it (`wait_until` is then
+    /// `None`: place it), else says until when it must wait.
     pub async fn take(
         &self,
         phone: &PhoneNumber,
+        limits: &Limits,
+        zones: &[Tz],
         now: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>, CapError> {
-        if self.per_day == 0 {
-            return Ok(None);
+    ) -> Result<Verdict, CapError> {
+        if limits.is_empty() {
+            return Ok(Verdict::default());
         }
-        let key = key(phone, now);
+        let key = key(phone);
         let kv_error = |e: async_nats::Error| CapError::Kv(key.clone(), e);
         for _ in 0..MAX_ROUNDS {
             let entry = self
@@ -103,11 +137,19 @@ impl FrequencyCap {
                 .entry(key.as_str())
                 .await
                 .map_err(|e| kv_error(e.into()))?;
-            let (count, revision) = count_of(entry.as_ref());
-            if let Some(next) = used_up(count, self.per_day, now) {
-                return Ok(Some(next));
+            let (times, revision) = record_of(entry.as_ref());
+            let seen = verdict(&times, limits, zones, now);
+            if seen.wait_until.is_some() {
+                return Ok(seen);
             }
-            let value = (count + 1).to_string();
+            let since = now - self.keep.max(limits.horizon());
+            let mut at: Vec<i64> = times
+                .iter()
+                .filter(|t| **t > since)
+                .map(DateTime::timestamp)
+                .collect();
+            at.push(now.timestamp());
+            let value = serde_json::to_vec(&Record { at }).unwrap_or_default();
             let written = match revision {
                 Some(revision) => self
                     .bucket
@@ -121,7 +163,7 @@ impl FrequencyCap {
                     .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.into())),
             };
             match written {
-                Ok(_) => return Ok(None),
+                Ok(_) => return Ok(seen),
                 Err((true, _)) => continue,
                 Err((false, e)) => return Err(kv_error(e)),
             }
@@ -147,11 +189,5 @@ mod tests {
             .single()
             .expect("t");
         assert_eq!(next_day(late), next);
-        assert_eq!(
-            next_day(next),
-            Utc.with_ymd_and_hms(2027, 1, 2, 0, 0, 0)
-                .single()
-                .expect("t")
-        );
     }
 }

@@ -16,7 +16,8 @@
 //!   the whole call, a synthetic FAILED outcome after the maximum call duration.
 //! - [`carrier`] holds the adapters that actually place calls; [`dialing`] the `Dialing`
 //!   event published before each placement.
-//! - [`frequency`] caps the attempts placed to one number per day, across campaigns.
+//! - [`compliance`] applies the rule packs by the callee's jurisdiction and the frequency limits;
+//!   [`frequency`] keeps each number's recent attempts for those limits, across campaigns.
 //! - [`outcomes`] routes outcomes from the dialer's one subscription to the waiting calls.
 //! - [`pacing`] spaces new calls per campaign and globally, shared by all replicas.
 //! - [`placements`] records the carrier's id of each placed attempt, for callbacks that name
@@ -27,6 +28,7 @@ mod admission;
 pub(crate) mod call;
 pub(crate) mod cap;
 pub mod carrier;
+pub mod compliance;
 pub(crate) mod dialing;
 mod expiry;
 pub mod frequency;
@@ -82,6 +84,9 @@ pub enum DialerError {
     Start(#[from] ccm_core::service::StartError),
     #[error(transparent)]
     Outcomes(#[from] outcomes::StartError),
+    /// Names the rule file and line.
+    #[error(transparent)]
+    Rules(#[from] ccm_core::rules::RulesError),
 }
 
 /// Runs the dialer until `shutdown` is cancelled.
@@ -96,6 +101,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Dial
 }
 
 async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Result<(), DialerError> {
+    // A bad rule file stops the dialer before it connects, naming the file and line.
+    let compliance = compliance::Compliance {
+        rules: Arc::new(ccm_core::rules::Rules::load(&config.compliance.rule_files)?),
+        limits: config.frequency_limits(),
+    };
     let Started {
         client,
         js,
@@ -142,10 +152,15 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
             bucket: ccm_core::nats::bucket(&js, names::KV_PACING).await?,
             global_per_second: config.dialer.max_calls_per_second,
         },
-        frequency: frequency::FrequencyCap {
+        frequency: frequency::Frequency {
             bucket: ccm_core::nats::bucket(&js, names::KV_ATTEMPTS).await?,
-            per_day: config.dialer.max_attempts_per_number_per_day,
+            keep: ccm_core::rules::frequency::Limits {
+                cap_24h: None,
+                per_days: config.frequency_limits(),
+            }
+            .horizon(),
         },
+        compliance,
         placements,
         consumers: DialConsumers::new(&js, &topology).await,
         cap_changes: Arc::default(),

@@ -8,8 +8,8 @@
 //! stays `QUEUED` (it is waiting), and its next `Dialing` is of the same attempt. First
 //! attempts and retries pass through here alike, so retries honour the window too.
 //!
-//! The callee's zone ([`ccm_core::contacts::callee_zones`], shared with the retrier) needs the
-//! contact's own zone, read from the `contacts` bucket only for campaigns that have a window.
+//! When the callee may be called (the campaign's window intersected with the rule packs, and
+//! the frequency limits) is [`crate::compliance::check`]'s.
 
 use async_nats::jetstream::Message;
 use ccm_core::{DialRequest, RetryEntry, window::Schedule};
@@ -17,56 +17,34 @@ use chrono::{DateTime, Utc};
 
 use crate::call::CallContext;
 
-/// A campaign's calling window as the dialer applies it.
+/// A campaign's calling window as the dialer applies it, with what picks the callee's rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {
-    pub schedule: Schedule,
+    /// The campaign's own hours; `None` when it may call at any time (rule packs may still
+    /// restrict it, [`crate::compliance`]).
+    pub schedule: Option<Schedule>,
     /// The campaign's zone, for callees whose zone nothing else tells.
     pub campaign_zone: Option<String>,
+    /// Which pack rules apply (telemarketing or informational).
+    pub purpose: ccm_core::campaign::Purpose,
 }
 
 impl Window {
-    /// The campaign's window, when it has one.
+    /// The campaign's window (every campaign has one since rule packs: it may be open always).
     pub fn of(campaign: &ccm_core::Campaign) -> Option<std::sync::Arc<Self>> {
-        Schedule::of(campaign).map(|schedule| {
-            std::sync::Arc::new(Self {
-                schedule,
-                campaign_zone: campaign.time_zone.clone(),
-            })
-        })
+        Some(std::sync::Arc::new(Self {
+            schedule: Schedule::of(campaign),
+            campaign_zone: campaign.time_zone.clone(),
+            purpose: campaign.purpose,
+        }))
     }
 }
 
-/// Why the window could not be checked or the attempt not put off (the message is handed
-/// back and tried again).
+/// Why the attempt could not be put off (the message is handed back and tried again).
 #[derive(Debug, thiserror::Error)]
 pub enum WindowError {
-    #[error("cannot read the contact")]
-    Contact(#[source] ccm_core::contacts::ContactReadError),
     #[error("cannot schedule the attempt")]
     Publish(#[source] ccm_core::nats::NatsError),
-}
-
-/// When the attempt may be placed: `None` for now, else the opening (or `None` if the window
-/// never opens: the attempt is then placed rather than parked for ever).
-pub async fn opens_at(
-    ctx: &CallContext,
-    window: &Window,
-    request: &DialRequest,
-    now: DateTime<Utc>,
-) -> Result<Option<DateTime<Utc>>, WindowError> {
-    let zones = ccm_core::contacts::callee_zones(
-        &ctx.contacts,
-        request.campaign_id,
-        window.campaign_zone.as_deref(),
-        &request.phone_number,
-    )
-    .await
-    .map_err(WindowError::Contact)?;
-    Ok(window
-        .schedule
-        .next_open_in_all(&zones, now)
-        .filter(|opens| *opens > now))
 }
 
 /// Parks the attempt in `RETRIES` until `due` (its window opens, the daily attempt cap of its
@@ -96,6 +74,6 @@ pub async fn defer(
         .await
         .map_err(WindowError::Publish)?;
     tracing::info!(call = %request.call_id, attempt = request.attempt, %due,
-        "not callable now (campaign held, calling window or daily cap); put off");
+        "not callable now (campaign held, calling window, calling rules or frequency limit); put off");
     Ok(())
 }

@@ -29,6 +29,7 @@ pub async fn add(
                 phone_number: phone.clone(),
                 created_at: Utc::now(),
                 time_zone: None,
+                postal_code: None,
                 fields: Default::default(),
             };
             let value = serde_json::to_vec(&contact)?;

@@ -58,6 +58,9 @@ pub enum RetrierError {
     Topology(#[from] ccm_core::topology::TopologyError),
     #[error("cannot open {0}")]
     Open(&'static str, #[source] async_nats::Error),
+    /// Names the rule file and line.
+    #[error(transparent)]
+    Rules(#[from] ccm_core::rules::RulesError),
     #[error("a retrier task failed")]
     Task(#[source] tokio::task::JoinError),
     #[error(transparent)]
@@ -77,6 +80,9 @@ pub struct Shared {
     /// Contacts, for the callee's own time zone when a retry meets a calling window.
     pub contacts: kv::Store,
     pub policy: RetryPolicy,
+    /// The rule packs: a retry is scheduled when the callee's rules permit it, as the dialer
+    /// will check. Empty until [`run`] loads `compliance.rule_files`.
+    pub rules: Arc<ccm_core::rules::Rules>,
 }
 
 impl Shared {
@@ -96,6 +102,7 @@ impl Shared {
             contacts: ccm_core::nats::bucket(&js, names::KV_CONTACTS).await?,
             js,
             policy,
+            rules: Arc::default(),
         })
     }
 }
@@ -110,12 +117,14 @@ pub(crate) const PULL_EXPIRES: Duration = Duration::from_secs(1);
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RetrierError> {
     config.validate()?;
     let policy = RetryPolicy::load(&config.retrier.policy_file)?;
+    let rules = Arc::new(ccm_core::rules::Rules::load(&config.compliance.rule_files)?);
     let Started { client, js, .. } =
         ccm_core::service::start("retrier", &config, config.retrier.metrics_listen, &shutdown)
             .await?;
     tokio::spawn(sample::run(js.clone(), shutdown.clone()));
-    let ctx =
-        Arc::new(Shared::open(js, policy, ccm_core::claims::ClaimSettings::of(&config)).await?);
+    let mut shared = Shared::open(js, policy, ccm_core::claims::ClaimSettings::of(&config)).await?;
+    shared.rules = rules;
+    let ctx = Arc::new(shared);
     let mut tasks = JoinSet::new();
     let (c, s) = (ctx.clone(), shutdown.clone());
     tasks.spawn(async move {

@@ -145,6 +145,7 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
             Some(facts) => {
                 let at = crate::window::retry_time(
                     &ctx.contacts,
+                    &ctx.rules,
                     campaign.as_ref(),
                     &facts.phone_number,
                     at,

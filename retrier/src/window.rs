@@ -1,33 +1,44 @@
-//! Retries and the campaign's calling window.
+//! Retries, the campaign's calling window and the calling rules of the callee's jurisdiction.
 //!
 //! The dialer puts off any attempt whose callee may not be called now, so a retry due outside
-//! the window would wait in any case. Moving its time to the window's opening here makes the
-//! `RETRIES` entry and the `Retrying` event (its `next_retry_at`, which operators and webhook
-//! receivers read) say when the attempt will really be placed. The callee's zone is found by
-//! the dialer's rule ([`ccm_core::contacts::callee_zones`]), so both agree on the opening.
+//! the window would wait in any case. Moving its time to the next moment the campaign's window
+//! and the applicable pack rules are open together makes the `RETRIES` entry and the `Retrying`
+//! event (its `next_retry_at`, which operators and webhook receivers read) say when the attempt
+//! will really be placed. The callee is found by the dialer's rule
+//! ([`ccm_core::contacts::callee`]), so both agree on the opening. Frequency limits are the
+//! dialer's alone (it holds the per-number records): a retry over one is put off at dial time.
 
 use async_nats::jetstream::kv;
-use ccm_core::{Campaign, PhoneNumber, window::Schedule};
+use ccm_core::{
+    Campaign, PhoneNumber,
+    rules::Rules,
+    window::{Schedule, next_open_all},
+};
 use chrono::{DateTime, Utc};
 
-/// When a retry the policy wants at `at` may be placed: `at` when the campaign has no window
-/// or the window is open then, else the window's next opening after `at` (still `at` when the
-/// window never opens, as the dialer then places the attempt rather than park it for ever).
+/// When a retry the policy wants at `at` may be placed: `at` when nothing restricts it or all
+/// is open then, else the next opening after `at` (still `at` when it never opens, as the
+/// dialer then places the attempt rather than park it for ever).
 pub async fn retry_time(
     contacts: &kv::Store,
+    rules: &Rules,
     campaign: Option<&Campaign>,
     phone: &PhoneNumber,
     at: DateTime<Utc>,
 ) -> Result<DateTime<Utc>, ccm_core::contacts::ContactReadError> {
-    let Some((campaign, schedule)) = campaign.and_then(|c| Schedule::of(c).map(|s| (c, s))) else {
+    let Some(campaign) = campaign else {
         return Ok(at);
     };
-    let zones = ccm_core::contacts::callee_zones(
-        contacts,
-        campaign.id,
-        campaign.time_zone.as_deref(),
-        phone,
-    )
-    .await?;
-    Ok(schedule.next_open_in_all(&zones, at).unwrap_or(at))
+    let own = Schedule::of(campaign);
+    if own.is_none() && rules.is_empty() {
+        return Ok(at);
+    }
+    let callee =
+        ccm_core::contacts::callee(contacts, campaign.id, campaign.time_zone.as_deref(), phone)
+            .await?;
+    let jurisdiction = callee.jurisdiction.as_ref().map(|(j, _)| j);
+    let applicable = rules.applicable(jurisdiction, campaign.purpose);
+    let mut schedules: Vec<&Schedule> = applicable.schedules().collect();
+    schedules.extend(own.as_ref());
+    Ok(next_open_all(&schedules, &callee.zones, at).unwrap_or(at))
 }

@@ -13,11 +13,22 @@
 //! else the zone of the number's region when that region has exactly one, else the campaign's
 //! zone, else UTC. A prefix that spans zones gives several, and the window must be open in all
 //! of them at once ([`Schedule::next_open_in_all`]), the most restrictive reading.
+//!
+//! [`callee`] is the full answer: the zones and why they were chosen (a contact's postal code
+//! comes before the number's prefix), and the callee's jurisdiction (country, US state or
+//! Canadian province) that picks the calling rules of `crate::rules`. Several schedules (the
+//! campaign's and each applicable rule's) apply together through [`next_open_all`].
 
+mod callee;
+mod jurisdiction;
 mod number_zones;
+mod postal;
 mod zones;
 
+pub use callee::{Callee, ContactPlace, PlaceSource, ZoneSource, callee};
+pub use jurisdiction::{Jurisdiction, number_jurisdiction};
 pub use number_zones::number_zones;
+pub use postal::{PostalPlace, postal_place};
 
 #[cfg(test)]
 mod tests;
@@ -182,6 +193,23 @@ impl Schedule {
         None
     }
 
+    /// A schedule from its parts: hours per weekday (all day on every day when `None`),
+    /// weekdays with no calls, and dates with no calls.
+    pub fn of_rule(
+        hours: Option<&[DayHours]>,
+        no_call_days: &[Weekday],
+        blackout: &[NaiveDate],
+    ) -> Self {
+        let mut schedule = Self::new(hours, None, blackout).unwrap_or_else(|| Self {
+            days: std::array::from_fn(|_| vec![(0, SECONDS_PER_DAY)]),
+            blackout: BTreeSet::new(),
+        });
+        for day in no_call_days {
+            schedule.days[day.num_days_from_monday() as usize].clear();
+        }
+        schedule
+    }
+
     /// Whether the callee in `zone` may be called at `now`.
     pub fn is_open(&self, zone: Tz, now: DateTime<Utc>) -> bool {
         self.next_open(zone, now) == Some(now)
@@ -192,32 +220,44 @@ impl Schedule {
     /// (a window narrower than the hours between them), the instant at which the last of them
     /// opens: no zone is called before its own opening. `None` if some zone never opens.
     pub fn next_open_in_all(&self, zones: &[Tz], now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let latest_opening = |at: DateTime<Utc>| {
-            zones
-                .iter()
-                .map(|zone| self.next_open(*zone, at))
-                .try_fold(at, |latest, opens| opens.map(|o| o.max(latest)))
-        };
-        let first = latest_opening(now)?;
-        let mut at = first;
-        // Each round moves `at` to a later opening; overlapping windows settle in two rounds.
-        for _ in 0..MAX_ROUNDS {
-            let next = latest_opening(at)?;
-            if next == at {
-                return Some(at);
-            }
-            at = next;
-        }
-        Some(first)
+        next_open_all(&[self], zones, now)
     }
 }
 
+/// The first instant at or after `now` at which every one of `schedules` is open in every one
+/// of `zones`: the intersection of a campaign's window and the calling rules that apply. When
+/// they never overlap, the instant at which the last of them opens (none is called before its
+/// own opening). `None` if one never opens. No schedule at all: `now`.
+pub fn next_open_all(
+    schedules: &[&Schedule],
+    zones: &[Tz],
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let latest_opening = |at: DateTime<Utc>| {
+        schedules
+            .iter()
+            .flat_map(|s| zones.iter().map(move |zone| s.next_open(*zone, at)))
+            .try_fold(at, |latest, opens| opens.map(|o| o.max(latest)))
+    };
+    let first = latest_opening(now)?;
+    let mut at = first;
+    // Each round moves `at` to a later opening; overlapping windows settle in a few rounds.
+    for _ in 0..MAX_ROUNDS {
+        let next = latest_opening(at)?;
+        if next == at {
+            return Some(at);
+        }
+        at = next;
+    }
+    Some(first)
+}
+
 /// Rounds of [`Schedule::next_open_in_all`] before windows are taken not to overlap.
-const MAX_ROUNDS: usize = 16;
+const MAX_ROUNDS: usize = 32;
 
 /// The instant of `second` (0 to 86,400) of local `date` in `zone`: the earlier of two when
 /// the clock went back, the first valid local minute after the gap when it went forward.
-fn resolve(zone: Tz, date: NaiveDate, second: u32) -> Option<DateTime<Utc>> {
+pub(crate) fn resolve(zone: Tz, date: NaiveDate, second: u32) -> Option<DateTime<Utc>> {
     let midnight = date.and_hms_opt(0, 0, 0)?;
     let mut local = midnight + chrono::Duration::seconds(i64::from(second));
     // Gaps are at most a few hours long (at most one day in the whole database).
@@ -240,19 +280,11 @@ pub fn region_zone(region: &str) -> Option<Tz> {
 
 /// The zones the callee may be in (never empty): the contact's (if a valid IANA name), else
 /// the number's prefix's, else its region's when it has one zone, else the campaign's, else
-/// UTC.
+/// UTC. [`callee`] also takes a postal code and says why.
 pub fn callee_zones(contact: Option<&str>, phone: &PhoneNumber, campaign: Option<&str>) -> Vec<Tz> {
-    if let Some(zone) = contact.and_then(|z| z.parse().ok()) {
-        return vec![zone];
-    }
-    if let Some(zones) = number_zones(phone) {
-        return zones;
-    }
-    let zone = phone
-        .region()
-        .as_deref()
-        .and_then(region_zone)
-        .or_else(|| campaign.and_then(|z| z.parse().ok()))
-        .unwrap_or(Tz::UTC);
-    vec![zone]
+    let place = ContactPlace {
+        time_zone: contact,
+        postal_code: None,
+    };
+    callee(place, phone, campaign).zones
 }

@@ -8,6 +8,7 @@ mod answers;
 mod concurrent_deliveries;
 mod consumer_reconcile;
 mod expiry;
+mod frequency;
 mod lost_outcome;
 mod metrics;
 mod outcomes;

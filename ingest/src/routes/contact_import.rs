@@ -4,7 +4,7 @@
 //! by one and written to the `contacts` bucket in batches, so an import of a million rows
 //! holds one batch and the first errors in memory, never the file (the route is exempt from
 //! the API's body-size limit for that reason). The first line is a header: a `phone_number`
-//! column is required, `time_zone` (IANA) is optional, and every other column is a custom
+//! column is required, `time_zone` (IANA) and `postal_code` are optional, and every other column is a custom
 //! field kept with the contact. A field may be quoted (`"a, b"`, `""` for a quote) but may not
 //! contain a line break. A bad row is reported with its line number and reason and the others
 //! go on; rows written before a broker failure stay written (a repeated import rewrites them).
@@ -61,7 +61,7 @@ pub struct ImportResult {
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/contacts/import", tag = "campaigns",
     params(("id" = u64, Path)),
     request_body(content = String, content_type = "text/csv",
-        description = "Header line with a phone_number column, optional time_zone, any custom columns"),
+        description = "Header line with a phone_number column, optional time_zone and postal_code, any custom columns"),
     responses(
         (status = 429, description = "Over the token's rate limit (`rate_limited`); see `Retry-After`", body = crate::openapi::Problem,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
@@ -137,6 +137,7 @@ struct Header {
     names: Vec<String>,
     phone: usize,
     zone: Option<usize>,
+    postal: Option<usize>,
 }
 
 struct Import<'a> {
@@ -189,7 +190,15 @@ impl Import<'_> {
             let zone = names
                 .iter()
                 .position(|n| n.eq_ignore_ascii_case("time_zone"));
-            self.header = Some(Header { names, phone, zone });
+            let postal = names
+                .iter()
+                .position(|n| n.eq_ignore_ascii_case("postal_code"));
+            self.header = Some(Header {
+                names,
+                phone,
+                zone,
+                postal,
+            });
             return Ok(());
         };
         self.result.rows += 1;
@@ -216,13 +225,16 @@ impl Import<'_> {
                 .zone
                 .map(|z| fields[z].trim().to_owned())
                 .filter(|z| !z.is_empty()),
+            postal_code: header.postal.map(|p| fields[p].trim().to_owned()),
         };
         let custom: BTreeMap<String, String> = header
             .names
             .iter()
             .zip(&fields)
             .enumerate()
-            .filter(|(i, _)| *i != header.phone && Some(*i) != header.zone)
+            .filter(|(i, _)| {
+                *i != header.phone && Some(*i) != header.zone && Some(*i) != header.postal
+            })
             .map(|(_, (name, value))| (name.clone(), value.clone()))
             .collect();
         match contact(self.state, self.campaign, item, Utc::now()) {

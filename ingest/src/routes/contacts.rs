@@ -25,6 +25,12 @@ pub struct NewContact {
     /// The callee's IANA time zone; without it the number's region or the campaign's zone.
     #[schema(example = "Europe/Paris")]
     pub time_zone: Option<String>,
+    /// The callee's postal code: a US ZIP code (`90210`, `90210-1234`) or a Canadian postal
+    /// code (`T2P 1J9`, or its first three characters); it places the callee in a state or
+    /// province (for calling rules) and, where it tells, a zone.
+    #[serde(default)]
+    #[schema(example = "90210")]
+    pub postal_code: Option<String>,
 }
 
 /// The body: the contacts to add.
@@ -102,11 +108,24 @@ pub(crate) fn contact(
         zone.parse::<chrono_tz::Tz>()
             .map_err(|_| format!("{zone:?} is not an IANA time zone"))?;
     }
+    let postal_code = item
+        .postal_code
+        .map(|code| code.trim().to_owned())
+        .filter(|code| !code.is_empty());
+    if let Some(code) = &postal_code
+        && (code.len() > 16
+            || !code
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || " -".contains(c)))
+    {
+        return Err(format!("{code:?} is not a postal code"));
+    }
     Ok(Contact {
         campaign_id: campaign,
         phone_number,
         created_at: now,
         time_zone: item.time_zone,
+        postal_code,
         fields: Default::default(),
     })
 }

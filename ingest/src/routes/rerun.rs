@@ -234,6 +234,7 @@ async fn copy_contacts(
                 phone_number: phone,
                 created_at: Utc::now(),
                 time_zone: None,
+                postal_code: None,
                 fields: Default::default(),
             });
             contact.campaign_id = campaign.id;

@@ -165,3 +165,35 @@ async fn a_draft_started_over_its_contacts_queues_one_call_each_except_do_not_ca
     assert_eq!(stream_messages(&env, "CALLS").await, before + 2);
     api.stop().await;
 }
+
+/// A `postal_code` column is the contact's postal code (for its zone and state or province),
+/// not a custom field; a value that cannot be one is reported by line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postal_code_column_is_kept_as_the_contacts_postal_code() {
+    let env = TestEnv::start().await.expect("env");
+    let api = Api::start(&env).await;
+    let id = api.campaign_with(json!({"name": "postal"})).await;
+    let csv = "phone_number,postal_code,first_name\n\
+               +12125550101, 90210 ,Jane\n\
+               +12125550102,T2P 1J9,Ann\n\
+               +12125550103,<script>,Bob\n";
+    let path = IMPORT.replace("{id}", &id.to_string());
+    let (status, body) = api.raw(reqwest::Method::POST, &path, "text/csv", csv).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["imported"], 2, "{body}");
+    assert_eq!(body["errors"][0]["line"], 4, "{body}");
+    let js = env.jetstream().await.expect("js");
+    let bucket = js.get_key_value("contacts").await.expect("bucket");
+    for (digits, postal) in [("12125550101", "90210"), ("12125550102", "T2P 1J9")] {
+        let stored: serde_json::Value = serde_json::from_slice(
+            &bucket
+                .get(format!("{id}.{digits}"))
+                .await
+                .expect("kv")
+                .expect("contact"),
+        )
+        .expect("json");
+        assert_eq!(stored["postal_code"], postal, "{stored}");
+        assert_eq!(stored["fields"].get("postal_code"), None, "{stored}");
+    }
+}

@@ -161,6 +161,7 @@ async fn generated_free_text_in_every_field_is_stored() {
             phone_number: phone,
             created_at: now,
             time_zone: opt(&mut rng),
+            postal_code: None,
             fields: fields(&mut rng),
         };
         store_one(&pool, Source::Contacts, next(), &contact, seed).await;

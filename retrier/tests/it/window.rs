@@ -102,3 +102,114 @@ async fn a_retry_due_in_a_blackout_moves_to_the_opening_and_keeps_the_custom_fie
     );
     retrier.stop().await;
 }
+
+/// A retry due on a holiday of the callee's state (Rhode Island, found from the contact's ZIP
+/// code although the number is a New York one) is scheduled at the state's next opening, the
+/// following local midnight; the campaign itself has no window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_due_on_a_holiday_of_the_callees_state_moves_to_the_next_local_day() {
+    use std::io::Write;
+
+    let env = TestEnv::start().await.expect("test environment");
+    env.provision().await.expect("provision");
+    let js = env.jetstream().await.expect("jetstream");
+    let outcome_at = Utc::now();
+    let dial = request(13, "+12125550199", 1);
+    let new_york = ccm_core::window::callee_zones(None, &dial.phone_number, None)[0];
+    let holiday = (outcome_at + chrono::Duration::hours(1))
+        .with_timezone(&new_york)
+        .date_naive();
+    let opening = holiday
+        .checked_add_days(Days::new(1))
+        .expect("next day")
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight")
+        .and_local_timezone(new_york)
+        .earliest()
+        .expect("local midnight")
+        .with_timezone(&Utc);
+    let mut rules = tempfile::NamedTempFile::new().expect("rule file");
+    write!(
+        rules,
+        "rules:\n  - id: test-ri-holiday\n    jurisdiction: US-RI\n    holidays: [{holiday}]\n    source: test\n    as_of: 2026-12-05\n"
+    )
+    .expect("write");
+    let campaign: Campaign = serde_json::from_value(json!({
+        "id": 13, "name": "ruled", "is_active": true, "max_concurrent_calls": 5,
+        "max_attempts": 3, "created_at": outcome_at, "updated_at": outcome_at,
+    }))
+    .expect("campaign");
+    js.get_key_value(names::KV_CAMPAIGNS)
+        .await
+        .expect("campaigns bucket")
+        .put("13", serde_json::to_vec(&campaign).expect("json").into())
+        .await
+        .expect("campaign stored");
+    let contact = ccm_core::campaign::Contact {
+        campaign_id: dial.campaign_id,
+        phone_number: dial.phone_number.clone(),
+        created_at: outcome_at,
+        time_zone: None,
+        postal_code: Some("02903".into()),
+        fields: Default::default(),
+    };
+    js.get_key_value(names::KV_CONTACTS)
+        .await
+        .expect("contacts bucket")
+        .put(
+            ccm_core::contacts::key(dial.campaign_id, &dial.phone_number),
+            serde_json::to_vec(&contact).expect("json").into(),
+        )
+        .await
+        .expect("contact stored");
+    let mut config = env.config();
+    config.compliance.rule_files = vec![rules.path().to_owned()];
+    let retrier = Retrier::start_with(&env, HOUR_LATER, config);
+
+    let dialing = CallEvent {
+        call_id: dial.call_id,
+        campaign_id: dial.campaign_id,
+        attempt: 1,
+        at: outcome_at,
+        kind: EventKind::Dialing {
+            phone_number: dial.phone_number.clone(),
+            max_attempts: 3,
+            created_at: dial.created_at,
+            custom_fields: Default::default(),
+        },
+    };
+    ccm_core::nats::publish_event(&js, &dialing)
+        .await
+        .expect("dialing");
+    let outcome = CallEvent {
+        kind: EventKind::Outcome {
+            status: OutcomeStatus::Rnr,
+            source: OutcomeSource::Carrier,
+            raw_status: None,
+            duration_secs: None,
+            external_call_id: None,
+            reason: None,
+        },
+        ..dialing.clone()
+    };
+    ccm_core::nats::publish_event(&js, &outcome)
+        .await
+        .expect("outcome");
+    let retrying = eventually(Duration::from_secs(20), || async {
+        events(&js, &dial)
+            .await
+            .into_iter()
+            .find_map(|e| match e.kind {
+                EventKind::Retrying { next_retry_at, .. } => Some(next_retry_at),
+                _ => None,
+            })
+    })
+    .await
+    .expect("the outcome is decided");
+    assert_eq!(
+        retrying, opening,
+        "the event shows the state's next opening"
+    );
+    assert_eq!(retry_entry(&js, 1).await.due_at, opening);
+    retrier.stop().await;
+}

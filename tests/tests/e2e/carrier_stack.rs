@@ -45,7 +45,12 @@ pub struct CarrierStack {
 
 impl CarrierStack {
     /// Starts everything but the dialer; `sim` is adjusted to call back into this ingest.
-    pub async fn start(env: &TestEnv, mut sim: SimConfig) -> CarrierStack {
+    pub async fn start(env: &TestEnv, sim: SimConfig) -> CarrierStack {
+        Self::start_with(env, sim, env.config()).await
+    }
+
+    /// As [`CarrierStack::start`], on `config` (its carrier settings are replaced).
+    pub async fn start_with(env: &TestEnv, mut sim: SimConfig, mut config: Config) -> CarrierStack {
         ccm_core::telemetry::init("test", &env.config().log);
         env.provision().await.expect("provision");
         let shutdown = CancellationToken::new();
@@ -56,7 +61,6 @@ impl CarrierStack {
         let api = format!("http://{api_addr}");
         let sim_url = format!("http://{sim_addr}");
 
-        let mut config = env.config();
         config.ingest.twilio.auth_token = Secret::new(AUTH_TOKEN);
         config.dialer.max_call_duration_secs = 10;
         config.dialer.carrier = CarrierConfig::Twilio(TwilioCarrierConfig {
