@@ -61,3 +61,19 @@ pub async fn callee_zones(
         campaign_zone,
     ))
 }
+
+/// [`callee_zones`] and which source gave them (for the attempt's audit record).
+pub async fn callee_zones_why(
+    contacts: &kv::Store,
+    campaign: CampaignId,
+    campaign_zone: Option<&str>,
+    phone: &PhoneNumber,
+) -> Result<(Vec<Tz>, crate::attempt_audit::ZoneSource), ContactReadError> {
+    let contact = get(contacts, campaign, phone).await?;
+    let own = contact.and_then(|c| c.time_zone);
+    Ok(crate::window::callee_zones_why(
+        own.as_deref(),
+        phone,
+        campaign_zone,
+    ))
+}

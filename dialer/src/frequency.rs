@@ -9,8 +9,11 @@
 //! the side of calling less. Counters live two days (the bucket's `max_age`).
 
 use async_nats::jetstream::kv;
-use ccm_core::PhoneNumber;
+use ccm_core::{PhoneNumber, attempt_audit::DailyCapSeen};
 use chrono::{DateTime, Days, Utc};
+
+/// Until when the number is capped (`None`: not capped), and the count seen (`None`: no cap).
+pub type Counted = (Option<DateTime<Utc>>, Option<DailyCapSeen>);
 
 /// Most compare-and-set rounds before giving up (the message is then handed back).
 const MAX_ROUNDS: usize = 100;
@@ -67,14 +70,14 @@ fn count_of(entry: Option<&kv::Entry>) -> (u32, Option<u64>) {
 
 impl FrequencyCap {
     /// Looks without counting: the instant the next day's count starts when today's is used
-    /// up, else `None`.
+    /// up, else `None`; and what was seen, for the audit record (`None` without a cap).
     pub async fn peek(
         &self,
         phone: &PhoneNumber,
         now: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>, CapError> {
+    ) -> Result<Counted, CapError> {
         if self.per_day == 0 {
-            return Ok(None);
+            return Ok((None, None));
         }
         let key = key(phone, now);
         let entry = self
@@ -82,18 +85,26 @@ impl FrequencyCap {
             .entry(key.as_str())
             .await
             .map_err(|e| CapError::Kv(key.clone(), e.into()))?;
-        Ok(used_up(count_of(entry.as_ref()).0, self.per_day, now))
+        let count = count_of(entry.as_ref()).0;
+        Ok((
+            used_up(count, self.per_day, now),
+            Some(self.seen(count, now)),
+        ))
+    }
+
+    fn seen(&self, count: u32, now: DateTime<Utc>) -> DailyCapSeen {
+        DailyCapSeen {
+            day: now.format("%Y%m%d").to_string(),
+            count,
+            per_day: self.per_day,
+        }
     }
 
     /// Counts one attempt to `phone` at `now`: `None` when counted (place it), or the instant
-    /// the next day's count starts when today's is used up.
-    pub async fn take(
-        &self,
-        phone: &PhoneNumber,
-        now: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>, CapError> {
+    /// the next day's count starts when today's is used up; with the count found before it.
+    pub async fn take(&self, phone: &PhoneNumber, now: DateTime<Utc>) -> Result<Counted, CapError> {
         if self.per_day == 0 {
-            return Ok(None);
+            return Ok((None, None));
         }
         let key = key(phone, now);
         let kv_error = |e: async_nats::Error| CapError::Kv(key.clone(), e);
@@ -105,7 +116,7 @@ impl FrequencyCap {
                 .map_err(|e| kv_error(e.into()))?;
             let (count, revision) = count_of(entry.as_ref());
             if let Some(next) = used_up(count, self.per_day, now) {
-                return Ok(Some(next));
+                return Ok((Some(next), Some(self.seen(count, now))));
             }
             let value = (count + 1).to_string();
             let written = match revision {
@@ -121,7 +132,7 @@ impl FrequencyCap {
                     .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.into())),
             };
             match written {
-                Ok(_) => return Ok(None),
+                Ok(_) => return Ok((None, Some(self.seen(count, now)))),
                 Err((true, _)) => continue,
                 Err((false, e)) => return Err(kv_error(e)),
             }

@@ -12,8 +12,12 @@
 //! contact's own zone, read from the `contacts` bucket only for campaigns that have a window.
 
 use async_nats::jetstream::Message;
-use ccm_core::{DialRequest, RetryEntry, window::Schedule};
-use chrono::{DateTime, Utc};
+use ccm_core::{
+    DialRequest, RetryEntry,
+    attempt_audit::{TimeSeen, WindowSeen},
+    window::Schedule,
+};
+use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::call::CallContext;
 
@@ -47,15 +51,25 @@ pub enum WindowError {
     Publish(#[source] ccm_core::nats::NatsError),
 }
 
-/// When the attempt may be placed: `None` for now, else the opening (or `None` if the window
-/// never opens: the attempt is then placed rather than parked for ever).
+/// What checking the window found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opens {
+    /// `None` for now, else the opening (or `None` if the window never opens: the attempt is
+    /// then placed rather than parked for ever).
+    pub opens: Option<DateTime<Utc>>,
+    /// The callee's zones, why, and their local times (for the audit record).
+    pub time: TimeSeen,
+    pub window: WindowSeen,
+}
+
+/// When the attempt may be placed, in the callee's zones.
 pub async fn opens_at(
     ctx: &CallContext,
     window: &Window,
     request: &DialRequest,
     now: DateTime<Utc>,
-) -> Result<Option<DateTime<Utc>>, WindowError> {
-    let zones = ccm_core::contacts::callee_zones(
+) -> Result<Opens, WindowError> {
+    let (zones, source) = ccm_core::contacts::callee_zones_why(
         &ctx.contacts,
         request.campaign_id,
         window.campaign_zone.as_deref(),
@@ -63,10 +77,35 @@ pub async fn opens_at(
     )
     .await
     .map_err(WindowError::Contact)?;
-    Ok(window
+    let opens = window
         .schedule
         .next_open_in_all(&zones, now)
-        .filter(|opens| *opens > now))
+        .filter(|opens| *opens > now);
+    Ok(Opens {
+        opens,
+        time: TimeSeen {
+            zones: zones.iter().map(|z| z.name().to_owned()).collect(),
+            source,
+            local: zones
+                .iter()
+                .map(|z| now.with_timezone(z).to_rfc3339_opts(SecondsFormat::Secs, false))
+                .collect(),
+        },
+        window: WindowSeen {
+            open: opens.is_none(),
+            opens_at: opens,
+        },
+    })
+}
+
+/// How many times the attempt carried by `message` was put off before (0: never).
+pub fn deferrals_of(message: &Message) -> u32 {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(|id| RetryEntry::deferrals_in(id.as_str()))
+        .unwrap_or(0)
 }
 
 /// Parks the attempt in `RETRIES` until `due` (its window opens, the daily attempt cap of its
@@ -78,12 +117,7 @@ pub async fn defer(
     message: &Message,
     due: DateTime<Utc>,
 ) -> Result<(), WindowError> {
-    let delivered_as = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-        .map(|id| RetryEntry::deferrals_in(id.as_str()))
-        .unwrap_or(0);
+    let delivered_as = deferrals_of(message);
     let entry = RetryEntry {
         due_at: due,
         request: DialRequest {

@@ -150,6 +150,10 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
                     at,
                 )
                 .await?;
+                // No retry after the call's expiry: it ends now, saying why.
+                if let Some(reason) = ccm_core::expiry::retry_past(at, facts.expires_at) {
+                    EventKind::Expired { reason }
+                } else {
                 let entry = RetryEntry {
                     due_at: at,
                     request: DialRequest {
@@ -161,6 +165,7 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
                         created_at: facts.created_at,
                         queued_at: at,
                         custom_fields: facts.custom_fields.clone(),
+                        expires_at: facts.expires_at,
                     },
                     window_deferral: None,
                 };
@@ -169,6 +174,7 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
                 EventKind::Retrying {
                     next_retry_at: at,
                     reason: why,
+                }
                 }
             }
             None => EventKind::Failed {

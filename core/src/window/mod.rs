@@ -29,6 +29,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    attempt_audit::ZoneSource,
     campaign::{CallingWindow, Campaign},
     phone::PhoneNumber,
 };
@@ -242,17 +243,26 @@ pub fn region_zone(region: &str) -> Option<Tz> {
 /// the number's prefix's, else its region's when it has one zone, else the campaign's, else
 /// UTC.
 pub fn callee_zones(contact: Option<&str>, phone: &PhoneNumber, campaign: Option<&str>) -> Vec<Tz> {
+    callee_zones_why(contact, phone, campaign).0
+}
+
+/// [`callee_zones`] and which of its sources gave them (for the attempt's audit record).
+pub fn callee_zones_why(
+    contact: Option<&str>,
+    phone: &PhoneNumber,
+    campaign: Option<&str>,
+) -> (Vec<Tz>, ZoneSource) {
     if let Some(zone) = contact.and_then(|z| z.parse().ok()) {
-        return vec![zone];
+        return (vec![zone], ZoneSource::Contact);
     }
     if let Some(zones) = number_zones(phone) {
-        return zones;
+        return (zones, ZoneSource::Prefix);
     }
-    let zone = phone
-        .region()
-        .as_deref()
-        .and_then(region_zone)
-        .or_else(|| campaign.and_then(|z| z.parse().ok()))
-        .unwrap_or(Tz::UTC);
-    vec![zone]
+    if let Some(zone) = phone.region().as_deref().and_then(region_zone) {
+        return (vec![zone], ZoneSource::Region);
+    }
+    match campaign.and_then(|z| z.parse().ok()) {
+        Some(zone) => (vec![zone], ZoneSource::Campaign),
+        None => (vec![Tz::UTC], ZoneSource::Utc),
+    }
 }

@@ -211,6 +211,7 @@ impl Import<'_> {
             return Ok(());
         }
         let item = NewContact {
+            expires_at: None,
             phone_number: fields[header.phone].trim().to_owned(),
             time_zone: header
                 .zone

@@ -25,6 +25,11 @@ pub struct NewContact {
     /// The callee's IANA time zone; without it the number's region or the campaign's zone.
     #[schema(example = "Europe/Paris")]
     pub time_zone: Option<String>,
+    /// When calls made from this contact (`start?call_contacts=true`) expire, RFC 3339; a
+    /// call's own `expires_at`, when earlier, wins. Must be in the future.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "2026-12-31T18:00:00Z")]
+    pub expires_at: Option<chrono::DateTime<Utc>>,
 }
 
 /// The body: the contacts to add.
@@ -102,11 +107,13 @@ pub(crate) fn contact(
         zone.parse::<chrono_tz::Tz>()
             .map_err(|_| format!("{zone:?} is not an IANA time zone"))?;
     }
+    ccm_core::expiry::check_not_past(item.expires_at, now).map_err(|e| e.to_string())?;
     Ok(Contact {
         campaign_id: campaign,
         phone_number,
         created_at: now,
         time_zone: item.time_zone,
         fields: Default::default(),
+        expires_at: item.expires_at,
     })
 }

@@ -59,6 +59,7 @@ async fn a_retry_due_in_a_blackout_moves_to_the_opening_and_keeps_the_custom_fie
             max_attempts: 3,
             created_at: dial.created_at,
             custom_fields: fields.clone(),
+            expires_at: None,
         },
     };
     ccm_core::nats::publish_event(&js, &dialing)
