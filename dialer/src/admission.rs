@@ -314,7 +314,7 @@ mod tests {
         println!("seed {seed}");
         let mut rng = StdRng::seed_from_u64(seed);
         let now = Utc::now();
-        let mut seen = std::collections::BTreeSet::new();
+        let mut seen = std::collections::HashSet::new();
         for _ in 0..20_000 {
             let some = |rng: &mut StdRng, p: f64| {
                 rng.random_bool(p)
@@ -363,7 +363,11 @@ mod tests {
                 ..f.clone()
             });
             if let Decision::Expire(_) | Decision::Limit(_) = decision {
-                assert!(matches!(unbounded, Decision::Defer(_)), "seed {seed}: {f:?}");
+                // Ended for its wait, which it would otherwise have waited; or simply past.
+                assert!(
+                    past || matches!(unbounded, Decision::Defer(_)),
+                    "seed {seed}: {f:?}"
+                );
             } else {
                 assert_eq!(unbounded, decision, "seed {seed}: {f:?}");
             }

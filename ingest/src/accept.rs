@@ -569,7 +569,7 @@ mod tests {
         );
 
         // The client's retry (same key, so same call id) re-sends the same message.
-        let again = accept_one(&state, &campaign, phone, call_id)
+        let again = accept_one(&state, &campaign, phone, call_id, None)
             .await
             .expect("the same call is accepted");
         assert_eq!(again.call_id, call_id);

@@ -90,7 +90,7 @@ async fn a_start_over_contacts_cut_half_way_finishes_on_retry_calling_each_conta
             .expect("campaign"),
     )
     .expect("document");
-    ccm_ingest::routes::contact_calls::call_all(&state, &campaign)
+    ccm_ingest::routes::contact_calls::call_all(&state, &campaign, None)
         .await
         .expect("the first part");
     import(cut_after, CONTACTS).await;

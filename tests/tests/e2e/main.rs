@@ -10,6 +10,7 @@ mod chaos;
 mod chaos_generated;
 mod custom_fields;
 mod dashboard;
+mod expires_at;
 mod do_not_call;
 mod expiry;
 mod frequency_cap;
