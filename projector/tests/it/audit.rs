@@ -102,7 +102,9 @@ async fn each_audit_record_is_one_row_through_repeats_restarts_and_replays() {
     let projector = Running::start(support::config(&env));
     let want: BTreeMap<String, &AttemptAudit> =
         records.iter().map(|r| (r.audit_id(), r)).collect();
-    let done = eventually(Duration::from_secs(30), || async {
+    // What the aborted projector held un-acknowledged comes back after the consumer's
+    // `ack_wait` (30 s).
+    let done = eventually(Duration::from_secs(75), || async {
         (rows(&pool).await.len() >= want.len()).then_some(())
     })
     .await;
