@@ -137,6 +137,8 @@ struct Header {
     names: Vec<String>,
     phone: usize,
     zone: Option<usize>,
+    /// The optional `expires_at` column (RFC 3339; empty: none).
+    expiry: Option<usize>,
 }
 
 struct Import<'a> {
@@ -189,7 +191,15 @@ impl Import<'_> {
             let zone = names
                 .iter()
                 .position(|n| n.eq_ignore_ascii_case("time_zone"));
-            self.header = Some(Header { names, phone, zone });
+            let expiry = names
+                .iter()
+                .position(|n| n.eq_ignore_ascii_case("expires_at"));
+            self.header = Some(Header {
+                names,
+                phone,
+                zone,
+                expiry,
+            });
             return Ok(());
         };
         self.result.rows += 1;
@@ -210,8 +220,18 @@ impl Import<'_> {
             self.reject(reason);
             return Ok(());
         }
+        let expires_at = match header.expiry.map(|e| fields[e].trim()) {
+            None | Some("") => None,
+            Some(text) => match chrono::DateTime::parse_from_rfc3339(text) {
+                Ok(at) => Some(at.with_timezone(&Utc)),
+                Err(_) => {
+                    self.reject(format!("expires_at {text:?} is not an RFC 3339 date-time"));
+                    return Ok(());
+                }
+            },
+        };
         let item = NewContact {
-            expires_at: None,
+            expires_at,
             phone_number: fields[header.phone].trim().to_owned(),
             time_zone: header
                 .zone
@@ -223,7 +243,9 @@ impl Import<'_> {
             .iter()
             .zip(&fields)
             .enumerate()
-            .filter(|(i, _)| *i != header.phone && Some(*i) != header.zone)
+            .filter(|(i, _)| {
+                *i != header.phone && Some(*i) != header.zone && Some(*i) != header.expiry
+            })
             .map(|(_, (name, value))| (name.clone(), value.clone()))
             .collect();
         match contact(self.state, self.campaign, item, Utc::now()) {
