@@ -330,15 +330,18 @@ mod tests {
                 listed: rng.random_bool(0.1).then(|| "listed".to_owned()),
                 window_opens: some(&mut rng, 0.4),
                 capped_until: some(&mut rng, 0.4),
-                expires_at: rng.random_bool(0.8).then(|| {
-                    now + chrono::Duration::seconds(rng.random_range(-3_600..86_400))
-                }),
+                expires_at: rng
+                    .random_bool(0.8)
+                    .then(|| now + chrono::Duration::seconds(rng.random_range(-3_600..86_400))),
                 checks: Checks::default(),
             };
             let decision = decide(&f);
             let past = f.expires_at.is_some_and(|e| e <= now);
             if past && !matches!(f.dialling, Dialling::Drain(_)) {
-                assert!(matches!(decision, Decision::Expire(_)), "seed {seed}: {f:?}");
+                assert!(
+                    matches!(decision, Decision::Expire(_)),
+                    "seed {seed}: {f:?}"
+                );
             }
             if let Decision::Defer(until) = decision {
                 assert!(
@@ -348,14 +351,20 @@ mod tests {
             }
             if let Decision::Limit(_) = decision {
                 // Only the frequency cap limits, and only once nothing else held the call.
-                assert!(f.capped_until.is_some() && f.window_opens.is_none(), "seed {seed}: {f:?}");
+                assert!(
+                    f.capped_until.is_some() && f.window_opens.is_none(),
+                    "seed {seed}: {f:?}"
+                );
                 assert!(f.capped_until > f.expires_at, "seed {seed}: {f:?}");
             }
             if let Decision::Expire(_) = decision
                 && !past
             {
                 let until = f.window_opens.unwrap_or(now);
-                assert!(f.expires_at.is_some_and(|e| until > e), "seed {seed}: {f:?}");
+                assert!(
+                    f.expires_at.is_some_and(|e| until > e),
+                    "seed {seed}: {f:?}"
+                );
             }
             // Without an expiry, the rule is the one it always was.
             let unbounded = decide(&Facts {

@@ -52,15 +52,9 @@ pub async fn publish(
     ctx: &CallContext,
     record: &AttemptAudit,
 ) -> Result<(), ccm_core::nats::NatsError> {
-    ccm_core::nats::publish_json(
-        &ctx.js,
-        record.subject(),
-        &record.audit_id(),
-        None,
-        record,
-    )
-    .await
-    .map(|_| ())
+    ccm_core::nats::publish_json(&ctx.js, record.subject(), &record.audit_id(), None, record)
+        .await
+        .map(|_| ())
 }
 
 /// This replica's name in audit records: the host and the process.

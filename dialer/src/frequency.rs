@@ -71,11 +71,7 @@ fn count_of(entry: Option<&kv::Entry>) -> (u32, Option<u64>) {
 impl FrequencyCap {
     /// Looks without counting: the instant the next day's count starts when today's is used
     /// up, else `None`; and what was seen, for the audit record (`None` without a cap).
-    pub async fn peek(
-        &self,
-        phone: &PhoneNumber,
-        now: DateTime<Utc>,
-    ) -> Result<Counted, CapError> {
+    pub async fn peek(&self, phone: &PhoneNumber, now: DateTime<Utc>) -> Result<Counted, CapError> {
         if self.per_day == 0 {
             return Ok((None, None));
         }

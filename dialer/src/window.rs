@@ -88,7 +88,10 @@ pub async fn opens_at(
             source,
             local: zones
                 .iter()
-                .map(|z| now.with_timezone(z).to_rfc3339_opts(SecondsFormat::Secs, false))
+                .map(|z| {
+                    now.with_timezone(z)
+                        .to_rfc3339_opts(SecondsFormat::Secs, false)
+                })
                 .collect(),
         },
         window: WindowSeen {

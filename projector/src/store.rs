@@ -76,7 +76,11 @@ pub async fn write(
             Item::Campaign { revision, campaign } => campaigns.push((*revision, campaign)),
             Item::Contact { contact, .. } => contacts.push(contact),
             Item::DeadLetter { seq, letter } => letters.push((*seq, letter)),
-            Item::Audit { seq, audit, payload } => audits.push((*seq, &**audit, payload.as_str())),
+            Item::Audit {
+                seq,
+                audit,
+                payload,
+            } => audits.push((*seq, &**audit, payload.as_str())),
             _ => events.push(*item),
         }
     }

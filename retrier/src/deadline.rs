@@ -49,7 +49,11 @@ async fn held(campaigns: &kv::Store) -> Result<Vec<CampaignId>, ExpiryError> {
     let now = Utc::now();
     let mut held = Vec::new();
     for key in keys {
-        let Some(doc) = campaigns.get(key.as_str()).await.map_err(|e| read(e.into()))? else {
+        let Some(doc) = campaigns
+            .get(key.as_str())
+            .await
+            .map_err(|e| read(e.into()))?
+        else {
             continue;
         };
         if let Ok(campaign) = serde_json::from_slice::<Campaign>(&doc)
@@ -72,17 +76,19 @@ async fn campaign_round(ctx: &Shared, campaign: CampaignId, from: u64) -> Result
         .await
         .map_err(|e| read(e.into()))?;
     let floor = match stream
-        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
-            &subjects::dial_consumer(campaign),
-        )
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&subjects::dial_consumer(
+            campaign,
+        ))
         .await
     {
-        Ok(mut consumer) => consumer
-            .info()
-            .await
-            .map_err(|e| read(e.into()))?
-            .ack_floor
-            .stream_sequence,
+        Ok(mut consumer) => {
+            consumer
+                .info()
+                .await
+                .map_err(|e| read(e.into()))?
+                .ack_floor
+                .stream_sequence
+        }
         // No consumer yet (a draft never started): nothing of it was delivered.
         Err(_) => 0,
     };

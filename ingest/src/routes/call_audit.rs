@@ -137,7 +137,10 @@ pub(crate) async fn campaign_csv(
         CSV_HEADER.iter().map(|c| (*c).to_owned()),
     )));
     let pages = futures::stream::unfold(
-        (state.pg.clone(), Some((None::<DateTime<Utc>>, String::new()))),
+        (
+            state.pg.clone(),
+            Some((None::<DateTime<Utc>>, String::new())),
+        ),
         move |(pg, after)| async move {
             let (at, audit_id) = after?;
             match page(&pg, id, at, &audit_id).await {
@@ -247,7 +250,8 @@ fn csv_row(record: &serde_json::Value) -> String {
         c.campaign.dialling.clone(),
         dnc,
         opt(time.map(|t| t.zones.join(" "))),
-        opt(time.and_then(|t| serde_json::to_value(t.source).ok())
+        opt(time
+            .and_then(|t| serde_json::to_value(t.source).ok())
             .and_then(|v| v.as_str().map(str::to_owned))),
         opt(time.map(|t| t.local.join(" "))),
         opt(window.map(|w| w.open.to_string())),

@@ -269,7 +269,8 @@ pub(crate) async fn create(
         }
     }
     let window = state.config.duplicate_call_window_minutes;
-    let accepted = accept::accept_one(&state, &campaign, phone.clone(), call_id, body.expires_at).await;
+    let accepted =
+        accept::accept_one(&state, &campaign, phone.clone(), call_id, body.expires_at).await;
     let call = match accepted {
         Ok(request) => AcceptedCall::from(request),
         // The call may exist: the key stays pending so that a retry with it resumes this

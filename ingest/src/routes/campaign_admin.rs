@@ -195,7 +195,7 @@ pub(crate) fn call_duration(secs: Option<u32>) -> Result<Option<u32>, AppError> 
     }
 }
 
-fn parse_id(id: &str) -> Result<CampaignId, AppError> {
+pub(crate) fn parse_id(id: &str) -> Result<CampaignId, AppError> {
     id.parse()
         .map_err(|e: ccm_core::ids::IdError| AppError::bad_request("invalid_id", e.to_string()))
 }
@@ -356,8 +356,9 @@ pub(crate) async fn start(
         // failed half-way left it a draft, and its retry finishes the job (see
         // `contact_calls`: each contact's call keeps its id, so none is doubled).
         if campaign.state == CampaignState::Draft {
-            contacts_called =
-                Some(crate::routes::contact_calls::call_all(&state, &campaign, query.expires_at).await?);
+            contacts_called = Some(
+                crate::routes::contact_calls::call_all(&state, &campaign, query.expires_at).await?,
+            );
         }
     }
     let ApiJson(campaign) = set_state(&state, &id, Action::Start).await?;

@@ -262,5 +262,6 @@ pub(crate) fn routes() -> Vec<Entry> {
         token(routes!(admin::cancel)),
         token(routes!(admin::stats)),
         token(routes!(super::call_audit::campaign_csv)).expensive(GET),
+        token(routes!(super::rerun::rerun)).expensive(POST),
     ]
 }

@@ -55,7 +55,14 @@ fn record(rng: &mut rand::rngs::StdRng, i: usize) -> AttemptAudit {
         }),
         ..Checks::default()
     };
-    AttemptAudit::of(&request, rng.random_range(0..3), "host:1", decision, checks, Utc::now())
+    AttemptAudit::of(
+        &request,
+        rng.random_range(0..3),
+        "host:1",
+        decision,
+        checks,
+        Utc::now(),
+    )
 }
 
 async fn rows(pool: &PgPool) -> Vec<(String, String, serde_json::Value)> {
@@ -100,15 +107,18 @@ async fn each_audit_record_is_one_row_through_repeats_restarts_and_replays() {
     projector.abort().await;
     support::publish_all(&js, rest).await;
     let projector = Running::start(support::config(&env));
-    let want: BTreeMap<String, &AttemptAudit> =
-        records.iter().map(|r| (r.audit_id(), r)).collect();
+    let want: BTreeMap<String, &AttemptAudit> = records.iter().map(|r| (r.audit_id(), r)).collect();
     // What the aborted projector held un-acknowledged comes back after the consumer's
     // `ack_wait` (30 s).
     let done = eventually(Duration::from_secs(75), || async {
         (rows(&pool).await.len() >= want.len()).then_some(())
     })
     .await;
-    assert!(done.is_some(), "seed {seed}: {} rows", rows(&pool).await.len());
+    assert!(
+        done.is_some(),
+        "seed {seed}: {} rows",
+        rows(&pool).await.len()
+    );
     projector.stop().await;
 
     // Applied once more, all of it (a replay): nothing changes.

@@ -14,14 +14,15 @@ use ccm_tests::{
     },
 };
 
-/// Each seed's operations and faults last this long; the calls then have `SETTLE` to end.
+/// Each seed's operations and faults last this long; the calls then have
+/// [`Knobs::settle_bound`] to end (a healthy run stops waiting as soon as they have).
 const RUN: Duration = Duration::from_secs(60);
-const SETTLE: Duration = Duration::from_secs(120);
 
 async fn check(seed: u64) {
-    let schedule = schedule(seed, &Knobs::new(RUN));
+    let knobs = Knobs::new(RUN);
+    let schedule = schedule(seed, &knobs);
     let mut env = TestEnv::start().await.expect("test environment");
-    let report = generated::run(&schedule, &mut env, SETTLE, true)
+    let report = generated::run(&schedule, &mut env, knobs.settle_bound(), true)
         .await
         .expect("the generated run ran");
     eprintln!("{}", report.render());

@@ -86,14 +86,25 @@ async fn a_call_held_in_a_paused_campaign_expires_at_its_expiry_without_resuming
             json!({"campaign_id": paused, "phone_number": "+15550007000", "expires_at": past}),
         )
         .await;
-    assert_eq!((status, body["code"].as_str()), (422, Some("expires_at_in_past")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("expires_at_in_past")),
+        "{body}"
+    );
     let (status, body) = stack
         .post(
-            &format!("/api/v1/calls/bulk?campaign_id={paused}&expires_at={}", past.replace('+', "%2B")),
+            &format!(
+                "/api/v1/calls/bulk?campaign_id={paused}&expires_at={}",
+                past.replace('+', "%2B")
+            ),
             json!(["+15550007001"]),
         )
         .await;
-    assert_eq!((status, body["code"].as_str()), (422, Some("expires_at_in_past")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("expires_at_in_past")),
+        "{body}"
+    );
     let (status, body) = stack
         .post(
             "/api/v1/initiate-call/",
@@ -107,7 +118,11 @@ async fn a_call_held_in_a_paused_campaign_expires_at_its_expiry_without_resuming
             json!({"contacts": [{"phone_number": "+15550007003", "expires_at": past}]}),
         )
         .await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_contacts")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_contacts")),
+        "{body}"
+    );
 
     let (status, body) = stack
         .post(&format!("/api/v1/campaigns/{paused}/pause"), json!({}))
@@ -125,7 +140,10 @@ async fn a_call_held_in_a_paused_campaign_expires_at_its_expiry_without_resuming
     let reason = shown["error_message"].as_str().unwrap_or_default();
     assert!(reason.contains("not placed by its expiry"), "{shown}");
     let (_, other) = stack.get(&format!("/api/v1/calls/{later}")).await;
-    assert_eq!(other["status"], "QUEUED", "a call whose expiry is ahead waits: {other}");
+    assert_eq!(
+        other["status"], "QUEUED",
+        "a call whose expiry is ahead waits: {other}"
+    );
     let (_, campaign) = stack.get(&format!("/api/v1/campaigns/{paused}")).await;
     assert_eq!(campaign["state"], "paused", "never resumed: {campaign}");
     // The expired call's number is free again.
@@ -170,7 +188,11 @@ async fn a_call_held_in_a_paused_campaign_expires_at_its_expiry_without_resuming
     .await
     .expect("both contacts' calls placed and audited");
     let secs = |t: Option<chrono::DateTime<Utc>>| t.map(|t| t.timestamp());
-    assert_eq!(secs(expiries[0].1), Some(own.timestamp()), "the contact's, earlier");
+    assert_eq!(
+        secs(expiries[0].1),
+        Some(own.timestamp()),
+        "the contact's, earlier"
+    );
     assert_eq!(secs(expiries[1].1), Some(start.timestamp()), "the start's");
     stack.stop().await;
 }
@@ -228,7 +250,10 @@ async fn a_wait_past_the_expiry_ends_the_call_and_every_decision_is_audited() {
     assert_eq!(r["window"]["open"], false, "{r}");
     assert!(r["window"]["opens_at"].is_string(), "{r}");
     assert_eq!(r["time"]["zones"], json!(["UTC"]), "{r}");
-    assert_eq!(r["time"]["source"], "campaign", "a +1 555 number is timed in the campaign's zone: {r}");
+    assert_eq!(
+        r["time"]["source"], "campaign",
+        "a +1 555 number is timed in the campaign's zone: {r}"
+    );
     assert!(r["campaign"]["revision"].as_u64().is_some(), "{r}");
     assert_eq!(r["campaign"]["dialling"], "dial", "{r}");
     let lists: Vec<&str> = r["dnc"]["lists"]
@@ -242,8 +267,14 @@ async fn a_wait_past_the_expiry_ends_the_call_and_every_decision_is_audited() {
     assert!(r["expires_at"].is_string(), "{r}");
 
     let deferred = audit(&stack, &waiting, 1).await;
-    assert_eq!(deferred[0]["decision"]["outcome"], "deferred", "{deferred:?}");
-    assert_eq!(deferred[0]["decision"]["until"], deferred[0]["window"]["opens_at"]);
+    assert_eq!(
+        deferred[0]["decision"]["outcome"], "deferred",
+        "{deferred:?}"
+    );
+    assert_eq!(
+        deferred[0]["decision"]["until"],
+        deferred[0]["window"]["opens_at"]
+    );
     let (_, w) = stack.get(&format!("/api/v1/calls/{waiting}")).await;
     assert_eq!(w["status"], "QUEUED", "{w}");
 
@@ -285,16 +316,25 @@ async fn a_wait_past_the_expiry_ends_the_call_and_every_decision_is_audited() {
         .fetch_one(&pg)
         .await
         .expect("count");
-    assert_eq!(rows.len() - 1, usize::try_from(stored).expect("count"), "{csv}");
+    assert_eq!(
+        rows.len() - 1,
+        usize::try_from(stored).expect("count"),
+        "{csv}"
+    );
     let column = |name: &str| header.iter().position(|h| h == name).expect(name);
     for row in &rows[1..] {
         assert_eq!(row.len(), header.len(), "{row:?}");
         let record: Value = serde_json::from_str(&row[column("record")]).expect("record JSON");
-        assert_eq!(record["call_id"].as_str(), Some(row[column("call_id")].as_str()));
+        assert_eq!(
+            record["call_id"].as_str(),
+            Some(row[column("call_id")].as_str())
+        );
         assert_eq!(row[column("zone_source")], "campaign");
     }
-    let decisions: std::collections::BTreeSet<&str> =
-        rows[1..].iter().map(|r| r[column("decision")].as_str()).collect();
+    let decisions: std::collections::BTreeSet<&str> = rows[1..]
+        .iter()
+        .map(|r| r[column("decision")].as_str())
+        .collect();
     assert_eq!(decisions, ["deferred", "ended"].into(), "{csv}");
     replaying_the_records_adds_no_row(&env, &pg).await;
     stack.stop().await;
@@ -312,7 +352,8 @@ async fn replaying_the_records_adds_no_row(env: &TestEnv, pg: &PgPool) {
             continue;
         };
         if message.subject.starts_with("calls.audit.") {
-            items.push(ccm_projector::consume::decode_audit(seq, &message.payload).expect("record"));
+            items
+                .push(ccm_projector::consume::decode_audit(seq, &message.payload).expect("record"));
         }
     }
     assert!(!items.is_empty());
@@ -357,6 +398,9 @@ fn parse_csv(text: &str) -> Vec<Vec<String>> {
             (false, c) => cell.push(c),
         }
     }
-    assert!(cell.is_empty() && row.is_empty(), "the export ends with a line break");
+    assert!(
+        cell.is_empty() && row.is_empty(),
+        "the export ends with a line break"
+    );
     rows
 }

@@ -63,23 +63,29 @@ pub(crate) async fn initiate(
         .map_err(|_| CompatError::bad_request("Invalid phone number format"))?;
     let expires_at = super::expires_at(&body)?;
     let campaign = active_campaign(&state, id).await?;
-    let request = accept::accept_one(&state, &campaign, phone.clone(), ccm_core::CallId::new(), expires_at)
-        .await
-        .map_err(|e| match e {
-            AcceptError::Claim(ClaimError::InProgress) => CompatError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("Call to {phone} already in progress"),
+    let request = accept::accept_one(
+        &state,
+        &campaign,
+        phone.clone(),
+        ccm_core::CallId::new(),
+        expires_at,
+    )
+    .await
+    .map_err(|e| match e {
+        AcceptError::Claim(ClaimError::InProgress) => CompatError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("Call to {phone} already in progress"),
+        ),
+        AcceptError::Claim(ClaimError::WithinWindow) => CompatError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "Call to {phone} was made within the last {} minutes",
+                state.config.duplicate_call_window_minutes
             ),
-            AcceptError::Claim(ClaimError::WithinWindow) => CompatError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "Call to {phone} was made within the last {} minutes",
-                    state.config.duplicate_call_window_minutes
-                ),
-            ),
-            AcceptError::DoNotCall(list) => CompatError::bad_request(list.refusal(&phone)),
-            e => CompatError::unavailable(crate::error_chain(&e)),
-        })?;
+        ),
+        AcceptError::DoNotCall(list) => CompatError::bad_request(list.refusal(&phone)),
+        e => CompatError::unavailable(crate::error_chain(&e)),
+    })?;
     Ok((
         StatusCode::CREATED,
         axum::Json(call_log(&campaign, &request)),

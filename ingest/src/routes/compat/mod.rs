@@ -54,7 +54,9 @@ pub(crate) fn text<'a>(body: &'a Value, field: &str) -> Option<&'a str> {
 
 /// The optional `expires_at` (RFC 3339, in the future), an extension of the old contract;
 /// a bad or past one is the old API's 400.
-pub(crate) fn expires_at(body: &Value) -> Result<Option<chrono::DateTime<chrono::Utc>>, CompatError> {
+pub(crate) fn expires_at(
+    body: &Value,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, CompatError> {
     let Some(raw) = text(body, "expires_at") else {
         return Ok(None);
     };
