@@ -68,7 +68,10 @@ impl AuditDecision {
 }
 
 /// The checks and what each saw. A check that was not made (the campaign was not being
-/// dialled, so nothing further was read) is absent.
+/// dialled, so nothing further was read) is absent. Checks added later put what they saw here
+/// as sections of their own (`consent`, `rules`, `frequency` for the N-day limits, …), each an
+/// `Option` with `#[serde(default, skip_serializing_if = "Option::is_none")]`; the dialer's
+/// `Facts` carries this struct, so a check fills its section where it reads its facts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checks {
     pub campaign: CampaignSeen,

@@ -134,7 +134,7 @@ async fn a_call_held_in_a_paused_campaign_expires_at_its_expiry_without_resuming
     let shown = ends(&stack, &expiring, "EXPIRED", Duration::from_secs(20)).await;
     let took = started.elapsed();
     assert!(
-        took < Duration::from_secs(8),
+        took < Duration::from_secs(12),
         "expired at its expiry (3 s), not when the campaign resumes: {took:?}"
     );
     let reason = shown["error_message"].as_str().unwrap_or_default();
@@ -281,13 +281,19 @@ async fn a_wait_past_the_expiry_ends_the_call_and_every_decision_is_audited() {
     // The daily cap: the number was called once today; a second call whose expiry comes
     // before the next UTC day ends LIMITED.
     let open = stack.campaign("open").await;
+    // Both calls on one UTC day, and the day not ending within the second's expiry: a run in
+    // the last two minutes of the day waits for the next one.
+    let left = ccm_dialer::frequency::next_day(Utc::now()) - Utc::now();
+    if left < chrono::Duration::seconds(120) {
+        tokio::time::sleep(
+            (left + chrono::Duration::seconds(1))
+                .to_std()
+                .unwrap_or_default(),
+        )
+        .await;
+    }
     let first = call(&stack, open, "+15550007501", None).await;
     ends(&stack, &first, "COMPLETED", Duration::from_secs(20)).await;
-    let next_day = ccm_dialer::frequency::next_day(Utc::now());
-    assert!(
-        next_day - Utc::now() > chrono::Duration::seconds(90),
-        "the test needs the UTC day not to end within its expiry"
-    );
     let second = call(&stack, open, "+15550007501", Some(in_secs(60))).await;
     let limited = ends(&stack, &second, "LIMITED", Duration::from_secs(20)).await;
     let reason = limited["error_message"].as_str().unwrap_or_default();
