@@ -87,6 +87,12 @@ pub fn decide(facts: &Facts) -> Decision {
     Decision::Place
 }
 
+/// The campaign holds the attempt until `until` (e.g. more calls held than its cap): put off,
+/// or ended `EXPIRED` if that is after the call's expiry.
+pub fn held_until(facts: &Facts, until: DateTime<Utc>) -> Decision {
+    wait(facts, Wait::Held, until)
+}
+
 /// Put off until `until`, or ended if that is after the call's expiry.
 fn wait(facts: &Facts, why: Wait, until: DateTime<Utc>) -> Decision {
     match ccm_core::expiry::instead_of_waiting(why, until, facts.expires_at) {

@@ -291,8 +291,8 @@ async fn place(
                 tracing::info!(call = %request.call_id, held, cap,
                     "more calls held than the campaign's cap; put off");
                 counter!("ccm_dialer_over_cap_put_off_total").increment(1);
-                let later = crate::admission::Decision::Defer(Utc::now() + crate::cap::PUT_OFF);
-                if settle(ctx, request, message, later).await? {
+                let later = crate::admission::held_until(&facts, Utc::now() + crate::cap::PUT_OFF);
+                if carry_out(ctx, request, message, &facts, later).await? {
                     return Ok(None);
                 }
             }
@@ -382,6 +382,19 @@ async fn settle(
     if decision == Decision::Place && !last {
         return Ok(false);
     }
+    carry_out(ctx, request, message, facts, decision).await
+}
+
+/// Records `decision` (made on `facts`) and carries it out: true when the attempt was ended
+/// or put off (and its message acknowledged), false when it is to be placed.
+async fn carry_out(
+    ctx: &CallContext,
+    request: &DialRequest,
+    message: &Message,
+    facts: &crate::admission::Facts,
+    decision: crate::admission::Decision,
+) -> Result<bool, CallError> {
+    use crate::admission::Decision;
     let record = crate::audit::record(ctx, request, message, facts, &decision);
     crate::audit::publish(ctx, &record)
         .await
