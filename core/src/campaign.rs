@@ -280,6 +280,10 @@ pub struct Contact {
     /// Custom fields of the contact (the extra columns of a CSV import).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub fields: std::collections::BTreeMap<String, String>,
+    /// When calls made from this contact expire (the earlier of this and the call's own
+    /// `expires_at` applies: [`crate::expiry::earliest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// Daily hours, local to the callee, during which a campaign may call (`start` < `end`).

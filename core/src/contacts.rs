@@ -73,3 +73,14 @@ pub async fn callee(
     };
     Ok(crate::window::callee(place, phone, campaign_zone))
 }
+
+/// [`callee_zones`] and which source gave them (for the attempt's audit record).
+pub async fn callee_zones_why(
+    contacts: &kv::Store,
+    campaign: CampaignId,
+    campaign_zone: Option<&str>,
+    phone: &PhoneNumber,
+) -> Result<(Vec<Tz>, crate::window::ZoneSource), ContactReadError> {
+    let callee = callee(contacts, campaign, campaign_zone, phone).await?;
+    Ok((callee.zones, callee.zone_source))
+}

@@ -66,6 +66,37 @@ pub async fn listed(
     })
 }
 
+/// As [`listed`], with what was read for the attempt's audit record: each list checked and
+/// the revision of the number's entry on it (a listing, or the removal of one).
+pub async fn checked(
+    bucket: &kv::Store,
+    campaign: CampaignId,
+    phone: &PhoneNumber,
+) -> Result<(Option<DncList>, crate::attempt_audit::DncSeen), kv::EntryError> {
+    let campaign_list = DncList::Campaign(campaign);
+    let (global, own) = futures::try_join!(
+        bucket.entry(DncList::Global.key(phone)),
+        bucket.entry(campaign_list.key(phone))
+    )?;
+    let seen = |name: String, entry: &Option<kv::Entry>| crate::attempt_audit::DncListSeen {
+        list: name,
+        revision: entry.as_ref().map(|e| e.revision),
+        listed: entry
+            .as_ref()
+            .is_some_and(|e| e.operation == kv::Operation::Put),
+    };
+    let lists = vec![
+        seen("global".into(), &global),
+        seen(format!("campaign:{campaign}"), &own),
+    ];
+    let listed = if lists[0].listed {
+        Some(DncList::Global)
+    } else {
+        lists[1].listed.then_some(campaign_list)
+    };
+    Ok((listed, crate::attempt_audit::DncSeen { lists }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

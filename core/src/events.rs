@@ -34,6 +34,11 @@ pub struct DialRequest {
     /// for every later stage. Absent when empty, so messages without it still parse.
     #[serde(default, skip_serializing_if = "CustomFields::is_empty")]
     pub custom_fields: CustomFields,
+    /// When the call must have been placed by (the earlier of the call's and its contact's
+    /// `expires_at`): not placed by then, it ends `EXPIRED` ([`crate::expiry`]). Absent when
+    /// the call has none, so older messages still parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// A contact's custom fields, by column name. Sorted, so the same contact always serialises
@@ -126,6 +131,10 @@ pub enum EventKind {
         /// The contact's custom fields, copied from the dial request (absent when empty).
         #[serde(default, skip_serializing_if = "CustomFields::is_empty")]
         custom_fields: CustomFields,
+        /// The call's expiry, copied from the dial request (absent when it has none): the
+        /// retrier schedules no retry after it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<DateTime<Utc>>,
     },
     /// The carrier's verdict on the attempt (published on `calls.outcome.…`).
     Outcome {
@@ -157,6 +166,9 @@ pub enum EventKind {
     /// Terminal: the attempt waited in `CALLS` longer than the maximum queue age and was
     /// ended before retention could drop it (`reason` says how long it waited and the limit).
     Expired { reason: String },
+    /// Terminal: a frequency limit kept the number from being called before the call's
+    /// `expires_at` (`reason` says which limit and until when).
+    Limited { reason: String },
 }
 
 impl EventKind {
@@ -171,6 +183,7 @@ impl EventKind {
             Self::Cancelled { .. } => "cancelled",
             Self::DeadLettered { .. } => "dead_lettered",
             Self::Expired { .. } => "expired",
+            Self::Limited { .. } => "limited",
         }
     }
 
@@ -287,6 +300,7 @@ mod tests {
             created_at: Utc::now(),
             queued_at: Utc::now(),
             custom_fields: CustomFields::new(),
+            expires_at: None,
         };
         let retry = RetryEntry {
             due_at: Utc::now(),

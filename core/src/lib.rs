@@ -30,6 +30,7 @@
 //! Services never depend on each other; whatever two of them must agree on lives here.
 
 pub mod access;
+pub mod attempt_audit;
 pub mod call_lifecycle;
 pub mod call_log;
 pub mod campaign;
@@ -41,6 +42,7 @@ pub mod dial_consumer;
 pub mod dlq;
 pub mod dnc;
 pub mod events;
+pub mod expiry;
 pub mod ids;
 pub mod inspect;
 pub mod kv_ttl;

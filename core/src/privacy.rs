@@ -31,6 +31,11 @@ pub const ANONYMISE_CALLS_SQL: &str = "UPDATE calls SET phone_number = NULL, \
      WHERE call_id = ANY($1) AND (phone_number IS NOT NULL OR custom_fields IS NOT NULL \
      OR external_call_id IS NOT NULL OR error_message IS NOT NULL)";
 
+/// Anonymises the admission audit records of the calls whose ids are `$1` (`uuid[]`): they
+/// keep the decision and what each check saw (lists and revisions, zones, counts), which is
+/// the proof a call was allowed, and lose the number.
+pub const ANONYMISE_AUDIT_SQL: &str = "UPDATE call_audit SET phone_number = NULL,      record = record - 'phone_number'      WHERE call_id = ANY($1) AND phone_number IS NOT NULL";
+
 /// Anonymises the histories of the calls whose ids are `$1` (`uuid[]`).
 pub fn anonymise_events_sql() -> String {
     let fields = KEPT_EVENT_FIELDS

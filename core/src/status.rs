@@ -33,11 +33,14 @@ pub enum CallStatus {
     /// Terminal: queued longer than the maximum queue age (`retrier.max_queue_age_secs`),
     /// ended before `CALLS` retention could drop its message.
     Expired,
+    /// Terminal: a frequency limit kept the number from being called before the call's
+    /// `expires_at`.
+    Limited,
 }
 
 impl CallStatus {
     /// All statuses, for iteration in metrics and filters.
-    pub const ALL: [CallStatus; 12] = [
+    pub const ALL: [CallStatus; 13] = [
         Self::Initiated,
         Self::Queued,
         Self::Processing,
@@ -50,6 +53,7 @@ impl CallStatus {
         Self::Cancelled,
         Self::DeadLettered,
         Self::Expired,
+        Self::Limited,
     ];
 
     /// The wire spelling.
@@ -67,6 +71,7 @@ impl CallStatus {
             Self::Cancelled => "CANCELLED",
             Self::DeadLettered => "DEAD_LETTERED",
             Self::Expired => "EXPIRED",
+            Self::Limited => "LIMITED",
         }
     }
 }

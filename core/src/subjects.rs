@@ -13,6 +13,8 @@ pub const EVENTS_ALL: &str = "calls.>";
 pub const LIFECYCLE_ALL: &str = "calls.event.>";
 /// Every carrier outcome: what the retrier reads.
 pub const OUTCOME_ALL: &str = "calls.outcome.>";
+/// Every admission audit record.
+pub const AUDIT_ALL: &str = "calls.audit.>";
 /// Every retry entry.
 pub const RETRY_ALL: &str = "calls.retry.>";
 /// The MAX_DELIVERIES advisories that the `ADVISORIES` stream captures.
@@ -28,6 +30,12 @@ pub fn dial(campaign: CampaignId) -> String {
 /// `calls.event.<campaign>.<call>`: the call's lifecycle events.
 pub fn event(campaign: CampaignId, call: CallId) -> String {
     format!("calls.event.{campaign}.{call}")
+}
+
+/// `calls.audit.<campaign>.<call>`: the audit records of the call's admission decisions
+/// ([`crate::attempt_audit`]), kept off the event subject so they never move its sequence.
+pub fn audit(campaign: CampaignId, call: CallId) -> String {
+    format!("calls.audit.{campaign}.{call}")
 }
 
 /// `calls.event.*.<call>`: the call's lifecycle events whatever its campaign, for a lookup

@@ -15,6 +15,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "cancelled",
     "dead_lettered",
     "expired",
+    "limited",
     "campaign.completed",
 ];
 

@@ -9,12 +9,19 @@
 //! (the campaign's stored document included), which is the one that counts. A call that did
 //! not wait is decided once, right before placing.
 
-use ccm_core::{Campaign, DialRequest, lifecycle::Dialling};
+use ccm_core::{
+    Campaign, DialRequest,
+    attempt_audit::{CampaignSeen, Checks},
+    call_lifecycle::End,
+    expiry::Wait,
+    lifecycle::Dialling,
+};
 use chrono::{DateTime, Utc};
 
 use crate::{
     call::{CallContext, Mode},
     carrier::CampaignInfo,
+    window::Window,
 };
 
 /// What the decision is made on.
@@ -30,9 +37,13 @@ pub struct Facts {
     /// When the number's frequency limits (rolling 24 h caps of the rule packs, K attempts in
     /// D local days) permit the next attempt, if they do not now.
     pub capped_until: Option<DateTime<Utc>>,
-    /// What the compliance checks saw (the callee's zones and jurisdiction and why, the pack
-    /// rules applied, the frequency counts), for the audit trail. Decides nothing by itself:
-    /// its verdicts are `window_opens` and `capped_until`.
+    /// The call's expiry, if it has one: a wait that outlasts it ends the call instead.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// What each check saw, for the attempt's audit record (never decides anything).
+    pub checks: Checks,
+    /// What the compliance checks saw, with what counting the attempt after the pacing wait
+    /// needs; its verdicts are `window_opens` and `capped_until`, its record `checks.time`,
+    /// `checks.window` and `checks.rules`.
     pub compliance: crate::compliance::Seen,
 }
 
@@ -44,27 +55,54 @@ pub enum Decision {
     Defer(DateTime<Utc>),
     /// End it `CANCELLED` with this reason, unplaced.
     End(String),
+    /// End it `EXPIRED` with this reason, unplaced: past its expiry, or its wait (window,
+    /// held campaign) would outlast it.
+    Expire(String),
+    /// End it `LIMITED` with this reason, unplaced: a frequency limit would hold its number
+    /// past its expiry.
+    Limit(String),
 }
 
 /// The rule. The campaign comes first: a cancelled campaign's attempt ends whatever its
 /// number; a held (paused, not started) one's is put off at once, to wait in the campaign's
 /// queue until it is dialled again, rather than handed back to count against `max_deliver`.
+/// A call past its expiry ends `EXPIRED`, and a wait that would outlast the expiry ends it
+/// instead of putting it off ([`ccm_core::expiry::instead_of_waiting`]).
 pub fn decide(facts: &Facts) -> Decision {
-    match facts.dialling {
-        Dialling::Drain(reason) => return Decision::End(reason.into()),
-        Dialling::Hold => return Decision::Defer(facts.now),
-        Dialling::Dial => {}
+    if let Dialling::Drain(reason) = facts.dialling {
+        return Decision::End(reason.into());
+    }
+    if let Some(at) = facts.expires_at.filter(|at| *at <= facts.now) {
+        return Decision::Expire(ccm_core::expiry::overdue(at));
+    }
+    if facts.dialling == Dialling::Hold {
+        return wait(facts, Wait::Held, facts.now);
     }
     if let Some(refusal) = &facts.listed {
         return Decision::End(refusal.clone());
     }
     if let Some(opens) = facts.window_opens {
-        return Decision::Defer(opens);
+        return wait(facts, Wait::Window, opens);
     }
     if let Some(next_day) = facts.capped_until {
-        return Decision::Defer(next_day);
+        return wait(facts, Wait::Frequency, next_day);
     }
     Decision::Place
+}
+
+/// The campaign holds the attempt until `until` (e.g. more calls held than its cap): put off,
+/// or ended `EXPIRED` if that is after the call's expiry.
+pub fn held_until(facts: &Facts, until: DateTime<Utc>) -> Decision {
+    wait(facts, Wait::Held, until)
+}
+
+/// Put off until `until`, or ended if that is after the call's expiry.
+fn wait(facts: &Facts, why: Wait, until: DateTime<Utc>) -> Decision {
+    match ccm_core::expiry::instead_of_waiting(why, until, facts.expires_at) {
+        None => Decision::Defer(until),
+        Some((End::Limited, reason)) => Decision::Limit(reason),
+        Some((_, reason)) => Decision::Expire(reason),
+    }
 }
 
 /// Where the campaign's state is taken from.
@@ -95,22 +133,25 @@ pub async fn gather(
     request: &DialRequest,
     seen: Seen<'_>,
 ) -> Result<Facts, CheckError> {
-    let (dialling, window) = match seen {
-        Seen::Pulled { mode, info } => (pulled(mode), info.window.clone()),
+    let (dialling, window, revision) = match seen {
+        Seen::Pulled { mode, info } => (pulled(mode), info.window.clone(), Some(info.revision)),
         Seen::Stored { mode, info } => {
             let stored = ctx
                 .campaigns
-                .get(request.campaign_id.to_string())
+                .entry(request.campaign_id.to_string())
                 .await
-                .map_err(|e| CheckError::Campaign(e.into()))?;
-            match stored.map(|doc| serde_json::from_slice::<Campaign>(&doc)) {
+                .map_err(|e| CheckError::Campaign(e.into()))?
+                .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put);
+            let revision = stored.as_ref().map(|e| e.revision);
+            match stored.map(|e| serde_json::from_slice::<Campaign>(&e.value)) {
                 // Deleted: its worker is gone; nothing of it is dialled.
-                None => (Dialling::Hold, None),
+                None => (Dialling::Hold, None, None),
                 Some(Ok(campaign)) => (
                     campaign.dialling_at(Utc::now()),
-                    crate::window::Window::of(&campaign),
+                    Window::of(&campaign),
+                    revision,
                 ),
-                Some(Err(_)) => (pulled(mode), info.window.clone()),
+                Some(Err(_)) => (pulled(mode), info.window.clone(), Some(info.revision)),
             }
         }
     };
@@ -120,14 +161,26 @@ pub async fn gather(
         listed: None,
         window_opens: None,
         capped_until: None,
+        expires_at: request.expires_at,
+        checks: Checks {
+            campaign: CampaignSeen {
+                revision,
+                dialling: match dialling {
+                    Dialling::Dial => "dial".into(),
+                    Dialling::Hold => "hold".into(),
+                    Dialling::Drain(reason) => format!("drain: {reason}"),
+                },
+            },
+            ..Checks::default()
+        },
         compliance: Default::default(),
     };
     if dialling != Dialling::Dial {
         return Ok(facts);
     }
-    let (listed, checked) = futures::try_join!(
+    let ((listed, dnc), checked) = futures::try_join!(
         async {
-            ccm_core::dnc::listed(&ctx.dnc, request.campaign_id, &request.phone_number)
+            ccm_core::dnc::checked(&ctx.dnc, request.campaign_id, &request.phone_number)
                 .await
                 .map_err(|e| CheckError::Dnc(e.into()))
         },
@@ -138,8 +191,19 @@ pub async fn gather(
         },
     )?;
     facts.listed = listed.map(|list| list.refusal(&request.phone_number));
+    facts.checks.dnc = Some(dnc);
     facts.window_opens = checked.window_opens;
     facts.capped_until = checked.limited_until;
+    let has_window = window.as_ref().is_some_and(|w| w.schedule.is_some());
+    facts.checks.time = crate::compliance::time_seen(&checked.seen, facts.now);
+    if has_window || !checked.seen.rules.is_empty() {
+        facts.checks.window = Some(ccm_core::attempt_audit::WindowSeen {
+            open: checked.window_opens.is_none(),
+            opens_at: checked.window_opens,
+        });
+    }
+    facts.checks.rules = Some(crate::compliance::audited(&checked.seen))
+        .filter(|r| *r != ccm_core::attempt_audit::RulesSeen::default());
     facts.compliance = checked.seen;
     Ok(facts)
 }
@@ -164,6 +228,8 @@ mod tests {
             listed: None,
             window_opens: None,
             capped_until: None,
+            expires_at: None,
+            checks: Checks::default(),
             compliance: Default::default(),
         }
     }
@@ -216,6 +282,8 @@ mod tests {
                 listed: rng.random_bool(0.3).then(|| "listed".to_owned()),
                 window_opens: some(&mut rng),
                 capped_until: some(&mut rng),
+                expires_at: None,
+                checks: Checks::default(),
                 compliance: Default::default(),
             };
             let decision = decide(&f);
@@ -234,5 +302,86 @@ mod tests {
                 assert!(until >= now, "seed {seed}: {f:?}");
             }
         }
+    }
+
+    /// Generated: with an expiry, a call is never placed at or after it, and a wait that
+    /// outlasts it ends the call (EXPIRED for a window or a held campaign, LIMITED for the
+    /// frequency cap) instead of putting it off past it; a wait that ends before it is kept.
+    #[test]
+    fn a_wait_past_the_expiry_ends_the_call_and_an_expired_call_is_never_placed() {
+        let seed: u64 = rand::random();
+        println!("seed {seed}");
+        let mut rng = StdRng::seed_from_u64(seed);
+        let now = Utc::now();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..20_000 {
+            let some = |rng: &mut StdRng, p: f64| {
+                rng.random_bool(p)
+                    .then(|| now + chrono::Duration::seconds(rng.random_range(1..86_400)))
+            };
+            let f = Facts {
+                now,
+                dialling: match rng.random_range(0..4) {
+                    0 => Dialling::Hold,
+                    1 => Dialling::Drain("campaign cancelled"),
+                    _ => Dialling::Dial,
+                },
+                listed: rng.random_bool(0.1).then(|| "listed".to_owned()),
+                window_opens: some(&mut rng, 0.4),
+                capped_until: some(&mut rng, 0.4),
+                expires_at: rng
+                    .random_bool(0.8)
+                    .then(|| now + chrono::Duration::seconds(rng.random_range(-3_600..86_400))),
+                checks: Checks::default(),
+                compliance: Default::default(),
+            };
+            let decision = decide(&f);
+            let past = f.expires_at.is_some_and(|e| e <= now);
+            if past && !matches!(f.dialling, Dialling::Drain(_)) {
+                assert!(
+                    matches!(decision, Decision::Expire(_)),
+                    "seed {seed}: {f:?}"
+                );
+            }
+            if let Decision::Defer(until) = decision {
+                assert!(
+                    f.expires_at.is_none_or(|e| until <= e),
+                    "seed {seed}: deferred past the expiry: {f:?}"
+                );
+            }
+            if let Decision::Limit(_) = decision {
+                // Only the frequency cap limits, and only once nothing else held the call.
+                assert!(
+                    f.capped_until.is_some() && f.window_opens.is_none(),
+                    "seed {seed}: {f:?}"
+                );
+                assert!(f.capped_until > f.expires_at, "seed {seed}: {f:?}");
+            }
+            if let Decision::Expire(_) = decision
+                && !past
+            {
+                let until = f.window_opens.unwrap_or(now);
+                assert!(
+                    f.expires_at.is_some_and(|e| until > e),
+                    "seed {seed}: {f:?}"
+                );
+            }
+            // Without an expiry, the rule is the one it always was.
+            let unbounded = decide(&Facts {
+                expires_at: None,
+                ..f.clone()
+            });
+            if let Decision::Expire(_) | Decision::Limit(_) = decision {
+                // Ended for its wait, which it would otherwise have waited; or simply past.
+                assert!(
+                    past || matches!(unbounded, Decision::Defer(_)),
+                    "seed {seed}: {f:?}"
+                );
+            } else {
+                assert_eq!(unbounded, decision, "seed {seed}: {f:?}");
+            }
+            seen.insert(std::mem::discriminant(&decision));
+        }
+        assert_eq!(seen.len(), 5, "seed {seed}: every decision was reached");
     }
 }

@@ -75,6 +75,8 @@ pub struct CallContext {
     /// How often the dial message is kept alive while the call lasts (well under AckWait).
     pub progress_every: Duration,
     pub shutdown: CancellationToken,
+    /// This replica's name in the attempts' audit records ([`crate::audit::replica`]).
+    pub replica: Arc<str>,
 }
 
 /// How often a waiting call reads its outcome from the stream, in case its delivery was
@@ -247,7 +249,7 @@ async fn place(
             Ok(Some(Placed::at(at)))
         }
         Known::Nothing(last_sequence) => 'nothing: {
-            use crate::admission::{Seen, decide, gather};
+            use crate::admission::{Seen, gather};
             let pulled = Seen::Pulled {
                 mode,
                 info: campaign,
@@ -255,7 +257,7 @@ async fn place(
             let mut facts = gather(ctx, request, pulled)
                 .await
                 .map_err(CallError::Check)?;
-            if settle(ctx, request, message, decide(&facts)).await? {
+            if settle(ctx, request, message, &facts, false).await? {
                 return Ok(None);
             }
             let slot = ctx
@@ -277,7 +279,7 @@ async fn place(
                 facts = gather(ctx, request, stored)
                     .await
                     .map_err(CallError::Check)?;
-                if settle(ctx, request, message, decide(&facts)).await? {
+                if settle(ctx, request, message, &facts, false).await? {
                     return Ok(None);
                 }
             }
@@ -291,8 +293,8 @@ async fn place(
                 tracing::info!(call = %request.call_id, held, cap,
                     "more calls held than the campaign's cap; put off");
                 counter!("ccm_dialer_over_cap_put_off_total").increment(1);
-                let later = crate::admission::Decision::Defer(Utc::now() + crate::cap::PUT_OFF);
-                if settle(ctx, request, message, later).await? {
+                let later = crate::admission::held_until(&facts, Utc::now() + crate::cap::PUT_OFF);
+                if carry_out(ctx, request, message, &facts, later).await? {
                     return Ok(None);
                 }
             }
@@ -302,7 +304,9 @@ async fn place(
                 crate::compliance::take(ctx, request, &mut facts.compliance, Utc::now())
                     .await
                     .map_err(CallError::Frequency)?;
-            if settle(ctx, request, message, decide(&facts)).await? {
+            facts.checks.rules = Some(crate::compliance::audited(&facts.compliance));
+            // The decision that counts, recorded whatever it is.
+            if settle(ctx, request, message, &facts, true).await? {
                 return Ok(None);
             }
             let published = crate::dialing::publish(ctx, request, message, last_sequence)
@@ -364,18 +368,49 @@ async fn place(
     }
 }
 
-/// Carries out a decision not to place: true when the attempt was ended or put off (and
-/// its message acknowledged), false when it is to be placed.
+/// Decides on `facts` and carries out a decision not to place: true when the attempt was
+/// ended or put off (and its message acknowledged), false when it is to be placed. Every
+/// decision that is acted on is recorded first ([`crate::audit`]); a decision to place is
+/// recorded only when it is `last` (the one made right before `Dialing`).
 async fn settle(
     ctx: &CallContext,
     request: &DialRequest,
     message: &Message,
+    facts: &crate::admission::Facts,
+    last: bool,
+) -> Result<bool, CallError> {
+    use crate::admission::{Decision, decide};
+    let decision = decide(facts);
+    if decision == Decision::Place && !last {
+        return Ok(false);
+    }
+    carry_out(ctx, request, message, facts, decision).await
+}
+
+/// Records `decision` (made on `facts`) and carries it out: true when the attempt was ended
+/// or put off (and its message acknowledged), false when it is to be placed.
+async fn carry_out(
+    ctx: &CallContext,
+    request: &DialRequest,
+    message: &Message,
+    facts: &crate::admission::Facts,
     decision: crate::admission::Decision,
 ) -> Result<bool, CallError> {
     use crate::admission::Decision;
+    let record = crate::audit::record(ctx, request, message, facts, &decision);
+    crate::audit::publish(ctx, &record)
+        .await
+        .map_err(|e| CallError::Nats(e.to_string()))?;
+    let end = |kind| async move {
+        end_attempt(ctx, request, kind)
+            .await
+            .map_err(|e| CallError::Nats(e.to_string()))
+    };
     match decision {
         Decision::Place => return Ok(false),
         Decision::End(reason) => cancel(ctx, request, &reason).await?,
+        Decision::Expire(reason) => end(EventKind::Expired { reason }).await?,
+        Decision::Limit(reason) => end(EventKind::Limited { reason }).await?,
         Decision::Defer(until) => crate::window::defer(ctx, request, message, until)
             .await
             .map_err(CallError::Window)?,
@@ -420,12 +455,20 @@ pub(crate) async fn cancel_attempt(
     request: &DialRequest,
     reason: &str,
 ) -> Result<(), ccm_core::nats::NatsError> {
-    let event = CallEvent::of_request(
-        request,
-        EventKind::Cancelled {
-            reason: reason.into(),
-        },
-    );
+    let kind = EventKind::Cancelled {
+        reason: reason.into(),
+    };
+    end_attempt(ctx, request, kind).await
+}
+
+/// Ends an unplaced attempt with the terminal event `kind` (cancelled, expired, limited) and
+/// releases the number's claim.
+async fn end_attempt(
+    ctx: &CallContext,
+    request: &DialRequest,
+    kind: EventKind,
+) -> Result<(), ccm_core::nats::NatsError> {
+    let event = CallEvent::of_request(request, kind);
     ccm_core::nats::publish_event(&ctx.js, &event).await?;
     ctx.claims
         .release(

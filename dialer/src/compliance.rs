@@ -134,6 +134,34 @@ pub async fn check(
     })
 }
 
+/// The audit record's section of what the rules saw.
+pub fn audited(seen: &Seen) -> ccm_core::attempt_audit::RulesSeen {
+    ccm_core::attempt_audit::RulesSeen {
+        jurisdiction: seen.jurisdiction.clone(),
+        jurisdiction_source: seen.jurisdiction_source,
+        rules: seen.rules.clone(),
+        counts: seen.counts.clone(),
+    }
+}
+
+/// The callee's zones, why, and the local time in each at `now`, when the callee was looked
+/// up (a window, a pack or a limit needed them).
+pub fn time_seen(seen: &Seen, now: DateTime<Utc>) -> Option<ccm_core::attempt_audit::TimeSeen> {
+    let source = seen.zone_source?;
+    Some(ccm_core::attempt_audit::TimeSeen {
+        zones: seen.zones.clone(),
+        source,
+        local: seen
+            .checked_zones
+            .iter()
+            .map(|z| {
+                now.with_timezone(z)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+            })
+            .collect(),
+    })
+}
+
 /// Counts the attempt now that it goes (after the pacing wait): `None` when counted, else
 /// when the limits permit the next one (another attempt to the number took the last unit).
 pub async fn take(

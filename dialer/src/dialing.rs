@@ -65,6 +65,7 @@ pub async fn publish(
             max_attempts: request.max_attempts,
             created_at: request.created_at,
             custom_fields: request.custom_fields.clone(),
+            expires_at: request.expires_at,
         },
     );
     // The dial message's own sequence and delivery: two messages of one attempt never share

@@ -25,6 +25,7 @@
 //! - [`window`] puts off an attempt whose callee is outside the campaign's calling window.
 
 mod admission;
+pub(crate) mod audit;
 pub(crate) mod call;
 pub(crate) mod cap;
 pub mod carrier;
@@ -169,6 +170,7 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
         max_call_duration: Duration::from_secs(config.dialer.max_call_duration_secs),
         hangup_grace: Duration::from_millis(config.dialer.hangup_grace_ms),
         progress_every: Duration::from_secs(10),
+        replica: audit::replica().into(),
         shutdown: calls_stop.clone(),
     });
     let trunk = Arc::new(Trunk::new(
@@ -442,6 +444,7 @@ impl Supervisor<'_> {
                 max_calls_per_second: campaign.max_calls_per_second,
                 purpose: campaign.purpose,
                 ring_timeout_secs: campaign.ring_timeout_secs,
+                revision: entry.revision,
             },
             max_call_duration: campaign
                 .max_call_duration_secs

@@ -47,6 +47,16 @@ pub enum WindowError {
     Publish(#[source] ccm_core::nats::NatsError),
 }
 
+/// How many times the attempt carried by `message` was put off before (0: never).
+pub fn deferrals_of(message: &Message) -> u32 {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(|id| RetryEntry::deferrals_in(id.as_str()))
+        .unwrap_or(0)
+}
+
 /// Parks the attempt in `RETRIES` until `due` (its window opens, the daily attempt cap of its
 /// number resets, or at once when its campaign is held); the caller then acknowledges the
 /// message.
@@ -56,12 +66,7 @@ pub async fn defer(
     message: &Message,
     due: DateTime<Utc>,
 ) -> Result<(), WindowError> {
-    let delivered_as = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-        .map(|id| RetryEntry::deferrals_in(id.as_str()))
-        .unwrap_or(0);
+    let delivered_as = deferrals_of(message);
     let entry = RetryEntry {
         due_at: due,
         request: DialRequest {

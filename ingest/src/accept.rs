@@ -17,7 +17,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use ccm_core::{
     CallId, Campaign, CustomFields, DialRequest, PhoneNumber, dnc::DncList, metrics::counter,
 };
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::{StreamExt, stream};
 
 use ccm_core::claims::{Claim, ClaimError};
@@ -106,11 +106,26 @@ async fn bind(state: &AppState, claim: &Claim) {
     }
 }
 
+/// Refuses an `expires_at` that is not in the future: `422 expires_at_in_past` (a call that
+/// could never be placed is not accepted).
+pub(crate) fn refuse_past_expiry(
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<(), crate::error::AppError> {
+    ccm_core::expiry::check_not_past(expires_at, Utc::now()).map_err(|e| {
+        crate::error::AppError::Client {
+            status: axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            code: "expires_at_in_past",
+            detail: e.to_string(),
+        }
+    })
+}
+
 fn dial_request(
     campaign: &Campaign,
     phone: PhoneNumber,
     call_id: CallId,
     custom_fields: CustomFields,
+    expires_at: Option<DateTime<Utc>>,
 ) -> DialRequest {
     let now = Utc::now();
     DialRequest {
@@ -122,6 +137,7 @@ fn dial_request(
         created_at: now,
         queued_at: now,
         custom_fields,
+        expires_at,
     }
 }
 
@@ -232,10 +248,11 @@ pub async fn accept_one(
     campaign: &Campaign,
     phone: PhoneNumber,
     call_id: CallId,
+    expires_at: Option<DateTime<Utc>>,
 ) -> Result<DialRequest, AcceptError> {
     let result = async {
         let claim = check_and_claim(state, campaign, &phone, call_id).await?;
-        let request = dial_request(campaign, phone, call_id, CustomFields::new());
+        let request = dial_request(campaign, phone, call_id, CustomFields::new(), expires_at);
         publish_claimed(state, &state.js, &claim, request).await
     }
     .await;
@@ -310,10 +327,11 @@ pub async fn accept_many(
     state: &AppState,
     campaign: &Campaign,
     phones: Vec<PhoneNumber>,
+    expires_at: Option<DateTime<Utc>>,
 ) -> Vec<Result<DialRequest, AcceptError>> {
     let targets = phones
         .into_iter()
-        .map(|phone| (phone, CustomFields::new(), CallId::new()))
+        .map(|phone| (phone, CustomFields::new(), CallId::new(), expires_at))
         .collect();
     accept_many_with_fields(state, campaign, targets).await
 }
@@ -324,16 +342,16 @@ pub async fn accept_many(
 pub async fn accept_many_with_fields(
     state: &AppState,
     campaign: &Campaign,
-    targets: Vec<(PhoneNumber, CustomFields, CallId)>,
+    targets: Vec<(PhoneNumber, CustomFields, CallId, Option<DateTime<Utc>>)>,
 ) -> Vec<Result<DialRequest, AcceptError>> {
     let total = targets.len();
     // Claims stream into publishes: a number's dial message is sent as soon as its claim (and
     // every claim before it, so the campaign is dialled in the order given) is back, which
     // overlaps the two round trips instead of running all claims first.
     let mut claims = stream::iter(targets)
-        .map(|(phone, fields, call_id)| async move {
+        .map(|(phone, fields, call_id, expires_at)| async move {
             let claimed = check_and_claim(state, campaign, &phone, call_id).await;
-            (phone, fields, call_id, claimed)
+            (phone, (fields, expires_at), call_id, claimed)
         })
         .buffered(CLAIM_CONCURRENCY)
         .enumerate();
@@ -349,7 +367,7 @@ pub async fn accept_many_with_fields(
                 continue;
             }
         };
-        let request = dial_request(campaign, phone, call_id, fields);
+        let request = dial_request(campaign, phone, call_id, fields.0, fields.1);
         match send(&state.js, &request).await {
             Ok(ack) => window.push(Pending {
                 index,
@@ -524,7 +542,7 @@ mod tests {
         let claim = claim(&state, campaign.id, &phone, call_id)
             .await
             .expect("claim");
-        let request = dial_request(&campaign, phone.clone(), call_id, CustomFields::new());
+        let request = dial_request(&campaign, phone.clone(), call_id, CustomFields::new(), None);
         signal(pid, "STOP");
         let first = publish_claimed(&state, &quick, &claim, request).await;
         signal(pid, "CONT");
@@ -551,7 +569,7 @@ mod tests {
         );
 
         // The client's retry (same key, so same call id) re-sends the same message.
-        let again = accept_one(&state, &campaign, phone, call_id)
+        let again = accept_one(&state, &campaign, phone, call_id, None)
             .await
             .expect("the same call is accepted");
         assert_eq!(again.call_id, call_id);

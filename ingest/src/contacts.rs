@@ -31,6 +31,7 @@ pub async fn add(
                 time_zone: None,
                 postal_code: None,
                 fields: Default::default(),
+                expires_at: None,
             };
             let value = serde_json::to_vec(&contact)?;
             match state
@@ -77,23 +78,24 @@ pub async fn put(state: &AppState, contacts: Vec<Contact>) -> Result<usize, asyn
     Ok(n)
 }
 
-/// The custom fields of each of `phones` (contacts of `campaign`), in the same order: empty
-/// for a number added without any, or whose contact is gone.
+/// The custom fields and expiry of each of `phones` (contacts of `campaign`), in the same
+/// order: none for a number added without any, or whose contact is gone.
 pub async fn fields(
     state: &AppState,
     campaign: CampaignId,
     phones: &[PhoneNumber],
-) -> Result<Vec<CustomFields>, async_nats::Error> {
+) -> Result<Vec<(CustomFields, Option<chrono::DateTime<Utc>>)>, async_nats::Error> {
     // Owned keys: futures borrowing the slice's items would make the handler's future
     // lifetime-generic, which axum's `Send` bound cannot express.
     let keys: Vec<String> = phones.iter().map(|phone| key(campaign, phone)).collect();
-    let read: Vec<Result<CustomFields, async_nats::Error>> = stream::iter(keys)
+    type Read = Result<(CustomFields, Option<chrono::DateTime<Utc>>), async_nats::Error>;
+    let read: Vec<Read> = stream::iter(keys)
         .map(|key| async move {
             let value = state.contacts.get(key).await?;
             // A value that does not decode has no fields to give; the call is still made.
             Ok(value
                 .and_then(|v| serde_json::from_slice::<Contact>(&v).ok())
-                .map(|c| c.fields)
+                .map(|c| (c.fields, c.expires_at))
                 .unwrap_or_default())
         })
         .buffered(256)

@@ -166,6 +166,7 @@ async fn paced(js: &jetstream::Context, rate: usize, total: usize) -> anyhow::Re
                     max_attempts: 1,
                     created_at: now,
                     custom_fields: Default::default(),
+                    expires_at: None,
                 },
             };
             let publish = jetstream::message::PublishMessage::build()

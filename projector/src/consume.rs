@@ -311,6 +311,9 @@ pub fn decode(source: Source, message: &Message) -> Result<Option<Item>, String>
             ),
         }));
     }
+    if source == Source::Events && message.subject.starts_with("calls.audit.") {
+        return decode_audit(seq, &message.payload).map(Some);
+    }
     let is_put = header("KV-Operation").is_none_or(|op| op == "PUT");
     let mut item = decode_payload(source, seq, &message.payload, is_put)?;
     if let Some(Item::Event { resolves, .. }) = item.as_mut() {
@@ -373,6 +376,18 @@ pub fn decode_payload(
                 .map_err(|e| e.to_string())
         }
     }
+}
+
+/// Decodes an admission audit record (`calls.audit.<campaign>.<call>` in `CALL_EVENTS`).
+pub fn decode_audit(seq: u64, payload: &[u8]) -> Result<Item, String> {
+    let payload: &[u8] = &crate::nul::replaced(payload);
+    let audit = serde_json::from_slice::<ccm_core::attempt_audit::AttemptAudit>(payload)
+        .map_err(|e| e.to_string())?;
+    Ok(Item::Audit {
+        seq,
+        audit: Box::new(audit),
+        payload: utf8(payload)?,
+    })
 }
 
 fn utf8(payload: &[u8]) -> Result<String, String> {

@@ -43,6 +43,12 @@ pub enum Item {
         seq: u64,
         contact: ccm_core::campaign::Contact,
     },
+    /// An admission audit record from `CALL_EVENTS` (`calls.audit.…`), kept in `call_audit`.
+    Audit {
+        seq: u64,
+        audit: Box<ccm_core::attempt_audit::AttemptAudit>,
+        payload: String,
+    },
 }
 
 impl Item {
@@ -52,6 +58,7 @@ impl Item {
             Self::Queued { seq, .. } | Self::Event { seq, .. } => *seq,
             Self::Campaign { revision, .. } => *revision,
             Self::Contact { seq, .. } | Self::DeadLetter { seq, .. } => *seq,
+            Self::Audit { seq, .. } => *seq,
         }
     }
 
@@ -73,7 +80,10 @@ impl Item {
                 event.kind.name(),
                 event.kind.status().as_str(),
             )),
-            Self::Campaign { .. } | Self::Contact { .. } | Self::DeadLetter { .. } => None,
+            Self::Campaign { .. }
+            | Self::Contact { .. }
+            | Self::DeadLetter { .. }
+            | Self::Audit { .. } => None,
         }
     }
 
@@ -93,7 +103,10 @@ impl Item {
     pub fn payload(&self) -> Option<&str> {
         match self {
             Self::Queued { payload, .. } | Self::Event { payload, .. } => Some(payload),
-            Self::Campaign { .. } | Self::Contact { .. } | Self::DeadLetter { .. } => None,
+            Self::Campaign { .. }
+            | Self::Contact { .. }
+            | Self::DeadLetter { .. }
+            | Self::Audit { .. } => None,
         }
     }
 
@@ -105,6 +118,7 @@ impl Item {
             Self::Campaign { campaign, .. } => campaign.updated_at,
             Self::Contact { contact, .. } => contact.created_at,
             Self::DeadLetter { letter, .. } => letter.created_at,
+            Self::Audit { audit, .. } => audit.at,
         }
     }
 }
@@ -273,6 +287,7 @@ impl CallRow {
                 max_attempts,
                 created_at,
                 custom_fields,
+                ..
             } => {
                 row.phone_number = Some(phone_number.as_str().to_owned());
                 row.custom_fields = fields(custom_fields);
@@ -303,7 +318,8 @@ impl CallRow {
             EventKind::Failed { reason: why }
             | EventKind::Cancelled { reason: why }
             | EventKind::DeadLettered { reason: why }
-            | EventKind::Expired { reason: why } => reason = Some(why.clone()),
+            | EventKind::Expired { reason: why }
+            | EventKind::Limited { reason: why } => reason = Some(why.clone()),
             EventKind::Completed => {}
         }
         if reason.is_some() {
@@ -416,7 +432,10 @@ impl Fold {
                 event.campaign_id.as_i64(),
                 event.at,
             ),
-            Item::Campaign { .. } | Item::Contact { .. } | Item::DeadLetter { .. } => return,
+            Item::Campaign { .. }
+            | Item::Contact { .. }
+            | Item::DeadLetter { .. }
+            | Item::Audit { .. } => return,
         };
         if !counts {
             row.total_call_time = 0;
@@ -480,7 +499,8 @@ impl Fold {
             EventKind::Completed
             | EventKind::Failed { .. }
             | EventKind::Cancelled { .. }
-            | EventKind::Expired { .. } => {}
+            | EventKind::Expired { .. }
+            | EventKind::Limited { .. } => {}
         }
     }
 

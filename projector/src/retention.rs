@@ -72,6 +72,10 @@ pub async fn round(pool: &PgPool, days: u32) -> Result<(u64, u64), sqlx::Error> 
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        sqlx::query(privacy::ANONYMISE_AUDIT_SQL)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
         let c = sqlx::query(privacy::ANONYMISE_CALLS_SQL)
             .bind(&ids)
             .execute(&mut *tx)

@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::fold::{CallRow, Fold, Item};
 
+pub mod audit;
 mod counted;
 pub mod dead_letters;
 
@@ -68,16 +69,23 @@ pub async fn write(
     let mut campaigns = Vec::new();
     let mut contacts = Vec::new();
     let mut letters = Vec::new();
+    let mut audits = Vec::new();
     let mut events = Vec::with_capacity(by_seq.len());
     for item in by_seq.values() {
         match item {
             Item::Campaign { revision, campaign } => campaigns.push((*revision, campaign)),
             Item::Contact { contact, .. } => contacts.push(contact),
             Item::DeadLetter { seq, letter } => letters.push((*seq, letter)),
+            Item::Audit {
+                seq,
+                audit,
+                payload,
+            } => audits.push((*seq, &**audit, payload.as_str())),
             _ => events.push(*item),
         }
     }
     dead_letters::upsert_letters(&letters, conn).await?;
+    let new_audits = audit::insert(&audits, conn).await?;
     for (revision, campaign) in &campaigns {
         upsert_campaign(*revision, campaign, conn).await?;
     }
@@ -100,8 +108,8 @@ pub async fn write(
     add_concurrency(&fold.concurrency, conn).await?;
     dead_letters::resolve(&fold.resolutions, conn).await?;
     Ok(Written {
-        new: new.len() + campaigns.len() + contacts.len() + letters.len(),
-        duplicate: events.len() - new.len(),
+        new: new.len() + campaigns.len() + contacts.len() + letters.len() + new_audits,
+        duplicate: events.len() - new.len() + (audits.len() - new_audits),
         statuses: fold.statuses,
     })
 }

@@ -75,10 +75,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut next = 0_u64;
+    let mut held = crate::deadline::Cursors::default();
     loop {
         match round(&ctx, max_queue_age, next).await {
             Ok(resume) => next = resume,
             Err(e) => tracing::warn!(error = ?e, "expiry sweep stopped early; next round resumes"),
+        }
+        if let Err(e) = crate::deadline::round(&ctx, &mut held).await {
+            tracing::warn!(error = ?e, "held calls' expiry sweep stopped early; next round resumes");
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -120,18 +124,19 @@ pub async fn round(ctx: &Shared, max_queue_age: Duration, next: u64) -> Result<u
             break;
         }
         if let Ok(request) = serde_json::from_slice::<DialRequest>(&message.payload) {
-            expire_if_waiting(ctx, &request, now - stored, max_queue_age).await?;
+            let why = reason(now - stored, max_queue_age);
+            expire_if_waiting(ctx, &request, why).await?;
         }
         seq += 1;
     }
     Ok(seq)
 }
 
-async fn expire_if_waiting(
+/// Ends `request`'s call `EXPIRED` with `reason` if its attempt still waits (see [`verdict`]).
+pub(crate) async fn expire_if_waiting(
     ctx: &Shared,
     request: &DialRequest,
-    waited: chrono::TimeDelta,
-    max_queue_age: Duration,
+    reason: String,
 ) -> Result<(), ExpiryError> {
     let subject = subjects::event(request.campaign_id, request.call_id);
     let latest = ccm_core::call_log::last_on(&ctx.events, subject.clone())
@@ -142,12 +147,7 @@ async fn expire_if_waiting(
     if verdict(request.attempt, event) == Verdict::Leave {
         return Ok(());
     }
-    let expired = CallEvent::of_request(
-        request,
-        EventKind::Expired {
-            reason: reason(waited, max_queue_age),
-        },
-    );
+    let expired = CallEvent::of_request(request, EventKind::Expired { reason });
     // Only if nothing happened to the call since it was read: a Dialing that lands first wins.
     let mut headers = HeaderMap::new();
     let last = latest.map_or(0, |(s, _)| s);
@@ -164,7 +164,7 @@ async fn expire_if_waiting(
     )
     .await?;
     counter!("ccm_retrier_expired_total").increment(1);
-    tracing::info!(call = %request.call_id, attempt = request.attempt, "queued too long; expired");
+    tracing::info!(call = %request.call_id, attempt = request.attempt, "waited too long; expired");
     // Released through the claims' owner, retried there until definite.
     ctx.claims
         .release(

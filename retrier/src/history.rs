@@ -30,6 +30,8 @@ pub struct CallFacts {
     pub created_at: DateTime<Utc>,
     /// The contact's custom fields, which every later attempt carries on.
     pub custom_fields: CustomFields,
+    /// The call's expiry: no retry is scheduled after it.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// The call's events could not be read.
@@ -120,11 +122,13 @@ impl CallHistory {
                 max_attempts,
                 created_at,
                 custom_fields,
+                expires_at,
             } => Some(CallFacts {
                 phone_number: phone_number.clone(),
                 max_attempts: *max_attempts,
                 created_at: *created_at,
                 custom_fields: custom_fields.clone(),
+                expires_at: *expires_at,
             }),
             _ => None,
         })

@@ -19,12 +19,14 @@
 //! state each one's poison and shutdown policy.
 //!
 //! Beside them, [`expiry`] ends `EXPIRED` every attempt left undialled in `CALLS` longer than
-//! `retrier.max_queue_age_secs`, before the stream's retention could drop it.
+//! `retrier.max_queue_age_secs`, before the stream's retention could drop it, and [`deadline`]
+//! every call of a held campaign whose own `expires_at` has passed.
 //!
 //! [`dlq`] also holds the operator's actions (list, show, redrive, discard) that the
 //! `ccm-retrier dlq` subcommands run.
 
 pub(crate) mod advisories;
+pub mod deadline;
 pub mod dlq;
 pub mod expiry;
 pub mod history;

@@ -151,25 +151,31 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
                     at,
                 )
                 .await?;
-                let entry = RetryEntry {
-                    due_at: at,
-                    request: DialRequest {
-                        call_id: outcome.call_id,
-                        campaign_id: outcome.campaign_id,
-                        phone_number: facts.phone_number.clone(),
-                        attempt: outcome.attempt + 1,
-                        max_attempts: facts.max_attempts,
-                        created_at: facts.created_at,
-                        queued_at: at,
-                        custom_fields: facts.custom_fields.clone(),
-                    },
-                    window_deferral: None,
-                };
-                // The entry first: a Retrying event always has its entry behind it.
-                ccm_core::retries::schedule(&ctx.js, &entry).await?;
-                EventKind::Retrying {
-                    next_retry_at: at,
-                    reason: why,
+                // No retry after the call's expiry: it ends now, saying why.
+                if let Some(reason) = ccm_core::expiry::retry_past(at, facts.expires_at) {
+                    EventKind::Expired { reason }
+                } else {
+                    let entry = RetryEntry {
+                        due_at: at,
+                        request: DialRequest {
+                            call_id: outcome.call_id,
+                            campaign_id: outcome.campaign_id,
+                            phone_number: facts.phone_number.clone(),
+                            attempt: outcome.attempt + 1,
+                            max_attempts: facts.max_attempts,
+                            created_at: facts.created_at,
+                            queued_at: at,
+                            custom_fields: facts.custom_fields.clone(),
+                            expires_at: facts.expires_at,
+                        },
+                        window_deferral: None,
+                    };
+                    // The entry first: a Retrying event always has its entry behind it.
+                    ccm_core::retries::schedule(&ctx.js, &entry).await?;
+                    EventKind::Retrying {
+                        next_retry_at: at,
+                        reason: why,
+                    }
                 }
             }
             None => EventKind::Failed {

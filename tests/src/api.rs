@@ -105,6 +105,23 @@ impl ApiClient {
         self.send(reqwest::Method::GET, path, None).await
     }
 
+    /// A GET whose answer is not JSON: the status, the content type and the body as text.
+    pub async fn text(&self, path: &str) -> (u16, String, String) {
+        let response = self
+            .request(reqwest::Method::GET, path, None)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let kind = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (status, kind, response.text().await.expect("body"))
+    }
+
     /// Sends a raw body with a content type.
     pub async fn raw(
         &self,

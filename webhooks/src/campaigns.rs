@@ -48,8 +48,10 @@ struct Totals {
     failed: i64,
     cancelled: i64,
     dead_lettered: i64,
-    /// Ended `EXPIRED`: queued past the maximum queue age.
+    /// Ended `EXPIRED`: not placed by its `expires_at`, or queued past the maximum queue age.
     expired: i64,
+    /// Ended `LIMITED`: a frequency limit held its number past its `expires_at`.
+    limited: i64,
     #[serde(skip)]
     seen: i64,
 }
@@ -192,6 +194,7 @@ async fn totals(
              count(*) FILTER (WHERE status = 'CANCELLED') AS cancelled,
              count(*) FILTER (WHERE status = 'DEAD_LETTERED') AS dead_lettered,
              count(*) FILTER (WHERE status = 'EXPIRED') AS expired,
+             count(*) FILTER (WHERE status = 'LIMITED') AS limited,
              count(*) FILTER (WHERE call_id = ANY($2) AND {ended}) AS seen
          FROM calls WHERE campaign_id = $1"
     ))

@@ -5,7 +5,7 @@
 //!  attempt n:  QUEUED ─> PROCESSING ─> outcome ─┬─> RETRYING ──> attempt n+1: QUEUED ...
 //!                 │          │        (PICKED,  ├─> COMPLETED | FAILED          (the end)
 //!                 │          │       RNR, ...)  └─> CANCELLED | DEAD_LETTERED
-//!                 └──────────┴─> CANCELLED | DEAD_LETTERED | EXPIRED            (the end)
+//!                 └──────────┴─> CANCELLED | DEAD_LETTERED | EXPIRED | LIMITED  (the end)
 //!  a dead letter: DEAD_LETTERED ─> attempt n+1: QUEUED (redrive) | FAILED (discard)
 //! ```
 //!
@@ -46,8 +46,10 @@ pub enum End {
     /// Technical failures exhausted redelivery; the dial message is in the DLQ (an operator
     /// may redrive it, which queues the next attempt).
     DeadLettered,
-    /// Queued longer than the maximum queue age.
+    /// Not placed by its `expires_at`, or queued longer than the maximum queue age.
     Expired,
+    /// Not placed by its `expires_at` because a frequency limit held its number.
+    Limited,
 }
 
 /// Where a call is, as far as deciding its next step goes.
@@ -80,7 +82,7 @@ pub const ENDED_RANK: u8 = 5;
 
 impl CallState {
     /// Every state, for tests and for iteration.
-    pub const ALL: [CallState; 12] = [
+    pub const ALL: [CallState; 13] = [
         Self::Queued,
         Self::Processing,
         Self::Outcome(OutcomeStatus::Picked),
@@ -93,6 +95,7 @@ impl CallState {
         Self::Ended(End::Cancelled),
         Self::Ended(End::DeadLettered),
         Self::Ended(End::Expired),
+        Self::Ended(End::Limited),
     ];
 
     /// The state an event puts its attempt in.
@@ -106,6 +109,7 @@ impl CallState {
             EventKind::Cancelled { .. } => Self::Ended(End::Cancelled),
             EventKind::DeadLettered { .. } => Self::Ended(End::DeadLettered),
             EventKind::Expired { .. } => Self::Ended(End::Expired),
+            EventKind::Limited { .. } => Self::Ended(End::Limited),
         }
     }
 
@@ -125,6 +129,7 @@ impl CallState {
             CallStatus::Cancelled => Self::Ended(End::Cancelled),
             CallStatus::DeadLettered => Self::Ended(End::DeadLettered),
             CallStatus::Expired => Self::Ended(End::Expired),
+            CallStatus::Limited => Self::Ended(End::Limited),
         };
         (state.rank() == rank).then_some(state)
     }
@@ -141,6 +146,7 @@ impl CallState {
             Self::Ended(End::Cancelled) => CallStatus::Cancelled,
             Self::Ended(End::DeadLettered) => CallStatus::DeadLettered,
             Self::Ended(End::Expired) => CallStatus::Expired,
+            Self::Ended(End::Limited) => CallStatus::Limited,
         }
     }
 
@@ -184,7 +190,7 @@ impl CallState {
             return matches!(
                 (self, next),
                 (Self::Retrying | Self::Ended(DeadLettered), Self::Queued)
-                    | (Self::Retrying, Self::Ended(Cancelled))
+                    | (Self::Retrying, Self::Ended(Cancelled | Expired | Limited))
             );
         }
         if next_attempt != attempt {
@@ -192,11 +198,15 @@ impl CallState {
         }
         match (self, next) {
             (Self::Queued, Self::Processing) => true,
-            (Self::Queued, Self::Ended(Cancelled | DeadLettered | Expired)) => true,
+            (Self::Queued, Self::Ended(Cancelled | DeadLettered | Expired | Limited)) => true,
             (Self::Processing, Self::Outcome(_)) => true,
             (Self::Processing, Self::Ended(Cancelled | DeadLettered)) => true,
             (Self::Outcome(_), Self::Retrying) => true,
-            (Self::Outcome(_), Self::Ended(Completed | Failed | Cancelled | DeadLettered)) => true,
+            // Expired: the retry the policy wants would fall after the call's expiry.
+            (
+                Self::Outcome(_),
+                Self::Ended(Completed | Failed | Cancelled | DeadLettered | Expired),
+            ) => true,
             (Self::Retrying, Self::Ended(Cancelled)) => true,
             // An operator discards a dead letter: the call fails for good.
             (Self::Ended(DeadLettered), Self::Ended(Failed)) => true,

@@ -66,6 +66,7 @@ fn dialing(n: u64) -> EventKind {
         max_attempts: 1,
         created_at: Utc::now(),
         custom_fields: Default::default(),
+        expires_at: None,
     }
 }
 
@@ -79,6 +80,7 @@ async fn publish_dial(js: &jetstream::Context, call: CallId, n: u64) {
         created_at: Utc::now(),
         queued_at: Utc::now(),
         custom_fields: Default::default(),
+        expires_at: None,
     };
     ccm_core::nats::publish_dial(js, &request)
         .await

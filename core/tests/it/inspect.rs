@@ -43,6 +43,7 @@ async fn overview_shows_messages_consumers_and_buckets() {
             created_at: chrono::Utc::now(),
             queued_at: chrono::Utc::now(),
             custom_fields: Default::default(),
+            expires_at: None,
         };
         ccm_core::nats::publish_dial(&js, &request)
             .await

@@ -109,6 +109,8 @@ pub struct CampaignInfo {
     /// [`ccm_core::campaign::ring_time::requested_secs`] of these.
     pub purpose: ccm_core::campaign::Purpose,
     pub ring_timeout_secs: Option<u32>,
+    /// The revision of the campaign's document this view was made from (audit records).
+    pub revision: u64,
 }
 
 /// A carrier adapter.

@@ -56,6 +56,7 @@ fn request() -> DialRequest {
         created_at: now,
         queued_at: now,
         custom_fields: Default::default(),
+        expires_at: None,
     }
 }
 
@@ -66,6 +67,7 @@ fn campaign() -> CampaignInfo {
         max_calls_per_second: None,
         purpose: Purpose::Informational,
         ring_timeout_secs: None,
+        revision: 0,
     }
 }
 

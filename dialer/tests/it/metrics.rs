@@ -53,6 +53,7 @@ pub(crate) fn dial(campaign: CampaignId, n: u32) -> DialRequest {
         created_at: now,
         queued_at: now,
         custom_fields: Default::default(),
+        expires_at: None,
     }
 }
 

@@ -36,8 +36,9 @@ impl Bucket {
             Some(CallState::Ended(End::Completed)) => Bucket::Completed,
             Some(CallState::Ended(End::Cancelled)) => Bucket::Cancelled,
             Some(CallState::Ended(End::DeadLettered)) => Bucket::DeadLettered,
-            // Expired ended without being placed: a failure as far as the progress bar goes.
-            Some(CallState::Ended(End::Failed | End::Expired)) => Bucket::Failed,
+            // Expired or limited ended without being placed: a failure as far as the progress
+            // bar goes.
+            Some(CallState::Ended(End::Failed | End::Expired | End::Limited)) => Bucket::Failed,
             Some(CallState::Retrying) => Bucket::Retrying,
             Some(CallState::Queued) => Bucket::Queued,
             Some(CallState::Processing | CallState::Outcome(_)) => Bucket::Live,
@@ -254,6 +255,7 @@ mod tests {
             created_at: Utc::now(),
             queued_at: Utc::now(),
             custom_fields: Default::default(),
+            expires_at: None,
         }
     }
 
@@ -284,6 +286,7 @@ mod tests {
             max_attempts: 3,
             created_at: Utc::now(),
             custom_fields: Default::default(),
+            expires_at: None,
         }
     }
 

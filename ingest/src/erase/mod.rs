@@ -77,6 +77,7 @@ pub struct Export {
     #[schema(value_type = Vec<Object>)]
     pub consent: Vec<Value>,
     /// The read model's rows by table: `calls`, `call_events` (the calls' histories),
+    /// `call_audit` (the admission audit records of its calls),
     /// `phone_numbers`, `dead_letters`, `webhook_messages` and `webhook_attempts` (the
     /// webhook deliveries that named the number or its calls).
     #[schema(value_type = Object)]

@@ -46,6 +46,11 @@ pub(crate) async fn export(
              ORDER BY occurred_at, stream, seq",
         ),
         (
+            "call_audit",
+            "SELECT to_jsonb(a) FROM call_audit a WHERE call_id = ANY($1) \
+             OR phone_number = $2 ORDER BY decided_at, audit_id",
+        ),
+        (
             "phone_numbers",
             "SELECT to_jsonb(p) FROM phone_numbers p WHERE phone_number = $2 ORDER BY id",
         ),
@@ -103,6 +108,14 @@ pub(crate) async fn erase(
         .await?
         .rows_affected();
     counts.add("table", "call_events", "anonymised", n);
+    // The audit trail keeps each decision and what it checked (the proof a call was allowed),
+    // without the number.
+    let n = sqlx::query(privacy::ANONYMISE_AUDIT_SQL)
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    counts.add("table", "call_audit", "anonymised", n);
     let n = sqlx::query("DELETE FROM phone_numbers WHERE phone_number = $1")
         .bind(phone.as_str())
         .execute(&mut *tx)

@@ -29,6 +29,10 @@ use crate::{
 pub struct BulkQuery {
     #[param(value_type = u64)]
     pub campaign_id: CampaignId,
+    /// When every call of the request expires (RFC 3339, in the future).
+    #[serde(default)]
+    #[param(value_type = Option<String>)]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The result of one item.
@@ -86,6 +90,7 @@ fn rejected(index: usize, input: String, code: &'static str, detail: String) -> 
         (status = 404, description = "Unknown campaign", body = crate::openapi::Problem),
         (status = 413, description = "More items than bulk_max_items, or body too large", body = crate::openapi::Problem),
         (status = 415, description = "Neither application/json nor text/csv", body = crate::openapi::Problem),
+        (status = 422, description = "`expires_at_in_past`", body = crate::openapi::Problem),
     ))]
 pub(crate) async fn create(
     State(state): State<AppState>,
@@ -93,6 +98,7 @@ pub(crate) async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<ApiJson<BulkResult>, AppError> {
+    accept::refuse_past_expiry(query.expires_at)?;
     let inputs = parse_body(&headers, &body)?;
     if inputs.is_empty() {
         return Err(AppError::bad_request(
@@ -147,7 +153,7 @@ pub(crate) async fn create(
         }
     }
     let phones: Vec<PhoneNumber> = valid.iter().map(|(_, p)| p.clone()).collect();
-    let outcomes = accept::accept_many(&state, &campaign, phones).await;
+    let outcomes = accept::accept_many(&state, &campaign, phones, query.expires_at).await;
     let window = state.config.duplicate_call_window_minutes;
     for ((index, phone), outcome) in valid.into_iter().zip(outcomes) {
         let input = inputs[index].clone();

@@ -51,6 +51,11 @@ pub struct NewCall {
     #[schema(value_type = u64)]
     pub campaign_id: CampaignId,
     pub phone_number: String,
+    /// When the call expires (RFC 3339, in the future): not placed by then, it ends
+    /// `EXPIRED`, and no retry is scheduled after it.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "2026-12-31T18:00:00Z")]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What an accepted call looks like.
@@ -232,7 +237,7 @@ pub(crate) fn accept_error(phone: &PhoneNumber, e: AcceptError, window: u32) -> 
         (status = 409, description = "Number already live, within the duplicate window, or campaign inactive", body = crate::openapi::Problem),
         (status = 413, description = "Body too large", body = crate::openapi::Problem),
         (status = 415, description = "Not application/json", body = crate::openapi::Problem),
-        (status = 422, description = "Wrong types, unknown or missing fields, or `idempotency_key_reused` (the key was used with another request)", body = crate::openapi::Problem),
+        (status = 422, description = "Wrong types, unknown or missing fields, `expires_at_in_past`, or `idempotency_key_reused` (the key was used with another request)", body = crate::openapi::Problem),
         (status = 503, description = "Broker unavailable, nothing accepted; or `outcome_unknown`: the call may be queued, retry with the same Idempotency-Key to learn its outcome", body = crate::openapi::Problem),
     ))]
 pub(crate) async fn create(
@@ -242,6 +247,7 @@ pub(crate) async fn create(
 ) -> Result<(StatusCode, ApiJson<AcceptedCall>), AppError> {
     let phone = PhoneNumber::parse(&body.phone_number, state.config.phone_validation)
         .map_err(|e| AppError::bad_request("invalid_phone_number", e.to_string()))?;
+    accept::refuse_past_expiry(body.expires_at)?;
     let campaign = crate::campaign_store::load(&state, body.campaign_id)
         .await?
         .ok_or_else(|| campaigns::not_found(body.campaign_id))?;
@@ -263,7 +269,8 @@ pub(crate) async fn create(
         }
     }
     let window = state.config.duplicate_call_window_minutes;
-    let accepted = accept::accept_one(&state, &campaign, phone.clone(), call_id).await;
+    let accepted =
+        accept::accept_one(&state, &campaign, phone.clone(), call_id, body.expires_at).await;
     let call = match accepted {
         Ok(request) => AcceptedCall::from(request),
         // The call may exist: the key stays pending so that a retry with it resumes this
@@ -415,6 +422,7 @@ pub(crate) fn routes() -> Vec<Entry> {
         // Creating a call is the hot path and stays unlimited; listing is a query.
         token(routes!(create, call_queries::list)).expensive(GET),
         token(routes!(call_queries::get)),
+        token(routes!(super::call_audit::call)),
         token(routes!(bulk::create)).expensive(POST),
     ]
 }

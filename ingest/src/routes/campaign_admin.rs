@@ -312,6 +312,11 @@ async fn set_state(
 pub struct StartQuery {
     #[serde(default)]
     pub call_contacts: bool,
+    /// With `call_contacts`: when the calls expire (RFC 3339, in the future); a contact's own
+    /// earlier `expires_at` wins.
+    #[serde(default)]
+    #[param(value_type = Option<String>)]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The started campaign, and what calling its contacts gave.
@@ -334,6 +339,7 @@ pub(crate) async fn start(
     crate::error::ApiQuery(query): crate::error::ApiQuery<StartQuery>,
 ) -> Result<ApiJson<Started>, AppError> {
     let mut contacts_called = None;
+    crate::accept::refuse_past_expiry(query.expires_at)?;
     if query.call_contacts {
         let campaign_id = parse_id(&id)?;
         let campaign = crate::campaign_store::load(&state, campaign_id)
@@ -350,8 +356,9 @@ pub(crate) async fn start(
         // failed half-way left it a draft, and its retry finishes the job (see
         // `contact_calls`: each contact's call keeps its id, so none is doubled).
         if campaign.state == CampaignState::Draft {
-            contacts_called =
-                Some(crate::routes::contact_calls::call_all(&state, &campaign).await?);
+            contacts_called = Some(
+                crate::routes::contact_calls::call_all(&state, &campaign, query.expires_at).await?,
+            );
         }
     }
     let ApiJson(campaign) = set_state(&state, &id, Action::Start).await?;

@@ -261,6 +261,7 @@ pub(crate) fn routes() -> Vec<Entry> {
         token(routes!(admin::resume)),
         token(routes!(admin::cancel)),
         token(routes!(admin::stats)),
+        token(routes!(super::call_audit::campaign_csv)).expensive(GET),
         token(routes!(super::rerun::rerun)).expensive(POST),
     ]
 }

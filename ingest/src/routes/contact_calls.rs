@@ -27,14 +27,22 @@ const CHUNK: usize = 10_000;
 pub struct Called {
     pub contacts: usize,
     pub accepted: usize,
+    /// Not called: the contact's (or the start's) `expires_at` had passed.
+    pub expired: usize,
     /// On a do-not-call list.
     pub do_not_call: usize,
     /// Already live or within the duplicate window.
     pub duplicates: usize,
 }
 
-/// Accepts a call for every contact of `campaign`.
-pub async fn call_all(state: &AppState, campaign: &Campaign) -> Result<Called, AppError> {
+/// Accepts a call for every contact of `campaign`, each expiring at the earlier of the
+/// contact's `expires_at` and `expires_at` (the start's); a contact already past it is counted,
+/// not called.
+pub async fn call_all(
+    state: &AppState,
+    campaign: &Campaign,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<Called, AppError> {
     let phones = crate::contacts::list(state, campaign.id)
         .await
         .map_err(|e| AppError::unavailable(std::io::Error::other(e.to_string())))?;
@@ -48,15 +56,17 @@ pub async fn call_all(state: &AppState, campaign: &Campaign) -> Result<Called, A
         let fields = crate::contacts::fields(state, campaign.id, chunk)
             .await
             .map_err(|e| AppError::unavailable(std::io::Error::other(e.to_string())))?;
-        let targets = chunk
-            .iter()
-            .cloned()
-            .zip(fields)
-            .map(|(phone, fields)| {
-                let id = contact_call_id(campaign.id, &phone);
-                (phone, fields, id)
-            })
-            .collect();
+        let now = chrono::Utc::now();
+        let mut targets = Vec::with_capacity(chunk.len());
+        for (phone, (fields, own)) in chunk.iter().cloned().zip(fields) {
+            let expiry = ccm_core::expiry::earliest(own, expires_at);
+            if ccm_core::expiry::is_past(expiry, now) {
+                called.expired += 1;
+                continue;
+            }
+            let id = contact_call_id(campaign.id, &phone);
+            targets.push((phone, fields, id, expiry));
+        }
         for outcome in accept::accept_many_with_fields(state, campaign, targets).await {
             match outcome {
                 Ok(_) => called.accepted += 1,

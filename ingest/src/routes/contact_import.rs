@@ -138,6 +138,8 @@ struct Header {
     phone: usize,
     zone: Option<usize>,
     postal: Option<usize>,
+    /// The optional `expires_at` column (RFC 3339; empty: none).
+    expiry: Option<usize>,
 }
 
 struct Import<'a> {
@@ -193,11 +195,15 @@ impl Import<'_> {
             let postal = names
                 .iter()
                 .position(|n| n.eq_ignore_ascii_case("postal_code"));
+            let expiry = names
+                .iter()
+                .position(|n| n.eq_ignore_ascii_case("expires_at"));
             self.header = Some(Header {
                 names,
                 phone,
                 zone,
                 postal,
+                expiry,
             });
             return Ok(());
         };
@@ -219,7 +225,18 @@ impl Import<'_> {
             self.reject(reason);
             return Ok(());
         }
+        let expires_at = match header.expiry.map(|e| fields[e].trim()) {
+            None | Some("") => None,
+            Some(text) => match chrono::DateTime::parse_from_rfc3339(text) {
+                Ok(at) => Some(at.with_timezone(&Utc)),
+                Err(_) => {
+                    self.reject(format!("expires_at {text:?} is not an RFC 3339 date-time"));
+                    return Ok(());
+                }
+            },
+        };
         let item = NewContact {
+            expires_at,
             phone_number: fields[header.phone].trim().to_owned(),
             time_zone: header
                 .zone
@@ -233,7 +250,10 @@ impl Import<'_> {
             .zip(&fields)
             .enumerate()
             .filter(|(i, _)| {
-                *i != header.phone && Some(*i) != header.zone && Some(*i) != header.postal
+                *i != header.phone
+                    && Some(*i) != header.zone
+                    && Some(*i) != header.postal
+                    && Some(*i) != header.expiry
             })
             .map(|(_, (name, value))| (name.clone(), value.clone()))
             .collect();

@@ -31,6 +31,11 @@ pub struct NewContact {
     #[serde(default)]
     #[schema(example = "90210")]
     pub postal_code: Option<String>,
+    /// When calls made from this contact (`start?call_contacts=true`) expire, RFC 3339; a
+    /// call's own `expires_at`, when earlier, wins. Must be in the future.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "2026-12-31T18:00:00Z")]
+    pub expires_at: Option<chrono::DateTime<Utc>>,
 }
 
 /// The body: the contacts to add.
@@ -120,6 +125,7 @@ pub(crate) fn contact(
     {
         return Err(format!("{code:?} is not a postal code"));
     }
+    ccm_core::expiry::check_not_past(item.expires_at, now).map_err(|e| e.to_string())?;
     Ok(Contact {
         campaign_id: campaign,
         phone_number,
@@ -127,5 +133,6 @@ pub(crate) fn contact(
         time_zone: item.time_zone,
         postal_code,
         fields: Default::default(),
+        expires_at: item.expires_at,
     })
 }

@@ -1,6 +1,7 @@
 //! Route handlers, one module per resource.
 
 pub mod bulk;
+pub mod call_audit;
 pub mod call_queries;
 pub mod callbacks;
 pub mod calls;

@@ -33,12 +33,13 @@ use crate::{
 
 /// The outcomes a rerun may select: how an unreached call ended (its final state), or what
 /// its last attempt gave. An answered call is never selected.
-const SELECTABLE: [CallStatus; 6] = [
+const SELECTABLE: [CallStatus; 7] = [
     CallStatus::Rnr,
     CallStatus::Disconnected,
     CallStatus::Failed,
     CallStatus::Cancelled,
     CallStatus::Expired,
+    CallStatus::Limited,
     CallStatus::DeadLettered,
 ];
 
@@ -47,7 +48,7 @@ const SELECTABLE: [CallStatus; 6] = [
 #[serde(deny_unknown_fields)]
 pub struct RerunRequest {
     /// The outcomes to call again: `RNR`, `DISCONNECTED`, `FAILED`, `CANCELLED`, `EXPIRED`,
-    /// `DEAD_LETTERED`. A call is selected when it ended in one of them or its last attempt
+    /// `LIMITED`, `DEAD_LETTERED`. A call is selected when it ended in one of them or its last attempt
     /// gave one (a call that ended `FAILED` after three unanswered attempts matches `RNR`).
     #[schema(value_type = Vec<String>, example = json!(["RNR", "FAILED"]))]
     pub outcomes: Vec<String>,
@@ -181,7 +182,7 @@ pub(crate) async fn rerun(
     let campaign = if body.draft {
         campaign
     } else {
-        contacts_called = Some(contact_calls::call_all(&state, &campaign).await?);
+        contacts_called = Some(contact_calls::call_all(&state, &campaign, None).await?);
         crate::campaign_store::update::<AppError>(&state, campaign.id, |c| {
             c.apply(ccm_core::lifecycle::Action::Start, Utc::now())
                 .map_err(|e| AppError::conflict("invalid_transition", e.to_string()))
@@ -236,9 +237,12 @@ async fn copy_contacts(
                 time_zone: None,
                 postal_code: None,
                 fields: Default::default(),
+                expires_at: None,
             });
             contact.campaign_id = campaign.id;
             contact.created_at = Utc::now();
+            // The source's expiry was for the source's calls: the rerun's are new calls.
+            contact.expires_at = None;
             Ok::<_, ccm_core::contacts::ContactReadError>(contact)
         })
         .buffered(256)

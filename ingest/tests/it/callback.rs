@@ -163,6 +163,7 @@ fn dialing() -> EventKind {
         max_attempts: 3,
         created_at: Utc::now(),
         custom_fields: Default::default(),
+        expires_at: None,
     }
 }
 

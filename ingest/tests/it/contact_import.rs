@@ -144,7 +144,7 @@ async fn a_draft_started_over_its_contacts_queues_one_call_each_except_do_not_ca
     assert_eq!(started["state"], "running");
     assert_eq!(
         started["contacts_called"],
-        json!({"contacts": 3, "accepted": 2, "do_not_call": 1, "duplicates": 0})
+        json!({"contacts": 3, "accepted": 2, "do_not_call": 1, "duplicates": 0, "expired": 0})
     );
     assert_eq!(stream_messages(&env, "CALLS").await, before + 2);
     // Not a draft any more: starting again is refused and queues nothing.
@@ -196,4 +196,48 @@ async fn a_postal_code_column_is_kept_as_the_contacts_postal_code() {
         assert_eq!(stored["postal_code"], postal, "{stored}");
         assert_eq!(stored["fields"].get("postal_code"), None, "{stored}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expires_at_column_is_the_contacts_expiry_not_a_custom_field() {
+    let env = TestEnv::start().await.expect("env");
+    let api = Api::start(&env).await;
+    let id = api.campaign_with(json!({"name": "expiring"})).await;
+    let later = (chrono::Utc::now() + chrono::Duration::hours(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let past = (chrono::Utc::now() - chrono::Duration::hours(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let csv = format!(
+        "phone_number,expires_at,first_name\n\
+         +15550004101,{later},Jane\n\
+         +15550004102,,Bob\n\
+         +15550004103,tomorrow,Ann\n\
+         +15550004104,{past},Li\n"
+    );
+    let path = IMPORT.replace("{id}", &id.to_string());
+    let (status, body) = api.raw(reqwest::Method::POST, &path, "text/csv", csv).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["imported"].as_u64(), body["rejected"].as_u64()),
+        (Some(2), Some(2)),
+        "a bad and a past expiry are row errors: {body}"
+    );
+    let js = env.jetstream().await.expect("js");
+    let bucket = js.get_key_value("contacts").await.expect("bucket");
+    let read = |digits: &'static str| {
+        let bucket = bucket.clone();
+        async move {
+            let bytes = bucket
+                .get(format!("{id}.{digits}"))
+                .await
+                .expect("kv")
+                .expect("contact");
+            serde_json::from_slice::<serde_json::Value>(&bytes).expect("json")
+        }
+    };
+    let jane = read("15550004101").await;
+    assert_eq!(jane["expires_at"], later.as_str(), "{jane}");
+    assert_eq!(jane["fields"], json!({"first_name": "Jane"}));
+    let bob = read("15550004102").await;
+    assert!(bob.get("expires_at").is_none(), "{bob}");
 }

@@ -117,7 +117,7 @@ async fn a_key_left_pending_by_a_dead_handler_resolves_to_its_call() {
         ccm_core::PhoneNumber::parse("+15559990001", ccm_core::PhoneRule::Lenient).expect("phone");
     let call_id = ccm_core::CallId::new();
     // What the dead handler did: claimed and published its call, then never wrote `Done`.
-    ccm_ingest::accept::accept_one(&state, &campaign, phone.clone(), call_id)
+    ccm_ingest::accept::accept_one(&state, &campaign, phone.clone(), call_id, None)
         .await
         .expect("published");
     let digest = ccm_ingest::routes::calls::request_digest(campaign.id, &phone);

@@ -90,7 +90,7 @@ async fn a_start_over_contacts_cut_half_way_finishes_on_retry_calling_each_conta
             .expect("campaign"),
     )
     .expect("document");
-    ccm_ingest::routes::contact_calls::call_all(&state, &campaign)
+    ccm_ingest::routes::contact_calls::call_all(&state, &campaign, None)
         .await
         .expect("the first part");
     import(cut_after, CONTACTS).await;
@@ -102,7 +102,7 @@ async fn a_start_over_contacts_cut_half_way_finishes_on_retry_calling_each_conta
     assert_eq!(started["state"], "running");
     assert_eq!(
         started["contacts_called"],
-        json!({"contacts": CONTACTS, "accepted": CONTACTS, "do_not_call": 0, "duplicates": 0}),
+        json!({"contacts": CONTACTS, "accepted": CONTACTS, "do_not_call": 0, "duplicates": 0, "expired": 0}),
         "seed {seed}: cut after {cut_after} accepted calls"
     );
     let requests = dial_requests(&env, id).await;

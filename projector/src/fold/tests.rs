@@ -23,6 +23,7 @@ fn life(call: CallId) -> Vec<Item> {
         created_at: at(0),
         queued_at: at(t),
         custom_fields: Default::default(),
+        expires_at: None,
     };
     let event = |attempt: u32, t: i64, kind: EventKind| CallEvent {
         call_id: call,
@@ -36,6 +37,7 @@ fn life(call: CallId) -> Vec<Item> {
         max_attempts: 3,
         created_at: at(0),
         custom_fields: Default::default(),
+        expires_at: None,
     };
     let outcome = |status, secs, id: &str, reason: Option<&str>| EventKind::Outcome {
         status,

@@ -31,6 +31,7 @@ fn dial(campaign: u64, number: &str) -> DialRequest {
         created_at: now,
         queued_at: now,
         custom_fields: Default::default(),
+        expires_at: None,
     }
 }
 

@@ -113,6 +113,7 @@ async fn generated_free_text_in_every_field_is_stored() {
             created_at: now,
             queued_at: now,
             custom_fields: custom_fields.clone(),
+            expires_at: None,
         };
         store_one(&pool, Source::Calls, next(), &request, seed).await;
         let event = |kind| CallEvent {
@@ -128,6 +129,7 @@ async fn generated_free_text_in_every_field_is_stored() {
                 max_attempts: 3,
                 created_at: now,
                 custom_fields: custom_fields.clone(),
+                expires_at: None,
             },
             EventKind::Outcome {
                 status: OutcomeStatus::Failed,
@@ -157,6 +159,7 @@ async fn generated_free_text_in_every_field_is_stored() {
             store_one(&pool, Source::Events, next(), &event(kind), seed).await;
         }
         let contact = ccm_core::campaign::Contact {
+            expires_at: None,
             campaign_id: campaign,
             phone_number: phone,
             created_at: now,

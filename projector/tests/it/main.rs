@@ -1,5 +1,6 @@
 //! Integration tests of the projector against a real NATS JetStream and PostgreSQL.
 
+mod audit;
 mod crash;
 mod dead_letters;
 mod duplicates;

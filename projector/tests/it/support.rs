@@ -67,6 +67,7 @@ pub fn life(index: usize, campaign: u64, start: DateTime<Utc>) -> Vec<Published>
         created_at: start,
         queued_at: at,
         custom_fields: Default::default(),
+        expires_at: None,
     };
     let event = |attempt: u32, at, kind| CallEvent {
         call_id: call,
@@ -80,6 +81,7 @@ pub fn life(index: usize, campaign: u64, start: DateTime<Utc>) -> Vec<Published>
         max_attempts: 3,
         created_at: start,
         custom_fields: Default::default(),
+        expires_at: None,
     };
     let outcome = |status, secs: u32, attempt: u32| EventKind::Outcome {
         status,

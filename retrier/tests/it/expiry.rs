@@ -98,6 +98,7 @@ async fn a_call_queued_past_the_max_queue_age_ends_expired_and_frees_its_number(
                 max_attempts: 3,
                 created_at: dialled.created_at,
                 custom_fields: Default::default(),
+                expires_at: None,
             },
         },
     )
@@ -207,6 +208,7 @@ fn only_an_undialled_open_attempt_expires() {
                     max_attempts: 3,
                     created_at: base.created_at,
                     custom_fields: Default::default(),
+                    expires_at: None,
                 },
             },
         });

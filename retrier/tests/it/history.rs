@@ -24,6 +24,7 @@ fn dialing(request: &ccm_core::DialRequest) -> EventKind {
         max_attempts: request.max_attempts,
         created_at: request.created_at,
         custom_fields: Default::default(),
+        expires_at: None,
     }
 }
 

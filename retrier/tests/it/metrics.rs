@@ -31,6 +31,7 @@ async fn outcome(js: &async_nats::jetstream::Context, dial: &DialRequest, status
             max_attempts: dial.max_attempts,
             created_at: dial.created_at,
             custom_fields: Default::default(),
+            expires_at: None,
         },
     };
     ccm_core::nats::publish_event(js, &dialing)

@@ -41,6 +41,7 @@ async fn an_outcome_delivered_twice_is_decided_once() {
             max_attempts: 3,
             created_at: dial.created_at,
             custom_fields: Default::default(),
+            expires_at: None,
         },
     };
     ccm_core::nats::publish_event(&js, &dialing)

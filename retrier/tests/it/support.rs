@@ -76,6 +76,7 @@ pub fn request(campaign: u64, number: &str, attempt: u32) -> DialRequest {
         created_at: now,
         queued_at: now,
         custom_fields: Default::default(),
+        expires_at: None,
     }
 }
 

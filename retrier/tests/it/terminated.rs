@@ -70,6 +70,7 @@ async fn a_terminated_message_is_parked_with_its_reason_and_a_terminated_dial_me
             max_attempts: dial.max_attempts,
             created_at: dial.created_at,
             custom_fields: Default::default(),
+            expires_at: None,
         },
     };
     let dialing_seq = ccm_core::nats::publish_event(&js, &dialing)

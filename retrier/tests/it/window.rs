@@ -59,6 +59,7 @@ async fn a_retry_due_in_a_blackout_moves_to_the_opening_and_keeps_the_custom_fie
             max_attempts: 3,
             created_at: dial.created_at,
             custom_fields: fields.clone(),
+            expires_at: None,
         },
     };
     ccm_core::nats::publish_event(&js, &dialing)
@@ -151,6 +152,7 @@ async fn a_retry_due_on_a_holiday_of_the_callees_state_moves_to_the_next_local_d
         created_at: outcome_at,
         time_zone: None,
         postal_code: Some("02903".into()),
+        expires_at: None,
         fields: Default::default(),
     };
     js.get_key_value(names::KV_CONTACTS)
@@ -176,6 +178,7 @@ async fn a_retry_due_on_a_holiday_of_the_callees_state_moves_to_the_next_local_d
             max_attempts: 3,
             created_at: dial.created_at,
             custom_fields: Default::default(),
+            expires_at: None,
         },
     };
     ccm_core::nats::publish_event(&js, &dialing)

@@ -12,6 +12,7 @@ mod compliance;
 mod custom_fields;
 mod dashboard;
 mod do_not_call;
+mod expires_at;
 mod expiry;
 mod frequency_cap;
 mod lifecycle;

@@ -419,6 +419,7 @@ fn dial_request(campaign: CampaignId, number: &str) -> ccm_core::DialRequest {
         created_at: now,
         queued_at: now,
         custom_fields: Default::default(),
+        expires_at: None,
     }
 }
 

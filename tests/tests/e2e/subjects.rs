@@ -225,6 +225,11 @@ fn check_export(export: &Value, setup: &Setup) {
         kinds.iter().filter(|k| **k == "dialing").count() == 2,
         "both attempts: {kinds:?}"
     );
+    let audit = export["tables"]["call_audit"].as_array().expect("audit");
+    assert!(
+        audit.iter().filter(|r| r["decision"] == "placed").count() == 2,
+        "both attempts' admission records: {audit:?}"
+    );
     let dnc = export["do_not_call"].as_array().expect("dnc");
     assert_eq!(dnc.len(), 1, "{dnc:?}");
     assert_eq!(dnc[0]["key"], format!("{}.14155550123", setup.campaign));
@@ -328,6 +333,7 @@ async fn after_an_erase_the_number_is_nowhere_but_where_the_report_says_it_was_k
         ("bucket", "dnc"),
         ("table", "calls"),
         ("table", "call_events"),
+        ("table", "call_audit"),
         ("table", "phone_numbers"),
         ("table", "webhook_messages"),
     ] {

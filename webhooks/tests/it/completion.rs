@@ -41,6 +41,7 @@ fn request(campaign: CampaignId) -> DialRequest {
         created_at: Utc::now(),
         queued_at: Utc::now(),
         custom_fields: Default::default(),
+        expires_at: None,
     }
 }
 

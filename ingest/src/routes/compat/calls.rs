@@ -61,24 +61,31 @@ pub(crate) async fn initiate(
     };
     let phone = PhoneNumber::parse(raw_phone, state.config.phone_validation)
         .map_err(|_| CompatError::bad_request("Invalid phone number format"))?;
+    let expires_at = super::expires_at(&body)?;
     let campaign = active_campaign(&state, id).await?;
-    let request = accept::accept_one(&state, &campaign, phone.clone(), ccm_core::CallId::new())
-        .await
-        .map_err(|e| match e {
-            AcceptError::Claim(ClaimError::InProgress) => CompatError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("Call to {phone} already in progress"),
+    let request = accept::accept_one(
+        &state,
+        &campaign,
+        phone.clone(),
+        ccm_core::CallId::new(),
+        expires_at,
+    )
+    .await
+    .map_err(|e| match e {
+        AcceptError::Claim(ClaimError::InProgress) => CompatError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("Call to {phone} already in progress"),
+        ),
+        AcceptError::Claim(ClaimError::WithinWindow) => CompatError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "Call to {phone} was made within the last {} minutes",
+                state.config.duplicate_call_window_minutes
             ),
-            AcceptError::Claim(ClaimError::WithinWindow) => CompatError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "Call to {phone} was made within the last {} minutes",
-                    state.config.duplicate_call_window_minutes
-                ),
-            ),
-            AcceptError::DoNotCall(list) => CompatError::bad_request(list.refusal(&phone)),
-            e => CompatError::unavailable(crate::error_chain(&e)),
-        })?;
+        ),
+        AcceptError::DoNotCall(list) => CompatError::bad_request(list.refusal(&phone)),
+        e => CompatError::unavailable(crate::error_chain(&e)),
+    })?;
     Ok((
         StatusCode::CREATED,
         axum::Json(call_log(&campaign, &request)),
@@ -106,6 +113,7 @@ pub(crate) async fn bulk(
         .get("use_campaign_numbers")
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    let expires_at = super::expires_at(&body)?;
     let campaign = active_campaign(&state, id).await?;
     let raw: Vec<String> = if use_campaign_numbers {
         contacts::list(&state, campaign.id)
@@ -138,7 +146,7 @@ pub(crate) async fn bulk(
     let (available_slots, _) = crate::routes::campaigns::live_and_queued(&state, &campaign)
         .await
         .map_err(CompatError::unavailable)?;
-    let results = accept::accept_many(&state, &campaign, phones.clone()).await;
+    let results = accept::accept_many(&state, &campaign, phones.clone(), expires_at).await;
 
     let mut call_ids = Vec::new();
     // Each accepted id with its number: `call_ids` alone cannot say which number got which id

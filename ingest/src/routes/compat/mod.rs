@@ -52,6 +52,22 @@ pub(crate) fn text<'a>(body: &'a Value, field: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
+/// The optional `expires_at` (RFC 3339, in the future), an extension of the old contract;
+/// a bad or past one is the old API's 400.
+pub(crate) fn expires_at(
+    body: &Value,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, CompatError> {
+    let Some(raw) = text(body, "expires_at") else {
+        return Ok(None);
+    };
+    let at = chrono::DateTime::parse_from_rfc3339(raw)
+        .map_err(|_| CompatError::bad_request("expires_at must be an RFC 3339 date-time"))?
+        .with_timezone(&chrono::Utc);
+    ccm_core::expiry::check_not_past(Some(at), chrono::Utc::now())
+        .map_err(|e| CompatError::bad_request(e.to_string()))?;
+    Ok(Some(at))
+}
+
 /// The compatible API's routes: the old system's paths, trailing slashes included.
 pub(crate) fn routes() -> Vec<Entry> {
     vec![
