@@ -33,8 +33,15 @@ pub const ANONYMISE_CALLS_SQL: &str = "UPDATE calls SET phone_number = NULL, \
 
 /// Anonymises the admission audit records of the calls whose ids are `$1` (`uuid[]`): they
 /// keep the decision and what each check saw (lists and revisions, zones, counts), which is
-/// the proof a call was allowed, and lose the number.
-pub const ANONYMISE_AUDIT_SQL: &str = "UPDATE call_audit SET phone_number = NULL,      record = record - 'phone_number'      WHERE call_id = ANY($1) AND phone_number IS NOT NULL";
+/// the proof a call was allowed, and lose the number, also where a reason names it (a
+/// do-not-call refusal does: "+1… is on the global do-not-call list").
+pub const ANONYMISE_AUDIT_SQL: &str = "UPDATE call_audit SET phone_number = NULL, \
+     reason = replace(reason, phone_number, '(erased)'), \
+     record = CASE WHEN record->'decision' ? 'reason' \
+         THEN jsonb_set(record - 'phone_number', '{decision,reason}', \
+             to_jsonb(replace(record->'decision'->>'reason', phone_number, '(erased)'))) \
+         ELSE record - 'phone_number' END \
+     WHERE call_id = ANY($1) AND phone_number IS NOT NULL";
 
 /// Anonymises the histories of the calls whose ids are `$1` (`uuid[]`).
 pub fn anonymise_events_sql() -> String {
