@@ -44,6 +44,51 @@ pub struct DncEntry {
     pub added_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Set when the callee asked, during a call, not to be called again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opted_out: Option<OptOut>,
+}
+
+/// The call during which the callee opted out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OptOut {
+    pub call_id: crate::ids::CallId,
+    pub campaign_id: CampaignId,
+    pub attempt: u32,
+    /// How the carrier said it: `digits` (a `<Gather>`), `callback` (`opt_out: true`).
+    pub via: String,
+}
+
+/// The reason an attempt to an opted-out number ends with.
+pub const OPTED_OUT: &str = "opted_out";
+
+/// Why the dialer must not place a call to `phone` in `campaign`, if it must not: the list's
+/// refusal, or [`OPTED_OUT`] when the listing is the callee's own request during a call (the
+/// global list first, as [`listed`]).
+pub async fn refusal(
+    bucket: &kv::Store,
+    campaign: CampaignId,
+    phone: &PhoneNumber,
+) -> Result<Option<String>, kv::EntryError> {
+    let campaign_list = DncList::Campaign(campaign);
+    let (global, own) = futures::try_join!(
+        bucket.get(DncList::Global.key(phone)),
+        bucket.get(campaign_list.key(phone))
+    )?;
+    let (list, value) = match (global, own) {
+        (Some(v), _) => (DncList::Global, v),
+        (None, Some(v)) => (campaign_list, v),
+        (None, None) => return Ok(None),
+    };
+    // An entry that does not decode still lists the number.
+    let opted_out = serde_json::from_slice::<DncEntry>(&value)
+        .ok()
+        .is_some_and(|e| e.opted_out.is_some());
+    Ok(Some(if opted_out {
+        OPTED_OUT.to_owned()
+    } else {
+        list.refusal(phone)
+    }))
 }
 
 /// The list that forbids calling `phone` in `campaign`, if any (the global list first). Both

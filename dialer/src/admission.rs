@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use ccm_core::{Campaign, DialRequest, lifecycle::Dialling};
+use ccm_core::{Campaign, DialRequest, consent::ConsentSeen, lifecycle::Dialling};
 use chrono::{DateTime, Utc};
 
 use crate::{
@@ -32,6 +32,8 @@ pub struct Facts {
     pub window_opens: Option<DateTime<Utc>>,
     /// When the number's daily attempt count starts again, if today's is used up.
     pub capped_until: Option<DateTime<Utc>>,
+    /// What the consent check saw, when the campaign requires a consent.
+    pub consent: Option<ConsentSeen>,
 }
 
 /// What to do with the attempt.
@@ -55,6 +57,9 @@ pub fn decide(facts: &Facts) -> Decision {
     }
     if let Some(refusal) = &facts.listed {
         return Decision::End(refusal.clone());
+    }
+    if let Some(refused) = facts.consent.as_ref().and_then(|c| c.refusal) {
+        return Decision::End(refused.code().into());
     }
     if let Some(opens) = facts.window_opens {
         return Decision::Defer(opens);
@@ -86,6 +91,8 @@ pub enum CheckError {
     Window(crate::window::WindowError),
     #[error(transparent)]
     Frequency(crate::frequency::CapError),
+    #[error(transparent)]
+    Consent(ccm_core::consent::ConsentError),
 }
 
 /// Reads the facts. Only a campaign that is dialled has its number and window read: the rule
@@ -95,8 +102,8 @@ pub async fn gather(
     request: &DialRequest,
     seen: Seen<'_>,
 ) -> Result<Facts, CheckError> {
-    let (dialling, window) = match seen {
-        Seen::Pulled { mode, info } => (pulled(mode), info.window.clone()),
+    let (dialling, window, required) = match seen {
+        Seen::Pulled { mode, info } => (pulled(mode), info.window.clone(), info.required_consent),
         Seen::Stored { mode, info } => {
             let stored = ctx
                 .campaigns
@@ -105,9 +112,13 @@ pub async fn gather(
                 .map_err(|e| CheckError::Campaign(e.into()))?;
             match stored.map(|doc| serde_json::from_slice::<Campaign>(&doc)) {
                 // Deleted: its worker is gone; nothing of it is dialled.
-                None => (Dialling::Hold, None),
-                Some(Ok(campaign)) => (campaign.dialling_at(Utc::now()), Window::of(&campaign)),
-                Some(Err(_)) => (pulled(mode), info.window.clone()),
+                None => (Dialling::Hold, None, None),
+                Some(Ok(campaign)) => (
+                    campaign.dialling_at(Utc::now()),
+                    Window::of(&campaign),
+                    campaign.required_consent,
+                ),
+                Some(Err(_)) => (pulled(mode), info.window.clone(), info.required_consent),
             }
         }
     };
@@ -117,13 +128,15 @@ pub async fn gather(
         listed: None,
         window_opens: None,
         capped_until: None,
+        consent: None,
     };
     if dialling != Dialling::Dial {
         return Ok(facts);
     }
-    let (listed, window_opens, capped_until) = futures::try_join!(
+    let (listed, window_opens, capped_until, consent) = futures::try_join!(
         async {
-            ccm_core::dnc::listed(&ctx.dnc, request.campaign_id, &request.phone_number)
+            // An opted-out callee's listing ends the call as `opted_out`.
+            ccm_core::dnc::refusal(&ctx.dnc, request.campaign_id, &request.phone_number)
                 .await
                 .map_err(|e| CheckError::Dnc(e.into()))
         },
@@ -134,10 +147,20 @@ pub async fn gather(
                 .await
                 .map_err(CheckError::Frequency)
         },
+        async {
+            match required {
+                Some(kind) => ccm_core::consent::check(&ctx.consents, &request.phone_number, kind)
+                    .await
+                    .map(Some)
+                    .map_err(CheckError::Consent),
+                None => Ok(None),
+            }
+        },
     )?;
-    facts.listed = listed.map(|list| list.refusal(&request.phone_number));
+    facts.listed = listed;
     facts.window_opens = window_opens;
     facts.capped_until = capped_until;
+    facts.consent = consent;
     Ok(facts)
 }
 
@@ -164,6 +187,7 @@ async fn opens(
 
 #[cfg(test)]
 mod tests {
+    use ccm_core::consent::{ConsentState, ConsentType};
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
     use super::*;
@@ -175,6 +199,7 @@ mod tests {
             listed: None,
             window_opens: None,
             capped_until: None,
+            consent: None,
         }
     }
 
@@ -201,6 +226,29 @@ mod tests {
         let mut f = facts(now);
         f.capped_until = Some(later);
         assert_eq!(decide(&f), Decision::Defer(later));
+        let mut f = facts(now);
+        f.consent = Some(ConsentSeen::of(ConsentType::AiVoice, None));
+        assert_eq!(decide(&f), Decision::End("consent_required".into()));
+        let revoked = ConsentState {
+            valid: vec![],
+            revoked: Some(ccm_core::consent::Revocation {
+                consent_id: uuid::Uuid::now_v7(),
+                at: now,
+                how: "api".into(),
+            }),
+        };
+        f.consent = Some(ConsentSeen::of(ConsentType::AiVoice, Some(&revoked)));
+        assert_eq!(decide(&f), Decision::End("consent_revoked".into()));
+        let valid = ConsentState {
+            valid: vec![uuid::Uuid::now_v7()],
+            revoked: None,
+        };
+        f.consent = Some(ConsentSeen::of(ConsentType::AiVoice, Some(&valid)));
+        assert_eq!(
+            decide(&f),
+            Decision::Place,
+            "a valid consent lets it through"
+        );
     }
 
     /// Generated: whatever the facts, an attempt is placed only when none forbids it, a
@@ -226,17 +274,30 @@ mod tests {
                 listed: rng.random_bool(0.3).then(|| "listed".to_owned()),
                 window_opens: some(&mut rng),
                 capped_until: some(&mut rng),
+                consent: match rng.random_range(0..3) {
+                    0 => None,
+                    1 => Some(ConsentSeen::of(ConsentType::PriorExpressWritten, None)),
+                    _ => Some(ConsentSeen::of(
+                        ConsentType::PriorExpressWritten,
+                        Some(&ConsentState {
+                            valid: vec![uuid::Uuid::now_v7()],
+                            revoked: None,
+                        }),
+                    )),
+                },
             };
             let decision = decide(&f);
+            let consented = f.consent.as_ref().is_none_or(|c| c.refusal.is_none());
             let free = f.dialling == Dialling::Dial
                 && f.listed.is_none()
+                && consented
                 && f.window_opens.is_none()
                 && f.capped_until.is_none();
             assert_eq!(decision == Decision::Place, free, "seed {seed}: {f:?}");
             if let Dialling::Drain(reason) = f.dialling {
                 assert_eq!(decision, Decision::End(reason.into()), "seed {seed}");
             }
-            if f.dialling == Dialling::Dial && f.listed.is_some() {
+            if f.dialling == Dialling::Dial && (f.listed.is_some() || !consented) {
                 assert!(matches!(decision, Decision::End(_)), "seed {seed}: {f:?}");
             }
             if let Decision::Defer(until) = decision {

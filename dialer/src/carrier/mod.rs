@@ -109,6 +109,8 @@ pub struct CampaignInfo {
     /// [`ccm_core::campaign::ring_time::requested_secs`] of these.
     pub purpose: ccm_core::campaign::Purpose,
     pub ring_timeout_secs: Option<u32>,
+    /// The consent a number must hold to be called (checked before placing, not sent).
+    pub required_consent: Option<ccm_core::consent::ConsentType>,
 }
 
 /// A carrier adapter.

@@ -66,6 +66,7 @@ fn campaign() -> CampaignInfo {
         max_calls_per_second: None,
         purpose: Purpose::Informational,
         ring_timeout_secs: None,
+        required_consent: None,
     }
 }
 

@@ -173,6 +173,7 @@ pub async fn erase(state: &AppState, phone: &PhoneNumber) -> Result<Report, Eras
     let entry = serde_json::to_vec(&DncEntry {
         added_at: Utc::now(),
         reason: Some(format!("erasure request (subject {subject})")),
+        opted_out: None,
     })
     .expect("an entry serialises");
     let revision = state

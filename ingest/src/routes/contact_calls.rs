@@ -31,6 +31,8 @@ pub struct Called {
     pub do_not_call: usize,
     /// Already live or within the duplicate window.
     pub duplicates: usize,
+    /// Without the consent the campaign requires (never given, or revoked).
+    pub consent_required: usize,
 }
 
 /// Accepts a call for every contact of `campaign`.
@@ -61,6 +63,7 @@ pub async fn call_all(state: &AppState, campaign: &Campaign) -> Result<Called, A
             match outcome {
                 Ok(_) => called.accepted += 1,
                 Err(AcceptError::DoNotCall(_)) => called.do_not_call += 1,
+                Err(AcceptError::Consent(_)) => called.consent_required += 1,
                 Err(AcceptError::Claim(
                     ccm_core::claims::ClaimError::InProgress
                     | ccm_core::claims::ClaimError::WithinWindow,
