@@ -7,6 +7,8 @@ mod bulk;
 mod callback;
 mod calling_hours;
 mod campaigns;
+mod consent_opt_out;
+mod consents;
 mod consumer_pause;
 mod contact_import;
 mod dashboard;
