@@ -45,7 +45,16 @@ pub struct CarrierStack {
 
 impl CarrierStack {
     /// Starts everything but the dialer; `sim` is adjusted to call back into this ingest.
-    pub async fn start(env: &TestEnv, mut sim: SimConfig) -> CarrierStack {
+    pub async fn start(env: &TestEnv, sim: SimConfig) -> CarrierStack {
+        Self::start_with(env, sim, |_| {}).await
+    }
+
+    /// As [`CarrierStack::start`], with the configuration changed by `tweak` first.
+    pub async fn start_with(
+        env: &TestEnv,
+        mut sim: SimConfig,
+        tweak: impl FnOnce(&mut Config),
+    ) -> CarrierStack {
         ccm_core::telemetry::init("test", &env.config().log);
         env.provision().await.expect("provision");
         let shutdown = CancellationToken::new();
@@ -67,6 +76,7 @@ impl CarrierStack {
             status_callback_base: api.clone(),
             ..TwilioCarrierConfig::default()
         });
+        tweak(&mut config);
         sim.callback_base = api.clone();
         sim.twilio_account_sid = ACCOUNT_SID.into();
         sim.twilio_auth_token = AUTH_TOKEN.into();

@@ -8,6 +8,7 @@ mod carrier_stack;
 mod carriers;
 mod chaos;
 mod chaos_generated;
+mod consent;
 mod custom_fields;
 mod dashboard;
 mod do_not_call;
