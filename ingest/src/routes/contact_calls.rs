@@ -31,7 +31,9 @@ pub struct Called {
     pub do_not_call: usize,
     /// Already live or within the duplicate window.
     pub duplicates: usize,
-    /// Without the consent the campaign requires (never given, or revoked).
+    /// Without the consent the campaign requires (never given, or revoked); left out when
+    /// none, so a campaign requiring no consent answers as before.
+    #[serde(skip_serializing_if = "is_zero")]
     pub consent_required: usize,
 }
 
@@ -105,4 +107,8 @@ mod tests {
         assert_ne!(a, contact_call_id(c(1), &phone("+15550001001")));
         assert_eq!(a.as_uuid().get_version_num(), 8);
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
