@@ -37,6 +37,10 @@ pub struct Called {
     pub consent_required: usize,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// Accepts a call for every contact of `campaign`.
 pub async fn call_all(state: &AppState, campaign: &Campaign) -> Result<Called, AppError> {
     let phones = crate::contacts::list(state, campaign.id)
@@ -107,8 +111,4 @@ mod tests {
         assert_ne!(a, contact_call_id(c(1), &phone("+15550001001")));
         assert_eq!(a.as_uuid().get_version_num(), 8);
     }
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
 }
