@@ -151,6 +151,14 @@ pub async fn revoke_all(
     phone: &PhoneNumber,
     how: &Revoke,
 ) -> Result<Vec<ConsentRecord>, StoreError> {
+    // Before ingest's migrations ran there is no record to revoke (an opt-out heard then
+    // must not fail for it).
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('consents') IS NOT NULL")
+        .fetch_one(&state.pg)
+        .await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
     let mut revoked = Vec::new();
     for kind in ConsentType::ALL {
         let mut tx = state.pg.begin().await?;

@@ -124,3 +124,65 @@ async fn an_opt_out_in_the_old_callback_lists_the_number_revokes_consents_and_qu
     assert_eq!(outcome["status"], "PICKED", "{outcome}");
     api.stop().await;
 }
+
+/// A campaign with `opt_out_list: campaign` lists an opted-out callee on its own list only:
+/// the campaign stops calling them, other campaigns may still.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_may_keep_its_opt_outs_on_its_own_list() {
+    let env = TestEnv::start().await.expect("env");
+    let pg = env.pg().await.expect("pg");
+    let mut config = env.config();
+    // Without a retrier the first call's claim stays; per-campaign claims let the other
+    // campaign call the number meanwhile.
+    config.ingest.duplicate_scope = ccm_core::config::DuplicateScope::Campaign;
+    let api = Api::start_with(&env, config, true).await;
+    let own = api
+        .campaign_with(json!({"name": "own list", "opt_out_list": "campaign"}))
+        .await;
+    let (status, body) = api.get(&format!("/api/v1/campaigns/{own}")).await;
+    assert_eq!((status, &body["opt_out_list"]), (200, &json!("campaign")));
+    let other = api.campaign_with(json!({"name": "other"})).await;
+    let number = "+15550008101";
+    let (status, body) = api
+        .post(
+            "/api/v1/calls",
+            json!({"campaign_id": own, "phone_number": number}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let call = body["call_id"].as_str().expect("call_id").to_owned();
+    let id: uuid::Uuid = call.parse().expect("uuid");
+    eventually(Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, i32>("SELECT attempt_count FROM calls WHERE call_id = $1")
+            .bind(id)
+            .fetch_optional(&pg)
+            .await
+            .ok()
+            .flatten()
+    })
+    .await
+    .expect("the call is projected");
+    let (status, body) = api
+        .put(
+            "/api/v1/callback/",
+            json!({"call_id": call, "status": "PICKED", "opt_out": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let digits = &number[1..];
+    let (status, listing) = api
+        .get(&format!("/api/v1/dnc/%2B{digits}?campaign_id={own}"))
+        .await;
+    assert_eq!(status, 200, "{listing}");
+    assert_eq!(listing["entry"]["opted_out"]["campaign_id"], own);
+    let (status, _) = api.get(&format!("/api/v1/dnc/%2B{digits}")).await;
+    assert_eq!(status, 404, "not on the global list");
+    let (status, body) = api
+        .post(
+            "/api/v1/calls",
+            json!({"campaign_id": other, "phone_number": number}),
+        )
+        .await;
+    assert_eq!(status, 202, "another campaign still calls: {body}");
+    api.stop().await;
+}
