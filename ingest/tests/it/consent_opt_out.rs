@@ -186,3 +186,98 @@ async fn a_campaign_may_keep_its_opt_outs_on_its_own_list() {
     assert_eq!(status, 202, "another campaign still calls: {body}");
     api.stop().await;
 }
+
+/// Sends a signed Twilio callback with `params`; answers its status.
+async fn twilio(api: &Api, campaign: u64, call: uuid::Uuid, params: &[(&str, &str)]) -> u16 {
+    let url = format!(
+        "{}/api/v1/callbacks/twilio?call_id={call}&attempt=1&campaign_id={campaign}",
+        api.base
+    );
+    let params: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let signature = ccm_core::twilio::signature("twilio-token", &url, &params);
+    api.http
+        .post(&url)
+        .header(ccm_core::twilio::SIGNATURE_HEADER, signature)
+        .form(&params)
+        .send()
+        .await
+        .expect("callback")
+        .status()
+        .as_u16()
+}
+
+/// Twilio: only `Digits` equal to `ingest.twilio.opt_out_digits` opt the callee out, in a
+/// final status callback or a `<Gather>`'s while the call is in progress (which publishes no
+/// outcome).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_digits_opt_out_only_when_they_are_the_configured_ones() {
+    let env = TestEnv::start().await.expect("env");
+    let mut config = env.config();
+    config.ingest.twilio.auth_token = ccm_core::config::Secret::new("twilio-token");
+    config.ingest.twilio.opt_out_digits = "9".into();
+    let api = Api::start_with(&env, config, false).await;
+    let campaign = api.campaign_with(json!({"name": "twilio"})).await;
+    let listed = |number: &'static str| {
+        let api = &api;
+        async move { api.get(&format!("/api/v1/dnc/%2B{}", &number[1..])).await.0 == 200 }
+    };
+    let (other, pressed, gathered) = ("+15550008201", "+15550008202", "+15550008203");
+    let status = twilio(
+        &api,
+        campaign,
+        uuid::Uuid::now_v7(),
+        &[
+            ("CallStatus", "completed"),
+            ("To", other),
+            ("Digits", "1"),
+            ("CallDuration", "9"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert!(!listed(other).await, "another key is no opt-out");
+    let status = twilio(
+        &api,
+        campaign,
+        uuid::Uuid::now_v7(),
+        &[
+            ("CallStatus", "completed"),
+            ("To", pressed),
+            ("Digits", "9"),
+            ("CallDuration", "9"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert!(listed(pressed).await);
+    let call = uuid::Uuid::now_v7();
+    let status = twilio(
+        &api,
+        campaign,
+        call,
+        &[
+            ("CallStatus", "in-progress"),
+            ("To", gathered),
+            ("Digits", "9"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert!(
+        listed(gathered).await,
+        "a <Gather>'s callback during the call"
+    );
+    let js = env.jetstream().await.expect("js");
+    let events = js.get_stream("CALL_EVENTS").await.expect("stream");
+    assert!(
+        events
+            .direct_get_last_for_subject(format!("calls.outcome.{campaign}.{call}"))
+            .await
+            .is_err(),
+        "no outcome for a call still in progress"
+    );
+    api.stop().await;
+}
