@@ -334,6 +334,18 @@ impl DialConsumers {
             .map_err(|e| fail("open", &name, e))
     }
 
+    /// How many of the campaign's messages are held now (delivered, not yet acknowledged),
+    /// by every replica together: the count the cap bounds.
+    pub async fn held(&self, id: CampaignId) -> Result<u64, DialConsumerError> {
+        let name = subjects::dial_consumer(id);
+        let info = self
+            .calls
+            .consumer_info(&name)
+            .await
+            .map_err(|e| fail("read", &name, e))?;
+        Ok(u64::try_from(info.num_ack_pending).unwrap_or(0))
+    }
+
     /// Removes the consumer of a deleted campaign, unless calls still wait on it (removing
     /// it then would strand them; they stay until an operator acts). Returns the calls
     /// still queued when it was kept.

@@ -58,6 +58,10 @@ pub struct CallContext {
     pub consents: kv::Store,
     /// Shared call-rate schedules.
     pub pacing: crate::pacing::Pacing,
+    /// The dial consumers, for the count of held messages while a cap change is recent.
+    pub consumers: ccm_core::dial_consumer::DialConsumers,
+    /// Campaigns whose cap changed recently ([`crate::cap`]).
+    pub cap_changes: Arc<crate::cap::CapChanges>,
     /// Attempts per number per day.
     pub frequency: crate::frequency::FrequencyCap,
     /// The carrier's ids of placed attempts, for callbacks that name only the call.
@@ -139,6 +143,8 @@ pub(crate) enum CallError {
     Frequency(crate::frequency::CapError),
     #[error(transparent)]
     Check(crate::admission::CheckError),
+    #[error("cannot count the campaign's held calls")]
+    Cap(#[source] crate::cap::CountError),
 }
 
 async fn run(
@@ -272,6 +278,21 @@ async fn place(
                     .await
                     .map_err(CallError::Check)?;
                 if settle(ctx, request, message, decide(&facts)).await? {
+                    return Ok(None);
+                }
+            }
+            // While a cap change is recent the consumer may briefly allow more than the
+            // campaign's cap: count the held messages on the server before going.
+            if ctx.cap_changes.recent(request.campaign_id)
+                && let Some((held, cap)) = crate::cap::count(ctx, request.campaign_id)
+                    .await
+                    .map_err(CallError::Cap)?
+            {
+                tracing::info!(call = %request.call_id, held, cap,
+                    "more calls held than the campaign's cap; put off");
+                counter!("ccm_dialer_over_cap_put_off_total").increment(1);
+                let later = crate::admission::Decision::Defer(Utc::now() + crate::cap::PUT_OFF);
+                if settle(ctx, request, message, later).await? {
                     return Ok(None);
                 }
             }

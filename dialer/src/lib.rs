@@ -25,6 +25,7 @@
 
 mod admission;
 pub(crate) mod call;
+pub(crate) mod cap;
 pub mod carrier;
 pub(crate) mod dialing;
 mod expiry;
@@ -144,6 +145,8 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
             per_day: config.dialer.max_attempts_per_number_per_day,
         },
         placements,
+        consumers: DialConsumers::new(&js, &topology).await,
+        cap_changes: Arc::default(),
         carrier,
         carrier_kind: config.dialer.carrier.kind(),
         max_call_duration: Duration::from_secs(config.dialer.max_call_duration_secs),
@@ -333,6 +336,16 @@ impl Supervisor<'_> {
                 .map(|secs| Duration::from_secs(u64::from(secs))),
         };
         let running = self.workers.get(&id).is_some_and(|k| k.stop.is_some());
+        // A cap changed, or first seen on a document changed since its creation: count
+        // placements on the server for a while ([`cap`]). A new campaign's consumer was made
+        // from its one document by its one writer, so its calls pay nothing extra.
+        let changed = match self.workers.get(&id) {
+            Some(known) => known.settings.borrow().cap != settings.cap,
+            None => cap::edited_lately(&campaign, chrono::Utc::now()),
+        };
+        if changed {
+            self.ctx.cap_changes.changed(id);
+        }
         // A pause stops the pulls first: the consumer's change below takes a round trip, and
         // a call queued meanwhile must not be pulled for a campaign already paused.
         if mode.is_none()

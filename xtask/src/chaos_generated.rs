@@ -2,7 +2,8 @@
 //! the services as real processes (see `ccm_tests::chaos::generate`). Prints each run's seed,
 //! its schedule's summary and the auditor's checks; a failure prints the seed and the exact
 //! command that replays it. Everything listens on 127.0.0.1 only, and each run is bounded:
-//! the schedule's time, then at most `--settle` seconds for the calls to end.
+//! the schedule's time, then at most `--settle` seconds (never less than
+//! `Knobs::settle_bound`) for the calls to end.
 
 use std::time::{Duration, Instant};
 
@@ -35,12 +36,12 @@ pub fn run(args: &ChaosArgs) -> anyhow::Result<()> {
         let mut knobs = Knobs::new(Duration::from_secs(secs));
         knobs.campaigns = args.campaigns.max(1);
         let plan = schedule(seed, &knobs);
+        // Never less than the design's own slowest legitimate ending.
+        let settle = Duration::from_secs(args.settle).max(knobs.settle_bound());
         eprintln!("\n=== generated run: seed {seed}, {secs} s ===");
         let result = rt.block_on(async {
             let mut env = TestEnv::start().await.context("test servers")?;
-            Ok::<_, anyhow::Error>(
-                generated::run(&plan, &mut env, Duration::from_secs(args.settle), true).await?,
-            )
+            Ok::<_, anyhow::Error>(generated::run(&plan, &mut env, settle, true).await?)
         })?;
         let text = result.render();
         eprintln!("{text}");

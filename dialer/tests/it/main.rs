@@ -13,3 +13,4 @@ mod metrics;
 mod outcomes;
 mod placements;
 mod recheck;
+mod stale_cap;

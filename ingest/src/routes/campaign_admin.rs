@@ -213,7 +213,7 @@ pub(crate) fn call_duration(secs: Option<u32>) -> Result<Option<u32>, AppError> 
     }
 }
 
-fn parse_id(id: &str) -> Result<CampaignId, AppError> {
+pub(crate) fn parse_id(id: &str) -> Result<CampaignId, AppError> {
     id.parse()
         .map_err(|e: ccm_core::ids::IdError| AppError::bad_request("invalid_id", e.to_string()))
 }

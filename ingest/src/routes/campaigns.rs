@@ -273,5 +273,6 @@ pub(crate) fn routes() -> Vec<Entry> {
         token(routes!(admin::resume)),
         token(routes!(admin::cancel)),
         token(routes!(admin::stats)),
+        token(routes!(super::rerun::rerun)).expensive(POST),
     ]
 }

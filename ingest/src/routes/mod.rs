@@ -13,6 +13,7 @@ pub mod contact_import;
 pub mod contacts;
 pub mod dlq;
 pub mod dnc;
+pub mod rerun;
 pub mod subjects;
 pub mod table;
 pub mod tokens;

@@ -120,10 +120,15 @@ impl CapHistory {
 }
 
 /// No accepted call may be lost: each has a terminal event once the run has settled.
+///
+/// A violation spells out the call's whole history (kind@attempt and time) and what the
+/// carrier saw of each attempt, so a call left open can be told apart from one still on
+/// its way (an attempt live at the carrier, a retry due) without replaying the seed.
 pub fn lost(
     accepted: &[Accepted],
     histories: &BTreeMap<CallId, Vec<CallEvent>>,
     states: &BTreeMap<u64, String>,
+    carrier: &CarrierStats,
 ) -> Check {
     let mut check = Check::new("lost");
     for call in accepted {
@@ -136,12 +141,102 @@ pub fn lost(
         });
         let state = states.get(&call.campaign).map_or("?", String::as_str);
         check.violation(format!(
-            "call {} ({} in campaign {} [{state}]): last {last}",
-            call.call_id, call.number, call.campaign
+            "call {} ({} in campaign {} [{state}]): last {last}; history {}; carrier {}",
+            call.call_id,
+            call.number,
+            call.campaign,
+            history_line(events),
+            carrier_line(carrier, call.call_id),
         ));
     }
     check.measured = format!("{} accepted calls", accepted.len());
     check
+}
+
+/// The `n` calls that ended last, each with its history: what a run's settle time went to.
+pub fn last_to_end(histories: &BTreeMap<CallId, Vec<CallEvent>>, n: usize) -> Vec<String> {
+    let mut ended: Vec<(chrono::DateTime<chrono::Utc>, CallId)> = histories
+        .iter()
+        .filter_map(|(id, events)| {
+            let end = events
+                .iter()
+                .filter(|e| e.kind.is_terminal())
+                .map(|e| e.at)
+                .min()?;
+            Some((end, *id))
+        })
+        .collect();
+    ended.sort_unstable_by(|a, b| b.cmp(a));
+    ended
+        .into_iter()
+        .take(n)
+        .map(|(_, id)| format!("call {id}: {}", history_line(&histories[&id])))
+        .collect()
+}
+
+/// `Accepted@0 12:00:01.250, Dialing@1 12:00:02.003, …`
+fn history_line(events: &[CallEvent]) -> String {
+    let steps: Vec<String> = events
+        .iter()
+        .map(|e| {
+            let detail = match &e.kind {
+                EventKind::Outcome {
+                    status,
+                    source,
+                    reason,
+                    ..
+                } => format!(
+                    " ({status:?} from {source:?}{})",
+                    reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                ),
+                EventKind::Failed { reason }
+                | EventKind::Cancelled { reason }
+                | EventKind::DeadLettered { reason }
+                | EventKind::Expired { reason } => format!(" ({reason})"),
+                _ => String::new(),
+            };
+            format!(
+                "{}@{} {}{detail}",
+                e.kind.name(),
+                e.attempt,
+                e.at.format("%H:%M:%S%.3f")
+            )
+        })
+        .collect();
+    if steps.is_empty() {
+        "none".into()
+    } else {
+        steps.join(", ")
+    }
+}
+
+/// Each attempt of `call` in carrier-sim's ledger: requests, and when it was live.
+fn carrier_line(carrier: &CarrierStats, call: CallId) -> String {
+    let prefix = format!("{call}/");
+    let attempts: Vec<String> = carrier
+        .attempts
+        .iter()
+        .filter(|(key, _)| key.starts_with(&prefix))
+        .map(|(key, a)| {
+            let ended = a
+                .ended_ms
+                .map_or("still live".into(), |end| format!("ended {end}"));
+            format!(
+                "{} x{} placed {} {ended}",
+                &key[prefix.len()..],
+                a.requests,
+                a.placed_ms
+            )
+        })
+        .collect();
+    if attempts.is_empty() {
+        "never placed".into()
+    } else {
+        attempts.join(", ")
+    }
 }
 
 /// No attempt is placed twice: carrier-sim saw each attempt's key once.
@@ -232,6 +327,7 @@ pub fn cap_over_time(
     caps: &BTreeMap<u64, CapHistory>,
     grace_ms: u64,
     timed_out: &TimedOut,
+    histories: &BTreeMap<CallId, Vec<CallEvent>>,
 ) -> Check {
     let mut check = Check::new("cap exceeded");
     let mut worst = (0usize, 0u32);
@@ -265,16 +361,41 @@ pub fn cap_over_time(
                         )
                     })
                     .collect();
+                // Each live attempt: when the carrier had it, and when ccm saw its outcome.
+                let others: Vec<String> = attempts
+                    .iter()
+                    .filter(|(_, b)| live_at(b, t))
+                    .map(|(k, b)| {
+                        let seen = outcome_of(histories, k)
+                            .map_or("no outcome".into(), |(at, source)| {
+                                format!("outcome {source} at {at}")
+                            });
+                        format!("{k} placed {} ended {:?} ({seen})", b.placed_ms, b.ended_ms)
+                    })
+                    .collect();
                 check.violation(format!(
                     "campaign {campaign}: {live} live calls at {t} when {key} was placed, cap \
                      {allowed}; {stale} of them already ended by the dialer's timeout (issue 16 \
-                     item 2); cap changes near: {near:?}"
+                     item 2); cap changes near: {near:?}; live: {others:?}"
                 ));
             }
         }
     }
     check.measured = format!("worst {} live / cap {}", worst.0, worst.1);
     check
+}
+
+/// When ccm recorded the outcome of attempt `key` (`<call>/<attempt>`, Unix ms), and from
+/// where (the carrier, or the dialer's timeout).
+fn outcome_of(histories: &BTreeMap<CallId, Vec<CallEvent>>, key: &str) -> Option<(i64, String)> {
+    let (call, attempt) = key.split_once('/')?;
+    let (call, attempt): (CallId, u32) = (call.parse().ok()?, attempt.parse().ok()?);
+    histories.get(&call)?.iter().find_map(|e| match &e.kind {
+        EventKind::Outcome { source, .. } if e.attempt == attempt => {
+            Some((e.at.timestamp_millis(), format!("{source:?}")))
+        }
+        _ => None,
+    })
 }
 
 /// The retry policy held (attempt numbering, limit, backoff, no retry after PICKED), from
@@ -452,7 +573,7 @@ mod tests {
         let none = TimedOut::new();
         assert!(number_overlap(&clean, &none).passed());
         assert!(placed_twice(&clean).passed());
-        assert!(cap_over_time(&clean, &caps, 0, &none).passed());
+        assert!(cap_over_time(&clean, &caps, 0, &none, &BTreeMap::new()).passed());
 
         let broken = ledger(&[
             ("a/1", "7", "+1", 100, Some(200), 2),
@@ -463,7 +584,7 @@ mod tests {
         assert_eq!(overlap.violations, 1, "{overlap:?}");
         assert!(overlap.evidence[0].contains("b/1"), "{overlap:?}");
         assert_eq!(placed_twice(&broken).violations, 1);
-        let cap = cap_over_time(&broken, &caps, 0, &none);
+        let cap = cap_over_time(&broken, &caps, 0, &none, &BTreeMap::new());
         assert_eq!(cap.violations, 1, "{cap:?}");
         // Lowered from 3 to 2 just before: within the grace the old cap still counts.
         let lowered = BTreeMap::from([(
@@ -478,8 +599,8 @@ mod tests {
                 }],
             },
         )]);
-        assert!(cap_over_time(&broken, &lowered, 10, &none).passed());
-        assert!(!cap_over_time(&broken, &lowered, 0, &none).passed());
+        assert!(cap_over_time(&broken, &lowered, 10, &none, &BTreeMap::new()).passed());
+        assert!(!cap_over_time(&broken, &lowered, 0, &none, &BTreeMap::new()).passed());
         // Still a violation when the dialer had timed the first call out, but named as such.
         let timed = TimedOut::from([("a/1".to_owned(), 120)]);
         let overlap = number_overlap(&broken, &timed);

@@ -51,6 +51,25 @@ impl Knobs {
     }
 }
 
+impl Knobs {
+    /// How long the calls of a healed run may legitimately take to end, by the design's own
+    /// timings rather than a guess. The slowest path is a placement whose result is unknown
+    /// (the carrier's answer lost to a fault): the dialer cannot name the call to hang it up,
+    /// so it holds the slot for the maximum duration and then for the longest ring a campaign
+    /// may set (`ring_time::MAX_SECS` + 1, `dialer/src/carrier/twilio.rs`) and the hang-up
+    /// grace, about 130 s (measured: seed 1 settled 130-132 s after its schedule on a quiet
+    /// machine, its last calls being exactly these). Twice that covers a call queued behind
+    /// one such in a cap-1 campaign, plus a minute for the retries and a loaded machine. A
+    /// healthy run ends as soon as every call has, so the bound costs nothing then.
+    pub fn settle_bound(&self) -> Duration {
+        let unknown_hold = self.max_call_duration_secs
+            + u64::from(ccm_core::campaign::ring_time::MAX_SECS)
+            + 1
+            + 1;
+        Duration::from_secs(2 * unknown_hold + 60)
+    }
+}
+
 /// A campaign as the run creates it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CampaignSpec {

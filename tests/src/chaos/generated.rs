@@ -170,7 +170,10 @@ pub async fn run(
     }
     ops.await
         .map_err(|e| HarnessError::Setup(format!("the operations task failed: {e}")))?;
-    say("schedule done; healing");
+    say(&format!(
+        "schedule done at {}; healing",
+        chrono::Utc::now().format("%H:%M:%S%.3f")
+    ));
     heal(&client, schedule).await;
     let crashed = targets.services.exited();
 
@@ -183,6 +186,11 @@ pub async fn run(
     loop {
         let done = audit::terminal_count(&pg, &accepted).await.unwrap_or(0);
         if done >= accepted.len() as u64 && super::settled(&js).await {
+            say(&format!(
+                "settled {:.0} s after the schedule ({} s allowed)",
+                (tokio::time::Instant::now() + settle - deadline).as_secs_f64(),
+                settle.as_secs()
+            ));
             break;
         }
         if tokio::time::Instant::now() >= deadline {
@@ -321,6 +329,9 @@ async fn audit_run(
     audit.elapsed = elapsed;
     let histories = audit::histories(pg, &accepted).await?;
     let timed_out = checks::timed_out(&histories);
+    for line in checks::last_to_end(&histories, 3) {
+        eprintln!("[seed {}] ended last: {line}", schedule.seed);
+    }
     let mut docs = BTreeMap::new();
     for id in campaigns {
         let path = format!("/api/v1/campaigns/{id}");
@@ -367,10 +378,10 @@ async fn audit_run(
     dlq.evidence.truncate(8);
     let names: Vec<&str> = crashed.iter().map(|s| s.name()).collect();
     let checks = vec![
-        checks::lost(&accepted, &histories, &states),
+        checks::lost(&accepted, &histories, &states, &carrier),
         checks::placed_twice(&carrier),
         checks::number_overlap(&carrier, &timed_out),
-        checks::cap_over_time(&carrier, &caps, CAP_GRACE_MS, &timed_out),
+        checks::cap_over_time(&carrier, &caps, CAP_GRACE_MS, &timed_out, &histories),
         checks::retries_per_policy(audit.retries, audit.retry_violations, &audit.retry_problems),
         checks::campaign_completion(&docs, &accepted, &accepted_ms, &histories),
         checks::claims_without_live_call(js, pg).await?,

@@ -16,6 +16,7 @@ mod expiry;
 mod frequency_cap;
 mod lifecycle;
 mod pacing;
+mod rerun;
 mod retention;
 mod retries;
 mod shutdown;
