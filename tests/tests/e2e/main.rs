@@ -9,6 +9,7 @@ mod carriers;
 mod chaos;
 mod chaos_generated;
 mod consent;
+mod consent_rerun;
 mod custom_fields;
 mod dashboard;
 mod do_not_call;
