@@ -98,8 +98,13 @@ pub async fn initiate_call(
     };
     state.ledger.set_fields(&key, body.custom_fields);
     state.ledger.set_ring_timeout(&key, body.ring_timeout_secs);
-    let drawn = outcome::draw(&state.config);
-    let last = Callback::Json {
+    let opted_out = state.opt_outs.contains(&body.phone_number);
+    let drawn = if opted_out {
+        outcome::answered(&state.config)
+    } else {
+        outcome::draw(&state.config)
+    };
+    let mut last = Callback::Json {
         method: Method::PUT,
         url: format!(
             "{}/api/v1/callback/",
@@ -113,6 +118,12 @@ pub async fn initiate_call(
             "external_call_id": external_call_id,
         }),
     };
+    if opted_out {
+        if let Callback::Json { body, .. } = &mut last {
+            body["opt_out"] = true.into();
+        }
+        state.ledger.count_opt_out();
+    }
     callback::schedule(&state, key, state.config.call_length(), Vec::new(), last);
     let placed = Json(json!({
         "external_call_id": external_call_id,

@@ -88,6 +88,9 @@ pub struct Stats {
     /// The `campaign/number` pairs that were rung twice at once (empty when all is well).
     #[serde(default)]
     pub number_overlaps: Vec<String>,
+    /// Calls whose callee opted out (their final callback says so).
+    #[serde(default)]
+    pub opt_outs: u64,
     /// Live calls per `campaign/number`; internal bookkeeping for `number_peak`.
     #[serde(skip)]
     live_numbers: BTreeMap<String, u64>,
@@ -240,6 +243,10 @@ impl Ledger {
 
     pub fn count_rejected(&self) {
         self.with(|stats| stats.rejected += 1);
+    }
+
+    pub fn count_opt_out(&self) {
+        self.with(|stats| stats.opt_outs += 1);
     }
 
     pub fn count_callback(&self, delivered: bool) {

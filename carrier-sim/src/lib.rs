@@ -21,6 +21,7 @@ pub(crate) mod faults;
 pub(crate) mod hangup;
 pub(crate) mod http_api;
 pub mod ledger;
+pub mod opt_out;
 pub(crate) mod outcome;
 pub mod script;
 pub(crate) mod twilio_api;
@@ -108,6 +109,13 @@ pub struct SimConfig {
     /// (`AnsweredBy=machine_start`; the others `human`).
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub machine_rate: f64,
+    /// Numbers (E.164) whose callees answer and opt out (see [`opt_out`]); repeat the flag or
+    /// separate with commas.
+    #[arg(long = "opt-out-number", value_delimiter = ',')]
+    pub opt_out_numbers: Vec<String>,
+    /// The keypad input an opted-out Twilio callee sends (`Digits`).
+    #[arg(long, default_value = "9")]
+    pub opt_out_digits: String,
 }
 
 impl Default for SimConfig {
@@ -131,6 +139,8 @@ impl Default for SimConfig {
             duplicate_rate: 0.0,
             reorder_rate: 0.0,
             machine_rate: 0.0,
+            opt_out_numbers: Vec::new(),
+            opt_out_digits: "9".into(),
         }
     }
 }
@@ -176,6 +186,8 @@ pub struct SimState {
     pub live: hangup::LiveCalls,
     /// Scripted answers still to give.
     pub script: script::Script,
+    /// Numbers whose callees opt out.
+    pub opt_outs: opt_out::OptOuts,
 }
 
 impl SimState {
@@ -207,6 +219,7 @@ pub fn router(state: SimState) -> Router {
         .route("/stats", get(stats))
         .route("/faults", get(get_faults).put(put_faults))
         .route("/script", axum::routing::put(script::put))
+        .route("/opt_outs", axum::routing::put(opt_out::put))
         .route("/api/initiate-call", post(http_api::initiate_call))
         .route("/api/hangup-call", post(hangup::http))
         .route(
@@ -270,13 +283,14 @@ pub async fn run(
         .map_err(SimError::Client)?;
     let state = SimState {
         faults: Arc::new(RwLock::new(Faults::from_config(&config))),
-        config: Arc::new(config),
         ledger: Arc::new(Ledger::default()),
         http,
         requests: Arc::new(AtomicU64::new(0)),
         shutdown: shutdown.clone(),
         live: hangup::LiveCalls::default(),
         script: script::Script::default(),
+        opt_outs: opt_out::OptOuts::new(&config.opt_out_numbers),
+        config: Arc::new(config),
     };
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "carrier-sim listening");

@@ -44,6 +44,14 @@ pub fn draw(config: &SimConfig) -> Drawn {
     }
 }
 
+/// An answered call (a callee who opts out answers to press the digit).
+pub fn answered(_config: &SimConfig) -> Drawn {
+    Drawn {
+        status: OutcomeStatus::Picked,
+        duration_secs: rand::rng().random_range(5..=60),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

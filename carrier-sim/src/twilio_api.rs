@@ -188,7 +188,13 @@ fn schedule_callbacks(
     if events.contains(&"ringing") {
         intermediate.push(sign(base("ringing", 1)));
     }
-    let drawn = outcome::draw(&state.config);
+    let to = field(form, "To").unwrap_or_default();
+    let opted_out = state.opt_outs.contains(to);
+    let drawn = if opted_out {
+        outcome::answered(&state.config)
+    } else {
+        outcome::draw(&state.config)
+    };
     let status = match drawn.status {
         OutcomeStatus::Picked | OutcomeStatus::Disconnected => "completed",
         OutcomeStatus::Rnr if chance(1.0 / 3.0) => "busy",
@@ -204,6 +210,10 @@ fn schedule_callbacks(
             "human"
         };
         last.push(("AnsweredBy".into(), who.into()));
+    }
+    if opted_out {
+        last.push(("Digits".into(), state.config.opt_out_digits.clone()));
+        state.ledger.count_opt_out();
     }
     callback::schedule(
         state,

@@ -84,6 +84,9 @@ pub struct Checks {
     /// The callee's jurisdiction, the rule-pack rules applied and the frequency counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<RulesSeen>,
+    /// The consent the campaign requires and the one relied on, or why there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent: Option<crate::consent::ConsentSeen>,
 }
 
 /// The campaign as the decision saw it.

@@ -105,9 +105,41 @@ pub struct Campaign {
     /// adapter's `ring_timeout_secs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring_timeout_secs: Option<u32>,
+    /// The consent a number must have for this campaign to call it; none: no consent is
+    /// checked (see [`crate::consent`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_consent: Option<crate::consent::ConsentType>,
+    /// The do-not-call list a callee who opts out during one of this campaign's calls is put on.
+    #[serde(default, skip_serializing_if = "OptOutList::is_default")]
+    pub opt_out_list: OptOutList,
     /// When the campaign reached `COMPLETED` or `CANCELLED`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// Where an opt-out heard during a campaign's call is listed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptOutList {
+    /// The global do-not-call list: no campaign calls the number again.
+    #[default]
+    Global,
+    /// The campaign's own list: only this campaign stops calling the number.
+    Campaign,
+}
+
+impl OptOutList {
+    fn is_default(&self) -> bool {
+        *self == Self::Global
+    }
+
+    /// The do-not-call list it means for `campaign`.
+    pub fn list(self, campaign: CampaignId) -> crate::dnc::DncList {
+        match self {
+            Self::Global => crate::dnc::DncList::Global,
+            Self::Campaign => crate::dnc::DncList::Campaign(campaign),
+        }
+    }
 }
 
 /// Why a campaign calls, as far as calling rules care.

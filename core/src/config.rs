@@ -348,6 +348,10 @@ pub struct TwilioWebhookConfig {
     /// The public base URL Twilio calls (e.g. `https://ccm.example.com`), needed because the
     /// signature covers the full URL as Twilio saw it. Empty: `http://<Host header>`.
     pub public_url: String,
+    /// The keypad input of a `<Gather>` (Twilio's `Digits`, e.g. `9`) by which a callee asks
+    /// not to be called again: a callback carrying it puts the number on the do-not-call list
+    /// (see ingest's `opt_out`). Empty (the default): `Digits` is ignored.
+    pub opt_out_digits: String,
 }
 
 /// The scope of the one-live-call-per-number rule.

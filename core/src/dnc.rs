@@ -44,7 +44,23 @@ pub struct DncEntry {
     pub added_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Set when the callee asked, during a call, not to be called again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opted_out: Option<OptOut>,
 }
+
+/// The call during which the callee opted out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OptOut {
+    pub call_id: crate::ids::CallId,
+    pub campaign_id: CampaignId,
+    pub attempt: u32,
+    /// How the carrier said it: `digits` (a `<Gather>`), `callback` (`opt_out: true`).
+    pub via: String,
+}
+
+/// The reason an attempt to an opted-out number ends with.
+pub const OPTED_OUT: &str = "opted_out";
 
 /// The list that forbids calling `phone` in `campaign`, if any (the global list first). Both
 /// lists are read at once: this runs on every accepted call, where a second sequential round
@@ -66,13 +82,15 @@ pub async fn listed(
     })
 }
 
-/// As [`listed`], with what was read for the attempt's audit record: each list checked and
-/// the revision of the number's entry on it (a listing, or the removal of one).
+/// The dialer's check right before placing: the reason the number may not be called, if it
+/// is listed (the list named; `opted_out` when the entry came from the callee's own opt-out,
+/// which ends the call as such), with what was read for the attempt's audit record: each list
+/// checked and the revision of the number's entry on it (a listing, or the removal of one).
 pub async fn checked(
     bucket: &kv::Store,
     campaign: CampaignId,
     phone: &PhoneNumber,
-) -> Result<(Option<DncList>, crate::attempt_audit::DncSeen), kv::EntryError> {
+) -> Result<(Option<String>, crate::attempt_audit::DncSeen), kv::EntryError> {
     let campaign_list = DncList::Campaign(campaign);
     let (global, own) = futures::try_join!(
         bucket.entry(DncList::Global.key(phone)),
@@ -90,11 +108,23 @@ pub async fn checked(
         seen(format!("campaign:{campaign}"), &own),
     ];
     let listed = if lists[0].listed {
-        Some(DncList::Global)
+        Some((DncList::Global, &global))
     } else {
-        lists[1].listed.then_some(campaign_list)
+        lists[1].listed.then_some((campaign_list, &own))
     };
-    Ok((listed, crate::attempt_audit::DncSeen { lists }))
+    let refusal = listed.map(|(list, entry)| {
+        // An entry that does not decode still lists the number.
+        let opted_out = entry
+            .as_ref()
+            .and_then(|e| serde_json::from_slice::<DncEntry>(&e.value).ok())
+            .is_some_and(|e| e.opted_out.is_some());
+        if opted_out {
+            OPTED_OUT.to_owned()
+        } else {
+            list.refusal(phone)
+        }
+    });
+    Ok((refusal, crate::attempt_audit::DncSeen { lists }))
 }
 
 #[cfg(test)]

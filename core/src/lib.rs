@@ -16,7 +16,7 @@
 //! - [`metrics`]: the Prometheus recorder and a minimal `/metrics` server.
 //! - [`policy`]: the YAML retry policy (the old system's format plus extensions) and the
 //!   pure retry decision.
-//! - [`dnc`]: the do-not-call lists.
+//! - [`dnc`]: the do-not-call lists. [`consent`]: consent types and the `consents` bucket.
 //! - [`placements`]: the carrier's call id → the attempt it placed, for callbacks that name
 //!   only the call.
 //! - [`dlq`]: dead letters as stored in `DLQ`, and the operator's actions on them.
@@ -36,6 +36,7 @@ pub mod call_log;
 pub mod campaign;
 pub mod claims;
 pub mod config;
+pub mod consent;
 pub mod consumer;
 pub mod contacts;
 pub mod dial_consumer;

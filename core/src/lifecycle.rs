@@ -171,6 +171,8 @@ mod tests {
             max_calls_per_second: None,
             purpose: Default::default(),
             ring_timeout_secs: None,
+            required_consent: None,
+            opt_out_list: Default::default(),
             answering_machine: Default::default(),
             ended_at: None,
         }

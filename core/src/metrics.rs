@@ -20,7 +20,8 @@
 //! |---|---|---|---|
 //! | `ccm_ingest_http_request_duration_seconds` | histogram | `method`, `route`, `status` | API latency; `route` is the route template (`/api/v1/calls/{id}`, `unmatched` for no route), `status` the class (`2xx`…`5xx`); its `_count` is requests |
 //! | `ccm_ingest_calls_accepted_total` | counter | | calls accepted (dial message stored by JetStream) |
-//! | `ccm_ingest_calls_refused_total` | counter | `reason` | calls refused after validation: `in_progress`, `within_window` (duplicates, 429), `claim_unavailable`, `publish_failed` (503); invalid input shows as `4xx` in the latency histogram |
+//! | `ccm_ingest_calls_refused_total` | counter | `reason` | calls refused after validation: `in_progress`, `within_window` (duplicates, 429), `claim_unavailable`, `publish_failed` (503), `do_not_call`, `consent_required` (403); invalid input shows as `4xx` in the latency histogram |
+//! | `ccm_ingest_opt_outs_total` | counter | | callees who opted out during a call (number listed) |
 //! | `ccm_ingest_audit_failures_total` | counter | | audit records that could not be stored (each is logged at error level with the record) |
 //! | `ccm_ingest_erasures_total` | counter | `result` | erase requests for a number: `erased`, `refused` (a call of it had not ended, 409) |
 //! | `ccm_dialer_live_calls` | gauge | `campaign` | calls in flight in this replica (dial message held un-acked) |

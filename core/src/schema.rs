@@ -4,6 +4,7 @@
 //! |---|---|---|---|
 //! | [`READ_MODEL`] | ccm-projector | `projector/migrations/` | `calls`, `call_events`, `campaigns`, `phone_numbers`, `dead_letters`, `daily_metrics`, `call_concurrency`, … |
 //! | [`WEBHOOKS`] | ccm-webhooks | `webhooks/migrations/` | `webhook_messages`, `webhook_attempts`, `webhook_leases` |
+//! | [`CONSENTS`] | ccm-ingest | `ingest/migrations/` | `consents` |
 //!
 //! Each service applies its own set when it starts (with `provision` on), and the provisioning
 //! step ([`migrate_all`]) applies every set, for deployments whose services have no DDL rights.
@@ -31,9 +32,17 @@ pub static READ_MODEL: LazyLock<Migrator> =
 pub static WEBHOOKS: LazyLock<Migrator> =
     LazyLock::new(|| owned(sqlx::migrate!("../webhooks/migrations")));
 
+/// The consent records, owned by ingest.
+pub static CONSENTS: LazyLock<Migrator> =
+    LazyLock::new(|| owned(sqlx::migrate!("../ingest/migrations")));
+
 /// Every set with its owner, in the order provisioning applies them.
-pub fn sets() -> [(&'static str, &'static Migrator); 2] {
-    [("read model", &READ_MODEL), ("webhooks", &WEBHOOKS)]
+pub fn sets() -> [(&'static str, &'static Migrator); 3] {
+    [
+        ("read model", &READ_MODEL),
+        ("webhooks", &WEBHOOKS),
+        ("consents", &CONSENTS),
+    ]
 }
 
 /// A set that tolerates the versions recorded by the other sets in the shared table.

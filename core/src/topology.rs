@@ -51,6 +51,7 @@ pub const STREAMS: &[Definition] = definitions![
     "streams/KV_idempotency.json",
     "streams/KV_webhooks.json",
     "streams/KV_dnc.json",
+    "streams/KV_consents.json",
     "streams/KV_pacing.json",
     "streams/KV_attempts.json",
     "streams/KV_placements.json",
@@ -97,6 +98,9 @@ pub mod names {
     pub const KV_WEBHOOKS: &str = "webhooks";
     /// Do-not-call lists (`global.<digits>`, `<campaign>.<digits>`), see [`crate::dnc`].
     pub const KV_DNC: &str = "dnc";
+    /// Valid consents and the last revocation per number and type (`<digits>.<type>`), see
+    /// [`crate::consent`].
+    pub const KV_CONSENTS: &str = "consents";
     /// The dialers' shared pacing slots (`global`, `<campaign>`).
     pub const KV_PACING: &str = "pacing";
     /// Recent attempt times per number (`<digits>`), for the frequency limits.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::{events::EventKind, ids::CampaignId};
 
 /// The lifecycle events a subscription may ask for (the `type` names of [`EventKind`]),
-/// and `campaign.completed` (a campaign has no call left).
+/// `campaign.completed` (a campaign has no call left) and `contact.opted_out`.
 pub const EVENT_TYPES: &[&str] = &[
     "completed",
     "failed",
@@ -17,7 +17,12 @@ pub const EVENT_TYPES: &[&str] = &[
     "expired",
     "limited",
     "campaign.completed",
+    CONTACT_OPTED_OUT,
 ];
+
+/// Sent when a callee asks, during a call, not to be called again (queued by ingest when the
+/// carrier's callback says so, through [`crate::webhook_queue::notify`]).
+pub const CONTACT_OPTED_OUT: &str = "contact.opted_out";
 
 /// One endpoint subscribed to call lifecycle events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

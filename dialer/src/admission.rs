@@ -13,6 +13,7 @@ use ccm_core::{
     Campaign, DialRequest,
     attempt_audit::{CampaignSeen, Checks},
     call_lifecycle::End,
+    consent::ConsentSeen,
     expiry::Wait,
     lifecycle::Dialling,
 };
@@ -45,6 +46,9 @@ pub struct Facts {
     /// needs; its verdicts are `window_opens` and `capped_until`, its record `checks.time`,
     /// `checks.window` and `checks.rules`.
     pub compliance: crate::compliance::Seen,
+    /// What the consent check saw, when the campaign requires a consent (also recorded in
+    /// `checks.consent`).
+    pub consent: Option<ConsentSeen>,
 }
 
 /// What to do with the attempt.
@@ -80,6 +84,12 @@ pub fn decide(facts: &Facts) -> Decision {
     }
     if let Some(refusal) = &facts.listed {
         return Decision::End(refusal.clone());
+    }
+    if let Some(refused) = facts.consent.as_ref().and_then(|c| c.refusal) {
+        return Decision::End(refused.code().into());
+    }
+    if let Some(refused) = facts.consent.as_ref().and_then(|c| c.refusal) {
+        return Decision::End(refused.code().into());
     }
     if let Some(opens) = facts.window_opens {
         return wait(facts, Wait::Window, opens);
@@ -124,6 +134,8 @@ pub enum CheckError {
     Dnc(#[source] async_nats::Error),
     #[error(transparent)]
     Compliance(crate::compliance::ComplianceError),
+    #[error(transparent)]
+    Consent(ccm_core::consent::ConsentError),
 }
 
 /// Reads the facts. Only a campaign that is dialled has its number and window read: the rule
@@ -133,8 +145,13 @@ pub async fn gather(
     request: &DialRequest,
     seen: Seen<'_>,
 ) -> Result<Facts, CheckError> {
-    let (dialling, window, revision) = match seen {
-        Seen::Pulled { mode, info } => (pulled(mode), info.window.clone(), Some(info.revision)),
+    let (dialling, window, revision, required) = match seen {
+        Seen::Pulled { mode, info } => (
+            pulled(mode),
+            info.window.clone(),
+            Some(info.revision),
+            info.required_consent,
+        ),
         Seen::Stored { mode, info } => {
             let stored = ctx
                 .campaigns
@@ -145,13 +162,19 @@ pub async fn gather(
             let revision = stored.as_ref().map(|e| e.revision);
             match stored.map(|e| serde_json::from_slice::<Campaign>(&e.value)) {
                 // Deleted: its worker is gone; nothing of it is dialled.
-                None => (Dialling::Hold, None, None),
+                None => (Dialling::Hold, None, None, None),
                 Some(Ok(campaign)) => (
                     campaign.dialling_at(Utc::now()),
                     Window::of(&campaign),
                     revision,
+                    campaign.required_consent,
                 ),
-                Some(Err(_)) => (pulled(mode), info.window.clone(), Some(info.revision)),
+                Some(Err(_)) => (
+                    pulled(mode),
+                    info.window.clone(),
+                    Some(info.revision),
+                    info.required_consent,
+                ),
             }
         }
     };
@@ -174,12 +197,14 @@ pub async fn gather(
             ..Checks::default()
         },
         compliance: Default::default(),
+        consent: None,
     };
     if dialling != Dialling::Dial {
         return Ok(facts);
     }
-    let ((listed, dnc), checked) = futures::try_join!(
+    let ((listed, dnc), checked, consent) = futures::try_join!(
         async {
+            // An opted-out callee's listing ends the call as `opted_out`.
             ccm_core::dnc::checked(&ctx.dnc, request.campaign_id, &request.phone_number)
                 .await
                 .map_err(|e| CheckError::Dnc(e.into()))
@@ -189,8 +214,17 @@ pub async fn gather(
                 .await
                 .map_err(CheckError::Compliance)
         },
+        async {
+            match required {
+                Some(kind) => ccm_core::consent::check(&ctx.consents, &request.phone_number, kind)
+                    .await
+                    .map(Some)
+                    .map_err(CheckError::Consent),
+                None => Ok(None),
+            }
+        },
     )?;
-    facts.listed = listed.map(|list| list.refusal(&request.phone_number));
+    facts.listed = listed;
     facts.checks.dnc = Some(dnc);
     facts.window_opens = checked.window_opens;
     facts.capped_until = checked.limited_until;
@@ -205,6 +239,8 @@ pub async fn gather(
     facts.checks.rules = Some(crate::compliance::audited(&checked.seen))
         .filter(|r| *r != ccm_core::attempt_audit::RulesSeen::default());
     facts.compliance = checked.seen;
+    facts.checks.consent = consent.clone();
+    facts.consent = consent;
     Ok(facts)
 }
 
@@ -217,6 +253,7 @@ fn pulled(mode: Mode) -> Dialling {
 
 #[cfg(test)]
 mod tests {
+    use ccm_core::consent::{ConsentState, ConsentType};
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
     use super::*;
@@ -231,6 +268,7 @@ mod tests {
             expires_at: None,
             checks: Checks::default(),
             compliance: Default::default(),
+            consent: None,
         }
     }
 
@@ -257,6 +295,29 @@ mod tests {
         let mut f = facts(now);
         f.capped_until = Some(later);
         assert_eq!(decide(&f), Decision::Defer(later));
+        let mut f = facts(now);
+        f.consent = Some(ConsentSeen::of(ConsentType::AiVoice, None));
+        assert_eq!(decide(&f), Decision::End("consent_required".into()));
+        let revoked = ConsentState {
+            valid: vec![],
+            revoked: Some(ccm_core::consent::Revocation {
+                consent_id: uuid::Uuid::now_v7(),
+                at: now,
+                how: "api".into(),
+            }),
+        };
+        f.consent = Some(ConsentSeen::of(ConsentType::AiVoice, Some(&revoked)));
+        assert_eq!(decide(&f), Decision::End("consent_revoked".into()));
+        let valid = ConsentState {
+            valid: vec![uuid::Uuid::now_v7()],
+            revoked: None,
+        };
+        f.consent = Some(ConsentSeen::of(ConsentType::AiVoice, Some(&valid)));
+        assert_eq!(
+            decide(&f),
+            Decision::Place,
+            "a valid consent lets it through"
+        );
     }
 
     /// Generated: whatever the facts, an attempt is placed only when none forbids it, a
@@ -285,17 +346,30 @@ mod tests {
                 expires_at: None,
                 checks: Checks::default(),
                 compliance: Default::default(),
+                consent: match rng.random_range(0..3) {
+                    0 => None,
+                    1 => Some(ConsentSeen::of(ConsentType::PriorExpressWritten, None)),
+                    _ => Some(ConsentSeen::of(
+                        ConsentType::PriorExpressWritten,
+                        Some(&ConsentState {
+                            valid: vec![uuid::Uuid::now_v7()],
+                            revoked: None,
+                        }),
+                    )),
+                },
             };
             let decision = decide(&f);
+            let consented = f.consent.as_ref().is_none_or(|c| c.refusal.is_none());
             let free = f.dialling == Dialling::Dial
                 && f.listed.is_none()
+                && consented
                 && f.window_opens.is_none()
                 && f.capped_until.is_none();
             assert_eq!(decision == Decision::Place, free, "seed {seed}: {f:?}");
             if let Dialling::Drain(reason) = f.dialling {
                 assert_eq!(decision, Decision::End(reason.into()), "seed {seed}");
             }
-            if f.dialling == Dialling::Dial && f.listed.is_some() {
+            if f.dialling == Dialling::Dial && (f.listed.is_some() || !consented) {
                 assert!(matches!(decision, Decision::End(_)), "seed {seed}: {f:?}");
             }
             if let Decision::Defer(until) = decision {
@@ -334,6 +408,7 @@ mod tests {
                     .then(|| now + chrono::Duration::seconds(rng.random_range(-3_600..86_400))),
                 checks: Checks::default(),
                 compliance: Default::default(),
+                consent: None,
             };
             let decision = decide(&f);
             let past = f.expires_at.is_some_and(|e| e <= now);

@@ -54,6 +54,8 @@ pub struct CallContext {
     pub contacts: kv::Store,
     /// Do-not-call lists, checked just before placing.
     pub dnc: kv::Store,
+    /// Consents per number and type (see [`ccm_core::consent`]), checked before placing.
+    pub consents: kv::Store,
     /// Shared call-rate schedules.
     pub pacing: crate::pacing::Pacing,
     /// The dial consumers, for the count of held messages while a cap change is recent.

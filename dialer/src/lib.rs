@@ -149,6 +149,7 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
         .await?,
         contacts: ccm_core::nats::bucket(&js, names::KV_CONTACTS).await?,
         dnc: ccm_core::nats::bucket(&js, names::KV_DNC).await?,
+        consents: ccm_core::nats::bucket(&js, names::KV_CONSENTS).await?,
         pacing: pacing::Pacing {
             bucket: ccm_core::nats::bucket(&js, names::KV_PACING).await?,
             global_per_second: config.dialer.max_calls_per_second,
@@ -445,6 +446,7 @@ impl Supervisor<'_> {
                 purpose: campaign.purpose,
                 ring_timeout_secs: campaign.ring_timeout_secs,
                 revision: entry.revision,
+                required_consent: campaign.required_consent,
             },
             max_call_duration: campaign
                 .max_call_duration_secs

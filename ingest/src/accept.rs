@@ -49,6 +49,48 @@ pub enum AcceptError {
     /// The do-not-call lists could not be read.
     #[error("cannot read the do-not-call lists")]
     DncUnavailable(#[source] async_nats::Error),
+    /// The campaign requires a consent the number does not hold (never given, or revoked);
+    /// nothing was published and no claim is kept.
+    #[error("{}", .0.refusal.map_or("consent_required", |r| r.code()))]
+    Consent(ccm_core::consent::ConsentSeen),
+    /// The consents could not be read.
+    #[error("cannot read the consents")]
+    ConsentUnavailable(#[source] ccm_core::consent::ConsentError),
+}
+
+impl AcceptError {
+    /// The refusal's detail for a consent refusal.
+    pub fn consent_detail(seen: &ccm_core::consent::ConsentSeen, phone: &PhoneNumber) -> String {
+        match seen.refusal {
+            Some(ccm_core::consent::ConsentRefusal::ConsentRevoked) => format!(
+                "{phone}'s {} consent was revoked; the campaign requires it",
+                seen.required.as_str()
+            ),
+            _ => format!(
+                "{phone} has no valid {} consent; the campaign requires it",
+                seen.required.as_str()
+            ),
+        }
+    }
+}
+
+/// Refuses a number without the consent `campaign` requires (a campaign requiring none lets
+/// every number through without a read).
+async fn check_consent(
+    state: &AppState,
+    campaign: &Campaign,
+    phone: &PhoneNumber,
+) -> Result<(), AcceptError> {
+    let Some(required) = campaign.required_consent else {
+        return Ok(());
+    };
+    let seen = ccm_core::consent::check(&state.consents, phone, required)
+        .await
+        .map_err(AcceptError::ConsentUnavailable)?;
+    match seen.refusal {
+        None => Ok(()),
+        Some(_) => Err(AcceptError::Consent(seen)),
+    }
 }
 
 /// Looks the number up on the do-not-call lists and claims it. The lists are normally in
@@ -63,6 +105,8 @@ async fn check_and_claim(
     phone: &PhoneNumber,
     call_id: CallId,
 ) -> Result<Claim, AcceptError> {
+    // Before the claim: a refused number keeps none.
+    check_consent(state, campaign, phone).await?;
     match state.dnc_cache.lookup(campaign.id, phone) {
         Some(Some(list)) => return Err(AcceptError::DoNotCall(list)),
         Some(None) => return Ok(claim(state, campaign.id, phone, call_id).await?),
@@ -313,6 +357,8 @@ fn count(results: &[Result<DialRequest, AcceptError>]) {
                     AcceptError::OutcomeUnknown(_) => "outcome_unknown",
                     AcceptError::DoNotCall(_) => "do_not_call",
                     AcceptError::DncUnavailable(_) => "dnc_unavailable",
+                    AcceptError::Consent(_) => "consent_required",
+                    AcceptError::ConsentUnavailable(_) => "consent_unavailable",
                 };
                 counter!("ccm_ingest_calls_refused_total", "reason" => reason).increment(1);
             }

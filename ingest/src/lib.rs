@@ -23,6 +23,8 @@
 //!   [`readmodel`]: reads of PostgreSQL. [`openapi`]: the OpenAPI document and docs page.
 //! - [`trace`]: a span per request, the root of a call's trace.
 //! - [`dashboard`]: the live dashboard page at `/` and its server-sent event stream.
+//! - `consent_store`: the consent records (PostgreSQL, this service's own migration set) and
+//!   the `consents` bucket the checks read; `opt_out`: a callee's opt-out during a call.
 //! - [`lifecycle`]: completes campaigns whose end date passed or whose calls are all done.
 
 pub mod accept;
@@ -31,6 +33,7 @@ pub mod auth;
 pub(crate) mod campaign_cache;
 mod campaign_store;
 pub(crate) mod compat_error;
+pub(crate) mod consent_store;
 pub(crate) mod contacts;
 pub(crate) mod dashboard;
 pub mod dnc_cache;
@@ -40,6 +43,7 @@ pub(crate) mod http_metrics;
 pub(crate) mod lifecycle;
 pub(crate) mod limits;
 pub(crate) mod openapi;
+pub(crate) mod opt_out;
 pub(crate) mod readmodel;
 pub mod routes;
 pub(crate) mod trace;
@@ -95,6 +99,9 @@ pub struct Shared {
     pub webhooks: kv::Store,
     /// Do-not-call lists (see [`ccm_core::dnc`] and [`routes::dnc`]).
     pub dnc: kv::Store,
+    /// Valid consents and revocations per number and type (see [`ccm_core::consent`] and
+    /// [`consent_store`]).
+    pub consents: kv::Store,
     /// The carrier's call id → the attempt it placed (see [`ccm_core::placements`]), for
     /// the old contract's callback.
     pub placements: kv::Store,
@@ -117,6 +124,8 @@ pub struct Shared {
     pub tokens: auth::Tokens,
     /// The per-token buckets of the expensive routes (see [`limits`]).
     pub limits: limits::RateLimits,
+    /// `provision`: this service applies its own migrations (the consent records).
+    pub provision: bool,
 }
 
 /// Why ingest could not start or stopped.
@@ -172,6 +181,7 @@ impl AppState {
             idempotency: ccm_core::nats::bucket(&js, names::KV_IDEMPOTENCY).await?,
             webhooks: ccm_core::nats::bucket(&js, names::KV_WEBHOOKS).await?,
             dnc: ccm_core::nats::bucket(&js, names::KV_DNC).await?,
+            consents: ccm_core::nats::bucket(&js, names::KV_CONSENTS).await?,
             placements: ccm_core::nats::bucket(&js, names::KV_PLACEMENTS).await?,
             api_tokens: ccm_core::nats::bucket(&js, names::KV_TOKENS).await?,
             allow_private_webhook_targets: config.webhooks.allow_private_targets,
@@ -189,6 +199,7 @@ impl AppState {
             ),
             tokens,
             limits: limits::RateLimits::new(&config.ingest.rate_limits),
+            provision: config.provision,
             dial_consumers: ccm_core::dial_consumer::DialConsumers::new(&js, &topology).await,
             js,
         })))
@@ -274,6 +285,7 @@ pub async fn serve_state(
             .follow(state.dnc.clone(), watch_stop.clone()),
     );
     let lifecycle = tokio::spawn(lifecycle::run(state.clone(), watch_stop.clone()));
+    let migrations = tokio::spawn(consent_store::migrate(state.clone(), watch_stop.clone()));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "ingest listening");
     }
@@ -296,6 +308,7 @@ pub async fn serve_state(
     let _ = dnc_watch.await;
     let _ = tokens_watch.await;
     let _ = lifecycle.await;
+    let _ = migrations.await;
     served?;
     // Every accepted call was acknowledged before its response; draining only flushes
     // whatever else is buffered.

@@ -93,6 +93,10 @@ pub(crate) struct Campaign {
     purpose: Option<String>,
     /// Seconds a phone rings before the attempt counts as unanswered.
     ring_timeout_secs: Option<u32>,
+    /// The consent type a number must have to be called.
+    required_consent: Option<String>,
+    /// `global` or `campaign`: where an opt-out during a call is listed.
+    opt_out_list: Option<String>,
     /// When the campaign became `completed` or `cancelled`.
     ended_at: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -120,6 +124,10 @@ pub(crate) struct Callback {
     status: String,
     call_duration: Option<u32>,
     external_call_id: Option<String>,
+    /// The callee asked not to be called again: the number is put on the do-not-call list
+    /// (the campaign's `opt_out_list`), its consents revoked, its queued and scheduled calls
+    /// end `CANCELLED` (`opted_out`), and `contact.opted_out` is sent.
+    opt_out: Option<bool>,
 }
 
 #[derive(Debug, ToSchema)]
@@ -182,6 +190,11 @@ pub(crate) struct TwilioStatusCallback {
     CallSid: Option<String>,
     CallDuration: Option<u32>,
     AnsweredBy: Option<String>,
+    /// The callee (E.164).
+    To: Option<String>,
+    /// A `<Gather>`'s keypad input: equal to `ingest.twilio.opt_out_digits`, the callee's
+    /// opt-out.
+    Digits: Option<String>,
 }
 
 #[derive(Debug)]
@@ -217,6 +230,7 @@ impl Modify for Security {
         (name = "carrier callbacks", description = "Status callbacks from carriers, authenticated by their signatures"),
         (name = "webhooks", description = "Outbound webhooks: subscriptions, delivery log, redelivery, secret rotation"),
         (name = "tokens", description = "API tokens made and revoked without a restart, and the audit log (an admin token's)"),
+        (name = "consents", description = "Consent records per number: record, list, revoke (who, when and how is kept; nothing is deleted)"),
         (name = "subjects", description = "A person's data: export and erase everything held about a phone number (an admin token's)"),
     )
 )]

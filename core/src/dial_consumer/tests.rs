@@ -29,6 +29,8 @@ fn campaign(state: CampaignState) -> Campaign {
         max_calls_per_second: None,
         purpose: Default::default(),
         ring_timeout_secs: None,
+        required_consent: None,
+        opt_out_list: Default::default(),
         ended_at: None,
     }
 }

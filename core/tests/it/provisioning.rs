@@ -266,6 +266,8 @@ pub(crate) fn campaign(id: u64, cap: u32) -> Campaign {
         max_calls_per_second: None,
         purpose: Default::default(),
         ring_timeout_secs: None,
+        required_consent: None,
+        opt_out_list: Default::default(),
         ended_at: None,
     }
 }

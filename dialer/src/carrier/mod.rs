@@ -111,6 +111,8 @@ pub struct CampaignInfo {
     pub ring_timeout_secs: Option<u32>,
     /// The revision of the campaign's document this view was made from (audit records).
     pub revision: u64,
+    /// The consent a number must hold to be called (checked before placing, not sent).
+    pub required_consent: Option<ccm_core::consent::ConsentType>,
 }
 
 /// A carrier adapter.

@@ -68,6 +68,7 @@ fn campaign() -> CampaignInfo {
         purpose: Purpose::Informational,
         ring_timeout_secs: None,
         revision: 0,
+        required_consent: None,
     }
 }
 

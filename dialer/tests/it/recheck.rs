@@ -141,6 +141,7 @@ async fn no_call_is_placed_after_a_pause_cancel_or_listing_made_while_it_waited_
                 let entry = DncEntry {
                     added_at: Utc::now(),
                     reason: Some("asked not to be called".into()),
+                    opted_out: None,
                 };
                 for request in requests.iter().filter(|r| !before.contains(&r.msg_id())) {
                     dnc.put(

@@ -73,7 +73,8 @@ pub struct Export {
     /// Do-not-call entries (the `dnc` bucket): list key and entry.
     #[schema(value_type = Vec<Object>)]
     pub do_not_call: Vec<Value>,
-    /// ccm records no consent; always empty, kept so the shape does not change when it does.
+    /// The number's consent records (`consents`), revoked ones included: type, purpose,
+    /// source, when given, evidence reference, who recorded it, and who revoked it, when and how.
     #[schema(value_type = Vec<Object>)]
     pub consent: Vec<Value>,
     /// The read model's rows by table: `calls`, `call_events` (the calls' histories),
@@ -131,6 +132,7 @@ pub async fn export(state: &AppState, phone: &PhoneNumber) -> Result<Export, Era
     let found = find(state, phone).await?;
     let calls: Vec<CallId> = found.known.keys().copied().collect();
     let tables = pg::export(&state.pg, phone, &calls).await?;
+    let consent = pg::consents(&state.pg, phone).await?;
     let mut contacts = Vec::new();
     let mut do_not_call = Vec::new();
     let mut messages = Vec::new();
@@ -157,7 +159,7 @@ pub async fn export(state: &AppState, phone: &PhoneNumber) -> Result<Export, Era
         phone_number: phone.as_str().to_owned(),
         contacts,
         do_not_call,
-        consent: Vec::new(),
+        consent,
         tables,
         messages,
         held_in,
@@ -174,6 +176,7 @@ pub async fn erase(state: &AppState, phone: &PhoneNumber) -> Result<Report, Eras
     let entry = serde_json::to_vec(&DncEntry {
         added_at: Utc::now(),
         reason: Some(format!("erasure request (subject {subject})")),
+        opted_out: None,
     })
     .expect("an entry serialises");
     let revision = state
@@ -211,7 +214,7 @@ pub async fn erase(state: &AppState, phone: &PhoneNumber) -> Result<Report, Eras
     let calls: Vec<CallId> = ended.into_iter().collect();
     // After JetStream: a message removed there can no longer be folded back into a row
     // erased here.
-    pg::erase(&state.pg, phone, &calls, &mut counts).await?;
+    pg::erase(&state.pg, phone, &pseudonym, &calls, &mut counts).await?;
     counter!("ccm_ingest_erasures_total", "result" => "erased").increment(1);
     Ok(Report {
         subject,

@@ -87,15 +87,47 @@ pub(crate) async fn export(
     Ok(tables)
 }
 
+/// The number's consent records (ingest's `consents` table), revoked ones included; none
+/// where the table does not exist yet.
+pub(crate) async fn consents(pg: &PgPool, phone: &PhoneNumber) -> Result<Vec<Value>, sqlx::Error> {
+    if !consents_table_exists(pg).await? {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "SELECT to_jsonb(c) FROM consents c WHERE phone_number = $1 ORDER BY given_at, id",
+    )
+    .bind(phone.as_str())
+    .fetch_all(pg)
+    .await
+}
+
 /// Erases the number and anonymises its calls (`ended`, all ended) in one transaction.
+/// Consent records are kept as evidence (see `docs/privacy.md`): their number becomes
+/// `pseudonym` and those still valid are revoked by the erasure.
 pub(crate) async fn erase(
     pg: &PgPool,
     phone: &PhoneNumber,
+    pseudonym: &str,
     ended: &[CallId],
     counts: &mut Counts,
 ) -> Result<(), sqlx::Error> {
     let ids: Vec<Uuid> = ended.iter().map(|c| c.as_uuid()).collect();
     let mut tx = pg.begin().await?;
+    if consents_table_exists(&mut *tx).await? {
+        let n = sqlx::query(
+            "UPDATE consents SET phone_number = $2,
+                 revoked_at = COALESCE(revoked_at, now()),
+                 revoked_by = COALESCE(revoked_by, 'erasure'),
+                 revoked_how = COALESCE(revoked_how, 'erasure')
+             WHERE phone_number = $1",
+        )
+        .bind(phone.as_str())
+        .bind(pseudonym)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        counts.add("table", "consents", "anonymised", n);
+    }
     let n = sqlx::query(privacy::ANONYMISE_CALLS_SQL)
         .bind(&ids)
         .execute(&mut *tx)
@@ -161,6 +193,15 @@ pub(crate) async fn erase(
     counts.add("table", "webhook_messages", "deleted", n);
     tx.commit().await?;
     Ok(())
+}
+
+/// Whether ingest's consent table exists (ingest migrates it in the background at start).
+async fn consents_table_exists<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT to_regclass('consents') IS NOT NULL")
+        .fetch_one(executor)
+        .await
 }
 
 /// Whether the webhooks service's tables exist: it migrates them itself, so a deployment that

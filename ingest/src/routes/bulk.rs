@@ -175,6 +175,12 @@ pub(crate) async fn create(
             Err(AcceptError::DoNotCall(list)) => {
                 rejected(index, input, "do_not_call", list.refusal(&phone))
             }
+            Err(AcceptError::Consent(seen)) => rejected(
+                index,
+                input,
+                "consent_required",
+                AcceptError::consent_detail(&seen, &phone),
+            ),
             Err(AcceptError::Claim(ClaimError::WithinWindow)) => rejected(
                 index,
                 input,

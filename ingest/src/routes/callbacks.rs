@@ -7,14 +7,18 @@
 //! missing signature is answered 403 and publishes nothing. Final statuses become an outcome
 //! event with `Nats-Msg-Id` `<call>/<attempt>/outcome`, so a repeated callback is dropped by
 //! the server; intermediate statuses (`ringing`, …) are acknowledged and ignored, which also
-//! makes out-of-order delivery harmless.
+//! makes out-of-order delivery harmless. A callback whose `Digits` (a `<Gather>`'s keypad
+//! input) equal `ingest.twilio.opt_out_digits` is the callee's opt-out, recorded before
+//! anything else ([`crate::opt_out`]).
 
 use axum::{
     body::Bytes,
     extract::{OriginalUri, Query, State},
     http::{HeaderMap, StatusCode, header},
 };
-use ccm_core::{CallEvent, CallId, CampaignId, EventKind, OutcomeSource, twilio};
+use ccm_core::{
+    CallEvent, CallId, CampaignId, EventKind, OutcomeSource, PhoneNumber, phone::PhoneRule, twilio,
+};
 use serde::Deserialize;
 use tracing::Instrument;
 use utoipa_axum::routes;
@@ -111,9 +115,22 @@ pub(crate) async fn twilio(
     };
     let call_status = field("CallStatus")
         .ok_or_else(|| AppError::bad_request("invalid_callback", "CallStatus is missing"))?;
+    // The callee's opt-out is recorded before anything else, whichever callback carries it
+    // (a `<Gather>`'s action comes while the call is in progress).
+    let opt_out_digits = state.config.twilio.opt_out_digits.trim();
+    let opted_out =
+        !opt_out_digits.is_empty() && field("Digits").is_some_and(|d| d.trim() == opt_out_digits);
+    let unfinished = if opted_out {
+        let to = field("To").and_then(|to| PhoneNumber::parse(&to, PhoneRule::Lenient).ok());
+        hear(&state, &attempt, to, "digits").await?
+    } else {
+        None
+    };
     let duration_secs = field("CallDuration").and_then(|d| d.parse::<u32>().ok());
     let Some(status) = twilio::outcome(&call_status, duration_secs) else {
-        return Ok(StatusCode::NO_CONTENT);
+        return unfinished.map_or(Ok(StatusCode::NO_CONTENT), |e| {
+            Err(AppError::unavailable(e))
+        });
     };
     let reason = field("AnsweredBy")
         .filter(|a| a.starts_with("machine") || a == "fax")
@@ -139,7 +156,49 @@ pub(crate) async fn twilio(
         .instrument(span)
         .await
         .map_err(AppError::unavailable)?;
-    Ok(StatusCode::NO_CONTENT)
+    match unfinished {
+        // The outcome is stored; the carrier's resend repeats only the unfinished steps.
+        Some(e) => Err(AppError::unavailable(e)),
+        None => Ok(StatusCode::NO_CONTENT),
+    }
+}
+
+/// Records the callee's opt-out during `attempt` (see [`crate::opt_out`]), the number from
+/// the callback (`to`) or, when it has none, from the call. `Ok(Some)`: the number is listed
+/// but a later step failed, to be answered 503 once the outcome is stored.
+pub(crate) async fn hear(
+    state: &AppState,
+    attempt: &AttemptRef,
+    to: Option<PhoneNumber>,
+    via: &'static str,
+) -> Result<Option<crate::opt_out::OptOutError>, AppError> {
+    let phone = match to {
+        Some(phone) => phone,
+        None => crate::opt_out::number_of(state, attempt.campaign_id, attempt.call_id)
+            .await
+            .map_err(AppError::Unavailable)?
+            .ok_or_else(|| {
+                AppError::not_found(
+                    "call_not_found",
+                    format!("no number is known for call {}", attempt.call_id),
+                )
+            })?,
+    };
+    let heard = crate::opt_out::Heard {
+        call_id: attempt.call_id,
+        campaign_id: attempt.campaign_id,
+        attempt: attempt.attempt,
+        phone,
+        via,
+    };
+    match crate::opt_out::record(state, &heard).await {
+        Ok(()) => Ok(None),
+        Err(e) if e.listed() => {
+            tracing::warn!(call = %heard.call_id, error = %crate::error_chain(&e), "opt-out recorded partly");
+            Ok(Some(e))
+        }
+        Err(e) => Err(AppError::unavailable(e)),
+    }
 }
 
 /// The carriers' signed callbacks.

@@ -214,6 +214,12 @@ pub(crate) fn accept_error(phone: &PhoneNumber, e: AcceptError, window: u32) -> 
             code: "do_not_call",
             detail: list.refusal(phone),
         },
+        AcceptError::Consent(seen) => AppError::Client {
+            status: axum::http::StatusCode::FORBIDDEN,
+            code: "consent_required",
+            detail: AcceptError::consent_detail(&seen, phone),
+        },
+        AcceptError::ConsentUnavailable(e) => AppError::unavailable(e),
         AcceptError::OutcomeUnknown(_) => AppError::Client {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "outcome_unknown",
@@ -233,7 +239,7 @@ pub(crate) fn accept_error(phone: &PhoneNumber, e: AcceptError, window: u32) -> 
         (status = 202, description = "Accepted and durably queued", body = AcceptedCall),
         (status = 400, description = "Malformed JSON or invalid number", body = crate::openapi::Problem),
         (status = 404, description = "Unknown campaign", body = crate::openapi::Problem),
-        (status = 403, description = "Number on a do-not-call list (`do_not_call`, the list named)", body = crate::openapi::Problem),
+        (status = 403, description = "Number on a do-not-call list (`do_not_call`, the list named), or without the consent the campaign requires (`consent_required`)", body = crate::openapi::Problem),
         (status = 409, description = "Number already live, within the duplicate window, or campaign inactive", body = crate::openapi::Problem),
         (status = 413, description = "Body too large", body = crate::openapi::Problem),
         (status = 415, description = "Not application/json", body = crate::openapi::Problem),

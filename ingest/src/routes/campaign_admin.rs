@@ -63,6 +63,24 @@ pub struct CampaignPatch {
     /// for telemarketing); absent: the carrier adapter's `ring_timeout_secs`.
     #[serde(default)]
     pub ring_timeout_secs: Option<u32>,
+    /// The consent a number must have to be called (see the creation); `null` removes the
+    /// requirement.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, example = "prior_express_written")]
+    pub required_consent: Option<Option<ccm_core::consent::ConsentType>>,
+    /// Where a callee who opts out during a call is listed: `global` or `campaign`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "campaign")]
+    pub opt_out_list: Option<ccm_core::campaign::OptOutList>,
+}
+
+/// A field that may be sent as `null` to clear it: present (even `null`) is `Some`.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 /// The highest pacing a campaign may set.
@@ -271,6 +289,12 @@ pub(crate) async fn patch(
         }
         if patch.ring_timeout_secs.is_some() {
             c.ring_timeout_secs = patch.ring_timeout_secs;
+        }
+        if let Some(required) = patch.required_consent {
+            c.required_consent = required;
+        }
+        if let Some(list) = patch.opt_out_list {
+            c.opt_out_list = list;
         }
         // Checked on the result: turning a campaign with a 10 s ring into telemarketing is
         // refused as setting 10 s on a telemarketing campaign is.

@@ -79,6 +79,16 @@ pub struct NewCampaign {
     /// for telemarketing); absent: the carrier adapter's `ring_timeout_secs`.
     #[serde(default)]
     pub ring_timeout_secs: Option<u32>,
+    /// The consent a number must have to be called: `prior_express_written`,
+    /// `prior_express`, `informational`, `ai_voice` or `recording`; absent: none is checked.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "prior_express_written")]
+    pub required_consent: Option<ccm_core::consent::ConsentType>,
+    /// Where a callee who opts out during a call is listed: `global` (default) or `campaign`
+    /// (this campaign's do-not-call list).
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "global")]
+    pub opt_out_list: Option<ccm_core::campaign::OptOutList>,
 }
 
 /// Creates a campaign: stores it in the `campaigns` bucket and creates its dial consumer, so
@@ -156,6 +166,8 @@ pub(crate) async fn create_campaign(
             answering_machine: body.answering_machine.unwrap_or_default(),
             purpose: body.purpose.unwrap_or_default(),
             ring_timeout_secs: body.ring_timeout_secs,
+            required_consent: body.required_consent,
+            opt_out_list: body.opt_out_list.unwrap_or_default(),
             ended_at: None,
         };
         super::campaign_admin::check_ring_time(&campaign)?;

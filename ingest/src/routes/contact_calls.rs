@@ -33,6 +33,14 @@ pub struct Called {
     pub do_not_call: usize,
     /// Already live or within the duplicate window.
     pub duplicates: usize,
+    /// Without the consent the campaign requires (never given, or revoked); left out when
+    /// none, so a campaign requiring no consent answers as before.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub consent_required: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Accepts a call for every contact of `campaign`, each expiring at the earlier of the
@@ -71,6 +79,7 @@ pub async fn call_all(
             match outcome {
                 Ok(_) => called.accepted += 1,
                 Err(AcceptError::DoNotCall(_)) => called.do_not_call += 1,
+                Err(AcceptError::Consent(_)) => called.consent_required += 1,
                 Err(AcceptError::Claim(
                     ccm_core::claims::ClaimError::InProgress
                     | ccm_core::claims::ClaimError::WithinWindow,

@@ -133,6 +133,7 @@ pub(crate) async fn add(
     let entry = serde_json::to_vec(&DncEntry {
         added_at: Utc::now(),
         reason: body.reason,
+        opted_out: None,
     })
     .map_err(AppError::internal)?;
     let listed = phones.len();

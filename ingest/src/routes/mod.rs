@@ -8,6 +8,7 @@ pub mod calls;
 pub mod campaign_admin;
 pub mod campaigns;
 pub mod compat;
+pub mod consents;
 pub mod contact_calls;
 pub mod contact_import;
 pub mod contacts;

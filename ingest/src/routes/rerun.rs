@@ -172,6 +172,7 @@ pub(crate) async fn rerun(
     let phones = select(&state.pg, source_id, &selection)
         .await
         .map_err(AppError::unavailable)?;
+    let phones = off_own_list(&state, source_id, phones).await?;
 
     let campaign = crate::campaign_store::create::<AppError>(&state, |new_id| {
         Ok(copy_of(&source, new_id, name))
@@ -198,6 +199,30 @@ pub(crate) async fn rerun(
             contacts_called,
         }),
     ))
+}
+
+/// `phones` without those on `source`'s own do-not-call list. The rerun has a new id, so that
+/// list (where the source's opt-outs go with `opt_out_list: campaign`) would not bind it; the
+/// global list binds every campaign and is checked when the calls are accepted.
+async fn off_own_list(
+    state: &AppState,
+    source: ccm_core::CampaignId,
+    phones: Vec<PhoneNumber>,
+) -> Result<Vec<PhoneNumber>, AppError> {
+    let list = ccm_core::dnc::DncList::Campaign(source);
+    let checked: Vec<(PhoneNumber, bool)> = stream::iter(phones)
+        .map(|phone| async move {
+            let listed = state.dnc.get(list.key(&phone)).await?.is_some();
+            Ok::<_, async_nats::jetstream::kv::EntryError>((phone, listed))
+        })
+        .buffered(64)
+        .try_collect()
+        .await
+        .map_err(AppError::unavailable)?;
+    Ok(checked
+        .into_iter()
+        .filter_map(|(phone, listed)| (!listed).then_some(phone))
+        .collect())
 }
 
 /// The new campaign: the source's settings, a draft, nothing of its history.

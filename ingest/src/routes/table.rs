@@ -210,6 +210,7 @@ pub fn table(metrics_require_token: bool) -> Vec<Entry> {
         routes::calls::routes(),
         routes::campaigns::routes(),
         routes::dnc::routes(),
+        routes::consents::routes(),
         routes::dlq::routes(),
         routes::webhooks::routes(),
         routes::tokens::routes(),

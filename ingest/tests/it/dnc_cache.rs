@@ -39,6 +39,7 @@ fn listing() -> bytes::Bytes {
     let entry = DncEntry {
         added_at: Utc::now(),
         reason: None,
+        opted_out: None,
     };
     serde_json::to_vec(&entry).expect("json").into()
 }

@@ -46,11 +46,15 @@ pub struct CarrierStack {
 impl CarrierStack {
     /// Starts everything but the dialer; `sim` is adjusted to call back into this ingest.
     pub async fn start(env: &TestEnv, sim: SimConfig) -> CarrierStack {
-        Self::start_with(env, sim, env.config()).await
+        Self::start_with(env, sim, |_| {}).await
     }
 
-    /// As [`CarrierStack::start`], on `config` (its carrier settings are replaced).
-    pub async fn start_with(env: &TestEnv, mut sim: SimConfig, mut config: Config) -> CarrierStack {
+    /// As [`CarrierStack::start`], with the configuration changed by `tweak` first.
+    pub async fn start_with(
+        env: &TestEnv,
+        mut sim: SimConfig,
+        tweak: impl FnOnce(&mut Config),
+    ) -> CarrierStack {
         ccm_core::telemetry::init("test", &env.config().log);
         env.provision().await.expect("provision");
         let shutdown = CancellationToken::new();
@@ -61,6 +65,7 @@ impl CarrierStack {
         let api = format!("http://{api_addr}");
         let sim_url = format!("http://{sim_addr}");
 
+        let mut config = env.config();
         config.ingest.twilio.auth_token = Secret::new(AUTH_TOKEN);
         config.dialer.max_call_duration_secs = 10;
         config.dialer.carrier = CarrierConfig::Twilio(TwilioCarrierConfig {
@@ -71,6 +76,7 @@ impl CarrierStack {
             status_callback_base: api.clone(),
             ..TwilioCarrierConfig::default()
         });
+        tweak(&mut config);
         sim.callback_base = api.clone();
         sim.twilio_account_sid = ACCOUNT_SID.into();
         sim.twilio_auth_token = AUTH_TOKEN.into();

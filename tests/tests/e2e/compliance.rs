@@ -86,9 +86,10 @@ async fn no_call_is_placed_outside_the_rules_of_the_callees_state_or_province() 
         ..Default::default()
     };
     let rules = pack();
-    let mut config = env.config();
-    config.compliance.rule_files = vec![rules.path().to_owned()];
-    let stack = CarrierStack::start_with(&env, sim, config).await;
+    let stack = CarrierStack::start_with(&env, sim, |c| {
+        c.compliance.rule_files = vec![rules.path().to_owned()];
+    })
+    .await;
     let dialer = Dialer::start(stack.config.clone());
 
     let (status, body) = stack
@@ -198,10 +199,11 @@ async fn the_24_hour_cap_holds_across_two_campaigns_and_two_dialers() {
             b"rules:\n  - id: test-tx-24h\n    jurisdiction: US-TX\n    max_per_24h: 3\n    source: test\n    as_of: 2026-12-05\n",
         )
         .expect("write");
-    let mut config = env.config();
-    config.compliance.rule_files = vec![rules.path().to_owned()];
-    config.ingest.duplicate_scope = ccm_core::config::DuplicateScope::Campaign;
-    let stack = CarrierStack::start_with(&env, sim, config).await;
+    let stack = CarrierStack::start_with(&env, sim, |c| {
+        c.compliance.rule_files = vec![rules.path().to_owned()];
+        c.ingest.duplicate_scope = ccm_core::config::DuplicateScope::Campaign;
+    })
+    .await;
     let dialers = [
         Dialer::start(stack.config.clone()),
         Dialer::start(stack.config.clone()),

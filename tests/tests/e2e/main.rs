@@ -9,6 +9,8 @@ mod carriers;
 mod chaos;
 mod chaos_generated;
 mod compliance;
+mod consent;
+mod consent_rerun;
 mod custom_fields;
 mod dashboard;
 mod do_not_call;

@@ -12,6 +12,9 @@
 //! id, an id never recorded or already expired, or the bucket unreadable) the attempt is
 //! the call's latest one ([`readmodel::locate_call`]), right for every callback that arrives
 //! before the next attempt is placed.
+//!
+//! `opt_out: true` says the callee asked not to be called again: the number is put on the
+//! do-not-call list before the outcome is stored ([`crate::opt_out`]).
 
 use axum::extract::State;
 use ccm_core::{CallEvent, CallId, CampaignId, EventKind, OutcomeSource, OutcomeStatus};
@@ -28,7 +31,7 @@ use crate::{
 #[utoipa::path(put, path = "/api/v1/callback/", tag = "compatible", request_body = crate::openapi::Callback,
     responses(
         (status = 200, description = "{success, call_id, status} once the outcome is stored", body = Object),
-        (status = 400, description = "call_id and status are required | Invalid status", body = crate::openapi::CompatError),
+        (status = 400, description = "call_id and status are required | Invalid status | opt_out must be true or false", body = crate::openapi::CompatError),
         (status = 404, description = "Call not found", body = crate::openapi::CompatError),
         (status = 503, description = "Broker unavailable; retry_after 60", body = crate::openapi::CompatError),
     ))]
@@ -56,6 +59,12 @@ pub(crate) async fn callback(
                 })?,
         ),
     };
+    // The callee asked not to be called again (see `crate::opt_out`).
+    let opt_out = match body.get("opt_out") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(CompatError::bad_request("opt_out must be true or false")),
+    };
     let external_call_id = text(&body, "external_call_id").map(str::to_owned);
     let placed = match &external_call_id {
         Some(external) => placed_attempt(&state, call, external).await,
@@ -67,6 +76,23 @@ pub(crate) async fn callback(
             .await
             .map_err(CompatError::unavailable)?
             .ok_or_else(not_found)?,
+    };
+    let unfinished = if opt_out {
+        let at = crate::routes::callbacks::AttemptRef {
+            call_id: call,
+            attempt,
+            campaign_id,
+        };
+        crate::routes::callbacks::hear(&state, &at, None, "callback")
+            .await
+            .map_err(|e| match e {
+                crate::error::AppError::Client { status, detail, .. } => {
+                    CompatError::new(status, detail)
+                }
+                e => CompatError::unavailable(crate::error_chain(&e)),
+            })?
+    } else {
+        None
     };
     let event = CallEvent::now(
         call,
@@ -89,6 +115,10 @@ pub(crate) async fn callback(
         .instrument(span)
         .await
         .map_err(|e| CompatError::unavailable(crate::error_chain(&e)))?;
+    if let Some(e) = unfinished {
+        // The outcome is stored; the carrier's resend repeats only the unfinished steps.
+        return Err(CompatError::unavailable(crate::error_chain(&e)));
+    }
     Ok(axum::Json(
         json!({"success": true, "call_id": call, "status": status.as_str()}),
     ))

@@ -45,6 +45,7 @@ pub(crate) fn call_log(campaign: &Campaign, request: &DialRequest) -> Value {
     responses(
         (status = 201, description = "The call, in the old CallLog shape", body = Object),
         (status = 400, description = "phone_number and campaign_id are required | Invalid phone number format | Invalid JSON", body = crate::openapi::CompatError),
+        (status = 403, description = "The number lacks the consent the campaign requires", body = crate::openapi::CompatError),
         (status = 404, description = "Campaign not found or inactive", body = crate::openapi::CompatError),
         (status = 429, description = "Call to <number> already in progress (or within the duplicate window)", body = crate::openapi::CompatError),
         (status = 503, description = "Broker unavailable", body = crate::openapi::CompatError),
@@ -84,6 +85,10 @@ pub(crate) async fn initiate(
             ),
         ),
         AcceptError::DoNotCall(list) => CompatError::bad_request(list.refusal(&phone)),
+        AcceptError::Consent(seen) => CompatError::new(
+            StatusCode::FORBIDDEN,
+            AcceptError::consent_detail(&seen, &phone),
+        ),
         e => CompatError::unavailable(crate::error_chain(&e)),
     })?;
     Ok((
@@ -161,6 +166,10 @@ pub(crate) async fn bulk(
             }
             Err(AcceptError::DoNotCall(list)) => {
                 failed.push(json!({"phone_number": phone, "reason": list.refusal(phone)}));
+            }
+            Err(AcceptError::Consent(seen)) => {
+                failed.push(json!({"phone_number": phone, "code": "consent_required",
+                    "reason": AcceptError::consent_detail(&seen, phone)}));
             }
             Err(AcceptError::Claim(ClaimError::InProgress | ClaimError::WithinWindow)) => {
                 failed

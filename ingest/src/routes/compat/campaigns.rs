@@ -110,6 +110,8 @@ pub(crate) async fn create(
         answering_machine: None,
         purpose: None,
         ring_timeout_secs: None,
+        required_consent: None,
+        opt_out_list: Default::default(),
     };
     let campaign = campaigns::create_campaign(&state, new)
         .await
