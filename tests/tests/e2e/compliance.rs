@@ -3,7 +3,7 @@
 //! attempt per 24 hours and leaves the others open. From carrier-sim's ledger: no number was
 //! called where its rules forbid it, the capped one exactly once, the open ones at every
 //! attempt; and a contact's postal code (in Quebec) outweighs its number's area code
-//! (Ontario).
+//! (Ontario). The audit trail's records say the same, with the jurisdiction, rules and counts.
 
 use std::{collections::BTreeMap, io::Write, time::Duration};
 
@@ -173,6 +173,77 @@ async fn no_call_is_placed_outside_the_rules_of_the_callees_state_or_province() 
         waiting,
         Some(4),
         "Texas, Rhode Island, Alberta and the Quebec contact wait"
+    );
+
+    // The audit trail says the same, and why: each decision with the callee's jurisdiction,
+    // the rules applied and the counts seen.
+    let records = eventually(Duration::from_secs(20), || async {
+        let rows: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
+            "SELECT phone_number, decision, record FROM call_audit WHERE campaign_id = $1 \
+             ORDER BY decided_at",
+        )
+        .bind(id as i64)
+        .fetch_all(&pg)
+        .await
+        .ok()?;
+        let numbers: std::collections::BTreeSet<&str> =
+            rows.iter().map(|(n, _, _)| n.as_str()).collect();
+        (numbers.len() == 6 && rows.iter().filter(|r| r.1 == "placed").count() == 5).then_some(rows)
+    })
+    .await
+    .expect("a placed record for each of the 5 placements and a record for every number");
+    let of = |number: &str| -> Vec<&(String, String, serde_json::Value)> {
+        records.iter().filter(|(n, _, _)| n == number).collect()
+    };
+    for (number, decision, record) in &records {
+        if decision == "placed" {
+            assert!(
+                [FLORIDA, TEXAS, ONTARIO].contains(&number.as_str()),
+                "{number} placed against its rules: {record}"
+            );
+        }
+    }
+    for (closed, rule) in [
+        (RHODE_ISLAND, "test-ri-holiday"),
+        (ALBERTA, "test-ab-closed"),
+        (IN_QUEBEC, "test-qc-holiday"),
+    ] {
+        for (_, decision, record) in of(closed) {
+            assert_eq!(decision, "deferred", "{closed}: {record}");
+            let rules = record["rules"]["rules"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                rules.contains(&json!(rule)),
+                "{closed} without {rule}: {record}"
+            );
+            assert_eq!(record["window"]["open"], false, "{closed}: {record}");
+        }
+    }
+    let quebec = &of(IN_QUEBEC)[0].2;
+    assert_eq!(
+        quebec["rules"]["jurisdiction"]["subdivisions"],
+        json!(["CA-QC"]),
+        "{quebec}"
+    );
+    assert_eq!(quebec["rules"]["jurisdiction_source"], "postal_code");
+    // Quebec spans zones: its postal code tells the province, not the zone.
+    assert_eq!(quebec["time"]["source"], "area_code", "{quebec}");
+    let texas = of(TEXAS);
+    let count = |r: &serde_json::Value| r["rules"]["counts"][0].clone();
+    assert_eq!(texas[0].1, "placed");
+    assert_eq!(
+        count(&texas[0].2),
+        json!({"over": "24h", "limit": 1, "seen": 0})
+    );
+    let later = texas
+        .iter()
+        .find(|r| r.1 == "deferred")
+        .expect("Texas's retry put off");
+    assert_eq!(
+        count(&later.2),
+        json!({"over": "24h", "limit": 1, "seen": 1})
     );
     dialer.stop().await;
     stack.stop().await;
