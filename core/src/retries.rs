@@ -99,6 +99,25 @@ impl Scheduled {
         self.last = Some(seq);
     }
 
+    /// Removes one entry read (an attempt ended before it came due): the others stay.
+    pub async fn remove(&self, seq: u64) -> Result<(), RetriesError> {
+        match self.stream.delete_message(seq).await {
+            Ok(_) => Ok(()),
+            // Fired by the retrier meanwhile: gone already, and the attempt it became finds
+            // its call ended.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::stream::DeleteMessageErrorKind::JetStream(ref js)
+                        if js.error_code() == async_nats::jetstream::ErrorCode::NO_MESSAGE_FOUND
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(RetriesError::Purge(e.into())),
+        }
+    }
+
     /// Purges the entries marked handled (none when nothing was).
     pub async fn purge(self) -> Result<(), RetriesError> {
         if let Some(last) = self.last {

@@ -7,8 +7,8 @@
 //!    list by default), its entry marked as an opt-out with the call it came from. From then
 //!    on ingest refuses the number, and every dialer, about to place any queued or due call to
 //!    it, ends that call `CANCELLED` with reason `opted_out` ([`ccm_core::dnc::checked`]):
-//!    the retries scheduled in `RETRIES` included, since each passes that check when it comes
-//!    due;
+//!    the retries scheduled in `RETRIES` are ended at once (read by campaign, their entries
+//!    removed), and any the read model did not know yet when it comes due, by that check;
 //! 2. every valid consent of the number is revoked (`revoked_how = opt_out`, by `callee`);
 //! 3. `contact.opted_out` is queued for the subscribed webhook endpoints, once per attempt.
 //!
@@ -57,6 +57,70 @@ impl OptOutError {
     }
 }
 
+/// Why the number's scheduled retries could not all be ended at once.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduledError {
+    #[error("cannot read the read model")]
+    ReadModel(#[source] sqlx::Error),
+    #[error(transparent)]
+    Retries(#[from] ccm_core::retries::RetriesError),
+    #[error("cannot publish the Cancelled event")]
+    Publish(#[source] ccm_core::nats::NatsError),
+}
+
+/// Step 1b: ends `phone`'s attempts waiting in `RETRIES`, in the campaigns `list` covers,
+/// `CANCELLED` with reason `opted_out`, and removes their entries. The read model names the
+/// campaigns to read (those with a call to the number retrying); an entry it does not know
+/// yet still ends when it comes due, by the dialer's check.
+async fn end_scheduled(
+    state: &AppState,
+    phone: &PhoneNumber,
+    list: ccm_core::dnc::DncList,
+) -> Result<usize, ScheduledError> {
+    let only = match list {
+        ccm_core::dnc::DncList::Global => None,
+        ccm_core::dnc::DncList::Campaign(id) => Some(id.as_i64()),
+    };
+    let campaigns: Vec<i64> = sqlx::query_scalar(
+        "SELECT DISTINCT campaign_id FROM calls WHERE phone_number = $1 AND status = 'RETRYING' \
+         AND ($2::bigint IS NULL OR campaign_id = $2)",
+    )
+    .bind(phone.as_str())
+    .bind(only)
+    .fetch_all(&state.pg)
+    .await
+    .map_err(ScheduledError::ReadModel)?;
+    let mut ended = 0;
+    for campaign in campaigns
+        .into_iter()
+        .filter_map(|c| u64::try_from(c).ok().and_then(|c| CampaignId::new(c).ok()))
+    {
+        let mut scheduled = ccm_core::retries::Scheduled::of(&state.js, campaign).await?;
+        while let Some((seq, entry)) = scheduled.next().await? {
+            if entry.request.phone_number != *phone {
+                continue;
+            }
+            let request = &entry.request;
+            let event = ccm_core::CallEvent::of_request(
+                request,
+                ccm_core::EventKind::Cancelled {
+                    reason: ccm_core::dnc::OPTED_OUT.into(),
+                },
+            );
+            ccm_core::nats::publish_event(&state.js, &event)
+                .await
+                .map_err(ScheduledError::Publish)?;
+            state
+                .claims
+                .release(campaign, phone, request.call_id, event.at)
+                .await;
+            scheduled.remove(seq).await?;
+            ended += 1;
+        }
+    }
+    Ok(ended)
+}
+
 /// Records the opt-out (see the module's docs).
 pub async fn record(state: &AppState, heard: &Heard) -> Result<(), OptOutError> {
     let campaign = crate::campaign_store::load(state, heard.campaign_id)
@@ -86,6 +150,18 @@ pub async fn record(state: &AppState, heard: &Heard) -> Result<(), OptOutError> 
     state.dnc_cache.record(list, &heard.phone, true, revision);
     ccm_core::metrics::counter!("ccm_ingest_opt_outs_total").increment(1);
     tracing::info!(call = %heard.call_id, campaign = %heard.campaign_id, ?list, "callee opted out; number listed");
+    // Retries already scheduled end now rather than when they come due (a failure here
+    // leaves them to end then, as the listing guarantees).
+    match end_scheduled(state, &heard.phone, list).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            ended = n,
+            "the number's scheduled retries ended as opted out"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %ccm_core::telemetry::chain(&e), "scheduled retries left to end when due")
+        }
+    }
 
     let revoked = consent_store::revoke_all(
         state,

@@ -139,7 +139,8 @@ async fn an_opt_out_cancels_another_campaigns_retry_already_scheduled_for_the_nu
     let mut policy = tempfile::NamedTempFile::new().expect("temp file");
     std::io::Write::write_all(
         &mut policy,
-        b"status_retry_rules:\n  RNR: {should_retry: true, increment_attempt: true, backoff: [4s]}\n  PICKED: {should_retry: false}\ntimezone: UTC\n",
+        // The retry is due in an hour: the opt-out must end it now, not when it comes due.
+        b"status_retry_rules:\n  RNR: {should_retry: true, increment_attempt: true, backoff: [1h]}\n  PICKED: {should_retry: false}\ntimezone: UTC\n",
     )
     .expect("policy");
     // Every call rings out (RNR) unless its callee opts out (then it is answered).
