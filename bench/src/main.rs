@@ -14,7 +14,9 @@
 //!    (`pipeline`);
 //! 5. `projection`: the projector's throughput on a backlog and its lag at a steady rate
 //!    (`projection`);
-//! 6. `import`: one CSV upload of many contacts, streamed by ingest (`import`).
+//! 6. `import`: one CSV upload of many contacts, streamed by ingest (`import`);
+//! 7. `idle`: many running campaigns with nothing queued: the CPU they cost and the latency
+//!    of a first call in one of them (`idle`).
 //!
 //! Each figure is printed with its conditions and its ratio to the raw limit it depends on;
 //! the whole report goes to `target/bench/report.json`. Every phase is bounded in time and
@@ -24,6 +26,7 @@
 mod api;
 mod compare;
 mod http;
+mod idle;
 mod import;
 mod pipeline;
 mod projection;
@@ -71,6 +74,8 @@ pub enum Phase {
     Live,
     Projection,
     Import,
+    /// Many running campaigns with nothing queued: idle CPU and first-call latency.
+    Idle,
 }
 
 /// Sizes and durations of one run.
@@ -95,6 +100,13 @@ pub struct Scale {
     pub lag_seconds: u64,
     /// Rows of the contact import.
     pub import_rows: usize,
+    /// Running campaigns of the idle phase, one run per size.
+    pub idle_campaigns: Vec<usize>,
+    /// How long the idle campaigns settle, then the quiet window measured.
+    pub idle_settle: Duration,
+    pub idle_window: Duration,
+    /// Calls of the first-call latency, each in another idle campaign.
+    pub idle_calls: usize,
 }
 
 impl Scale {
@@ -116,6 +128,10 @@ impl Scale {
             lag_rate: 10_000,
             lag_seconds: 10,
             import_rows: 1_000_000,
+            idle_campaigns: vec![100, 1_000],
+            idle_settle: Duration::from_secs(15),
+            idle_window: Duration::from_secs(30),
+            idle_calls: 100,
         }
     }
 
@@ -137,6 +153,10 @@ impl Scale {
             lag_rate: 10_000,
             lag_seconds: 3,
             import_rows: 100_000,
+            idle_campaigns: vec![300],
+            idle_settle: Duration::from_secs(10),
+            idle_window: Duration::from_secs(15),
+            idle_calls: 30,
         }
     }
 }
@@ -182,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
             Phase::Live,
             Phase::Projection,
             Phase::Import,
+            Phase::Idle,
         ]
     } else {
         args.only.clone()
@@ -224,6 +245,7 @@ pub(crate) async fn run_phases(
             Phase::Live => pipeline::live_calls(root, report, scale, bar).await,
             Phase::Projection => projection::run(root, report, scale, bar).await,
             Phase::Import => import::run(root, report, scale, bar).await,
+            Phase::Idle => idle::run(root, report, scale, bar).await,
         };
         if let Err(e) = result {
             bar.println(format!("{phase:?} not measured: {e:#}"));
