@@ -112,6 +112,11 @@ pub fn run(args: &ImagesArgs) -> anyhow::Result<()> {
     let binaries = recipes::release_binaries(&root)?;
     // The binaries as cargo left them (hashed, not staged: staging compresses 700 MB).
     let mut ccm_parts = files(&root, &["Dockerfile", "config/retry.yaml"])?;
+    let packs = recipes::rule_packs(&root)?;
+    ccm_parts.extend(files(
+        &root,
+        &packs.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?);
     for binary in &binaries {
         let name = binary.file_name().unwrap_or_default().to_string_lossy();
         ccm_parts.push((format!("bin/{name}"), digest(binary)?));

@@ -241,7 +241,25 @@ pub(crate) fn ccm_context(
         root.join("config/retry.yaml"),
         context.join("config/retry.yaml"),
     )?;
+    // The shipped calling rule packs (the Dockerfile copies the directory).
+    std::fs::create_dir_all(context.join("config/rules"))?;
+    for pack in rule_packs(root)? {
+        std::fs::copy(root.join(&pack), context.join(&pack))?;
+    }
     Ok(context)
+}
+
+/// The rule packs under `config/rules/`, as paths relative to `root`, sorted.
+pub(crate) fn rule_packs(root: &Path) -> anyhow::Result<Vec<String>> {
+    let mut packs = Vec::new();
+    for entry in std::fs::read_dir(root.join("config/rules"))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".yaml") {
+            packs.push(format!("config/rules/{name}"));
+        }
+    }
+    packs.sort();
+    Ok(packs)
 }
 
 /// `docker build` of `image` from `context` (with `dockerfile` if it is not in the
