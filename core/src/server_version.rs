@@ -15,6 +15,15 @@ pub const MINIMUM: Version = Version {
     pre_release: false,
 };
 
+/// The first release that gives every stream a default consumer limit (1,000) and reads
+/// `max_consumers: -1` as that default; it also lets a stream's limit be changed in place.
+pub const DEFAULT_CONSUMER_LIMIT: Version = Version {
+    major: 2,
+    minor: 15,
+    patch: 0,
+    pre_release: false,
+};
+
 /// A nats-server version as its `INFO` reports it: `2.15.1`, `2.11.0-RC.2`, `2.12.0-beta.3`.
 /// Only what the minimum check needs is kept: a pre-release sorts before its release
 /// (`2.11.0-RC.2` < `2.11.0`), and pre-releases of one version are not ordered among

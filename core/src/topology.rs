@@ -229,10 +229,13 @@ impl Topology {
 
     /// Creates or updates every stream, bucket and fixed consumer; reports what it did.
     pub async fn provision(&self, js: &jetstream::Context) -> Result<Report, TopologyError> {
-        require_supported(&server_version(&js.client()).await?)?;
+        let version = server_version(&js.client()).await?;
+        require_supported(&version)?;
+        let limits = crate::server_version::Version::parse(&version)
+            .is_some_and(|v| v >= crate::server_version::DEFAULT_CONSUMER_LIMIT);
         let mut report = Report::default();
         for wanted in &self.streams {
-            provision_stream(js, wanted, &mut report).await?;
+            provision_stream(js, wanted, limits, &mut report).await?;
         }
         // Before the consumers: the projector follows two buckets' streams.
         for wanted in &self.buckets {
@@ -271,6 +274,7 @@ fn parse<T: serde::de::DeserializeOwned>(def: &Definition) -> Result<T, Topology
 async fn provision_stream(
     js: &jetstream::Context,
     wanted: &stream::Config,
+    default_consumer_limit: bool,
     report: &mut Report,
 ) -> Result<(), TopologyError> {
     provision_backed(
@@ -283,7 +287,13 @@ async fn provision_stream(
                 .map(drop)
                 .map_err(Into::into)
         },
-        |actual| (stream_drift(wanted, actual), stream_differs(wanted, actual)),
+        |actual| {
+            (
+                stream_drift(wanted, actual),
+                stream_differs(wanted, actual)
+                    || consumer_limit_differs(wanted, actual, default_consumer_limit),
+            )
+        },
         async {
             js.update_stream(wanted.clone())
                 .await
@@ -370,6 +380,20 @@ fn stream_drift(wanted: &stream::Config, actual: &stream::Config) -> Vec<Drift> 
         check("allow_msg_ttl", "false".into(), "true".into());
     }
     drift
+}
+
+/// Whether a stream's consumer limit must be written: only where the server both limits
+/// streams by default (nats-server 2.15 reads `-1`, and a missing limit, as 1,000 consumers,
+/// which `CALLS`, one dial consumer per campaign, outgrows) and lets the limit be changed in
+/// place. An older server refuses the change and reads `-1` as unlimited: left alone there.
+fn consumer_limit_differs(
+    wanted: &stream::Config,
+    actual: &stream::Config,
+    default_consumer_limit: bool,
+) -> bool {
+    default_consumer_limit
+        && wanted.max_consumers > 0
+        && actual.max_consumers != wanted.max_consumers
 }
 
 /// Whether any field we define differs (the server fills in others we leave at default).
@@ -497,6 +521,36 @@ pub(crate) fn consumer_differs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_consumer_limit_is_written_only_where_the_server_defaults_it_and_can_change_it() {
+        let calls = |max_consumers| stream::Config {
+            name: "CALLS".into(),
+            max_consumers,
+            ..Default::default()
+        };
+        let wanted = calls(100_000);
+        // 2.15: `-1` means 1,000 there; the change is allowed.
+        assert!(consumer_limit_differs(&wanted, &calls(-1), true));
+        assert!(consumer_limit_differs(&wanted, &calls(1_000), true));
+        assert!(!consumer_limit_differs(&wanted, &calls(100_000), true));
+        // 2.11: `-1` is unlimited, and the server refuses the change.
+        assert!(!consumer_limit_differs(&wanted, &calls(-1), false));
+        // A stream that sets no limit of its own is never changed.
+        assert!(!consumer_limit_differs(&calls(-1), &calls(1_000), true));
+        let parsed: stream::Config = parse(
+            STREAMS
+                .iter()
+                .find(|d| d.path.ends_with("CALLS.json"))
+                .expect("CALLS"),
+        )
+        .expect("CALLS");
+        assert!(
+            parsed.max_consumers > 10_000,
+            "CALLS holds one dial consumer per campaign: {}",
+            parsed.max_consumers
+        );
+    }
 
     #[test]
     fn every_definition_parses_and_round_trips() {

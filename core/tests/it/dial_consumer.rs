@@ -66,3 +66,25 @@ async fn an_older_revision_applied_after_a_newer_one_never_restores_its_cap_or_p
     let info = stream.consumer_info("dial_7").await.expect("consumer");
     assert_eq!(info.config.max_ack_pending, 3);
 }
+
+/// One dial consumer per campaign lives on `CALLS`, so the stream must hold more consumers
+/// than a large operator runs campaigns. nats-server 2.15 gives every stream a default limit
+/// of 1,000 consumers and substitutes it for `-1`: `CALLS` provisioned with `-1` refused the
+/// 1,000th campaign (`maximum consumers limit reached`, found by the benchmark's idle phase).
+#[tokio::test]
+async fn calls_holds_more_dial_consumers_than_the_servers_default_limit() {
+    let env = TestEnv::start().await.expect("env");
+    let js = env.jetstream().await.expect("js");
+    let topology = Topology::load(&StreamSettings::default()).expect("topology");
+    topology.provision(&js).await.expect("provision");
+    let consumers = DialConsumers::new(&js, &topology).await;
+    for id in 1..=1_050 {
+        consumers
+            .ensure(&campaign(id, 1))
+            .await
+            .unwrap_or_else(|e| panic!("campaign {id}'s dial consumer: {e:?}"));
+    }
+    let mut stream = js.get_stream(names::CALLS).await.expect("CALLS");
+    let info = stream.info().await.expect("info");
+    assert!(info.state.consumer_count >= 1_050, "{:?}", info.state);
+}

@@ -107,6 +107,42 @@ async fn compatible_changes_are_applied_in_place() {
     assert_eq!(max_age, std::time::Duration::from_secs(14 * 86_400));
 }
 
+/// `CALLS` made by an earlier version with `max_consumers: -1`: on nats-server 2.15 that means
+/// the default 1,000 and the limit can be raised in place, so provisioning raises it; on an
+/// older server it means unlimited and the server refuses the change, so it is left alone
+/// (and provisioning still succeeds).
+#[tokio::test]
+async fn an_earlier_calls_stream_gets_the_consumer_limit_where_the_server_needs_it() {
+    let env = TestEnv::start().await.expect("env");
+    let js = env.jetstream().await.expect("js");
+    let wanted: stream::Config = serde_json::from_str(
+        STREAMS
+            .iter()
+            .find(|d| d.path.ends_with("CALLS.json"))
+            .expect("CALLS")
+            .json,
+    )
+    .expect("CALLS");
+    js.create_stream(stream::Config {
+        max_consumers: -1,
+        ..wanted.clone()
+    })
+    .await
+    .expect("the earlier CALLS");
+    Topology::load(&StreamSettings::default())
+        .expect("t")
+        .provision(&js)
+        .await
+        .expect("provisioning over the earlier stream");
+    let version = js.client().server_info().version;
+    let limits = ccm_core::server_version::Version::parse(&version)
+        .is_some_and(|v| v >= ccm_core::server_version::DEFAULT_CONSUMER_LIMIT);
+    let mut calls = js.get_stream(names::CALLS).await.expect("CALLS");
+    let got = calls.info().await.expect("info").config.max_consumers;
+    let expected = if limits { wanted.max_consumers } else { -1 };
+    assert_eq!(got, expected, "on nats-server {version}");
+}
+
 #[tokio::test]
 async fn incompatible_drift_is_reported_and_left_alone() {
     let env = TestEnv::start().await.expect("env");
