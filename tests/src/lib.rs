@@ -190,9 +190,10 @@ impl TestEnv {
         // The tests of the limit set their own.
         config.ingest.rate_limits.expensive_per_minute = 1_000_000;
         config.ingest.rate_limits.burst = 100_000;
-        // The shipped policy, found wherever the test runs from.
+        // The shipped policy with its slots open at every hour of every day (see the file):
+        // a test's outcome must not depend on the day and hour it runs.
         config.retrier.policy_file =
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../config/retry.yaml").into();
+            concat!(env!("CARGO_MANIFEST_DIR"), "/data/retry-any-time.yaml").into();
         config
     }
 
@@ -288,6 +289,31 @@ where
 #[cfg(test)]
 mod tests {
     use super::replace_database;
+
+    /// The tests' policy is the shipped one but for its slots: the same outcome rules and
+    /// defaults, so the suite exercises what operators run.
+    #[test]
+    fn the_test_policy_is_the_shipped_one_open_at_every_hour() {
+        let read = |path: &str| -> serde_yaml_ng::Mapping {
+            let text = std::fs::read_to_string(path).expect(path);
+            serde_yaml_ng::from_str(&text).expect(path)
+        };
+        let mut shipped = read(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/retry.yaml"));
+        let mut tests = read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/data/retry-any-time.yaml"
+        ));
+        let slots = tests.remove("global_rules").expect("the tests' slots");
+        shipped.remove("global_rules").expect("the shipped slots");
+        assert_eq!(tests, shipped, "only the slots may differ");
+        let days = slots[0]["days"].as_sequence().expect("days").len();
+        assert_eq!(days, 7, "every day");
+        ccm_core::RetryPolicy::load(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/data/retry-any-time.yaml"
+        )))
+        .expect("the tests' policy loads");
+    }
 
     #[test]
     fn replaces_only_the_database_of_a_url() {
