@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use ccm_carrier_sim::ledger::Stats;
 use ccm_core::{
     CallEvent, CampaignId, EventKind, OutcomeSource, OutcomeStatus,
     config::{CarrierConfig, HttpCarrierConfig},
@@ -20,18 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::{campaign, dial},
-    placements::silent_carrier,
+    placements::{silent_carrier, sim_stats as stats},
 };
-
-async fn stats(http: &reqwest::Client, sim_url: &str) -> Option<Stats> {
-    http.get(format!("{sim_url}/stats"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_deliveries_of_one_attempt_at_once_place_it_once() {

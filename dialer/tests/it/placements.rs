@@ -85,6 +85,20 @@ async fn a_placement_records_the_carriers_id_against_its_attempt() {
     );
 }
 
+/// carrier-sim's ledger (`GET /stats`), or `None` while it does not answer.
+pub async fn sim_stats(
+    http: &reqwest::Client,
+    sim_url: &str,
+) -> Option<ccm_carrier_sim::ledger::Stats> {
+    http.get(format!("{sim_url}/stats"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
 /// Starts carrier-sim with calls that last a minute and callbacks that go nowhere: only the
 /// placement requests matter. Returns its URL.
 pub async fn silent_carrier(shutdown: &CancellationToken) -> String {

@@ -12,7 +12,6 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer;
-use ccm_carrier_sim::ledger::Stats;
 use ccm_core::{
     CampaignId,
     config::{CarrierConfig, HttpCarrierConfig},
@@ -24,18 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::{campaign, dial},
-    placements::silent_carrier,
+    placements::{silent_carrier, sim_stats as stats},
 };
-
-async fn stats(http: &reqwest::Client, sim_url: &str) -> Option<Stats> {
-    http.get(format!("{sim_url}/stats"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_briefly_written_over_the_cap_places_no_call_over_it() {
