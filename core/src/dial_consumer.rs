@@ -392,13 +392,17 @@ impl DialConsumers {
     /// How many of the campaign's messages are held now (delivered, not yet acknowledged),
     /// by every replica together: the count the cap bounds.
     pub async fn held(&self, id: CampaignId) -> Result<u64, DialConsumerError> {
+        let info = self.info(id).await?;
+        Ok(u64::try_from(info.num_ack_pending).unwrap_or(0))
+    }
+
+    /// The campaign's consumer as the server has it now.
+    async fn info(&self, id: CampaignId) -> Result<consumer::Info, DialConsumerError> {
         let name = subjects::dial_consumer(id);
-        let info = self
-            .calls
+        self.calls
             .consumer_info(&name)
             .await
-            .map_err(|e| fail("read", &name, e))?;
-        Ok(u64::try_from(info.num_ack_pending).unwrap_or(0))
+            .map_err(|e| fail("read", &name, e))
     }
 
     /// Removes the consumer of a deleted campaign, unless calls still wait on it (removing
@@ -406,11 +410,7 @@ impl DialConsumers {
     /// still queued when it was kept.
     pub async fn remove_if_idle(&self, id: CampaignId) -> Result<u64, DialConsumerError> {
         let name = subjects::dial_consumer(id);
-        let info = self
-            .calls
-            .consumer_info(&name)
-            .await
-            .map_err(|e| fail("read", &name, e))?;
+        let info = self.info(id).await?;
         let queued = info.num_pending + info.num_ack_pending as u64;
         if queued == 0 {
             self.calls
