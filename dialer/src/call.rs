@@ -464,23 +464,15 @@ pub(crate) async fn cancel_attempt(
 }
 
 /// Ends an unplaced attempt with the terminal event `kind` (cancelled, expired, limited) and
-/// releases the number's claim.
+/// releases the number's claim ([`ccm_core::call_lifecycle::end_unplaced`]).
 async fn end_attempt(
     ctx: &CallContext,
     request: &DialRequest,
     kind: EventKind,
 ) -> Result<(), ccm_core::nats::NatsError> {
-    let event = CallEvent::of_request(request, kind);
-    ccm_core::nats::publish_event(&ctx.js, &event).await?;
-    ctx.claims
-        .release(
-            request.campaign_id,
-            &request.phone_number,
-            request.call_id,
-            event.at,
-        )
-        .await;
-    Ok(())
+    ccm_core::call_lifecycle::end_unplaced(&ctx.js, &ctx.claims, request, kind)
+        .await
+        .map(drop)
 }
 
 pub(crate) async fn publish_outcome(

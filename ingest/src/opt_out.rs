@@ -100,20 +100,17 @@ async fn end_scheduled(
             if entry.request.phone_number != *phone {
                 continue;
             }
-            let request = &entry.request;
-            let event = ccm_core::CallEvent::of_request(
-                request,
-                ccm_core::EventKind::Cancelled {
-                    reason: ccm_core::dnc::OPTED_OUT.into(),
-                },
-            );
-            ccm_core::nats::publish_event(&state.js, &event)
-                .await
-                .map_err(ScheduledError::Publish)?;
-            state
-                .claims
-                .release(campaign, phone, request.call_id, event.at)
-                .await;
+            let cancelled = ccm_core::EventKind::Cancelled {
+                reason: ccm_core::dnc::OPTED_OUT.into(),
+            };
+            ccm_core::call_lifecycle::end_unplaced(
+                &state.js,
+                &state.claims,
+                &entry.request,
+                cancelled,
+            )
+            .await
+            .map_err(ScheduledError::Publish)?;
             scheduled.remove(seq).await?;
             ended += 1;
         }

@@ -25,8 +25,10 @@
 mod finished;
 #[cfg(test)]
 mod tests;
+mod unplaced;
 
 pub use finished::{CampaignProgress, ProgressError, campaign_finished};
+pub use unplaced::end_unplaced;
 
 use crate::{
     events::EventKind,
