@@ -311,7 +311,11 @@ async fn attempts_placed_by_a_dialer_that_is_gone_end_by_their_outcomes_at_once(
     let mut queued = Vec::new();
     for i in 0..n {
         let request = dial(id, i);
-        let kind = rng.random_range(0..3u8);
+        // One of each kind at least, the rest drawn.
+        let kind = u8::try_from(i)
+            .ok()
+            .filter(|i| *i < 3)
+            .unwrap_or_else(|| rng.random_range(0..3u8));
         match kind {
             0 => placed_earlier(&js, &request, Some(&gone)).await,
             1 => placed_earlier(&js, &request, None).await,
