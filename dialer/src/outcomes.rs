@@ -45,21 +45,20 @@
 //! so it keeps far ahead of any outcome rate the carriers produce.
 
 mod adopted;
+mod received;
 
 pub use adopted::Adoption;
 pub use ccm_core::outcome_route::Address;
+pub use received::{Received, Route};
 
 use std::{
     collections::HashMap,
     fmt,
-    sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
 use async_nats::{Client, Subscriber};
-use ccm_core::{CallEvent, CallId, metrics::counter, subjects};
+use ccm_core::{CallEvent, CallId, subjects};
 use futures::StreamExt;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -75,59 +74,6 @@ pub struct Outcomes {
     /// For the subscriptions to adopted addresses.
     client: Client,
     received: Arc<Received>,
-}
-
-/// How an outcome reached this dialer: the `route` label of
-/// `ccm_dialer_outcomes_received_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    /// A copy sent to this dialer's own address.
-    Addressed,
-    /// A copy sent to another dialer's address that this one listens to while it waits for
-    /// an attempt that dialer placed.
-    Adopted,
-    /// A copy no address could be found for, sent to every dialer.
-    Broadcast,
-    /// Read from the stream by a waiting call (after a reconnect, periodically, or right
-    /// after adopting): the copy was missed or never sent.
-    Stream,
-}
-
-impl Route {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Addressed => "addressed",
-            Self::Adopted => "adopted",
-            Self::Broadcast => "broadcast",
-            Self::Stream => "stream",
-        }
-    }
-}
-
-/// How many outcomes this dialer received, by route (copies, whether a call here waited for
-/// them or not; stream reads that found an outcome).
-#[derive(Debug, Default)]
-pub struct Received {
-    addressed: AtomicU64,
-    adopted: AtomicU64,
-    broadcast: AtomicU64,
-    stream: AtomicU64,
-}
-
-impl Received {
-    fn counter(&self, route: Route) -> &AtomicU64 {
-        match route {
-            Route::Addressed => &self.addressed,
-            Route::Adopted => &self.adopted,
-            Route::Broadcast => &self.broadcast,
-            Route::Stream => &self.stream,
-        }
-    }
-
-    /// How many came by `route`.
-    pub fn get(&self, route: Route) -> u64 {
-        self.counter(route).load(Ordering::Relaxed)
-    }
 }
 
 /// How often the router looks at the connection, to notice a reconnect.
@@ -240,8 +186,7 @@ impl Outcomes {
     }
 
     fn count(&self, route: Route) {
-        self.received.counter(route).fetch_add(1, Ordering::Relaxed);
-        counter!("ccm_dialer_outcomes_received_total", "route" => route.label()).increment(1);
+        self.received.count(route);
     }
 
     /// Registers a waiter for `attempt` of `call`, before the call looks up what the stream

@@ -25,7 +25,6 @@ use ccm_core::{
     topology::names,
 };
 use ccm_tests::{TestEnv, eventually};
-use chrono::Utc;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
