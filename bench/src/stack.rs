@@ -62,6 +62,15 @@ impl Servers {
     }
 }
 
+/// Where services find the servers, and where they log.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// One server, or several separated by commas (a cluster).
+    pub nats_url: String,
+    pub database_url: String,
+    pub dir: PathBuf,
+}
+
 /// Release-built services started as processes, stopped on drop.
 #[derive(Debug, Default)]
 pub struct Services {
@@ -89,15 +98,39 @@ impl Services {
         names: &[&'static str],
         env: &Env,
     ) -> anyhow::Result<Self> {
-        let port = free_port()?;
+        let at = Endpoints {
+            nats_url: servers.nats.url(),
+            database_url: servers.database_url(),
+            dir: servers.dir.clone(),
+        };
+        Self::start_on(root, &at, names, env).await
+    }
+
+    /// Starts `names` against `at`. A name may repeat (replicas of one service): each process
+    /// logs to its own file, and each ingest listens on its own port; the API is the first
+    /// ingest's, once every ingest answers `/readyz`.
+    pub async fn start_on(
+        root: &Path,
+        at: &Endpoints,
+        names: &[&'static str],
+        env: &Env,
+    ) -> anyhow::Result<Self> {
         let mut services = Self::default();
-        for name in names {
-            let log = std::fs::File::create(servers.dir.join(format!("{name}.log")))?;
+        let mut ingests = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let port = free_port()?;
+            let replica = names[..i].iter().filter(|n| *n == name).count();
+            let file = if replica == 0 {
+                format!("{name}.log")
+            } else {
+                format!("{name}-{replica}.log")
+            };
+            let log = std::fs::File::create(at.dir.join(file))?;
             let mut command = Command::new(root.join("target/release").join(name));
             command
                 .current_dir(root)
-                .env("CCM_NATS_URL", servers.nats.url())
-                .env("CCM_DATABASE_URL", servers.database_url())
+                .env("CCM_NATS_URL", &at.nats_url)
+                .env("CCM_DATABASE_URL", &at.database_url)
                 .env("CCM_INGEST__LISTEN", format!("127.0.0.1:{port}"))
                 .env("CCM_INGEST__AUTH_TOKENS", format!("[\"{TOKEN}\"]"))
                 // One token sends every bulk back to back: the per-token limit of the
@@ -114,12 +147,14 @@ impl Services {
             services
                 .children
                 .push((name, Guard::new(name, child, Signal::SIGTERM)));
+            if *name == "ccm-ingest" {
+                ingests.push(format!("http://127.0.0.1:{port}"));
+            }
         }
-        if names.contains(&"ccm-ingest") {
-            let api = format!("http://127.0.0.1:{port}");
+        for api in &ingests {
             services.wait_ready(&format!("{api}/readyz")).await?;
-            services.api = Some(api);
         }
+        services.api = ingests.into_iter().next();
         Ok(services)
     }
 
@@ -149,6 +184,13 @@ impl Services {
             .iter()
             .find(|(n, _)| *n == name)
             .and_then(|(_, g)| g.pid())
+    }
+
+    /// Every process with its service's name, in start order (replicas repeat the name).
+    pub fn processes(&self) -> impl Iterator<Item = (&'static str, Option<u32>)> + '_ {
+        self.children
+            .iter()
+            .map(|(name, guard)| (*name, guard.pid()))
     }
 
     pub fn api(&self) -> anyhow::Result<&str> {
