@@ -69,6 +69,10 @@ struct Args {
     /// Rounds of the comparison (the order of the servers is reversed every other round).
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// Start the services from this directory instead of `<root>/target/release` (a debug
+    /// build, to check a phase: its figures are not comparable).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
     /// The scale phase's numbers of running campaigns, instead of its defaults.
     #[arg(long, value_delimiter = ',')]
     scale_campaigns: Vec<usize>,
@@ -208,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Scale::full()
     };
+    stack::use_bin_dir(args.bin_dir.clone());
     if !args.scale_campaigns.is_empty() {
         scale.scale_campaigns = args.scale_campaigns.clone();
     }

@@ -28,6 +28,25 @@ pub fn use_nats_server(program: Option<PathBuf>) {
         .unwrap_or_else(std::sync::PoisonError::into_inner) = program;
 }
 
+/// Where the services' binaries are (`None`: `<root>/target/release`).
+static BIN_DIR: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Makes the following phases start the services from `dir` (a debug build, to check a phase
+/// quickly; its figures are not comparable with a release build's).
+pub fn use_bin_dir(dir: Option<PathBuf>) {
+    *BIN_DIR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = dir;
+}
+
+fn bin_dir(root: &Path) -> PathBuf {
+    BIN_DIR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+        .unwrap_or_else(|| root.join("target/release"))
+}
+
 /// The API token every phase uses.
 pub const TOKEN: &str = "bench-token";
 
@@ -91,7 +110,8 @@ impl Env {
 }
 
 impl Services {
-    /// Starts `names` (binaries in `target/release`) against `servers`; waits for ingest.
+    /// Starts `names` (binaries in `target/release` unless [`use_bin_dir`]) against `servers`;
+    /// waits for ingest.
     pub async fn start(
         root: &Path,
         servers: &Servers,
@@ -117,6 +137,7 @@ impl Services {
     ) -> anyhow::Result<Self> {
         let mut services = Self::default();
         let mut ingests = Vec::new();
+        let bin = bin_dir(root);
         for (i, name) in names.iter().enumerate() {
             let port = free_port()?;
             let replica = names[..i].iter().filter(|n| *n == name).count();
@@ -126,7 +147,7 @@ impl Services {
                 format!("{name}-{replica}.log")
             };
             let log = std::fs::File::create(at.dir.join(file))?;
-            let mut command = Command::new(root.join("target/release").join(name));
+            let mut command = Command::new(bin.join(name));
             command
                 .current_dir(root)
                 .env("CCM_NATS_URL", &at.nats_url)
