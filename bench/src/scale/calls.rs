@@ -31,7 +31,7 @@ pub async fn first_calls(
     bar: &ProgressBar,
     label: &str,
 ) -> anyhow::Result<Vec<f64>> {
-    let client = async_nats::connect(nats_url).await?;
+    let client = ccm_core::nats::connect(nats_url, "bench").await?;
     let mut events = client.subscribe(EVENTS).await?;
     client.flush().await?;
     let mut conn = http::Conn::open(api).await?;
@@ -90,7 +90,7 @@ pub async fn throughput(
     label: &str,
 ) -> anyhow::Result<Throughput> {
     anyhow::ensure!(!campaigns.is_empty(), "no busy campaign");
-    let client = async_nats::connect(nats_url).await?;
+    let client = ccm_core::nats::connect(nats_url, "bench").await?;
     let mut events = client.subscribe(EVENTS).await?;
     client.flush().await?;
     let busy: HashSet<u64> = campaigns.iter().copied().collect();

@@ -20,6 +20,7 @@ mod plan;
 
 use std::{path::Path, time::Duration};
 
+use anyhow::Context;
 use ccm_tests::{LocalPostgres, cluster::NatsCluster, postgres::DATABASE};
 use futures::StreamExt;
 use indicatif::ProgressBar;
@@ -103,13 +104,17 @@ async fn one(
         .set("CCM_DIALER__CARRIER", "{kind: sim, call_ms: 10}")
         .set("CCM_DIALER__MAX_CALLS", "20000")
         .set("CCM_LOG__FILTER", "warn");
+    bar.set_message(format!("{label}: provisioning R3 streams"));
+    provision(&at.nats_url).await?;
     bar.set_message(format!("{label}: starting the services"));
     let mut services = Services::start_on(root, &at, &plan::processes(config), &env).await?;
     let api = services.api()?.to_owned();
 
     let created = Instant::now();
+    RETRIED.store(0, std::sync::atomic::Ordering::Relaxed);
     let ids = create(&api, config.campaigns, bar, label).await?;
     row.created_per_s = Some(ids.len() as f64 / created.elapsed().as_secs_f64());
+    row.create_retries = Some(RETRIED.load(std::sync::atomic::Ordering::Relaxed));
 
     bar.set_message(format!("{label}: settling"));
     tokio::time::sleep(scale.scale_settle).await;
@@ -166,7 +171,7 @@ async fn create(api: &str, n: usize, bar: &ProgressBar, label: &str) -> anyhow::
                 format!("scale-idle-{i}")
             };
             let cap = if busy { 1_000 } else { 10 };
-            http::campaign(api, &name, cap).await.map(|id| (i, id))
+            create_one(api, &name, cap).await.map(|id| (i, id))
         })
         .buffer_unordered(CREATE_CONCURRENCY);
     let mut ids = vec![0; n];
@@ -183,6 +188,41 @@ async fn create(api: &str, n: usize, bar: &ProgressBar, label: &str) -> anyhow::
         }
     }
     Ok(ids)
+}
+
+/// Creates one campaign; a 503 ("retry later") is retried a few times, with a pause, as a
+/// client would (concurrent first creations contend on the id counter).
+async fn create_one(api: &str, name: &str, cap: u64) -> anyhow::Result<u64> {
+    let body = serde_json::json!({"name": name, "max_concurrent_calls": cap});
+    let mut conn = http::Conn::open(api).await?;
+    for attempt in 1..=10 {
+        let (status, answer) = conn.post_json("/api/v1/campaigns", &body).await?;
+        if status.is_success() {
+            return answer["id"].as_u64().context("the campaign has no id");
+        }
+        anyhow::ensure!(
+            status == hyper::StatusCode::SERVICE_UNAVAILABLE && attempt < 10,
+            "creating a campaign: {status} {answer}"
+        );
+        RETRIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+    }
+    unreachable!("the last attempt returns or fails")
+}
+
+/// 503 answers retried while creating campaigns, in this configuration.
+static RETRIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Creates the streams, consumers and buckets with R3 before any service starts: services
+/// provision on start too (idempotently), but all of them at once on a fresh cluster time out
+/// on a small machine.
+async fn provision(nats_url: &str) -> anyhow::Result<()> {
+    let mut streams = ccm_core::config::Config::default().streams;
+    streams.replicas = 3;
+    let topology = ccm_core::topology::Topology::load(&streams)?;
+    let js = ccm_core::nats::jetstream(ccm_core::nats::connect(nats_url, "bench").await?);
+    topology.provision(&js).await?;
+    Ok(())
 }
 
 /// CPU and memory of every nats-server node, PostgreSQL and every service process over
@@ -248,6 +288,11 @@ fn push_figures(report: &mut Report, row: &Row) {
         }
     };
     add("created_per_s", row.created_per_s, "campaigns/s");
+    add(
+        "create_retries",
+        row.create_retries.map(|n| n as f64),
+        "503 answers",
+    );
     for (i, cpu) in row.nats_cpu.iter().enumerate() {
         add(&format!("cpu.nats-n{}", i + 1), Some(*cpu), "% of a core");
     }

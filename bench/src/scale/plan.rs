@@ -101,6 +101,8 @@ pub struct Row {
     pub config: Config,
     /// Campaigns created per second through the API (bounded concurrency).
     pub created_per_s: Option<f64>,
+    /// 503 answers to creations, each retried.
+    pub create_retries: Option<usize>,
     /// Share of one core of each nats-server node, in node order.
     pub nats_cpu: Vec<f64>,
     /// Every process over the quiet window.
@@ -123,6 +125,7 @@ impl Row {
         Self {
             config,
             created_per_s: None,
+            create_retries: None,
             nats_cpu: Vec::new(),
             samples: Vec::new(),
             window_s: 0.0,
@@ -163,6 +166,8 @@ impl Row {
             self.config.campaigns.to_string(),
             self.config.dialers.to_string(),
             f(self.created_per_s, 1),
+            self.create_retries
+                .map_or_else(String::new, |n| n.to_string()),
             nodes,
             f(nats_total, 1),
             f(self.cpu("ccm-dialer"), 1),
@@ -183,10 +188,11 @@ impl Row {
     }
 }
 
-const HEADER: [&str; 18] = [
+const HEADER: [&str; 19] = [
     "campaigns",
     "dialers",
     "created/s",
+    "503s",
     "nats % n1/n2/n3",
     "nats %",
     "dialer %",
