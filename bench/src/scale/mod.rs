@@ -17,26 +17,22 @@
 
 mod calls;
 mod plan;
+mod setup;
 
 use std::{path::Path, time::Duration};
 
-use anyhow::Context;
 use ccm_tests::{LocalPostgres, cluster::NatsCluster, postgres::DATABASE};
-use futures::StreamExt;
 use indicatif::ProgressBar;
 use tokio::time::Instant;
 
 pub use plan::{Row, table};
 
 use crate::{
-    Scale, http,
+    Scale,
     report::{Figure, Report},
     stack::{Endpoints, Env, Services, cpu_seconds, memory},
 };
 use plan::{Config, Sample};
-
-/// Campaigns created at once through the API.
-const CREATE_CONCURRENCY: usize = 16;
 
 pub async fn run(
     root: &Path,
@@ -105,16 +101,15 @@ async fn one(
         .set("CCM_DIALER__MAX_CALLS", "20000")
         .set("CCM_LOG__FILTER", "warn");
     bar.set_message(format!("{label}: provisioning R3 streams"));
-    provision(&at.nats_url).await?;
+    setup::provision(&at.nats_url).await?;
     bar.set_message(format!("{label}: starting the services"));
     let mut services = Services::start_on(root, &at, &plan::processes(config), &env).await?;
     let api = services.api()?.to_owned();
 
     let created = Instant::now();
-    RETRIED.store(0, std::sync::atomic::Ordering::Relaxed);
-    let ids = create(&api, config.campaigns, bar, label).await?;
+    let (ids, retried) = setup::create(&api, config.campaigns, bar, label).await?;
     row.created_per_s = Some(ids.len() as f64 / created.elapsed().as_secs_f64());
-    row.create_retries = Some(RETRIED.load(std::sync::atomic::Ordering::Relaxed));
+    row.create_retries = Some(retried);
 
     bar.set_message(format!("{label}: settling"));
     tokio::time::sleep(scale.scale_settle).await;
@@ -155,73 +150,6 @@ async fn one(
     }
     // The services first, while the servers they drain into still run.
     drop(services);
-    Ok(())
-}
-
-/// Creates `n` campaigns through the API, [`CREATE_CONCURRENCY`] at a time, the first
-/// [`plan::BUSY`] with room for the end-to-end calls; their ids in that order.
-async fn create(api: &str, n: usize, bar: &ProgressBar, label: &str) -> anyhow::Result<Vec<u64>> {
-    let began = Instant::now();
-    let mut created = futures::stream::iter(0..n)
-        .map(|i| async move {
-            let busy = i < plan::busy(n);
-            let name = if busy {
-                format!("scale-busy-{i}")
-            } else {
-                format!("scale-idle-{i}")
-            };
-            let cap = if busy { 1_000 } else { 10 };
-            create_one(api, &name, cap).await.map(|id| (i, id))
-        })
-        .buffer_unordered(CREATE_CONCURRENCY);
-    let mut ids = vec![0; n];
-    let mut done: usize = 0;
-    while let Some(next) = created.next().await {
-        let (i, id) = next?;
-        ids[i] = id;
-        done += 1;
-        if done.is_multiple_of(50) || done == n {
-            let rate = done as f64 / began.elapsed().as_secs_f64();
-            bar.set_message(format!(
-                "{label}: creating campaigns {done}/{n} ({rate:.0}/s)"
-            ));
-        }
-    }
-    Ok(ids)
-}
-
-/// Creates one campaign; a 503 ("retry later") is retried a few times, with a pause, as a
-/// client would (concurrent first creations contend on the id counter).
-async fn create_one(api: &str, name: &str, cap: u64) -> anyhow::Result<u64> {
-    let body = serde_json::json!({"name": name, "max_concurrent_calls": cap});
-    let mut conn = http::Conn::open(api).await?;
-    for attempt in 1..=10 {
-        let (status, answer) = conn.post_json("/api/v1/campaigns", &body).await?;
-        if status.is_success() {
-            return answer["id"].as_u64().context("the campaign has no id");
-        }
-        anyhow::ensure!(
-            status == hyper::StatusCode::SERVICE_UNAVAILABLE && attempt < 10,
-            "creating a campaign: {status} {answer}"
-        );
-        RETRIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-    }
-    unreachable!("the last attempt returns or fails")
-}
-
-/// 503 answers retried while creating campaigns, in this configuration.
-static RETRIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Creates the streams, consumers and buckets with R3 before any service starts: services
-/// provision on start too (idempotently), but all of them at once on a fresh cluster time out
-/// on a small machine.
-async fn provision(nats_url: &str) -> anyhow::Result<()> {
-    let mut streams = ccm_core::config::Config::default().streams;
-    streams.replicas = 3;
-    let topology = ccm_core::topology::Topology::load(&streams)?;
-    let js = ccm_core::nats::jetstream(ccm_core::nats::connect(nats_url, "bench").await?);
-    topology.provision(&js).await?;
     Ok(())
 }
 
