@@ -29,6 +29,7 @@
 
 mod api;
 mod compare;
+mod costs;
 mod http;
 mod idle;
 mod import;
