@@ -1,9 +1,11 @@
 //! The dialer's carrier adapters against carrier-sim over HTTP, and its metrics, probes and
 //! outcome router against a real NATS server; the carrier's ids recorded by a placement; the
 //! check made again right before a paced call is placed; an outcome missed while disconnected;
-//! the hang-up at a call's maximum duration; generated sequences of carrier answers.
+//! the hang-up at a call's maximum duration; generated sequences of carrier answers; outcomes
+//! addressed to the replica that placed each call.
 
 mod adapters;
+mod addressed;
 mod answers;
 mod concurrent_deliveries;
 mod consumer_reconcile;
