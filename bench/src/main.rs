@@ -16,7 +16,11 @@
 //!    (`projection`);
 //! 6. `import`: one CSV upload of many contacts, streamed by ingest (`import`);
 //! 7. `idle`: many running campaigns with nothing queued: the CPU they cost and the latency
-//!    of a first call in one of them (`idle`).
+//!    of a first call in one of them (`idle`);
+//! 8. `scale`: up to thousands of running campaigns with 1 and 3 dialers and 2 of every other
+//!    service on a 3-node nats-server cluster with R3 streams: idle CPU and memory of every
+//!    process, first-call latency, calls/s (`scale`). Long: only run when asked for
+//!    (`--only scale`).
 //!
 //! Each figure is printed with its conditions and its ratio to the raw limit it depends on;
 //! the whole report goes to `target/bench/report.json`. Every phase is bounded in time and
@@ -33,6 +37,7 @@ mod pipeline;
 mod projection;
 mod raw;
 mod report;
+mod scale;
 mod stack;
 
 use std::{
@@ -65,6 +70,16 @@ struct Args {
     /// Rounds of the comparison (the order of the servers is reversed every other round).
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// Start the services from this directory instead of `<root>/target/release` (a debug
+    /// build, to check a phase: its figures are not comparable).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// The scale phase's numbers of running campaigns, instead of its defaults.
+    #[arg(long, value_delimiter = ',')]
+    scale_campaigns: Vec<usize>,
+    /// The scale phase's numbers of dialer replicas, instead of its defaults.
+    #[arg(long, value_delimiter = ',')]
+    scale_dialers: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,6 +92,8 @@ pub enum Phase {
     Import,
     /// Many running campaigns with nothing queued: idle CPU and first-call latency.
     Idle,
+    /// Thousands of campaigns, several replicas, a 3-node cluster (not run unless asked for).
+    Scale,
 }
 
 /// Sizes and durations of one run.
@@ -108,6 +125,17 @@ pub struct Scale {
     pub idle_window: Duration,
     /// Calls of the first-call latency, each in another idle campaign.
     pub idle_calls: usize,
+    /// Running campaigns of the scale phase, and dialer replicas: one configuration per pair.
+    pub scale_campaigns: Vec<usize>,
+    pub scale_dialers: Vec<usize>,
+    /// How long the campaigns settle, then the quiet window measured.
+    pub scale_settle: Duration,
+    pub scale_window: Duration,
+    /// First calls, each in another idle campaign.
+    pub scale_first_calls: usize,
+    /// Calls queued over the busy campaigns for calls/s, and how long they may take.
+    pub scale_calls: usize,
+    pub scale_timeout: Duration,
 }
 
 impl Scale {
@@ -133,6 +161,13 @@ impl Scale {
             idle_settle: Duration::from_secs(15),
             idle_window: Duration::from_secs(30),
             idle_calls: 100,
+            scale_campaigns: vec![1, 100, 1_000, 5_000],
+            scale_dialers: vec![1, 3],
+            scale_settle: Duration::from_secs(20),
+            scale_window: Duration::from_secs(30),
+            scale_first_calls: 100,
+            scale_calls: 20_000,
+            scale_timeout: Duration::from_secs(300),
         }
     }
 
@@ -158,6 +193,13 @@ impl Scale {
             idle_settle: Duration::from_secs(10),
             idle_window: Duration::from_secs(15),
             idle_calls: 30,
+            scale_campaigns: vec![1, 100, 1_000],
+            scale_dialers: vec![1, 3],
+            scale_settle: Duration::from_secs(5),
+            scale_window: Duration::from_secs(10),
+            scale_first_calls: 20,
+            scale_calls: 2_000,
+            scale_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -166,11 +208,18 @@ impl Scale {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let root = std::fs::canonicalize(&args.root)?;
-    let scale = if args.quick {
+    let mut scale = if args.quick {
         Scale::quick()
     } else {
         Scale::full()
     };
+    stack::use_bin_dir(args.bin_dir.clone());
+    if !args.scale_campaigns.is_empty() {
+        scale.scale_campaigns = args.scale_campaigns.clone();
+    }
+    if !args.scale_dialers.is_empty() {
+        scale.scale_dialers = args.scale_dialers.clone();
+    }
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("[{elapsed_precise}] {bar:20} {pos}/{len} phases  {msg}")?
@@ -247,6 +296,7 @@ pub(crate) async fn run_phases(
             Phase::Projection => projection::run(root, report, scale, bar).await,
             Phase::Import => import::run(root, report, scale, bar).await,
             Phase::Idle => idle::run(root, report, scale, bar).await,
+            Phase::Scale => scale::run(root, report, scale, bar).await,
         };
         if let Err(e) = result {
             bar.println(format!("{phase:?} not measured: {e:#}"));
@@ -291,6 +341,17 @@ pub(crate) fn machine(program: Option<PathBuf>) -> report::Machine {
         postgres: version(
             ccm_tests::process::find_program("postgres").ok(),
             "postgres",
+        ),
+        ccm: format!(
+            "{} ({})",
+            env!("CARGO_PKG_VERSION"),
+            Command::new("git")
+                .args(["describe", "--always", "--dirty"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .unwrap_or_else(|| "no git".into())
         ),
         load_before: report::load_average(),
         load_after: String::new(),

@@ -83,6 +83,8 @@ pub struct Report {
     pub ccm: Vec<Figure>,
     /// Figures kept in the JSON and the comparison but not the table (CPU per process).
     pub detail: Vec<Figure>,
+    /// The scale phase: one row per configuration.
+    pub scale: Vec<crate::scale::Row>,
     /// Phases not run on purpose, with the reason (a server ccm does not support).
     pub skipped: Vec<(String, String)>,
     /// Phases that could not be measured, with the reason.
@@ -93,6 +95,8 @@ pub struct Report {
 #[derive(Debug, Default, Serialize)]
 pub struct Machine {
     pub cores: usize,
+    /// ccm's version and commit.
+    pub ccm: String,
     pub memory_gib: f64,
     pub nats_server: String,
     pub postgres: String,
@@ -127,12 +131,14 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "\nccm benchmark ({} mode, {} cores, {:.0} GiB, {}, {})\n",
+            "\nccm benchmark ({}, {} mode, {} cores, {:.0} GiB, {}, {}, ccm {})\n",
+            self.started_at,
             self.mode,
             self.machine.cores,
             self.machine.memory_gib,
             self.machine.nats_server,
-            self.machine.postgres
+            self.machine.postgres,
+            self.machine.ccm
         );
         let rows: Vec<[String; 6]> = self
             .raw
@@ -183,6 +189,14 @@ impl Report {
         let _ = writeln!(out, "{}", line(header));
         for row in &rows {
             let _ = writeln!(out, "{}", line(row.each_ref().map(String::as_str)));
+        }
+        if !self.scale.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nscale (CPU: % of one core over the quiet window, summed over replicas; \
+                 memory: resident MiB, summed)\n{}",
+                crate::scale::table(&self.scale)
+            );
         }
         for (phase, reason) in &self.skipped {
             let _ = writeln!(out, "skipped {phase}: {reason}");

@@ -52,11 +52,13 @@ pub async fn connect(url: &str, service: &str) -> Result<async_nats::Client, Nat
         None => async_nats::ConnectOptions::new(),
     };
     let url = servers.as_str();
+    // async-nats parses a `&str` as one address; a list must reach it as a list.
+    let addresses: Vec<&str> = url.split(',').collect();
     options
         .name(format!("ccm-{service}"))
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
-        .connect(url)
+        .connect(addresses.as_slice())
         .await
         .map_err(|source| NatsError::Connect {
             // The URL may hold a user and password; the error is logged.

@@ -129,6 +129,23 @@ impl NatsCluster {
         self.node_url(0)
     }
 
+    /// Every node's client URL, comma-separated (`CCM_NATS_URL`): each client picks one at
+    /// random, so the connections spread over the nodes as they would in production.
+    pub fn urls(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| self.node_url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Each node's process id while it runs (to measure its CPU and memory).
+    pub fn pids(&self) -> Vec<Option<u32>> {
+        self.nodes
+            .iter()
+            .map(|n| n.guard.as_ref().and_then(Guard::pid))
+            .collect()
+    }
+
     /// Node `i`'s client URL.
     pub fn node_url(&self, i: usize) -> String {
         format!("nats://127.0.0.1:{}", self.nodes[i].client_port)

@@ -14,9 +14,17 @@ pub struct BenchArgs {
     /// A short run (under 2 minutes) with smaller sizes.
     #[arg(long)]
     pub quick: bool,
-    /// Only these phases, comma-separated: raw, api, e2e, live, projection, import.
+    /// Only these phases, comma-separated: raw, api, e2e, live, projection, import, idle,
+    /// scale (scale runs only when named here).
     #[arg(long)]
     pub only: Option<String>,
+    /// The scale phase's numbers of running campaigns, comma-separated (default 1,100,1000,5000;
+    /// quick 1,100,1000).
+    #[arg(long)]
+    pub scale_campaigns: Option<String>,
+    /// The scale phase's numbers of dialer replicas, comma-separated (default 1,3).
+    #[arg(long)]
+    pub scale_dialers: Option<String>,
     /// nats-server releases side by side, in one run: Debian's 2.9.10 (raw limits only: ccm
     /// refuses it), the minimum supported and the pinned one, the same build of ccm, twice in
     /// alternating order (phases: raw, api, e2e unless `--only`).
@@ -71,6 +79,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(only) = &args.only {
         bench.args(["--only", only]);
+    }
+    if let Some(sizes) = &args.scale_campaigns {
+        bench.args(["--scale-campaigns", sizes]);
+    }
+    if let Some(sizes) = &args.scale_dialers {
+        bench.args(["--scale-dialers", sizes]);
     }
     let status = bench.status().context("cannot run ccm-bench")?;
     if !status.success() {

@@ -1,6 +1,7 @@
 //! ccm-core against a real nats-server.
 
 mod claims;
+mod connect;
 mod consumer;
 mod dial_consumer;
 mod inspect;
