@@ -12,6 +12,9 @@ use serde::Serialize;
 
 use crate::events::{CallEvent, DialRequest};
 
+mod lost_race;
+pub use lost_race::lost_race;
+
 /// What can go wrong talking to NATS.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {

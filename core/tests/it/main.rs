@@ -5,5 +5,6 @@ mod connect;
 mod consumer;
 mod dial_consumer;
 mod inspect;
+mod lost_race;
 mod provisioning;
 mod schema;
