@@ -17,7 +17,6 @@
 
 use async_nats::jetstream::{
     Message,
-    context::{PublishError, PublishErrorKind},
     stream::{DirectGetError, DirectGetErrorKind},
 };
 use ccm_core::{CallEvent, DialRequest, EventKind};
@@ -96,9 +95,7 @@ fn raced(e: &ccm_core::nats::NatsError) -> bool {
     let ccm_core::nats::NatsError::Publish { source, .. } = e else {
         return false;
     };
-    source
-        .downcast_ref::<PublishError>()
-        .is_some_and(|e| e.kind() == PublishErrorKind::WrongLastSequence)
+    ccm_core::nats::lost_race(source.as_ref())
 }
 
 /// The time of the `Dialing` event stored at `sequence`, or `None` when it was withdrawn.

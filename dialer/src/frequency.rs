@@ -155,12 +155,12 @@ impl Frequency {
                     .bucket
                     .update(key.as_str(), value.into(), revision)
                     .await
-                    .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.into())),
+                    .map_err(|e| (ccm_core::nats::lost_race(&e), e.into())),
                 None => self
                     .bucket
                     .create(key.as_str(), value.into())
                     .await
-                    .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.into())),
+                    .map_err(|e| (ccm_core::nats::lost_race(&e), e.into())),
             };
             match written {
                 Ok(_) => return Ok(seen),

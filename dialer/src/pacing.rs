@@ -100,11 +100,11 @@ async fn reserve(
             Some(revision) => bucket
                 .update(scope, value.into(), revision)
                 .await
-                .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.into())),
+                .map_err(|e| (ccm_core::nats::lost_race(&e), e.into())),
             None => bucket
                 .create(scope, value.into())
                 .await
-                .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.into())),
+                .map_err(|e| (ccm_core::nats::lost_race(&e), e.into())),
         };
         match written {
             Ok(_) => return Ok(start),

@@ -154,7 +154,7 @@ pub(crate) async fn update<E: From<StoreError>>(
                 }
                 return Ok(campaign);
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) if ccm_core::nats::lost_race(&e) => continue,
             Err(e) => return Err(unavailable(e).into()),
         }
     }
@@ -211,14 +211,14 @@ async fn next_campaign_id(counters: &kv::Store) -> Result<CampaignId, StoreError
                     .update(KEY, next.to_string().into(), entry.revision)
                     .await
                     .map(|_| next)
-                    // A wrong revision becomes `AlreadyExists`: someone else moved the counter.
                     .map_err(kv::CreateError::from)
             }
         };
         match result {
             Ok(id) => return CampaignId::new(id).map_err(StoreError::InvalidId),
-            // Another replica took this id; read the counter again.
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+            // Another replica took this id (whichever code the server answered with); read
+            // the counter again.
+            Err(e) if ccm_core::nats::lost_race(&e) => continue,
             Err(e) => return Err(unavailable(e)),
         }
     }

@@ -103,7 +103,7 @@ pub async fn disable(
                 subscriptions.set(id, revision, Some(Arc::new(sub.clone())));
                 break sub;
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) if ccm_core::nats::lost_race(&e) => continue,
             Err(e) => return Err(e.into()),
         }
     };

@@ -221,7 +221,8 @@ pub(crate) async fn write(
     match ack.await {
         Ok(ack) => Ok(ack.sequence),
         Err(e) => Err(match e.kind() {
-            PublishErrorKind::WrongLastSequence => WriteError::Conflict,
+            // A replicated stream may answer a lost race with a code that has no kind.
+            _ if crate::nats::lost_race(&e) => WriteError::Conflict,
             // No responders (reported as a missing stream) is a server still starting.
             PublishErrorKind::TimedOut
             | PublishErrorKind::BrokenPipe

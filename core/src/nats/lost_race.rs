@@ -93,8 +93,12 @@ mod tests {
             assert!(!lost_race(&refused(code)), "{code}");
         }
         assert!(!lost_race(&PublishError::new(PublishErrorKind::TimedOut)));
-        assert!(!lost_race(&kv::UpdateError::new(kv::UpdateErrorKind::Other)));
-        assert!(!lost_race(&kv::CreateError::new(kv::CreateErrorKind::Publish)));
+        assert!(!lost_race(&kv::UpdateError::new(
+            kv::UpdateErrorKind::Other
+        )));
+        assert!(!lost_race(&kv::CreateError::new(
+            kv::CreateErrorKind::Publish
+        )));
     }
 
     #[test]

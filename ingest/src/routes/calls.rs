@@ -133,7 +133,7 @@ async fn write(
 }
 
 fn conflict(e: &async_nats::jetstream::context::PublishError) -> bool {
-    e.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence
+    ccm_core::nats::lost_race(e)
 }
 
 /// What the idempotency bucket holds for a key.

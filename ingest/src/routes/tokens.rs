@@ -180,9 +180,12 @@ pub(crate) async fn revoke(
         .api_tokens
         .delete_expect_revision(&id, Some(entry.revision))
         .await
-        .map_err(|e| match e.kind() {
-            async_nats::jetstream::kv::DeleteErrorKind::WrongLastRevision => not_found(),
-            _ => AppError::unavailable(e),
+        .map_err(|e| {
+            if ccm_core::nats::lost_race(&e) {
+                not_found()
+            } else {
+                AppError::unavailable(e)
+            }
         })?;
     // Ids are never reused, so this replica can hold the revocation above any revision.
     state.tokens.managed().set(&id, u64::MAX, None);

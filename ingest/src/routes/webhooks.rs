@@ -243,7 +243,7 @@ async fn store(
         .await
     {
         Ok(_) => Ok(ApiJson(WebhookView::of(sub, show_secret))),
-        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(AppError::conflict(
+        Err(e) if ccm_core::nats::lost_race(&e) => Err(AppError::conflict(
             "concurrent_update",
             "the subscription changed meanwhile; retry",
         )),

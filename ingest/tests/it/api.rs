@@ -34,6 +34,11 @@ impl Api {
 
     pub async fn start_with(env: &TestEnv, config: Config, projector: bool) -> Api {
         env.provision().await.expect("provision");
+        Self::start_provisioned(config, projector).await
+    }
+
+    /// Ingest (and the projector) on servers the test provisioned itself.
+    pub async fn start_provisioned(config: Config, projector: bool) -> Api {
         let shutdown = CancellationToken::new();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));

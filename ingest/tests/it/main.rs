@@ -7,6 +7,7 @@ mod bulk;
 mod callback;
 mod calling_hours;
 mod campaigns;
+mod cluster_campaigns;
 mod consent_erase;
 mod consent_opt_out;
 mod consents;
