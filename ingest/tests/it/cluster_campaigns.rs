@@ -21,7 +21,7 @@ async fn campaigns_created_at_once_on_a_replicated_cluster_all_get_an_id() {
         .expect("cluster");
     cluster.ready(Duration::from_secs(30)).await.expect("ready");
     let mut config = env.config();
-    config.nats_url = ccm_core::config::SecretUrl::new(&cluster.urls());
+    config.nats_url = ccm_core::config::SecretUrl::new(cluster.urls());
     config.streams.replicas = 3;
     let js = ccm_core::nats::jetstream(
         ccm_core::nats::connect(&cluster.urls(), "test")
