@@ -482,9 +482,90 @@ async fn lost_evidence(
             },
             None => "CALLS unreadable".into(),
         };
+        let retries = match js
+            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                "retrier_retries",
+                ccm_core::topology::names::RETRIES,
+            )
+            .await
+        {
+            Ok(mut c) => c.info().await.map_or_else(
+                |e| format!("unreadable ({e})"),
+                |i| {
+                    format!(
+                        "{} queued, {} held, {} redelivered, {} waiting pulls, delivered #{}, \
+                         ack floor #{}",
+                        i.num_pending,
+                        i.num_ack_pending,
+                        i.num_redelivered,
+                        i.num_waiting,
+                        i.delivered.stream_sequence,
+                        i.ack_floor.stream_sequence
+                    )
+                },
+            ),
+            Err(e) => format!("none ({e})"),
+        };
+        let mut held = vec![format!("retrier_retries: {retries}")];
+        for name in [
+            ccm_core::topology::names::CALLS,
+            ccm_core::topology::names::RETRIES,
+        ] {
+            held.push(format!(
+                "{name}: {}",
+                messages_naming(js, name, call.call_id).await
+            ));
+        }
         check.evidence.push(format!(
-            "    call {}: last admission record {record}; campaign {}'s dial consumer: {consumer}",
-            call.call_id, call.campaign
+            "    call {}: last admission record {record}; campaign {}'s dial consumer: {consumer}; \
+             messages naming it: {}",
+            call.call_id,
+            call.campaign,
+            held.join("; ")
         ));
+    }
+}
+
+/// The messages of `stream` whose payload names `call` (sequence, subject, time and the
+/// first bytes), read one by one: the streams of a run hold a few thousand messages.
+async fn messages_naming(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    call: ccm_core::CallId,
+) -> String {
+    let Ok(mut s) = js.get_stream(stream).await else {
+        return "unreadable".into();
+    };
+    let Ok(info) = s.info().await.cloned() else {
+        return "unreadable".into();
+    };
+    let needle = call.to_string();
+    let mut found = Vec::new();
+    for seq in info.state.first_sequence
+        ..=info
+            .state
+            .last_sequence
+            .min(info.state.first_sequence + 20_000)
+    {
+        let Ok(m) = s.get_raw_message(seq).await else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&m.payload);
+        if text.contains(&needle) {
+            found.push(format!(
+                "#{seq} {} {} {}",
+                m.subject,
+                m.time,
+                text.chars().take(200).collect::<String>()
+            ));
+        }
+    }
+    if found.is_empty() {
+        format!(
+            "none in #{}..#{}",
+            info.state.first_sequence, info.state.last_sequence
+        )
+    } else {
+        found.join(" | ")
     }
 }

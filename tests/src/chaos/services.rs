@@ -170,10 +170,15 @@ pub struct Services {
 impl Services {
     /// Starts carrier-sim, then the services; returns once ingest answers `/readyz`.
     pub async fn start(settings: ServiceSettings) -> Result<Self, HarnessError> {
-        let logs = tempfile::Builder::new()
+        let mut logs = tempfile::Builder::new()
             .prefix("ccm-chaos-logs-")
             .tempdir()
             .map_err(HarnessError::Io)?;
+        // A replay can keep the services' whole logs.
+        if std::env::var_os("CCM_CHAOS_KEEP_LOGS").is_some() {
+            logs.disable_cleanup(true);
+            eprintln!("service logs kept in {}", logs.path().display());
+        }
         // The run's own copy of the binaries: a build by someone else sharing the target
         // directory cannot swap a binary between a kill -9 and its restart.
         let bin = logs.path().join("bin");
@@ -271,7 +276,11 @@ impl Services {
             .env("CCM_DIALER__HANGUP_GRACE_MS", "1000")
             .env("CCM_RETRIER__POLICY_FILE", &s.policy_file)
             .env("CCM_STREAMS__REPLICAS", s.replicas.to_string())
-            .env("CCM_LOG__FILTER", "warn")
+            // A replay can ask for more (e.g. `warn,ccm_retrier=debug`).
+            .env(
+                "CCM_LOG__FILTER",
+                std::env::var("CCM_CHAOS_LOG_FILTER").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             // The services log to stderr; both go to the log file.
             .stdout(log_file(self.logs.path(), &log_name(service, instance))?)
