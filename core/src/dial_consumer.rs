@@ -174,6 +174,8 @@ pub struct Written {
     pub revision: Option<u64>,
     /// Paused on the server now.
     pub paused: bool,
+    /// Calls of the campaign are queued or held by a dialer ([`has_work`]).
+    pub has_work: bool,
 }
 
 impl Written {
@@ -383,6 +385,7 @@ impl DialConsumers {
                         max_ack_pending: info.config.max_ack_pending,
                         revision: Self::written_from(&info),
                         paused: info.paused,
+                        has_work: has_work(&info),
                     },
                 ))
             })
@@ -394,6 +397,11 @@ impl DialConsumers {
     pub async fn held(&self, id: CampaignId) -> Result<u64, DialConsumerError> {
         let info = self.info(id).await?;
         Ok(u64::try_from(info.num_ack_pending).unwrap_or(0))
+    }
+
+    /// Whether the campaign has work for a dialer now ([`has_work`]): one read.
+    pub async fn has_work(&self, id: CampaignId) -> Result<bool, DialConsumerError> {
+        Ok(has_work(&self.info(id).await?))
     }
 
     /// The campaign's consumer as the server has it now.
@@ -420,6 +428,15 @@ impl DialConsumers {
         }
         Ok(queued)
     }
+}
+
+/// The rule of a campaign's work: calls queued (`num_pending`) or delivered and not yet
+/// acknowledged (`num_ack_pending`) by any replica. The latter counts a call live anywhere, a
+/// message handed back with a delay (a NAK with a delay stays ack-pending until it is
+/// redelivered), and one whose holder died (ack-pending until AckWait sends it again): each
+/// comes back only to a pull, so a dialer keeps pulling while there is any.
+fn has_work(info: &consumer::Info) -> bool {
+    info.num_pending > 0 || info.num_ack_pending > 0
 }
 
 /// `template` filled in for `campaign` at `now`.

@@ -2,8 +2,10 @@
 //!
 //! Places call attempts with a carrier at each campaign's concurrency cap.
 //!
-//! - [`run`] connects, watches the `campaigns` bucket and keeps one pull loop ([`worker`]) per
-//!   active or cancelled campaign, on the campaign's durable consumer `dial_<campaign>`. It
+//! - [`run`] connects, watches the `campaigns` bucket and keeps one worker ([`worker`]) per
+//!   active or cancelled campaign, on the campaign's durable consumer `dial_<campaign>`: it
+//!   pulls while the campaign has work and is dormant (no pull, no line) while it has none,
+//!   woken by the calls published for it ([`wake`]) or by the consumer sweep. It
 //!   is also the reconciler of those consumers: on every change and every rescan the
 //!   consumer's cap (`max_ack_pending`) and server-side pause are brought in line with the
 //!   stored document ([`ccm_core::dial_consumer`]), so a held campaign's consumer delivers to
@@ -40,6 +42,7 @@ pub(crate) mod placements;
 pub(crate) mod sample;
 pub(crate) mod scheduled;
 mod timers;
+pub mod wake;
 pub(crate) mod window;
 pub(crate) mod worker;
 
@@ -85,6 +88,8 @@ pub enum DialerError {
     Start(#[from] ccm_core::service::StartError),
     #[error(transparent)]
     Outcomes(#[from] outcomes::StartError),
+    #[error(transparent)]
+    Wake(#[from] wake::StartError),
     /// Names the rule file and line.
     #[error(transparent)]
     Rules(#[from] ccm_core::rules::RulesError),
@@ -183,6 +188,10 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
     let router = tokio::spawn(router.run(router_stop.clone()));
     let calls = TaskTracker::new();
     tokio::spawn(sample::run(js.clone(), trunk.clone(), shutdown.clone()));
+    // Subscribed before any worker starts, so a worker never misses its first wake-up.
+    let wakes = wake::Wakes::default();
+    let listener = wake::Listener::subscribe(&client, wakes.clone()).await?;
+    tokio::spawn(listener.run(shutdown.clone()));
     tracing::info!(carrier = config.dialer.carrier.kind(), "dialer running");
     let supervisor = Supervisor {
         consumers: DialConsumers::new(&js, &topology).await,
@@ -192,6 +201,7 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
         calls: calls.clone(),
         shutdown: &shutdown,
         workers: HashMap::new(),
+        wakes,
         workers_done: TaskTracker::new(),
         scheduled_cancelled: scheduled::Cancelled::default(),
         timers: timers::Timers::default(),
@@ -241,6 +251,8 @@ struct Supervisor<'a> {
     calls: TaskTracker,
     shutdown: &'a CancellationToken,
     workers: HashMap<CampaignId, Known>,
+    /// The campaigns' wake-up signals ([`wake`]).
+    wakes: wake::Wakes,
     workers_done: TaskTracker,
     /// Campaigns whose scheduled attempts this replica has cancelled (or is cancelling).
     scheduled_cancelled: scheduled::Cancelled,
@@ -345,8 +357,9 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Lists the dial consumers and reconciles each that disagrees with the document this
-    /// replica last applied: one paged request when all agree.
+    /// Lists the dial consumers, wakes each campaign with work (a wake-up lost on the way
+    /// is caught here, within one interval) and reconciles each consumer that disagrees
+    /// with the document this replica last applied: one paged request when all agree.
     async fn sweep(&mut self) {
         let written = match self.consumers.written().await {
             Ok(written) => written,
@@ -355,6 +368,9 @@ impl Supervisor<'_> {
                 return;
             }
         };
+        for (id, _) in written.iter().filter(|(_, w)| w.has_work) {
+            self.wakes.wake(*id);
+        }
         let drifted: Vec<CampaignId> = self
             .workers
             .iter()
@@ -507,6 +523,7 @@ impl Supervisor<'_> {
             consumer,
             trunk: self.trunk.clone(),
             settings: known.settings.subscribe(),
+            wake: self.wakes.register(id),
             in_flight: known.in_flight.clone(),
             ctx: self.ctx.clone(),
             calls: self.calls.clone(),
@@ -539,6 +556,7 @@ impl Supervisor<'_> {
         if let Some(stop) = self.workers.remove(&id).and_then(|k| k.stop) {
             stop.cancel();
         }
+        self.wakes.forget(id);
         match self.consumers.remove_if_idle(id).await {
             Ok(0) => {}
             Ok(queued) => tracing::warn!(

@@ -1,12 +1,35 @@
 //! One campaign's pull loop: fetch dial messages while trunk lines are free, and hand each
-//! to its own call task.
+//! to its own call task; and, while the campaign has nothing to do, no pull at all.
 //!
 //! Fair sharing of the trunk: a worker waits for one line (the semaphore serves waiters in
 //! order, so campaigns take turns), long-polls for a single message with it, and only when
-//! work is there grabs more lines, at most its fair share (`max_calls / campaigns`) per
-//! pull, with a short expiry so unused lines return at once. An idle campaign therefore holds
-//! one line, a busy one never starves the others, and a campaign never holds more lines than
-//! its own cap lets it use.
+//! work is there grabs more lines, at most its fair share (`max_calls / active campaigns`)
+//! per pull, with a short expiry so unused lines return at once. A polling campaign
+//! therefore holds one line, a busy one never starves the others, and a campaign never holds
+//! more lines than its own cap lets it use.
+//!
+//! Dormancy (issue 23): a pull loop per campaign forever cost every replica an outstanding
+//! pull per campaign, renewed every [`LONG_POLL`], and one line held per idle campaign, so
+//! with fewer lines than campaigns a first call in an idle campaign waited its turn,
+//! `campaigns / lines` long polls. Now a worker goes **dormant** (no pull, no line, not
+//! counted in the fair share) when [`may_sleep`] says so: its last pull came back empty, no
+//! call of the campaign is in flight here, it was not woken meanwhile, and one read of the
+//! consumer says nothing is queued (`num_pending`) nor held by any replica
+//! (`num_ack_pending`: live calls elsewhere, messages handed back with a delay, messages
+//! whose holder died; all of them come back only to a pull, so while there are any the
+//! worker keeps polling). A worker also starts (or resumes) with that read instead of a
+//! pull, so a replica starting with thousands of idle campaigns takes no line for them.
+//! An idle campaign costs one read when it goes dormant, then nothing.
+//!
+//! A dormant worker wakes on its campaign's signal ([`crate::wake`]: a call published on its
+//! subject, a sweep that finds its consumer with work, a reconnect), on a change of its
+//! settings, and stops at once on a pause. The signal is noted as seen before each pull, so
+//! a call published during the pull or the read keeps the worker awake. A wake-up lost with
+//! the connection, or delivered to a replica not running the campaign, is caught by the
+//! consumer sweep: within one `dialer.consumer_sweep_secs`.
+//!
+//! The cap stays the consumer's `max_ack_pending`, whichever replicas pull; a pause still
+//! stops the pull at once.
 
 use std::{
     sync::{
@@ -88,13 +111,49 @@ impl InFlight {
     }
 }
 
-/// Counts the worker among the trunk's campaigns while it lives.
-struct Sharing(Arc<Trunk>);
+/// Counts the worker among the trunk's active campaigns while it is awake.
+struct Sharing {
+    trunk: Arc<Trunk>,
+    counted: bool,
+}
+
+impl Sharing {
+    fn join(trunk: Arc<Trunk>) -> Self {
+        let mut sharing = Self {
+            trunk,
+            counted: false,
+        };
+        sharing.wake();
+        sharing
+    }
+
+    fn wake(&mut self) {
+        if !self.counted {
+            self.counted = true;
+            let n = self.trunk.campaigns.fetch_add(1, Ordering::Relaxed) + 1;
+            gauge!("ccm_dialer_active_campaigns").set(n as f64);
+        }
+    }
+
+    fn sleep(&mut self) {
+        if self.counted {
+            self.counted = false;
+            let n = self.trunk.campaigns.fetch_sub(1, Ordering::Relaxed) - 1;
+            gauge!("ccm_dialer_active_campaigns").set(n as f64);
+        }
+    }
+}
 
 impl Drop for Sharing {
     fn drop(&mut self) {
-        self.0.campaigns.fetch_sub(1, Ordering::Relaxed);
+        self.sleep();
     }
+}
+
+/// The decision to go dormant: nothing in flight here, no wake-up since the last pull
+/// started, and the consumer read (`None`: the read failed) says the campaign has no work.
+pub(crate) fn may_sleep(in_flight: usize, woken: bool, has_work: Option<bool>) -> bool {
+    in_flight == 0 && !woken && has_work == Some(false)
 }
 
 /// What a worker works with.
@@ -104,22 +163,40 @@ pub struct Worker {
     pub consumer: PullConsumer,
     pub trunk: Arc<Trunk>,
     pub settings: watch::Receiver<Settings>,
+    /// The campaign's wake-up signal ([`crate::wake`]).
+    pub wake: watch::Receiver<u64>,
     pub in_flight: Arc<InFlight>,
     pub ctx: Arc<CallContext>,
     pub calls: TaskTracker,
 }
 
 /// Pulls from the campaign's dial consumer until `stop` (campaign paused or finished) or the
-/// dialer shuts down.
-pub async fn run(worker: Worker, stop: CancellationToken) {
+/// dialer shuts down; dormant while the campaign has nothing to do.
+pub async fn run(mut worker: Worker, stop: CancellationToken) {
     let campaign = worker.campaign;
-    worker.trunk.campaigns.fetch_add(1, Ordering::Relaxed);
-    let _sharing = Sharing(worker.trunk.clone());
+    let mut sharing = Sharing::join(worker.trunk.clone());
     tracing::info!(%campaign, "dialling campaign");
+    // Whether to read the consumer before the next pull: at the start, and after a pull that
+    // came back empty.
+    let mut look = true;
     while !stop.is_cancelled() {
-        let settings = worker.settings.borrow().clone();
+        if look {
+            look = false;
+            if quiet(&worker).await {
+                sharing.sleep();
+                tracing::debug!(%campaign, "campaign idle; dormant");
+                let woken = dormant(&mut worker, &stop).await;
+                if !woken {
+                    break;
+                }
+                sharing.wake();
+                tracing::debug!(%campaign, "campaign woken");
+            }
+        }
+        let settings = worker.settings.borrow_and_update().clone();
         if matches!(settings.mode, Mode::Cancel(_)) {
-            pull(
+            worker.wake.mark_unchanged();
+            let drained = pull(
                 &worker,
                 &settings,
                 Vec::new(),
@@ -128,6 +205,7 @@ pub async fn run(worker: Worker, stop: CancellationToken) {
                 &stop,
             )
             .await;
+            look = drained == 0;
             continue;
         }
         if worker.in_flight.count() >= settings.cap {
@@ -147,7 +225,10 @@ pub async fn run(worker: Worker, stop: CancellationToken) {
                 Err(_) => break,
             },
         };
+        // Seen before the pull: a call published from now on keeps the worker awake.
+        worker.wake.mark_unchanged();
         if pull(&worker, &settings, vec![first], 1, LONG_POLL, &stop).await == 0 {
+            look = true;
             continue;
         }
         // Work is there: take more lines, a fair share at a time, while it keeps coming.
@@ -172,6 +253,34 @@ pub async fn run(worker: Worker, stop: CancellationToken) {
         }
     }
     tracing::info!(%campaign, "stopped dialling campaign");
+}
+
+/// Whether the campaign has nothing to do ([`may_sleep`]); one read of its consumer.
+async fn quiet(worker: &Worker) -> bool {
+    let woken = || worker.wake.has_changed().unwrap_or(true);
+    // Not worth a read when the answer is already no.
+    if worker.in_flight.count() > 0 || woken() {
+        return false;
+    }
+    let has_work = match worker.ctx.consumers.has_work(worker.campaign).await {
+        Ok(has_work) => Some(has_work),
+        Err(e) => {
+            tracing::debug!(campaign = %worker.campaign, error = %ccm_core::telemetry::chain(&e), "cannot read the dial consumer; polling on");
+            None
+        }
+    };
+    may_sleep(worker.in_flight.count(), woken(), has_work)
+}
+
+/// Waits for a wake-up or a change of settings (`true`), or `stop` (`false`). Holds nothing.
+async fn dormant(worker: &mut Worker, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        biased;
+        () = stop.cancelled() => false,
+        Ok(()) = worker.wake.changed() => true,
+        Ok(()) = worker.settings.changed() => true,
+        // Both signals gone (the campaign was removed): only `stop` is left to wait for.
+    }
 }
 
 /// One pull of up to `wanted` messages; each gets a call task holding one of `permits` (none
@@ -256,5 +365,33 @@ mod tests {
         trunk.campaigns.store(500, Ordering::Relaxed);
         assert_eq!(trunk.fair_share(), 1);
         assert_eq!(trunk.busy(), 0);
+    }
+
+    #[test]
+    fn dormant_campaigns_leave_the_fair_share() {
+        let trunk = Arc::new(Trunk::new(100));
+        let mut a = Sharing::join(trunk.clone());
+        let _b = Sharing::join(trunk.clone());
+        assert_eq!(trunk.fair_share(), 50);
+        a.sleep();
+        a.sleep();
+        assert_eq!(trunk.fair_share(), 100);
+        a.wake();
+        assert_eq!(trunk.fair_share(), 50);
+        drop(a);
+        assert_eq!(trunk.campaigns.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_campaign_sleeps_only_when_nothing_anywhere_is_left_to_do() {
+        assert!(may_sleep(0, false, Some(false)));
+        // A call of it in flight here: it may be handed back and must be pulled again.
+        assert!(!may_sleep(1, false, Some(false)));
+        // Woken since the pull started: a call came meanwhile.
+        assert!(!may_sleep(0, true, Some(false)));
+        // Queued or held anywhere (a NAK with a delay, a live call on another replica).
+        assert!(!may_sleep(0, false, Some(true)));
+        // The consumer could not be read: keep polling.
+        assert!(!may_sleep(0, false, None));
     }
 }

@@ -9,6 +9,7 @@ mod concurrent_deliveries;
 mod consumer_reconcile;
 mod expiry;
 mod frequency;
+mod idle_campaigns;
 mod lost_outcome;
 mod metrics;
 mod outcomes;
