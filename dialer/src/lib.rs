@@ -42,6 +42,7 @@ pub(crate) mod placements;
 pub(crate) mod sample;
 pub(crate) mod scheduled;
 mod timers;
+mod trunk;
 pub mod wake;
 pub(crate) mod window;
 pub(crate) mod worker;
