@@ -174,7 +174,7 @@ pub struct Written {
     pub revision: Option<u64>,
     /// Paused on the server now.
     pub paused: bool,
-    /// Calls of the campaign are queued or held by a dialer ([`has_work`]).
+    /// Calls of the campaign are queued or held by a dialer ([`Work::any`]).
     pub has_work: bool,
 }
 
@@ -399,9 +399,9 @@ impl DialConsumers {
         Ok(u64::try_from(info.num_ack_pending).unwrap_or(0))
     }
 
-    /// Whether the campaign has work for a dialer now ([`has_work`]): one read.
-    pub async fn has_work(&self, id: CampaignId) -> Result<bool, DialConsumerError> {
-        Ok(has_work(&self.info(id).await?))
+    /// The campaign's calls queued and held now, by every replica together: one read.
+    pub async fn work(&self, id: CampaignId) -> Result<Work, DialConsumerError> {
+        Ok(Work::of(&self.info(id).await?))
     }
 
     /// The campaign's consumer as the server has it now.
@@ -430,13 +430,34 @@ impl DialConsumers {
     }
 }
 
-/// The rule of a campaign's work: calls queued (`num_pending`) or delivered and not yet
-/// acknowledged (`num_ack_pending`) by any replica. The latter counts a call live anywhere, a
-/// message handed back with a delay (a NAK with a delay stays ack-pending until it is
-/// redelivered), and one whose holder died (ack-pending until AckWait sends it again): each
-/// comes back only to a pull, so a dialer keeps pulling while there is any.
+/// A campaign's calls on its consumer, as one read shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Work {
+    /// Not yet delivered to any dialer (`num_pending`).
+    pub queued: u64,
+    /// Delivered and not yet acknowledged (`num_ack_pending`): a call live on any replica, a
+    /// message handed back with a delay (a NAK with a delay stays ack-pending until it is
+    /// redelivered), one whose holder died (ack-pending until AckWait sends it again). The
+    /// last two come back only to a pull.
+    pub held: u64,
+}
+
+impl Work {
+    fn of(info: &consumer::Info) -> Self {
+        Self {
+            queued: info.num_pending,
+            held: u64::try_from(info.num_ack_pending).unwrap_or(0),
+        }
+    }
+
+    /// The rule of a campaign with work: anything queued or held.
+    pub fn any(&self) -> bool {
+        self.queued > 0 || self.held > 0
+    }
+}
+
 fn has_work(info: &consumer::Info) -> bool {
-    info.num_pending > 0 || info.num_ack_pending > 0
+    Work::of(info).any()
 }
 
 /// `template` filled in for `campaign` at `now`.

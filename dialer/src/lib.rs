@@ -370,7 +370,7 @@ impl Supervisor<'_> {
             }
         };
         for (id, _) in written.iter().filter(|(_, w)| w.has_work) {
-            self.wakes.wake(*id);
+            self.wakes.look(*id);
         }
         let drifted: Vec<CampaignId> = self
             .workers

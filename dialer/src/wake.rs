@@ -12,7 +12,7 @@
 //! watch not there yet, or stopping), dropped by the client's buffer, or sent while the
 //! connection was down. Hence, besides the subscription:
 //! - the dialer's consumer sweep (`dialer.consumer_sweep_secs`) wakes every campaign whose
-//!   consumer has calls queued or held ([`ccm_core::dial_consumer::Written::has_work`]);
+//!   consumer has calls queued or held ([`ccm_core::dial_consumer::Work::any`]);
 //! - a reconnect of the client wakes every worker of the replica ([`Listener::run`]).
 //!
 //! So a call whose wake-up is lost waits at most one sweep interval.
@@ -35,20 +35,30 @@ pub const QUEUE_GROUP: &str = "ccm-dialer-wake";
 /// How often the listener looks at the connection, to notice a reconnect.
 const CONNECTION_POLL: Duration = Duration::from_millis(250);
 
-/// One wake-up signal per campaign known to the replica (cloning shares them). A signal is a
-/// counter in a watch: a worker notes what it has seen before it looks at its consumer, so a
-/// wake-up that comes while it looks is never lost.
+/// One wake-up signal per campaign known to the replica (cloning shares them), in a watch: a
+/// worker notes what it has seen before it pulls or looks at its consumer, so a wake-up that
+/// comes meanwhile is never lost.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Wakes {
-    campaigns: Arc<Mutex<HashMap<CampaignId, watch::Sender<u64>>>>,
+    campaigns: Arc<Mutex<HashMap<CampaignId, watch::Sender<Signal>>>>,
+}
+
+/// What woke a campaign, counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Signal {
+    /// Calls published for it: the worker pulls, since a pull waits for the call to be
+    /// stored (the core copy of a publish can arrive before the stream has stored it).
+    pub(crate) published: u64,
+    /// A sweep that found it with work, a reconnect: the worker reads its consumer.
+    pub(crate) looks: u64,
 }
 
 impl Wakes {
     /// The campaign's signal, for a worker about to start; it has seen every wake-up so far.
-    pub(crate) fn register(&self, id: CampaignId) -> watch::Receiver<u64> {
+    pub(crate) fn register(&self, id: CampaignId) -> watch::Receiver<Signal> {
         self.lock()
             .entry(id)
-            .or_insert_with(|| watch::Sender::new(0))
+            .or_insert_with(|| watch::Sender::new(Signal::default()))
             .subscribe()
     }
 
@@ -57,22 +67,30 @@ impl Wakes {
         self.lock().remove(&id);
     }
 
-    /// Wakes the campaign's worker, if this replica knows the campaign.
-    pub(crate) fn wake(&self, id: CampaignId) {
+    /// A call was published for the campaign: wakes its worker to pull, if this replica
+    /// knows the campaign.
+    pub(crate) fn published(&self, id: CampaignId) {
         if let Some(signal) = self.lock().get(&id) {
-            signal.send_modify(|n| *n = n.wrapping_add(1));
+            signal.send_modify(|s| s.published = s.published.wrapping_add(1));
         }
     }
 
-    /// Wakes every worker.
-    pub(crate) fn wake_all(&self) {
+    /// Wakes the campaign's worker to read its consumer.
+    pub(crate) fn look(&self, id: CampaignId) {
+        if let Some(signal) = self.lock().get(&id) {
+            signal.send_modify(|s| s.looks = s.looks.wrapping_add(1));
+        }
+    }
+
+    /// Wakes every worker to read its consumer.
+    pub(crate) fn look_all(&self) {
         for signal in self.lock().values() {
-            signal.send_modify(|n| *n = n.wrapping_add(1));
+            signal.send_modify(|s| s.looks = s.looks.wrapping_add(1));
         }
     }
 
     /// No critical section can panic half-way, so a poisoned map is still consistent.
-    fn lock(&self) -> MutexGuard<'_, HashMap<CampaignId, watch::Sender<u64>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<CampaignId, watch::Sender<Signal>>> {
         self.campaigns
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -125,14 +143,14 @@ impl Listener {
                     let connected = self.client.connection_state() == Connection::Connected;
                     if connected && !was_connected {
                         tracing::info!("reconnected; every campaign looks for work");
-                        self.wakes.wake_all();
+                        self.wakes.look_all();
                     }
                     was_connected = connected;
                 }
                 next = self.subscriber.next() => match next {
                     Some(message) => {
                         if let Some(id) = subjects::dial_campaign(&message.subject) {
-                            self.wakes.wake(id);
+                            self.wakes.published(id);
                         }
                     }
                     None => {
@@ -157,13 +175,20 @@ mod tests {
         let eight = CampaignId::new(8).expect("id");
         let mut rx = wakes.register(seven);
         assert!(!rx.has_changed().expect("open"));
-        wakes.wake(eight);
+        wakes.published(eight);
         assert!(!rx.has_changed().expect("open"), "another campaign's");
-        wakes.wake(seven);
+        wakes.published(seven);
         assert!(rx.has_changed().expect("open"));
-        rx.mark_unchanged();
-        wakes.wake_all();
+        assert_eq!(rx.borrow_and_update().published, 1);
+        wakes.look_all();
         assert!(rx.has_changed().expect("open"));
+        assert_eq!(
+            *rx.borrow_and_update(),
+            Signal {
+                published: 1,
+                looks: 1
+            }
+        );
         wakes.forget(seven);
         assert!(
             rx.has_changed().is_err(),
