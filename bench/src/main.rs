@@ -25,6 +25,7 @@
 
 mod api;
 mod compare;
+mod costs;
 mod http;
 mod idle;
 mod import;

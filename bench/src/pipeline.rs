@@ -10,7 +10,7 @@ use indicatif::ProgressBar;
 use sqlx::PgPool;
 
 use crate::{
-    Scale, api,
+    Scale, api, costs,
     http::{self},
     report::{Figure, Report, Target},
     stack::{Cpu, Env, Servers, Services, cpu_text, memory},
@@ -97,6 +97,9 @@ pub async fn end_to_end(
     )
     .await?;
 
+    let js = async_nats::jetstream::new(async_nats::connect(servers.nats.url()).await?);
+    let costs_before = costs::Snapshot::settled(&js, &pool, Duration::from_secs(10)).await?;
+
     let n = scale.e2e_calls;
     bar.set_message(format!("end to end: {n} calls"));
     let cpu_before = Cpu::now(&servers, &services);
@@ -128,6 +131,11 @@ pub async fn end_to_end(
     let took = began.elapsed();
     let cpu = Cpu::now(&servers, &services).per_unit_ms(&cpu_before, n);
     let dialer = memory(services.pid("ccm-dialer"));
+    bar.set_message("end to end: reading what the calls cost the servers");
+    let costs_after = costs::Snapshot::settled(&js, &pool, Duration::from_secs(20)).await?;
+    report
+        .ccm
+        .extend(costs::per_call(&costs_before, &costs_after, n));
     report.ccm.push(
         Figure::new(
             "e2e.rate",

@@ -25,6 +25,9 @@ pub struct Last {
     pub sequence: u64,
     /// When the stream stored it.
     pub stored_at: DateTime<Utc>,
+    /// The dialer a `Dialing` event names ([`crate::outcome_route::DIALER_HEADER`]); read
+    /// only by [`last_on`] (a lookup by call alone never needs it).
+    pub dialer: Option<crate::outcome_route::Address>,
 }
 
 impl Last {
@@ -44,6 +47,7 @@ pub async fn last_on<I>(
             event: serde_json::from_slice(&message.payload),
             sequence: message.sequence,
             stored_at: stored_at(message.time),
+            dialer: crate::outcome_route::Address::of_headers(&message.headers),
         })),
         Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.into()),
@@ -63,6 +67,7 @@ pub async fn last_of_call<I>(
             event: serde_json::from_slice(&message.payload),
             sequence: message.sequence,
             stored_at: stored_at(message.time),
+            dialer: None,
         })),
         Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => Err(e.into()),

@@ -51,6 +51,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod mirror;
 pub mod nats;
+pub mod outcome_route;
 pub mod phone;
 pub mod placements;
 pub mod policy;

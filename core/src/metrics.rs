@@ -30,6 +30,7 @@
 //! | `ccm_dialer_carrier_request_duration_seconds` | histogram | `carrier`, `result` | one placement request; `result`: `placed`, `rejected`, `unavailable`, `ambiguous` |
 //! | `ccm_dialer_carrier_errors_total` | counter | `carrier`, `kind` | failed placements: `rejected` (4xx, call ends FAILED), `unavailable` (retried), `ambiguous` (a timeout after sending, 409, a 5xx other than 503: never placed again) |
 //! | `ccm_dialer_outcome_timeouts_total` | counter | | calls ended by the synthetic FAILED (`timeout`) |
+//! | `ccm_dialer_outcomes_received_total` | counter | `route` | outcomes that reached this replica: `addressed` (copies to its own address), `adopted` (to the address of a gone dialer whose attempts it took over), `broadcast` (no address known), `stream` (a waiting call found it by reading the stream: its copy was missed) |
 //! | `ccm_dialer_hang_ups_total` | counter | `carrier` | calls past their maximum duration ended at the carrier (the hang-up confirmed) |
 //! | `ccm_dialer_hang_up_failures_total` | counter | `carrier` | hang-up requests the carrier did not confirm (the call stays held and it is asked again) |
 //! | `ccm_dialer_trunk_lines_busy` | gauge | | trunk lines of this replica in use |

@@ -13,6 +13,9 @@ pub const EVENTS_ALL: &str = "calls.>";
 pub const LIFECYCLE_ALL: &str = "calls.event.>";
 /// Every carrier outcome: what the retrier reads.
 pub const OUTCOME_ALL: &str = "calls.outcome.>";
+/// Outcome copies no dialer address could be found for: every dialer hears them
+/// ([`crate::outcome_route`]). Outside `calls.>`, so no stream stores them.
+pub const DIALER_OUTCOME_ANY: &str = "ccm.dialers.outcome";
 /// Every admission audit record.
 pub const AUDIT_ALL: &str = "calls.audit.>";
 /// Every retry entry.
@@ -62,6 +65,13 @@ pub fn outcome(campaign: CampaignId, call: CallId) -> String {
 pub fn outcome_call(subject: &str) -> Option<CallId> {
     let (_campaign, call) = subject.strip_prefix("calls.outcome.")?.split_once('.')?;
     call.parse().ok()
+}
+
+/// `ccm.dialer.<address>.outcome`: the core copies of the outcomes of the attempts one dialer
+/// process placed ([`crate::outcome_route`]); `address` is one subject token. Outside
+/// `calls.>`, so no stream stores them.
+pub fn dialer_outcome(address: &str) -> String {
+    format!("ccm.dialer.{address}.outcome")
 }
 
 /// `calls.retry.<campaign>`: attempts due later.
@@ -116,6 +126,7 @@ mod tests {
         assert_eq!(outcome_call(&event(campaign, call)), None);
         assert_eq!(outcome_call("calls.outcome.7"), None);
         assert_eq!(retry(campaign), "calls.retry.7");
+        assert_eq!(dialer_outcome("d-1"), "ccm.dialer.d-1.outcome");
         assert_eq!(dlq("CALLS"), "calls.dlq.CALLS");
         assert_eq!(dial_consumer(campaign), "dial_7");
         assert_eq!(dial_consumer_campaign("dial_7"), Some(campaign));

@@ -81,8 +81,9 @@ pub struct CallContext {
     pub replica: Arc<str>,
 }
 
-/// How often a waiting call reads its outcome from the stream, in case its delivery was
-/// missed during a disconnection too short for the router to notice.
+/// How often a waiting call reads its outcome from the stream, in case its copy was missed
+/// during a disconnection too short for the router to notice, or lost otherwise: the bound of
+/// the stream fallback ([`crate::outcomes`]).
 const OUTCOME_RECHECK: Duration = Duration::from_secs(30);
 
 /// What to do with a dial message.
@@ -171,6 +172,27 @@ async fn run(
     let Some(placed) = Box::pin(placing).await? else {
         return Ok(());
     };
+    // Placed by another dialer (one restarted or replaced since): its outcome's copy goes to
+    // that dialer's address, so listen to it too while waiting. Anything copied before the
+    // subscription was in place is stored: read the stream once more.
+    let _adopted = match placed.by.clone() {
+        Some(by) => match ctx.outcomes.adopt(by).await {
+            Ok(adoption) => {
+                if Box::pin(outcome_stored(ctx, request)).await {
+                    ctx.outcomes.found_in_stream();
+                    Box::pin(ack(message)).await;
+                    return Ok(());
+                }
+                Some(adoption)
+            }
+            Err(e) => {
+                // The periodic read of the stream finds the outcome.
+                tracing::warn!(error = %ccm_core::telemetry::chain(&e), "cannot listen to the placing dialer's address");
+                None
+            }
+        },
+        None => None,
+    };
     // The call's time runs from its placement, also when a redelivery picks it up later.
     let elapsed = (Utc::now() - placed.at).to_std().unwrap_or_default();
     let deadline = tokio::time::Instant::now() + max_call_duration.saturating_sub(elapsed);
@@ -189,11 +211,13 @@ async fn run(
             },
             Ok(()) = reconnects.changed() => {
                 if Box::pin(outcome_stored(ctx, request)).await {
+                    ctx.outcomes.found_in_stream();
                     break;
                 }
             }
             _ = recheck.tick() => {
                 if Box::pin(outcome_stored(ctx, request)).await {
+                    ctx.outcomes.found_in_stream();
                     break;
                 }
             }
@@ -220,6 +244,9 @@ pub(crate) struct Placed {
     pub external_call_id: Option<String>,
     /// Why the placement's result is unknown, when the carrier's answer proved nothing.
     pub unknown: Option<String>,
+    /// The dialer whose `Dialing` placed it, when another delivery did (`None`: this one, or
+    /// a dialer that recorded no address).
+    pub by: Option<ccm_core::outcome_route::Address>,
 }
 
 impl Placed {
@@ -246,9 +273,12 @@ async fn place(
             ack(message).await;
             Ok(None)
         }
-        Known::Placed(at) => {
+        Known::Placed(at, by) => {
             tracing::info!(call = %request.call_id, "attempt already placed; waiting");
-            Ok(Some(Placed::at(at)))
+            Ok(Some(Placed {
+                by,
+                ..Placed::at(at)
+            }))
         }
         Known::Nothing(last_sequence) => 'nothing: {
             use crate::admission::{Seen, gather};
@@ -322,10 +352,13 @@ async fn place(
                         ack(message).await;
                         break 'nothing Ok(None);
                     }
-                    Known::Placed(at) => {
+                    Known::Placed(at, by) => {
                         tracing::info!(call = %request.call_id,
                             "another delivery of the attempt placed it meanwhile; waiting");
-                        break 'nothing Ok(Some(Placed::at(at)));
+                        break 'nothing Ok(Some(Placed {
+                            by,
+                            ..Placed::at(at)
+                        }));
                     }
                     // Placed and withdrawn meanwhile: the redelivery decides afresh.
                     Known::Nothing(_) => {
@@ -492,7 +525,8 @@ pub(crate) async fn publish_outcome(
             reason: Some(reason),
         },
     );
-    ccm_core::nats::publish_event(&ctx.js, &event)
+    // Copied to this dialer: another delivery of the attempt waiting here wakes too.
+    ccm_core::outcome_route::publish(&ctx.js, &event, Some(ctx.outcomes.address()))
         .await
         .map(|_| ())
         .map_err(|e| CallError::Nats(e.to_string()))

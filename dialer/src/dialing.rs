@@ -15,13 +15,10 @@
 //! (`<call>/<attempt>/dialing/<dial message sequence>.<delivery>`), so a withdrawn one never
 //! makes the server drop the next as a duplicate.
 
-use async_nats::{
-    HeaderMap,
-    jetstream::{
-        Message,
-        context::{PublishError, PublishErrorKind},
-        stream::{DirectGetError, DirectGetErrorKind},
-    },
+use async_nats::jetstream::{
+    Message,
+    context::{PublishError, PublishErrorKind},
+    stream::{DirectGetError, DirectGetErrorKind},
 };
 use ccm_core::{CallEvent, DialRequest, EventKind};
 use chrono::{DateTime, Utc};
@@ -75,7 +72,8 @@ pub async fn publish(
         .map(|i| (i.stream_sequence, i.delivered))
         .unwrap_or_default();
     let msg_id = format!("{}/{sequence}.{delivered}", dialing.msg_id());
-    let mut headers = HeaderMap::new();
+    // Names this dialer, so the outcome's copy comes here ([`ccm_core::outcome_route`]).
+    let mut headers = ctx.outcomes.address().headers();
     headers.insert(
         async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
         last_sequence.to_string().as_str(),

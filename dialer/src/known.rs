@@ -1,7 +1,7 @@
 //! What the stream already knows about an attempt: its call's latest lifecycle event and
 //! outcome, read by subject (direct get), and the sequence a `Dialing` publish expects.
 
-use ccm_core::{CallEvent, DialRequest, subjects};
+use ccm_core::{CallEvent, DialRequest, outcome_route::Address, subjects};
 use chrono::{DateTime, Utc};
 
 use crate::call::{CallContext, CallError};
@@ -12,8 +12,9 @@ pub(crate) enum Known {
     /// Nothing: the attempt has not been placed. The last message on the call's event
     /// subject is at this sequence (0: none), which `Dialing` expects.
     Nothing(u64),
-    /// Placed at this time (a `Dialing` event exists); its outcome has not arrived.
-    Placed(DateTime<Utc>),
+    /// Placed at this time (a `Dialing` event exists) by the dialer at this address (`None`:
+    /// a dialer that recorded none); its outcome has not arrived.
+    Placed(DateTime<Utc>, Option<Address>),
     /// The outcome exists, or the call moved past this attempt: nothing left to do.
     Done,
 }
@@ -25,10 +26,13 @@ pub(crate) async fn known(ctx: &CallContext, request: &DialRequest) -> Result<Kn
         return Ok(Known::Done);
     }
     let subject = subjects::event(request.campaign_id, request.call_id);
-    let (event, sequence) = latest_at(ctx, subject).await?;
+    let (event, sequence, dialer) = match last(ctx, subject).await? {
+        Some(last) => (last.event.ok(), last.sequence, last.dialer),
+        None => (None, 0, None),
+    };
     Ok(match event {
         Some(e) if e.attempt > request.attempt || e.kind.is_terminal() => Known::Done,
-        Some(e) if e.attempt == request.attempt => Known::Placed(e.at),
+        Some(e) if e.attempt == request.attempt => Known::Placed(e.at, dialer),
         _ => Known::Nothing(sequence),
     })
 }
@@ -50,17 +54,17 @@ pub(crate) async fn outcome_stored(ctx: &CallContext, request: &DialRequest) -> 
 }
 
 async fn latest(ctx: &CallContext, subject: String) -> Result<Option<CallEvent>, CallError> {
-    Ok(latest_at(ctx, subject).await?.0)
+    Ok(last(ctx, subject)
+        .await?
+        .and_then(ccm_core::call_log::Last::decoded))
 }
 
-/// The last message on `subject` and its stream sequence (0 when there is none).
-async fn latest_at(
+/// The last message on `subject`, if any.
+async fn last(
     ctx: &CallContext,
     subject: String,
-) -> Result<(Option<CallEvent>, u64), CallError> {
-    match ccm_core::call_log::last_on(&ctx.events, subject).await {
-        Ok(Some(last)) => Ok((last.event.ok(), last.sequence)),
-        Ok(None) => Ok((None, 0)),
-        Err(e) => Err(CallError::Nats(e.to_string())),
-    }
+) -> Result<Option<ccm_core::call_log::Last>, CallError> {
+    ccm_core::call_log::last_on(&ctx.events, subject)
+        .await
+        .map_err(|e| CallError::Nats(e.to_string()))
 }

@@ -20,7 +20,7 @@
 //!   event published before each placement.
 //! - [`compliance`] applies the rule packs by the callee's jurisdiction and the frequency limits;
 //!   [`frequency`] keeps each number's recent attempts for those limits, across campaigns.
-//! - [`outcomes`] routes outcomes from the dialer's one subscription to the waiting calls.
+//! - [`outcomes`] routes the outcomes addressed to this dialer to the waiting calls.
 //! - [`pacing`] spaces new calls per campaign and globally, shared by all replicas.
 //! - [`placements`] records the carrier's id of each placed attempt, for callbacks that name
 //!   only the call.
@@ -124,7 +124,10 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
         .get_stream(names::CALL_EVENTS)
         .await
         .map_err(|e| DialerError::Stream(names::CALL_EVENTS, e.into()))?;
-    let carrier = carrier::build(&config.dialer.carrier, &js)?;
+    // Fresh per process: outcomes of calls placed by an earlier process of this name go to
+    // the dialer that takes them over ([`outcomes`]).
+    let address = outcomes::Address::fresh(&audit::replica());
+    let carrier = carrier::build(&config.dialer.carrier, &js, &address)?;
     let by_external = !carrier.outcomes_name_the_attempt();
     let by_attempt = carrier.reports_hang_ups();
     let placements = placements::Placements {
@@ -139,7 +142,7 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
     // Calls in flight must survive the shutdown signal long enough to finish, so they watch
     // a token of their own that is cancelled only after the grace period.
     let calls_stop = CancellationToken::new();
-    let (outcomes, router) = outcomes::Outcomes::subscribe(&client).await?;
+    let (outcomes, router) = outcomes::Outcomes::subscribe(&client, address).await?;
     // One shared context: every call task holds it, and cloning its JetStream handles (each
     // bucket carries its stream's whole info) for every call cost more than the call itself.
     let campaigns = ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS).await?;

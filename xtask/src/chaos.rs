@@ -51,6 +51,10 @@ pub struct ChaosArgs {
     /// Generated runs one after another, with seeds `seed`, `seed + 1`, ...
     #[arg(long, default_value_t = 1, requires = "generated")]
     pub runs: u64,
+    /// Processes of each service in a generated run (a kill takes one of them; the
+    /// requests and callbacks are spread over the ingest instances).
+    #[arg(long, default_value_t = 1, requires = "generated")]
+    pub instances: usize,
 }
 
 fn secs(s: u64) -> Duration {
@@ -60,6 +64,7 @@ fn secs(s: u64) -> Duration {
 fn kill(service: Service) -> Fault {
     Fault::Kill {
         service,
+        instance: 0,
         down: secs(2),
     }
 }

@@ -35,6 +35,7 @@ pub fn run(args: &ChaosArgs) -> anyhow::Result<()> {
     for seed in first..first.saturating_add(args.runs.max(1)) {
         let mut knobs = Knobs::new(Duration::from_secs(secs));
         knobs.campaigns = args.campaigns.max(1);
+        knobs.instances = args.instances.max(1);
         let plan = schedule(seed, &knobs);
         // Never less than the design's own slowest legitimate ending.
         let settle = Duration::from_secs(args.settle).max(knobs.settle_bound());
@@ -55,7 +56,7 @@ pub fn run(args: &ChaosArgs) -> anyhow::Result<()> {
                 .collect();
             eprintln!(
                 "seed {seed} FAILED {names:?}; replay: {}",
-                generated::replay_command(seed, secs)
+                generated::replay_command(seed, secs, args.instances)
             );
             failed.push(seed);
         }
@@ -71,7 +72,7 @@ pub fn run(args: &ChaosArgs) -> anyhow::Result<()> {
     if !failed.is_empty() {
         let replays: Vec<String> = failed
             .iter()
-            .map(|s| generated::replay_command(*s, secs))
+            .map(|s| generated::replay_command(*s, secs, args.instances))
             .collect();
         bail!(
             "invariants broken with seeds {failed:?}; replay with:\n  {}",

@@ -5,6 +5,13 @@
 //! the adapter itself (the in-process simulator). The dialer waits for that event whatever
 //! the adapter, so all adapters behave alike after placement.
 //!
+//! The outcome's core copy goes to the dialer that placed the attempt
+//! ([`ccm_core::outcome_route`]). How its address reaches the publisher differs by adapter:
+//! the simulator publishes in the dialer itself; Twilio is given the callback URL with each
+//! call (`StatusCallback`), which names it (`dialer=<address>`); the old contract tells the
+//! carrier nothing about callbacks (the carrier is configured with ingest's URL and echoes
+//! only the call and its own id), so ingest reads the address from the attempt's `Dialing`.
+//!
 //! - [`sim`]: in process, for load tests.
 //! - [`http`]: the old system's contract, `POST {base}/api/initiate-call`.
 //! - [`twilio`]: Twilio's Programmable Voice REST API.
@@ -159,15 +166,20 @@ pub enum BuildError {
     Config(String),
 }
 
-/// The adapter the configuration names.
+/// The adapter the configuration names, for the dialer at `address`.
 pub fn build(
     config: &CarrierConfig,
     js: &jetstream::Context,
+    address: &ccm_core::outcome_route::Address,
 ) -> Result<Arc<dyn Carrier>, BuildError> {
     Ok(match config {
-        CarrierConfig::Sim(sim) => Arc::new(sim::SimCarrier::new(js.clone(), sim.clone())),
+        CarrierConfig::Sim(sim) => {
+            Arc::new(sim::SimCarrier::new(js.clone(), sim.clone()).with_address(address.clone()))
+        }
         CarrierConfig::Http(http) => Arc::new(http::HttpCarrier::new(http.clone())?),
-        CarrierConfig::Twilio(twilio) => Arc::new(twilio::TwilioCarrier::new(twilio.clone())?),
+        CarrierConfig::Twilio(twilio) => {
+            Arc::new(twilio::TwilioCarrier::new(twilio.clone())?.with_address(address.clone()))
+        }
     })
 }
 

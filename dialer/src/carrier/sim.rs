@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use ccm_core::{
     CallEvent, DialRequest, EventKind, OutcomeSource, OutcomeStatus, config::SimCarrierConfig,
+    outcome_route::Address,
 };
 use chrono::Utc;
 use futures::future::BoxFuture;
@@ -19,11 +20,23 @@ use super::{CampaignInfo, Carrier, CarrierError, HangUp, Placement};
 pub struct SimCarrier {
     js: jetstream::Context,
     config: SimCarrierConfig,
+    /// Where its outcomes' copies go: the dialer it runs in ([`ccm_core::outcome_route`]).
+    address: Option<Address>,
 }
 
 impl SimCarrier {
     pub fn new(js: jetstream::Context, config: SimCarrierConfig) -> Self {
-        Self { js, config }
+        Self {
+            js,
+            config,
+            address: None,
+        }
+    }
+
+    /// Copies its outcomes to `address`, as a callback through ingest would be.
+    pub fn with_address(mut self, address: Address) -> Self {
+        self.address = Some(address);
+        self
     }
 
     fn draw(&self) -> OutcomeStatus {
@@ -76,13 +89,14 @@ impl Carrier for SimCarrier {
             },
         );
         let js = self.js.clone();
+        let address = self.address.clone();
         let delay = Duration::from_millis(self.config.call_ms);
         tokio::spawn(
             async move {
                 tokio::time::sleep(delay).await;
                 let mut outcome = outcome;
                 outcome.at = Utc::now();
-                if let Err(e) = ccm_core::nats::publish_event(&js, &outcome).await {
+                if let Err(e) = ccm_core::outcome_route::publish(&js, &outcome, address.as_ref()).await {
                     tracing::warn!(error = %ccm_core::telemetry::chain(&e), call = %outcome.call_id, "simulated outcome lost");
                 }
             }

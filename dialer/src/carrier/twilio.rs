@@ -4,7 +4,9 @@
 //! fields `To`, `From`, `Url`, `StatusCallback`, `StatusCallbackEvent` (initiated, ringing,
 //! answered, completed), `Timeout` and optionally `MachineDetection`. The `StatusCallback`
 //! is ingest's `POST /api/v1/callbacks/twilio` with the call, attempt and campaign in its
-//! query, so the signed callback says which attempt it ends without any lookup. Twilio has no
+//! query, so the signed callback says which attempt it ends without any lookup, and the
+//! placing dialer's address (`dialer`), so ingest copies the outcome to it without any lookup
+//! either ([`ccm_core::outcome_route`]). Twilio has no
 //! idempotency key for call creation; the attempt id is still sent as `Idempotency-Key` for
 //! carriers (and carrier-sim) that honour one, and a timeout is never retried.
 //!
@@ -16,7 +18,9 @@
 
 use std::time::Duration;
 
-use ccm_core::{DialRequest, campaign::ring_time, config::TwilioCarrierConfig};
+use ccm_core::{
+    DialRequest, campaign::ring_time, config::TwilioCarrierConfig, outcome_route::Address,
+};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
@@ -33,6 +37,8 @@ pub const CALLBACK_PATH: &str = "/api/v1/callbacks/twilio";
 pub struct TwilioCarrier {
     config: TwilioCarrierConfig,
     client: reqwest::Client,
+    /// The dialer's address, named in each callback URL.
+    address: Option<Address>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,18 +57,34 @@ impl TwilioCarrier {
             .timeout(Duration::from_millis(config.request_timeout_ms.max(1)))
             .build()
             .map_err(BuildError::Client)?;
-        Ok(Self { config, client })
+        Ok(Self {
+            config,
+            client,
+            address: None,
+        })
     }
 
-    /// Where Twilio reports the attempt's status.
+    /// Names `address` (the dialer's) in each callback URL.
+    pub fn with_address(mut self, address: Address) -> Self {
+        self.address = Some(address);
+        self
+    }
+
+    /// Where Twilio reports the attempt's status. An address is one subject token
+    /// (`[A-Za-z0-9_-]`), safe in a query unescaped.
     pub fn status_callback(&self, call: &DialRequest) -> String {
-        format!(
+        let mut url = format!(
             "{}{CALLBACK_PATH}?call_id={}&attempt={}&campaign_id={}",
             self.config.status_callback_base.trim_end_matches('/'),
             call.call_id,
             call.attempt,
             call.campaign_id
-        )
+        );
+        if let Some(address) = &self.address {
+            url.push_str("&dialer=");
+            url.push_str(address.as_str());
+        }
+        url
     }
 
     async fn place_inner(

@@ -188,6 +188,15 @@ async fn the_twilio_adapter_authenticates_and_names_the_attempt_in_its_callback(
             call.call_id
         )
     );
+    // With the dialer's address, ingest can copy the outcome to it without a lookup.
+    let address = ccm_dialer::outcomes::Address::parse("dialer-0_1-0123456789ab").expect("address");
+    let addressed = TwilioCarrier::new(config.clone())
+        .expect("adapter")
+        .with_address(address);
+    assert_eq!(
+        addressed.status_callback(&call),
+        format!("{callback}&dialer=dialer-0_1-0123456789ab")
+    );
     let placement = twilio
         .place(&call, &campaign(), LIMIT)
         .await

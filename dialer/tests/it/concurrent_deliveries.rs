@@ -87,7 +87,7 @@ async fn two_deliveries_of_one_attempt_at_once_place_it_once() {
             reason: None,
         },
     };
-    ccm_core::nats::publish_event(&js, &outcome)
+    ccm_core::outcome_route::publish_carrier_outcome(&js, &outcome, None)
         .await
         .expect("outcome");
     let calls = js.get_stream(names::CALLS).await.expect("CALLS");

@@ -1,11 +1,13 @@
 //! The outcome router against a real NATS server: each waiter is woken by its own call's
 //! outcome of its own attempt and by nothing else, a dropped waiter leaves no entry behind,
-//! a reconnect keeps waiters waiting, and the end of the subscription wakes them all.
+//! a reconnect keeps waiters waiting, and the end of the subscription wakes them all; a router
+//! hears only the outcomes addressed to it, those sent to every dialer, and those of an
+//! address it adopted while it needs it.
 
 use std::time::Duration;
 
 use ccm_core::{CallEvent, CallId, CampaignId, EventKind, OutcomeSource, OutcomeStatus};
-use ccm_dialer::outcomes::{Closed, Outcomes, Waiter};
+use ccm_dialer::outcomes::{Address, Closed, Outcomes, Route, Waiter};
 use ccm_tests::{LocalNats, eventually};
 use chrono::Utc;
 use futures::FutureExt;
@@ -31,7 +33,9 @@ async fn setup() -> Setup {
     let client = ccm_core::nats::connect(&nats.url(), "test")
         .await
         .expect("connect");
-    let (outcomes, router) = Outcomes::subscribe(&client).await.expect("subscribe");
+    let (outcomes, router) = Outcomes::subscribe(&client, Address::fresh("test:1"))
+        .await
+        .expect("subscribe");
     let stop = CancellationToken::new();
     let router = tokio::spawn(router.run(stop.clone()));
     Setup {
@@ -47,9 +51,10 @@ fn campaign() -> CampaignId {
     CampaignId::new(5).expect("id")
 }
 
-/// Publishes an outcome of `attempt` of `call` as the carrier adapters do (the router reads
-/// the core subject, so no stream is needed).
-async fn publish(client: &async_nats::Client, call: CallId, attempt: u32) {
+/// Copies an outcome of `attempt` of `call` to the dialer at `to` (every dialer: `None`) as
+/// its publishers do once it is stored (the router reads only the copy, so no stream is
+/// needed).
+async fn publish(client: &async_nats::Client, to: Option<&Address>, call: CallId, attempt: u32) {
     let event = CallEvent {
         call_id: call,
         campaign_id: campaign(),
@@ -64,13 +69,7 @@ async fn publish(client: &async_nats::Client, call: CallId, attempt: u32) {
             reason: None,
         },
     };
-    client
-        .publish(
-            event.subject(),
-            serde_json::to_vec(&event).expect("json").into(),
-        )
-        .await
-        .expect("publish");
+    ccm_core::outcome_route::copy(client, &event, to).await;
     client.flush().await.expect("flush");
 }
 
@@ -97,10 +96,10 @@ async fn an_outcome_wakes_only_the_waiter_of_its_call_and_attempt() {
     assert_eq!(s.outcomes.waiting(), 3);
 
     // Another call's outcome, an unregistered call's, and another attempt of `a`'s.
-    publish(&s.client, b, 1).await;
-    publish(&s.client, CallId::new(), 1).await;
-    publish(&s.client, a, 2).await;
-    publish(&s.client, marker, 1).await;
+    publish(&s.client, Some(s.outcomes.address()), b, 1).await;
+    publish(&s.client, Some(s.outcomes.address()), CallId::new(), 1).await;
+    publish(&s.client, Some(s.outcomes.address()), a, 2).await;
+    publish(&s.client, Some(s.outcomes.address()), marker, 1).await;
     woken(&mut wait_marker).await.expect("marker's outcome");
     woken(&mut wait_b).await.expect("b's outcome");
     assert!(
@@ -110,7 +109,7 @@ async fn an_outcome_wakes_only_the_waiter_of_its_call_and_attempt() {
     // A woken waiter leaves the map at once, before it is dropped.
     assert_eq!(s.outcomes.waiting(), 1);
 
-    publish(&s.client, a, 1).await;
+    publish(&s.client, Some(s.outcomes.address()), a, 1).await;
     woken(&mut wait_a).await.expect("a's outcome");
     // Asking again answers the same without waiting.
     assert_eq!(wait_a.outcome().now_or_never(), Some(Ok(())));
@@ -135,8 +134,8 @@ async fn a_dropped_waiter_unregisters_and_a_redelivery_waits_beside_it() {
     drop(third);
     assert_eq!(s.outcomes.waiting(), 2);
     // Outcomes for calls nobody waits on any more are dropped quietly.
-    publish(&s.client, calls[0], 1).await;
-    publish(&s.client, call, 1).await;
+    publish(&s.client, Some(s.outcomes.address()), calls[0], 1).await;
+    publish(&s.client, Some(s.outcomes.address()), call, 1).await;
     woken(&mut first).await.expect("first delivery");
     woken(&mut second).await.expect("second delivery");
     assert_eq!(s.outcomes.waiting(), 0);
@@ -165,9 +164,10 @@ async fn many_concurrent_waiters_each_get_their_own_outcome() {
         .chunks(500)
         .map(|chunk| {
             let (client, chunk) = (s.client.clone(), chunk.to_vec());
+            let to = s.outcomes.address().clone();
             tokio::spawn(async move {
                 for call in chunk.iter().step_by(2) {
-                    publish(&client, *call, 1).await;
+                    publish(&client, Some(&to), *call, 1).await;
                 }
             })
         })
@@ -184,7 +184,7 @@ async fn many_concurrent_waiters_each_get_their_own_outcome() {
     assert!(odd.iter().all(|(_, task)| !task.is_finished()));
 
     for call in calls.iter().skip(1).step_by(2) {
-        publish(&s.client, *call, 1).await;
+        publish(&s.client, Some(s.outcomes.address()), *call, 1).await;
     }
     for (_, task) in odd {
         task.await.expect("waiter task").expect("its outcome");
@@ -247,8 +247,92 @@ async fn waiters_keep_waiting_across_a_reconnect_and_are_woken_after_it() {
     assert!(!s.router.is_finished());
 
     // The client subscribed again before anything it sends after reconnecting.
-    publish(&s.client, call, 1).await;
+    publish(&s.client, Some(s.outcomes.address()), call, 1).await;
     woken(&mut waiter)
         .await
         .expect("outcome after the reconnect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_hears_only_its_own_address_and_the_broadcast() {
+    let s = setup().await;
+    let other_client = ccm_core::nats::connect(&s.nats.url(), "test")
+        .await
+        .expect("connect");
+    let (other, other_router) = Outcomes::subscribe(&other_client, Address::fresh("test:1"))
+        .await
+        .expect("subscribe");
+    tokio::spawn(other_router.run(s.stop.clone()));
+    assert_ne!(s.outcomes.address(), other.address());
+    let (mine, theirs, legacy) = (CallId::new(), CallId::new(), CallId::new());
+    let mut wait_mine = s.outcomes.register(mine, 1);
+    let mut wait_theirs = other.register(theirs, 1);
+    let mut wait_legacy = other.register(legacy, 1);
+
+    publish(&s.client, Some(s.outcomes.address()), mine, 1).await;
+    publish(&s.client, Some(other.address()), theirs, 1).await;
+    // No address known: every dialer hears it.
+    publish(&s.client, None, legacy, 1).await;
+    woken(&mut wait_mine).await.expect("mine");
+    woken(&mut wait_theirs).await.expect("theirs");
+    woken(&mut wait_legacy).await.expect("legacy");
+    eventually(WAKE, || async {
+        (s.outcomes.received().get(Route::Broadcast) == 1).then_some(())
+    })
+    .await
+    .expect("the broadcast reached both");
+    for outcomes in [&s.outcomes, &other] {
+        assert_eq!(outcomes.received().get(Route::Addressed), 1);
+        assert_eq!(outcomes.received().get(Route::Broadcast), 1);
+        assert_eq!(outcomes.received().get(Route::Adopted), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_address_is_heard_while_a_call_needs_it() {
+    let s = setup().await;
+    let gone = Address::fresh("gone:1");
+    let (first, second) = (CallId::new(), CallId::new());
+    let mut wait_first = s.outcomes.register(first, 1);
+    let mut wait_second = s.outcomes.register(second, 1);
+    // Not adopted: a copy to the gone dialer reaches nobody here.
+    publish(&s.client, Some(&gone), first, 1).await;
+    publish(&s.client, Some(s.outcomes.address()), CallId::new(), 1).await;
+    eventually(WAKE, || async {
+        (s.outcomes.received().get(Route::Addressed) == 1).then_some(())
+    })
+    .await
+    .expect("the marker arrived");
+    assert!(still_waiting(&mut wait_first));
+
+    let adoption = s.outcomes.adopt(gone.clone()).await.expect("adopt");
+    let again = s.outcomes.adopt(gone.clone()).await.expect("adopt again");
+    // Its own address is heard anyway: nothing to listen to.
+    let own = s
+        .outcomes
+        .adopt(s.outcomes.address().clone())
+        .await
+        .expect("own");
+    assert_eq!(s.outcomes.adopted(), 1);
+    publish(&s.client, Some(&gone), first, 1).await;
+    woken(&mut wait_first)
+        .await
+        .expect("first, through the adopted address");
+    drop(own);
+    drop(adoption);
+    assert_eq!(s.outcomes.adopted(), 1, "the other call still needs it");
+    publish(&s.client, Some(&gone), second, 1).await;
+    woken(&mut wait_second).await.expect("second");
+    assert_eq!(s.outcomes.received().get(Route::Adopted), 2);
+    drop(again);
+    assert_eq!(s.outcomes.adopted(), 0);
+    // No longer heard: a later copy to it is not received.
+    publish(&s.client, Some(&gone), CallId::new(), 1).await;
+    publish(&s.client, Some(s.outcomes.address()), CallId::new(), 1).await;
+    eventually(WAKE, || async {
+        (s.outcomes.received().get(Route::Addressed) == 2).then_some(())
+    })
+    .await
+    .expect("the marker arrived");
+    assert_eq!(s.outcomes.received().get(Route::Adopted), 2);
 }

@@ -7,7 +7,8 @@
 //! missing signature is answered 403 and publishes nothing. Final statuses become an outcome
 //! event with `Nats-Msg-Id` `<call>/<attempt>/outcome`, so a repeated callback is dropped by
 //! the server; intermediate statuses (`ringing`, …) are acknowledged and ignored, which also
-//! makes out-of-order delivery harmless. A callback whose `Digits` (a `<Gather>`'s keypad
+//! makes out-of-order delivery harmless. The outcome is copied to the dialer the URL names
+//! (`dialer`; see [`ccm_core::outcome_route`]). A callback whose `Digits` (a `<Gather>`'s keypad
 //! input) equal `ingest.twilio.opt_out_digits` is the callee's opt-out, recorded before
 //! anything else ([`crate::opt_out`]).
 
@@ -17,7 +18,8 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
 };
 use ccm_core::{
-    CallEvent, CallId, CampaignId, EventKind, OutcomeSource, PhoneNumber, phone::PhoneRule, twilio,
+    CallEvent, CallId, CampaignId, EventKind, OutcomeSource, PhoneNumber, outcome_route,
+    phone::PhoneRule, twilio,
 };
 use serde::Deserialize;
 use tracing::Instrument;
@@ -38,6 +40,10 @@ pub struct AttemptRef {
     /// The call's campaign.
     #[param(value_type = u64)]
     pub campaign_id: CampaignId,
+    /// The address of the dialer that placed the attempt, which the outcome is copied to
+    /// (absent from URLs made by older dialers: then read from the attempt's `Dialing`).
+    #[serde(default)]
+    pub dialer: Option<String>,
 }
 
 fn forbidden(detail: &str) -> AppError {
@@ -152,7 +158,11 @@ pub(crate) async fn twilio(
     let span = tracing::info_span!("carrier_callback", call = %event.call_id);
     ccm_core::trace_context::continue_call(&span, &state.js, event.campaign_id, event.call_id)
         .await;
-    ccm_core::nats::publish_event(&state.js, &event)
+    let named = attempt
+        .dialer
+        .as_deref()
+        .and_then(outcome_route::Address::parse);
+    outcome_route::publish_carrier_outcome(&state.js, &event, named)
         .instrument(span)
         .await
         .map_err(AppError::unavailable)?;

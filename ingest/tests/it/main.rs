@@ -25,6 +25,7 @@ mod logs;
 mod metrics;
 mod nul_text;
 mod openapi;
+mod outcome_copy;
 mod prometheus;
 mod resource_calls;
 mod resource_campaigns;

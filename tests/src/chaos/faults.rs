@@ -11,8 +11,13 @@ use crate::{HarnessError, TestEnv, cluster::NatsCluster};
 /// One fault.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fault {
-    /// `kill -9` of a service, started again after `down`.
-    Kill { service: Service, down: Duration },
+    /// `kill -9` of one instance of a service (0 when it runs once), started again after
+    /// `down`.
+    Kill {
+        service: Service,
+        instance: usize,
+        down: Duration,
+    },
     /// nats-server stopped and started again (a rolling restart of a single server).
     NatsRestart { down: Duration },
     /// nats-server frozen with SIGSTOP (connections open, nothing answered), then SIGCONT.
@@ -42,10 +47,19 @@ impl Fault {
     /// A short description for the report.
     pub fn label(&self) -> String {
         match self {
-            Fault::Kill { service, down } => {
+            Fault::Kill {
+                service,
+                instance,
+                down,
+            } => {
                 format!(
-                    "kill -9 {} (down {:.1} s)",
+                    "kill -9 {}{} (down {:.1} s)",
                     service.name(),
+                    if *instance == 0 {
+                        String::new()
+                    } else {
+                        format!(" #{instance}")
+                    },
                     down.as_secs_f64()
                 )
             }
@@ -116,10 +130,14 @@ pub struct Targets<'a> {
 /// Injects `fault`, holds it, and undoes it.
 pub async fn inject(fault: &Fault, t: &mut Targets<'_>) -> Result<(), HarnessError> {
     match fault {
-        Fault::Kill { service, down } => {
-            t.services.kill(*service);
+        Fault::Kill {
+            service,
+            instance,
+            down,
+        } => {
+            t.services.kill(*service, *instance);
             tokio::time::sleep(*down).await;
-            t.services.restart(*service)?;
+            t.services.restart(*service, *instance)?;
             if *service == Service::Ingest {
                 t.services.ready(Duration::from_secs(60)).await?;
             }

@@ -30,6 +30,9 @@ pub struct Knobs {
     pub max_postgres_down: Duration,
     /// A call longer than this is ended FAILED (timeout) by the dialer; "long" calls exceed it.
     pub max_call_duration_secs: u64,
+    /// Processes of each service: a fault kills one of them; the API requests and the
+    /// carrier's callbacks are spread over the ingest instances.
+    pub instances: usize,
 }
 
 impl Knobs {
@@ -47,6 +50,7 @@ impl Knobs {
             max_down: Duration::from_secs(5),
             max_postgres_down: Duration::from_secs(10),
             max_call_duration_secs: 8,
+            instances: 1,
         }
     }
 }
@@ -403,6 +407,9 @@ fn fault(rng: &mut StdRng, knobs: &Knobs) -> Fault {
     match rng.random_range(0..100) {
         0..50 => Fault::Kill {
             service: *Service::ALL.choose(rng).unwrap_or(&Service::Dialer),
+            // Taken from the draws already made, not a new one: a seed's schedule with one
+            // instance of each service stays what it was before instances existed.
+            instance: usize::try_from(down.as_millis()).unwrap_or(0) % knobs.instances.max(1),
             down,
         },
         50..65 => Fault::NatsRestart { down },
@@ -583,6 +590,47 @@ mod tests {
                 .count();
             assert!(cancels <= 1, "seed {seed}");
         }
+    }
+
+    /// The kills of every service's instances, over a schedule's faults (also inside
+    /// `Together`).
+    pub(crate) fn killed_instances(s: &Schedule) -> Vec<(Service, usize)> {
+        fn walk(f: &Fault, out: &mut Vec<(Service, usize)>) {
+            match f {
+                Fault::Kill {
+                    service, instance, ..
+                } => out.push((*service, *instance)),
+                Fault::Together(all) => all.iter().for_each(|f| walk(f, out)),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        for step in &s.steps {
+            if let Action::Fault(f) = &step.action {
+                walk(f, &mut out);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn kills_take_every_instance_and_one_instance_schedules_are_unchanged() {
+        let mut two = knobs();
+        two.instances = 2;
+        let mut seen = [0usize; 2];
+        for seed in 0..50 {
+            let (one, both) = (schedule(seed, &knobs()), schedule(seed, &two));
+            assert!(
+                killed_instances(&one).iter().all(|(_, i)| *i == 0),
+                "seed {seed}"
+            );
+            // The same steps at the same times: only which instance is killed differs.
+            assert_eq!(one.steps.len(), both.steps.len(), "seed {seed}");
+            for (_, i) in killed_instances(&both) {
+                seen[i] += 1;
+            }
+        }
+        assert!(seen[0] > 10 && seen[1] > 10, "kills per instance: {seen:?}");
     }
 
     #[test]

@@ -66,9 +66,13 @@ impl Report {
     }
 }
 
-/// The command that replays `seed` for `secs` seconds.
-pub fn replay_command(seed: u64, secs: u64) -> String {
-    format!("cargo xtask chaos --generated --seed {seed} --seconds {secs}")
+/// The command that replays `seed` for `secs` seconds with `instances` of each service.
+pub fn replay_command(seed: u64, secs: u64, instances: usize) -> String {
+    let instances = match instances {
+        0 | 1 => String::new(),
+        n => format!(" --instances {n}"),
+    };
+    format!("cargo xtask chaos --generated --seed {seed} --seconds {secs}{instances}")
 }
 
 /// carrier-sim's starting mix: short and medium calls, every outcome.
@@ -110,6 +114,7 @@ pub async fn run(
         sim_args(),
         CarrierApi::Twilio,
         schedule.knobs.max_call_duration_secs,
+        schedule.knobs.instances,
     )
     .await?;
     let Stack {
@@ -130,6 +135,15 @@ pub async fn run(
         campaigns.push(super::load::create_campaign(&api, body).await?);
     }
     let client = Client {
+        ingests: services
+            .apis
+            .iter()
+            .map(|base| crate::ApiClient {
+                base: base.clone(),
+                http: api.http.clone(),
+            })
+            .collect(),
+        turn: Arc::default(),
         api,
         sim: services.sim.clone(),
         campaigns: campaigns.clone(),
@@ -209,7 +223,7 @@ pub async fn run(
             say(&format!(
                 "{} log tail:\n{}",
                 service.name(),
-                targets.services.log_tail(service.binary(), 15)
+                targets.services.log_tail(service, 15)
             ));
         }
     }

@@ -129,6 +129,7 @@ pub async fn run(
         scenario.sim_args.clone(),
         scenario.carrier,
         scenario.max_call_duration_secs,
+        1,
     )
     .await?;
     // The policy file lives as long as the run: a restarted retrier reads it again.
@@ -143,7 +144,7 @@ pub async fn run(
             scenario.say(&format!(
                 "{} log tail:\n{}",
                 service.name(),
-                services.log_tail(service.binary(), 15)
+                services.log_tail(service, 15)
             ));
         }
     }
@@ -168,6 +169,7 @@ impl Stack {
         sim_args: Vec<String>,
         carrier: CarrierApi,
         max_call_duration_secs: u64,
+        instances: usize,
     ) -> Result<Self, HarnessError> {
         tokio::task::block_in_place(services::ensure_built)?;
         let mut policy = tempfile::NamedTempFile::new().map_err(HarnessError::Io)?;
@@ -193,6 +195,7 @@ impl Stack {
             replicas,
             sim_args,
             carrier,
+            instances,
         })
         .await?;
         Ok(Self {

@@ -47,8 +47,13 @@ pub fn now_ms() -> u64 {
 /// Sends the operations.
 #[derive(Debug, Clone)]
 pub struct Client {
-    /// Ingest, through the shared client.
+    /// Ingest (instance 0), through the shared client.
     pub api: ApiClient,
+    /// Every ingest instance: the operations take turns among them, as behind a load
+    /// balancer.
+    pub ingests: Vec<ApiClient>,
+    /// The next instance's turn.
+    pub turn: Arc<std::sync::atomic::AtomicUsize>,
     pub sim: String,
     /// Campaign ids by the schedule's index.
     pub campaigns: Vec<u64>,
@@ -83,7 +88,12 @@ impl Client {
         path: &str,
         body: impl Into<Option<Value>>,
     ) -> (u16, Value) {
-        self.api.attempt(method, path, body, REQUEST_TIMEOUT).await
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let api = match self.ingests.len() {
+            0 => &self.api,
+            n => &self.ingests[turn % n],
+        };
+        api.attempt(method, path, body, REQUEST_TIMEOUT).await
     }
 
     fn campaign(&self, index: usize) -> u64 {

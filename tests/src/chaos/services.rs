@@ -136,6 +136,9 @@ pub struct ServiceSettings {
     pub sim_args: Vec<String>,
     /// The API the dialer speaks to carrier-sim.
     pub carrier: CarrierApi,
+    /// Processes of each service (at least 1). Ingest instance `i` listens on its own port;
+    /// dialer instance `j` has its carrier call back ingest instance `j % instances`.
+    pub instances: usize,
 }
 
 /// The carrier API of a run.
@@ -149,15 +152,18 @@ pub enum CarrierApi {
     OldContract,
 }
 
-/// carrier-sim and the four services, each a child process.
+/// carrier-sim and the four services, each one or more child processes.
 #[derive(Debug)]
 pub struct Services {
+    /// Ingest instance 0's base URL.
     pub api: String,
+    /// Every ingest instance's base URL, by instance.
+    pub apis: Vec<String>,
     pub sim: String,
-    api_port: u16,
+    api_ports: Vec<u16>,
     settings: ServiceSettings,
     logs: tempfile::TempDir,
-    children: BTreeMap<Service, Guard>,
+    children: BTreeMap<(Service, usize), Guard>,
     _sim: Guard,
 }
 
@@ -180,9 +186,16 @@ impl Services {
                 std::fs::copy(&from, &to).map_err(HarnessError::Io)?;
             }
         }
-        let api_port = free_port()?;
+        let instances = settings.instances.max(1);
+        let api_ports = (0..instances)
+            .map(|_| free_port())
+            .collect::<Result<Vec<_>, _>>()?;
+        let apis: Vec<String> = api_ports
+            .iter()
+            .map(|port| format!("http://127.0.0.1:{port}"))
+            .collect();
+        let api = apis[0].clone();
         let sim_port = free_port()?;
-        let api = format!("http://127.0.0.1:{api_port}");
         let sim = format!("http://127.0.0.1:{sim_port}");
         let mut command = Command::new(bin.join(CARRIER_SIM));
         command
@@ -209,28 +222,33 @@ impl Services {
         wait?;
         let mut services = Self {
             api,
+            apis,
             sim,
-            api_port,
+            api_ports,
             settings,
             logs,
             children: BTreeMap::new(),
             _sim: sim_guard,
         };
         for service in Service::ALL {
-            services.spawn(service)?;
+            for instance in 0..instances {
+                services.spawn(service, instance)?;
+            }
         }
         services.ready(Duration::from_secs(60)).await?;
         Ok(services)
     }
 
-    fn spawn(&mut self, service: Service) -> Result<(), HarnessError> {
+    fn spawn(&mut self, service: Service, instance: usize) -> Result<(), HarnessError> {
         let s = &self.settings;
+        let callbacks_to = &self.apis[instance % self.apis.len()];
+        let listen = self.api_ports[instance % self.api_ports.len()];
         let carrier = match s.carrier {
             CarrierApi::Twilio => format!(
                 "{{kind: twilio, base_url: '{}', account_sid: {SIM_ACCOUNT_SID}, \
                  auth_token: {SIM_AUTH_TOKEN}, from: '+15550009999', \
                  status_callback_base: '{}', request_timeout_ms: 3000}}",
-                self.sim, self.api
+                self.sim, callbacks_to
             ),
             CarrierApi::OldContract => format!(
                 "{{kind: http, base_url: '{}', request_timeout_ms: 3000}}",
@@ -241,7 +259,7 @@ impl Services {
         command
             .env("CCM_NATS_URL", &s.nats_url)
             .env("CCM_DATABASE_URL", &s.database_url)
-            .env("CCM_INGEST__LISTEN", format!("127.0.0.1:{}", self.api_port))
+            .env("CCM_INGEST__LISTEN", format!("127.0.0.1:{listen}"))
             .env("CCM_INGEST__AUTH_TOKENS", format!("[{TEST_TOKEN}]"))
             .env("CCM_DIALER__CARRIER", carrier)
             .env("CCM_INGEST__TWILIO__AUTH_TOKEN", SIM_AUTH_TOKEN)
@@ -256,58 +274,73 @@ impl Services {
             .env("CCM_LOG__FILTER", "warn")
             .stdin(Stdio::null())
             // The services log to stderr; both go to the log file.
-            .stdout(log_file(self.logs.path(), service.binary())?)
-            .stderr(log_file(self.logs.path(), service.binary())?);
+            .stdout(log_file(self.logs.path(), &log_name(service, instance))?)
+            .stderr(log_file(self.logs.path(), &log_name(service, instance))?);
         let child = command.spawn().map_err(|source| HarnessError::Spawn {
             name: service.binary(),
             source,
         })?;
         self.children.insert(
-            service,
+            (service, instance),
             Guard::new(service.binary(), child, Signal::SIGTERM),
         );
         Ok(())
     }
 
-    /// `kill -9` of one service: no shutdown, no acks, no drain.
-    pub fn kill(&mut self, service: Service) {
-        if let Some(mut guard) = self.children.remove(&service) {
+    /// `kill -9` of one instance of a service: no shutdown, no acks, no drain.
+    pub fn kill(&mut self, service: Service, instance: usize) {
+        if let Some(mut guard) = self.children.remove(&(service, instance)) {
             guard.kill();
         }
     }
 
-    /// Starts a killed (or exited) service again with the same settings.
-    pub fn restart(&mut self, service: Service) -> Result<(), HarnessError> {
-        self.kill(service);
-        self.spawn(service)
+    /// Starts a killed (or exited) instance again with the same settings.
+    pub fn restart(&mut self, service: Service, instance: usize) -> Result<(), HarnessError> {
+        self.kill(service, instance);
+        self.spawn(service, instance)
     }
 
-    /// The services that exited on their own (a crash the fault run did not cause).
+    /// The services with an instance that exited on their own (a crash the fault run did not
+    /// cause), once per instance.
     pub fn exited(&mut self) -> Vec<Service> {
         self.children
             .iter_mut()
-            .filter_map(|(service, guard)| guard.has_exited().then_some(*service))
+            .filter_map(|((service, _), guard)| guard.has_exited().then_some(*service))
             .collect()
     }
 
-    /// Waits until ingest answers `/readyz`.
+    /// Waits until every ingest instance answers `/readyz`.
     pub async fn ready(&self, timeout: Duration) -> Result<(), HarnessError> {
         let http = reqwest::Client::new();
-        let url = format!("{}/readyz", self.api);
-        let ready = crate::eventually(timeout, || async {
-            let response = http.get(&url).send().await.ok()?;
-            response.status().is_success().then_some(())
-        })
-        .await;
-        ready.ok_or_else(|| HarnessError::Setup(format!("{url} did not answer in {timeout:?}")))
+        for api in &self.apis {
+            let url = format!("{api}/readyz");
+            let ready = crate::eventually(timeout, || async {
+                let response = http.get(&url).send().await.ok()?;
+                response.status().is_success().then_some(())
+            })
+            .await;
+            ready.ok_or_else(|| {
+                HarnessError::Setup(format!("{url} did not answer in {timeout:?}"))
+            })?;
+        }
+        Ok(())
     }
 
-    /// The last lines a service wrote to its log, for a failure message.
-    pub fn log_tail(&self, binary: &str, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.logs.path().join(format!("{binary}.log")))
-            .unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+    /// The last lines each instance of a service wrote to its log, for a failure message.
+    pub fn log_tail(&self, service: Service, lines: usize) -> String {
+        (0..self.settings.instances.max(1))
+            .map(|instance| {
+                let name = log_name(service, instance);
+                let text = std::fs::read_to_string(self.logs.path().join(format!("{name}.log")))
+                    .unwrap_or_default();
+                let all: Vec<&str> = text.lines().collect();
+                format!(
+                    "-- {name}\n{}",
+                    all[all.len().saturating_sub(lines)..].join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Stops every service gracefully (they drain into NATS and PostgreSQL).
@@ -315,6 +348,14 @@ impl Services {
         for (_, mut guard) in std::mem::take(&mut self.children) {
             guard.stop(Duration::from_secs(15));
         }
+    }
+}
+
+/// An instance's log name: the binary's, with the instance after it but for the first.
+fn log_name(service: Service, instance: usize) -> String {
+    match instance {
+        0 => service.binary().to_owned(),
+        i => format!("{}-{i}", service.binary()),
     }
 }
 

@@ -31,6 +31,7 @@ fn assert_passed(audit: &Audit) {
 fn kill(service: Service) -> Fault {
     Fault::Kill {
         service,
+        instance: 0,
         down: Duration::from_secs(1),
     }
 }

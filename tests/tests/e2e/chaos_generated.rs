@@ -18,8 +18,9 @@ use ccm_tests::{
 /// [`Knobs::settle_bound`] to end (a healthy run stops waiting as soon as they have).
 const RUN: Duration = Duration::from_secs(60);
 
-async fn check(seed: u64) {
-    let knobs = Knobs::new(RUN);
+async fn check(seed: u64, instances: usize) {
+    let mut knobs = Knobs::new(RUN);
+    knobs.instances = instances;
     let schedule = schedule(seed, &knobs);
     let mut env = TestEnv::start().await.expect("test environment");
     let report = generated::run(&schedule, &mut env, knobs.settle_bound(), true)
@@ -30,7 +31,7 @@ async fn check(seed: u64) {
     assert!(
         report.passed(),
         "seed {seed} broke an invariant; replay: {}",
-        generated::replay_command(seed, RUN.as_secs())
+        generated::replay_command(seed, RUN.as_secs(), instances)
     );
 }
 
@@ -44,10 +45,20 @@ async fn check(seed: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_generated_seed_1() {
-    check(1).await;
+    check(1, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_generated_seed_2() {
-    check(2).await;
+    check(2, 1).await;
+}
+
+/// Two processes of every service (issue 23): two dialers share each campaign's consumer
+/// and cap, two retriers and projectors share their consumers, requests and carrier
+/// callbacks alternate between two ingests, and a kill takes one of the two. Seed 7's
+/// faults kill the first dialer, the second retrier, the second dialer twice and the first
+/// retrier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_generated_seed_7_two_of_every_service() {
+    check(7, 2).await;
 }

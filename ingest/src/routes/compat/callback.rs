@@ -3,7 +3,8 @@
 //! The outcome is published on `calls.outcome.<campaign>.<call>` with the de-duplication id
 //! `<call>/<attempt>/outcome`, so a repeated callback is dropped by the server (and the
 //! retrier ignores an outcome for an attempt already decided). The answer comes only after
-//! JetStream stored it.
+//! JetStream stored it; then a copy goes to the dialer the attempt's `Dialing` names (the old
+//! contract has no field for it; see [`ccm_core::outcome_route`]).
 //!
 //! The body names the call but not the attempt. When it carries the carrier's id of the call
 //! (`external_call_id`) and the dialer recorded that id for this same call when it placed
@@ -82,6 +83,7 @@ pub(crate) async fn callback(
             call_id: call,
             attempt,
             campaign_id,
+            dialer: None,
         };
         crate::routes::callbacks::hear(&state, &at, None, "callback")
             .await
@@ -111,7 +113,8 @@ pub(crate) async fn callback(
     let span = tracing::info_span!("carrier_callback", call = %event.call_id);
     ccm_core::trace_context::continue_call(&span, &state.js, event.campaign_id, event.call_id)
         .await;
-    ccm_core::nats::publish_event(&state.js, &event)
+    // The old contract carries no dialer address: the attempt's `Dialing` names it.
+    ccm_core::outcome_route::publish_carrier_outcome(&state.js, &event, None)
         .instrument(span)
         .await
         .map_err(|e| CompatError::unavailable(crate::error_chain(&e)))?;
