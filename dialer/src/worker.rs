@@ -63,6 +63,10 @@ use crate::{
 const LONG_POLL: Duration = Duration::from_secs(5);
 /// How long a pull for more messages waits once work is known to be there.
 const BURST_POLL: Duration = Duration::from_millis(250);
+/// How long a read of the consumer may take before the worker pulls instead: a request sent
+/// on a connection about to drop is never answered, and JetStream's own timeout (10 s) would
+/// keep a call published meanwhile waiting that long.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most messages a cancelled campaign's drain takes per pull.
 const CANCEL_BATCH: usize = 100;
 
@@ -238,10 +242,15 @@ async fn quiet(worker: &Worker, in_flight: usize) -> bool {
     if woken() {
         return false;
     }
-    let work = match worker.ctx.consumers.work(worker.campaign).await {
-        Ok(work) => Some(work),
-        Err(e) => {
+    let read = tokio::time::timeout(READ_TIMEOUT, worker.ctx.consumers.work(worker.campaign));
+    let work = match read.await {
+        Ok(Ok(work)) => Some(work),
+        Ok(Err(e)) => {
             tracing::debug!(campaign = %worker.campaign, error = %ccm_core::telemetry::chain(&e), "cannot read the dial consumer; polling on");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(campaign = %worker.campaign, "no answer to the dial consumer read; polling on");
             None
         }
     };
