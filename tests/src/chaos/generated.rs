@@ -391,8 +391,10 @@ async fn audit_run(
     };
     dlq.evidence.truncate(8);
     let names: Vec<&str> = crashed.iter().map(|s| s.name()).collect();
+    let mut lost = checks::lost(&accepted, &histories, &states, &carrier);
+    lost_evidence(js, &accepted, &histories, &mut lost).await;
     let checks = vec![
-        checks::lost(&accepted, &histories, &states, &carrier),
+        lost,
         checks::placed_twice(&carrier),
         checks::number_overlap(&carrier, &timed_out),
         checks::cap_over_time(&carrier, &caps, CAP_GRACE_MS, &timed_out, &histories),
@@ -418,4 +420,71 @@ async fn audit_run(
         checks,
         answers,
     })
+}
+
+/// What the servers still hold of each lost call, beside its history: its last admission
+/// record (the dialer's decision: placed, put off and why, ended) and its campaign's dial
+/// consumer (queued, held, paused, cap), so a call that never reached `Dialing` can be told
+/// apart as waiting in `CALLS`, held by a dialer or put off through `RETRIES`.
+async fn lost_evidence(
+    js: &async_nats::jetstream::Context,
+    accepted: &[super::load::Accepted],
+    histories: &BTreeMap<ccm_core::CallId, Vec<ccm_core::CallEvent>>,
+    check: &mut Check,
+) {
+    let Ok(events) = js.get_stream(ccm_core::topology::names::CALL_EVENTS).await else {
+        return;
+    };
+    let calls = js.get_stream(ccm_core::topology::names::CALLS).await.ok();
+    for call in accepted {
+        let ended = histories
+            .get(&call.call_id)
+            .is_some_and(|h| h.iter().any(|e| e.kind.is_terminal()));
+        if ended {
+            continue;
+        }
+        let Ok(campaign) = ccm_core::CampaignId::new(call.campaign) else {
+            continue;
+        };
+        let record = events
+            .direct_get_last_for_subject(ccm_core::subjects::audit(campaign, call.call_id))
+            .await
+            .map_or_else(
+                |e| format!("none ({e})"),
+                |m| {
+                    String::from_utf8_lossy(&m.payload)
+                        .chars()
+                        .take(600)
+                        .collect()
+                },
+            );
+        let consumer = match &calls {
+            Some(stream) => match stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+                    &ccm_core::subjects::dial_consumer(campaign),
+                )
+                .await
+            {
+                Ok(mut c) => c.info().await.map_or_else(
+                    |e| format!("unreadable ({e})"),
+                    |i| {
+                        format!(
+                            "{} queued, {} held, {} redelivered, max_ack_pending {}, paused {}",
+                            i.num_pending,
+                            i.num_ack_pending,
+                            i.num_redelivered,
+                            i.config.max_ack_pending,
+                            i.paused
+                        )
+                    },
+                ),
+                Err(e) => format!("none ({e})"),
+            },
+            None => "CALLS unreadable".into(),
+        };
+        check.evidence.push(format!(
+            "    call {}: last admission record {record}; campaign {}'s dial consumer: {consumer}",
+            call.call_id, call.campaign
+        ));
+    }
 }
