@@ -174,6 +174,8 @@ pub struct Written {
     pub revision: Option<u64>,
     /// Paused on the server now.
     pub paused: bool,
+    /// Calls of the campaign are queued or held by a dialer ([`Work::any`]).
+    pub has_work: bool,
 }
 
 impl Written {
@@ -383,6 +385,7 @@ impl DialConsumers {
                         max_ack_pending: info.config.max_ack_pending,
                         revision: Self::written_from(&info),
                         paused: info.paused,
+                        has_work: has_work(&info),
                     },
                 ))
             })
@@ -394,6 +397,11 @@ impl DialConsumers {
     pub async fn held(&self, id: CampaignId) -> Result<u64, DialConsumerError> {
         let info = self.info(id).await?;
         Ok(u64::try_from(info.num_ack_pending).unwrap_or(0))
+    }
+
+    /// The campaign's calls queued and held now, by every replica together: one read.
+    pub async fn work(&self, id: CampaignId) -> Result<Work, DialConsumerError> {
+        Ok(Work::of(&self.info(id).await?))
     }
 
     /// The campaign's consumer as the server has it now.
@@ -420,6 +428,36 @@ impl DialConsumers {
         }
         Ok(queued)
     }
+}
+
+/// A campaign's calls on its consumer, as one read shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Work {
+    /// Not yet delivered to any dialer (`num_pending`).
+    pub queued: u64,
+    /// Delivered and not yet acknowledged (`num_ack_pending`): a call live on any replica, a
+    /// message handed back with a delay (a NAK with a delay stays ack-pending until it is
+    /// redelivered), one whose holder died (ack-pending until AckWait sends it again). The
+    /// last two come back only to a pull.
+    pub held: u64,
+}
+
+impl Work {
+    fn of(info: &consumer::Info) -> Self {
+        Self {
+            queued: info.num_pending,
+            held: u64::try_from(info.num_ack_pending).unwrap_or(0),
+        }
+    }
+
+    /// The rule of a campaign with work: anything queued or held.
+    pub fn any(&self) -> bool {
+        self.queued > 0 || self.held > 0
+    }
+}
+
+fn has_work(info: &consumer::Info) -> bool {
+    Work::of(info).any()
 }
 
 /// `template` filled in for `campaign` at `now`.

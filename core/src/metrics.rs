@@ -34,6 +34,7 @@
 //! | `ccm_dialer_hang_ups_total` | counter | `carrier` | calls past their maximum duration ended at the carrier (the hang-up confirmed) |
 //! | `ccm_dialer_hang_up_failures_total` | counter | `carrier` | hang-up requests the carrier did not confirm (the call stays held and it is asked again) |
 //! | `ccm_dialer_trunk_lines_busy` | gauge | | trunk lines of this replica in use |
+//! | `ccm_dialer_active_campaigns` | gauge | | campaigns this replica pulls (not dormant): those with work; an idle campaign costs no pull and no line |
 //! | `ccm_retrier_decisions_total` | counter | `decision`, `status` | outcomes decided: `completed`, `retrying`, `failed`, by outcome status |
 //! | `ccm_retrier_retries_scheduled_total` | counter | `reason` | retries scheduled in `RETRIES`, by the outcome status that caused them (`RNR`, `DISCONNECTED`, `FAILED`) |
 //! | `ccm_retrier_retries_fired_total` | counter | | retries re-published to `CALLS` when due |

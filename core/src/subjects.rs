@@ -30,6 +30,14 @@ pub fn dial(campaign: CampaignId) -> String {
     format!("calls.dial.{campaign}")
 }
 
+/// The campaign of a dial subject (`calls.dial.<campaign>`), read without looking at the
+/// payload: `Some` only for a subject [`dial`] builds exactly, so the dialer's wake-ups
+/// ([`DIAL_ALL`]) never take a look-alike for a campaign.
+pub fn dial_campaign(subject: &str) -> Option<CampaignId> {
+    let campaign: CampaignId = subject.strip_prefix("calls.dial.")?.parse().ok()?;
+    (dial(campaign) == subject).then_some(campaign)
+}
+
 /// `calls.event.<campaign>.<call>`: the call's lifecycle events.
 pub fn event(campaign: CampaignId, call: CallId) -> String {
     format!("calls.event.{campaign}.{call}")
@@ -137,6 +145,19 @@ mod tests {
             "",
         ] {
             assert_eq!(dial_consumer_campaign(not_dial), None, "{not_dial:?}");
+        }
+        assert_eq!(dial_campaign(&dial(campaign)), Some(campaign));
+        for not_dial in [
+            "calls.dial.",
+            "calls.dial.0",
+            "calls.dial.07",
+            "calls.dial.+7",
+            "calls.dial.7.x",
+            "calls.event.7",
+            "calls.dial",
+            "",
+        ] {
+            assert_eq!(dial_campaign(not_dial), None, "{not_dial:?}");
         }
         assert_eq!(dial_msg_id(call, 2), format!("{call}/2"));
         assert_eq!(

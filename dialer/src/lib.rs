@@ -2,8 +2,10 @@
 //!
 //! Places call attempts with a carrier at each campaign's concurrency cap.
 //!
-//! - [`run`] connects, watches the `campaigns` bucket and keeps one pull loop ([`worker`]) per
-//!   active or cancelled campaign, on the campaign's durable consumer `dial_<campaign>`. It
+//! - [`run`] connects, watches the `campaigns` bucket and keeps one worker ([`worker`]) per
+//!   active or cancelled campaign, on the campaign's durable consumer `dial_<campaign>`: it
+//!   pulls while the campaign has work and is dormant (no pull, no line) while it has none,
+//!   woken by the calls published for it ([`wake`]) or by the consumer sweep. It
 //!   is also the reconciler of those consumers: on every change and every rescan the
 //!   consumer's cap (`max_ack_pending`) and server-side pause are brought in line with the
 //!   stored document ([`ccm_core::dial_consumer`]), so a held campaign's consumer delivers to
@@ -40,6 +42,8 @@ pub(crate) mod placements;
 pub(crate) mod sample;
 pub(crate) mod scheduled;
 mod timers;
+mod trunk;
+pub mod wake;
 pub(crate) mod window;
 pub(crate) mod worker;
 
@@ -85,6 +89,8 @@ pub enum DialerError {
     Start(#[from] ccm_core::service::StartError),
     #[error(transparent)]
     Outcomes(#[from] outcomes::StartError),
+    #[error(transparent)]
+    Wake(#[from] wake::StartError),
     /// Names the rule file and line.
     #[error(transparent)]
     Rules(#[from] ccm_core::rules::RulesError),
@@ -186,6 +192,10 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
     let router = tokio::spawn(router.run(router_stop.clone()));
     let calls = TaskTracker::new();
     tokio::spawn(sample::run(js.clone(), trunk.clone(), shutdown.clone()));
+    // Subscribed before any worker starts, so a worker never misses its first wake-up.
+    let wakes = wake::Wakes::default();
+    let listener = wake::Listener::subscribe(&client, wakes.clone()).await?;
+    tokio::spawn(listener.run(shutdown.clone()));
     tracing::info!(carrier = config.dialer.carrier.kind(), "dialer running");
     let supervisor = Supervisor {
         consumers: DialConsumers::new(&js, &topology).await,
@@ -195,6 +205,7 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
         calls: calls.clone(),
         shutdown: &shutdown,
         workers: HashMap::new(),
+        wakes,
         workers_done: TaskTracker::new(),
         scheduled_cancelled: scheduled::Cancelled::default(),
         timers: timers::Timers::default(),
@@ -244,6 +255,8 @@ struct Supervisor<'a> {
     calls: TaskTracker,
     shutdown: &'a CancellationToken,
     workers: HashMap<CampaignId, Known>,
+    /// The campaigns' wake-up signals ([`wake`]).
+    wakes: wake::Wakes,
     workers_done: TaskTracker,
     /// Campaigns whose scheduled attempts this replica has cancelled (or is cancelling).
     scheduled_cancelled: scheduled::Cancelled,
@@ -348,8 +361,9 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Lists the dial consumers and reconciles each that disagrees with the document this
-    /// replica last applied: one paged request when all agree.
+    /// Lists the dial consumers, wakes each campaign with work (a wake-up lost on the way
+    /// is caught here, within one interval) and reconciles each consumer that disagrees
+    /// with the document this replica last applied: one paged request when all agree.
     async fn sweep(&mut self) {
         let written = match self.consumers.written().await {
             Ok(written) => written,
@@ -358,6 +372,9 @@ impl Supervisor<'_> {
                 return;
             }
         };
+        for (id, _) in written.iter().filter(|(_, w)| w.has_work) {
+            self.wakes.look(*id);
+        }
         let drifted: Vec<CampaignId> = self
             .workers
             .iter()
@@ -510,6 +527,7 @@ impl Supervisor<'_> {
             consumer,
             trunk: self.trunk.clone(),
             settings: known.settings.subscribe(),
+            wake: self.wakes.register(id),
             in_flight: known.in_flight.clone(),
             ctx: self.ctx.clone(),
             calls: self.calls.clone(),
@@ -542,6 +560,7 @@ impl Supervisor<'_> {
         if let Some(stop) = self.workers.remove(&id).and_then(|k| k.stop) {
             stop.cancel();
         }
+        self.wakes.forget(id);
         match self.consumers.remove_if_idle(id).await {
             Ok(0) => {}
             Ok(queued) => tracing::warn!(

@@ -29,7 +29,7 @@ use crate::{
 
 /// Forwards connections to `target` until `cut` is set; while it is, every connection is
 /// dropped and new ones are closed at once. Returns the proxy's address.
-async fn proxy(target: SocketAddr, cut: watch::Receiver<bool>) -> SocketAddr {
+pub(crate) async fn proxy(target: SocketAddr, cut: watch::Receiver<bool>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {

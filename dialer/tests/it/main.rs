@@ -2,7 +2,8 @@
 //! outcome router against a real NATS server; the carrier's ids recorded by a placement; the
 //! check made again right before a paced call is placed; an outcome missed while disconnected;
 //! the hang-up at a call's maximum duration; generated sequences of carrier answers; outcomes
-//! addressed to the replica that placed each call.
+//! addressed to the replica that placed each call; idle campaigns that cost no pull and are
+//! woken by their calls.
 
 mod adapters;
 mod addressed;
@@ -11,6 +12,8 @@ mod concurrent_deliveries;
 mod consumer_reconcile;
 mod expiry;
 mod frequency;
+mod idle_campaigns;
+mod idle_campaigns_generated;
 mod lost_outcome;
 mod metrics;
 mod outcomes;
