@@ -5,12 +5,7 @@
 //! its `Dialing` event, for calls spread over the campaigns (p50 and p99, from the events'
 //! own subject on NATS, so the projector's lag is not in it).
 
-use std::time::Duration;
-
-use anyhow::Context;
-use futures::StreamExt;
 use indicatif::ProgressBar;
-use serde_json::json;
 use tokio::time::Instant;
 
 use crate::{
@@ -86,7 +81,12 @@ async fn one_size(
     ));
 
     bar.set_message(format!("idle: {n} campaigns, first calls"));
-    let latencies = first_calls(&servers, &api, &ids, scale.idle_calls).await?;
+    // Spread over the campaigns by a stride prime to their number.
+    let picked: Vec<u64> = (0..scale.idle_calls)
+        .map(|i| ids[(i * 7919) % ids.len()])
+        .collect();
+    let latencies =
+        crate::first_call::first_calls(&servers.nats.url(), &api, &picked, bar, "idle").await?;
     let pct = |q: f64| {
         let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
         latencies.get(i).copied().unwrap_or(f64::NAN)
@@ -106,46 +106,4 @@ async fn one_size(
     ));
     drop(services);
     Ok(())
-}
-
-/// Accepts `count` calls, each in another idle campaign, one at a time; the time from each
-/// 202 to its `Dialing` event, sorted (ms).
-async fn first_calls(
-    servers: &Servers,
-    api: &str,
-    ids: &[u64],
-    count: usize,
-) -> anyhow::Result<Vec<f64>> {
-    let client = async_nats::connect(servers.nats.url()).await?;
-    // Every call's lifecycle events (`ccm_core::subjects::event` is `calls.event.<campaign>.<call>`).
-    let mut events = client.subscribe("calls.event.>").await?;
-    let mut conn = http::Conn::open(api).await?;
-    let mut out = Vec::with_capacity(count);
-    for i in 0..count {
-        let campaign = ids[(i * 7919) % ids.len()];
-        let phone = format!("+1555{:07}", 4_000_000 + i);
-        let (status, body) = conn
-            .post_json(
-                "/api/v1/calls",
-                &json!({"campaign_id": campaign, "phone_number": phone}),
-            )
-            .await?;
-        let accepted = Instant::now();
-        anyhow::ensure!(status.is_success(), "a call: {status} {body}");
-        let call = body["call_id"].as_str().context("no call id")?.to_owned();
-        let deadline = accepted + Duration::from_secs(30);
-        loop {
-            let next = tokio::time::timeout_at(deadline, events.next())
-                .await
-                .context("no Dialing within 30 s")?
-                .context("the subscription ended")?;
-            let event: serde_json::Value = serde_json::from_slice(&next.payload)?;
-            if event["call_id"] == call.as_str() && event["type"] == "dialing" {
-                out.push(accepted.elapsed().as_secs_f64() * 1e3);
-                break;
-            }
-        }
-    }
-    out.sort_by(f64::total_cmp);
-    Ok(out)
 }

@@ -30,6 +30,7 @@
 mod api;
 mod compare;
 mod costs;
+mod first_call;
 mod http;
 mod idle;
 mod import;

@@ -1,6 +1,6 @@
-//! The calls of the scale phase: first calls in idle campaigns, then end-to-end throughput over
-//! the busy ones, both read from the lifecycle events' own subject on NATS (the projector's lag
-//! is not in them).
+//! The calls of the scale phase beside the first calls ([`crate::first_call`]): end-to-end
+//! throughput over the busy campaigns, read from the lifecycle events' own subject on NATS
+//! (the projector's lag is not in them).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -10,61 +10,12 @@ use std::{
 use anyhow::Context;
 use futures::StreamExt;
 use indicatif::ProgressBar;
-use serde_json::json;
 use tokio::time::Instant;
 
-use crate::{api, http};
+use crate::api;
 
 /// Every call's lifecycle events (`ccm_core::subjects::event` is `calls.event.<campaign>.<call>`).
 const EVENTS: &str = "calls.event.>";
-
-/// Pause between two first calls, so each finds its campaign idle and the previous call's
-/// work does not overlap it.
-const GAP: Duration = Duration::from_millis(200);
-
-/// Accepts one call in each of `campaigns` in turn, waits for its `Dialing`; the times from
-/// each 202 to its `Dialing`, sorted (ms).
-pub async fn first_calls(
-    nats_url: &str,
-    api: &str,
-    campaigns: &[u64],
-    bar: &ProgressBar,
-    label: &str,
-) -> anyhow::Result<Vec<f64>> {
-    let client = ccm_core::nats::connect(nats_url, "bench").await?;
-    let mut events = client.subscribe(EVENTS).await?;
-    client.flush().await?;
-    let mut conn = http::Conn::open(api).await?;
-    let mut out = Vec::with_capacity(campaigns.len());
-    for (i, &campaign) in campaigns.iter().enumerate() {
-        bar.set_message(format!("{label}: first call {}/{}", i + 1, campaigns.len()));
-        let phone = format!("+1555{:07}", 4_000_000 + i);
-        let (status, body) = conn
-            .post_json(
-                "/api/v1/calls",
-                &json!({"campaign_id": campaign, "phone_number": phone}),
-            )
-            .await?;
-        let accepted = Instant::now();
-        anyhow::ensure!(status.is_success(), "a call: {status} {body}");
-        let call = body["call_id"].as_str().context("no call id")?.to_owned();
-        let deadline = accepted + Duration::from_secs(30);
-        loop {
-            let next = tokio::time::timeout_at(deadline, events.next())
-                .await
-                .with_context(|| format!("no Dialing within 30 s in campaign {campaign}"))?
-                .context("the subscription ended")?;
-            let event: serde_json::Value = serde_json::from_slice(&next.payload)?;
-            if event["call_id"] == call.as_str() && event["type"] == "dialing" {
-                out.push(accepted.elapsed().as_secs_f64() * 1e3);
-                break;
-            }
-        }
-        tokio::time::sleep(GAP).await;
-    }
-    out.sort_by(f64::total_cmp);
-    Ok(out)
-}
 
 /// What the throughput run saw.
 #[derive(Debug, Clone, Copy)]

@@ -125,7 +125,8 @@ async fn one(
         .into_iter()
         .map(|i| ids[i])
         .collect();
-    let mut latencies = calls::first_calls(&at.nats_url, &api, &picked, bar, label).await?;
+    let mut latencies =
+        crate::first_call::first_calls(&at.nats_url, &api, &picked, bar, label).await?;
     latencies.sort_by(f64::total_cmp);
     row.first_calls = latencies.len();
     row.first_call_p50_ms = plan::percentile(&latencies, 0.5);
