@@ -156,7 +156,7 @@ fn gone_is_done(
     match result {
         Err(e)
             if matches!(e.kind(), jetstream::stream::DeleteMessageErrorKind::JetStream(ref j)
-                if j.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND) =>
+                if super::scan::gone_code(j.error_code())) =>
         {
             Ok(false)
         }
