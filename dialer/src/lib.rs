@@ -522,12 +522,14 @@ impl Supervisor<'_> {
         };
         let stop = self.shutdown.child_token();
         known.stop = Some(stop.clone());
+        let (wake, pull_first) = self.wakes.register(id);
         let worker = Worker {
             campaign: id,
             consumer,
             trunk: self.trunk.clone(),
             settings: known.settings.subscribe(),
-            wake: self.wakes.register(id),
+            wake,
+            pull_first,
             in_flight: known.in_flight.clone(),
             ctx: self.ctx.clone(),
             calls: self.calls.clone(),

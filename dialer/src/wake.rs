@@ -55,11 +55,17 @@ pub(crate) struct Signal {
 
 impl Wakes {
     /// The campaign's signal, for a worker about to start; it has seen every wake-up so far.
-    pub(crate) fn register(&self, id: CampaignId) -> watch::Receiver<Signal> {
-        self.lock()
+    /// With it, whether a call was published for the campaign while no worker of it was
+    /// waiting (before this replica followed the campaign, or while it was paused): the
+    /// worker then starts with a pull, since a read of its consumer can come before the
+    /// stream has stored a call whose wake-up came first.
+    pub(crate) fn register(&self, id: CampaignId) -> (watch::Receiver<Signal>, bool) {
+        let mut campaigns = self.lock();
+        let signal = campaigns
             .entry(id)
-            .or_insert_with(|| watch::Sender::new(Signal::default()))
-            .subscribe()
+            .or_insert_with(|| watch::Sender::new(Signal::default()));
+        let early = signal.receiver_count() == 0 && signal.borrow().published > 0;
+        (signal.subscribe(), early)
     }
 
     /// The campaign is gone.
@@ -67,12 +73,14 @@ impl Wakes {
         self.lock().remove(&id);
     }
 
-    /// A call was published for the campaign: wakes its worker to pull, if this replica
-    /// knows the campaign.
+    /// A call was published for the campaign: wakes its worker to pull, or, when no worker
+    /// of it waits yet, is kept for the worker that starts ([`Wakes::register`]). An entry
+    /// lives until the campaign is forgotten, so the map holds at most the campaigns.
     pub(crate) fn published(&self, id: CampaignId) {
-        if let Some(signal) = self.lock().get(&id) {
-            signal.send_modify(|s| s.published = s.published.wrapping_add(1));
-        }
+        self.lock()
+            .entry(id)
+            .or_insert_with(|| watch::Sender::new(Signal::default()))
+            .send_modify(|s| s.published = s.published.wrapping_add(1));
     }
 
     /// Wakes the campaign's worker to read its consumer.
@@ -173,7 +181,8 @@ mod tests {
         let wakes = Wakes::default();
         let seven = CampaignId::new(7).expect("id");
         let eight = CampaignId::new(8).expect("id");
-        let mut rx = wakes.register(seven);
+        let (mut rx, early) = wakes.register(seven);
+        assert!(!early);
         assert!(!rx.has_changed().expect("open"));
         wakes.published(eight);
         assert!(!rx.has_changed().expect("open"), "another campaign's");
@@ -194,5 +203,30 @@ mod tests {
             rx.has_changed().is_err(),
             "a forgotten campaign's worker is told"
         );
+    }
+
+    /// A call published before the replica follows its campaign (or while it is paused)
+    /// reached no worker; the worker that starts is told, and pulls first (CI: a call placed
+    /// right after its campaign was created waited for the 30 s sweep).
+    #[test]
+    fn a_call_published_before_the_worker_starts_makes_it_pull_first() {
+        let wakes = Wakes::default();
+        let nine = CampaignId::new(9).expect("id");
+        wakes.published(nine);
+        let (rx, early) = wakes.register(nine);
+        assert!(
+            early,
+            "the call published before the worker started is not forgotten"
+        );
+        drop(rx);
+        // A worker started again later (a resume) after nothing new: a pull costs nothing.
+        let (_rx, early) = wakes.register(nine);
+        assert!(early);
+        // While a worker waits, a second one is not early: the first was woken.
+        let ten = CampaignId::new(10).expect("id");
+        let (_waiting, _) = wakes.register(ten);
+        wakes.published(ten);
+        let (_second, early) = wakes.register(ten);
+        assert!(!early);
     }
 }

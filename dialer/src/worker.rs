@@ -112,6 +112,9 @@ pub struct Worker {
     pub settings: watch::Receiver<Settings>,
     /// The campaign's wake-up signal ([`crate::wake`]).
     pub wake: watch::Receiver<crate::wake::Signal>,
+    /// A call was published before this worker started ([`crate::wake::Wakes::register`]):
+    /// pull first instead of reading the consumer.
+    pub pull_first: bool,
     pub in_flight: Arc<InFlight>,
     pub ctx: Arc<CallContext>,
     pub calls: TaskTracker,
@@ -125,7 +128,7 @@ pub async fn run(mut worker: Worker, stop: CancellationToken) {
     tracing::info!(%campaign, "dialling campaign");
     // Whether to read the consumer before the next pull: at the start, after a pull that
     // came back short or left nothing queued, and on a wake-up other than a publish.
-    let mut look = true;
+    let mut look = !worker.pull_first;
     // The publishes seen: a wake-up that changes it is a call published for the campaign.
     let mut seen = seen_now(&mut worker);
     while !stop.is_cancelled() {
