@@ -8,9 +8,10 @@
 //! wakes ONE replica (a burst spreads over them all): the extra traffic is one copy per call,
 //! not one per replica. The campaign is read from the subject; the payload is not parsed.
 //!
-//! A wake-up can still be lost: delivered to a replica that does not run the campaign (its
-//! watch not there yet, or stopping), dropped by the client's buffer, or sent while the
-//! connection was down. Hence, besides the subscription:
+//! A wake-up for a campaign no worker of this replica waits for yet (its watch not there
+//! yet, or the campaign paused) is kept, and the worker that starts pulls first
+//! ([`Wakes::register`]). One can still be lost: dropped by the client's buffer, or sent while
+//! the connection was down. Hence, besides the subscription:
 //! - the dialer's consumer sweep (`dialer.consumer_sweep_secs`) wakes every campaign whose
 //!   consumer has calls queued or held ([`ccm_core::dial_consumer::Work::any`]);
 //! - a reconnect of the client wakes every worker of the replica ([`Listener::run`]).
