@@ -158,7 +158,7 @@ async fn live_queued_and_placed_calls_are_exported_and_readyz_follows_nats() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dial_consumers_are_listed_only_by_the_sweep() {
     use futures::StreamExt as _;
-    let mut env = TestEnv::start().await.expect("env");
+    let env = TestEnv::start().await.expect("env");
     env.provision().await.expect("provision");
     let client = env.nats().await.expect("client");
     let mut lists = client
