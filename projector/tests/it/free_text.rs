@@ -166,6 +166,7 @@ async fn generated_free_text_in_every_field_is_stored() {
             time_zone: opt(&mut rng),
             postal_code: None,
             fields: fields(&mut rng),
+            numbers: Vec::new(),
         };
         store_one(&pool, Source::Contacts, next(), &contact, seed).await;
         let document = serde_json::json!({

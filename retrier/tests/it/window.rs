@@ -154,6 +154,7 @@ async fn a_retry_due_on_a_holiday_of_the_callees_state_moves_to_the_next_local_d
         postal_code: Some("02903".into()),
         expires_at: None,
         fields: Default::default(),
+        numbers: Vec::new(),
     };
     js.get_key_value(names::KV_CONTACTS)
         .await
