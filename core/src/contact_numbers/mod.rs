@@ -30,6 +30,15 @@ pub struct ContactNumber {
     pub label: String,
 }
 
+/// The number an attempt dials when it is not the contact's first: its place in the
+/// contact's list (0 is the first), the number and its label.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alternate {
+    pub index: u32,
+    pub number: PhoneNumber,
+    pub label: String,
+}
+
 /// Why a contact's list of numbers is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NumbersError {
