@@ -5,8 +5,10 @@
 //!
 //! A call is known and claimed by its contact's first number for its whole life (the contact's
 //! claim); an attempt on a further number also claims that number, bound to the call, before
-//! its retry entry is written. Every claim of the call is released when it ends
-//! ([`release_all`]); a claim a crash left behind is freed by the reaper once the call ended.
+//! its retry entry is written, and the further number of the attempt before is released then.
+//! Every claim of the call is released when it ends ([`release_all`], and
+//! `call_lifecycle::end_unplaced` for an attempt ended before it was placed); a claim a crash
+//! or a late duplicate decision left behind is freed by the reaper once the call has ended.
 //! A number on a do-not-call list, opted out, without the campaign's consent, or held by
 //! another live call is skipped, and the `Retrying` reason says why.
 
@@ -169,11 +171,14 @@ pub(crate) async fn carry(
         };
         if index != 0 {
             // The contact's first number is the call's own claim, held all along.
-            match ctx
-                .claims
-                .claim(ctx.scope, campaign.id, &numbers[index].number, call)
-                .await
-            {
+            let number = &numbers[index].number;
+            let mut claimed = ctx.claims.claim(ctx.scope, campaign.id, number, call).await;
+            if matches!(claimed, Err(ClaimError::InProgress)) {
+                // A lost compare-and-set may have been lost to this very call (the outcome
+                // decided twice at once): asked again, a claim the call holds is renewed.
+                claimed = ctx.claims.claim(ctx.scope, campaign.id, number, call).await;
+            }
+            match claimed {
                 Ok(claim) => ctx.claims.bind(&claim).await.map_err(|e| match e {
                     ClaimError::Unavailable(e) => OutcomeError::Check(e),
                     other => OutcomeError::Check(other.into()),
@@ -184,6 +189,22 @@ pub(crate) async fn carry(
                     skipped.push((index, refused.to_string()));
                     continue;
                 }
+            }
+        }
+        // A further number dialled before and left now is released: the call holds its
+        // contact's first number and at most the one further number it is about to dial.
+        let mut released: Vec<&PhoneNumber> = Vec::new();
+        for e in &history.events {
+            if let EventKind::Dialing {
+                alternate: Some(a), ..
+            } = &e.kind
+                && a.number != numbers[index].number
+                && !released.contains(&&a.number)
+            {
+                ctx.claims
+                    .release(campaign.id, &a.number, call, Utc::now())
+                    .await;
+                released.push(&a.number);
             }
         }
         let n = &numbers[index];
@@ -223,28 +244,37 @@ fn with_skipped(text: String, numbers: &[ContactNumber], skipped: &[(usize, Stri
 }
 
 /// Releases the claims the call holds on its contact's further numbers: those its attempts
-/// dialled (its first number's claim is released by the caller, as for any call). A further
-/// number claimed for an attempt that never came to be dialled (two deliveries of one outcome
-/// deciding differently) is freed by the reaper once the call has ended. Only claims holding
-/// this call's id are touched; nothing is read for a call that dialled no further number.
+/// dialled and, when the campaign has the policy, every further number of the contact (one
+/// claimed for an attempt that never came to be dialled). Its first number's claim is released
+/// by the caller, as for any call; a claim left behind (a decision after the end) is freed by
+/// the reaper. Only claims holding this call's id are touched.
 pub(crate) async fn release_all(
     ctx: &Shared,
-    campaign: CampaignId,
+    campaign: Option<&Campaign>,
+    (campaign_id, phone): (CampaignId, &PhoneNumber),
     call: CallId,
     history: &CallHistory,
     ended: DateTime<Utc>,
-) {
-    let mut released: Vec<&PhoneNumber> = Vec::new();
+) -> Result<(), OutcomeError> {
+    let mut numbers: Vec<PhoneNumber> = Vec::new();
+    if let Some(campaign) = campaign.filter(|c| c.alternate_numbers.is_some())
+        && let Some(list) = self::numbers(ctx, campaign, phone).await?
+    {
+        numbers.extend(list.into_iter().skip(1).map(|n| n.number));
+    }
     for e in &history.events {
         if let EventKind::Dialing {
             alternate: Some(a), ..
         } = &e.kind
-            && !released.contains(&&a.number)
+            && !numbers.contains(&a.number)
         {
-            ctx.claims.release(campaign, &a.number, call, ended).await;
-            released.push(&a.number);
+            numbers.push(a.number.clone());
         }
     }
+    for number in &numbers {
+        ctx.claims.release(campaign_id, number, call, ended).await;
+    }
+    Ok(())
 }
 
 /// The retry policy's `decision` for attempt `attempt` of `call`, with the contact's numbers

@@ -103,12 +103,13 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
                 .await;
             crate::alternate::release_all(
                 ctx,
-                outcome.campaign_id,
+                None,
+                (outcome.campaign_id, &facts.phone_number),
                 outcome.call_id,
                 &history,
                 last.at,
             )
-            .await;
+            .await?;
         }
         return Ok(());
     }
@@ -245,12 +246,13 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
             .await;
         crate::alternate::release_all(
             ctx,
-            outcome.campaign_id,
+            campaign.as_ref(),
+            (outcome.campaign_id, &facts.phone_number),
             outcome.call_id,
             &history,
             event.at,
         )
-        .await;
+        .await?;
     }
     Ok(())
 }

@@ -17,6 +17,16 @@ const WORK: &str = "+15557000003";
 /// A campaign advancing on RNR with `policy` added, retries 1 s apart, and one contact with
 /// mobile, home and work numbers; returns the campaign and the call placed to the contact.
 async fn contact_call(stack: &CarrierStack, policy: Value, max_attempts: u32) -> (u64, String) {
+    contact_call_after(stack, policy, max_attempts, "1s").await
+}
+
+/// [`contact_call`] with retries `backoff` apart.
+async fn contact_call_after(
+    stack: &CarrierStack,
+    policy: Value,
+    max_attempts: u32,
+    backoff: &str,
+) -> (u64, String) {
     let mut alternate = json!({"advance_on": ["RNR"]});
     for (k, v) in policy.as_object().expect("object") {
         alternate[k] = v.clone();
@@ -26,7 +36,7 @@ async fn contact_call(stack: &CarrierStack, policy: Value, max_attempts: u32) ->
             "/api/v1/campaigns",
             json!({
                 "name": "alt", "max_attempts": max_attempts, "alternate_numbers": alternate,
-                "retry_policy": {"status_retry_rules": {"RNR": {"should_retry": true, "backoff": ["1s"]}}}
+                "retry_policy": {"status_retry_rules": {"RNR": {"should_retry": true, "backoff": [backoff]}}}
             }),
         )
         .await;
@@ -195,7 +205,9 @@ async fn an_outcome_delivered_twice_dials_one_next_number_once() {
     let env = TestEnv::start().await.expect("env");
     let mut sim = answering(20);
     sim.unanswered_numbers = vec![MOBILE.into()];
-    let stack = CarrierStack::start(&env, sim).await;
+    // A decision of the copy that comes after the call ended re-claims the home number for
+    // the ended call: the reaper frees it (here every second).
+    let stack = CarrierStack::start_with(&env, sim, |c| c.claims.reap_interval_secs = 1).await;
     let js = env.jetstream().await.expect("jetstream");
     let events = js.get_stream("CALL_EVENTS").await.expect("stream");
     // The copy is published as soon as the first outcome is stored: a subscription on the
@@ -259,6 +271,61 @@ async fn an_outcome_delivered_twice_dials_one_next_number_once() {
     .expect("count");
     assert_eq!(retrying, 1);
     assert!(stack.stats().await.number_overlaps.is_empty());
+    no_claim_held(&env, &call).await;
+    dialer.stop().await;
+    stack.stop().await;
+}
+
+/// Do-not-call applies to each number dialled: a further number listed after the retrier chose
+/// it, before its attempt is placed, is never rung; the call ends CANCELLED naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_further_number_listed_before_its_attempt_is_never_rung() {
+    let env = TestEnv::start().await.expect("env");
+    let mut sim = answering(20);
+    sim.unanswered_numbers = vec![MOBILE.into()];
+    let stack = CarrierStack::start(&env, sim).await;
+    let client = env.nats().await.expect("nats");
+    let mut events = client.subscribe("calls.event.>").await.expect("subscribe");
+    let dialer = Dialer::start(stack.config.clone());
+    let pg = env.pg().await.expect("postgres");
+    let (_, call) = contact_call_after(&stack, json!({}), 3, "3s").await;
+    // The retrier chose home for attempt 2 (its Retrying event), due 3 s later.
+    let chosen = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let message = futures::StreamExt::next(&mut events).await.expect("event");
+            let event: Value = serde_json::from_slice(&message.payload).expect("json");
+            if event["call_id"] == call.as_str() && event["type"] == "retrying" {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("a retry scheduled");
+    assert!(
+        chosen["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("next number: home"),
+        "{chosen}"
+    );
+    let (status, body) = stack
+        .send(
+            "/api/v1/dnc",
+            json!({"phone_numbers": [HOME], "reason": "asked us to stop"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let end = ended(&pg, &call).await;
+    let Some((status, Some(reason))) = end else {
+        panic!("not ended with a reason: {end:?}")
+    };
+    assert_eq!(status, "CANCELLED");
+    assert!(reason.contains(HOME), "{reason}");
+    assert_eq!(
+        rung(&stack, &call).await,
+        [(format!("{call}/1"), MOBILE.to_owned())],
+        "home is never rung"
+    );
     no_claim_held(&env, &call).await;
     dialer.stop().await;
     stack.stop().await;
