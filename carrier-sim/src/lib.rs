@@ -116,6 +116,10 @@ pub struct SimConfig {
     /// The keypad input an opted-out Twilio callee sends (`Digits`).
     #[arg(long, default_value = "9")]
     pub opt_out_digits: String,
+    /// Numbers (E.164) nobody answers: every call to one ends RNR (a contact's mobile that
+    /// rings out, so its next number is tried); repeat the flag or separate with commas.
+    #[arg(long = "unanswered-number", value_delimiter = ',')]
+    pub unanswered_numbers: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -141,6 +145,7 @@ impl Default for SimConfig {
             machine_rate: 0.0,
             opt_out_numbers: Vec::new(),
             opt_out_digits: "9".into(),
+            unanswered_numbers: Vec::new(),
         }
     }
 }

@@ -39,6 +39,7 @@ pub(crate) fn campaign(id: CampaignId, cap: u32) -> Campaign {
         ring_timeout_secs: None,
         required_consent: None,
         opt_out_list: Default::default(),
+        alternate_numbers: None,
         ended_at: None,
     }
 }
@@ -56,6 +57,7 @@ pub(crate) fn dial(campaign: CampaignId, n: u32) -> DialRequest {
         queued_at: now,
         custom_fields: Default::default(),
         expires_at: None,
+        alternate: None,
     }
 }
 
