@@ -213,6 +213,7 @@ mod tests {
             queued_at: Utc::now(),
             custom_fields: Default::default(),
             expires_at: None,
+            callback: None,
         };
         let record = AttemptAudit::of(
             &request,

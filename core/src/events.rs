@@ -39,6 +39,12 @@ pub struct DialRequest {
     /// the call has none, so older messages still parse.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// Set on an attempt the callee asked for ([`crate::callback`]): the tag of the
+    /// `Rescheduled` event that planned it. The dialer places it only while that event is
+    /// still the call's plan, and the retry policy does not count it against its limit.
+    /// Absent otherwise, so older messages still parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<u64>,
 }
 
 /// A contact's custom fields, by column name. Sorted, so the same contact always serialises
@@ -51,9 +57,17 @@ impl DialRequest {
         subjects::dial(self.campaign_id)
     }
 
-    /// The de-duplication id of this attempt.
+    /// The de-duplication id of this attempt: `<call>/<attempt>`, or `<call>/<attempt>/c<tag>`
+    /// for an attempt the callee asked for (the policy's own retry of the same attempt may be
+    /// published within the server's duplicate window and must not swallow it).
     pub fn msg_id(&self) -> String {
-        subjects::dial_msg_id(self.call_id, self.attempt)
+        match self.callback {
+            None => subjects::dial_msg_id(self.call_id, self.attempt),
+            Some(tag) => format!(
+                "{}/c{tag}",
+                subjects::dial_msg_id(self.call_id, self.attempt)
+            ),
+        }
     }
 }
 
@@ -81,9 +95,16 @@ impl RetryEntry {
     /// `<call>/<attempt>/retry`: one entry per scheduled attempt, whoever schedules it
     /// (`<call>/<attempt>/window/<n>` for the n-th deferral to the calling window).
     pub fn msg_id(&self) -> String {
-        match self.window_deferral {
-            None => subjects::event_msg_id(self.request.call_id, self.request.attempt, "retry"),
-            Some(n) => format!("{}/window/{n}", self.request.msg_id()),
+        match (self.window_deferral, self.request.callback) {
+            (None, None) => {
+                subjects::event_msg_id(self.request.call_id, self.request.attempt, "retry")
+            }
+            (None, Some(tag)) => subjects::event_msg_id(
+                self.request.call_id,
+                self.request.attempt,
+                &format!("callback/{tag}"),
+            ),
+            (Some(n), _) => format!("{}/window/{n}", self.request.msg_id()),
         }
     }
 
@@ -155,6 +176,25 @@ pub enum EventKind {
         next_retry_at: DateTime<Utc>,
         reason: String,
     },
+    /// The next attempt is moved to the time the callee asked for ([`crate::callback`]): it
+    /// replaces the attempt's `Retrying` (or an earlier `Rescheduled`) as the call's plan,
+    /// and the attempt it plans does not count against the retry policy's limit.
+    Rescheduled {
+        /// When the next attempt is placed: `asked_for`, or the first time the calling rules
+        /// allow after it.
+        next_retry_at: DateTime<Utc>,
+        /// The time the callee asked for.
+        asked_for: DateTime<Utc>,
+        /// The zone `asked_for` was given in (absent: it carried its own offset).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        time_zone: Option<String>,
+        /// Why `next_retry_at` is later than `asked_for` (absent when it is not).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        moved: Option<String>,
+        /// Names this plan: the next attempt's dial message carries it
+        /// ([`DialRequest::callback`]), so only the latest plan is ever placed.
+        tag: u64,
+    },
     /// Terminal: answered.
     Completed,
     /// Terminal: failed for good.
@@ -178,6 +218,7 @@ impl EventKind {
             Self::Dialing { .. } => "dialing",
             Self::Outcome { .. } => "outcome",
             Self::Retrying { .. } => "retrying",
+            Self::Rescheduled { .. } => "rescheduled",
             Self::Completed => "completed",
             Self::Failed { .. } => "failed",
             Self::Cancelled { .. } => "cancelled",
@@ -253,9 +294,15 @@ impl CallEvent {
         }
     }
 
-    /// The de-duplication id: one event of each kind per attempt.
+    /// The de-duplication id: one event of each kind per attempt (and one `Rescheduled` per
+    /// plan: an attempt may be rescheduled several times).
     pub fn msg_id(&self) -> String {
-        subjects::event_msg_id(self.call_id, self.attempt, self.kind.name())
+        match &self.kind {
+            EventKind::Rescheduled { tag, .. } => {
+                subjects::event_msg_id(self.call_id, self.attempt, &format!("rescheduled/{tag}"))
+            }
+            kind => subjects::event_msg_id(self.call_id, self.attempt, kind.name()),
+        }
     }
 }
 
@@ -301,6 +348,7 @@ mod tests {
             queued_at: Utc::now(),
             custom_fields: CustomFields::new(),
             expires_at: None,
+            callback: None,
         };
         let retry = RetryEntry {
             due_at: Utc::now(),

@@ -126,6 +126,10 @@ pub struct Shared {
     pub limits: limits::RateLimits,
     /// `provision`: this service applies its own migrations (the consent records).
     pub provision: bool,
+    /// The calling rules by jurisdiction (`compliance.rule_files`), which callbacks keep to.
+    pub rules: Arc<ccm_core::rules::Rules>,
+    /// How far ahead a callback may be: within the retention of the calls' events.
+    pub callback_horizon: chrono::Duration,
 }
 
 /// Why ingest could not start or stopped.
@@ -148,6 +152,8 @@ pub enum IngestError {
     Database(#[source] sqlx::Error),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Rules(#[from] ccm_core::rules::RulesError),
 }
 
 impl AppState {
@@ -200,10 +206,23 @@ impl AppState {
             tokens,
             limits: limits::RateLimits::new(&config.ingest.rate_limits),
             provision: config.provision,
+            rules: Arc::new(ccm_core::rules::Rules::load(&config.compliance.rule_files)?),
+            callback_horizon: callback_horizon(config.streams.calls_max_age()),
             dial_consumers: ccm_core::dial_consumer::DialConsumers::new(&js, &topology).await,
             js,
         })))
     }
+}
+
+/// Three quarters of the events' retention (a week when it is unlimited): a callback's
+/// `Rescheduled` event must still be there when it comes due.
+fn callback_horizon(retention: std::time::Duration) -> chrono::Duration {
+    let retention = if retention.is_zero() {
+        std::time::Duration::from_secs(7 * 86_400)
+    } else {
+        retention
+    };
+    chrono::Duration::from_std(retention * 3 / 4).unwrap_or(chrono::Duration::days(5))
 }
 
 /// The whole HTTP API: the routes of [`routes::table`], each with its access rule.

@@ -34,7 +34,6 @@ pub(crate) mod outcome;
 pub(crate) mod reaper;
 pub(crate) mod retries;
 pub(crate) mod sample;
-pub(crate) mod window;
 
 use std::{future::Future, sync::Arc, time::Duration};
 

@@ -131,6 +131,9 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
     // Decided from the outcome's own time, not the clock: an outcome delivered twice (and
     // handled by two tasks or replicas at once) then yields the very same decision, so the
     // RETRIES entry and the Retrying event agree whichever of the two publishes first.
+    // Attempts the callee asked for do not count against the policy's limit.
+    let callbacks = ccm_core::callback::callback_attempts(&history.events);
+    outcomes.retain(|o| !callbacks.contains(&o.attempt));
     let decision = policy.decide(
         *status,
         outcome.attempt,
@@ -143,7 +146,7 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
         Decision::Complete => EventKind::Completed,
         Decision::Retry { at, reason: why } => match &facts {
             Some(facts) => {
-                let at = crate::window::retry_time(
+                let at = ccm_core::window::first_allowed(
                     &ctx.contacts,
                     &ctx.rules,
                     campaign.as_ref(),
@@ -167,6 +170,7 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
                             queued_at: at,
                             custom_fields: facts.custom_fields.clone(),
                             expires_at: facts.expires_at,
+                            callback: None,
                         },
                         window_deferral: None,
                     };

@@ -81,6 +81,7 @@ async fn publish_dial(js: &jetstream::Context, call: CallId, n: u64) {
         queued_at: Utc::now(),
         custom_fields: Default::default(),
         expires_at: None,
+        callback: None,
     };
     ccm_core::nats::publish_dial(js, &request)
         .await

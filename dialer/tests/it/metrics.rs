@@ -56,6 +56,7 @@ pub(crate) fn dial(campaign: CampaignId, n: u32) -> DialRequest {
         queued_at: now,
         custom_fields: Default::default(),
         expires_at: None,
+        callback: None,
     }
 }
 

@@ -24,6 +24,7 @@ fn life(call: CallId) -> Vec<Item> {
         queued_at: at(t),
         custom_fields: Default::default(),
         expires_at: None,
+        callback: None,
     };
     let event = |attempt: u32, t: i64, kind: EventKind| CallEvent {
         call_id: call,

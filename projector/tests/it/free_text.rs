@@ -114,6 +114,7 @@ async fn generated_free_text_in_every_field_is_stored() {
             queued_at: now,
             custom_fields: custom_fields.clone(),
             expires_at: None,
+            callback: None,
         };
         store_one(&pool, Source::Calls, next(), &request, seed).await;
         let event = |kind| CallEvent {

@@ -68,6 +68,7 @@ pub fn life(index: usize, campaign: u64, start: DateTime<Utc>) -> Vec<Published>
         queued_at: at,
         custom_fields: Default::default(),
         expires_at: None,
+        callback: None,
     };
     let event = |attempt: u32, at, kind| CallEvent {
         call_id: call,

@@ -2,6 +2,7 @@
 
 mod answering_machine;
 mod call_expiry;
+mod callback;
 mod calling_window;
 mod campaign_states;
 mod carrier_stack;
