@@ -127,6 +127,16 @@ impl RetryEntry {
     }
 }
 
+/// A callback time the callee asked for, as the carrier reported it: read by
+/// [`crate::callback::parse_asked`] (`at` RFC 3339, or a local time in `time_zone`, else in the
+/// callee's own zone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AskedCallback {
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
 /// Where an outcome came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -170,6 +180,11 @@ pub enum EventKind {
         external_call_id: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// The callee asked to be called back (an AI voice agent's "call me back at five",
+        /// reported with the outcome): the retrier schedules that callback instead of the
+        /// policy's decision ([`crate::callback`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        callback: Option<AskedCallback>,
     },
     /// Another attempt is scheduled.
     Retrying {
@@ -326,6 +341,7 @@ mod tests {
             duration_secs: None,
             external_call_id: Some("CA1".into()),
             reason: None,
+            callback: None,
         });
         let json = serde_json::to_value(&e).expect("serialize");
         assert_eq!(json["type"], "outcome");
@@ -381,6 +397,7 @@ mod tests {
             duration_secs: None,
             external_call_id: None,
             reason: None,
+            callback: None,
         };
         assert!(!outcome.is_terminal());
         assert!(EventKind::Failed { reason: "x".into() }.is_terminal());
@@ -403,6 +420,7 @@ mod tests {
             duration_secs: None,
             external_call_id: None,
             reason: None,
+            callback: None,
         };
         let retrying = EventKind::Retrying {
             next_retry_at: Utc::now(),

@@ -75,7 +75,9 @@ pub mod window;
 
 pub use campaign::{Campaign, CampaignState};
 pub use config::Config;
-pub use events::{CallEvent, CustomFields, DialRequest, EventKind, OutcomeSource, RetryEntry};
+pub use events::{
+    AskedCallback, CallEvent, CustomFields, DialRequest, EventKind, OutcomeSource, RetryEntry,
+};
 pub use ids::{CallId, CampaignId};
 pub use phone::{PhoneNumber, PhoneRule};
 pub use policy::{PolicyOverride, RetryPolicy};

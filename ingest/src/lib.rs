@@ -207,22 +207,11 @@ impl AppState {
             limits: limits::RateLimits::new(&config.ingest.rate_limits),
             provision: config.provision,
             rules: Arc::new(ccm_core::rules::Rules::load(&config.compliance.rule_files)?),
-            callback_horizon: callback_horizon(config.streams.calls_max_age()),
+            callback_horizon: ccm_core::callback::horizon(config.streams.calls_max_age()),
             dial_consumers: ccm_core::dial_consumer::DialConsumers::new(&js, &topology).await,
             js,
         })))
     }
-}
-
-/// Three quarters of the events' retention (a week when it is unlimited): a callback's
-/// `Rescheduled` event must still be there when it comes due.
-fn callback_horizon(retention: std::time::Duration) -> chrono::Duration {
-    let retention = if retention.is_zero() {
-        std::time::Duration::from_secs(7 * 86_400)
-    } else {
-        retention
-    };
-    chrono::Duration::from_std(retention * 3 / 4).unwrap_or(chrono::Duration::days(5))
 }
 
 /// The whole HTTP API: the routes of [`routes::table`], each with its access rule.

@@ -26,6 +26,7 @@
 //! `ccm-retrier dlq` subcommands run.
 
 pub(crate) mod advisories;
+pub(crate) mod asked;
 pub mod deadline;
 pub mod dlq;
 pub mod expiry;
@@ -84,6 +85,9 @@ pub struct Shared {
     /// The rule packs: a retry is scheduled when the callee's rules permit it, as the dialer
     /// will check. Empty until [`run`] loads `compliance.rule_files`.
     pub rules: Arc<ccm_core::rules::Rules>,
+    /// How far ahead a callback asked for with an outcome may be
+    /// ([`ccm_core::callback::horizon`]); set by [`run`] from the streams' retention.
+    pub callback_horizon: chrono::Duration,
 }
 
 impl Shared {
@@ -104,6 +108,7 @@ impl Shared {
             js,
             policy,
             rules: Arc::default(),
+            callback_horizon: ccm_core::callback::horizon(std::time::Duration::ZERO),
         })
     }
 }
@@ -125,6 +130,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Retr
     tokio::spawn(sample::run(js.clone(), shutdown.clone()));
     let mut shared = Shared::open(js, policy, ccm_core::claims::ClaimSettings::of(&config)).await?;
     shared.rules = rules;
+    shared.callback_horizon = ccm_core::callback::horizon(config.streams.calls_max_age());
     let ctx = Arc::new(shared);
     let mut tasks = JoinSet::new();
     let (c, s) = (ctx.clone(), shutdown.clone());

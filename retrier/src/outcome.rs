@@ -97,6 +97,10 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
         return Ok(());
     }
     let campaign = campaign(&ctx.campaigns, outcome).await?;
+    // The callee asked to be called back: that is the decision ([`crate::asked`]).
+    if crate::asked::decide(ctx, outcome, campaign.as_ref(), facts.as_ref()).await? {
+        return Ok(());
+    }
     // A machine's answer counts as no answer when the campaign says so, in this outcome and
     // in the call's earlier ones (so the attempts it used are counted).
     let machine = campaign

@@ -123,31 +123,16 @@ pub async fn reschedule(
         let call = standing.event.call_id;
         let dialing = last_dialing(ctx.events, campaign, call).await?;
         let dialing = dialing.ok_or(CallbackError::NoFacts)?;
-        let zones = crate::contacts::callee_zones(
-            ctx.contacts,
-            campaign.id,
-            campaign.time_zone.as_deref(),
+        let (asked, allowed, moved) = allowed_time(
+            &ctx,
+            campaign,
             &dialing.phone_number,
+            dialing.expires_at,
+            at,
+            time_zone,
+            Utc::now(),
         )
         .await?;
-        let callee_zone = match zones.as_slice() {
-            [one] => Some(*one),
-            _ => None,
-        };
-        let asked = parse_asked(at, time_zone, callee_zone)?;
-        let now = Utc::now();
-        check_time(asked.at, now, dialing.expires_at, ctx.horizon)?;
-        let allowed = crate::window::first_allowed(
-            ctx.contacts,
-            ctx.rules,
-            Some(campaign),
-            &dialing.phone_number,
-            asked.at,
-        )
-        .await?;
-        // The rules may move it past the expiry: that is refused as well.
-        check_time(allowed, now, dialing.expires_at, ctx.horizon)?;
-        // Random (v4): tags of concurrent callbacks never collide.
         let tag = uuid::Uuid::new_v4().as_u64_pair().0;
         let entry = RetryEntry {
             due_at: allowed,
@@ -162,7 +147,6 @@ pub async fn reschedule(
         // The entry first: a `Rescheduled` event always has its entry behind it. An entry
         // whose event loses the race below is never placed ([`plans`]).
         crate::retries::schedule(ctx.js, &entry).await?;
-        let moved = moved(asked.at, allowed);
         let event = CallEvent::now(
             call,
             campaign.id,
@@ -214,6 +198,60 @@ pub async fn reschedule(
         }
     }
     Err(CallbackError::Contended)
+}
+
+/// When a callback asked for at `at` (in `time_zone`, else the callee's own zone when it is
+/// known for sure) is placed, as of `now`: the asked time, or the first time the calling
+/// window and the callee's rule packs allow after it, with why it moved. Refused when it is in
+/// the past, after `expires_at` or beyond the horizon.
+pub async fn allowed_time(
+    ctx: &Context<'_>,
+    campaign: &Campaign,
+    phone: &crate::PhoneNumber,
+    expires_at: Option<DateTime<Utc>>,
+    at: &str,
+    time_zone: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(Asked, DateTime<Utc>, Option<String>), CallbackError> {
+    let zones = crate::contacts::callee_zones(
+        ctx.contacts,
+        campaign.id,
+        campaign.time_zone.as_deref(),
+        phone,
+    )
+    .await?;
+    let callee_zone = match zones.as_slice() {
+        [one] => Some(*one),
+        _ => None,
+    };
+    let asked = parse_asked(at, time_zone, callee_zone)?;
+    check_time(asked.at, now, expires_at, ctx.horizon)?;
+    let allowed =
+        crate::window::first_allowed(ctx.contacts, ctx.rules, Some(campaign), phone, asked.at)
+            .await?;
+    // The rules may move it past the expiry or the horizon: that is refused as well.
+    check_time(allowed, now, expires_at, ctx.horizon)?;
+    let moved = moved(asked.at, allowed);
+    Ok((asked, allowed, moved))
+}
+
+/// How far ahead a callback may be: three quarters of the events' retention (of a week when
+/// it is unlimited), so its `Rescheduled` event is still there when it comes due.
+pub fn horizon(retention: std::time::Duration) -> chrono::Duration {
+    let retention = if retention.is_zero() {
+        std::time::Duration::from_secs(7 * 86_400)
+    } else {
+        retention
+    };
+    chrono::Duration::from_std(retention * 3 / 4).unwrap_or(chrono::Duration::days(5))
+}
+
+/// The tag of the callback the retrier schedules for an outcome of `attempt` that asked for
+/// one: fixed by the call and attempt, so a redelivered outcome schedules the same entry and
+/// publishes the same event.
+pub fn outcome_tag(call: CallId, attempt: u32) -> u64 {
+    let (high, low) = call.as_uuid().as_u64_pair();
+    (high ^ low.rotate_left(17)) ^ u64::from(attempt).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// The dial request of the call's latest `Dialing` event (the facts every attempt carries),

@@ -112,6 +112,7 @@ fn only_a_call_waiting_for_its_next_attempt_takes_a_callback() {
         duration_secs: None,
         external_call_id: None,
         reason: None,
+        callback: None,
     };
     assert_eq!(planned_after(&outcome, 1), Err(Refusal::InProgress));
 }

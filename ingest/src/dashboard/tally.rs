@@ -278,6 +278,7 @@ mod tests {
             duration_secs: None,
             external_call_id: None,
             reason: None,
+            callback: None,
         }
     }
 

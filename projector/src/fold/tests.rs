@@ -47,6 +47,7 @@ fn life(call: CallId) -> Vec<Item> {
         duration_secs: secs,
         external_call_id: Some(id.to_owned()),
         reason: reason.map(str::to_owned),
+        callback: None,
     };
     let events = [
         event(1, 2, dialing.clone()),

@@ -139,6 +139,7 @@ async fn generated_free_text_in_every_field_is_stored() {
                 duration_secs: Some(1),
                 external_call_id: opt(&mut rng),
                 reason: opt(&mut rng),
+                callback: None,
             },
             EventKind::Retrying {
                 next_retry_at: now,

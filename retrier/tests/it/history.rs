@@ -36,6 +36,7 @@ fn outcome(status: OutcomeStatus) -> EventKind {
         duration_secs: None,
         external_call_id: None,
         reason: None,
+        callback: None,
     }
 }
 

@@ -220,8 +220,9 @@ async fn a_callback_is_placed_at_the_asked_time_and_does_not_count_against_the_l
     stack.stop().await;
 }
 
-/// Generated: callbacks asked concurrently (and racing the policy's own retry) leave exactly
-/// one next attempt, placed at the time of the plan that won.
+/// Generated: callbacks asked concurrently, racing the policy's own retry (due 1-5 s after
+/// the outcome, before, among or after the asked times), leave exactly one next attempt,
+/// placed no earlier than the plan standing when it was placed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_callbacks_leave_one_next_attempt() {
     let seed: u64 = rand::random();
@@ -231,17 +232,11 @@ async fn concurrent_callbacks_leave_one_next_attempt() {
     let stack = CarrierStack::start(&env, unanswered()).await;
     let _dialer = Dialer::start(stack.config.clone());
     let pg = env.pg().await.expect("postgres");
-    // The policy's retry may come before, among or after the asked times.
-    let backoff = format!("{}s", rng.random_range(1..6));
-    let id2 = campaign(&stack, &backoff, json!({})).await;
-    let calls = [
-        (id2, call(&stack, id2, "+15557000011").await),
-        (id2, call(&stack, id2, "+15557000012").await),
-    ];
-    for (_, call) in calls {
+    for round in 0..3 {
+        let backoff = format!("{}s", rng.random_range(1..6));
+        let id = campaign(&stack, &backoff, json!({})).await;
+        let call = call(&stack, id, &format!("+1555700001{round}")).await;
         row(&pg, call, "RETRYING", 1, Duration::from_secs(20)).await;
-    }
-    for (campaign, call) in calls {
         let asks: Vec<DateTime<Utc>> = (0..rng.random_range(2..7))
             .map(|_| Utc::now() + Span::milliseconds(rng.random_range(0..6000)))
             .collect();
@@ -251,19 +246,38 @@ async fn concurrent_callbacks_leave_one_next_attempt() {
         }))
         .await;
         for (status, body) in &answers {
+            // Refused only because the call moved on: its next attempt started (or already
+            // ended it), or the other callbacks kept changing it.
             assert!(
                 *status == 200
                     || (*status == 409
                         && matches!(
                             body["code"].as_str(),
-                            Some("attempt_in_progress" | "call_changing")
-                        )),
+                            Some("attempt_in_progress" | "call_changing" | "call_ended")
+                        ))
+                    || (*status == 422 && body["code"] == "in_the_past"),
                 "seed {seed}: {status} {body}"
             );
         }
-        // Attempt 2 is placed once, and by the plan standing when it was placed.
-        row(&pg, call, "RETRYING", 2, Duration::from_secs(30)).await;
-        let history = events(&env, campaign, call).await;
+        // Attempt 2 has its outcome: RETRYING when a callback placed it (it does not count),
+        // FAILED when the policy's retry did (the second of two attempts).
+        let pg2 = pg.clone();
+        let decided = eventually(Duration::from_secs(30), || {
+            let pg = pg2.clone();
+            async move {
+                let row: Option<(String, i32)> =
+                    sqlx::query_as("SELECT status, attempt_count FROM calls WHERE call_id = $1")
+                        .bind(call.as_uuid())
+                        .fetch_optional(&pg)
+                        .await
+                        .ok()
+                        .flatten();
+                row.filter(|(s, a)| *a == 2 && (s == "RETRYING" || s == "FAILED"))
+            }
+        })
+        .await;
+        let history = events(&env, id, call).await;
+        let (status, _) = decided.unwrap_or_else(|| panic!("seed {seed}: {history:?}"));
         let placed: Vec<&CallEvent> = history
             .iter()
             .filter(|e| e.attempt == 2 && matches!(e.kind, EventKind::Dialing { .. }))
@@ -280,9 +294,9 @@ async fn concurrent_callbacks_leave_one_next_attempt() {
                 )
             })
             .expect("a plan");
-        let due = match plan.kind {
-            EventKind::Retrying { next_retry_at, .. }
-            | EventKind::Rescheduled { next_retry_at, .. } => next_retry_at,
+        let (due, callback) = match plan.kind {
+            EventKind::Retrying { next_retry_at, .. } => (next_retry_at, false),
+            EventKind::Rescheduled { next_retry_at, .. } => (next_retry_at, true),
             _ => unreachable!(),
         };
         assert!(
@@ -290,21 +304,18 @@ async fn concurrent_callbacks_leave_one_next_attempt() {
             "seed {seed}: placed at {} before its plan's {due}: {history:?}",
             placed[0].at
         );
+        assert_eq!(
+            status == "RETRYING",
+            callback,
+            "seed {seed}: a callback is not counted, the policy's retry is: {history:?}"
+        );
+        let won = answers.iter().filter(|(s, _)| *s == 200).count();
+        assert_eq!(callback, won > 0, "seed {seed}: {answers:?} {history:?}");
     }
-    // A stale entry that comes due never places anything more.
+    // Stale entries (the policy's, the replaced callbacks') come due and place nothing.
     tokio::time::sleep(Duration::from_secs(7)).await;
     let stats = stack.stats().await;
     assert_eq!(stats.repeated_requests, 0, "seed {seed}: {stats:?}");
-    for (campaign, call) in calls {
-        let attempts: Vec<u32> = dialled(&env, campaign, call)
-            .await
-            .iter()
-            .map(|d| d.0)
-            .collect();
-        let mut unique = attempts.clone();
-        unique.dedup();
-        assert_eq!(attempts, unique, "seed {seed}: one placement per attempt");
-    }
     stack.stop().await;
 }
 
@@ -394,6 +405,61 @@ async fn the_calling_window_moves_a_callback_and_a_cancel_still_ends_it() {
         stack.stats().await.placed,
         1,
         "the callback was never placed"
+    );
+    stack.stop().await;
+}
+
+/// An AI voice agent reports "call me back" with the outcome (Twilio's `CallbackAt`, sent by
+/// carrier-sim for a callee who asks): the answered call is not completed but called back at
+/// that time, once, and the callback does not use the campaign's only attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_reported_with_the_outcome_is_placed_at_the_asked_time() {
+    let env = TestEnv::start().await.expect("test environment");
+    let number = "+15557000031";
+    let sim = ccm_carrier_sim::SimConfig {
+        callback_numbers: vec![number.to_owned()],
+        callback_after_ms: 3000,
+        ..crate::carrier_stack::answering(20)
+    };
+    let stack = CarrierStack::start(&env, sim).await;
+    let _dialer = Dialer::start(stack.config.clone());
+    let pg = env.pg().await.expect("postgres");
+    let id = campaign(&stack, "1s", json!({"max_attempts": 1})).await;
+    let call = call(&stack, id, number).await;
+    row(&pg, call, "COMPLETED", 2, Duration::from_secs(30)).await;
+    let history = events(&env, id, call).await;
+    let asked = history
+        .iter()
+        .find_map(|e| match e.kind {
+            EventKind::Rescheduled {
+                asked_for,
+                next_retry_at,
+                ..
+            } if e.attempt == 1 => Some((asked_for, next_retry_at)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no Rescheduled: {history:?}"));
+    assert_eq!(
+        asked.0, asked.1,
+        "not moved: the campaign may call at any time"
+    );
+    let placed = dialled(&env, id, call).await;
+    assert_eq!(placed.len(), 2, "{placed:?}");
+    assert!(
+        placed[1].1 >= asked.0,
+        "called back at {} before {}",
+        placed[1].1,
+        asked.0
+    );
+    let stats = stack.stats().await;
+    assert_eq!(
+        (
+            stats.placed,
+            stats.callback_requests,
+            stats.repeated_requests
+        ),
+        (2, 1, 0),
+        "{stats:?}"
     );
     stack.stop().await;
 }
