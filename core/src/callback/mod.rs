@@ -19,8 +19,11 @@
 //!   the loser looks again (the callback then finds the attempt in progress; the dialer finds
 //!   its attempt stale).
 //! - The dialer places an attempt only while it is the call's plan ([`plans`]): after a
-//!   `Rescheduled`, only the entry carrying its tag; the policy's entry and earlier callbacks'
-//!   entries still in `RETRIES` are dropped when they come due.
+//!   `Rescheduled`, only the entry carrying its tag. The entries it replaced (the policy's,
+//!   earlier callbacks') are removed from `RETRIES` once it is committed
+//!   ([`crate::retries::remove_replaced`]); one the retrier already holds, or one a failed
+//!   removal left, is dropped by the dialer when it comes due (or, due while the callback's
+//!   attempt is live, waits for that attempt's outcome and places nothing).
 //! - The number's claim is untouched: the call stays open, so the number stays claimed while
 //!   the callback waits, and a cancel, erase or opt-out ends the call as before (the callback's
 //!   dial message then finds it ended).
@@ -174,6 +177,14 @@ pub async fn reschedule(
         .await
         {
             Ok(_) => {
+                // Best effort: a replaced entry left behind places nothing when it comes due.
+                if let Err(e) =
+                    crate::retries::remove_replaced(ctx.js, campaign.id, call, attempt + 1, tag)
+                        .await
+                {
+                    tracing::warn!(%call, error = %crate::telemetry::chain(&e),
+                        "replaced retry entries stay until due");
+                }
                 return Ok(Scheduled {
                     attempt: attempt + 1,
                     asked,

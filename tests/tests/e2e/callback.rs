@@ -366,6 +366,13 @@ async fn the_calling_window_moves_a_callback_and_a_cancel_still_ends_it() {
             .contains("first allowed time"),
         "{body}"
     );
+    // The policy's entry it replaced (due in an hour) is gone: it would hold the campaign's
+    // completion back until it came due.
+    let js = env.jetstream().await.expect("jetstream");
+    let waiting = ccm_core::retries::count(&js, CampaignId::new(id).expect("id"))
+        .await
+        .expect("RETRIES");
+    assert_eq!(waiting, 1u64, "only the callback waits in RETRIES");
     let last = events(&env, id, call).await.pop().expect("event");
     assert!(
         matches!(last.kind, EventKind::Rescheduled { next_retry_at, asked_for, .. }
