@@ -91,6 +91,9 @@ pub struct Stats {
     /// Calls whose callee opted out (their final callback says so).
     #[serde(default)]
     pub opt_outs: u64,
+    /// Calls whose callee asked to be called back (their final callback says when).
+    #[serde(default)]
+    pub callback_requests: u64,
     /// Live calls per `campaign/number`; internal bookkeeping for `number_peak`.
     #[serde(skip)]
     live_numbers: BTreeMap<String, u64>,
@@ -247,6 +250,10 @@ impl Ledger {
 
     pub fn count_opt_out(&self) {
         self.with(|stats| stats.opt_outs += 1);
+    }
+
+    pub fn count_callback_request(&self) {
+        self.with(|stats| stats.callback_requests += 1);
     }
 
     pub fn count_callback(&self, delivered: bool) {
