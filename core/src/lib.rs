@@ -33,6 +33,7 @@ pub mod access;
 pub mod attempt_audit;
 pub mod call_lifecycle;
 pub mod call_log;
+pub mod caller_id;
 pub mod campaign;
 pub mod claims;
 pub mod config;

@@ -89,6 +89,11 @@ pub struct NewCampaign {
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "global")]
     pub opt_out_list: Option<ccm_core::campaign::OptOutList>,
+    /// The numbers calls are placed from, chosen per call (local presence, caps, a
+    /// consistent number per callee); absent: the carrier adapter's `from`.
+    #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::CallerIdPool>)]
+    pub caller_id_pool: Option<ccm_core::caller_id::PoolSpec>,
 }
 
 /// Creates a campaign: stores it in the `campaigns` bucket and creates its dial consumer, so
@@ -168,6 +173,7 @@ pub(crate) async fn create_campaign(
             ring_timeout_secs: body.ring_timeout_secs,
             required_consent: body.required_consent,
             opt_out_list: body.opt_out_list.unwrap_or_default(),
+            caller_id_pool: super::campaign_admin::caller_id_pool(state, body.caller_id_pool)?,
             ended_at: None,
         };
         super::campaign_admin::check_ring_time(&campaign)?;
@@ -276,4 +282,7 @@ pub(crate) fn routes() -> Vec<Entry> {
         token(routes!(super::call_audit::campaign_csv)).expensive(GET),
         token(routes!(super::rerun::rerun)).expensive(POST),
     ]
+    .into_iter()
+    .chain(super::caller_ids::routes())
+    .collect()
 }
