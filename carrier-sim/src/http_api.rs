@@ -41,6 +41,9 @@ pub struct InitiateCall {
     /// How long the phone may ring (ccm's addition to the contract; the old system sent none).
     #[serde(default)]
     pub ring_timeout_secs: Option<u32>,
+    /// The number the callee is shown, when ccm dials from a caller-id pool.
+    #[serde(default)]
+    pub caller_id: Option<String>,
 }
 
 fn bad_request(reason: impl Into<String>) -> Response {
@@ -98,6 +101,7 @@ pub async fn initiate_call(
     };
     state.ledger.set_fields(&key, body.custom_fields);
     state.ledger.set_ring_timeout(&key, body.ring_timeout_secs);
+    state.ledger.set_caller_id(&key, body.caller_id.as_deref());
     let opted_out = state.opt_outs.contains(&body.phone_number);
     let drawn = if opted_out {
         outcome::answered(&state.config)

@@ -124,6 +124,7 @@ pub async fn create_call(
     if new {
         let timeout = field(&form, "Timeout").and_then(|t| t.parse().ok());
         state.ledger.set_ring_timeout(&key, timeout);
+        state.ledger.set_caller_id(&key, Some(from));
     }
     if new && let Some(url) = status_callback {
         schedule_callbacks(&state, key, &form, &call_sid, url);

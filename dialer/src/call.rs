@@ -64,6 +64,8 @@ pub struct CallContext {
     pub cap_changes: Arc<crate::cap::CapChanges>,
     /// Recent attempts per number, for the frequency limits.
     pub frequency: crate::frequency::Frequency,
+    /// Recent uses of the caller-id pools' numbers, for their caps.
+    pub caller_ids: crate::caller_id::CallerIds,
     /// The rule packs and frequency limits calls are checked against.
     pub compliance: crate::compliance::Compliance,
     /// The carrier's ids of placed attempts, for callbacks that name only the call.
@@ -337,13 +339,35 @@ async fn place(
                     .await
                     .map_err(CallError::Frequency)?;
             facts.checks.rules = Some(crate::compliance::audited(&facts.compliance));
+            // The caller id is chosen (and counted against its caps) last, only for an
+            // attempt that goes otherwise: a deferred one would waste a number's unit.
+            let mut caller_id = None;
+            if let Some(pool) = &campaign.caller_id_pool
+                && crate::admission::decide(&facts) == crate::admission::Decision::Place
+            {
+                let chosen = ctx
+                    .caller_ids
+                    .choose(pool, request, Utc::now())
+                    .await
+                    .map_err(CallError::Frequency)?;
+                facts.caller_id_wait = chosen.wait_until;
+                facts.checks.caller_id = Some(chosen.seen);
+                caller_id = chosen.caller_id;
+                if let Some(number) = &caller_id {
+                    counter!("ccm_dialer_caller_id_attempts_total",
+                        "campaign" => request.campaign_id.to_string(),
+                        "caller_id" => number.to_string())
+                    .increment(1);
+                }
+            }
             // The decision that counts, recorded whatever it is.
             if settle(ctx, request, message, &facts, true).await? {
                 return Ok(None);
             }
-            let published = crate::dialing::publish(ctx, request, message, last_sequence)
-                .await
-                .map_err(CallError::Dialing)?;
+            let published =
+                crate::dialing::publish(ctx, request, message, last_sequence, caller_id.as_ref())
+                    .await
+                    .map_err(CallError::Dialing)?;
             let dialing_seq = match published {
                 Dialing::Published(sequence) => sequence,
                 Dialing::Elsewhere(at) => break 'nothing Ok(Some(Placed::at(at))),
@@ -372,7 +396,7 @@ async fn place(
             let started = std::time::Instant::now();
             let placed = ctx
                 .carrier
-                .place(request, campaign, max_call_duration)
+                .place(request, campaign, caller_id.as_ref(), max_call_duration)
                 .await;
             record_placement(ctx.carrier_kind, started.elapsed(), &placed);
             let mut result = Placed::at(Utc::now());

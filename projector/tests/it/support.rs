@@ -82,6 +82,7 @@ pub fn life(index: usize, campaign: u64, start: DateTime<Utc>) -> Vec<Published>
         created_at: start,
         custom_fields: Default::default(),
         expires_at: None,
+        caller_id: None,
     };
     let outcome = |status, secs: u32, attempt: u32| EventKind::Outcome {
         status,

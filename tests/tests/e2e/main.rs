@@ -2,6 +2,7 @@
 
 mod answering_machine;
 mod call_expiry;
+mod caller_id_pool;
 mod calling_window;
 mod campaign_states;
 mod carrier_stack;
