@@ -106,7 +106,7 @@ pub async fn initiate_call(
     let drawn = if opted_out {
         outcome::answered(&state.config)
     } else {
-        outcome::draw(&state.config)
+        outcome::draw_for(&state.config, body.caller_id.as_deref())
     };
     let mut last = Callback::Json {
         method: Method::PUT,

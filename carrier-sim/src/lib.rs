@@ -116,6 +116,10 @@ pub struct SimConfig {
     /// The keypad input an opted-out Twilio callee sends (`Digits`).
     #[arg(long, default_value = "9")]
     pub opt_out_digits: String,
+    /// Caller ids (E.164) the carriers labelled as spam: calls showing them are never
+    /// answered (no-answer, `RNR`). Repeat the flag or separate with commas.
+    #[arg(long = "spam-caller-id", value_delimiter = ',')]
+    pub spam_caller_ids: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -141,6 +145,7 @@ impl Default for SimConfig {
             machine_rate: 0.0,
             opt_out_numbers: Vec::new(),
             opt_out_digits: "9".into(),
+            spam_caller_ids: Vec::new(),
         }
     }
 }

@@ -44,6 +44,24 @@ pub fn draw(config: &SimConfig) -> Drawn {
     }
 }
 
+/// An unanswered call: the callee's phone showed a caller id labelled as spam.
+pub fn unanswered() -> Drawn {
+    Drawn {
+        status: OutcomeStatus::Rnr,
+        duration_secs: 0,
+    }
+}
+
+/// The outcome of a call showing `caller_id`: never answered when it is labelled as spam,
+/// else drawn from the configured mix.
+pub fn draw_for(config: &SimConfig, caller_id: Option<&str>) -> Drawn {
+    if caller_id.is_some_and(|c| config.spam_caller_ids.iter().any(|s| s == c)) {
+        unanswered()
+    } else {
+        draw(config)
+    }
+}
+
 /// An answered call (a callee who opts out answers to press the digit).
 pub fn answered(_config: &SimConfig) -> Drawn {
     Drawn {

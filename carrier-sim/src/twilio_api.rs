@@ -194,7 +194,7 @@ fn schedule_callbacks(
     let drawn = if opted_out {
         outcome::answered(&state.config)
     } else {
-        outcome::draw(&state.config)
+        outcome::draw_for(&state.config, field(form, "From"))
     };
     let status = match drawn.status {
         OutcomeStatus::Picked | OutcomeStatus::Disconnected => "completed",

@@ -10,6 +10,7 @@
 
 pub mod caps;
 pub mod choice;
+pub mod health;
 
 use serde::{Deserialize, Serialize};
 

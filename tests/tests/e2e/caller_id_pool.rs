@@ -4,11 +4,18 @@
 //! paused number is no longer shown; a number's hourly cap holds across both dialers, the
 //! attempts beyond it put off; a campaign without a pool shows the adapter's `from`.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
+use axum::{Router, body::Bytes, extract::State, http::StatusCode, routing::post};
 use ccm_carrier_sim::ledger::Stats;
 use ccm_tests::{TestEnv, eventually};
 use serde_json::{Value, json};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::carrier_stack::{CarrierStack, Dialer, answering};
 
@@ -219,5 +226,91 @@ async fn calls_show_a_local_consistent_number_of_the_pool_on_every_record_within
     for dialer in dialers {
         dialer.stop().await;
     }
+    stack.stop().await;
+}
+
+type Bodies = Arc<Mutex<Vec<Value>>>;
+
+async fn receive(State(got): State<Bodies>, body: Bytes) -> StatusCode {
+    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    got.lock().expect("lock").push(body);
+    StatusCode::OK
+}
+
+/// A number the carriers labelled as spam (carrier-sim never answers calls showing it) is
+/// flagged: `caller_id.flagged` names it with its answer rate and the rest of the pool's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_answered_far_less_than_its_pool_is_flagged_by_webhook() {
+    let env = TestEnv::start().await.expect("test environment");
+    let mut sim = answering(20);
+    sim.spam_caller_ids = vec!["+12127360002".into()];
+    let stack = CarrierStack::start_with(&env, sim, |c| {
+        c.webhooks.allow_private_targets = true;
+        c.webhooks.backoff_min_ms = 50;
+        c.webhooks.backoff_max_ms = 300;
+        c.webhooks.caller_id_check_ms = 200;
+        c.webhooks.caller_id_flag_min_attempts = 5;
+        c.webhooks.caller_id_flag_ratio = 0.5;
+    })
+    .await;
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    tokio::spawn(ccm_webhooks::run(stack.config.clone(), stop.clone()));
+    let dialer = Dialer::start(stack.config.clone());
+    // Not consistent: each attempt hashes its own id, so both numbers are shown.
+    let pooled = campaign(
+        &stack,
+        Some(json!({"numbers": ["+12127360001", "+12127360002"]})),
+    )
+    .await;
+    let got: Bodies = Arc::default();
+    let hook = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let hook_url = format!("http://{}/hook", hook.local_addr().expect("addr"));
+    let app = Router::new()
+        .route("/hook", post(receive))
+        .with_state(got.clone());
+    tokio::spawn(async move { axum::serve(hook, app).await });
+    let (status, body) = stack
+        .send(
+            "/api/v1/webhooks",
+            json!({"url": hook_url, "campaign_ids": [pooled], "events": ["caller_id.flagged"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    for i in 0..40 {
+        call(&stack, pooled, &format!("+121255503{i:02}")).await;
+    }
+    let flagged = eventually(Duration::from_secs(60), || async {
+        got.lock()
+            .expect("lock")
+            .iter()
+            .find(|b| b["type"] == "caller_id.flagged")
+            .cloned()
+    })
+    .await
+    .expect("caller_id.flagged received");
+    let data = &flagged["data"];
+    assert_eq!(data["campaign_id"], json!(pooled), "{flagged}");
+    assert_eq!(data["caller_id"], "+12127360002", "{flagged}");
+    assert_eq!(data["answered"], 0, "{flagged}");
+    assert_eq!(data["answer_rate"], 0.0, "{flagged}");
+    assert_eq!(data["pool_answer_rate"], 1.0, "{flagged}");
+    assert!(
+        data["attempts"].as_u64().is_some_and(|a| a >= 5),
+        "{flagged}"
+    );
+    // Only the labelled number, and once a day: later checks queue nothing new.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let flags: Vec<Value> = got
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|b| b["type"] == "caller_id.flagged")
+        .cloned()
+        .collect();
+    assert_eq!(flags.len(), 1, "{flags:?}");
+
+    dialer.stop().await;
     stack.stop().await;
 }
