@@ -339,27 +339,9 @@ async fn place(
                     .await
                     .map_err(CallError::Frequency)?;
             facts.checks.rules = Some(crate::compliance::audited(&facts.compliance));
-            // The caller id is chosen (and counted against its caps) last, only for an
-            // attempt that goes otherwise: a deferred one would waste a number's unit.
-            let mut caller_id = None;
-            if let Some(pool) = &campaign.caller_id_pool
-                && crate::admission::decide(&facts) == crate::admission::Decision::Place
-            {
-                let chosen = ctx
-                    .caller_ids
-                    .choose(pool, request, Utc::now())
-                    .await
-                    .map_err(CallError::Frequency)?;
-                facts.caller_id_wait = chosen.wait_until;
-                facts.checks.caller_id = Some(chosen.seen);
-                caller_id = chosen.caller_id;
-                if let Some(number) = &caller_id {
-                    counter!("ccm_dialer_caller_id_attempts_total",
-                        "campaign" => request.campaign_id.to_string(),
-                        "caller_id" => number.to_string())
-                    .increment(1);
-                }
-            }
+            let caller_id = crate::caller_id::choose_for(ctx, request, campaign, &mut facts)
+                .await
+                .map_err(CallError::Frequency)?;
             // The decision that counts, recorded whatever it is.
             if settle(ctx, request, message, &facts, true).await? {
                 return Ok(None);

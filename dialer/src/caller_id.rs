@@ -59,6 +59,35 @@ pub(crate) struct Chosen {
     pub seen: CallerIdSeen,
 }
 
+/// Chooses the caller id of an attempt about to be placed, when its campaign has a pool, and
+/// records the choice in `facts` (its wait, its audit section). Chosen (and counted against
+/// its caps) last, and only for an attempt that goes otherwise: a deferred one would waste a
+/// number's unit.
+pub(crate) async fn choose_for(
+    ctx: &crate::call::CallContext,
+    request: &DialRequest,
+    campaign: &crate::carrier::CampaignInfo,
+    facts: &mut crate::admission::Facts,
+) -> Result<Option<PhoneNumber>, CapError> {
+    use crate::admission::{Decision, decide};
+    let Some(pool) = &campaign.caller_id_pool else {
+        return Ok(None);
+    };
+    if decide(facts) != Decision::Place {
+        return Ok(None);
+    }
+    let chosen = ctx.caller_ids.choose(pool, request, Utc::now()).await?;
+    facts.caller_id_wait = chosen.wait_until;
+    facts.checks.caller_id = Some(chosen.seen);
+    if let Some(number) = &chosen.caller_id {
+        ccm_core::metrics::counter!("ccm_dialer_caller_id_attempts_total",
+            "campaign" => request.campaign_id.to_string(),
+            "caller_id" => number.to_string())
+        .increment(1);
+    }
+    Ok(chosen.caller_id)
+}
+
 impl CallerIds {
     /// Chooses the number `request`'s attempt shows and counts it; `now` is the decision's.
     pub(crate) async fn choose(

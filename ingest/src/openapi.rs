@@ -108,7 +108,7 @@ pub(crate) struct Campaign {
 pub(crate) struct CallerIdPool {
     /// E.164 numbers, 1 to 1000: `"+14155550100"` or
     /// `{"number": "+14155550100", "paused": true}` (a paused number is never shown).
-    #[schema(value_type = Vec<Object>, example = json!(["+14155550100", {"number": "+12125550100", "paused": true}]))]
+    #[schema(example = json!(["+14155550100", {"number": "+12125550100", "paused": true}]))]
     numbers: Vec<serde_json::Value>,
     /// Prefer the callee's area code, then region, then country (default true).
     local_presence: Option<bool>,
