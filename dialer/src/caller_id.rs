@@ -130,7 +130,7 @@ impl CallerIds {
 
     /// Counts one use of `number` at `now` when its caps permit (`None`), else says when
     /// it is free again. Without caps nothing is counted.
-    pub(crate) async fn take(
+    pub async fn take(
         &self,
         number: &PhoneNumber,
         caps: &Caps,
