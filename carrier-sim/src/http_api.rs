@@ -103,11 +103,12 @@ pub async fn initiate_call(
     state.ledger.set_ring_timeout(&key, body.ring_timeout_secs);
     state.ledger.set_caller_id(&key, body.caller_id.as_deref());
     let opted_out = state.opt_outs.contains(&body.phone_number);
-    let drawn = if opted_out {
-        outcome::answered(&state.config)
-    } else {
-        outcome::draw_for(&state.config, body.caller_id.as_deref())
-    };
+    let drawn = outcome::of_call(
+        &state.config,
+        &body.phone_number,
+        body.caller_id.as_deref(),
+        opted_out,
+    );
     let mut last = Callback::Json {
         method: Method::PUT,
         url: format!(

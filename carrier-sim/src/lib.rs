@@ -120,6 +120,10 @@ pub struct SimConfig {
     /// answered (no-answer, `RNR`). Repeat the flag or separate with commas.
     #[arg(long = "spam-caller-id", value_delimiter = ',')]
     pub spam_caller_ids: Vec<String>,
+    /// Numbers (E.164) nobody answers: every call to one ends RNR (a contact's mobile that
+    /// rings out, so its next number is tried); repeat the flag or separate with commas.
+    #[arg(long = "unanswered-number", value_delimiter = ',')]
+    pub unanswered_numbers: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -146,6 +150,7 @@ impl Default for SimConfig {
             opt_out_numbers: Vec::new(),
             opt_out_digits: "9".into(),
             spam_caller_ids: Vec::new(),
+            unanswered_numbers: Vec::new(),
         }
     }
 }

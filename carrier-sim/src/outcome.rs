@@ -44,7 +44,7 @@ pub fn draw(config: &SimConfig) -> Drawn {
     }
 }
 
-/// An unanswered call: the callee's phone showed a caller id labelled as spam.
+/// An unanswered call (no-answer, `RNR`).
 pub fn unanswered() -> Drawn {
     Drawn {
         status: OutcomeStatus::Rnr,
@@ -52,10 +52,19 @@ pub fn unanswered() -> Drawn {
     }
 }
 
-/// The outcome of a call showing `caller_id`: never answered when it is labelled as spam,
-/// else drawn from the configured mix.
-pub fn draw_for(config: &SimConfig, caller_id: Option<&str>) -> Drawn {
-    if caller_id.is_some_and(|c| config.spam_caller_ids.iter().any(|s| s == c)) {
+/// The outcome of a call to `number` showing `caller_id`: answered by a callee who opts
+/// out (they answer to press the digit), unanswered at a number configured so (a mobile
+/// that rings out) or when the caller id is labelled as spam, else drawn from the mix.
+pub fn of_call(
+    config: &SimConfig,
+    number: &str,
+    caller_id: Option<&str>,
+    opted_out: bool,
+) -> Drawn {
+    let spam = caller_id.is_some_and(|c| config.spam_caller_ids.iter().any(|s| s == c));
+    if opted_out {
+        answered(config)
+    } else if spam || config.unanswered_numbers.iter().any(|n| n == number) {
         unanswered()
     } else {
         draw(config)
@@ -98,5 +107,57 @@ mod tests {
             }
         }
         assert!((800..1200).contains(&picked), "{picked}");
+    }
+
+    #[test]
+    fn an_opt_out_answers_and_an_unanswered_number_or_a_spam_caller_id_rings_out() {
+        // Every call not singled out is answered, so any RNR comes from the two lists.
+        let config = SimConfig {
+            unanswered_numbers: vec!["+15557000001".into()],
+            spam_caller_ids: vec!["+12127360002".into()],
+            picked: 1,
+            disconnected: 0,
+            rnr: 0,
+            failed: 0,
+            ..SimConfig::default()
+        };
+        let cases = [
+            (
+                "+15557000001",
+                Some("+12127360001"),
+                false,
+                OutcomeStatus::Rnr,
+            ),
+            (
+                "+15557000002",
+                Some("+12127360002"),
+                false,
+                OutcomeStatus::Rnr,
+            ),
+            (
+                "+15557000001",
+                Some("+12127360002"),
+                false,
+                OutcomeStatus::Rnr,
+            ),
+            (
+                "+15557000002",
+                Some("+12127360001"),
+                false,
+                OutcomeStatus::Picked,
+            ),
+            ("+15557000002", None, false, OutcomeStatus::Picked),
+            // A callee who opts out answers to press the digit, whatever the lists say.
+            (
+                "+15557000001",
+                Some("+12127360002"),
+                true,
+                OutcomeStatus::Picked,
+            ),
+        ];
+        for (number, caller_id, opted_out, status) in cases {
+            let drawn = of_call(&config, number, caller_id, opted_out);
+            assert_eq!(drawn.status, status, "{number} from {caller_id:?}");
+        }
     }
 }

@@ -116,6 +116,10 @@ pub struct Campaign {
     /// [`crate::caller_id`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller_id_pool: Option<crate::caller_id::CallerIdPool>,
+    /// How calls to contacts with several numbers move from one number to the next; none:
+    /// only a contact's first number is dialled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alternate_numbers: Option<crate::contact_numbers::AlternateNumbers>,
     /// When the campaign reached `COMPLETED` or `CANCELLED`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<DateTime<Utc>>,
@@ -320,6 +324,11 @@ pub struct Contact {
     /// `expires_at` applies: [`crate::expiry::earliest`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// All the contact's numbers in the order they are tried, `phone_number` first, when it
+    /// has more than one (empty otherwise, and in contacts written before; see
+    /// [`crate::contact_numbers::of_contact`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub numbers: Vec<crate::contact_numbers::ContactNumber>,
 }
 
 /// Daily hours, local to the callee, during which a campaign may call (`start` < `end`).

@@ -97,7 +97,8 @@ impl CallerIds {
         now: DateTime<Utc>,
     ) -> Result<Chosen, CapError> {
         let attempt = format!("{}/{}", request.call_id, request.attempt);
-        let order = preference(pool, &request.phone_number, &attempt);
+        // The phone that rings: an attempt at a contact's further number is local to it.
+        let order = preference(pool, request.dialled(), &attempt);
         let choice = choose(&order, |number| self.take(number, &pool.caps, now)).await?;
         let mut seen = CallerIdSeen {
             active: order.len(),

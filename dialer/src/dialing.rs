@@ -64,6 +64,7 @@ pub async fn publish(
             custom_fields: request.custom_fields.clone(),
             expires_at: request.expires_at,
             caller_id: caller_id.cloned(),
+            alternate: request.alternate.clone(),
         },
     );
     // The dial message's own sequence and delivery: two messages of one attempt never share

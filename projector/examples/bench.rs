@@ -168,6 +168,7 @@ async fn paced(js: &jetstream::Context, rate: usize, total: usize) -> anyhow::Re
                     custom_fields: Default::default(),
                     expires_at: None,
                     caller_id: None,
+                    alternate: None,
                 },
             };
             let publish = jetstream::message::PublishMessage::build()

@@ -68,6 +68,7 @@ fn dialing(n: u64) -> EventKind {
         custom_fields: Default::default(),
         expires_at: None,
         caller_id: None,
+        alternate: None,
     }
 }
 
@@ -82,6 +83,7 @@ async fn publish_dial(js: &jetstream::Context, call: CallId, n: u64) {
         queued_at: Utc::now(),
         custom_fields: Default::default(),
         expires_at: None,
+        alternate: None,
     };
     ccm_core::nats::publish_dial(js, &request)
         .await

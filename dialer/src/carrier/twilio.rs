@@ -107,7 +107,7 @@ impl TwilioCarrier {
             c.account_sid
         );
         let mut form: Vec<(&str, String)> = vec![
-            ("To", call.phone_number.to_string()),
+            ("To", call.dialled().to_string()),
             // The pool's number when the campaign has one, else the configured one.
             (
                 "From",

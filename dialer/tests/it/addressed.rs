@@ -275,6 +275,7 @@ async fn placed_earlier(
             custom_fields: request.custom_fields.clone(),
             expires_at: request.expires_at,
             caller_id: None,
+            alternate: None,
         },
     );
     ccm_core::nats::publish_json(

@@ -256,6 +256,7 @@ mod tests {
             queued_at: Utc::now(),
             custom_fields: Default::default(),
             expires_at: None,
+            alternate: None,
         }
     }
 
@@ -288,6 +289,7 @@ mod tests {
             custom_fields: Default::default(),
             expires_at: None,
             caller_id: None,
+            alternate: None,
         }
     }
 

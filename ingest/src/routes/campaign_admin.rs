@@ -77,6 +77,11 @@ pub struct CampaignPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<crate::openapi::CallerIdPool>)]
     pub caller_id_pool: Option<Option<ccm_core::caller_id::PoolSpec>>,
+    /// How calls move through a contact's several numbers; `null` removes the policy (only
+    /// a contact's first number is dialled).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<crate::openapi::AlternateNumbers>)]
+    pub alternate_numbers: Option<Option<ccm_core::contact_numbers::AlternateNumbers>>,
 }
 
 /// A field that may be sent as `null` to clear it: present (even `null`) is `Some`.
@@ -86,6 +91,17 @@ where
     T: serde::Deserialize<'de>,
 {
     <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+/// Checks a campaign's policy for contacts with several numbers.
+pub(crate) fn alternate_numbers(
+    policy: Option<ccm_core::contact_numbers::AlternateNumbers>,
+) -> Result<Option<ccm_core::contact_numbers::AlternateNumbers>, AppError> {
+    if let Some(p) = &policy {
+        p.check()
+            .map_err(|e| AppError::bad_request("invalid_alternate_numbers", e.to_string()))?;
+    }
+    Ok(policy)
 }
 
 /// The highest pacing a campaign may set.
@@ -319,6 +335,9 @@ pub(crate) async fn patch(
         }
         if let Some(pool) = &pool {
             c.caller_id_pool = pool.clone();
+        }
+        if let Some(policy) = &patch.alternate_numbers {
+            c.alternate_numbers = alternate_numbers(policy.clone())?;
         }
         // Checked on the result: turning a campaign with a 10 s ring into telemarketing is
         // refused as setting 10 s on a telemarketing campaign is.

@@ -165,6 +165,7 @@ fn dialing() -> EventKind {
         custom_fields: Default::default(),
         expires_at: None,
         caller_id: None,
+        alternate: None,
     }
 }
 

@@ -41,6 +41,7 @@ async fn dialing(
             custom_fields: Default::default(),
             expires_at: None,
             caller_id: None,
+            alternate: None,
         },
     };
     ccm_core::nats::publish_json(

@@ -24,6 +24,7 @@ fn life(call: CallId) -> Vec<Item> {
         queued_at: at(t),
         custom_fields: Default::default(),
         expires_at: None,
+        alternate: None,
     };
     let event = |attempt: u32, t: i64, kind: EventKind| CallEvent {
         call_id: call,
@@ -39,6 +40,7 @@ fn life(call: CallId) -> Vec<Item> {
         custom_fields: Default::default(),
         expires_at: None,
         caller_id: None,
+        alternate: None,
     };
     let outcome = |status, secs, id: &str, reason: Option<&str>| EventKind::Outcome {
         status,

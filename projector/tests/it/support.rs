@@ -68,6 +68,7 @@ pub fn life(index: usize, campaign: u64, start: DateTime<Utc>) -> Vec<Published>
         queued_at: at,
         custom_fields: Default::default(),
         expires_at: None,
+        alternate: None,
     };
     let event = |attempt: u32, at, kind| CallEvent {
         call_id: call,
@@ -83,6 +84,7 @@ pub fn life(index: usize, campaign: u64, start: DateTime<Utc>) -> Vec<Published>
         custom_fields: Default::default(),
         expires_at: None,
         caller_id: None,
+        alternate: None,
     };
     let outcome = |status, secs: u32, attempt: u32| EventKind::Outcome {
         status,

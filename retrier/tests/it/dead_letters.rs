@@ -245,6 +245,7 @@ async fn a_reader_other_than_a_dial_consumer_parks_the_message_and_leaves_the_ca
             custom_fields: Default::default(),
             expires_at: None,
             caller_id: None,
+            alternate: None,
         },
     };
     let dialing_seq = ccm_core::nats::publish_event(&js, &dialing)

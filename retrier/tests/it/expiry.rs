@@ -100,6 +100,7 @@ async fn a_call_queued_past_the_max_queue_age_ends_expired_and_frees_its_number(
                 custom_fields: Default::default(),
                 expires_at: None,
                 caller_id: None,
+                alternate: None,
             },
         },
     )
@@ -211,6 +212,7 @@ fn only_an_undialled_open_attempt_expires() {
                     custom_fields: Default::default(),
                     expires_at: None,
                     caller_id: None,
+                    alternate: None,
                 },
             },
         });

@@ -26,6 +26,7 @@ fn dialing(request: &ccm_core::DialRequest) -> EventKind {
         custom_fields: Default::default(),
         expires_at: None,
         caller_id: None,
+        alternate: None,
     }
 }
 

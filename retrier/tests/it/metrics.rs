@@ -33,6 +33,7 @@ async fn outcome(js: &async_nats::jetstream::Context, dial: &DialRequest, status
             custom_fields: Default::default(),
             expires_at: None,
             caller_id: None,
+            alternate: None,
         },
     };
     ccm_core::nats::publish_event(js, &dialing)

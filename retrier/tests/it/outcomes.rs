@@ -43,6 +43,7 @@ async fn an_outcome_delivered_twice_is_decided_once() {
             custom_fields: Default::default(),
             expires_at: None,
             caller_id: None,
+            alternate: None,
         },
     };
     ccm_core::nats::publish_event(&js, &dialing)

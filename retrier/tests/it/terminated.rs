@@ -72,6 +72,7 @@ async fn a_terminated_message_is_parked_with_its_reason_and_a_terminated_dial_me
             custom_fields: Default::default(),
             expires_at: None,
             caller_id: None,
+            alternate: None,
         },
     };
     let dialing_seq = ccm_core::nats::publish_event(&js, &dialing)

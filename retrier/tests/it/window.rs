@@ -61,6 +61,7 @@ async fn a_retry_due_in_a_blackout_moves_to_the_opening_and_keeps_the_custom_fie
             custom_fields: fields.clone(),
             expires_at: None,
             caller_id: None,
+            alternate: None,
         },
     };
     ccm_core::nats::publish_event(&js, &dialing)
@@ -155,6 +156,7 @@ async fn a_retry_due_on_a_holiday_of_the_callees_state_moves_to_the_next_local_d
         postal_code: Some("02903".into()),
         expires_at: None,
         fields: Default::default(),
+        numbers: Vec::new(),
     };
     js.get_key_value(names::KV_CONTACTS)
         .await
@@ -181,6 +183,7 @@ async fn a_retry_due_on_a_holiday_of_the_callees_state_moves_to_the_next_local_d
             custom_fields: Default::default(),
             expires_at: None,
             caller_id: None,
+            alternate: None,
         },
     };
     ccm_core::nats::publish_event(&js, &dialing)
