@@ -41,6 +41,9 @@ pub struct InitiateCall {
     /// How long the phone may ring (ccm's addition to the contract; the old system sent none).
     #[serde(default)]
     pub ring_timeout_secs: Option<u32>,
+    /// The number the callee is shown, when ccm dials from a caller-id pool.
+    #[serde(default)]
+    pub caller_id: Option<String>,
 }
 
 fn bad_request(reason: impl Into<String>) -> Response {
@@ -98,8 +101,14 @@ pub async fn initiate_call(
     };
     state.ledger.set_fields(&key, body.custom_fields);
     state.ledger.set_ring_timeout(&key, body.ring_timeout_secs);
+    state.ledger.set_caller_id(&key, body.caller_id.as_deref());
     let opted_out = state.opt_outs.contains(&body.phone_number);
-    let drawn = outcome::of_number(&state.config, &body.phone_number, opted_out);
+    let drawn = outcome::of_call(
+        &state.config,
+        &body.phone_number,
+        body.caller_id.as_deref(),
+        opted_out,
+    );
     let mut last = Callback::Json {
         method: Method::PUT,
         url: format!(

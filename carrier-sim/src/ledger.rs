@@ -42,6 +42,10 @@ pub struct Attempt {
     pub placed_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_ms: Option<u64>,
+    /// The number the callee was shown (Twilio's `From`, the http contract's `caller_id`),
+    /// when the placement named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_id: Option<String>,
 }
 
 /// Now in Unix milliseconds.
@@ -88,6 +92,9 @@ pub struct Stats {
     /// The `campaign/number` pairs that were rung twice at once (empty when all is well).
     #[serde(default)]
     pub number_overlaps: Vec<String>,
+    /// Attempts placed per caller id shown (placements that named one).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub caller_ids: BTreeMap<String, u64>,
     /// Calls whose callee opted out (their final callback says so).
     #[serde(default)]
     pub opt_outs: u64,
@@ -141,6 +148,7 @@ impl Ledger {
                     ring_timeout_secs: None,
                     placed_ms: now_ms(),
                     ended_ms: None,
+                    caller_id: None,
                 },
             );
             stats.placed += 1;
@@ -167,6 +175,21 @@ impl Ledger {
         self.with(|stats| {
             if let Some(attempt) = stats.attempts.get_mut(key) {
                 attempt.ring_timeout_secs = secs;
+            }
+        });
+    }
+
+    /// Records the caller id the new placement under `key` showed, and counts it.
+    pub fn set_caller_id(&self, key: &str, caller_id: Option<&str>) {
+        let Some(caller_id) = caller_id.filter(|c| !c.is_empty()) else {
+            return;
+        };
+        self.with(|stats| {
+            if let Some(attempt) = stats.attempts.get_mut(key)
+                && attempt.caller_id.is_none()
+            {
+                attempt.caller_id = Some(caller_id.to_owned());
+                *stats.caller_ids.entry(caller_id.to_owned()).or_default() += 1;
             }
         });
     }
@@ -274,6 +297,34 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attempts_are_counted_per_caller_id_once_each() {
+        let ledger = Ledger::default();
+        for (key, from) in [
+            ("c1/1", "+14155550100"),
+            ("c2/1", "+14155550100"),
+            ("c3/1", "+12125550100"),
+        ] {
+            ledger.place(key, "7", "+15550000001");
+            ledger.set_caller_id(key, Some(from));
+        }
+        // A repeated request of a placed attempt counts nothing more.
+        ledger.place("c1/1", "7", "+15550000001");
+        ledger.set_caller_id("c1/1", Some("+12125550100"));
+        ledger.place("c4/1", "7", "+15550000002");
+        ledger.set_caller_id("c4/1", None);
+        let stats = ledger.snapshot();
+        assert_eq!(
+            stats.caller_ids,
+            BTreeMap::from([("+12125550100".into(), 1), ("+14155550100".into(), 2)])
+        );
+        assert_eq!(
+            stats.attempts["c1/1"].caller_id.as_deref(),
+            Some("+14155550100")
+        );
+        assert_eq!(stats.attempts["c4/1"].caller_id, None);
+    }
 
     #[test]
     fn a_repeated_key_is_counted_not_placed() {

@@ -117,6 +117,10 @@ pub struct SimConfig {
     /// The keypad input an opted-out Twilio callee sends (`Digits`).
     #[arg(long, default_value = "9")]
     pub opt_out_digits: String,
+    /// Caller ids (E.164) the carriers labelled as spam: calls showing them are never
+    /// answered (no-answer, `RNR`). Repeat the flag or separate with commas.
+    #[arg(long = "spam-caller-id", value_delimiter = ',')]
+    pub spam_caller_ids: Vec<String>,
     /// Numbers (E.164) nobody answers: every call to one ends RNR (a contact's mobile that
     /// rings out, so its next number is tried); repeat the flag or separate with commas.
     #[arg(long = "unanswered-number", value_delimiter = ',')]
@@ -153,6 +157,7 @@ impl Default for SimConfig {
             machine_rate: 0.0,
             opt_out_numbers: Vec::new(),
             opt_out_digits: "9".into(),
+            spam_caller_ids: Vec::new(),
             unanswered_numbers: Vec::new(),
             callback_numbers: Vec::new(),
             callback_after_ms: 5000,

@@ -44,16 +44,28 @@ pub fn draw(config: &SimConfig) -> Drawn {
     }
 }
 
-/// The outcome of a call to `number`: answered by a callee who opts out, unanswered at a
-/// number configured so, else drawn from the mix.
-pub fn of_number(config: &SimConfig, number: &str, opted_out: bool) -> Drawn {
+/// An unanswered call (no-answer, `RNR`).
+pub fn unanswered() -> Drawn {
+    Drawn {
+        status: OutcomeStatus::Rnr,
+        duration_secs: 0,
+    }
+}
+
+/// The outcome of a call to `number` showing `caller_id`: answered by a callee who opts
+/// out (they answer to press the digit), unanswered at a number configured so (a mobile
+/// that rings out) or when the caller id is labelled as spam, else drawn from the mix.
+pub fn of_call(
+    config: &SimConfig,
+    number: &str,
+    caller_id: Option<&str>,
+    opted_out: bool,
+) -> Drawn {
+    let spam = caller_id.is_some_and(|c| config.spam_caller_ids.iter().any(|s| s == c));
     if opted_out {
         answered(config)
-    } else if config.unanswered_numbers.iter().any(|n| n == number) {
-        Drawn {
-            status: OutcomeStatus::Rnr,
-            duration_secs: 0,
-        }
+    } else if spam || config.unanswered_numbers.iter().any(|n| n == number) {
+        unanswered()
     } else {
         draw(config)
     }
@@ -95,5 +107,57 @@ mod tests {
             }
         }
         assert!((800..1200).contains(&picked), "{picked}");
+    }
+
+    #[test]
+    fn an_opt_out_answers_and_an_unanswered_number_or_a_spam_caller_id_rings_out() {
+        // Every call not singled out is answered, so any RNR comes from the two lists.
+        let config = SimConfig {
+            unanswered_numbers: vec!["+15557000001".into()],
+            spam_caller_ids: vec!["+12127360002".into()],
+            picked: 1,
+            disconnected: 0,
+            rnr: 0,
+            failed: 0,
+            ..SimConfig::default()
+        };
+        let cases = [
+            (
+                "+15557000001",
+                Some("+12127360001"),
+                false,
+                OutcomeStatus::Rnr,
+            ),
+            (
+                "+15557000002",
+                Some("+12127360002"),
+                false,
+                OutcomeStatus::Rnr,
+            ),
+            (
+                "+15557000001",
+                Some("+12127360002"),
+                false,
+                OutcomeStatus::Rnr,
+            ),
+            (
+                "+15557000002",
+                Some("+12127360001"),
+                false,
+                OutcomeStatus::Picked,
+            ),
+            ("+15557000002", None, false, OutcomeStatus::Picked),
+            // A callee who opts out answers to press the digit, whatever the lists say.
+            (
+                "+15557000001",
+                Some("+12127360002"),
+                true,
+                OutcomeStatus::Picked,
+            ),
+        ];
+        for (number, caller_id, opted_out, status) in cases {
+            let drawn = of_call(&config, number, caller_id, opted_out);
+            assert_eq!(drawn.status, status, "{number} from {caller_id:?}");
+        }
     }
 }

@@ -124,6 +124,7 @@ pub async fn create_call(
     if new {
         let timeout = field(&form, "Timeout").and_then(|t| t.parse().ok());
         state.ledger.set_ring_timeout(&key, timeout);
+        state.ledger.set_caller_id(&key, Some(from));
     }
     if new && let Some(url) = status_callback {
         schedule_callbacks(&state, key, &form, &call_sid, url);
@@ -192,12 +193,12 @@ fn schedule_callbacks(
     let opted_out = state.opt_outs.contains(to);
     let length = state.config.call_length();
     let asks_back = state.callback_asks.ask(&state.config, to, length);
-    // A callee who asks to be called back answered; else by the number (opted out, never
-    // answering) or drawn from the mix.
+    // A callee who asks to be called back answered; else by the call (opted out, a number
+    // never answering, a caller id labelled spam) or drawn from the mix.
     let drawn = if asks_back.is_some() {
         outcome::answered(&state.config)
     } else {
-        outcome::of_number(&state.config, to, opted_out)
+        outcome::of_call(&state.config, to, field(form, "From"), opted_out)
     };
     let status = match drawn.status {
         OutcomeStatus::Picked | OutcomeStatus::Disconnected => "completed",

@@ -89,6 +89,23 @@ pub struct Checks {
     /// The consent the campaign requires and the one relied on, or why there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consent: Option<crate::consent::ConsentSeen>,
+    /// The caller id chosen from the campaign's pool, or why none could be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_id: Option<CallerIdSeen>,
+}
+
+/// The campaign's caller-id pool as the decision saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallerIdSeen {
+    /// The number the attempt shows (absent: every active number was capped, or none was
+    /// active).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<crate::PhoneNumber>,
+    /// The pool's numbers that were not paused.
+    pub active: usize,
+    /// When the first capped number frees, when all active numbers were capped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_at: Option<DateTime<Utc>>,
 }
 
 /// The campaign as the decision saw it.

@@ -112,6 +112,10 @@ pub struct Campaign {
     /// The do-not-call list a callee who opts out during one of this campaign's calls is put on.
     #[serde(default, skip_serializing_if = "OptOutList::is_default")]
     pub opt_out_list: OptOutList,
+    /// The numbers calls are placed from; none: the carrier adapter's `from` (see
+    /// [`crate::caller_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_id_pool: Option<crate::caller_id::CallerIdPool>,
     /// How calls to contacts with several numbers move from one number to the next; none:
     /// only a contact's first number is dialled.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -418,6 +418,15 @@ pub struct WebhooksConfig {
     /// Where `/metrics`, `/healthz` and `/readyz` are served; none by default (see
     /// `projector.metrics_listen`).
     pub metrics_listen: Option<SocketAddr>,
+    /// How often the answer rates of the caller-id pools' numbers are computed (gauges
+    /// `ccm_caller_id_answer_rate`, `ccm_caller_id_flagged`, and `caller_id.flagged`); 0: never.
+    pub caller_id_check_ms: u64,
+    /// The window those rates are computed over (attempts placed since then).
+    pub caller_id_window_secs: u64,
+    /// Attempts a number, and the rest of its pool, need before it can be flagged.
+    pub caller_id_flag_min_attempts: u64,
+    /// A number answering under this share of the rest of its pool's rate is flagged.
+    pub caller_id_flag_ratio: f64,
 }
 
 impl Default for WebhooksConfig {
@@ -434,6 +443,10 @@ impl Default for WebhooksConfig {
             queue_per_endpoint: 256,
             lease_ttl_ms: 30_000,
             metrics_listen: None,
+            caller_id_check_ms: 60_000,
+            caller_id_window_secs: 24 * 3600,
+            caller_id_flag_min_attempts: 20,
+            caller_id_flag_ratio: 0.5,
         }
     }
 }

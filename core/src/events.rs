@@ -179,6 +179,10 @@ pub enum EventKind {
         /// retrier schedules no retry after it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<DateTime<Utc>>,
+        /// The number the attempt shows, chosen from the campaign's caller-id pool (absent:
+        /// the carrier adapter's own `from`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caller_id: Option<PhoneNumber>,
         /// The number dialled when it is not `phone_number`, copied from the dial request.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         alternate: Option<crate::contact_numbers::Alternate>,

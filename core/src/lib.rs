@@ -34,6 +34,7 @@ pub mod attempt_audit;
 pub mod call_lifecycle;
 pub mod call_log;
 pub mod callback;
+pub mod caller_id;
 pub mod campaign;
 pub mod claims;
 pub mod config;

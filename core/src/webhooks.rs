@@ -18,7 +18,12 @@ pub const EVENT_TYPES: &[&str] = &[
     "limited",
     "campaign.completed",
     CONTACT_OPTED_OUT,
+    CALLER_ID_FLAGGED,
 ];
+
+/// Sent when a number of a campaign's caller-id pool answers far less than the rest of the
+/// pool (see [`crate::caller_id::health`]); at most once a day per campaign and number.
+pub const CALLER_ID_FLAGGED: &str = "caller_id.flagged";
 
 /// Sent when a callee asks, during a call, not to be called again (queued by ingest when the
 /// carrier's callback says so, through [`crate::webhook_queue::notify`]).

@@ -38,6 +38,9 @@ pub struct Facts {
     /// When the number's frequency limits (rolling 24 h caps of the rule packs, K attempts in
     /// D local days) permit the next attempt, if they do not now.
     pub capped_until: Option<DateTime<Utc>>,
+    /// When a number of the campaign's caller-id pool is free, if none is now (all capped
+    /// or paused); set only once the attempt would otherwise be placed.
+    pub caller_id_wait: Option<DateTime<Utc>>,
     /// The call's expiry, if it has one: a wait that outlasts it ends the call instead.
     pub expires_at: Option<DateTime<Utc>>,
     /// What each check saw, for the attempt's audit record (never decides anything).
@@ -96,6 +99,9 @@ pub fn decide(facts: &Facts) -> Decision {
     }
     if let Some(next_day) = facts.capped_until {
         return wait(facts, Wait::Frequency, next_day);
+    }
+    if let Some(free) = facts.caller_id_wait {
+        return wait(facts, Wait::Held, free);
     }
     Decision::Place
 }
@@ -184,6 +190,7 @@ pub async fn gather(
         listed: None,
         window_opens: None,
         capped_until: None,
+        caller_id_wait: None,
         expires_at: request.expires_at,
         checks: Checks {
             campaign: CampaignSeen {
@@ -265,6 +272,7 @@ mod tests {
             listed: None,
             window_opens: None,
             capped_until: None,
+            caller_id_wait: None,
             expires_at: None,
             checks: Checks::default(),
             compliance: Default::default(),
@@ -295,6 +303,9 @@ mod tests {
         let mut f = facts(now);
         f.capped_until = Some(later);
         assert_eq!(decide(&f), Decision::Defer(later));
+        let mut f = facts(now);
+        f.caller_id_wait = Some(later);
+        assert_eq!(decide(&f), Decision::Defer(later), "no caller id free");
         let mut f = facts(now);
         f.consent = Some(ConsentSeen::of(ConsentType::AiVoice, None));
         assert_eq!(decide(&f), Decision::End("consent_required".into()));
@@ -343,6 +354,7 @@ mod tests {
                 listed: rng.random_bool(0.3).then(|| "listed".to_owned()),
                 window_opens: some(&mut rng),
                 capped_until: some(&mut rng),
+                caller_id_wait: some(&mut rng),
                 expires_at: None,
                 checks: Checks::default(),
                 compliance: Default::default(),
@@ -364,7 +376,8 @@ mod tests {
                 && f.listed.is_none()
                 && consented
                 && f.window_opens.is_none()
-                && f.capped_until.is_none();
+                && f.capped_until.is_none()
+                && f.caller_id_wait.is_none();
             assert_eq!(decision == Decision::Place, free, "seed {seed}: {f:?}");
             if let Dialling::Drain(reason) = f.dialling {
                 assert_eq!(decision, Decision::End(reason.into()), "seed {seed}");
@@ -403,6 +416,7 @@ mod tests {
                 listed: rng.random_bool(0.1).then(|| "listed".to_owned()),
                 window_opens: some(&mut rng, 0.4),
                 capped_until: some(&mut rng, 0.4),
+                caller_id_wait: None,
                 expires_at: rng
                     .random_bool(0.8)
                     .then(|| now + chrono::Duration::seconds(rng.random_range(-3_600..86_400))),

@@ -64,6 +64,8 @@ pub struct CallContext {
     pub cap_changes: Arc<crate::cap::CapChanges>,
     /// Recent attempts per number, for the frequency limits.
     pub frequency: crate::frequency::Frequency,
+    /// Recent uses of the caller-id pools' numbers, for their caps.
+    pub caller_ids: crate::caller_id::CallerIds,
     /// The rule packs and frequency limits calls are checked against.
     pub compliance: crate::compliance::Compliance,
     /// The carrier's ids of placed attempts, for callbacks that name only the call.
@@ -337,13 +339,17 @@ async fn place(
                     .await
                     .map_err(CallError::Frequency)?;
             facts.checks.rules = Some(crate::compliance::audited(&facts.compliance));
+            let caller_id = crate::caller_id::choose_for(ctx, request, campaign, &mut facts)
+                .await
+                .map_err(CallError::Frequency)?;
             // The decision that counts, recorded whatever it is.
             if settle(ctx, request, message, &facts, true).await? {
                 return Ok(None);
             }
-            let published = crate::dialing::publish(ctx, request, message, last_sequence)
-                .await
-                .map_err(CallError::Dialing)?;
+            let published =
+                crate::dialing::publish(ctx, request, message, last_sequence, caller_id.as_ref())
+                    .await
+                    .map_err(CallError::Dialing)?;
             let dialing_seq = match published {
                 Dialing::Published(sequence) => sequence,
                 Dialing::Elsewhere(at) => break 'nothing Ok(Some(Placed::at(at))),
@@ -372,7 +378,7 @@ async fn place(
             let started = std::time::Instant::now();
             let placed = ctx
                 .carrier
-                .place(request, campaign, max_call_duration)
+                .place(request, campaign, caller_id.as_ref(), max_call_duration)
                 .await;
             record_placement(ctx.carrier_kind, started.elapsed(), &placed);
             let mut result = Placed::at(Utc::now());

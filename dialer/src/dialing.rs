@@ -53,6 +53,7 @@ pub async fn publish(
     request: &DialRequest,
     message: &Message,
     last_sequence: u64,
+    caller_id: Option<&ccm_core::PhoneNumber>,
 ) -> Result<Dialing, DialingError> {
     let dialing = CallEvent::of_request(
         request,
@@ -62,6 +63,7 @@ pub async fn publish(
             created_at: request.created_at,
             custom_fields: request.custom_fields.clone(),
             expires_at: request.expires_at,
+            caller_id: caller_id.cloned(),
             alternate: request.alternate.clone(),
         },
     );

@@ -29,6 +29,7 @@
 mod admission;
 pub(crate) mod audit;
 pub(crate) mod call;
+pub mod caller_id;
 pub(crate) mod cap;
 pub mod carrier;
 pub mod compliance;
@@ -170,6 +171,9 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
                 per_days: config.frequency_limits(),
             }
             .horizon(),
+        },
+        caller_ids: caller_id::CallerIds {
+            bucket: ccm_core::nats::bucket(&js, names::KV_ATTEMPTS).await?,
         },
         compliance,
         placements,
@@ -474,6 +478,7 @@ impl Supervisor<'_> {
                 ring_timeout_secs: campaign.ring_timeout_secs,
                 revision: entry.revision,
                 required_consent: campaign.required_consent,
+                caller_id_pool: campaign.caller_id_pool.clone().map(Arc::new),
             },
             max_call_duration: campaign
                 .max_call_duration_secs

@@ -117,10 +117,29 @@ pub(crate) struct Campaign {
     required_consent: Option<String>,
     /// `global` or `campaign`: where an opt-out during a call is listed.
     opt_out_list: Option<String>,
+    /// The numbers calls are placed from; absent: the carrier adapter's `from`.
+    caller_id_pool: Option<CallerIdPool>,
     /// How calls move through a contact's several numbers; absent: only its first number.
     alternate_numbers: Option<AlternateNumbers>,
     /// When the campaign became `completed` or `cancelled`.
     ended_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A campaign's caller-id pool (`ccm_core::caller_id::PoolSpec`).
+#[derive(Debug, ToSchema)]
+pub(crate) struct CallerIdPool {
+    /// E.164 numbers, 1 to 1000: `"+14155550100"` or
+    /// `{"number": "+14155550100", "paused": true}` (a paused number is never shown).
+    #[schema(example = json!(["+14155550100", {"number": "+12125550100", "paused": true}]))]
+    numbers: Vec<serde_json::Value>,
+    /// Prefer the callee's area code, then region, then country (default true).
+    local_presence: Option<bool>,
+    /// The same callee always sees the same number (a stable hash, not a rotation).
+    consistent: Option<bool>,
+    /// Attempts per number in any 60 minutes, across all dialers.
+    max_attempts_per_hour: Option<u32>,
+    /// Attempts per number in any 24 hours, across all dialers.
+    max_attempts_per_day: Option<u32>,
 }
 
 #[derive(Debug, ToSchema)]

@@ -224,6 +224,10 @@ pub struct CallRow {
     /// The contact's custom fields (`None` when the call has none). They are the same in
     /// every message of a call, so the first one known is kept.
     pub custom_fields: Option<ccm_core::CustomFields>,
+    /// The caller id of the latest attempt that showed one from its campaign's pool, and
+    /// that attempt (-1: none yet); the higher `(attempt, caller id)` wins a merge.
+    pub caller_id: Option<String>,
+    pub caller_id_attempt: i32,
 }
 
 impl CallRow {
@@ -247,6 +251,8 @@ impl CallRow {
             error_message: None,
             error_key: -1,
             custom_fields: None,
+            caller_id: None,
+            caller_id_attempt: -1,
         }
     }
 
@@ -287,8 +293,13 @@ impl CallRow {
                 max_attempts,
                 created_at,
                 custom_fields,
+                caller_id,
                 ..
             } => {
+                if let Some(caller_id) = caller_id {
+                    row.caller_id = Some(caller_id.as_str().to_owned());
+                    row.caller_id_attempt = attempt;
+                }
                 row.phone_number = Some(phone_number.as_str().to_owned());
                 row.custom_fields = fields(custom_fields);
                 row.max_attempts = Some(to_i32(*max_attempts));
@@ -358,6 +369,10 @@ impl CallRow {
         self.total_call_time = self.total_call_time.saturating_add(other.total_call_time);
         if self.custom_fields.is_none() {
             self.custom_fields = other.custom_fields;
+        }
+        if (other.caller_id_attempt, &other.caller_id) > (self.caller_id_attempt, &self.caller_id) {
+            self.caller_id = other.caller_id;
+            self.caller_id_attempt = other.caller_id_attempt;
         }
         if newer_state {
             self.status = other.status;

@@ -224,6 +224,8 @@ async fn upsert_calls<'a>(
     let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut error_keys: Vec<i32> = Vec::with_capacity(n);
     let mut custom: Vec<Option<serde_json::Value>> = Vec::with_capacity(n);
+    let mut caller_ids: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut caller_id_attempts: Vec<i32> = Vec::with_capacity(n);
     for row in rows {
         ids.push(row.call_id);
         campaigns.push(row.campaign_id);
@@ -242,6 +244,8 @@ async fn upsert_calls<'a>(
         outcome_keys.push(row.outcome_key);
         errors.push(row.error_message.as_deref());
         error_keys.push(row.error_key);
+        caller_ids.push(row.caller_id.as_deref());
+        caller_id_attempts.push(row.caller_id_attempt);
         custom.push(
             row.custom_fields
                 .as_ref()
@@ -252,12 +256,13 @@ async fn upsert_calls<'a>(
         "INSERT INTO calls AS c
             (call_id, campaign_id, phone_number, max_attempts, created_at, status, attempt_count,
              phase_rank, updated_at, last_attempt_at, next_retry_at, total_call_time,
-             external_call_id, raw_status, outcome_key, error_message, error_key, custom_fields)
+             external_call_id, raw_status, outcome_key, error_message, error_key, custom_fields,
+             caller_id, caller_id_attempt)
          SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int4[], $5::timestamptz[],
                               $6::text[], $7::int4[], $8::int2[], $9::timestamptz[],
                               $10::timestamptz[], $11::timestamptz[], $12::int4[], $13::text[],
                               $14::text[], $15::int4[], $16::text[], $17::int4[],
-                              $18::jsonb[])
+                              $18::jsonb[], $19::text[], $20::int4[])
          ORDER BY 1
          ON CONFLICT (call_id) DO UPDATE SET
             phone_number = GREATEST(c.phone_number, EXCLUDED.phone_number),
@@ -303,7 +308,11 @@ async fn upsert_calls<'a>(
                              > ROW(c.error_key, COALESCE(c.error_message, ''))
                           THEN EXCLUDED.error_message ELSE c.error_message END,
             error_key = GREATEST(c.error_key, EXCLUDED.error_key),
-            custom_fields = COALESCE(c.custom_fields, EXCLUDED.custom_fields)",
+            custom_fields = COALESCE(c.custom_fields, EXCLUDED.custom_fields),
+            caller_id = CASE WHEN ROW(EXCLUDED.caller_id_attempt, COALESCE(EXCLUDED.caller_id, ''))
+                             > ROW(c.caller_id_attempt, COALESCE(c.caller_id, ''))
+                          THEN EXCLUDED.caller_id ELSE c.caller_id END,
+            caller_id_attempt = GREATEST(c.caller_id_attempt, EXCLUDED.caller_id_attempt)",
     )
     .bind(&ids)
     .bind(&campaigns)
@@ -323,6 +332,8 @@ async fn upsert_calls<'a>(
     .bind(&errors)
     .bind(&error_keys)
     .bind(&custom)
+    .bind(&caller_ids)
+    .bind(&caller_id_attempts)
     .execute(conn)
     .await?;
     Ok(())

@@ -23,6 +23,7 @@
 //! batch, which the queue's unique index absorbs; a crash between a delivery and recording
 //! it repeats that one delivery. Receivers de-duplicate on `webhook-id`.
 
+mod caller_ids;
 pub mod campaigns;
 pub(crate) mod deliver;
 pub(crate) mod health;
@@ -212,7 +213,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Webh
         events_stream,
         js,
         candidates: campaigns::Candidates::default(),
+        config: config.webhooks.clone(),
     };
+    let mut last_caller_id_check: Option<tokio::time::Instant> = None;
     tracing::info!(holder = leases.holder(), "webhooks running");
     let mut last_check = tokio::time::Instant::now();
     let mut dispatch: Option<Lease> = None;
@@ -255,6 +258,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Webh
                 if last_check.elapsed() >= COMPLETION_CHECK_EVERY {
                     dispatcher.check_completions(&lease).await;
                     last_check = tokio::time::Instant::now();
+                }
+                let every = Duration::from_millis(dispatcher.config.caller_id_check_ms);
+                if !every.is_zero() && last_caller_id_check.is_none_or(|t| t.elapsed() >= every) {
+                    dispatcher.check_caller_ids(&lease).await;
+                    last_caller_id_check = Some(tokio::time::Instant::now());
                 }
                 // Checked between pulls rather than raced against them: dropping a pull whose request
                 // was already sent would strand its messages until `ack_wait`.
@@ -314,6 +322,7 @@ struct Dispatcher {
     js: jetstream::Context,
     /// Campaigns to check for `campaign.completed`.
     candidates: campaigns::Candidates,
+    config: ccm_core::config::WebhooksConfig,
 }
 
 impl Dispatcher {
@@ -326,6 +335,26 @@ impl Dispatcher {
             .await;
         if let Err(e) = queue::enqueue(&self.pg, &rows, lease).await {
             tracing::warn!(error = %ccm_core::telemetry::chain(&e), "cannot queue campaign.completed messages");
+            return;
+        }
+        count_skipped(&rows);
+        for row in rows.iter().filter(|r| !r.skipped) {
+            self.workers.wake(&row.endpoint_id);
+        }
+    }
+
+    /// Sets the caller-id answer-rate gauges and queues `caller_id.flagged` ([`caller_ids`]).
+    async fn check_caller_ids(&mut self, lease: &Lease) {
+        let subscriptions = self.subscriptions.all();
+        let rows = match caller_ids::check(&self.pg, &self.config, &subscriptions).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %ccm_core::telemetry::chain(&e), "cannot compute the caller ids' answer rates");
+                return;
+            }
+        };
+        if let Err(e) = queue::enqueue(&self.pg, &rows, lease).await {
+            tracing::warn!(error = %ccm_core::telemetry::chain(&e), "cannot queue caller_id.flagged messages");
             return;
         }
         count_skipped(&rows);

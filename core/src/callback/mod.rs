@@ -291,6 +291,7 @@ async fn last_dialing(
                         custom_fields,
                         expires_at,
                         alternate,
+                        ..
                     } = event.kind
                 {
                     found = Some(DialRequest {

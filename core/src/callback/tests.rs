@@ -105,6 +105,7 @@ fn only_a_call_waiting_for_its_next_attempt_takes_a_callback() {
         custom_fields: Default::default(),
         expires_at: None,
         alternate: None,
+        caller_id: None,
     };
     assert_eq!(planned_after(&dialing, 1), Err(Refusal::InProgress));
     let outcome = EventKind::Outcome {

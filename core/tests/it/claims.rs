@@ -67,6 +67,7 @@ fn dialing(n: u64) -> EventKind {
         created_at: Utc::now(),
         custom_fields: Default::default(),
         expires_at: None,
+        caller_id: None,
         alternate: None,
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! `POST {base_url}/api/initiate-call` with `{call_id, phone_number, campaign_id,
 //! campaign_name}` (plus `custom_fields`, the contact's extra CSV columns as an object of
-//! strings, when it has any) → 200 `{external_call_id, …}`. The outcome comes back to ingest's
+//! strings, when it has any, and `caller_id`, the number shown, when the campaign dials from
+//! a caller-id pool) → 200 `{external_call_id, …}`. The outcome comes back to ingest's
 //! `PUT /api/v1/callback/`. The attempt id travels as `Idempotency-Key`, which carriers that
 //! honour it (carrier-sim does) use to answer a repeated request without dialling again.
 //!
@@ -51,6 +52,7 @@ impl HttpCarrier {
         &self,
         call: &DialRequest,
         campaign: &CampaignInfo,
+        caller_id: Option<&ccm_core::PhoneNumber>,
     ) -> Result<Placement, CarrierError> {
         let mut body = json!({
             "call_id": call.call_id,
@@ -69,6 +71,11 @@ impl HttpCarrier {
             self.config.ring_timeout_secs,
         ) {
             body["ring_timeout_secs"] = json!(secs);
+        }
+        // The number the callee sees, when the campaign dials from a pool (left out
+        // otherwise: the carrier's configured number).
+        if let Some(number) = caller_id {
+            body["caller_id"] = json!(number);
         }
         let request = self.request("initiate-call", call).json(&body);
         let response = request.send().await.map_err(|e| classify_send_error(&e))?;
@@ -119,9 +126,10 @@ impl Carrier for HttpCarrier {
         &'a self,
         call: &'a DialRequest,
         campaign: &'a CampaignInfo,
+        caller_id: Option<&'a ccm_core::PhoneNumber>,
         _time_limit: Duration,
     ) -> BoxFuture<'a, Result<Placement, CarrierError>> {
-        Box::pin(self.place_inner(call, campaign))
+        Box::pin(self.place_inner(call, campaign, caller_id))
     }
 
     fn hang_up<'a>(

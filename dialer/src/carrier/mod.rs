@@ -120,17 +120,21 @@ pub struct CampaignInfo {
     pub revision: u64,
     /// The consent a number must hold to be called (checked before placing, not sent).
     pub required_consent: Option<ccm_core::consent::ConsentType>,
+    /// The numbers calls are placed from; none: the adapter's own `from`.
+    pub caller_id_pool: Option<Arc<ccm_core::caller_id::CallerIdPool>>,
 }
 
 /// A carrier adapter.
 pub trait Carrier: Send + Sync + std::fmt::Debug + 'static {
     /// Places `call` with the carrier. Adapters send the attempt's id (`<call>/<attempt>`) as
     /// the carrier's idempotency key where the carrier has one, and `time_limit` (the call's
-    /// maximum duration) where the carrier can end a call by itself.
+    /// maximum duration) where the carrier can end a call by itself. `caller_id` is the
+    /// number the attempt shows, chosen from the campaign's pool; none: the adapter's own.
     fn place<'a>(
         &'a self,
         call: &'a DialRequest,
         campaign: &'a CampaignInfo,
+        caller_id: Option<&'a ccm_core::PhoneNumber>,
         time_limit: Duration,
     ) -> BoxFuture<'a, Result<Placement, CarrierError>>;
 

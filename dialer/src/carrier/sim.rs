@@ -67,6 +67,7 @@ impl Carrier for SimCarrier {
         &'a self,
         call: &'a DialRequest,
         _campaign: &'a CampaignInfo,
+        _caller_id: Option<&'a ccm_core::PhoneNumber>,
         _time_limit: Duration,
     ) -> BoxFuture<'a, Result<Placement, CarrierError>> {
         let status = self.draw();

@@ -91,6 +91,7 @@ impl TwilioCarrier {
         &self,
         call: &DialRequest,
         campaign: &CampaignInfo,
+        caller_id: Option<&ccm_core::PhoneNumber>,
         time_limit: Duration,
     ) -> Result<Placement, CarrierError> {
         let c = &self.config;
@@ -107,7 +108,11 @@ impl TwilioCarrier {
         );
         let mut form: Vec<(&str, String)> = vec![
             ("To", call.dialled().to_string()),
-            ("From", c.from.clone()),
+            // The pool's number when the campaign has one, else the configured one.
+            (
+                "From",
+                caller_id.map_or_else(|| c.from.clone(), ToString::to_string),
+            ),
             ("Url", c.answer_url.clone()),
             ("StatusCallback", self.status_callback(call)),
             ("StatusCallbackMethod", "POST".into()),
@@ -169,9 +174,10 @@ impl Carrier for TwilioCarrier {
         &'a self,
         call: &'a DialRequest,
         campaign: &'a CampaignInfo,
+        caller_id: Option<&'a ccm_core::PhoneNumber>,
         time_limit: Duration,
     ) -> BoxFuture<'a, Result<Placement, CarrierError>> {
-        Box::pin(self.place_inner(call, campaign, time_limit))
+        Box::pin(self.place_inner(call, campaign, caller_id, time_limit))
     }
 
     fn hang_up<'a>(

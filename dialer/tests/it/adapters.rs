@@ -71,6 +71,7 @@ fn campaign() -> CampaignInfo {
         ring_timeout_secs: None,
         revision: 0,
         required_consent: None,
+        caller_id_pool: None,
     }
 }
 
@@ -98,7 +99,7 @@ async fn the_http_adapter_places_with_the_attempt_as_idempotency_key() {
     let sim = sim(SimConfig::default()).await;
     let call = request();
     let placement = http(&sim.url, 2000)
-        .place(&call, &campaign(), LIMIT)
+        .place(&call, &campaign(), None, LIMIT)
         .await
         .expect("placed");
     let stats = stats(&sim.url).await;
@@ -122,7 +123,7 @@ async fn the_http_adapter_sorts_refusals_outages_and_timeouts() {
     })
     .await;
     let err = http(&refusing.url, 2000)
-        .place(&request(), &campaign(), LIMIT)
+        .place(&request(), &campaign(), None, LIMIT)
         .await
         .expect_err("4xx");
     assert!(
@@ -136,7 +137,7 @@ async fn the_http_adapter_sorts_refusals_outages_and_timeouts() {
     })
     .await;
     let err = http(&failing.url, 2000)
-        .place(&request(), &campaign(), LIMIT)
+        .place(&request(), &campaign(), None, LIMIT)
         .await
         .expect_err("5xx");
     assert!(
@@ -152,7 +153,7 @@ async fn the_http_adapter_sorts_refusals_outages_and_timeouts() {
         .local_addr()
         .expect("addr");
     let err = http(&format!("http://{closed}"), 2000)
-        .place(&request(), &campaign(), LIMIT)
+        .place(&request(), &campaign(), None, LIMIT)
         .await
         .expect_err("unreachable");
     assert!(matches!(err, CarrierError::Unavailable(_)), "{err:?}");
@@ -163,7 +164,7 @@ async fn the_http_adapter_sorts_refusals_outages_and_timeouts() {
     })
     .await;
     let err = http(&slow.url, 100)
-        .place(&request(), &campaign(), LIMIT)
+        .place(&request(), &campaign(), None, LIMIT)
         .await
         .expect_err("timeout");
     assert!(matches!(err, CarrierError::Ambiguous(_)), "{err:?}");
@@ -200,7 +201,7 @@ async fn the_twilio_adapter_authenticates_and_names_the_attempt_in_its_callback(
         format!("{callback}&dialer=dialer-0_1-0123456789ab")
     );
     let placement = twilio
-        .place(&call, &campaign(), LIMIT)
+        .place(&call, &campaign(), None, LIMIT)
         .await
         .expect("placed");
     assert!(
@@ -218,7 +219,7 @@ async fn the_twilio_adapter_authenticates_and_names_the_attempt_in_its_callback(
     .expect("adapter");
     // Wrong credentials are the dialer's problem, not the call's: redelivered, not FAILED.
     let err = wrong
-        .place(&request(), &campaign(), LIMIT)
+        .place(&request(), &campaign(), None, LIMIT)
         .await
         .expect_err("401");
     assert!(
@@ -258,10 +259,10 @@ async fn each_adapter_asks_for_the_campaigns_ring_time_never_under_the_telemarke
         };
         let (by_twilio, by_http) = (request(), request());
         twilio
-            .place(&by_twilio, &campaign, LIMIT)
+            .place(&by_twilio, &campaign, None, LIMIT)
             .await
             .expect("placed");
-        http.place(&by_http, &campaign, LIMIT)
+        http.place(&by_http, &campaign, None, LIMIT)
             .await
             .expect("placed");
         let stats = stats(&sim.url).await;
@@ -276,4 +277,46 @@ async fn each_adapter_asks_for_the_campaigns_ring_time_never_under_the_telemarke
             "http, {purpose:?} with {setting:?}"
         );
     }
+}
+
+/// The caller id each adapter shows, as the carrier's ledger saw it: Twilio's `From` and the
+/// http contract's `caller_id` carry the pool's number; without one Twilio keeps its
+/// configured `from` and the http body names none.
+#[tokio::test]
+async fn each_adapter_shows_the_chosen_caller_id_or_its_own() {
+    let sim = sim(SimConfig::default()).await;
+    let twilio = TwilioCarrier::new(TwilioCarrierConfig {
+        base_url: sim.url.clone().into(),
+        account_sid: "ACsimulator".into(),
+        auth_token: Secret::new("sim-auth-token"),
+        from: "+15550009999".into(),
+        status_callback_base: "http://ingest.example".into(),
+        ..TwilioCarrierConfig::default()
+    })
+    .expect("adapter");
+    let http = http(&sim.url, 2000);
+    let pool: ccm_core::PhoneNumber = "+14155550100".parse().expect("number");
+    let (twilio_pool, twilio_own, http_pool, http_own) =
+        (request(), request(), request(), request());
+    twilio
+        .place(&twilio_pool, &campaign(), Some(&pool), LIMIT)
+        .await
+        .expect("placed");
+    twilio
+        .place(&twilio_own, &campaign(), None, LIMIT)
+        .await
+        .expect("placed");
+    http.place(&http_pool, &campaign(), Some(&pool), LIMIT)
+        .await
+        .expect("placed");
+    http.place(&http_own, &campaign(), None, LIMIT)
+        .await
+        .expect("placed");
+    let stats = stats(&sim.url).await;
+    let shown = |r: &ccm_core::DialRequest| stats.attempts[&r.msg_id()].caller_id.clone();
+    assert_eq!(shown(&twilio_pool).as_deref(), Some("+14155550100"));
+    assert_eq!(shown(&twilio_own).as_deref(), Some("+15550009999"));
+    assert_eq!(shown(&http_pool).as_deref(), Some("+14155550100"));
+    assert_eq!(shown(&http_own), None);
+    assert_eq!(stats.caller_ids["+14155550100"], 2);
 }

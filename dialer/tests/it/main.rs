@@ -8,6 +8,7 @@
 mod adapters;
 mod addressed;
 mod answers;
+mod caller_ids;
 mod concurrent_deliveries;
 mod consumer_reconcile;
 mod expiry;

@@ -290,6 +290,7 @@ mod tests {
             created_at: Utc::now(),
             custom_fields: Default::default(),
             expires_at: None,
+            caller_id: None,
             alternate: None,
         }
     }

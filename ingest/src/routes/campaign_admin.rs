@@ -72,6 +72,11 @@ pub struct CampaignPatch {
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "campaign")]
     pub opt_out_list: Option<ccm_core::campaign::OptOutList>,
+    /// Replaces the caller-id pool; `null` removes it (calls then show the carrier
+    /// adapter's `from`).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<crate::openapi::CallerIdPool>)]
+    pub caller_id_pool: Option<Option<ccm_core::caller_id::PoolSpec>>,
     /// How calls move through a contact's several numbers; `null` removes the policy (only
     /// a contact's first number is dialled).
     #[serde(default, deserialize_with = "present")]
@@ -111,6 +116,18 @@ pub(crate) fn calls_per_second(rate: Option<u32>) -> Result<Option<u32>, AppErro
         )),
         other => Ok(other),
     }
+}
+
+/// Parses a campaign's caller-id pool under the deployment's phone rule.
+pub(crate) fn caller_id_pool(
+    state: &AppState,
+    spec: Option<ccm_core::caller_id::PoolSpec>,
+) -> Result<Option<ccm_core::caller_id::CallerIdPool>, AppError> {
+    spec.map(|spec| {
+        ccm_core::caller_id::CallerIdPool::parse(spec, state.config.phone_validation)
+            .map_err(|e| AppError::bad_request("invalid_caller_id_pool", e.to_string()))
+    })
+    .transpose()
 }
 
 /// Validates and sets the start and end dates (shared with creation): the end must be in
@@ -264,6 +281,10 @@ pub(crate) async fn patch(
             "max_concurrent_calls and max_attempts must be at least 1",
         ));
     }
+    let pool = match patch.caller_id_pool.clone() {
+        Some(spec) => Some(caller_id_pool(&state, spec)?),
+        None => None,
+    };
     campaign_store::update(&state, id, |c| {
         if c.state.is_final() {
             return Err(AppError::conflict(
@@ -311,6 +332,9 @@ pub(crate) async fn patch(
         }
         if let Some(list) = patch.opt_out_list {
             c.opt_out_list = list;
+        }
+        if let Some(pool) = &pool {
+            c.caller_id_pool = pool.clone();
         }
         if let Some(policy) = &patch.alternate_numbers {
             c.alternate_numbers = alternate_numbers(policy.clone())?;

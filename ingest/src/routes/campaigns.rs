@@ -89,6 +89,11 @@ pub struct NewCampaign {
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "global")]
     pub opt_out_list: Option<ccm_core::campaign::OptOutList>,
+    /// The numbers calls are placed from, chosen per call (local presence, caps, a
+    /// consistent number per callee); absent: the carrier adapter's `from`.
+    #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::CallerIdPool>)]
+    pub caller_id_pool: Option<ccm_core::caller_id::PoolSpec>,
     /// How calls move through a contact's several numbers (see the contacts route's
     /// `numbers`); absent: only a contact's first number is dialled.
     #[serde(default)]
@@ -173,6 +178,7 @@ pub(crate) async fn create_campaign(
             ring_timeout_secs: body.ring_timeout_secs,
             required_consent: body.required_consent,
             opt_out_list: body.opt_out_list.unwrap_or_default(),
+            caller_id_pool: super::campaign_admin::caller_id_pool(state, body.caller_id_pool)?,
             alternate_numbers: super::campaign_admin::alternate_numbers(body.alternate_numbers)?,
             ended_at: None,
         };
@@ -282,4 +288,7 @@ pub(crate) fn routes() -> Vec<Entry> {
         token(routes!(super::call_audit::campaign_csv)).expensive(GET),
         token(routes!(super::rerun::rerun)).expensive(POST),
     ]
+    .into_iter()
+    .chain(super::caller_ids::routes())
+    .collect()
 }

@@ -4,6 +4,7 @@ pub mod bulk;
 pub mod call_audit;
 pub mod call_queries;
 pub mod callbacks;
+pub mod caller_ids;
 pub mod calls;
 pub mod campaign_admin;
 pub mod campaigns;

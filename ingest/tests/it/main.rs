@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod bulk;
 mod callback;
+mod caller_id_pool;
 mod calling_hours;
 mod campaigns;
 mod cluster_campaigns;

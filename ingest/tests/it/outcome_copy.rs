@@ -40,6 +40,7 @@ async fn dialing(
             created_at: Utc::now(),
             custom_fields: Default::default(),
             expires_at: None,
+            caller_id: None,
             alternate: None,
         },
     };

@@ -40,6 +40,7 @@ fn life(call: CallId) -> Vec<Item> {
         created_at: at(0),
         custom_fields: Default::default(),
         expires_at: None,
+        caller_id: None,
         alternate: None,
     };
     let outcome = |status, secs, id: &str, reason: Option<&str>| EventKind::Outcome {
@@ -235,4 +236,46 @@ fn an_expired_call_ends_expired_with_its_reason() {
         Some("queued 7s without being dialled")
     );
     assert!(row.phase_rank >= 5, "terminal: the campaign can finish");
+}
+
+/// Generated orders: the row shows the caller id of the latest attempt that had one,
+/// whatever order the events are folded in.
+#[test]
+fn the_caller_id_is_the_latest_attempts_in_any_order() {
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut items = life(CallId::new());
+    for item in &mut items {
+        if let Item::Event { event, .. } = item
+            && let EventKind::Dialing { caller_id, .. } = &mut event.kind
+        {
+            *caller_id = Some(
+                format!("+1212555010{}", event.attempt)
+                    .parse()
+                    .expect("phone"),
+            );
+        }
+    }
+    for _ in 0..50 {
+        items.shuffle(&mut rng);
+        let row = fold_all(&items);
+        assert_eq!(
+            row.caller_id.as_deref(),
+            Some("+12125550102"),
+            "seed {seed}"
+        );
+        assert_eq!(row.caller_id_attempt, 2, "seed {seed}");
+    }
+    // Attempt 2 showed none (its campaign's pool was removed): attempt 1's stays.
+    for item in &mut items {
+        if let Item::Event { event, .. } = item
+            && event.attempt == 2
+            && let EventKind::Dialing { caller_id, .. } = &mut event.kind
+        {
+            *caller_id = None;
+        }
+    }
+    items.shuffle(&mut rng);
+    assert_eq!(fold_all(&items).caller_id.as_deref(), Some("+12125550101"));
 }

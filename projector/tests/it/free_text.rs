@@ -132,6 +132,7 @@ async fn generated_free_text_in_every_field_is_stored() {
                 created_at: now,
                 custom_fields: custom_fields.clone(),
                 expires_at: None,
+                caller_id: None,
                 alternate: None,
             },
             EventKind::Outcome {

@@ -84,6 +84,7 @@ pub fn life(index: usize, campaign: u64, start: DateTime<Utc>) -> Vec<Published>
         created_at: start,
         custom_fields: Default::default(),
         expires_at: None,
+        caller_id: None,
         alternate: None,
     };
     let outcome = |status, secs: u32, attempt: u32| EventKind::Outcome {

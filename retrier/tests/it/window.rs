@@ -60,6 +60,7 @@ async fn a_retry_due_in_a_blackout_moves_to_the_opening_and_keeps_the_custom_fie
             created_at: dial.created_at,
             custom_fields: fields.clone(),
             expires_at: None,
+            caller_id: None,
             alternate: None,
         },
     };
@@ -182,6 +183,7 @@ async fn a_retry_due_on_a_holiday_of_the_callees_state_moves_to_the_next_local_d
             created_at: dial.created_at,
             custom_fields: Default::default(),
             expires_at: None,
+            caller_id: None,
             alternate: None,
         },
     };

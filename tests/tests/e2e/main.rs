@@ -4,6 +4,7 @@ mod alternate_numbers;
 mod answering_machine;
 mod call_expiry;
 mod callback;
+mod caller_id_pool;
 mod calling_window;
 mod campaign_states;
 mod carrier_stack;
