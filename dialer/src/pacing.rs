@@ -42,11 +42,13 @@ pub struct Pacing {
     pub bucket: kv::Store,
     /// `dialer.max_calls_per_second`; 0: no global limit.
     pub global_per_second: u32,
+    /// The carrier account's rate ([`crate::account`]), kept in the same bucket.
+    pub account: crate::account::Account,
 }
 
 impl Pacing {
-    /// Reserves the campaign's and the global slot (those that are limited) and returns the
-    /// instant from which the call may be placed.
+    /// Reserves the campaign's, the global and the carrier account's slot (those that are
+    /// limited) and returns the instant from which the call may be placed.
     pub async fn reserve(
         &self,
         campaign: ccm_core::CampaignId,
@@ -59,6 +61,9 @@ impl Pacing {
         if self.global_per_second > 0 {
             let global = reserve(&self.bucket, "global", self.global_per_second).await?;
             at = Some(at.map_or(global, |a: DateTime<Utc>| a.max(global)));
+        }
+        if let Some(account) = self.account.reserve().await? {
+            at = Some(at.map_or(account, |a: DateTime<Utc>| a.max(account)));
         }
         Ok(at)
     }

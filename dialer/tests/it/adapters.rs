@@ -275,3 +275,44 @@ async fn each_adapter_asks_for_the_campaigns_ring_time_never_under_the_telemarke
         );
     }
 }
+
+/// Over the carrier account's rate, both adapters read the 429 as throttling with the
+/// carrier's `Retry-After`, not as an outage or a refusal; nothing is placed.
+#[tokio::test]
+async fn a_429_is_throttling_with_the_carriers_retry_after() {
+    let sim = sim(SimConfig {
+        account_cps: 1,
+        twilio_account_sid: "ACx".into(),
+        twilio_auth_token: "token".into(),
+        ..SimConfig::default()
+    })
+    .await;
+    let twilio = TwilioCarrier::new(TwilioCarrierConfig {
+        base_url: sim.url.clone().into(),
+        account_sid: "ACx".into(),
+        auth_token: Secret::new("token"),
+        from: "+15550009999".into(),
+        status_callback_base: "http://ingest.example".into(),
+        ..TwilioCarrierConfig::default()
+    })
+    .expect("adapter");
+    let http = http(&sim.url, 2000);
+    for carrier in [&twilio as &dyn Carrier, &http as &dyn Carrier] {
+        carrier
+            .place(&request(), &campaign(), LIMIT)
+            .await
+            .expect("the account's first call of the second");
+        let err = carrier
+            .place(&request(), &campaign(), LIMIT)
+            .await
+            .expect_err("over the rate");
+        assert!(
+            matches!(&err, CarrierError::Throttled { reason, retry_after }
+                if reason.starts_with("429")
+                    && *retry_after == Some(std::time::Duration::from_secs(1))),
+            "{err:?}"
+        );
+    }
+    let stats = stats(&sim.url).await;
+    assert_eq!((stats.placed, stats.throttled), (2, 2));
+}
