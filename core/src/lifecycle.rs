@@ -173,6 +173,7 @@ mod tests {
             ring_timeout_secs: None,
             required_consent: None,
             opt_out_list: Default::default(),
+            carrier_weight: None,
             answering_machine: Default::default(),
             ended_at: None,
         }

@@ -294,7 +294,11 @@ async fn place(
             }
             let slot = ctx
                 .pacing
-                .reserve(request.campaign_id, campaign.max_calls_per_second)
+                .reserve(
+                    request.campaign_id,
+                    campaign.max_calls_per_second,
+                    campaign.carrier_weight,
+                )
                 .await
                 .map_err(CallError::Pacing)?;
             if let Some(at) = slot.filter(|at| *at > Utc::now()) {

@@ -473,6 +473,7 @@ impl Supervisor<'_> {
                 name: campaign.name.as_str().into(),
                 window: window::Window::of(&campaign),
                 max_calls_per_second: campaign.max_calls_per_second,
+                carrier_weight: campaign.carrier_weight.unwrap_or(1),
                 purpose: campaign.purpose,
                 ring_timeout_secs: campaign.ring_timeout_secs,
                 revision: entry.revision,

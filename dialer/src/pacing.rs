@@ -53,6 +53,7 @@ impl Pacing {
         &self,
         campaign: ccm_core::CampaignId,
         campaign_per_second: Option<u32>,
+        carrier_weight: u32,
     ) -> Result<Option<DateTime<Utc>>, PacingError> {
         let mut at = None;
         if let Some(rate) = campaign_per_second.filter(|r| *r > 0) {
@@ -62,7 +63,7 @@ impl Pacing {
             let global = reserve(&self.bucket, "global", self.global_per_second).await?;
             at = Some(at.map_or(global, |a: DateTime<Utc>| a.max(global)));
         }
-        if let Some(account) = self.account.reserve().await? {
+        if let Some(account) = self.account.reserve(campaign, carrier_weight).await? {
             at = Some(at.map_or(account, |a: DateTime<Utc>| a.max(account)));
         }
         Ok(at)

@@ -31,6 +31,7 @@ fn campaign(state: CampaignState) -> Campaign {
         ring_timeout_secs: None,
         required_consent: None,
         opt_out_list: Default::default(),
+        carrier_weight: None,
         ended_at: None,
     }
 }

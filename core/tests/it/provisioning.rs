@@ -304,6 +304,7 @@ pub(crate) fn campaign(id: u64, cap: u32) -> Campaign {
         ring_timeout_secs: None,
         required_consent: None,
         opt_out_list: Default::default(),
+        carrier_weight: None,
         ended_at: None,
     }
 }

@@ -9,18 +9,36 @@
 //! competing senders, as TCP does. Several 429s answered for one overshoot (calls already on
 //! their way) cut once: a cut counts only `cut_every` after the last one.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
 /// Microseconds since the Unix epoch.
 pub type Micros = i64;
 
-/// The shared state of one account, as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct AccountRate {
-    /// The next free slot.
+/// A campaign taking the account's slots lately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share {
+    pub weight: u32,
+    /// Its last reservation.
+    pub seen: Micros,
+    /// Its next free slot.
     pub slot: Micros,
+}
+
+/// How long a campaign that reserved nothing still counts in the shares.
+const ACTIVE: Micros = 5_000_000;
+
+/// The shared state of one account, as stored.
+///
+/// The account's rate is divided between the campaigns reserving slots lately in proportion
+/// to their weights; each takes slots on its own schedule at its share. A campaign alone
+/// has the whole rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountRate {
+    /// The campaigns reserving lately, by id.
+    #[serde(default)]
+    pub campaigns: BTreeMap<String, Share>,
     /// Calls per second now.
     pub rate: f64,
     /// When the rate was last cut.
@@ -59,7 +77,7 @@ impl Aimd {
     /// The state of an account never seen (or whose record expired): at its maximum rate.
     fn fresh(&self, now: Micros) -> AccountRate {
         AccountRate {
-            slot: now,
+            campaigns: BTreeMap::new(),
             rate: self.max,
             cut_at: Micros::MIN,
             grown_at: now,
@@ -80,12 +98,30 @@ impl Aimd {
         s
     }
 
-    /// Takes the next slot at `now`: when the call may go, and the state to store.
-    pub fn reserve(&self, stored: Option<AccountRate>, now: Micros) -> (Micros, AccountRate) {
+    /// Takes the next slot of `campaign` (of `weight`) at `now`: when the call may go, and
+    /// the state to store.
+    pub fn reserve(
+        &self,
+        stored: Option<AccountRate>,
+        now: Micros,
+        campaign: &str,
+        weight: u32,
+    ) -> (Micros, AccountRate) {
         let mut s = self.grown(stored.unwrap_or_else(|| self.fresh(now)), now);
-        let start = s.slot.max(now);
-        let interval = (1e6 / s.rate).round() as i64;
-        s.slot = start + interval.max(1);
+        s.campaigns
+            .retain(|id, share| id == campaign || now.saturating_sub(share.seen) < ACTIVE);
+        let share = s.campaigns.entry(campaign.to_owned()).or_insert(Share {
+            weight,
+            seen: now,
+            slot: now,
+        });
+        share.weight = weight.max(1);
+        share.seen = now;
+        let total: u32 = s.campaigns.values().map(|c| c.weight).sum();
+        let share = s.campaigns.get_mut(campaign).expect("inserted above");
+        let rate = s.rate * f64::from(share.weight) / f64::from(total.max(1));
+        let start = share.slot.max(now);
+        share.slot = start + ((1e6 / rate).round() as i64).max(1);
         (start, s)
     }
 
@@ -134,9 +170,10 @@ mod tests {
     #[test]
     fn a_429_halves_the_rate_once_per_overload() {
         let aimd = rules();
-        let (_, s) = aimd.reserve(None, 0);
+        let (_, s) = aimd.reserve(None, 0, "1", 1);
         assert_eq!(s.rate, 20.0);
         let s = aimd.throttled(Some(s), 10_000, Duration::from_secs(1));
+        assert_eq!(s.campaigns["1"].slot, 50_000);
         assert_eq!((s.rate, s.paused_until, s.throttled), (10.0, 1_010_000, 1));
         // Three more answered for calls already on their way: no further cut.
         let s = (0..3).fold(s, |s, i| {
@@ -144,9 +181,9 @@ mod tests {
         });
         assert_eq!((s.rate, s.throttled, s.paused_until), (10.0, 4, 1_020_002));
         // The throttled calls wait for their `Retry-After`, the others go at the cut rate.
-        let (start, s) = aimd.reserve(Some(s), 60_000);
+        let (start, s) = aimd.reserve(Some(s), 60_000, "1", 1);
         assert_eq!(start, 60_000);
-        assert_eq!(s.slot, 160_000, "spaced at the cut rate");
+        assert_eq!(s.campaigns["1"].slot, 160_000, "spaced at the cut rate");
     }
 
     #[test]
@@ -155,11 +192,11 @@ mod tests {
         let s = aimd.throttled(None, 0, Duration::ZERO);
         assert_eq!(s.rate, 10.0);
         // Held for `cut_every` after the cut, then one call per second more each second.
-        let (_, s) = aimd.reserve(Some(s), 900_000);
+        let (_, s) = aimd.reserve(Some(s), 900_000, "1", 1);
         assert_eq!(s.rate, 10.0);
-        let (_, s) = aimd.reserve(Some(s), 5_000_000);
+        let (_, s) = aimd.reserve(Some(s), 5_000_000, "1", 1);
         assert!((s.rate - 14.0).abs() < 1e-9, "{}", s.rate);
-        let (_, s) = aimd.reserve(Some(s), 100_000_000);
+        let (_, s) = aimd.reserve(Some(s), 100_000_000, "1", 1);
         assert_eq!(s.rate, 20.0);
     }
 
@@ -182,14 +219,14 @@ mod tests {
                 increase_per_second: limit as f64 / 10.0,
                 cut_every: Duration::from_secs(1),
             };
-            let mut state = None;
+            let mut state: Option<AccountRate> = None;
             let mut accepted: Vec<Micros> = Vec::new();
             let mut refused = 0usize;
             let mut requests = 0usize;
             let mut now = 0;
             let end = 60_000_000;
             loop {
-                let (at, s) = aimd.reserve(state, now);
+                let (at, s) = aimd.reserve(state, now, "1", 1);
                 state = Some(s);
                 // Network jitter between the slot and the carrier.
                 let arrives = at + rng.random_range(0..20_000);
@@ -225,5 +262,60 @@ mod tests {
                 "seed {seed}: limit {limit}: 429 share {share}"
             );
         }
+    }
+
+    /// Campaigns reserving at once share the rate by their weights, whatever their order and
+    /// weights; one left alone gets the whole rate.
+    #[test]
+    fn saturating_campaigns_share_the_rate_by_their_weights() {
+        let seed: u64 = rand::rng().random();
+        println!("seed {seed}");
+        let mut rng = StdRng::seed_from_u64(seed);
+        let aimd = rules();
+        for _ in 0..50 {
+            let weights: Vec<u32> = (0..rng.random_range(2..5))
+                .map(|_| rng.random_range(1..10))
+                .collect();
+            let mut state: Option<AccountRate> = None;
+            let mut placed = vec![0u32; weights.len()];
+            // Each campaign always has a call waiting for its next slot.
+            let mut next: Vec<Micros> = vec![0; weights.len()];
+            let end = 30_000_000;
+            loop {
+                let (i, now) = next
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (i, *t))
+                    .min_by_key(|(i, t)| (*t, *i))
+                    .expect("campaigns");
+                let (at, s) = aimd.reserve(state, now, &i.to_string(), weights[i]);
+                state = Some(s);
+                if at > end {
+                    break;
+                }
+                placed[i] += 1;
+                next[i] = at;
+            }
+            let total: u32 = weights.iter().sum();
+            let all: u32 = placed.iter().sum();
+            assert!(
+                (f64::from(all) / 30.0 - aimd.max).abs() < 0.5,
+                "seed {seed}: {all} in 30 s"
+            );
+            for (w, p) in weights.iter().zip(&placed) {
+                let want = f64::from(*w) / f64::from(total) * f64::from(all);
+                assert!(
+                    (f64::from(*p) - want).abs() <= want * 0.05 + 2.0,
+                    "seed {seed}: weights {weights:?}, placed {placed:?}"
+                );
+            }
+        }
+        // Alone, a campaign of weight 1 takes the whole rate once the others are gone.
+        let (_, s) = aimd.reserve(None, 0, "a", 3);
+        let (_, s) = aimd.reserve(Some(s), 0, "b", 1);
+        let (_, s) = aimd.reserve(Some(s), 10_000_000, "b", 1);
+        let (start, s) = aimd.reserve(Some(s), 10_000_000, "b", 1);
+        assert_eq!(s.campaigns.len(), 1);
+        assert_eq!(s.campaigns["b"].slot - start, 50_000);
     }
 }

@@ -74,12 +74,20 @@ impl Account {
         format!("account-{}", self.name)
     }
 
-    /// Takes the account's next slot: when the call may go (`None`: no account rate).
-    pub async fn reserve(&self) -> Result<Option<DateTime<Utc>>, PacingError> {
+    /// Takes the next slot of `campaign` (of `weight`) at the account's rate: when the call
+    /// may go (`None`: no account rate).
+    pub async fn reserve(
+        &self,
+        campaign: ccm_core::CampaignId,
+        weight: u32,
+    ) -> Result<Option<DateTime<Utc>>, PacingError> {
         let Some(aimd) = self.aimd else {
             return Ok(None);
         };
-        let start = self.change(|stored, now| aimd.reserve(stored, now)).await?;
+        let campaign = campaign.to_string();
+        let start = self
+            .change(|stored, now| aimd.reserve(stored, now, &campaign, weight))
+            .await?;
         Ok(DateTime::from_timestamp_micros(start))
     }
 

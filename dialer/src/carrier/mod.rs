@@ -125,6 +125,8 @@ pub struct CampaignInfo {
     pub window: Option<Arc<crate::window::Window>>,
     /// The campaign's pacing (new calls per second), when it sets one.
     pub max_calls_per_second: Option<u32>,
+    /// Its share of the carrier account's rate ([`crate::account`]).
+    pub carrier_weight: u32,
     /// Why it calls and how long it lets phones ring: adapters ask the carrier for
     /// [`ccm_core::campaign::ring_time::requested_secs`] of these.
     pub purpose: ccm_core::campaign::Purpose,

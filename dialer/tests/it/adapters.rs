@@ -65,6 +65,7 @@ fn campaign() -> CampaignInfo {
         name: Arc::from("spring"),
         window: None,
         max_calls_per_second: None,
+        carrier_weight: 1,
         purpose: Purpose::Informational,
         ring_timeout_secs: None,
         revision: 0,

@@ -65,6 +65,10 @@ pub struct NewCampaign {
     /// New calls per second across all dialers, 1 to 10,000; absent: no limit.
     #[serde(default)]
     pub max_calls_per_second: Option<u32>,
+    /// The campaign's share of the carrier account's rate against the other campaigns
+    /// calling at the same time, 1 to 100; absent: 1.
+    #[serde(default)]
+    pub carrier_weight: Option<u32>,
     /// `answered` (default: a machine's answer completes the call) or `retry` (retried like
     /// RNR), from Twilio's `AnsweredBy`.
     #[serde(default)]
@@ -168,6 +172,7 @@ pub(crate) async fn create_campaign(
             ring_timeout_secs: body.ring_timeout_secs,
             required_consent: body.required_consent,
             opt_out_list: body.opt_out_list.unwrap_or_default(),
+            carrier_weight: super::campaign_admin::carrier_weight(body.carrier_weight)?,
             ended_at: None,
         };
         super::campaign_admin::check_ring_time(&campaign)?;

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use ccm_tests::{TestEnv, eventually};
+use serde_json::json;
 
 use crate::carrier_stack::{ACCOUNT_SID, CarrierStack, Dialer, answering, statuses};
 
@@ -62,6 +63,107 @@ async fn two_dialers_slow_down_to_the_carrier_accounts_rate_and_lose_no_call() {
     assert!(
         rate > 0.6 * f64::from(N),
         "placed only {rate:.2}/s against a limit of {N}/s"
+    );
+    first.stop().await;
+    second.stop().await;
+    stack.stop().await;
+}
+
+/// Two campaigns of weights 3 and 1 on a saturated carrier account: while both have calls
+/// waiting, their placed rates follow their weights; a weight outside 1 to 100 is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaigns_share_a_saturated_account_by_their_weights() {
+    let env = TestEnv::start().await.expect("test environment");
+    const N: u32 = 8;
+    let sim = ccm_carrier_sim::SimConfig {
+        account_cps: N,
+        ..answering(200)
+    };
+    // The account's rate set under the carrier's, and caps high enough for each campaign to
+    // keep calls waiting for its slots: saturated, with few 429s. (After a
+    // cut, slots already reserved keep the rate they were reserved at, so a campaign with a
+    // deeper queue keeps its old pace for a while: the shares follow the weights at a steady
+    // rate, see docs/carriers.md.)
+    let stack = CarrierStack::start_with(&env, sim, |config| {
+        config.dialer.carrier_account.max_calls_per_second = f64::from(N - 2);
+        config.dialer.carrier_account.increase_per_second = 0.8;
+    })
+    .await;
+    let pg = env.pg().await.expect("postgres");
+    let (status, body) = stack
+        .send(
+            "/api/v1/campaigns",
+            json!({"name": "w0", "max_concurrent_calls": 5, "carrier_weight": 0}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_carrier_weight")),
+        "{body}"
+    );
+    let mut ids = Vec::new();
+    for weight in [3, 1] {
+        let (status, body) = stack
+            .send(
+                "/api/v1/campaigns",
+                json!({"name": format!("w{weight}"), "max_concurrent_calls": 40,
+                       "max_attempts": 1, "carrier_weight": weight}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["carrier_weight"], weight, "{body}");
+        ids.push(body["id"].as_u64().expect("id"));
+    }
+    let first = Dialer::start(stack.config.clone());
+    let second = Dialer::start(stack.config.clone());
+    let calls = 60;
+    let (heavy, light) = (ids[0], ids[1]);
+    tokio::join!(
+        stack.calls(heavy, calls),
+        stack.calls_from(light, calls, 5_000_000)
+    );
+    for id in [heavy, light] {
+        let done = eventually(Duration::from_secs(120), || async {
+            (statuses(&pg, id).await == [("COMPLETED".to_owned(), i64::from(calls))]).then_some(())
+        })
+        .await;
+        assert!(done.is_some(), "{:?}", statuses(&pg, id).await);
+    }
+    let stats = stack.stats().await;
+    assert_eq!(stats.repeated_requests, 0);
+    let times = |id: u64| -> Vec<u64> {
+        let mut t: Vec<u64> = stats
+            .attempts
+            .values()
+            .filter(|a| a.campaign == id.to_string())
+            .map(|a| a.placed_ms)
+            .collect();
+        t.sort_unstable();
+        t
+    };
+    let (h, l) = (times(heavy), times(light));
+    // Both saturate the account from the later of their first placements until the heavier
+    // one's queue runs dry (its last calls are stragglers a 429 put off; the lighter one
+    // then gets the whole rate).
+    let from = h[0].max(l[0]) + 1000;
+    let to = h[h.len() * 9 / 10].min(l[l.len() - 1]);
+    let within = |t: &[u64]| t.iter().filter(|x| (from..=to).contains(*x)).count() as f64;
+    let (hn, ln) = (within(&h), within(&l));
+    let secs = (to - from) as f64 / 1000.0;
+    let account = &stats.accounts[ACCOUNT_SID];
+    println!(
+        "over {secs:.1} s: weight 3 placed {hn} ({:.2}/s), weight 1 placed {ln} ({:.2}/s), \
+         ratio {:.2}; throttled {} of {}",
+        hn / secs,
+        ln / secs,
+        hn / ln,
+        account.throttled,
+        account.placed + account.throttled
+    );
+    assert!(secs > 3.0, "the campaigns hardly overlapped: {secs} s");
+    assert!(
+        (2.4..=3.75).contains(&(hn / ln)),
+        "weights 3:1 placed {hn}:{ln}"
     );
     first.stop().await;
     second.stop().await;

@@ -112,6 +112,7 @@ pub(crate) async fn create(
         ring_timeout_secs: None,
         required_consent: None,
         opt_out_list: Default::default(),
+        carrier_weight: None,
     };
     let campaign = campaigns::create_campaign(&state, new)
         .await
