@@ -730,6 +730,9 @@ pub struct RetrierConfig {
     pub max_queue_age_secs: u64,
     /// How often the expiry sweep runs.
     pub expiry_sweep_ms: u64,
+    /// How often `RETRIES` is compared with its consumer for entries the server no longer
+    /// delivers (put back after two sweeps in a row; see the retrier's `stranded` module).
+    pub stranded_sweep_ms: u64,
 }
 
 impl Default for RetrierConfig {
@@ -739,6 +742,7 @@ impl Default for RetrierConfig {
             metrics_listen: None,
             max_queue_age_secs: 6 * 86_400,
             expiry_sweep_ms: 60_000,
+            stranded_sweep_ms: 30_000,
         }
     }
 }
@@ -850,6 +854,11 @@ impl Config {
         let retention = self.streams.calls_max_age();
         let queue = Duration::from_secs(self.retrier.max_queue_age_secs);
         let sweep = Duration::from_millis(self.retrier.expiry_sweep_ms);
+        if self.retrier.stranded_sweep_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "retrier.stranded_sweep_ms must be above zero".into(),
+            ));
+        }
         if self.retrier.max_queue_age_secs == 0 || self.retrier.expiry_sweep_ms == 0 {
             return Err(ConfigError::Invalid(
                 "retrier.max_queue_age_secs and retrier.expiry_sweep_ms must be above zero".into(),

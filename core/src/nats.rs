@@ -15,6 +15,15 @@ use crate::events::{CallEvent, DialRequest};
 mod lost_race;
 pub use lost_race::lost_race;
 
+/// Whether a server error code says "no such message": 10037 (no message found) or 10043
+/// (sequence not found), which nats-server 2.15 answers to a delete of a message deleted a
+/// moment before by someone else (seen in CI: a second erase of one number answered 503). A
+/// delete or read that gets it finds the message already gone, which is no outage.
+pub fn message_gone(code: jetstream::ErrorCode) -> bool {
+    code == jetstream::ErrorCode::NO_MESSAGE_FOUND
+        || code == jetstream::ErrorCode::SEQUENCE_NOT_FOUND
+}
+
 /// What can go wrong talking to NATS.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {

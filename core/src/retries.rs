@@ -109,7 +109,7 @@ impl Scheduled {
                 if matches!(
                     e.kind(),
                     async_nats::jetstream::stream::DeleteMessageErrorKind::JetStream(ref js)
-                        if js.error_code() == async_nats::jetstream::ErrorCode::NO_MESSAGE_FOUND
+                        if crate::nats::message_gone(js.error_code())
                 ) =>
             {
                 Ok(())

@@ -22,6 +22,8 @@
 //! `retrier.max_queue_age_secs`, before the stream's retention could drop it, and [`deadline`]
 //! every call of a held campaign whose own `expires_at` has passed.
 //!
+//! [`stranded`] puts back entries of `RETRIES` the server kept but no longer delivers.
+//!
 //! [`dlq`] also holds the operator's actions (list, show, redrive, discard) that the
 //! `ccm-retrier dlq` subcommands run.
 
@@ -34,6 +36,7 @@ pub(crate) mod outcome;
 pub(crate) mod reaper;
 pub(crate) mod retries;
 pub(crate) mod sample;
+pub mod stranded;
 pub(crate) mod window;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -158,6 +161,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Retr
     );
     tasks.spawn(async move {
         expiry::run(c, max_age, every, s).await;
+        Ok(())
+    });
+    let (c, s) = (ctx.clone(), shutdown.clone());
+    let every = Duration::from_millis(config.retrier.stranded_sweep_ms);
+    tasks.spawn(async move {
+        stranded::run(c, every, s).await;
         Ok(())
     });
     let interval = Duration::from_secs(config.claims.reap_interval_secs.max(1));

@@ -156,7 +156,7 @@ fn gone_is_done(
     match result {
         Err(e)
             if matches!(e.kind(), jetstream::stream::DeleteMessageErrorKind::JetStream(ref j)
-                if super::scan::gone_code(j.error_code())) =>
+                if ccm_core::nats::message_gone(j.error_code())) =>
         {
             Ok(false)
         }

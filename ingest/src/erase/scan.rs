@@ -230,15 +230,9 @@ async fn by_sequence(
 pub(crate) fn is_gone(e: &jetstream::stream::RawMessageError) -> bool {
     match e.kind() {
         jetstream::stream::RawMessageErrorKind::NoMessageFound => true,
-        jetstream::stream::RawMessageErrorKind::JetStream(j) => gone_code(j.error_code()),
+        jetstream::stream::RawMessageErrorKind::JetStream(j) => {
+            ccm_core::nats::message_gone(j.error_code())
+        }
         _ => false,
     }
-}
-
-/// The server's codes for "no such message": 10037 (no message found) and 10043 (sequence
-/// not found), which nats-server 2.15 answers to a delete of a message another erase of the
-/// same number deleted a moment before (seen in CI: the second erase answered 503).
-pub(crate) fn gone_code(code: jetstream::ErrorCode) -> bool {
-    code == jetstream::ErrorCode::NO_MESSAGE_FOUND
-        || code == jetstream::ErrorCode::SEQUENCE_NOT_FOUND
 }

@@ -154,3 +154,138 @@ async fn an_unreadable_entry_becomes_a_dead_letter_instead_of_looping() {
     assert_eq!(messages(&js, "CALLS").await, 0);
     retrier.stop().await;
 }
+
+/// Strands every entry now in `RETRIES`, as the server left two entries after a retrier was
+/// killed holding them and nats-server restarted: stored, at or below `retrier_retries`' ack
+/// floor, pending nowhere, so never delivered again. (A work queue only takes consumers that
+/// deliver all: the consumer is made again with a filter no entry matches, a later entry of
+/// that filter is delivered and acked, which moves the floor past the others, and the filter
+/// is then removed.)
+async fn strand_stored_entries(js: &async_nats::jetstream::Context) {
+    use async_nats::jetstream::consumer::{PullConsumer, pull};
+    let retries = js.get_stream("RETRIES").await.expect("RETRIES");
+    let was = retries
+        .consumer_info("retrier_retries")
+        .await
+        .expect("consumer")
+        .config
+        .clone();
+    let config = |filter: &str| pull::Config {
+        durable_name: was.durable_name.clone(),
+        description: was.description.clone(),
+        ack_wait: was.ack_wait,
+        max_deliver: was.max_deliver,
+        max_ack_pending: was.max_ack_pending,
+        max_waiting: was.max_waiting,
+        filter_subject: filter.to_owned(),
+        ..Default::default()
+    };
+    retries
+        .delete_consumer("retrier_retries")
+        .await
+        .expect("delete");
+    let elsewhere: PullConsumer = retries
+        .create_consumer(config("calls.retry.999999"))
+        .await
+        .expect("made again, filtered");
+    let marker = RetryEntry {
+        due_at: Utc::now(),
+        request: request(999_999, "+15550009999", 2),
+        window_deferral: None,
+    };
+    schedule(js, &marker).await;
+    let mut batch = elsewhere
+        .fetch()
+        .max_messages(1)
+        .messages()
+        .await
+        .expect("fetch");
+    let delivered = batch.next().await.expect("the marker").expect("message");
+    delivered.double_ack().await.expect("acked");
+    retries
+        .create_consumer(config(""))
+        .await
+        .expect("filter removed");
+    let floor = retries
+        .consumer_info("retrier_retries")
+        .await
+        .expect("consumer")
+        .ack_floor
+        .stream_sequence;
+    let first = retries
+        .clone()
+        .info()
+        .await
+        .expect("info")
+        .state
+        .first_sequence;
+    assert!(
+        first <= floor,
+        "the entries are at or below the ack floor ({first} > {floor})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_the_consumer_no_longer_delivers_is_put_back_and_fires_once() {
+    let env = TestEnv::start().await.expect("test environment");
+    env.provision().await.expect("provision");
+    let js = env.jetstream().await.expect("jetstream");
+    let client = env.nats().await.expect("client");
+    let mut dials = client.subscribe("calls.dial.>").await.expect("subscribe");
+
+    // One entry whose call still waits for attempt 2, one whose call ended meanwhile.
+    let waiting = RetryEntry {
+        due_at: Utc::now(),
+        request: request(7, "+15550002001", 2),
+        window_deferral: None,
+    };
+    let ended = RetryEntry {
+        due_at: Utc::now(),
+        request: request(7, "+15550002002", 2),
+        window_deferral: None,
+    };
+    schedule(&js, &waiting).await;
+    schedule(&js, &ended).await;
+    let done = ccm_core::CallEvent::now(
+        ended.request.call_id,
+        ended.request.campaign_id,
+        2,
+        ccm_core::EventKind::Completed,
+    );
+    ccm_core::nats::publish_event(&js, &done)
+        .await
+        .expect("event");
+    strand_stored_entries(&js).await;
+
+    let mut config = env.config();
+    config.retrier.stranded_sweep_ms = 300;
+    let retrier = Retrier::start_with(&env, ANY_TIME, config);
+    let message = tokio::time::timeout(Duration::from_secs(10), dials.next())
+        .await
+        .expect("the stranded entry fires (two sweeps of 300 ms)")
+        .expect("subscription open");
+    let dial: ccm_core::DialRequest = serde_json::from_slice(&message.payload).expect("dial");
+    assert_eq!(
+        dial.call_id, waiting.request.call_id,
+        "only the waiting call goes on"
+    );
+    assert_eq!(dial.attempt, 2);
+    assert_eq!(
+        message
+            .headers
+            .expect("headers")
+            .get("Nats-Msg-Id")
+            .map(|v| v.as_str().to_owned()),
+        Some(waiting.dial_msg_id()),
+        "the attempt's own id, so a second dial message of it is dropped"
+    );
+    // Neither comes again, and both stranded entries leave the stream.
+    let again = tokio::time::timeout(Duration::from_secs(2), dials.next()).await;
+    assert!(again.is_err(), "one dial message: {again:?}");
+    let left = ccm_tests::eventually(Duration::from_secs(5), || async {
+        (messages(&js, "RETRIES").await == 0).then_some(())
+    })
+    .await;
+    assert!(left.is_some(), "RETRIES is empty");
+    retrier.stop().await;
+}
