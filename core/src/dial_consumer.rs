@@ -176,6 +176,8 @@ pub struct Written {
     pub paused: bool,
     /// Calls of the campaign are queued or held by a dialer ([`Work::any`]).
     pub has_work: bool,
+    /// Dial messages not yet delivered to any dialer (`num_pending`).
+    pub queued: u64,
 }
 
 impl Written {
@@ -386,6 +388,7 @@ impl DialConsumers {
                         revision: Self::written_from(&info),
                         paused: info.paused,
                         has_work: has_work(&info),
+                        queued: info.num_pending,
                     },
                 ))
             })

@@ -25,7 +25,7 @@
 //! | `ccm_ingest_audit_failures_total` | counter | | audit records that could not be stored (each is logged at error level with the record) |
 //! | `ccm_ingest_erasures_total` | counter | `result` | erase requests for a number: `erased`, `refused` (a call of it had not ended, 409) |
 //! | `ccm_dialer_live_calls` | gauge | `campaign` | calls in flight in this replica (dial message held un-acked) |
-//! | `ccm_dialer_queued_calls` | gauge | `campaign` | dial messages waiting for a dialer (the campaign consumer's `num_pending`, polled every 5 s) |
+//! | `ccm_dialer_queued_calls` | gauge | `campaign` | dial messages waiting for a dialer (the campaign consumer's `num_pending`, read by the consumer sweep, every `dialer.consumer_sweep_secs`) |
 //! | `ccm_dialer_calls_placed_total` | counter | `campaign` | attempts handed to the carrier |
 //! | `ccm_dialer_carrier_request_duration_seconds` | histogram | `carrier`, `result` | one placement request; `result`: `placed`, `rejected`, `unavailable`, `ambiguous`, `throttled` (429) |
 //! | `ccm_dialer_carrier_account_rate` | gauge | `account` | the carrier account's shared rate (calls per second) as this replica last wrote it (`dialer.carrier_account`) |

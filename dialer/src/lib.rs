@@ -201,7 +201,7 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
     let router_stop = CancellationToken::new();
     let router = tokio::spawn(router.run(router_stop.clone()));
     let calls = TaskTracker::new();
-    tokio::spawn(sample::run(js.clone(), trunk.clone(), shutdown.clone()));
+    tokio::spawn(sample::run(trunk.clone(), shutdown.clone()));
     // Subscribed before any worker starts, so a worker never misses its first wake-up.
     let wakes = wake::Wakes::default();
     let listener = wake::Listener::subscribe(&client, wakes.clone()).await?;
@@ -382,8 +382,15 @@ impl Supervisor<'_> {
                 return;
             }
         };
-        for (id, _) in written.iter().filter(|(_, w)| w.has_work) {
-            self.wakes.look(*id);
+        for (id, w) in &written {
+            // The queue depth comes from this listing: one list of every dial consumer per
+            // sweep, rather than another list every few seconds on every replica (on a
+            // cluster each listed consumer is one request to its leader).
+            ccm_core::metrics::gauge!("ccm_dialer_queued_calls", "campaign" => id.to_string())
+                .set(w.queued as f64);
+            if w.has_work {
+                self.wakes.look(*id);
+            }
         }
         let drifted: Vec<CampaignId> = self
             .workers

@@ -95,6 +95,8 @@ async fn live_queued_and_placed_calls_are_exported_and_readyz_follows_nats() {
         .into();
     let mut config = env.config();
     config.dialer.metrics_listen = Some(addr);
+    // The queue depth is read by the consumer sweep.
+    config.dialer.consumer_sweep_secs = 1;
     config.dialer.carrier = CarrierConfig::Sim(SimCarrierConfig {
         call_ms: 60_000,
         ..Default::default()
@@ -108,7 +110,9 @@ async fn live_queued_and_placed_calls_are_exported_and_readyz_follows_nats() {
         let text = get(addr, "/metrics").await.ok()?.1;
         let live = sample(&text, "ccm_dialer_live_calls", &labels);
         let queued = sample(&text, "ccm_dialer_queued_calls", &labels);
-        (live == Some(1.0) && queued == Some(2.0)).then_some(text)
+        // Sampled apart (the queue by the sweep, the lines every 5 s): wait for both.
+        let lines = sample(&text, "ccm_dialer_trunk_lines_busy", &[]);
+        (live == Some(1.0) && queued == Some(2.0) && lines == Some(1.0)).then_some(text)
     })
     .await;
     let Some(text) = text else {
@@ -146,4 +150,31 @@ async fn live_queued_and_placed_calls_are_exported_and_readyz_follows_nats() {
     assert!(unready.contains("nats"), "{unready}");
     assert_eq!(get(addr, "/healthz").await.expect("healthz").0, 200);
     shutdown.cancel();
+}
+
+/// The dial consumers are listed once per consumer sweep, not also every few seconds for the
+/// queue gauge: on a cluster each listed consumer is one request to its leader, so a listing
+/// on a timer per replica grew with campaigns × replicas (issue 23). Failed first: the
+/// gauge's own listing made 3 list requests in 12 s with the sweep set to 10 minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dial_consumers_are_listed_only_by_the_sweep() {
+    use futures::StreamExt as _;
+    let env = TestEnv::start().await.expect("env");
+    env.provision().await.expect("provision");
+    let client = env.nats().await.expect("client");
+    let mut lists = client
+        .subscribe("$JS.API.CONSUMER.LIST.CALLS")
+        .await
+        .expect("subscribe");
+    let mut config = env.config();
+    config.dialer.consumer_sweep_secs = 600;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(ccm_dialer::run(config, shutdown.clone()));
+    let mut listed = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(12);
+    while let Ok(Some(_)) = tokio::time::timeout_at(until, lists.next()).await {
+        listed += 1;
+    }
+    shutdown.cancel();
+    assert_eq!(listed, 0, "list requests in 12 s with a 10-minute sweep");
 }
