@@ -111,11 +111,7 @@ pub async fn initiate_call(
     state.ledger.set_fields(&key, body.custom_fields);
     state.ledger.set_ring_timeout(&key, body.ring_timeout_secs);
     let opted_out = state.opt_outs.contains(&body.phone_number);
-    let drawn = if opted_out {
-        outcome::answered(&state.config)
-    } else {
-        outcome::draw(&state.config)
-    };
+    let drawn = outcome::of_number(&state.config, &body.phone_number, opted_out);
     let mut last = Callback::Json {
         method: Method::PUT,
         url: format!(

@@ -126,6 +126,10 @@ pub struct SimConfig {
     /// Live calls each carrier account may hold; more are answered 429. 0: unlimited.
     #[arg(long, env = "CARRIER_SIM_ACCOUNT_MAX_LIVE", default_value_t = 0)]
     pub account_max_live: u64,
+    /// Numbers (E.164) nobody answers: every call to one ends RNR (a contact's mobile that
+    /// rings out, so its next number is tried); repeat the flag or separate with commas.
+    #[arg(long = "unanswered-number", value_delimiter = ',')]
+    pub unanswered_numbers: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -153,6 +157,7 @@ impl Default for SimConfig {
             opt_out_digits: "9".into(),
             account_cps: 0,
             account_max_live: 0,
+            unanswered_numbers: Vec::new(),
         }
     }
 }

@@ -44,6 +44,21 @@ pub fn draw(config: &SimConfig) -> Drawn {
     }
 }
 
+/// The outcome of a call to `number`: answered by a callee who opts out, unanswered at a
+/// number configured so, else drawn from the mix.
+pub fn of_number(config: &SimConfig, number: &str, opted_out: bool) -> Drawn {
+    if opted_out {
+        answered(config)
+    } else if config.unanswered_numbers.iter().any(|n| n == number) {
+        Drawn {
+            status: OutcomeStatus::Rnr,
+            duration_secs: 0,
+        }
+    } else {
+        draw(config)
+    }
+}
+
 /// An answered call (a callee who opts out answers to press the digit).
 pub fn answered(_config: &SimConfig) -> Drawn {
     Drawn {

@@ -200,11 +200,7 @@ fn schedule_callbacks(
     }
     let to = field(form, "To").unwrap_or_default();
     let opted_out = state.opt_outs.contains(to);
-    let drawn = if opted_out {
-        outcome::answered(&state.config)
-    } else {
-        outcome::draw(&state.config)
-    };
+    let drawn = outcome::of_number(&state.config, to, opted_out);
     let status = match drawn.status {
         OutcomeStatus::Picked | OutcomeStatus::Disconnected => "completed",
         OutcomeStatus::Rnr if chance(1.0 / 3.0) => "busy",

@@ -31,6 +31,8 @@ pub struct AttemptAudit {
     pub attempt: u32,
     /// How many times the attempt had been put off before this decision (0: first look).
     pub deferrals: u32,
+    /// The number this attempt dials, the one its checks were made for (a contact's further
+    /// number when the attempt dials one: [`crate::DialRequest::dialled`]).
     pub phone_number: PhoneNumber,
     /// When the decision was made.
     pub at: DateTime<Utc>,
@@ -169,7 +171,7 @@ impl AttemptAudit {
             campaign_id: request.campaign_id,
             attempt: request.attempt,
             deferrals,
-            phone_number: request.phone_number.clone(),
+            phone_number: request.dialled().clone(),
             at,
             dialer: dialer.to_owned(),
             decision,
@@ -213,6 +215,7 @@ mod tests {
             queued_at: Utc::now(),
             custom_fields: Default::default(),
             expires_at: None,
+            alternate: None,
         };
         let record = AttemptAudit::of(
             &request,

@@ -117,6 +117,10 @@ pub struct Campaign {
     /// The do-not-call list a callee who opts out during one of this campaign's calls is put on.
     #[serde(default, skip_serializing_if = "OptOutList::is_default")]
     pub opt_out_list: OptOutList,
+    /// How calls to contacts with several numbers move from one number to the next; none:
+    /// only a contact's first number is dialled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alternate_numbers: Option<crate::contact_numbers::AlternateNumbers>,
     /// When the campaign reached `COMPLETED` or `CANCELLED`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<DateTime<Utc>>,
@@ -321,6 +325,11 @@ pub struct Contact {
     /// `expires_at` applies: [`crate::expiry::earliest`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// All the contact's numbers in the order they are tried, `phone_number` first, when it
+    /// has more than one (empty otherwise, and in contacts written before; see
+    /// [`crate::contact_numbers::of_contact`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub numbers: Vec<crate::contact_numbers::ContactNumber>,
 }
 
 /// Daily hours, local to the callee, during which a campaign may call (`start` < `end`).

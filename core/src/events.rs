@@ -39,6 +39,11 @@ pub struct DialRequest {
     /// the call has none, so older messages still parse.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// The contact's number this attempt dials when it is not `phone_number` (the contact's
+    /// first, which the call is known and claimed by): see [`crate::contact_numbers`].
+    /// Absent otherwise, so older messages still parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alternate: Option<crate::contact_numbers::Alternate>,
 }
 
 /// A contact's custom fields, by column name. Sorted, so the same contact always serialises
@@ -54,6 +59,14 @@ impl DialRequest {
     /// The de-duplication id of this attempt.
     pub fn msg_id(&self) -> String {
         subjects::dial_msg_id(self.call_id, self.attempt)
+    }
+
+    /// The number this attempt dials: the alternate's, else the call's own. Do-not-call,
+    /// consent, frequency limits and the carrier apply to it.
+    pub fn dialled(&self) -> &PhoneNumber {
+        self.alternate
+            .as_ref()
+            .map_or(&self.phone_number, |a| &a.number)
     }
 }
 
@@ -135,6 +148,9 @@ pub enum EventKind {
         /// retrier schedules no retry after it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<DateTime<Utc>>,
+        /// The number dialled when it is not `phone_number`, copied from the dial request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alternate: Option<crate::contact_numbers::Alternate>,
     },
     /// The carrier's verdict on the attempt (published on `calls.outcome.…`).
     Outcome {
@@ -301,6 +317,7 @@ mod tests {
             queued_at: Utc::now(),
             custom_fields: CustomFields::new(),
             expires_at: None,
+            alternate: None,
         };
         let retry = RetryEntry {
             due_at: Utc::now(),

@@ -38,6 +38,7 @@ pub mod claims;
 pub mod config;
 pub mod consent;
 pub mod consumer;
+pub mod contact_numbers;
 pub mod contacts;
 pub mod dial_consumer;
 pub mod dlq;

@@ -205,7 +205,7 @@ pub async fn gather(
     let ((listed, dnc), checked, consent) = futures::try_join!(
         async {
             // An opted-out callee's listing ends the call as `opted_out`.
-            ccm_core::dnc::checked(&ctx.dnc, request.campaign_id, &request.phone_number)
+            ccm_core::dnc::checked(&ctx.dnc, request.campaign_id, request.dialled())
                 .await
                 .map_err(|e| CheckError::Dnc(e.into()))
         },
@@ -216,7 +216,7 @@ pub async fn gather(
         },
         async {
             match required {
-                Some(kind) => ccm_core::consent::check(&ctx.consents, &request.phone_number, kind)
+                Some(kind) => ccm_core::consent::check(&ctx.consents, request.dialled(), kind)
                     .await
                     .map(Some)
                     .map_err(CheckError::Consent),

@@ -115,7 +115,7 @@ pub async fn check(
     };
     let verdict = ctx
         .frequency
-        .peek(&request.phone_number, &limits, &callee.zones, now)
+        .peek(request.dialled(), &limits, &callee.zones, now)
         .await
         .map_err(ComplianceError::Frequency)?;
     Ok(Checked {
@@ -172,12 +172,7 @@ pub async fn take(
 ) -> Result<Option<DateTime<Utc>>, crate::frequency::CapError> {
     let verdict = ctx
         .frequency
-        .take(
-            &request.phone_number,
-            &seen.limits,
-            &seen.checked_zones,
-            now,
-        )
+        .take(request.dialled(), &seen.limits, &seen.checked_zones, now)
         .await?;
     if !verdict.counts.is_empty() {
         seen.counts = verdict.counts;

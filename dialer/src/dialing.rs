@@ -62,6 +62,7 @@ pub async fn publish(
             created_at: request.created_at,
             custom_fields: request.custom_fields.clone(),
             expires_at: request.expires_at,
+            alternate: request.alternate.clone(),
         },
     );
     // The dial message's own sequence and delivery: two messages of one attempt never share

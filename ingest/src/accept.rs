@@ -182,6 +182,7 @@ fn dial_request(
         queued_at: now,
         custom_fields,
         expires_at,
+        alternate: None,
     }
 }
 

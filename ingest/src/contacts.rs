@@ -32,6 +32,7 @@ pub async fn add(
                 postal_code: None,
                 fields: Default::default(),
                 expires_at: None,
+                numbers: Vec::new(),
             };
             let value = serde_json::to_vec(&contact)?;
             match state

@@ -58,6 +58,26 @@ pub(crate) struct DayHours {
     end: String,
 }
 
+/// A campaign's policy for contacts with several numbers
+/// (`ccm_core::contact_numbers::AlternateNumbers`; VICIdial's Auto-Alt-Dial, Genesys'
+/// `maxAttemptsPerNumber` / `maxAttemptsPerContact`).
+#[derive(Debug, ToSchema)]
+pub(crate) struct AlternateNumbers {
+    /// Outcomes after which the next attempt dials the contact's next number: `RNR`,
+    /// `DISCONNECTED`, `FAILED`, `UNREACHABLE` (FAILED because the carrier refused the number).
+    #[schema(example = json!(["RNR", "UNREACHABLE"]))]
+    advance_on: Vec<String>,
+    /// Attempts per number per callee-local day (at least 1); absent: no limit of its own.
+    max_attempts_per_number: Option<u32>,
+    /// Attempts per contact (all numbers) per callee-local day (at least 1); absent: no limit
+    /// of its own. The campaign's `max_attempts` still bounds the call.
+    max_attempts_per_contact: Option<u32>,
+    /// `daily` (default: the counts reset at the callee's local midnight, and a call whose
+    /// numbers are all at their limit waits for it) or `never` (it ends FAILED).
+    #[schema(example = "daily")]
+    reset: Option<String>,
+}
+
 /// A campaign document (`ccm_core::Campaign`).
 #[derive(Debug, ToSchema)]
 pub(crate) struct Campaign {
@@ -99,6 +119,8 @@ pub(crate) struct Campaign {
     required_consent: Option<String>,
     /// `global` or `campaign`: where an opt-out during a call is listed.
     opt_out_list: Option<String>,
+    /// How calls move through a contact's several numbers; absent: only its first number.
+    alternate_numbers: Option<AlternateNumbers>,
     /// When the campaign became `completed` or `cancelled`.
     ended_at: Option<chrono::DateTime<chrono::Utc>>,
 }

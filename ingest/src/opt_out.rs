@@ -249,11 +249,17 @@ pub async fn number_of(
         .await?
         .and_then(|l| l.decoded());
     if let Some(ccm_core::CallEvent {
-        kind: ccm_core::EventKind::Dialing { phone_number, .. },
+        kind:
+            ccm_core::EventKind::Dialing {
+                phone_number,
+                alternate,
+                ..
+            },
         ..
     }) = last
     {
-        return Ok(Some(phone_number));
+        // The number the callee answered on: a contact's further number when one was dialled.
+        return Ok(Some(alternate.map_or(phone_number, |a| a.number)));
     }
     let row: Option<String> =
         sqlx::query_scalar("SELECT phone_number FROM calls WHERE call_id = $1")

@@ -167,6 +167,7 @@ async fn paced(js: &jetstream::Context, rate: usize, total: usize) -> anyhow::Re
                     created_at: now,
                     custom_fields: Default::default(),
                     expires_at: None,
+                    alternate: None,
                 },
             };
             let publish = jetstream::message::PublishMessage::build()

@@ -123,6 +123,7 @@ impl CallHistory {
                 created_at,
                 custom_fields,
                 expires_at,
+                ..
             } => Some(CallFacts {
                 phone_number: phone_number.clone(),
                 max_attempts: *max_attempts,

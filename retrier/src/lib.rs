@@ -28,6 +28,7 @@
 //! `ccm-retrier dlq` subcommands run.
 
 pub(crate) mod advisories;
+pub(crate) mod alternate;
 pub mod deadline;
 pub mod dlq;
 pub mod expiry;
@@ -85,6 +86,11 @@ pub struct Shared {
     /// Contacts, for the callee's own time zone when a retry meets a calling window.
     pub contacts: kv::Store,
     pub policy: RetryPolicy,
+    /// Do-not-call lists and consents: a contact's further number is skipped when barred.
+    pub dnc: kv::Store,
+    pub consents: kv::Store,
+    /// The claims' scope (`ingest.duplicate_scope`), for a contact's further numbers.
+    pub scope: ccm_core::config::DuplicateScope,
     /// The rule packs: a retry is scheduled when the callee's rules permit it, as the dialer
     /// will check. Empty until [`run`] loads `compliance.rule_files`.
     pub rules: Arc<ccm_core::rules::Rules>,
@@ -105,6 +111,9 @@ impl Shared {
             claims: ccm_core::claims::Claims::open(js.clone(), claims).await?,
             campaigns: ccm_core::nats::bucket(&js, names::KV_CAMPAIGNS).await?,
             contacts: ccm_core::nats::bucket(&js, names::KV_CONTACTS).await?,
+            dnc: ccm_core::nats::bucket(&js, names::KV_DNC).await?,
+            consents: ccm_core::nats::bucket(&js, names::KV_CONSENTS).await?,
+            scope: ccm_core::config::DuplicateScope::Global,
             js,
             policy,
             rules: Arc::default(),
@@ -129,6 +138,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Retr
     tokio::spawn(sample::run(js.clone(), shutdown.clone()));
     let mut shared = Shared::open(js, policy, ccm_core::claims::ClaimSettings::of(&config)).await?;
     shared.rules = rules;
+    shared.scope = config.ingest.duplicate_scope;
     let ctx = Arc::new(shared);
     let mut tasks = JoinSet::new();
     let (c, s) = (ctx.clone(), shutdown.clone());

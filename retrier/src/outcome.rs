@@ -36,6 +36,8 @@ pub enum OutcomeError {
     Release(#[source] async_nats::Error),
     #[error(transparent)]
     Contact(#[from] ccm_core::contacts::ContactReadError),
+    #[error("cannot check or claim a number of the contact")]
+    Check(#[source] async_nats::Error),
 }
 
 /// Handles one outcome message and acknowledges it.
@@ -65,7 +67,13 @@ pub async fn handle(ctx: &Shared, message: Delivery) {
 
 /// Decides outcome `outcome`, stored at stream sequence `seq` when known.
 async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(), OutcomeError> {
-    let EventKind::Outcome { status, reason, .. } = &outcome.kind else {
+    let EventKind::Outcome {
+        status,
+        reason,
+        source,
+        ..
+    } = &outcome.kind
+    else {
         return Ok(());
     };
     let history = CallHistory::read_for(
@@ -93,6 +101,15 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
                     last.at,
                 )
                 .await;
+            crate::alternate::release_all(
+                ctx,
+                None,
+                (outcome.campaign_id, &facts.phone_number),
+                outcome.call_id,
+                &history,
+                last.at,
+            )
+            .await?;
         }
         return Ok(());
     }
@@ -139,6 +156,19 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
         outcome.at,
         jitter_sample(outcome.call_id, outcome.attempt),
     );
+    // A contact's further numbers (the campaign's `alternate_numbers`).
+    let (decision, alternate) = crate::alternate::apply(
+        ctx,
+        campaign.as_ref(),
+        facts.as_ref().map(|f| &f.phone_number),
+        outcome.call_id,
+        outcome.attempt,
+        max_attempts,
+        &history,
+        (*status, *source, outcome.at),
+        decision,
+    )
+    .await?;
     let kind = match decision {
         Decision::Complete => EventKind::Completed,
         Decision::Retry { at, reason: why } => match &facts {
@@ -167,6 +197,7 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
                             queued_at: at,
                             custom_fields: facts.custom_fields.clone(),
                             expires_at: facts.expires_at,
+                            alternate,
                         },
                         window_deferral: None,
                     };
@@ -213,6 +244,15 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
                 event.at,
             )
             .await;
+        crate::alternate::release_all(
+            ctx,
+            campaign.as_ref(),
+            (outcome.campaign_id, &facts.phone_number),
+            outcome.call_id,
+            &history,
+            event.at,
+        )
+        .await?;
     }
     Ok(())
 }

@@ -4,8 +4,9 @@
 
 use crate::{CallEvent, DialRequest, EventKind, claims::Claims, nats::NatsError};
 
-/// Publishes `kind` (a terminal event) for `request`'s attempt and releases the claim the call
-/// held; returns the event. A failed publish releases nothing (the caller tries again).
+/// Publishes `kind` (a terminal event) for `request`'s attempt and releases the claims the call
+/// held (its number's, and the further number of its contact the attempt was to dial); returns
+/// the event. A failed publish releases nothing (the caller tries again).
 pub async fn end_unplaced(
     js: &async_nats::jetstream::Context,
     claims: &Claims,
@@ -22,5 +23,16 @@ pub async fn end_unplaced(
             event.at,
         )
         .await;
+    // A contact's further number, claimed for this attempt by the retrier.
+    if let Some(alternate) = &request.alternate {
+        claims
+            .release(
+                request.campaign_id,
+                &alternate.number,
+                request.call_id,
+                event.at,
+            )
+            .await;
+    }
     Ok(event)
 }

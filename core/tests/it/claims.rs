@@ -67,6 +67,7 @@ fn dialing(n: u64) -> EventKind {
         created_at: Utc::now(),
         custom_fields: Default::default(),
         expires_at: None,
+        alternate: None,
     }
 }
 
@@ -81,6 +82,7 @@ async fn publish_dial(js: &jetstream::Context, call: CallId, n: u64) {
         queued_at: Utc::now(),
         custom_fields: Default::default(),
         expires_at: None,
+        alternate: None,
     };
     ccm_core::nats::publish_dial(js, &request)
         .await

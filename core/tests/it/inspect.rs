@@ -44,6 +44,7 @@ async fn overview_shows_messages_consumers_and_buckets() {
             queued_at: chrono::Utc::now(),
             custom_fields: Default::default(),
             expires_at: None,
+            alternate: None,
         };
         ccm_core::nats::publish_dial(&js, &request)
             .await

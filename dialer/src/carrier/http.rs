@@ -54,7 +54,7 @@ impl HttpCarrier {
     ) -> Result<Placement, CarrierError> {
         let mut body = json!({
             "call_id": call.call_id,
-            "phone_number": call.phone_number,
+            "phone_number": call.dialled(),
             "campaign_id": call.campaign_id,
             "campaign_name": &*campaign.name,
         });

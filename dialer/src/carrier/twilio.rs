@@ -106,7 +106,7 @@ impl TwilioCarrier {
             c.account_sid
         );
         let mut form: Vec<(&str, String)> = vec![
-            ("To", call.phone_number.to_string()),
+            ("To", call.dialled().to_string()),
             ("From", c.from.clone()),
             ("Url", c.answer_url.clone()),
             ("StatusCallback", self.status_callback(call)),

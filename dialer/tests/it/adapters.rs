@@ -57,6 +57,7 @@ fn request() -> DialRequest {
         queued_at: now,
         custom_fields: Default::default(),
         expires_at: None,
+        alternate: None,
     }
 }
 

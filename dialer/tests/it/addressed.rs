@@ -274,6 +274,7 @@ async fn placed_earlier(
             created_at: request.created_at,
             custom_fields: request.custom_fields.clone(),
             expires_at: request.expires_at,
+            alternate: None,
         },
     );
     ccm_core::nats::publish_json(

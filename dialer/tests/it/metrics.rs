@@ -40,6 +40,7 @@ pub(crate) fn campaign(id: CampaignId, cap: u32) -> Campaign {
         required_consent: None,
         opt_out_list: Default::default(),
         carrier_weight: None,
+        alternate_numbers: None,
         ended_at: None,
     }
 }
@@ -57,6 +58,7 @@ pub(crate) fn dial(campaign: CampaignId, n: u32) -> DialRequest {
         queued_at: now,
         custom_fields: Default::default(),
         expires_at: None,
+        alternate: None,
     }
 }
 

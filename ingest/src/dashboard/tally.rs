@@ -256,6 +256,7 @@ mod tests {
             queued_at: Utc::now(),
             custom_fields: Default::default(),
             expires_at: None,
+            alternate: None,
         }
     }
 
@@ -287,6 +288,7 @@ mod tests {
             created_at: Utc::now(),
             custom_fields: Default::default(),
             expires_at: None,
+            alternate: None,
         }
     }
 

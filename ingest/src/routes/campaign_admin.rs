@@ -75,6 +75,11 @@ pub struct CampaignPatch {
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "campaign")]
     pub opt_out_list: Option<ccm_core::campaign::OptOutList>,
+    /// How calls move through a contact's several numbers; `null` removes the policy (only
+    /// a contact's first number is dialled).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<crate::openapi::AlternateNumbers>)]
+    pub alternate_numbers: Option<Option<ccm_core::contact_numbers::AlternateNumbers>>,
 }
 
 /// A field that may be sent as `null` to clear it: present (even `null`) is `Some`.
@@ -84,6 +89,17 @@ where
     T: serde::Deserialize<'de>,
 {
     <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+/// Checks a campaign's policy for contacts with several numbers.
+pub(crate) fn alternate_numbers(
+    policy: Option<ccm_core::contact_numbers::AlternateNumbers>,
+) -> Result<Option<ccm_core::contact_numbers::AlternateNumbers>, AppError> {
+    if let Some(p) = &policy {
+        p.check()
+            .map_err(|e| AppError::bad_request("invalid_alternate_numbers", e.to_string()))?;
+    }
+    Ok(policy)
 }
 
 /// The highest pacing a campaign may set.
@@ -315,6 +331,9 @@ pub(crate) async fn patch(
         }
         if let Some(list) = patch.opt_out_list {
             c.opt_out_list = list;
+        }
+        if let Some(policy) = &patch.alternate_numbers {
+            c.alternate_numbers = alternate_numbers(policy.clone())?;
         }
         // Checked on the result: turning a campaign with a 10 s ring into telemarketing is
         // refused as setting 10 s on a telemarketing campaign is.

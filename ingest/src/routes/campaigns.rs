@@ -93,6 +93,11 @@ pub struct NewCampaign {
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "global")]
     pub opt_out_list: Option<ccm_core::campaign::OptOutList>,
+    /// How calls move through a contact's several numbers (see the contacts route's
+    /// `numbers`); absent: only a contact's first number is dialled.
+    #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::AlternateNumbers>)]
+    pub alternate_numbers: Option<ccm_core::contact_numbers::AlternateNumbers>,
 }
 
 /// Creates a campaign: stores it in the `campaigns` bucket and creates its dial consumer, so
@@ -173,6 +178,7 @@ pub(crate) async fn create_campaign(
             required_consent: body.required_consent,
             opt_out_list: body.opt_out_list.unwrap_or_default(),
             carrier_weight: super::campaign_admin::carrier_weight(body.carrier_weight)?,
+            alternate_numbers: super::campaign_admin::alternate_numbers(body.alternate_numbers)?,
             ended_at: None,
         };
         super::campaign_admin::check_ring_time(&campaign)?;

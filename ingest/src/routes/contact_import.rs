@@ -237,7 +237,8 @@ impl Import<'_> {
         };
         let item = NewContact {
             expires_at,
-            phone_number: fields[header.phone].trim().to_owned(),
+            phone_number: Some(fields[header.phone].trim().to_owned()),
+            numbers: None,
             time_zone: header
                 .zone
                 .map(|z| fields[z].trim().to_owned())

@@ -3,7 +3,11 @@
 //! the request with every bad item named, and nothing is written.
 
 use axum::extract::{Path, State};
-use ccm_core::{CampaignId, PhoneNumber, campaign::Contact};
+use ccm_core::{
+    CampaignId, PhoneNumber,
+    campaign::Contact,
+    contact_numbers::{self, ContactNumber},
+};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
@@ -20,8 +24,17 @@ const MAX_CONTACTS: usize = 10_000;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewContact {
+    /// The contact's number (its identity in the campaign); with `numbers`, it may be left
+    /// out, and when given it must be the first of them.
+    #[serde(default)]
     #[schema(example = "+33142685300")]
-    pub phone_number: String,
+    pub phone_number: Option<String>,
+    /// All the contact's numbers, in the order a call tries them (at most 10, none twice),
+    /// each with a label (`mobile`, `home`, `work`, …: 1 to 24 characters of `a-z`, `0-9`,
+    /// `_`, `-`). A call moves on to the next one after the outcomes the campaign's
+    /// `alternate_numbers.advance_on` names.
+    #[serde(default)]
+    pub numbers: Option<Vec<NewContactNumber>>,
     /// The callee's IANA time zone; without it the number's region or the campaign's zone.
     #[schema(example = "Europe/Paris")]
     pub time_zone: Option<String>,
@@ -36,6 +49,16 @@ pub struct NewContact {
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "2026-12-31T18:00:00Z")]
     pub expires_at: Option<chrono::DateTime<Utc>>,
+}
+
+/// One of a contact's numbers.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewContactNumber {
+    #[schema(example = "+33612345678")]
+    pub number: String,
+    #[schema(example = "mobile")]
+    pub label: String,
 }
 
 /// The body: the contacts to add.
@@ -107,8 +130,47 @@ pub(crate) fn contact(
     item: NewContact,
     now: chrono::DateTime<Utc>,
 ) -> Result<Contact, String> {
-    let phone_number = PhoneNumber::parse(&item.phone_number, state.config.phone_validation)
-        .map_err(|e| e.to_string())?;
+    let parse = |text: &str| {
+        PhoneNumber::parse(text, state.config.phone_validation).map_err(|e| e.to_string())
+    };
+    let numbers = match item.numbers {
+        None => Vec::new(),
+        Some(list) => {
+            let numbers = list
+                .into_iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    Ok(ContactNumber {
+                        number: parse(&n.number).map_err(|e| format!("numbers[{i}]: {e}"))?,
+                        label: n.label,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            contact_numbers::check(&numbers).map_err(|e| e.to_string())?;
+            numbers
+        }
+    };
+    let phone_number = match (&item.phone_number, numbers.first()) {
+        (Some(text), first) => {
+            let phone = parse(text)?;
+            if let Some(first) = first.filter(|f| f.number.digits() != phone.digits()) {
+                return Err(contact_numbers::NumbersError::NotFirst {
+                    phone: phone.to_string(),
+                    first: first.number.to_string(),
+                }
+                .to_string());
+            }
+            phone
+        }
+        (None, Some(first)) => first.number.clone(),
+        (None, None) => return Err("phone_number or numbers is required".into()),
+    };
+    // One number is a contact as before: no list is stored.
+    let numbers = if numbers.len() > 1 {
+        numbers
+    } else {
+        Vec::new()
+    };
     if let Some(zone) = &item.time_zone {
         zone.parse::<chrono_tz::Tz>()
             .map_err(|_| format!("{zone:?} is not an IANA time zone"))?;
@@ -134,5 +196,6 @@ pub(crate) fn contact(
         postal_code,
         fields: Default::default(),
         expires_at: item.expires_at,
+        numbers,
     })
 }

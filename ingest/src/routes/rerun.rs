@@ -263,6 +263,7 @@ async fn copy_contacts(
                 postal_code: None,
                 fields: Default::default(),
                 expires_at: None,
+                numbers: Vec::new(),
             });
             contact.campaign_id = campaign.id;
             contact.created_at = Utc::now();

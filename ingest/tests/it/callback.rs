@@ -164,6 +164,7 @@ fn dialing() -> EventKind {
         created_at: Utc::now(),
         custom_fields: Default::default(),
         expires_at: None,
+        alternate: None,
     }
 }
 

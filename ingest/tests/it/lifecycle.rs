@@ -241,6 +241,7 @@ async fn a_started_draft_does_not_complete_while_a_failed_outcome_awaits_its_ret
             created_at: request.created_at,
             custom_fields: request.custom_fields.clone(),
             expires_at: None,
+            alternate: None,
         }),
     )
     .await

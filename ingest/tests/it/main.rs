@@ -1,5 +1,6 @@
 //! Integration tests of ingest against a real NATS server and PostgreSQL (one each per test).
 
+mod alternate_numbers;
 mod api;
 mod auth;
 mod bad_input;

@@ -40,6 +40,7 @@ async fn dialing(
             created_at: Utc::now(),
             custom_fields: Default::default(),
             expires_at: None,
+            alternate: None,
         },
     };
     ccm_core::nats::publish_json(

@@ -24,6 +24,7 @@ fn life(call: CallId) -> Vec<Item> {
         queued_at: at(t),
         custom_fields: Default::default(),
         expires_at: None,
+        alternate: None,
     };
     let event = |attempt: u32, t: i64, kind: EventKind| CallEvent {
         call_id: call,
@@ -38,6 +39,7 @@ fn life(call: CallId) -> Vec<Item> {
         created_at: at(0),
         custom_fields: Default::default(),
         expires_at: None,
+        alternate: None,
     };
     let outcome = |status, secs, id: &str, reason: Option<&str>| EventKind::Outcome {
         status,

@@ -32,6 +32,7 @@ fn dial(campaign: u64, number: &str) -> DialRequest {
         queued_at: now,
         custom_fields: Default::default(),
         expires_at: None,
+        alternate: None,
     }
 }
 

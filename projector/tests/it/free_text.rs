@@ -114,6 +114,7 @@ async fn generated_free_text_in_every_field_is_stored() {
             queued_at: now,
             custom_fields: custom_fields.clone(),
             expires_at: None,
+            alternate: None,
         };
         store_one(&pool, Source::Calls, next(), &request, seed).await;
         let event = |kind| CallEvent {
@@ -130,6 +131,7 @@ async fn generated_free_text_in_every_field_is_stored() {
                 created_at: now,
                 custom_fields: custom_fields.clone(),
                 expires_at: None,
+                alternate: None,
             },
             EventKind::Outcome {
                 status: OutcomeStatus::Failed,
@@ -166,6 +168,7 @@ async fn generated_free_text_in_every_field_is_stored() {
             time_zone: opt(&mut rng),
             postal_code: None,
             fields: fields(&mut rng),
+            numbers: Vec::new(),
         };
         store_one(&pool, Source::Contacts, next(), &contact, seed).await;
         let document = serde_json::json!({

@@ -68,6 +68,7 @@ pub fn life(index: usize, campaign: u64, start: DateTime<Utc>) -> Vec<Published>
         queued_at: at,
         custom_fields: Default::default(),
         expires_at: None,
+        alternate: None,
     };
     let event = |attempt: u32, at, kind| CallEvent {
         call_id: call,
@@ -82,6 +83,7 @@ pub fn life(index: usize, campaign: u64, start: DateTime<Utc>) -> Vec<Published>
         created_at: start,
         custom_fields: Default::default(),
         expires_at: None,
+        alternate: None,
     };
     let outcome = |status, secs: u32, attempt: u32| EventKind::Outcome {
         status,

@@ -244,6 +244,7 @@ async fn a_reader_other_than_a_dial_consumer_parks_the_message_and_leaves_the_ca
             created_at: dial.created_at,
             custom_fields: Default::default(),
             expires_at: None,
+            alternate: None,
         },
     };
     let dialing_seq = ccm_core::nats::publish_event(&js, &dialing)

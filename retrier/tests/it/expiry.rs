@@ -99,6 +99,7 @@ async fn a_call_queued_past_the_max_queue_age_ends_expired_and_frees_its_number(
                 created_at: dialled.created_at,
                 custom_fields: Default::default(),
                 expires_at: None,
+                alternate: None,
             },
         },
     )
@@ -209,6 +210,7 @@ fn only_an_undialled_open_attempt_expires() {
                     created_at: base.created_at,
                     custom_fields: Default::default(),
                     expires_at: None,
+                    alternate: None,
                 },
             },
         });

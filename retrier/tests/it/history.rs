@@ -25,6 +25,7 @@ fn dialing(request: &ccm_core::DialRequest) -> EventKind {
         created_at: request.created_at,
         custom_fields: Default::default(),
         expires_at: None,
+        alternate: None,
     }
 }
 

@@ -32,6 +32,7 @@ async fn outcome(js: &async_nats::jetstream::Context, dial: &DialRequest, status
             created_at: dial.created_at,
             custom_fields: Default::default(),
             expires_at: None,
+            alternate: None,
         },
     };
     ccm_core::nats::publish_event(js, &dialing)

@@ -42,6 +42,7 @@ async fn an_outcome_delivered_twice_is_decided_once() {
             created_at: dial.created_at,
             custom_fields: Default::default(),
             expires_at: None,
+            alternate: None,
         },
     };
     ccm_core::nats::publish_event(&js, &dialing)

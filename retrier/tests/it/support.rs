@@ -77,6 +77,7 @@ pub fn request(campaign: u64, number: &str, attempt: u32) -> DialRequest {
         queued_at: now,
         custom_fields: Default::default(),
         expires_at: None,
+        alternate: None,
     }
 }
 

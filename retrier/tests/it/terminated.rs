@@ -71,6 +71,7 @@ async fn a_terminated_message_is_parked_with_its_reason_and_a_terminated_dial_me
             created_at: dial.created_at,
             custom_fields: Default::default(),
             expires_at: None,
+            alternate: None,
         },
     };
     let dialing_seq = ccm_core::nats::publish_event(&js, &dialing)

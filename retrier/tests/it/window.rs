@@ -60,6 +60,7 @@ async fn a_retry_due_in_a_blackout_moves_to_the_opening_and_keeps_the_custom_fie
             created_at: dial.created_at,
             custom_fields: fields.clone(),
             expires_at: None,
+            alternate: None,
         },
     };
     ccm_core::nats::publish_event(&js, &dialing)
@@ -154,6 +155,7 @@ async fn a_retry_due_on_a_holiday_of_the_callees_state_moves_to_the_next_local_d
         postal_code: Some("02903".into()),
         expires_at: None,
         fields: Default::default(),
+        numbers: Vec::new(),
     };
     js.get_key_value(names::KV_CONTACTS)
         .await
@@ -179,6 +181,7 @@ async fn a_retry_due_on_a_holiday_of_the_callees_state_moves_to_the_next_local_d
             created_at: dial.created_at,
             custom_fields: Default::default(),
             expires_at: None,
+            alternate: None,
         },
     };
     ccm_core::nats::publish_event(&js, &dialing)

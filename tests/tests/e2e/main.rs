@@ -1,5 +1,6 @@
 //! Cross-service tests: the whole pipeline against a real NATS JetStream and PostgreSQL.
 
+mod alternate_numbers;
 mod answering_machine;
 mod call_expiry;
 mod calling_window;

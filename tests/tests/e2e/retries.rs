@@ -420,6 +420,7 @@ fn dial_request(campaign: CampaignId, number: &str) -> ccm_core::DialRequest {
         queued_at: now,
         custom_fields: Default::default(),
         expires_at: None,
+        alternate: None,
     }
 }
 

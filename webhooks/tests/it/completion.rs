@@ -42,6 +42,7 @@ fn request(campaign: CampaignId) -> DialRequest {
         queued_at: Utc::now(),
         custom_fields: Default::default(),
         expires_at: None,
+        alternate: None,
     }
 }
 
