@@ -113,6 +113,9 @@ pub struct Stats {
     /// Per carrier account.
     #[serde(default)]
     pub accounts: BTreeMap<String, AccountStats>,
+    /// Calls whose callee asked to be called back (their final callback says when).
+    #[serde(default)]
+    pub callback_requests: u64,
     /// Live calls per `campaign/number`; internal bookkeeping for `number_peak`.
     #[serde(skip)]
     live_numbers: BTreeMap<String, u64>,
@@ -314,6 +317,10 @@ impl Ledger {
 
     pub fn count_opt_out(&self) {
         self.with(|stats| stats.opt_outs += 1);
+    }
+
+    pub fn count_callback_request(&self) {
+        self.with(|stats| stats.callback_requests += 1);
     }
 
     pub fn count_callback(&self, delivered: bool) {

@@ -19,6 +19,7 @@
 //!   (dropped, duplicated, out-of-order callbacks).
 
 pub(crate) mod callback;
+pub mod callback_ask;
 pub(crate) mod faults;
 pub(crate) mod hangup;
 pub(crate) mod http_api;
@@ -130,6 +131,13 @@ pub struct SimConfig {
     /// rings out, so its next number is tried); repeat the flag or separate with commas.
     #[arg(long = "unanswered-number", value_delimiter = ',')]
     pub unanswered_numbers: Vec<String>,
+    /// Numbers (E.164) whose callees answer their first call and ask to be called back (see
+    /// [`callback_ask`]); repeat the flag or separate with commas.
+    #[arg(long = "callback-number", value_delimiter = ',')]
+    pub callback_numbers: Vec<String>,
+    /// How long after the call's end those callees ask to be called back.
+    #[arg(long, default_value_t = 5000)]
+    pub callback_after_ms: u64,
 }
 
 impl Default for SimConfig {
@@ -158,6 +166,8 @@ impl Default for SimConfig {
             account_cps: 0,
             account_max_live: 0,
             unanswered_numbers: Vec::new(),
+            callback_numbers: Vec::new(),
+            callback_after_ms: 5000,
         }
     }
 }
@@ -213,6 +223,8 @@ pub struct SimState {
     pub script: script::Script,
     /// Numbers whose callees opt out.
     pub opt_outs: opt_out::OptOuts,
+    /// Callees who asked to be called back.
+    pub callback_asks: callback_ask::Asks,
 }
 
 impl SimState {
@@ -315,6 +327,7 @@ pub async fn run(
         live: hangup::LiveCalls::default(),
         script: script::Script::default(),
         opt_outs: opt_out::OptOuts::new(&config.opt_out_numbers),
+        callback_asks: callback_ask::Asks::default(),
         config: Arc::new(config),
     };
     if let Ok(addr) = listener.local_addr() {

@@ -200,7 +200,15 @@ fn schedule_callbacks(
     }
     let to = field(form, "To").unwrap_or_default();
     let opted_out = state.opt_outs.contains(to);
-    let drawn = outcome::of_number(&state.config, to, opted_out);
+    let length = state.config.call_length();
+    let asks_back = state.callback_asks.ask(&state.config, to, length);
+    // A callee who asks to be called back answered; else by the number (opted out, never
+    // answering) or drawn from the mix.
+    let drawn = if asks_back.is_some() {
+        outcome::answered(&state.config)
+    } else {
+        outcome::of_number(&state.config, to, opted_out)
+    };
     let status = match drawn.status {
         OutcomeStatus::Picked | OutcomeStatus::Disconnected => "completed",
         OutcomeStatus::Rnr if chance(1.0 / 3.0) => "busy",
@@ -221,11 +229,9 @@ fn schedule_callbacks(
         last.push(("Digits".into(), state.config.opt_out_digits.clone()));
         state.ledger.count_opt_out();
     }
-    callback::schedule(
-        state,
-        key,
-        state.config.call_length(),
-        intermediate,
-        sign(last),
-    );
+    if let Some(at) = asks_back {
+        last.push(("CallbackAt".into(), at));
+        state.ledger.count_callback_request();
+    }
+    callback::schedule(state, key, length, intermediate, sign(last));
 }

@@ -216,6 +216,7 @@ mod tests {
             custom_fields: Default::default(),
             expires_at: None,
             alternate: None,
+            callback: None,
         };
         let record = AttemptAudit::of(
             &request,

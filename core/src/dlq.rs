@@ -473,6 +473,8 @@ impl Dlq {
             );
             publish_resolution(&self.js, &event, seq).await?;
             request.attempt += 1;
+            // Redriven under the operator's `Retrying`: no longer the callee's callback plan.
+            request.callback = None;
             request.queued_at = now;
             crate::nats::publish_dial(&self.js, &request).await?;
             if let Err(e) = self.claims.bind(&claim).await {

@@ -44,6 +44,12 @@ pub struct DialRequest {
     /// Absent otherwise, so older messages still parse.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alternate: Option<crate::contact_numbers::Alternate>,
+    /// Set on an attempt the callee asked for ([`crate::callback`]): the tag of the
+    /// `Rescheduled` event that planned it. The dialer places it only while that event is
+    /// still the call's plan, and the retry policy does not count it against its limit.
+    /// Absent otherwise, so older messages still parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<u64>,
 }
 
 /// A contact's custom fields, by column name. Sorted, so the same contact always serialises
@@ -56,9 +62,17 @@ impl DialRequest {
         subjects::dial(self.campaign_id)
     }
 
-    /// The de-duplication id of this attempt.
+    /// The de-duplication id of this attempt: `<call>/<attempt>`, or `<call>/<attempt>/c<tag>`
+    /// for an attempt the callee asked for (the policy's own retry of the same attempt may be
+    /// published within the server's duplicate window and must not swallow it).
     pub fn msg_id(&self) -> String {
-        subjects::dial_msg_id(self.call_id, self.attempt)
+        match self.callback {
+            None => subjects::dial_msg_id(self.call_id, self.attempt),
+            Some(tag) => format!(
+                "{}/c{tag}",
+                subjects::dial_msg_id(self.call_id, self.attempt)
+            ),
+        }
     }
 
     /// The number this attempt dials: the alternate's, else the call's own. Do-not-call,
@@ -94,9 +108,16 @@ impl RetryEntry {
     /// `<call>/<attempt>/retry`: one entry per scheduled attempt, whoever schedules it
     /// (`<call>/<attempt>/window/<n>` for the n-th deferral to the calling window).
     pub fn msg_id(&self) -> String {
-        match self.window_deferral {
-            None => subjects::event_msg_id(self.request.call_id, self.request.attempt, "retry"),
-            Some(n) => format!("{}/window/{n}", self.request.msg_id()),
+        match (self.window_deferral, self.request.callback) {
+            (None, None) => {
+                subjects::event_msg_id(self.request.call_id, self.request.attempt, "retry")
+            }
+            (None, Some(tag)) => subjects::event_msg_id(
+                self.request.call_id,
+                self.request.attempt,
+                &format!("callback/{tag}"),
+            ),
+            (Some(n), _) => format!("{}/window/{n}", self.request.msg_id()),
         }
     }
 
@@ -117,6 +138,16 @@ impl RetryEntry {
             .and_then(|(_, n)| n.parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// A callback time the callee asked for, as the carrier reported it: read by
+/// [`crate::callback::parse_asked`] (`at` RFC 3339, or a local time in `time_zone`, else in the
+/// callee's own zone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AskedCallback {
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 /// Where an outcome came from.
@@ -165,11 +196,35 @@ pub enum EventKind {
         external_call_id: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// The callee asked to be called back (an AI voice agent's "call me back at five",
+        /// reported with the outcome): the retrier schedules that callback instead of the
+        /// policy's decision ([`crate::callback`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        callback: Option<AskedCallback>,
     },
     /// Another attempt is scheduled.
     Retrying {
         next_retry_at: DateTime<Utc>,
         reason: String,
+    },
+    /// The next attempt is moved to the time the callee asked for ([`crate::callback`]): it
+    /// replaces the attempt's `Retrying` (or an earlier `Rescheduled`) as the call's plan,
+    /// and the attempt it plans does not count against the retry policy's limit.
+    Rescheduled {
+        /// When the next attempt is placed: `asked_for`, or the first time the calling rules
+        /// allow after it.
+        next_retry_at: DateTime<Utc>,
+        /// The time the callee asked for.
+        asked_for: DateTime<Utc>,
+        /// The zone `asked_for` was given in (absent: it carried its own offset).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        time_zone: Option<String>,
+        /// Why `next_retry_at` is later than `asked_for` (absent when it is not).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        moved: Option<String>,
+        /// Names this plan: the next attempt's dial message carries it
+        /// ([`DialRequest::callback`]), so only the latest plan is ever placed.
+        tag: u64,
     },
     /// Terminal: answered.
     Completed,
@@ -194,6 +249,7 @@ impl EventKind {
             Self::Dialing { .. } => "dialing",
             Self::Outcome { .. } => "outcome",
             Self::Retrying { .. } => "retrying",
+            Self::Rescheduled { .. } => "rescheduled",
             Self::Completed => "completed",
             Self::Failed { .. } => "failed",
             Self::Cancelled { .. } => "cancelled",
@@ -269,9 +325,15 @@ impl CallEvent {
         }
     }
 
-    /// The de-duplication id: one event of each kind per attempt.
+    /// The de-duplication id: one event of each kind per attempt (and one `Rescheduled` per
+    /// plan: an attempt may be rescheduled several times).
     pub fn msg_id(&self) -> String {
-        subjects::event_msg_id(self.call_id, self.attempt, self.kind.name())
+        match &self.kind {
+            EventKind::Rescheduled { tag, .. } => {
+                subjects::event_msg_id(self.call_id, self.attempt, &format!("rescheduled/{tag}"))
+            }
+            kind => subjects::event_msg_id(self.call_id, self.attempt, kind.name()),
+        }
     }
 }
 
@@ -295,6 +357,7 @@ mod tests {
             duration_secs: None,
             external_call_id: Some("CA1".into()),
             reason: None,
+            callback: None,
         });
         let json = serde_json::to_value(&e).expect("serialize");
         assert_eq!(json["type"], "outcome");
@@ -318,6 +381,7 @@ mod tests {
             custom_fields: CustomFields::new(),
             expires_at: None,
             alternate: None,
+            callback: None,
         };
         let retry = RetryEntry {
             due_at: Utc::now(),
@@ -350,6 +414,7 @@ mod tests {
             duration_secs: None,
             external_call_id: None,
             reason: None,
+            callback: None,
         };
         assert!(!outcome.is_terminal());
         assert!(EventKind::Failed { reason: "x".into() }.is_terminal());
@@ -372,6 +437,7 @@ mod tests {
             duration_secs: None,
             external_call_id: None,
             reason: None,
+            callback: None,
         };
         let retrying = EventKind::Retrying {
             next_retry_at: Utc::now(),

@@ -33,6 +33,7 @@ pub mod access;
 pub mod attempt_audit;
 pub mod call_lifecycle;
 pub mod call_log;
+pub mod callback;
 pub mod campaign;
 pub mod claims;
 pub mod config;
@@ -75,7 +76,9 @@ pub mod window;
 
 pub use campaign::{Campaign, CampaignState};
 pub use config::Config;
-pub use events::{CallEvent, CustomFields, DialRequest, EventKind, OutcomeSource, RetryEntry};
+pub use events::{
+    AskedCallback, CallEvent, CustomFields, DialRequest, EventKind, OutcomeSource, RetryEntry,
+};
 pub use ids::{CallId, CampaignId};
 pub use phone::{PhoneNumber, PhoneRule};
 pub use policy::{PolicyOverride, RetryPolicy};

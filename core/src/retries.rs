@@ -4,7 +4,8 @@
 //! each entry to `CALLS` when due. Others go through this module: the retrier's outcome
 //! decision and the dialer (an attempt outside its calling window or over its number's daily
 //! cap) [`schedule`] entries; the dialer reads and purges a finished campaign's entries
-//! ([`Scheduled`]); the campaign-completion decision counts them ([`count`]).
+//! ([`Scheduled`]); the campaign-completion decision counts them ([`count`]); a callback
+//! removes the entries it replaced ([`remove_replaced`]).
 
 use async_nats::jetstream::{
     self,
@@ -28,6 +29,31 @@ pub enum RetriesError {
 pub async fn schedule(js: &jetstream::Context, entry: &RetryEntry) -> Result<(), NatsError> {
     crate::nats::publish_json(js, entry.subject(), &entry.msg_id(), None, entry).await?;
     Ok(())
+}
+
+/// Removes the entries of `call`'s attempt `attempt` other than the one tagged `keep`: the
+/// plans a callback replaced ([`crate::callback`]). They would place nothing when due (the
+/// dialer places only the latest plan), but they would hold the campaign's completion back
+/// until then. Reads the campaign's entries, so it costs its backlog: callbacks are rare.
+pub async fn remove_replaced(
+    js: &jetstream::Context,
+    campaign: CampaignId,
+    call: crate::CallId,
+    attempt: u32,
+    keep: u64,
+) -> Result<usize, RetriesError> {
+    let mut scheduled = Scheduled::of(js, campaign).await?;
+    let mut removed = 0;
+    while let Some((seq, entry)) = scheduled.next().await? {
+        if entry.request.call_id == call
+            && entry.request.attempt == attempt
+            && entry.request.callback != Some(keep)
+        {
+            scheduled.remove(seq).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// How many entries of `campaign` wait in `RETRIES`.

@@ -549,6 +549,7 @@ pub(crate) async fn publish_outcome(
             duration_secs: None,
             external_call_id: None,
             reason: Some(reason),
+            callback: None,
         },
     );
     // Copied to this dialer: another delivery of the attempt waiting here wakes too.

@@ -33,6 +33,8 @@ pub(crate) async fn known(ctx: &CallContext, request: &DialRequest) -> Result<Kn
     Ok(match event {
         Some(e) if e.attempt > request.attempt || e.kind.is_terminal() => Known::Done,
         Some(e) if e.attempt == request.attempt => Known::Placed(e.at, dialer),
+        // A plan replaced since (the callee asked for another time): never placed.
+        Some(e) if !ccm_core::callback::plans(&e, request) => Known::Done,
         _ => Known::Nothing(sequence),
     })
 }

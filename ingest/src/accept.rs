@@ -183,6 +183,7 @@ fn dial_request(
         custom_fields,
         expires_at,
         alternate: None,
+        callback: None,
     }
 }
 

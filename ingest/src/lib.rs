@@ -126,6 +126,10 @@ pub struct Shared {
     pub limits: limits::RateLimits,
     /// `provision`: this service applies its own migrations (the consent records).
     pub provision: bool,
+    /// The calling rules by jurisdiction (`compliance.rule_files`), which callbacks keep to.
+    pub rules: Arc<ccm_core::rules::Rules>,
+    /// How far ahead a callback may be: within the retention of the calls' events.
+    pub callback_horizon: chrono::Duration,
 }
 
 /// Why ingest could not start or stopped.
@@ -148,6 +152,8 @@ pub enum IngestError {
     Database(#[source] sqlx::Error),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Rules(#[from] ccm_core::rules::RulesError),
 }
 
 impl AppState {
@@ -200,6 +206,8 @@ impl AppState {
             tokens,
             limits: limits::RateLimits::new(&config.ingest.rate_limits),
             provision: config.provision,
+            rules: Arc::new(ccm_core::rules::Rules::load(&config.compliance.rule_files)?),
+            callback_horizon: ccm_core::callback::horizon(config.streams.calls_max_age()),
             dial_consumers: ccm_core::dial_consumer::DialConsumers::new(&js, &topology).await,
             js,
         })))

@@ -152,6 +152,11 @@ pub(crate) struct Callback {
     /// (the campaign's `opt_out_list`), its consents revoked, its queued and scheduled calls
     /// end `CANCELLED` (`opted_out`), and `contact.opted_out` is sent.
     opt_out: Option<bool>,
+    /// The callee asked to be called back then: RFC 3339, or a local time in
+    /// `callback_time_zone`, else in the callee's own zone. The retrier schedules it instead of
+    /// the policy's decision, inside the calling rules.
+    callback_at: Option<String>,
+    callback_time_zone: Option<String>,
 }
 
 #[derive(Debug, ToSchema)]
@@ -219,6 +224,12 @@ pub(crate) struct TwilioStatusCallback {
     /// A `<Gather>`'s keypad input: equal to `ingest.twilio.opt_out_digits`, the callee's
     /// opt-out.
     Digits: Option<String>,
+    /// The callee asked to be called back then (a voice agent's field): RFC 3339, or a local
+    /// time in `CallbackTimeZone`, else in the callee's own zone. The retrier schedules it
+    /// instead of the policy's decision.
+    CallbackAt: Option<String>,
+    /// An IANA zone for a local `CallbackAt`.
+    CallbackTimeZone: Option<String>,
 }
 
 #[derive(Debug)]

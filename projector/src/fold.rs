@@ -315,6 +315,18 @@ impl CallRow {
                 row.next_retry_at = Some(*next_retry_at);
                 reason = Some(why.clone());
             }
+            EventKind::Rescheduled {
+                next_retry_at,
+                moved,
+                ..
+            } => {
+                row.next_retry_at = Some(*next_retry_at);
+                reason = Some(
+                    moved
+                        .clone()
+                        .unwrap_or_else(|| "callback requested".to_owned()),
+                );
+            }
             EventKind::Failed { reason: why }
             | EventKind::Cancelled { reason: why }
             | EventKind::DeadLettered { reason: why }
@@ -496,7 +508,9 @@ impl Fold {
             }
             EventKind::Retrying { .. } => self.counters(at, campaign).retries += 1,
             EventKind::DeadLettered { .. } => self.counters(at, campaign).dlq_entries += 1,
-            EventKind::Completed
+            // A callback is the callee's request, not a retry of the policy's.
+            EventKind::Rescheduled { .. }
+            | EventKind::Completed
             | EventKind::Failed { .. }
             | EventKind::Cancelled { .. }
             | EventKind::Expired { .. }

@@ -141,7 +141,11 @@ impl CallHistory {
         self.events.iter().find(|e| {
             e.attempt > attempt
                 || (e.attempt == attempt
-                    && (e.kind.is_terminal() || matches!(e.kind, EventKind::Retrying { .. })))
+                    && (e.kind.is_terminal()
+                        || matches!(
+                            e.kind,
+                            EventKind::Retrying { .. } | EventKind::Rescheduled { .. }
+                        )))
         })
     }
 }

@@ -29,6 +29,7 @@
 
 pub(crate) mod advisories;
 pub(crate) mod alternate;
+pub(crate) mod asked;
 pub mod deadline;
 pub mod dlq;
 pub mod expiry;
@@ -38,7 +39,6 @@ pub(crate) mod reaper;
 pub(crate) mod retries;
 pub(crate) mod sample;
 pub mod stranded;
-pub(crate) mod window;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -94,6 +94,9 @@ pub struct Shared {
     /// The rule packs: a retry is scheduled when the callee's rules permit it, as the dialer
     /// will check. Empty until [`run`] loads `compliance.rule_files`.
     pub rules: Arc<ccm_core::rules::Rules>,
+    /// How far ahead a callback asked for with an outcome may be
+    /// ([`ccm_core::callback::horizon`]); set by [`run`] from the streams' retention.
+    pub callback_horizon: chrono::Duration,
 }
 
 impl Shared {
@@ -117,6 +120,7 @@ impl Shared {
             js,
             policy,
             rules: Arc::default(),
+            callback_horizon: ccm_core::callback::horizon(std::time::Duration::ZERO),
         })
     }
 }
@@ -139,6 +143,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Retr
     let mut shared = Shared::open(js, policy, ccm_core::claims::ClaimSettings::of(&config)).await?;
     shared.rules = rules;
     shared.scope = config.ingest.duplicate_scope;
+    shared.callback_horizon = ccm_core::callback::horizon(config.streams.calls_max_age());
     let ctx = Arc::new(shared);
     let mut tasks = JoinSet::new();
     let (c, s) = (ctx.clone(), shutdown.clone());

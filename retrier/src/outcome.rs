@@ -114,6 +114,22 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
         return Ok(());
     }
     let campaign = campaign(&ctx.campaigns, outcome).await?;
+    // The callee asked to be called back: that is the decision ([`crate::asked`]), on the
+    // number that answered (a contact's further number, or its first).
+    let answered_on = history
+        .events
+        .iter()
+        .rev()
+        .find_map(|e| match &e.kind {
+            EventKind::Dialing { alternate, .. } if e.attempt == outcome.attempt => {
+                Some(alternate.clone())
+            }
+            _ => None,
+        })
+        .flatten();
+    if crate::asked::decide(ctx, outcome, campaign.as_ref(), facts.as_ref(), answered_on).await? {
+        return Ok(());
+    }
     // A machine's answer counts as no answer when the campaign says so, in this outcome and
     // in the call's earlier ones (so the attempts it used are counted).
     let machine = campaign
@@ -145,6 +161,9 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
             at: outcome.at,
         });
     }
+    // Attempts the callee asked for do not count against the policy's limit.
+    let callbacks = ccm_core::callback::callback_attempts(&history.events);
+    outcomes.retain(|o| !callbacks.contains(&o.attempt));
     // Decided from the outcome's own time, not the clock: an outcome delivered twice (and
     // handled by two tasks or replicas at once) then yields the very same decision, so the
     // RETRIES entry and the Retrying event agree whichever of the two publishes first.
@@ -173,7 +192,7 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
         Decision::Complete => EventKind::Completed,
         Decision::Retry { at, reason: why } => match &facts {
             Some(facts) => {
-                let at = crate::window::retry_time(
+                let at = ccm_core::window::first_allowed(
                     &ctx.contacts,
                     &ctx.rules,
                     campaign.as_ref(),
@@ -198,6 +217,7 @@ async fn decide(ctx: &Shared, outcome: &CallEvent, seq: Option<u64>) -> Result<(
                             custom_fields: facts.custom_fields.clone(),
                             expires_at: facts.expires_at,
                             alternate,
+                            callback: None,
                         },
                         window_deferral: None,
                     };

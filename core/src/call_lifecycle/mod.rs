@@ -105,7 +105,7 @@ impl CallState {
         match kind {
             EventKind::Dialing { .. } => Self::Processing,
             EventKind::Outcome { status, .. } => Self::Outcome(*status),
-            EventKind::Retrying { .. } => Self::Retrying,
+            EventKind::Retrying { .. } | EventKind::Rescheduled { .. } => Self::Retrying,
             EventKind::Completed => Self::Ended(End::Completed),
             EventKind::Failed { .. } => Self::Ended(End::Failed),
             EventKind::Cancelled { .. } => Self::Ended(End::Cancelled),

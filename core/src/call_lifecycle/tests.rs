@@ -66,6 +66,7 @@ fn every_event_puts_its_call_in_the_state_its_kind_names() {
         duration_secs: None,
         external_call_id: None,
         reason: None,
+        callback: None,
     };
     assert_eq!(
         CallState::of(&outcome),

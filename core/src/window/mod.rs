@@ -19,12 +19,14 @@
 //! Canadian province) that picks the calling rules of `crate::rules`. Several schedules (the
 //! campaign's and each applicable rule's) apply together through [`next_open_all`].
 
+mod allowed;
 mod callee;
 mod jurisdiction;
 mod number_zones;
 mod postal;
 mod zones;
 
+pub use allowed::first_allowed;
 pub use callee::{Callee, ContactPlace, PlaceSource, ZoneSource, callee};
 pub use jurisdiction::{Jurisdiction, number_jurisdiction};
 pub use number_zones::number_zones;

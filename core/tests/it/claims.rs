@@ -83,6 +83,7 @@ async fn publish_dial(js: &jetstream::Context, call: CallId, n: u64) {
         custom_fields: Default::default(),
         expires_at: None,
         alternate: None,
+        callback: None,
     };
     ccm_core::nats::publish_dial(js, &request)
         .await

@@ -45,6 +45,7 @@ async fn overview_shows_messages_consumers_and_buckets() {
             custom_fields: Default::default(),
             expires_at: None,
             alternate: None,
+            callback: None,
         };
         ccm_core::nats::publish_dial(&js, &request)
             .await

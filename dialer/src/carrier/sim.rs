@@ -86,6 +86,7 @@ impl Carrier for SimCarrier {
                 }),
                 external_call_id: Some(external_call_id.clone()),
                 reason: None,
+                callback: None,
             },
         );
         let js = self.js.clone();

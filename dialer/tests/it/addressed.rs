@@ -361,6 +361,7 @@ async fn attempts_placed_by_a_dialer_that_is_gone_end_by_their_outcomes_at_once(
                 duration_secs: Some(3),
                 external_call_id: None,
                 reason: None,
+                callback: None,
             },
         );
         // As ingest does with a callback that names no dialer.

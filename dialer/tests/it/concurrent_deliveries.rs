@@ -85,6 +85,7 @@ async fn two_deliveries_of_one_attempt_at_once_place_it_once() {
             duration_secs: Some(1),
             external_call_id: None,
             reason: None,
+            callback: None,
         },
     };
     ccm_core::outcome_route::publish_carrier_outcome(&js, &outcome, None)

@@ -124,6 +124,7 @@ async fn an_outcome_published_while_the_dialer_was_disconnected_ends_its_call_pr
             duration_secs: Some(3),
             external_call_id: None,
             reason: None,
+            callback: None,
         },
     };
     ccm_core::nats::publish_event(&js, &outcome)

@@ -59,6 +59,7 @@ pub(crate) fn dial(campaign: CampaignId, n: u32) -> DialRequest {
         custom_fields: Default::default(),
         expires_at: None,
         alternate: None,
+        callback: None,
     }
 }
 

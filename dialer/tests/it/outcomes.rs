@@ -67,6 +67,7 @@ async fn publish(client: &async_nats::Client, to: Option<&Address>, call: CallId
             duration_secs: Some(3),
             external_call_id: None,
             reason: None,
+            callback: None,
         },
     };
     ccm_core::outcome_route::copy(client, &event, to).await;

@@ -257,6 +257,7 @@ mod tests {
             custom_fields: Default::default(),
             expires_at: None,
             alternate: None,
+            callback: None,
         }
     }
 
@@ -278,6 +279,7 @@ mod tests {
             duration_secs: None,
             external_call_id: None,
             reason: None,
+            callback: None,
         }
     }
 

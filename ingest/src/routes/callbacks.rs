@@ -10,7 +10,9 @@
 //! makes out-of-order delivery harmless. The outcome is copied to the dialer the URL names
 //! (`dialer`; see [`ccm_core::outcome_route`]). A callback whose `Digits` (a `<Gather>`'s keypad
 //! input) equal `ingest.twilio.opt_out_digits` is the callee's opt-out, recorded before
-//! anything else ([`crate::opt_out`]).
+//! anything else ([`crate::opt_out`]). `CallbackAt` (and `CallbackTimeZone`), sent by a voice
+//! agent that heard "call me back at five", ask for a callback: carried on the outcome, the
+//! retrier schedules it (`ccm_core::callback`).
 
 use axum::{
     body::Bytes,
@@ -152,6 +154,11 @@ pub(crate) async fn twilio(
             duration_secs,
             external_call_id: field("CallSid"),
             reason,
+            // An AI voice agent's "call me back at five" (its own status callback fields).
+            callback: field("CallbackAt").map(|at| ccm_core::AskedCallback {
+                at,
+                time_zone: field("CallbackTimeZone"),
+            }),
         },
     );
     // The carrier knows nothing of traces: the outcome joins the call's own trace.

@@ -429,6 +429,8 @@ pub(crate) fn routes() -> Vec<Entry> {
         token(routes!(create, call_queries::list)).expensive(GET),
         token(routes!(call_queries::get)),
         token(routes!(super::call_audit::call)),
+        // An operator's (a write): the callee asked to be called back.
+        token(routes!(super::reschedule::reschedule)),
         token(routes!(bulk::create)).expensive(POST),
     ]
 }

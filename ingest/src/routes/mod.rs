@@ -15,6 +15,7 @@ pub mod contacts;
 pub mod dlq;
 pub mod dnc;
 pub mod rerun;
+pub mod reschedule;
 pub mod subjects;
 pub mod table;
 pub mod tokens;

@@ -199,6 +199,7 @@ async fn a_late_callback_stays_with_its_attempt_while_the_retry_is_queued() {
         duration_secs: None,
         external_call_id: None,
         reason: Some("timeout".into()),
+        callback: None,
     };
     publish(&env, campaign, &call, 1, timeout).await;
     let retrying = EventKind::Retrying {
@@ -319,6 +320,7 @@ async fn retried_and_placed_again(env: &TestEnv, campaign: u64, call: &str) {
         duration_secs: None,
         external_call_id: None,
         reason: Some("timeout".into()),
+        callback: None,
     };
     publish(env, campaign, call, 1, timeout).await;
     let retrying = EventKind::Retrying {

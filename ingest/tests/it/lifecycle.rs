@@ -255,6 +255,7 @@ async fn a_started_draft_does_not_complete_while_a_failed_outcome_awaits_its_ret
             duration_secs: None,
             external_call_id: None,
             reason: Some("carrier failed".into()),
+            callback: None,
         }),
     )
     .await

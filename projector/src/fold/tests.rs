@@ -25,6 +25,7 @@ fn life(call: CallId) -> Vec<Item> {
         custom_fields: Default::default(),
         expires_at: None,
         alternate: None,
+        callback: None,
     };
     let event = |attempt: u32, t: i64, kind: EventKind| CallEvent {
         call_id: call,
@@ -48,6 +49,7 @@ fn life(call: CallId) -> Vec<Item> {
         duration_secs: secs,
         external_call_id: Some(id.to_owned()),
         reason: reason.map(str::to_owned),
+        callback: None,
     };
     let events = [
         event(1, 2, dialing.clone()),

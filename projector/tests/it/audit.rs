@@ -31,6 +31,7 @@ fn record(rng: &mut rand::rngs::StdRng, i: usize) -> AttemptAudit {
             .random_bool(0.5)
             .then(|| Utc::now() + chrono::Duration::hours(1)),
         alternate: None,
+        callback: None,
     };
     let decision = match rng.random_range(0..3) {
         0 => AuditDecision::Placed,

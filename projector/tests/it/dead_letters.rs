@@ -33,6 +33,7 @@ fn dial(campaign: u64, number: &str) -> DialRequest {
         custom_fields: Default::default(),
         expires_at: None,
         alternate: None,
+        callback: None,
     }
 }
 

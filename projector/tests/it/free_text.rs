@@ -115,6 +115,7 @@ async fn generated_free_text_in_every_field_is_stored() {
             custom_fields: custom_fields.clone(),
             expires_at: None,
             alternate: None,
+            callback: None,
         };
         store_one(&pool, Source::Calls, next(), &request, seed).await;
         let event = |kind| CallEvent {
@@ -140,6 +141,7 @@ async fn generated_free_text_in_every_field_is_stored() {
                 duration_secs: Some(1),
                 external_call_id: opt(&mut rng),
                 reason: opt(&mut rng),
+                callback: None,
             },
             EventKind::Retrying {
                 next_retry_at: now,

@@ -69,6 +69,7 @@ pub fn life(index: usize, campaign: u64, start: DateTime<Utc>) -> Vec<Published>
         custom_fields: Default::default(),
         expires_at: None,
         alternate: None,
+        callback: None,
     };
     let event = |attempt: u32, at, kind| CallEvent {
         call_id: call,
@@ -92,6 +93,7 @@ pub fn life(index: usize, campaign: u64, start: DateTime<Utc>) -> Vec<Published>
         duration_secs: Some(secs),
         external_call_id: Some(format!("CA-{index}-{attempt}")),
         reason: (status == OutcomeStatus::Failed).then(|| "carrier failed".to_owned()),
+        callback: None,
     };
     // A call lasts its duration plus a second, so concurrency is visible at second resolution.
     let secs = u32::try_from(index % 90).expect("small");

@@ -37,6 +37,7 @@ fn outcome(status: OutcomeStatus) -> EventKind {
         duration_secs: None,
         external_call_id: None,
         reason: None,
+        callback: None,
     }
 }
 

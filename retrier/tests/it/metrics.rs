@@ -47,6 +47,7 @@ async fn outcome(js: &async_nats::jetstream::Context, dial: &DialRequest, status
             duration_secs: None,
             external_call_id: None,
             reason: None,
+            callback: None,
         },
         ..dialing
     };

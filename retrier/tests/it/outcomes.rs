@@ -56,6 +56,7 @@ async fn an_outcome_delivered_twice_is_decided_once() {
             duration_secs: None,
             external_call_id: None,
             reason: None,
+            callback: None,
         },
         at: Utc::now(),
         ..dialing.clone()

@@ -78,6 +78,7 @@ pub fn request(campaign: u64, number: &str, attempt: u32) -> DialRequest {
         custom_fields: Default::default(),
         expires_at: None,
         alternate: None,
+        callback: None,
     }
 }
 

@@ -74,6 +74,7 @@ async fn a_retry_due_in_a_blackout_moves_to_the_opening_and_keeps_the_custom_fie
             duration_secs: None,
             external_call_id: None,
             reason: None,
+            callback: None,
         },
         ..dialing.clone()
     };
@@ -195,6 +196,7 @@ async fn a_retry_due_on_a_holiday_of_the_callees_state_moves_to_the_next_local_d
             duration_secs: None,
             external_call_id: None,
             reason: None,
+            callback: None,
         },
         ..dialing.clone()
     };

@@ -240,6 +240,7 @@ async fn the_dashboard_shows_calls_progress_live_in_a_browser() {
         custom_fields: Default::default(),
         expires_at: None,
         alternate: None,
+        callback: None,
     };
     let reason = format!("Delivered 5 times to consumer dial_{campaign} without success");
     dlq::store(

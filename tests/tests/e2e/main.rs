@@ -3,6 +3,7 @@
 mod alternate_numbers;
 mod answering_machine;
 mod call_expiry;
+mod callback;
 mod calling_window;
 mod campaign_states;
 mod carrier_stack;

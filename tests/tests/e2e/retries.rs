@@ -421,6 +421,7 @@ fn dial_request(campaign: CampaignId, number: &str) -> ccm_core::DialRequest {
         custom_fields: Default::default(),
         expires_at: None,
         alternate: None,
+        callback: None,
     }
 }
 

@@ -43,6 +43,7 @@ fn request(campaign: CampaignId) -> DialRequest {
         custom_fields: Default::default(),
         expires_at: None,
         alternate: None,
+        callback: None,
     }
 }
 

@@ -107,6 +107,11 @@ pub(crate) async fn callback(
             duration_secs,
             external_call_id,
             reason: None,
+            // The callee asked to be called back (`ccm_core::callback`).
+            callback: text(&body, "callback_at").map(|at| ccm_core::AskedCallback {
+                at: at.to_owned(),
+                time_zone: text(&body, "callback_time_zone").map(str::to_owned),
+            }),
         },
     );
     // The carrier knows nothing of traces: the outcome joins the call's own trace.
