@@ -88,7 +88,19 @@ pub async fn initiate_call(
         .get("Idempotency-Key")
         .and_then(|v| v.to_str().ok())
         .map_or_else(|| body.call_id.clone(), str::to_owned);
-    let external_call_id = match state.ledger.place(&key, &campaign, &body.phone_number) {
+    let external_call_id = match state.ledger.place_in(
+        crate::throttle::HTTP_ACCOUNT,
+        state.config.account_limits(),
+        &key,
+        &campaign,
+        &body.phone_number,
+    ) {
+        Placement::Throttled { retry_after_ms } => {
+            return crate::throttle::too_many(
+                retry_after_ms,
+                json!({"error": "too many calls for the account, retry later"}),
+            );
+        }
         Placement::Repeat { external_call_id } => {
             return Json(json!({
                 "external_call_id": external_call_id,

@@ -9,6 +9,8 @@ use std::{collections::BTreeMap, sync::Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::throttle::Limits;
+
 /// Everything recorded so far.
 #[derive(Debug, Default)]
 pub struct Ledger {
@@ -46,6 +48,10 @@ pub struct Attempt {
     /// when the placement named one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller_id: Option<String>,
+    /// The carrier account it was placed on (the Twilio account sid, `http` for the old
+    /// contract; empty when placed without one).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub account: String,
 }
 
 /// Now in Unix milliseconds.
@@ -61,6 +67,16 @@ pub struct CampaignStats {
     pub placed: u64,
     pub live: u64,
     pub peak: u64,
+}
+
+/// Placements and refusals of one carrier account ([`crate::throttle`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountStats {
+    pub placed: u64,
+    pub live: u64,
+    pub peak: u64,
+    /// Placement requests answered 429 (over the account's rate or live-call cap).
+    pub throttled: u64,
 }
 
 /// The body of `GET /stats`.
@@ -98,19 +114,36 @@ pub struct Stats {
     /// Calls whose callee opted out (their final callback says so).
     #[serde(default)]
     pub opt_outs: u64,
+    /// Placement requests answered 429 by an account's limits, all accounts.
+    #[serde(default)]
+    pub throttled: u64,
+    /// Per carrier account.
+    #[serde(default)]
+    pub accounts: BTreeMap<String, AccountStats>,
     /// Calls whose callee asked to be called back (their final callback says when).
     #[serde(default)]
     pub callback_requests: u64,
     /// Live calls per `campaign/number`; internal bookkeeping for `number_peak`.
     #[serde(skip)]
     live_numbers: BTreeMap<String, u64>,
+    /// Each account's placements of the last second, for its rate limit.
+    #[serde(skip)]
+    windows: BTreeMap<String, crate::throttle::Window>,
 }
 
 /// Whether a placement was new or repeated a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
-    New { external_call_id: String },
-    Repeat { external_call_id: String },
+    New {
+        external_call_id: String,
+    },
+    Repeat {
+        external_call_id: String,
+    },
+    /// Over the account's limits: nothing placed; ask again after this many milliseconds.
+    Throttled {
+        retry_after_ms: u64,
+    },
 }
 
 impl Ledger {
@@ -124,8 +157,22 @@ impl Ledger {
         f(&mut stats)
     }
 
-    /// Records a placement request; a new key makes the call live in its campaign.
+    /// Records a placement request with no account and no limits.
     pub fn place(&self, key: &str, campaign: &str, to: &str) -> Placement {
+        self.place_in("", Limits::default(), key, campaign, to)
+    }
+
+    /// Records a placement request on `account`: a key already placed is a repeat (whatever
+    /// the limits: nothing new is dialled), a new key over the account's `limits` is
+    /// throttled, otherwise the call is live in its campaign and account.
+    pub fn place_in(
+        &self,
+        account: &str,
+        limits: Limits,
+        key: &str,
+        campaign: &str,
+        to: &str,
+    ) -> Placement {
         self.with(|stats| {
             if let Some(attempt) = stats.attempts.get_mut(key) {
                 attempt.requests += 1;
@@ -133,6 +180,17 @@ impl Ledger {
                 return Placement::Repeat {
                     external_call_id: attempt.external_call_id.clone(),
                 };
+            }
+            let live = stats.accounts.get(account).map_or(0, |a| a.live);
+            let window = stats.windows.entry(account.to_owned()).or_default();
+            if let Err(retry_after_ms) = crate::throttle::admit(window, now_ms(), live, limits) {
+                stats.throttled += 1;
+                stats
+                    .accounts
+                    .entry(account.to_owned())
+                    .or_default()
+                    .throttled += 1;
+                return Placement::Throttled { retry_after_ms };
             }
             let external_call_id = format!("CA{}", uuid::Uuid::new_v4().simple());
             stats.attempts.insert(
@@ -149,8 +207,13 @@ impl Ledger {
                     placed_ms: now_ms(),
                     ended_ms: None,
                     caller_id: None,
+                    account: account.to_owned(),
                 },
             );
+            let a = stats.accounts.entry(account.to_owned()).or_default();
+            a.placed += 1;
+            a.live += 1;
+            a.peak = a.peak.max(a.live);
             stats.placed += 1;
             stats.live += 1;
             stats.peak = stats.peak.max(stats.live);
@@ -226,6 +289,10 @@ impl Ledger {
             attempt.ended_ms = Some(now_ms());
             let pair = format!("{}/{}", attempt.campaign, attempt.to);
             let campaign = attempt.campaign.clone();
+            let account = attempt.account.clone();
+            if let Some(a) = stats.accounts.get_mut(&account) {
+                a.live = a.live.saturating_sub(1);
+            }
             if let Some(live) = stats.live_numbers.get_mut(&pair) {
                 *live = live.saturating_sub(1);
                 if *live == 0 {
@@ -362,6 +429,43 @@ mod tests {
                 peak: 2
             }
         );
+    }
+
+    #[test]
+    fn an_account_over_its_limits_is_throttled_but_a_repeat_is_not() {
+        let ledger = Ledger::default();
+        let limits = Limits {
+            per_second: 2,
+            max_live: 0,
+        };
+        let place = |key: &str| ledger.place_in("AC1", limits, key, "7", "+15550000001");
+        assert!(matches!(place("c1/1"), Placement::New { .. }));
+        assert!(matches!(place("c2/1"), Placement::New { .. }));
+        assert!(
+            matches!(place("c3/1"), Placement::Throttled { retry_after_ms } if retry_after_ms <= 1000)
+        );
+        assert!(
+            matches!(place("c1/1"), Placement::Repeat { .. }),
+            "a repeat dials nothing"
+        );
+        // Another account has its own limit.
+        assert!(matches!(
+            ledger.place_in("AC2", limits, "c4/1", "7", "+15550000004"),
+            Placement::New { .. }
+        ));
+        ledger.end_attempt("c1/1");
+        let stats = ledger.snapshot();
+        assert_eq!((stats.placed, stats.throttled), (3, 1));
+        assert_eq!(
+            stats.accounts["AC1"],
+            AccountStats {
+                placed: 2,
+                live: 1,
+                peak: 2,
+                throttled: 1
+            }
+        );
+        assert_eq!(stats.attempts["c4/1"].account, "AC2");
     }
 
     #[test]

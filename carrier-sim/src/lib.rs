@@ -13,6 +13,8 @@
 //! - [`hangup`]: ending a live call early (both APIs), as the dialer does at its maximum
 //!   duration; [`script`]: a sequence of scripted answers to placement requests.
 //! - [`faults`]: 5xx, latency and callback faults changed at run time (`GET|PUT /faults`).
+//! - [`throttle`]: each carrier account's calls per second and live calls, answered 429 with
+//!   `Retry-After` over them.
 //! - [`outcome`]: the outcome mix; [`callback`]: delivery with the configured faults
 //!   (dropped, duplicated, out-of-order callbacks).
 
@@ -25,6 +27,7 @@ pub mod ledger;
 pub mod opt_out;
 pub(crate) mod outcome;
 pub mod script;
+pub mod throttle;
 pub(crate) mod twilio_api;
 
 use std::{
@@ -121,6 +124,13 @@ pub struct SimConfig {
     /// answered (no-answer, `RNR`). Repeat the flag or separate with commas.
     #[arg(long = "spam-caller-id", value_delimiter = ',')]
     pub spam_caller_ids: Vec<String>,
+    /// New calls per second each carrier account may place; more are answered 429 with
+    /// `Retry-After` ([`throttle`]). 0: unlimited.
+    #[arg(long, env = "CARRIER_SIM_ACCOUNT_CPS", default_value_t = 0)]
+    pub account_cps: u32,
+    /// Live calls each carrier account may hold; more are answered 429. 0: unlimited.
+    #[arg(long, env = "CARRIER_SIM_ACCOUNT_MAX_LIVE", default_value_t = 0)]
+    pub account_max_live: u64,
     /// Numbers (E.164) nobody answers: every call to one ends RNR (a contact's mobile that
     /// rings out, so its next number is tried); repeat the flag or separate with commas.
     #[arg(long = "unanswered-number", value_delimiter = ',')]
@@ -158,6 +168,8 @@ impl Default for SimConfig {
             opt_out_numbers: Vec::new(),
             opt_out_digits: "9".into(),
             spam_caller_ids: Vec::new(),
+            account_cps: 0,
+            account_max_live: 0,
             unanswered_numbers: Vec::new(),
             callback_numbers: Vec::new(),
             callback_after_ms: 5000,
@@ -166,6 +178,14 @@ impl Default for SimConfig {
 }
 
 impl SimConfig {
+    /// Each carrier account's limits.
+    pub fn account_limits(&self) -> throttle::Limits {
+        throttle::Limits {
+            per_second: self.account_cps,
+            max_live: self.account_max_live,
+        }
+    }
+
     /// How long the next call lasts.
     pub fn call_length(&self) -> Duration {
         let jitter = if self.call_jitter_ms == 0 {

@@ -117,7 +117,17 @@ pub async fn create_call(
         .map(str::to_owned)
         .or_else(|| status_callback.clone())
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let (call_sid, new) = match state.ledger.place(&key, &campaign, to) {
+    let placement = state
+        .ledger
+        .place_in(&sid, state.config.account_limits(), &key, &campaign, to);
+    let (call_sid, new) = match placement {
+        // Twilio's answer over the account's CPS: 429 with error 20429.
+        Placement::Throttled { retry_after_ms } => {
+            return crate::throttle::too_many(
+                retry_after_ms,
+                json!({"code": 20429, "message": "Too Many Requests", "status": 429}),
+            );
+        }
         Placement::New { external_call_id } => (external_call_id, true),
         Placement::Repeat { external_call_id } => (external_call_id, false),
     };

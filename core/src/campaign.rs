@@ -98,6 +98,11 @@ pub struct Campaign {
     /// New calls per second of this campaign across all dialers; none: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_calls_per_second: Option<u32>,
+    /// This campaign's share of the carrier account's rate against the other campaigns
+    /// calling at the same time (1 to 100; none: 1): with weights 3 and 1 a saturated
+    /// account places three calls of the first for one of the second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carrier_weight: Option<u32>,
     /// Why the campaign calls; telemarketing gets the ring-time floor (see [`RingTime`]).
     #[serde(default)]
     pub purpose: Purpose,

@@ -475,6 +475,67 @@ pub struct DialerConfig {
     /// How often each dialer lists the dial consumers and repairs any that disagrees with
     /// the campaign document it follows (a writer that died between the two, a hand edit).
     pub consumer_sweep_secs: u64,
+    /// The carrier account's own rate, shared by all campaigns and replicas, slowed down by
+    /// the carrier's 429s (AIMD).
+    pub carrier_account: CarrierAccountConfig,
+}
+
+/// The carrier account's rate: new calls per second across all campaigns and dialer replicas,
+/// cut by `decrease_factor` when the carrier answers 429 (at most once per `cut_every_ms`)
+/// and regained by `increase_per_second` each second without one (AIMD).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CarrierAccountConfig {
+    /// The account's rate at most (where it starts and recovers to, e.g. Twilio's CPS for
+    /// the account); 0: the dialer keeps no account rate (a 429 still puts the call off).
+    pub max_calls_per_second: f64,
+    /// The rate is never cut below this.
+    pub min_calls_per_second: f64,
+    /// The rate is multiplied by this on a 429 (between 0 and 1).
+    pub decrease_factor: f64,
+    /// Calls per second regained per second without a 429.
+    pub increase_per_second: f64,
+    /// 429s within this long of a cut are taken as the same overload (calls already on
+    /// their way when the first was answered): one cut.
+    pub cut_every_ms: u64,
+    /// How long a throttled call waits when the carrier gave no `Retry-After`.
+    pub retry_ms: u64,
+}
+
+impl Default for CarrierAccountConfig {
+    fn default() -> Self {
+        Self {
+            max_calls_per_second: 0.0,
+            min_calls_per_second: 0.5,
+            decrease_factor: 0.7,
+            increase_per_second: 1.0,
+            cut_every_ms: 1000,
+            retry_ms: 1000,
+        }
+    }
+}
+
+impl CarrierAccountConfig {
+    /// Why these values cannot be used, if they cannot.
+    pub fn invalid(&self) -> Option<String> {
+        let a = self;
+        if !(a.max_calls_per_second.is_finite() && a.max_calls_per_second >= 0.0) {
+            return Some("max_calls_per_second must be 0 or more".into());
+        }
+        if !(a.min_calls_per_second.is_finite() && a.min_calls_per_second > 0.0) {
+            return Some("min_calls_per_second must be above 0".into());
+        }
+        if a.max_calls_per_second > 0.0 && a.min_calls_per_second > a.max_calls_per_second {
+            return Some("min_calls_per_second must not exceed max_calls_per_second".into());
+        }
+        if !(a.decrease_factor > 0.0 && a.decrease_factor < 1.0) {
+            return Some("decrease_factor must be between 0 and 1 (exclusive)".into());
+        }
+        if !(a.increase_per_second.is_finite() && a.increase_per_second > 0.0) {
+            return Some("increase_per_second must be above 0".into());
+        }
+        None
+    }
 }
 
 impl Default for DialerConfig {
@@ -488,6 +549,7 @@ impl Default for DialerConfig {
             max_calls_per_second: 0,
             max_attempts_per_number_per_day: 0,
             consumer_sweep_secs: 30,
+            carrier_account: CarrierAccountConfig::default(),
         }
     }
 }
@@ -814,6 +876,11 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "retrier.max_queue_age_secs and retrier.expiry_sweep_ms must be above zero".into(),
             ));
+        }
+        if let Some(reason) = self.dialer.carrier_account.invalid() {
+            return Err(ConfigError::Invalid(format!(
+                "dialer.carrier_account: {reason}"
+            )));
         }
         for limit in &self.compliance.frequency_limits {
             if limit.max_attempts == 0 || !(1..=crate::rules::MAX_LIMIT_DAYS).contains(&limit.days)

@@ -174,6 +174,7 @@ mod tests {
             required_consent: None,
             opt_out_list: Default::default(),
             caller_id_pool: None,
+            carrier_weight: None,
             alternate_numbers: None,
             answering_machine: Default::default(),
             ended_at: None,

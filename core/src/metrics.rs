@@ -27,8 +27,10 @@
 //! | `ccm_dialer_live_calls` | gauge | `campaign` | calls in flight in this replica (dial message held un-acked) |
 //! | `ccm_dialer_queued_calls` | gauge | `campaign` | dial messages waiting for a dialer (the campaign consumer's `num_pending`, read by the consumer sweep, every `dialer.consumer_sweep_secs`) |
 //! | `ccm_dialer_calls_placed_total` | counter | `campaign` | attempts handed to the carrier |
-//! | `ccm_dialer_carrier_request_duration_seconds` | histogram | `carrier`, `result` | one placement request; `result`: `placed`, `rejected`, `unavailable`, `ambiguous` |
-//! | `ccm_dialer_carrier_errors_total` | counter | `carrier`, `kind` | failed placements: `rejected` (4xx, call ends FAILED), `unavailable` (retried), `ambiguous` (a timeout after sending, 409, a 5xx other than 503: never placed again) |
+//! | `ccm_dialer_carrier_request_duration_seconds` | histogram | `carrier`, `result` | one placement request; `result`: `placed`, `rejected`, `unavailable`, `ambiguous`, `throttled` (429) |
+//! | `ccm_dialer_carrier_account_rate` | gauge | `account` | the carrier account's shared rate (calls per second) as this replica last wrote it (`dialer.carrier_account`) |
+//! | `ccm_dialer_carrier_throttled_total` | counter | `account` | placements the carrier answered 429 (the attempt is put off, not failed) |
+//! | `ccm_dialer_carrier_errors_total` | counter | `carrier`, `kind` | failed placements: `rejected` (4xx, call ends FAILED), `unavailable` (retried), `ambiguous` (a timeout after sending, 409, a 5xx other than 503: never placed again), `throttled` (429: put off) |
 //! | `ccm_dialer_outcome_timeouts_total` | counter | | calls ended by the synthetic FAILED (`timeout`) |
 //! | `ccm_dialer_outcomes_received_total` | counter | `route` | outcomes that reached this replica: `addressed` (copies to its own address), `adopted` (to the address of a gone dialer whose attempts it took over), `broadcast` (no address known), `stream` (a waiting call found it by reading the stream: its copy was missed) |
 //! | `ccm_dialer_hang_ups_total` | counter | `carrier` | calls past their maximum duration ended at the carrier (the hang-up confirmed) |

@@ -296,7 +296,11 @@ async fn place(
             }
             let slot = ctx
                 .pacing
-                .reserve(request.campaign_id, campaign.max_calls_per_second)
+                .reserve(
+                    request.campaign_id,
+                    campaign.max_calls_per_second,
+                    campaign.carrier_weight,
+                )
                 .await
                 .map_err(CallError::Pacing)?;
             if let Some(at) = slot.filter(|at| *at > Utc::now()) {
@@ -403,6 +407,27 @@ async fn place(
                     crate::dialing::withdraw(ctx, dialing_seq).await;
                     return Err(CallError::Carrier(e));
                 }
+                Err(CarrierError::Throttled {
+                    reason,
+                    retry_after,
+                }) => {
+                    // Nothing was created: withdrawn, then put off to when the account may
+                    // place again, keeping its attempt number and its deliveries.
+                    crate::dialing::withdraw(ctx, dialing_seq).await;
+                    let until = ctx
+                        .pacing
+                        .account
+                        .throttled(retry_after)
+                        .await
+                        .map_err(CallError::Pacing)?;
+                    tracing::info!(call = %request.call_id, %until, %reason,
+                        "carrier account throttled; put off");
+                    crate::window::defer(ctx, request, message, until)
+                        .await
+                        .map_err(CallError::Window)?;
+                    ack(message).await;
+                    return Ok(None);
+                }
             }
             Ok(Some(result))
         }
@@ -471,6 +496,7 @@ fn record_placement(
         Err(CarrierError::Rejected(_)) => "rejected",
         Err(CarrierError::Unavailable(_)) => "unavailable",
         Err(CarrierError::Ambiguous(_)) => "ambiguous",
+        Err(CarrierError::Throttled { .. }) => "throttled",
     };
     histogram!("ccm_dialer_carrier_request_duration_seconds",
         "carrier" => carrier, "result" => result)

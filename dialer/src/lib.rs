@@ -21,11 +21,13 @@
 //! - [`compliance`] applies the rule packs by the callee's jurisdiction and the frequency limits;
 //!   [`frequency`] keeps each number's recent attempts for those limits, across campaigns.
 //! - [`outcomes`] routes the outcomes addressed to this dialer to the waiting calls.
-//! - [`pacing`] spaces new calls per campaign and globally, shared by all replicas.
+//! - [`pacing`] spaces new calls per campaign and globally, shared by all replicas;
+//!   [`account`] keeps the carrier account's rate, cut by its 429s (AIMD).
 //! - [`placements`] records the carrier's id of each placed attempt, for callbacks that name
 //!   only the call.
 //! - [`window`] puts off an attempt whose callee is outside the campaign's calling window.
 
+pub(crate) mod account;
 mod admission;
 pub(crate) mod audit;
 pub(crate) mod call;
@@ -160,9 +162,17 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
         contacts: ccm_core::nats::bucket(&js, names::KV_CONTACTS).await?,
         dnc: ccm_core::nats::bucket(&js, names::KV_DNC).await?,
         consents: ccm_core::nats::bucket(&js, names::KV_CONSENTS).await?,
-        pacing: pacing::Pacing {
-            bucket: ccm_core::nats::bucket(&js, names::KV_PACING).await?,
-            global_per_second: config.dialer.max_calls_per_second,
+        pacing: {
+            let bucket = ccm_core::nats::bucket(&js, names::KV_PACING).await?;
+            pacing::Pacing {
+                account: account::Account::new(
+                    bucket.clone(),
+                    &config.dialer.carrier,
+                    &config.dialer.carrier_account,
+                ),
+                bucket,
+                global_per_second: config.dialer.max_calls_per_second,
+            }
         },
         frequency: frequency::Frequency {
             bucket: ccm_core::nats::bucket(&js, names::KV_ATTEMPTS).await?,
@@ -474,6 +484,7 @@ impl Supervisor<'_> {
                 name: campaign.name.as_str().into(),
                 window: window::Window::of(&campaign),
                 max_calls_per_second: campaign.max_calls_per_second,
+                carrier_weight: campaign.carrier_weight.unwrap_or(1),
                 purpose: campaign.purpose,
                 ring_timeout_secs: campaign.ring_timeout_secs,
                 revision: entry.revision,

@@ -42,15 +42,18 @@ pub struct Pacing {
     pub bucket: kv::Store,
     /// `dialer.max_calls_per_second`; 0: no global limit.
     pub global_per_second: u32,
+    /// The carrier account's rate ([`crate::account`]), kept in the same bucket.
+    pub account: crate::account::Account,
 }
 
 impl Pacing {
-    /// Reserves the campaign's and the global slot (those that are limited) and returns the
-    /// instant from which the call may be placed.
+    /// Reserves the campaign's, the global and the carrier account's slot (those that are
+    /// limited) and returns the instant from which the call may be placed.
     pub async fn reserve(
         &self,
         campaign: ccm_core::CampaignId,
         campaign_per_second: Option<u32>,
+        carrier_weight: u32,
     ) -> Result<Option<DateTime<Utc>>, PacingError> {
         let mut at = None;
         if let Some(rate) = campaign_per_second.filter(|r| *r > 0) {
@@ -59,6 +62,9 @@ impl Pacing {
         if self.global_per_second > 0 {
             let global = reserve(&self.bucket, "global", self.global_per_second).await?;
             at = Some(at.map_or(global, |a: DateTime<Utc>| a.max(global)));
+        }
+        if let Some(account) = self.account.reserve(campaign, carrier_weight).await? {
+            at = Some(at.map_or(account, |a: DateTime<Utc>| a.max(account)));
         }
         Ok(at)
     }

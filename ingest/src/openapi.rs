@@ -107,6 +107,8 @@ pub(crate) struct Campaign {
     complete_when_empty: Option<bool>,
     /// New calls per second across all dialers.
     max_calls_per_second: Option<u32>,
+    /// Share of the carrier account's rate against the other campaigns calling at once.
+    carrier_weight: Option<u32>,
     /// `answered` or `retry`: what a machine's answer counts as.
     answering_machine: Option<String>,
     /// `informational` or `telemarketing` (rings at least 15 s).

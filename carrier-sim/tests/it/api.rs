@@ -33,7 +33,7 @@ async fn receiver(received: Received) -> String {
     format!("http://{addr}")
 }
 
-async fn start(config: SimConfig) -> (String, CancellationToken) {
+pub(crate) async fn start(config: SimConfig) -> (String, CancellationToken) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
@@ -41,7 +41,7 @@ async fn start(config: SimConfig) -> (String, CancellationToken) {
     (format!("http://{addr}"), shutdown)
 }
 
-async fn stats(http: &reqwest::Client, sim: &str) -> Stats {
+pub(crate) async fn stats(http: &reqwest::Client, sim: &str) -> Stats {
     http.get(format!("{sim}/stats"))
         .send()
         .await

@@ -32,6 +32,7 @@ fn campaign(state: CampaignState) -> Campaign {
         required_consent: None,
         opt_out_list: Default::default(),
         caller_id_pool: None,
+        carrier_weight: None,
         alternate_numbers: None,
         ended_at: None,
     }

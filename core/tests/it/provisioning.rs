@@ -305,6 +305,7 @@ pub(crate) fn campaign(id: u64, cap: u32) -> Campaign {
         required_consent: None,
         opt_out_list: Default::default(),
         caller_id_pool: None,
+        carrier_weight: None,
         alternate_numbers: None,
         ended_at: None,
     }

@@ -49,6 +49,14 @@ pub enum CarrierError {
     /// or, at its maximum duration, as outcome-unknown.
     #[error("carrier answer unknown: {0}")]
     Ambiguous(String),
+    /// Over the carrier account's limits (429): nothing was created; the account slows down
+    /// and the attempt is put off, `retry_after` when the carrier said how long
+    /// ([`crate::account`]).
+    #[error("carrier account throttled: {reason}")]
+    Throttled {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
 }
 
 /// How a carrier's failed answer to a placement request is taken ([`classify`]).
@@ -60,6 +68,9 @@ pub enum Verdict {
     Refused,
     /// The call may exist: never placed again.
     Unknown,
+    /// Nothing was created: the account is over its limits (429). Not a failure of the
+    /// attempt, which is put off, nor an outage.
+    Throttled,
 }
 
 /// What came back from a placement request that did not succeed.
@@ -77,8 +88,9 @@ pub enum Answer {
 /// Sorts a failed answer. Only answers that prove nothing was created may be retried:
 /// - no connection; 401, 403 and 404 (our credentials, account or route are refused: a
 ///   configuration mistake, so redelivery and then the DLQ keep the calls for a redrive
-///   instead of burning their attempts); 408 (the request was not received in full); 429 and
-///   503 (the server says it is not taking requests now).
+///   instead of burning their attempts); 408 (the request was not received in full); 503 (the
+///   server says it is not taking requests now).
+/// - 429: the carrier account is over its rate or its call limit ([`Verdict::Throttled`]).
 /// - any other 4xx but 409 refuses this call.
 /// - everything else may follow a created call: a timeout or reset after sending, 409 (an
 ///   idempotency conflict: a placement may exist), 500 (the carrier failed while handling
@@ -87,7 +99,8 @@ pub fn classify(answer: Answer) -> Verdict {
     match answer {
         Answer::NotSent => Verdict::NotPlaced,
         Answer::NoAnswer => Verdict::Unknown,
-        Answer::Status(401 | 403 | 404 | 408 | 429 | 503) => Verdict::NotPlaced,
+        Answer::Status(429) => Verdict::Throttled,
+        Answer::Status(401 | 403 | 404 | 408 | 503) => Verdict::NotPlaced,
         Answer::Status(409) => Verdict::Unknown,
         Answer::Status(400..=499) => Verdict::Refused,
         Answer::Status(_) => Verdict::Unknown,
@@ -112,6 +125,8 @@ pub struct CampaignInfo {
     pub window: Option<Arc<crate::window::Window>>,
     /// The campaign's pacing (new calls per second), when it sets one.
     pub max_calls_per_second: Option<u32>,
+    /// Its share of the carrier account's rate ([`crate::account`]).
+    pub carrier_weight: u32,
     /// Why it calls and how long it lets phones ring: adapters ask the carrier for
     /// [`ccm_core::campaign::ring_time::requested_secs`] of these.
     pub purpose: ccm_core::campaign::Purpose,
@@ -200,6 +215,7 @@ pub(crate) fn classify_send_error(e: &reqwest::Error) -> CarrierError {
 /// Sorts a carrier's non-success answer by [`classify`], with the reason the carrier gave.
 pub(crate) async fn classify_status(response: reqwest::Response) -> CarrierError {
     let status = response.status();
+    let retry_after = retry_after(response.headers());
     let body = response.text().await.unwrap_or_default();
     // Carriers explain refusals in `message` (Twilio) or `error` (the old contract).
     let reason = serde_json::from_str::<serde_json::Value>(&body)
@@ -216,14 +232,41 @@ pub(crate) async fn classify_status(response: reqwest::Response) -> CarrierError
         status.as_u16(),
         reason.chars().take(300).collect::<String>()
     );
-    error(classify(Answer::Status(status.as_u16())), reason)
+    match classify(Answer::Status(status.as_u16())) {
+        Verdict::Throttled => CarrierError::Throttled {
+            reason,
+            retry_after,
+        },
+        verdict => error(verdict, reason),
+    }
 }
+
+/// `Retry-After` in seconds (the form carriers send; an HTTP date is not read), at most
+/// [`MAX_RETRY_AFTER`].
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+/// A carrier asking for a longer pause is not taken at its word: the account's rate
+/// decides after this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 fn error(verdict: Verdict, reason: String) -> CarrierError {
     match verdict {
         Verdict::NotPlaced => CarrierError::Unavailable(reason),
         Verdict::Refused => CarrierError::Rejected(reason),
         Verdict::Unknown => CarrierError::Ambiguous(reason),
+        Verdict::Throttled => CarrierError::Throttled {
+            reason,
+            retry_after: None,
+        },
     }
 }
 
@@ -241,11 +284,11 @@ pub(crate) fn hang_up_confirmed(status: reqwest::StatusCode) -> Result<HangUp, C
 
 #[cfg(test)]
 mod tests {
-    use super::{Answer, Verdict, classify};
+    use super::{Answer, Verdict, classify, retry_after};
 
     #[test]
     fn only_answers_that_prove_nothing_was_created_are_retried() {
-        use Verdict::{NotPlaced, Refused, Unknown};
+        use Verdict::{NotPlaced, Refused, Throttled, Unknown};
         let table = [
             (Answer::NotSent, NotPlaced),
             (Answer::NoAnswer, Unknown),
@@ -257,7 +300,7 @@ mod tests {
             (Answer::Status(408), NotPlaced),
             (Answer::Status(409), Unknown),
             (Answer::Status(422), Refused),
-            (Answer::Status(429), NotPlaced),
+            (Answer::Status(429), Throttled),
             (Answer::Status(500), Unknown),
             (Answer::Status(501), Unknown),
             (Answer::Status(502), Unknown),
@@ -272,5 +315,26 @@ mod tests {
         for (answer, verdict) in table {
             assert_eq!(classify(answer), verdict, "{answer:?}");
         }
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_bounded() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert("retry-after", "2".parse().expect("value"));
+        assert_eq!(
+            retry_after(&headers),
+            Some(std::time::Duration::from_secs(2))
+        );
+        headers.insert("retry-after", "86400".parse().expect("value"));
+        assert_eq!(
+            retry_after(&headers),
+            Some(std::time::Duration::from_secs(60))
+        );
+        headers.insert(
+            "retry-after",
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("value"),
+        );
+        assert_eq!(retry_after(&headers), None);
     }
 }

@@ -67,6 +67,7 @@ fn campaign() -> CampaignInfo {
         name: Arc::from("spring"),
         window: None,
         max_calls_per_second: None,
+        carrier_weight: 1,
         purpose: Purpose::Informational,
         ring_timeout_secs: None,
         revision: 0,
@@ -319,4 +320,45 @@ async fn each_adapter_shows_the_chosen_caller_id_or_its_own() {
     assert_eq!(shown(&http_pool).as_deref(), Some("+14155550100"));
     assert_eq!(shown(&http_own), None);
     assert_eq!(stats.caller_ids["+14155550100"], 2);
+}
+
+/// Over the carrier account's rate, both adapters read the 429 as throttling with the
+/// carrier's `Retry-After`, not as an outage or a refusal; nothing is placed.
+#[tokio::test]
+async fn a_429_is_throttling_with_the_carriers_retry_after() {
+    let sim = sim(SimConfig {
+        account_cps: 1,
+        twilio_account_sid: "ACx".into(),
+        twilio_auth_token: "token".into(),
+        ..SimConfig::default()
+    })
+    .await;
+    let twilio = TwilioCarrier::new(TwilioCarrierConfig {
+        base_url: sim.url.clone().into(),
+        account_sid: "ACx".into(),
+        auth_token: Secret::new("token"),
+        from: "+15550009999".into(),
+        status_callback_base: "http://ingest.example".into(),
+        ..TwilioCarrierConfig::default()
+    })
+    .expect("adapter");
+    let http = http(&sim.url, 2000);
+    for carrier in [&twilio as &dyn Carrier, &http as &dyn Carrier] {
+        carrier
+            .place(&request(), &campaign(), None, LIMIT)
+            .await
+            .expect("the account's first call of the second");
+        let err = carrier
+            .place(&request(), &campaign(), None, LIMIT)
+            .await
+            .expect_err("over the rate");
+        assert!(
+            matches!(&err, CarrierError::Throttled { reason, retry_after }
+                if reason.starts_with("429")
+                    && *retry_after == Some(std::time::Duration::from_secs(1))),
+            "{err:?}"
+        );
+    }
+    let stats = stats(&sim.url).await;
+    assert_eq!((stats.placed, stats.throttled), (2, 2));
 }

@@ -3,8 +3,8 @@
 //! ends.
 //!
 //! Each case scripts carrier-sim's answers to the placement requests at random (seed printed,
-//! `CCM_SEED` replays one): placed and confirmed, refused (400), not taking requests (503,
-//! 429: nothing created), and the answers that prove nothing — 500, 502 or 504 after the
+//! `CCM_SEED` replays one): placed and confirmed, refused (400), not taking requests (503:
+//! nothing created), over the account's limits (429: nothing created, put off), and the answers that prove nothing — 500, 502 or 504 after the
 //! call was created, or a confirmation later than the dialer's request timeout. The audit:
 //! every attempt in the carrier's ledger was requested once, and every call has an outcome.
 
@@ -107,6 +107,8 @@ async fn no_carrier_answer_leads_to_a_second_placement_of_a_created_attempt() {
         ..HttpCarrierConfig::default()
     });
     config.dialer.hangup_grace_ms = 200;
+    // The retrier brings back the attempts a 429 put off.
+    tokio::spawn(ccm_retrier::run(config.clone(), shutdown.clone()));
     tokio::spawn(ccm_dialer::run(config, shutdown.clone()));
 
     let events = js.get_stream(names::CALL_EVENTS).await.expect("events");

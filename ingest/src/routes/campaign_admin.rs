@@ -49,6 +49,9 @@ pub struct CampaignPatch {
     pub blackout_dates: Option<Vec<chrono::NaiveDate>>,
     /// New calls per second across all dialers, 1 to 10,000.
     pub max_calls_per_second: Option<u32>,
+    /// The campaign's share of the carrier account's rate against the other campaigns
+    /// calling at the same time, 1 to 100.
+    pub carrier_weight: Option<u32>,
     /// `answered` (default: a machine's answer completes the call) or `retry` (retried like
     /// RNR), from Twilio's `AnsweredBy`.
     #[serde(default)]
@@ -128,6 +131,20 @@ pub(crate) fn caller_id_pool(
             .map_err(|e| AppError::bad_request("invalid_caller_id_pool", e.to_string()))
     })
     .transpose()
+}
+
+/// The highest carrier weight a campaign may set.
+const MAX_CARRIER_WEIGHT: u32 = 100;
+
+/// Checks a campaign's share of the carrier account's rate.
+pub(crate) fn carrier_weight(weight: Option<u32>) -> Result<Option<u32>, AppError> {
+    match weight {
+        Some(w) if w == 0 || w > MAX_CARRIER_WEIGHT => Err(AppError::bad_request(
+            "invalid_carrier_weight",
+            format!("carrier_weight must be 1 to {MAX_CARRIER_WEIGHT}"),
+        )),
+        other => Ok(other),
+    }
 }
 
 /// Validates and sets the start and end dates (shared with creation): the end must be in
@@ -302,6 +319,9 @@ pub(crate) async fn patch(
         }
         if patch.max_calls_per_second.is_some() {
             c.max_calls_per_second = calls_per_second(patch.max_calls_per_second)?;
+        }
+        if patch.carrier_weight.is_some() {
+            c.carrier_weight = carrier_weight(patch.carrier_weight)?;
         }
         if let Some(name) = &patch.name {
             c.name = name.trim().to_owned();

@@ -65,6 +65,10 @@ pub struct NewCampaign {
     /// New calls per second across all dialers, 1 to 10,000; absent: no limit.
     #[serde(default)]
     pub max_calls_per_second: Option<u32>,
+    /// The campaign's share of the carrier account's rate against the other campaigns
+    /// calling at the same time, 1 to 100; absent: 1.
+    #[serde(default)]
+    pub carrier_weight: Option<u32>,
     /// `answered` (default: a machine's answer completes the call) or `retry` (retried like
     /// RNR), from Twilio's `AnsweredBy`.
     #[serde(default)]
@@ -179,6 +183,7 @@ pub(crate) async fn create_campaign(
             required_consent: body.required_consent,
             opt_out_list: body.opt_out_list.unwrap_or_default(),
             caller_id_pool: super::campaign_admin::caller_id_pool(state, body.caller_id_pool)?,
+            carrier_weight: super::campaign_admin::carrier_weight(body.carrier_weight)?,
             alternate_numbers: super::campaign_admin::alternate_numbers(body.alternate_numbers)?,
             ended_at: None,
         };

@@ -137,9 +137,15 @@ impl CarrierStack {
 
     /// Accepts `n` calls to distinct numbers, 20 requests at a time.
     pub async fn calls(&self, campaign: u64, n: u32) {
+        self.calls_from(campaign, n, 1_000_000).await;
+    }
+
+    /// As [`CarrierStack::calls`], numbering from `first` (so two campaigns call different
+    /// people).
+    pub async fn calls_from(&self, campaign: u64, n: u32, first: u32) {
         let statuses: Vec<(u16, Value)> = stream::iter(0..n)
             .map(|i| {
-                let number = format!("+1555{:07}", 1_000_000 + i);
+                let number = format!("+1555{:07}", first + i);
                 async move {
                     self.send(
                         "/api/v1/calls",

@@ -30,6 +30,7 @@ mod stack;
 mod subjects;
 mod subjects_generated;
 mod subjects_walk;
+mod throttle;
 mod traces;
 mod walking_skeleton;
 mod webhooks;

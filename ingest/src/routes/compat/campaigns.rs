@@ -113,6 +113,7 @@ pub(crate) async fn create(
         required_consent: None,
         opt_out_list: Default::default(),
         caller_id_pool: None,
+        carrier_weight: None,
         alternate_numbers: None,
     };
     let campaign = campaigns::create_campaign(&state, new)
