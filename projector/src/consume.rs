@@ -370,7 +370,7 @@ pub fn decode_payload(
                 .map(|campaign| {
                     Some(Item::Campaign {
                         revision: seq,
-                        campaign,
+                        campaign: Box::new(campaign),
                     })
                 })
                 .map_err(|e| e.to_string())

@@ -37,7 +37,11 @@ pub enum Item {
     /// A dead letter from `DLQ`, at stream sequence `seq`.
     DeadLetter { seq: u64, letter: Letter },
     /// A campaign document from the `campaigns` bucket; `revision` is its stream sequence.
-    Campaign { revision: u64, campaign: Campaign },
+    Campaign {
+        revision: u64,
+        // Boxed: the document is far larger than the other items.
+        campaign: Box<Campaign>,
+    },
     /// A phone number added to a campaign (the `contacts` bucket), at stream sequence `seq`.
     Contact {
         seq: u64,

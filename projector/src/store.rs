@@ -73,7 +73,7 @@ pub async fn write(
     let mut events = Vec::with_capacity(by_seq.len());
     for item in by_seq.values() {
         match item {
-            Item::Campaign { revision, campaign } => campaigns.push((*revision, campaign)),
+            Item::Campaign { revision, campaign } => campaigns.push((*revision, &**campaign)),
             Item::Contact { contact, .. } => contacts.push(contact),
             Item::DeadLetter { seq, letter } => letters.push((*seq, letter)),
             Item::Audit {
