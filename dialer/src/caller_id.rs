@@ -21,7 +21,6 @@ use ccm_core::{
     },
 };
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use crate::frequency::CapError;
 
@@ -36,13 +35,6 @@ pub(crate) const ALL_PAUSED_RECHECK: chrono::Duration = chrono::Duration::second
 #[derive(Debug, Clone)]
 pub struct CallerIds {
     pub bucket: kv::Store,
-}
-
-/// A number's recent uses, as stored.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Record {
-    /// Unix seconds of each counted attempt.
-    at: Vec<i64>,
 }
 
 /// The one owner of the records' key format.
@@ -148,46 +140,16 @@ impl CallerIds {
                 .entry(key.as_str())
                 .await
                 .map_err(|e| kv_error(e.into()))?;
-            let (times, revision) = match &entry {
-                Some(e) if e.operation == kv::Operation::Put => {
-                    let record: Record = serde_json::from_slice(&e.value).unwrap_or_default();
-                    let times: Vec<DateTime<Utc>> = record
-                        .at
-                        .iter()
-                        .filter_map(|s| DateTime::from_timestamp(*s, 0))
-                        .collect();
-                    (times, Some(e.revision))
-                }
-                Some(e) => (Vec::new(), Some(e.revision)),
-                None => (Vec::new(), None),
-            };
+            // The same record as the frequency limits keep: one reader and one writer of it.
+            let (times, revision) = crate::frequency::record_of(entry.as_ref());
             if let Some(free) = caps.free_at(&times, now) {
                 return Ok(Some(free));
             }
             let since = now - horizon();
-            let mut at: Vec<i64> = times
-                .iter()
-                .filter(|t| **t > since)
-                .map(DateTime::timestamp)
-                .collect();
-            at.push(now.timestamp());
-            let value = serde_json::to_vec(&Record { at }).unwrap_or_default();
-            let written = match revision {
-                Some(revision) => self
-                    .bucket
-                    .update(key.as_str(), value.into(), revision)
-                    .await
-                    .map_err(|e| (ccm_core::nats::lost_race(&e), e.into())),
-                None => self
-                    .bucket
-                    .create(key.as_str(), value.into())
-                    .await
-                    .map_err(|e| (ccm_core::nats::lost_race(&e), e.into())),
-            };
-            match written {
-                Ok(_) => return Ok(None),
-                Err((true, _)) => continue,
-                Err((false, e)) => return Err(kv_error(e)),
+            match crate::frequency::append(&self.bucket, &key, &times, revision, since, now).await {
+                Ok(true) => return Ok(None),
+                Ok(false) => continue,
+                Err(e) => return Err(kv_error(e)),
             }
         }
         Err(CapError::Contended(key))

@@ -73,7 +73,7 @@ fn key(phone: &PhoneNumber) -> String {
     phone.digits().to_owned()
 }
 
-fn record_of(entry: Option<&kv::Entry>) -> (Vec<DateTime<Utc>>, Option<u64>) {
+pub(crate) fn record_of(entry: Option<&kv::Entry>) -> (Vec<DateTime<Utc>>, Option<u64>) {
     match entry {
         Some(e) if e.operation == kv::Operation::Put => {
             let record: Record = serde_json::from_slice(&e.value).unwrap_or_default();
@@ -86,6 +86,40 @@ fn record_of(entry: Option<&kv::Entry>) -> (Vec<DateTime<Utc>>, Option<u64>) {
         }
         Some(e) => (Vec::new(), Some(e.revision)),
         None => (Vec::new(), None),
+    }
+}
+
+/// Writes the record of `key` read at `revision` (none: absent) as `times` after `since`
+/// plus `now`, by compare-and-set: `Ok(false)` when another writer won the race (read again).
+pub(crate) async fn append(
+    bucket: &kv::Store,
+    key: &str,
+    times: &[DateTime<Utc>],
+    revision: Option<u64>,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<bool, async_nats::Error> {
+    let mut at: Vec<i64> = times
+        .iter()
+        .filter(|t| **t > since)
+        .map(DateTime::timestamp)
+        .collect();
+    at.push(now.timestamp());
+    let value = serde_json::to_vec(&Record { at }).unwrap_or_default();
+    let written = match revision {
+        Some(revision) => bucket
+            .update(key, value.into(), revision)
+            .await
+            .map_err(|e| (ccm_core::nats::lost_race(&e), e.into())),
+        None => bucket
+            .create(key, value.into())
+            .await
+            .map_err(|e| (ccm_core::nats::lost_race(&e), e.into())),
+    };
+    match written {
+        Ok(_) => Ok(true),
+        Err((true, _)) => Ok(false),
+        Err((false, e)) => Err(e),
     }
 }
 
@@ -143,29 +177,10 @@ impl Frequency {
                 return Ok(seen);
             }
             let since = now - self.keep.max(limits.horizon());
-            let mut at: Vec<i64> = times
-                .iter()
-                .filter(|t| **t > since)
-                .map(DateTime::timestamp)
-                .collect();
-            at.push(now.timestamp());
-            let value = serde_json::to_vec(&Record { at }).unwrap_or_default();
-            let written = match revision {
-                Some(revision) => self
-                    .bucket
-                    .update(key.as_str(), value.into(), revision)
-                    .await
-                    .map_err(|e| (ccm_core::nats::lost_race(&e), e.into())),
-                None => self
-                    .bucket
-                    .create(key.as_str(), value.into())
-                    .await
-                    .map_err(|e| (ccm_core::nats::lost_race(&e), e.into())),
-            };
-            match written {
-                Ok(_) => return Ok(seen),
-                Err((true, _)) => continue,
-                Err((false, e)) => return Err(kv_error(e)),
+            match append(&self.bucket, &key, &times, revision, since, now).await {
+                Ok(true) => return Ok(seen),
+                Ok(false) => continue,
+                Err(e) => return Err(kv_error(e)),
             }
         }
         Err(CapError::Contended(key))
