@@ -81,6 +81,24 @@ pub struct Scheduled {
     last: Option<u64>,
 }
 
+/// Deletes the entry at `seq` from `RETRIES` (`stream`); one already gone (fired by the
+/// retrier meanwhile, or deleted by another replica) is no error.
+pub async fn delete(stream: &Stream, seq: u64) -> Result<(), RetriesError> {
+    match stream.delete_message(seq).await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                async_nats::jetstream::stream::DeleteMessageErrorKind::JetStream(ref js)
+                    if crate::nats::message_gone(js.error_code())
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(RetriesError::Purge(e.into())),
+    }
+}
+
 impl Scheduled {
     /// Starts reading `campaign`'s entries.
     pub async fn of(js: &jetstream::Context, campaign: CampaignId) -> Result<Self, RetriesError> {
@@ -127,21 +145,7 @@ impl Scheduled {
 
     /// Removes one entry read (an attempt ended before it came due): the others stay.
     pub async fn remove(&self, seq: u64) -> Result<(), RetriesError> {
-        match self.stream.delete_message(seq).await {
-            Ok(_) => Ok(()),
-            // Fired by the retrier meanwhile: gone already, and the attempt it became finds
-            // its call ended.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    async_nats::jetstream::stream::DeleteMessageErrorKind::JetStream(ref js)
-                        if crate::nats::message_gone(js.error_code())
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(RetriesError::Purge(e.into())),
-        }
+        delete(&self.stream, seq).await
     }
 
     /// Purges the entries marked handled (none when nothing was).

@@ -24,7 +24,7 @@
 
 use std::collections::BTreeSet;
 
-use async_nats::jetstream::stream::{DeleteMessageErrorKind, RawMessageErrorKind, Stream};
+use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 use ccm_core::{RetryEntry, metrics::counter, subjects, topology::names};
 
 use crate::Shared;
@@ -38,7 +38,7 @@ pub enum StrandedError {
     #[error("cannot read {0}")]
     Read(&'static str, #[source] async_nats::Error),
     #[error("cannot delete stranded entry {0} from RETRIES")]
-    Delete(u64, #[source] async_nats::Error),
+    Delete(u64, #[source] ccm_core::retries::RetriesError),
     #[error(transparent)]
     Publish(#[from] ccm_core::nats::NatsError),
 }
@@ -124,7 +124,9 @@ pub async fn sweep(ctx: &Shared, before: &BTreeSet<u64>) -> Result<Swept, Strand
             tracing::info!(call = %entry.request.call_id, attempt = entry.request.attempt, seq,
                 "a stranded retry entry whose call went on without it was deleted");
         }
-        delete(&retries, seq).await?;
+        ccm_core::retries::delete(&retries, seq)
+            .await
+            .map_err(|e| StrandedError::Delete(seq, e))?;
     }
     Ok(swept)
 }
@@ -165,19 +167,6 @@ async fn still_waits(ctx: &Shared, entry: &RetryEntry) -> Result<bool, StrandedE
     .map_err(|e| StrandedError::Read(names::CALL_EVENTS, e))?
     .and_then(|last| last.event.ok());
     Ok(crate::expiry::verdict(request.attempt, latest.as_ref()) == crate::expiry::Verdict::Expire)
-}
-
-async fn delete(retries: &Stream, seq: u64) -> Result<(), StrandedError> {
-    match retries.delete_message(seq).await {
-        Ok(_) => Ok(()),
-        Err(e)
-            if matches!(e.kind(), DeleteMessageErrorKind::JetStream(ref js)
-            if ccm_core::nats::message_gone(js.error_code())) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(StrandedError::Delete(seq, e.into())),
-    }
 }
 
 #[cfg(test)]
